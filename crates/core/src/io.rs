@@ -1,0 +1,238 @@
+//! Files: safetensors reading and atomic writing for tch tensors, and adapters saved and
+//! loaded in PEFT's format (`adapter_model.safetensors` + `adapter_config.json`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use tch::{Kind, Tensor};
+
+use crate::config::LoraConfig;
+use crate::model::{LoraModel, ParamRole, PEFT_PREFIX};
+
+/// File names PEFT uses inside an adapter directory.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// The tch element type of a safetensors dtype.
+pub fn kind_of(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        other => bail!("unsupported safetensors dtype {other:?}"),
+    })
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        other => bail!("cannot save tensors of kind {other:?} as safetensors"),
+    })
+}
+
+/// A CPU tensor holding a copy of a safetensors view.
+pub fn tensor_from_view(view: &TensorView<'_>) -> Result<Tensor> {
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    let kind = kind_of(view.dtype())?;
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+}
+
+/// Read every tensor of a safetensors file onto the CPU.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let t = tensor_from_view(&view).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// Write tensors (any device, contiguous or not) as one safetensors file, atomically: a
+/// temporary file in the same folder, then a rename. `metadata` goes in the header (PEFT and
+/// transformers write `{"format": "pt"}`).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    struct Owned {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    }
+    impl safetensors::View for &Owned {
+        fn dtype(&self) -> Dtype {
+            self.dtype
+        }
+        fn shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            std::borrow::Cow::Borrowed(&self.data)
+        }
+        fn data_len(&self) -> usize {
+            self.data.len()
+        }
+    }
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let dtype = dtype_of(t.kind()).with_context(|| format!("tensor {name}"))?;
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let mut data = vec![0u8; n];
+        t.f_copy_data_u8(&mut data, t.numel())
+            .with_context(|| format!("copying tensor {name}"))?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.clone(), Owned { dtype, shape, data }));
+    }
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
+    let bytes = safetensors::tensor::serialize(views, &Some(meta))
+        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees a half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().ok();
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn pt_metadata() -> BTreeMap<String, String> {
+    BTreeMap::from([("format".to_string(), "pt".to_string())])
+}
+
+impl LoraModel {
+    /// The adapter's tensors under PEFT's keys, as `adapter_model.safetensors` holds them.
+    pub fn adapter_state_dict(&self) -> Vec<(String, Tensor)> {
+        self.trainable_params()
+            .iter()
+            .map(|p| (self.peft_key(p), p.tensor.detach()))
+            .collect()
+    }
+
+    /// Save in PEFT's format: `dir/adapter_model.safetensors` and `dir/adapter_config.json`,
+    /// each written atomically. `PeftModel.from_pretrained(model, dir)` loads it.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let cfg = self
+            .config()
+            .ok_or_else(|| anyhow!("this model has no LoRA adapter to save"))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_safetensors(&dir.join(ADAPTER_WEIGHTS), &self.adapter_state_dict(), &pt_metadata())?;
+        let mut cfg = cfg.clone();
+        cfg.inference_mode = true;
+        write_atomic(&dir.join(ADAPTER_CONFIG), cfg.to_json_string()?.as_bytes())
+    }
+
+    /// Load adapter weights saved by PEFT or by [`Self::save_pretrained`] into this model's
+    /// adapters. Every expected key must be present with the right shape and finite values;
+    /// a key that this model has no place for is an error. The model must have been built with
+    /// the directory's config (see [`read_adapter_config`]).
+    pub fn load_adapter(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(ADAPTER_WEIGHTS);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let file_name = ADAPTER_WEIGHTS;
+        let mut expected = BTreeMap::new();
+        for p in self.trainable_params() {
+            expected.insert(self.peft_key(p), p);
+        }
+        // PEFT also saves copies of modules_to_save under these infixes; they are not ours.
+        let is_peft_copy = |k: &str| k.contains(".modules_to_save.") || k.contains(".original_module.");
+        let unexpected: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|k| !expected.contains_key(*k) && !is_peft_copy(k))
+            .cloned()
+            .collect();
+        if !unexpected.is_empty() {
+            bail!(
+                "{file_name}: {} key(s) match no trainable parameter of this model: {} (does the adapter config match the model?)",
+                unexpected.len(),
+                unexpected.join(", ")
+            );
+        }
+        let mut loaded = Vec::new();
+        for (key, p) in &expected {
+            let view = st.tensor(key).map_err(|_| {
+                anyhow!("{file_name}: missing tensor {key} ({:?}, shape {:?})", p.role, p.tensor.size())
+            })?;
+            let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let want = p.tensor.size();
+            if found != want {
+                bail!(
+                    "{file_name}: tensor {key} has shape {found:?}, expected {want:?}{}",
+                    shape_hint(p.role, &want)
+                );
+            }
+            let t = tensor_from_view(&view).with_context(|| format!("{file_name}: tensor {key}"))?;
+            let finite = t.to_kind(Kind::Float).isfinite().all().int64_value(&[]) != 0;
+            if !finite {
+                bail!("{file_name}: tensor {key} holds NaN or Inf values");
+            }
+            loaded.push((p, t));
+        }
+        let _guard = tch::no_grad_guard();
+        for (p, t) in loaded {
+            p.tensor.shallow_clone().f_copy_(&t)?;
+        }
+        Ok(())
+    }
+}
+
+fn shape_hint(role: ParamRole, want: &[i64]) -> String {
+    match (role, want) {
+        (ParamRole::LoraA, [r, i]) => format!(" (r={r}, in_features={i})"),
+        (ParamRole::LoraB, [o, r]) => format!(" (out_features={o}, r={r})"),
+        (ParamRole::EmbeddingA, [r, n]) => format!(" (r={r}, num_embeddings={n})"),
+        (ParamRole::EmbeddingB, [d, r]) => format!(" (embedding_dim={d}, r={r})"),
+        _ => String::new(),
+    }
+}
+
+/// Read `dir/adapter_config.json`.
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    LoraConfig::from_file(dir.join(ADAPTER_CONFIG))
+}
+
+/// The adapter directory's weight file path.
+pub fn adapter_weights_path(dir: &Path) -> PathBuf {
+    dir.join(ADAPTER_WEIGHTS)
+}
+
+/// Strip PEFT's `base_model.model.` prefix from a key.
+pub fn strip_peft_prefix(key: &str) -> &str {
+    key.strip_prefix(PEFT_PREFIX).unwrap_or(key)
+}

@@ -1,0 +1,508 @@
+//! Injection and freezing: `LoraBuilder` is handed every layer of a model as the model is
+//! built, wraps the ones `target_modules` selects, and `finish`es into a `LoraModel`, the
+//! registry of every parameter with its role, through which adapters are merged and saved.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::{BiasMode, InitLoraWeights, LoraConfig};
+use crate::layers::{
+    check_adapter_kind, EmbeddingAdapter, LayerNorm, LinearAdapter, LoraEmbedding, LoraLinear,
+    MergeHandle, MergeKind, WeightLayout,
+};
+
+/// What a trainable tensor is, for the optimizer: read from here, never parsed from names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamRole {
+    /// `lora_A` of a linear layer.
+    LoraA,
+    /// `lora_B` of a linear layer.
+    LoraB,
+    /// `lora_embedding_A`.
+    EmbeddingA,
+    /// `lora_embedding_B`.
+    EmbeddingB,
+    /// A bias that trains (`bias = "all"` / `"lora_only"`).
+    Bias,
+    /// A normalisation weight that trains.
+    Norm,
+    /// A parameter of a module listed in `modules_to_save` (e.g. the classifier head).
+    Head,
+    /// Anything else a user marks trainable.
+    Other,
+}
+
+/// One trainable tensor with its name and role.
+#[derive(Debug)]
+pub struct TrainableParam {
+    /// The parameter's name in the model, without PEFT's `base_model.model.` prefix
+    /// (`bert.encoder.layer.0.attention.self.query.lora_A.weight`).
+    pub name: String,
+    pub tensor: Tensor,
+    pub role: ParamRole,
+}
+
+/// What kind of module a registered parameter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModuleKind {
+    Linear,
+    Embedding,
+    Norm,
+    Other,
+}
+
+#[derive(Debug)]
+struct BaseParam {
+    module: String,
+    /// Local name in the module: `weight`, `bias`, ...
+    local: String,
+    tensor: Tensor,
+    kind: ModuleKind,
+    /// The module carries a LoRA adapter (PEFT then names its bias `base_layer.bias`).
+    adapted: bool,
+}
+
+/// Builds the adapters while a model is constructed. Hand it every layer (`linear`,
+/// `embedding`, `layer_norm`, `param`) under its HuggingFace module name.
+#[derive(Debug)]
+pub struct LoraBuilder {
+    config: Option<LoraConfig>,
+    adapter_kind: Kind,
+    base: Vec<BaseParam>,
+    adapters: Vec<AdapterEntry>,
+}
+
+#[derive(Debug)]
+struct AdapterEntry {
+    module: String,
+    a: Tensor,
+    b: Tensor,
+    role_a: ParamRole,
+    role_b: ParamRole,
+    merge: MergeHandle,
+}
+
+impl LoraBuilder {
+    /// A builder that wraps the modules `config` selects.
+    pub fn new(config: LoraConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(LoraBuilder {
+            config: Some(config),
+            adapter_kind: Kind::Float,
+            base: Vec::new(),
+            adapters: Vec::new(),
+        })
+    }
+
+    /// A builder that wraps nothing: the plain model, every parameter frozen.
+    pub fn frozen() -> Self {
+        LoraBuilder {
+            config: None,
+            adapter_kind: Kind::Float,
+            base: Vec::new(),
+            adapters: Vec::new(),
+        }
+    }
+
+    /// The dtype of the adapter tensors (default f32, whatever the base dtype).
+    pub fn with_adapter_kind(mut self, kind: Kind) -> Result<Self> {
+        check_adapter_kind(kind)?;
+        self.adapter_kind = kind;
+        Ok(self)
+    }
+
+    pub fn config(&self) -> Option<&LoraConfig> {
+        self.config.as_ref()
+    }
+
+    fn register(&mut self, module: &str, local: &str, t: &Tensor, kind: ModuleKind, adapted: bool) {
+        self.base.push(BaseParam {
+            module: module.to_string(),
+            local: local.to_string(),
+            tensor: t.shallow_clone(),
+            kind,
+            adapted,
+        });
+    }
+
+    fn target(&self, name: &str) -> Option<(usize, f64, f64, &LoraConfig)> {
+        let cfg = self.config.as_ref()?;
+        if !cfg.is_target(name) {
+            return None;
+        }
+        let (r, alpha) = cfg.rank_and_alpha(name);
+        Some((r, alpha, cfg.scale_for(r, alpha), cfg))
+    }
+
+    /// A linear layer named `name` (weight `[out, in]`, or `[in, out]` for `InOut`).
+    /// Wrapped with an adapter when `target_modules` selects it.
+    pub fn linear(
+        &mut self,
+        name: &str,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        layout: WeightLayout,
+    ) -> Result<LoraLinear> {
+        if weight.dim() != 2 {
+            bail!("{name}.weight: expected a 2-D weight, found shape {:?}", weight.size());
+        }
+        let weight = weight.set_requires_grad(false);
+        let bias = bias.map(|b| b.set_requires_grad(false));
+        let mut layer = LoraLinear::plain(name, weight, bias, layout);
+        let target = self
+            .target(name)
+            .map(|(r, alpha, scale, cfg)| (r, alpha, scale, cfg.lora_dropout, cfg.init_lora_weights));
+        if let Some((r, alpha, scale, dropout, init)) = target {
+            if layout == WeightLayout::OutIn && self.config.as_ref().is_some_and(|c| c.fan_in_fan_out) {
+                tracing::warn!("{name}: fan_in_fan_out is set but the layer is [out, in]; ignoring it as PEFT does");
+            }
+            let (fin, fout) = (layer.in_features(), layer.out_features());
+            let opts = (self.adapter_kind, layer.weight.device());
+            let (a, b) = init_linear(r as i64, fin, fout, init, opts);
+            let merged = Arc::new(AtomicBool::new(false));
+            self.adapters.push(AdapterEntry {
+                module: name.to_string(),
+                a: a.shallow_clone(),
+                b: b.shallow_clone(),
+                role_a: ParamRole::LoraA,
+                role_b: ParamRole::LoraB,
+                merge: MergeHandle {
+                    name: name.to_string(),
+                    weight: layer.weight.shallow_clone(),
+                    a: a.shallow_clone(),
+                    b: b.shallow_clone(),
+                    scale,
+                    kind: MergeKind::Linear(layout),
+                    merged: merged.clone(),
+                },
+            });
+            layer.adapter = Some(LinearAdapter { a, b, r, alpha, scale, dropout, merged });
+        }
+        let adapted = layer.adapter.is_some();
+        self.register(name, "weight", &layer.weight, ModuleKind::Linear, adapted);
+        if let Some(b) = &layer.bias {
+            self.register(name, "bias", b, ModuleKind::Linear, adapted);
+        }
+        Ok(layer)
+    }
+
+    /// A linear layer whose base parameters are created in a tch `VarStore` under `path`, as
+    /// `nn::linear` does (the layout follows the config's `fan_in_fan_out`). For models built on
+    /// `nn::Path`; the base variables are frozen.
+    pub fn linear_in(&mut self, path: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<LoraLinear> {
+        let name = path.components().collect::<Vec<_>>().join(".");
+        let fan_in_fan_out = self.config.as_ref().is_some_and(|c| c.fan_in_fan_out);
+        let (shape, layout) = if fan_in_fan_out {
+            ([in_dim, out_dim], WeightLayout::InOut)
+        } else {
+            ([out_dim, in_dim], WeightLayout::OutIn)
+        };
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let w = path
+            .f_var("weight", &shape, nn::Init::Uniform { lo: -bound, up: bound })
+            .with_context(|| format!("creating {name}.weight"))?;
+        let b = if bias {
+            Some(
+                path.f_var("bias", &[out_dim], nn::Init::Uniform { lo: -bound, up: bound })
+                    .with_context(|| format!("creating {name}.bias"))?,
+            )
+        } else {
+            None
+        };
+        self.linear(&name, w, b, layout)
+    }
+
+    /// An embedding table `[num, dim]`, wrapped when `target_modules` selects it.
+    pub fn embedding(&mut self, name: &str, weight: Tensor, padding_idx: Option<i64>) -> Result<LoraEmbedding> {
+        if weight.dim() != 2 {
+            bail!("{name}.weight: expected a 2-D embedding table, found shape {:?}", weight.size());
+        }
+        let weight = weight.set_requires_grad(false);
+        let mut layer = LoraEmbedding::plain(name, weight, padding_idx);
+        let target = self
+            .target(name)
+            .map(|(r, alpha, scale, cfg)| (r, alpha, scale, cfg.init_lora_weights));
+        if let Some((r, alpha, scale, init)) = target {
+            let size = layer.weight.size();
+            let opts = (self.adapter_kind, layer.weight.device());
+            let r64 = r as i64;
+            let (a, b) = match init {
+                InitLoraWeights::Default | InitLoraWeights::Gaussian => (
+                    Tensor::zeros([r64, size[0]], opts),
+                    Tensor::randn([size[1], r64], opts),
+                ),
+                InitLoraWeights::Random => (
+                    Tensor::randn([r64, size[0]], opts),
+                    Tensor::randn([size[1], r64], opts),
+                ),
+            };
+            let a = a.set_requires_grad(true);
+            let b = b.set_requires_grad(true);
+            let merged = Arc::new(AtomicBool::new(false));
+            self.adapters.push(AdapterEntry {
+                module: name.to_string(),
+                a: a.shallow_clone(),
+                b: b.shallow_clone(),
+                role_a: ParamRole::EmbeddingA,
+                role_b: ParamRole::EmbeddingB,
+                merge: MergeHandle {
+                    name: name.to_string(),
+                    weight: layer.weight.shallow_clone(),
+                    a: a.shallow_clone(),
+                    b: b.shallow_clone(),
+                    scale,
+                    kind: MergeKind::Embedding,
+                    merged: merged.clone(),
+                },
+            });
+            layer.adapter = Some(EmbeddingAdapter { a, b, r, alpha, scale, merged });
+        }
+        let adapted = layer.adapter.is_some();
+        self.register(name, "weight", &layer.weight, ModuleKind::Embedding, adapted);
+        Ok(layer)
+    }
+
+    /// A layer norm (never wrapped; its bias trains under `bias = "all"`).
+    pub fn layer_norm(&mut self, name: &str, weight: Tensor, bias: Option<Tensor>, eps: f64) -> LayerNorm {
+        let weight = weight.set_requires_grad(false);
+        let bias = bias.map(|b| b.set_requires_grad(false));
+        self.register(name, "weight", &weight, ModuleKind::Norm, false);
+        if let Some(b) = &bias {
+            self.register(name, "bias", b, ModuleKind::Norm, false);
+        }
+        LayerNorm { name: name.to_string(), weight, bias, eps }
+    }
+
+    /// A norm weight of another kind (e.g. RMSNorm): registered so it can train when listed in
+    /// `modules_to_save`.
+    pub fn norm_weight(&mut self, module: &str, local: &str, t: Tensor) -> Tensor {
+        let t = t.set_requires_grad(false);
+        self.register(module, local, &t, ModuleKind::Norm, false);
+        t
+    }
+
+    /// Any other parameter of module `module` (local name `local`, e.g. `weight`).
+    pub fn param(&mut self, module: &str, local: &str, t: Tensor) -> Tensor {
+        let t = t.set_requires_grad(false);
+        self.register(module, local, &t, ModuleKind::Other, false);
+        t
+    }
+
+    /// Names of the modules that can carry an adapter (linear and embedding layers).
+    pub fn adaptable_modules(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .base
+            .iter()
+            .filter(|p| matches!(p.kind, ModuleKind::Linear | ModuleKind::Embedding))
+            .map(|p| p.module.as_str())
+            .collect();
+        set.into_iter().map(String::from).collect()
+    }
+
+    /// Decide what trains (adapters, biases per `bias`, `modules_to_save`) and freeze the rest.
+    /// A `target_modules` that selected nothing, or a `modules_to_save` entry that matches no
+    /// module, is an error listing the module names that exist.
+    pub fn finish(self) -> Result<LoraModel> {
+        let mut trainable = Vec::new();
+        if let Some(cfg) = &self.config {
+            if self.adapters.is_empty() {
+                let names = self.adaptable_modules();
+                bail!(
+                    "target_modules {} matches no module; modules that can take an adapter: {}",
+                    serde_json::to_string(&cfg.target_modules).unwrap_or_default(),
+                    names.join(", ")
+                );
+            }
+            if let Some(list) = &cfg.modules_to_save {
+                let modules: BTreeSet<&str> = self.base.iter().map(|p| p.module.as_str()).collect();
+                for m in list {
+                    if !modules.iter().any(|name| crate::config::name_matches(name, m)) {
+                        bail!(
+                            "modules_to_save entry {m:?} matches no module; modules: {}",
+                            modules.iter().copied().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                }
+            }
+            for ad in &self.adapters {
+                let (sa, sb) = match ad.role_a {
+                    ParamRole::EmbeddingA => ("lora_embedding_A", "lora_embedding_B"),
+                    _ => ("lora_A.weight", "lora_B.weight"),
+                };
+                trainable.push(TrainableParam {
+                    name: format!("{}.{sa}", ad.module),
+                    tensor: ad.a.shallow_clone(),
+                    role: ad.role_a,
+                });
+                trainable.push(TrainableParam {
+                    name: format!("{}.{sb}", ad.module),
+                    tensor: ad.b.shallow_clone(),
+                    role: ad.role_b,
+                });
+            }
+            for p in &self.base {
+                let role = if cfg.is_module_to_save(&p.module) {
+                    Some(ParamRole::Head)
+                } else if p.local == "bias" {
+                    match cfg.bias {
+                        BiasMode::All => Some(ParamRole::Bias),
+                        BiasMode::LoraOnly if p.adapted => Some(ParamRole::Bias),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if let Some(role) = role {
+                    let _ = p.tensor.set_requires_grad(true);
+                    trainable.push(TrainableParam {
+                        name: format!("{}.{}", p.module, p.local),
+                        tensor: p.tensor.shallow_clone(),
+                        role,
+                    });
+                }
+            }
+        }
+        let total_base: i64 = self.base.iter().map(|p| p.tensor.numel() as i64).sum();
+        let total_adapter: i64 = self
+            .adapters
+            .iter()
+            .map(|a| (a.a.numel() + a.b.numel()) as i64)
+            .sum();
+        Ok(LoraModel {
+            config: self.config,
+            trainable,
+            merges: self.adapters.into_iter().map(|a| a.merge).collect(),
+            base: self.base,
+            total_params: total_base + total_adapter,
+        })
+    }
+}
+
+fn init_linear(r: i64, fin: i64, fout: i64, init: InitLoraWeights, opts: (Kind, Device)) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    // kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(in).
+    let kaiming = |rows: i64, fan_in: i64| {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Tensor::empty([rows, fan_in], opts).uniform_(-bound, bound)
+    };
+    let (a, b) = match init {
+        InitLoraWeights::Default => (kaiming(r, fin), Tensor::zeros([fout, r], opts)),
+        InitLoraWeights::Gaussian => (
+            Tensor::empty([r, fin], opts).normal_(0.0, 1.0 / r as f64),
+            Tensor::zeros([fout, r], opts),
+        ),
+        InitLoraWeights::Random => (kaiming(r, fin), kaiming(fout, r)),
+    };
+    (a.set_requires_grad(true), b.set_requires_grad(true))
+}
+
+/// Trainable / all parameter counts, as PEFT's `print_trainable_parameters`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamSummary {
+    pub trainable: i64,
+    pub all: i64,
+}
+
+impl ParamSummary {
+    pub fn percent(&self) -> f64 {
+        if self.all == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.all as f64
+        }
+    }
+}
+
+impl std::fmt::Display for ParamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.trainable,
+            self.all,
+            self.percent()
+        )
+    }
+}
+
+/// The registry of a model's parameters after injection: which train and in what role, and the
+/// adapters to merge, unmerge, save and load.
+#[derive(Debug)]
+pub struct LoraModel {
+    config: Option<LoraConfig>,
+    trainable: Vec<TrainableParam>,
+    merges: Vec<MergeHandle>,
+    base: Vec<BaseParam>,
+    total_params: i64,
+}
+
+impl LoraModel {
+    pub fn config(&self) -> Option<&LoraConfig> {
+        self.config.as_ref()
+    }
+
+    /// Every trainable tensor with its name and role, in registration order.
+    pub fn trainable_params(&self) -> &[TrainableParam] {
+        &self.trainable
+    }
+
+    /// Names of the modules that carry an adapter.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.merges.iter().map(|m| m.name.clone()).collect()
+    }
+
+    pub fn summary(&self) -> ParamSummary {
+        ParamSummary {
+            trainable: self.trainable.iter().map(|p| p.tensor.numel() as i64).sum(),
+            all: self.total_params,
+        }
+    }
+
+    /// All base parameters by full name (`module.local`), frozen or not.
+    pub fn base_params(&self) -> impl Iterator<Item = (String, &Tensor)> {
+        self.base
+            .iter()
+            .map(|p| (format!("{}.{}", p.module, p.local), &p.tensor))
+    }
+
+    /// Add scale * B A into every adapted base weight. With `safe`, a merge that would give
+    /// NaN or Inf is refused (and nothing after it is merged).
+    pub fn merge(&self, safe: bool) -> Result<()> {
+        for m in &self.merges {
+            m.merge(safe)?;
+        }
+        Ok(())
+    }
+
+    /// Subtract the merged updates again.
+    pub fn unmerge(&self) -> Result<()> {
+        for m in &self.merges {
+            m.unmerge()?;
+        }
+        Ok(())
+    }
+
+    /// PEFT's key for a trainable parameter (as in `adapter_model.safetensors`).
+    pub fn peft_key(&self, p: &TrainableParam) -> String {
+        let name = match p.role {
+            ParamRole::Bias => {
+                // PEFT names the bias of a wrapped layer `<module>.base_layer.bias`.
+                let module = p.name.strip_suffix(".bias").unwrap_or(&p.name);
+                if self.merges.iter().any(|m| m.name == module) {
+                    format!("{module}.base_layer.bias")
+                } else {
+                    p.name.clone()
+                }
+            }
+            _ => p.name.clone(),
+        };
+        format!("{PEFT_PREFIX}{name}")
+    }
+}
+
+/// The prefix PEFT puts before every key of `adapter_model.safetensors`.
+pub const PEFT_PREFIX: &str = "base_model.model.";

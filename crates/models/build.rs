@@ -1,0 +1,3 @@
+fn main() {
+    loraplus_build::link_libtorch();
+}
