@@ -286,7 +286,10 @@ impl LoraConfig {
             bail!("lora_alpha must be finite, found {}", self.lora_alpha);
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            bail!("lora_dropout must be in [0, 1), found {}", self.lora_dropout);
+            bail!(
+                "lora_dropout must be in [0, 1), found {}",
+                self.lora_dropout
+            );
         }
         for (k, r) in &self.rank_pattern {
             if *r == 0 {
@@ -429,10 +432,17 @@ mod tests {
     #[test]
     fn patterns_override_rank_and_alpha() {
         let mut c = LoraConfig::new(8, 16.0, &["query"]);
-        c.rank_pattern.insert("layer.0.attention.self.query".into(), 4);
+        c.rank_pattern
+            .insert("layer.0.attention.self.query".into(), 4);
         c.alpha_pattern.insert("query".into(), 32.0);
-        assert_eq!(c.rank_and_alpha("x.layer.0.attention.self.query"), (4, 32.0));
-        assert_eq!(c.rank_and_alpha("x.layer.1.attention.self.query"), (8, 32.0));
+        assert_eq!(
+            c.rank_and_alpha("x.layer.0.attention.self.query"),
+            (4, 32.0)
+        );
+        assert_eq!(
+            c.rank_and_alpha("x.layer.1.attention.self.query"),
+            (8, 32.0)
+        );
         c.use_rslora = true;
         assert!((c.scale_for(4, 32.0) - 16.0).abs() < 1e-12);
     }

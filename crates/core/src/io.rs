@@ -63,7 +63,8 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let t = tensor_from_view(&view).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        let t = tensor_from_view(&view)
+            .with_context(|| format!("{}: tensor {name}", path.display()))?;
         out.push((name, t));
     }
     Ok(out)
@@ -72,7 +73,11 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Write tensors (any device, contiguous or not) as one safetensors file, atomically: a
 /// temporary file in the same folder, then a rename. `metadata` goes in the header (PEFT and
 /// transformers write `{"format": "pt"}`).
-pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     struct Owned {
         dtype: Dtype,
         shape: Vec<usize>,
@@ -113,7 +118,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &B
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// reader never sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let file_name = path
         .file_name()
@@ -121,11 +129,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ok();
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -149,7 +160,11 @@ impl LoraModel {
             .config()
             .ok_or_else(|| anyhow!("this model has no LoRA adapter to save"))?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_safetensors(&dir.join(ADAPTER_WEIGHTS), &self.adapter_state_dict(), &pt_metadata())?;
+        write_safetensors(
+            &dir.join(ADAPTER_WEIGHTS),
+            &self.adapter_state_dict(),
+            &pt_metadata(),
+        )?;
         let mut cfg = cfg.clone();
         cfg.inference_mode = true;
         write_atomic(&dir.join(ADAPTER_CONFIG), cfg.to_json_string()?.as_bytes())
@@ -170,7 +185,8 @@ impl LoraModel {
             expected.insert(self.peft_key(p), p);
         }
         // PEFT also saves copies of modules_to_save under these infixes; they are not ours.
-        let is_peft_copy = |k: &str| k.contains(".modules_to_save.") || k.contains(".original_module.");
+        let is_peft_copy =
+            |k: &str| k.contains(".modules_to_save.") || k.contains(".original_module.");
         let unexpected: Vec<String> = st
             .names()
             .into_iter()
@@ -187,7 +203,11 @@ impl LoraModel {
         let mut loaded = Vec::new();
         for (key, p) in &expected {
             let view = st.tensor(key).map_err(|_| {
-                anyhow!("{file_name}: missing tensor {key} ({:?}, shape {:?})", p.role, p.tensor.size())
+                anyhow!(
+                    "{file_name}: missing tensor {key} ({:?}, shape {:?})",
+                    p.role,
+                    p.tensor.size()
+                )
             })?;
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let want = p.tensor.size();
@@ -197,7 +217,8 @@ impl LoraModel {
                     shape_hint(p.role, &want)
                 );
             }
-            let t = tensor_from_view(&view).with_context(|| format!("{file_name}: tensor {key}"))?;
+            let t =
+                tensor_from_view(&view).with_context(|| format!("{file_name}: tensor {key}"))?;
             let finite = t.to_kind(Kind::Float).isfinite().all().int64_value(&[]) != 0;
             if !finite {
                 bail!("{file_name}: tensor {key} holds NaN or Inf values");

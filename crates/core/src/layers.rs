@@ -103,7 +103,10 @@ impl LoraLinear {
         } else {
             xa
         };
-        let delta = xa.linear::<&Tensor>(&ad.a, None).linear::<&Tensor>(&ad.b, None) * ad.scale;
+        let delta = xa
+            .linear::<&Tensor>(&ad.a, None)
+            .linear::<&Tensor>(&ad.b, None)
+            * ad.scale;
         if delta.kind() == y.kind() {
             y + delta
         } else {
@@ -192,7 +195,13 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *self.weight.size().last().unwrap_or(&0);
-        x.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, false)
+        x.layer_norm(
+            [dim],
+            Some(&self.weight),
+            self.bias.as_ref(),
+            self.eps,
+            false,
+        )
     }
 }
 

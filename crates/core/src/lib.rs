@@ -11,6 +11,8 @@ pub mod layers;
 pub mod model;
 
 pub use config::{BiasMode, InitLoraWeights, LayerIndices, LoraConfig, TargetModules};
-pub use io::{read_adapter_config, read_safetensors, write_safetensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+pub use io::{
+    read_adapter_config, read_safetensors, write_safetensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
 pub use layers::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 pub use model::{LoraBuilder, LoraModel, ParamRole, ParamSummary, TrainableParam, PEFT_PREFIX};

@@ -148,16 +148,21 @@ impl LoraBuilder {
         layout: WeightLayout,
     ) -> Result<LoraLinear> {
         if weight.dim() != 2 {
-            bail!("{name}.weight: expected a 2-D weight, found shape {:?}", weight.size());
+            bail!(
+                "{name}.weight: expected a 2-D weight, found shape {:?}",
+                weight.size()
+            );
         }
         let weight = weight.set_requires_grad(false);
         let bias = bias.map(|b| b.set_requires_grad(false));
         let mut layer = LoraLinear::plain(name, weight, bias, layout);
-        let target = self
-            .target(name)
-            .map(|(r, alpha, scale, cfg)| (r, alpha, scale, cfg.lora_dropout, cfg.init_lora_weights));
+        let target = self.target(name).map(|(r, alpha, scale, cfg)| {
+            (r, alpha, scale, cfg.lora_dropout, cfg.init_lora_weights)
+        });
         if let Some((r, alpha, scale, dropout, init)) = target {
-            if layout == WeightLayout::OutIn && self.config.as_ref().is_some_and(|c| c.fan_in_fan_out) {
+            if layout == WeightLayout::OutIn
+                && self.config.as_ref().is_some_and(|c| c.fan_in_fan_out)
+            {
                 tracing::warn!("{name}: fan_in_fan_out is set but the layer is [out, in]; ignoring it as PEFT does");
             }
             let (fin, fout) = (layer.in_features(), layer.out_features());
@@ -180,7 +185,15 @@ impl LoraBuilder {
                     merged: merged.clone(),
                 },
             });
-            layer.adapter = Some(LinearAdapter { a, b, r, alpha, scale, dropout, merged });
+            layer.adapter = Some(LinearAdapter {
+                a,
+                b,
+                r,
+                alpha,
+                scale,
+                dropout,
+                merged,
+            });
         }
         let adapted = layer.adapter.is_some();
         self.register(name, "weight", &layer.weight, ModuleKind::Linear, adapted);
@@ -193,7 +206,13 @@ impl LoraBuilder {
     /// A linear layer whose base parameters are created in a tch `VarStore` under `path`, as
     /// `nn::linear` does (the layout follows the config's `fan_in_fan_out`). For models built on
     /// `nn::Path`; the base variables are frozen.
-    pub fn linear_in(&mut self, path: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<LoraLinear> {
+    pub fn linear_in(
+        &mut self,
+        path: &nn::Path,
+        in_dim: i64,
+        out_dim: i64,
+        bias: bool,
+    ) -> Result<LoraLinear> {
         let name = path.components().collect::<Vec<_>>().join(".");
         let fan_in_fan_out = self.config.as_ref().is_some_and(|c| c.fan_in_fan_out);
         let (shape, layout) = if fan_in_fan_out {
@@ -203,12 +222,26 @@ impl LoraBuilder {
         };
         let bound = 1.0 / (in_dim as f64).sqrt();
         let w = path
-            .f_var("weight", &shape, nn::Init::Uniform { lo: -bound, up: bound })
+            .f_var(
+                "weight",
+                &shape,
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )
             .with_context(|| format!("creating {name}.weight"))?;
         let b = if bias {
             Some(
-                path.f_var("bias", &[out_dim], nn::Init::Uniform { lo: -bound, up: bound })
-                    .with_context(|| format!("creating {name}.bias"))?,
+                path.f_var(
+                    "bias",
+                    &[out_dim],
+                    nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )
+                .with_context(|| format!("creating {name}.bias"))?,
             )
         } else {
             None
@@ -217,9 +250,17 @@ impl LoraBuilder {
     }
 
     /// An embedding table `[num, dim]`, wrapped when `target_modules` selects it.
-    pub fn embedding(&mut self, name: &str, weight: Tensor, padding_idx: Option<i64>) -> Result<LoraEmbedding> {
+    pub fn embedding(
+        &mut self,
+        name: &str,
+        weight: Tensor,
+        padding_idx: Option<i64>,
+    ) -> Result<LoraEmbedding> {
         if weight.dim() != 2 {
-            bail!("{name}.weight: expected a 2-D embedding table, found shape {:?}", weight.size());
+            bail!(
+                "{name}.weight: expected a 2-D embedding table, found shape {:?}",
+                weight.size()
+            );
         }
         let weight = weight.set_requires_grad(false);
         let mut layer = LoraEmbedding::plain(name, weight, padding_idx);
@@ -259,22 +300,46 @@ impl LoraBuilder {
                     merged: merged.clone(),
                 },
             });
-            layer.adapter = Some(EmbeddingAdapter { a, b, r, alpha, scale, merged });
+            layer.adapter = Some(EmbeddingAdapter {
+                a,
+                b,
+                r,
+                alpha,
+                scale,
+                merged,
+            });
         }
         let adapted = layer.adapter.is_some();
-        self.register(name, "weight", &layer.weight, ModuleKind::Embedding, adapted);
+        self.register(
+            name,
+            "weight",
+            &layer.weight,
+            ModuleKind::Embedding,
+            adapted,
+        );
         Ok(layer)
     }
 
     /// A layer norm (never wrapped; its bias trains under `bias = "all"`).
-    pub fn layer_norm(&mut self, name: &str, weight: Tensor, bias: Option<Tensor>, eps: f64) -> LayerNorm {
+    pub fn layer_norm(
+        &mut self,
+        name: &str,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        eps: f64,
+    ) -> LayerNorm {
         let weight = weight.set_requires_grad(false);
         let bias = bias.map(|b| b.set_requires_grad(false));
         self.register(name, "weight", &weight, ModuleKind::Norm, false);
         if let Some(b) = &bias {
             self.register(name, "bias", b, ModuleKind::Norm, false);
         }
-        LayerNorm { name: name.to_string(), weight, bias, eps }
+        LayerNorm {
+            name: name.to_string(),
+            weight,
+            bias,
+            eps,
+        }
     }
 
     /// A norm weight of another kind (e.g. RMSNorm): registered so it can train when listed in
@@ -320,7 +385,10 @@ impl LoraBuilder {
             if let Some(list) = &cfg.modules_to_save {
                 let modules: BTreeSet<&str> = self.base.iter().map(|p| p.module.as_str()).collect();
                 for m in list {
-                    if !modules.iter().any(|name| crate::config::name_matches(name, m)) {
+                    if !modules
+                        .iter()
+                        .any(|name| crate::config::name_matches(name, m))
+                    {
                         bail!(
                             "modules_to_save entry {m:?} matches no module; modules: {}",
                             modules.iter().copied().collect::<Vec<_>>().join(", ")
@@ -382,7 +450,13 @@ impl LoraBuilder {
     }
 }
 
-fn init_linear(r: i64, fin: i64, fout: i64, init: InitLoraWeights, opts: (Kind, Device)) -> (Tensor, Tensor) {
+fn init_linear(
+    r: i64,
+    fin: i64,
+    fout: i64,
+    init: InitLoraWeights,
+    opts: (Kind, Device),
+) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
     // kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(in).
     let kaiming = |rows: i64, fan_in: i64| {
