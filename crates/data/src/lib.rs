@@ -1,1 +1,34 @@
-//! loraplus-data
+//! loraplus-data: GLUE files into batches of tensors, and predictions into GLUE scores.
+//!
+//! One split through the crate:
+//!
+//! ```text
+//! Task::from_name("sst2")                      task.rs      columns, labels, metric
+//!   -> read_split(glue_dir, task, Split::Train) reader.rs    Dataset of Examples
+//!   -> Encoder::encode_cached(&ds, cache_dir)   tokenize.rs  TokenizedDataset (ids, cached on disk)
+//!   -> DataLoader::new(data, pad_id, config)    batch.rs     padded Batch tensors, prefetched
+//!   -> model -> predictions_from_logits
+//!   -> evaluate(task, &preds, &gold)            metrics.rs   MetricReport (main = selection key)
+//! ```
+//!
+//! Default locations (GLUE data, tokenizer, cache) and their environment overrides are in
+//! [`paths`].
+
+pub mod batch;
+mod cache;
+pub mod metrics;
+pub mod paths;
+pub mod reader;
+pub mod task;
+pub mod tokenize;
+
+pub use batch::{Batch, BatchIter, DataLoader, LoaderConfig, Padding, Position, PrefetchIter};
+pub use metrics::{evaluate, evaluate_mnli, predictions_from_logits, MetricReport};
+pub use reader::{
+    read_csv, read_jsonl, read_split, ColumnMapping, CsvOptions, Dataset, Example, Label,
+    LabelKind, ReadOptions,
+};
+pub use task::{MetricKind, Split, Task, TaskSpec};
+pub use tokenize::{
+    CacheStatus, Encoder, Labels, TokenizedDataset, TokenizedExample, DEFAULT_MAX_SEQ_LEN,
+};

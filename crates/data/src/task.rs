@@ -138,7 +138,9 @@ impl TaskSpec {
 
     /// True when examples have a second sentence.
     pub fn is_pair(&self) -> bool {
-        self.files.first().is_some_and(|f| f.layout.text_b.is_some())
+        self.files
+            .first()
+            .is_some_and(|f| f.layout.text_b.is_some())
     }
 
     /// The file of `split`, if the task has one.
@@ -215,7 +217,11 @@ pub static TASKS: &[TaskSpec] = &[
         metric: MetricKind::Matthews,
         // train/dev: source, label, original label, sentence; no header.
         files: &[
-            split_file(Split::Train, "train.tsv", labeled(false, At(3), None, At(1), 4)),
+            split_file(
+                Split::Train,
+                "train.tsv",
+                labeled(false, At(3), None, At(1), 4),
+            ),
             split_file(Split::Dev, "dev.tsv", labeled(false, At(3), None, At(1), 4)),
             split_file(Split::Test, "test.tsv", unlabeled(At(1), None, 2)),
         ],
@@ -227,7 +233,11 @@ pub static TASKS: &[TaskSpec] = &[
         labels: &["0", "1"],
         metric: MetricKind::Accuracy,
         files: &[
-            split_file(Split::Train, "train.tsv", labeled(true, At(0), None, At(1), 2)),
+            split_file(
+                Split::Train,
+                "train.tsv",
+                labeled(true, At(0), None, At(1), 2),
+            ),
             split_file(Split::Dev, "dev.tsv", labeled(true, At(0), None, At(1), 2)),
             split_file(Split::Test, "test.tsv", unlabeled(At(1), None, 2)),
         ],
@@ -240,8 +250,16 @@ pub static TASKS: &[TaskSpec] = &[
         metric: MetricKind::F1Accuracy,
         // Quality, #1 ID, #2 ID, #1 String, #2 String (header starts with a UTF-8 BOM).
         files: &[
-            split_file(Split::Train, "train.tsv", labeled(true, At(3), Some(At(4)), At(0), 5)),
-            split_file(Split::Dev, "dev.tsv", labeled(true, At(3), Some(At(4)), At(0), 5)),
+            split_file(
+                Split::Train,
+                "train.tsv",
+                labeled(true, At(3), Some(At(4)), At(0), 5),
+            ),
+            split_file(
+                Split::Dev,
+                "dev.tsv",
+                labeled(true, At(3), Some(At(4)), At(0), 5),
+            ),
             split_file(Split::Test, "test.tsv", unlabeled(At(3), Some(At(4)), 5)),
         ],
     },
@@ -253,8 +271,16 @@ pub static TASKS: &[TaskSpec] = &[
         metric: MetricKind::PearsonSpearman,
         // index, genre, filename, year, old_index, source1, source2, sentence1, sentence2, score.
         files: &[
-            split_file(Split::Train, "train.tsv", labeled(true, At(7), Some(At(8)), Last, 10)),
-            split_file(Split::Dev, "dev.tsv", labeled(true, At(7), Some(At(8)), Last, 10)),
+            split_file(
+                Split::Train,
+                "train.tsv",
+                labeled(true, At(7), Some(At(8)), Last, 10),
+            ),
+            split_file(
+                Split::Dev,
+                "dev.tsv",
+                labeled(true, At(7), Some(At(8)), Last, 10),
+            ),
             split_file(Split::Test, "test.tsv", unlabeled(At(7), Some(At(8)), 9)),
         ],
     },
@@ -266,8 +292,16 @@ pub static TASKS: &[TaskSpec] = &[
         metric: MetricKind::F1Accuracy,
         // id, qid1, qid2, question1, question2, is_duplicate; test: id, question1, question2.
         files: &[
-            split_file(Split::Train, "train.tsv", labeled(true, At(3), Some(At(4)), At(5), 6)),
-            split_file(Split::Dev, "dev.tsv", labeled(true, At(3), Some(At(4)), At(5), 6)),
+            split_file(
+                Split::Train,
+                "train.tsv",
+                labeled(true, At(3), Some(At(4)), At(5), 6),
+            ),
+            split_file(
+                Split::Dev,
+                "dev.tsv",
+                labeled(true, At(3), Some(At(4)), At(5), 6),
+            ),
             split_file(Split::Test, "test.tsv", unlabeled(At(1), Some(At(2)), 3)),
         ],
     },
@@ -453,7 +487,10 @@ mod tests {
             assert!(t.file(Split::Test).is_some(), "{t}");
             for f in t.files {
                 let l = f.layout;
-                assert_eq!(l.label.is_some(), !matches!(f.split, Split::Test | Split::TestMismatched));
+                assert_eq!(
+                    l.label.is_some(),
+                    !matches!(f.split, Split::Test | Split::TestMismatched)
+                );
                 let max_at = [Some(l.text_a), l.text_b, l.label]
                     .into_iter()
                     .flatten()
