@@ -1,0 +1,163 @@
+//! What the architectures share: the `Backbone` and `Block` traits a task model runs (and
+//! checkpoints layer by layer), and the `Loader` that hands each checkpoint tensor to the
+//! `LoraBuilder` under its HuggingFace module name.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::{LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout};
+
+use crate::attention::LayerCtx;
+use crate::weights::Weights;
+
+/// One transformer layer.
+pub trait Block {
+    fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor;
+}
+
+/// Embeddings, a stack of [`Block`]s and a final norm: what the task heads sit on.
+pub trait Backbone {
+    /// Masks (and rotary tables) for one batch. `input_ids`, `attention_mask`: `[B, T]`.
+    fn context(&self, input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx;
+    /// The input of the first layer, `[B, T, hidden]`.
+    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor;
+    fn num_layers(&self) -> usize;
+    fn layer(&self, i: usize) -> &dyn Block;
+    /// After the last layer (GPT-2 `ln_f`, Llama `norm`; nothing for BERT).
+    fn final_norm(&self, h: Tensor) -> Tensor {
+        h
+    }
+}
+
+/// A linear layer absent from the checkpoint, to be initialised as HF's `_init_weights` does.
+#[derive(Debug, Clone)]
+pub struct FreshLinear {
+    pub module: String,
+    pub in_features: i64,
+    pub out_features: i64,
+    pub bias: bool,
+}
+
+/// Hands checkpoint tensors to the builder under their module names.
+pub struct Loader<'a> {
+    pub w: &'a Weights,
+    pub b: &'a mut LoraBuilder,
+    /// Parameters created (not loaded), by full name.
+    fresh: HashMap<String, Tensor>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(w: &'a Weights, b: &'a mut LoraBuilder) -> Self {
+        Loader {
+            w,
+            b,
+            fresh: HashMap::new(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.w.kind()
+    }
+
+    pub fn device(&self) -> Device {
+        self.w.device()
+    }
+
+    /// Create the layers of `specs` that the checkpoint lacks: weight normal(0, `std`), bias
+    /// zero (HF `_init_weights` for `nn.Linear`), drawn on the CPU in f32 from torch's global
+    /// generator in the order given, then converted. Returns the modules created.
+    pub fn init_missing(&mut self, specs: &[FreshLinear], std: f64) -> Result<Vec<String>> {
+        let mut created = Vec::new();
+        let _guard = tch::no_grad_guard();
+        for s in specs {
+            let wname = format!("{}.weight", s.module);
+            if self.w.contains(&wname) {
+                continue;
+            }
+            let (kind, device) = (self.kind(), self.device());
+            let weight = Tensor::empty([s.out_features, s.in_features], (Kind::Float, Device::Cpu))
+                .f_normal_(0.0, std)?
+                .f_to_device_(device, kind, false, false)?;
+            self.fresh.insert(wname, weight);
+            if s.bias {
+                let bias = Tensor::f_zeros([s.out_features], (kind, device))?;
+                self.fresh.insert(format!("{}.bias", s.module), bias);
+            }
+            created.push(s.module.clone());
+        }
+        Ok(created)
+    }
+
+    /// A parameter: created by [`Self::init_missing`] or loaded from the checkpoint.
+    pub fn tensor(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        match self.fresh.remove(name) {
+            Some(t) => Ok(t),
+            None => self.w.get(name, shape),
+        }
+    }
+
+    /// `module.weight` (`[out, in]`, or `[in, out]` for `InOut`) and, with `bias`, `module.bias`.
+    pub fn linear(
+        &mut self,
+        module: &str,
+        in_f: i64,
+        out_f: i64,
+        bias: bool,
+        layout: WeightLayout,
+    ) -> Result<LoraLinear> {
+        let shape = match layout {
+            WeightLayout::OutIn => [out_f, in_f],
+            WeightLayout::InOut => [in_f, out_f],
+        };
+        let weight = self.tensor(&format!("{module}.weight"), &shape)?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{module}.bias"), &[out_f])?)
+        } else {
+            None
+        };
+        self.b.linear(module, weight, bias, layout)
+    }
+
+    pub fn embedding(
+        &mut self,
+        module: &str,
+        num: i64,
+        dim: i64,
+        padding_idx: Option<i64>,
+    ) -> Result<LoraEmbedding> {
+        let table = self.tensor(&format!("{module}.weight"), &[num, dim])?;
+        self.b.embedding(module, table, padding_idx)
+    }
+
+    pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {
+        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
+        let bias = self.tensor(&format!("{module}.bias"), &[dim])?;
+        Ok(self.b.layer_norm(module, weight, Some(bias), eps))
+    }
+
+    /// An RMSNorm weight `[dim]`.
+    pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
+        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
+        let weight = self.b.norm_weight(module, "weight", weight);
+        Ok(RmsNorm { weight, eps })
+    }
+}
+
+/// Llama's RMSNorm, computed as HF does: in f32, cast back, then scaled.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.to_kind(Kind::Float);
+        let var = h.square().mean_dim(-1, true, Kind::Float);
+        let h = h * (var + self.eps).rsqrt();
+        &self.weight * h.to_kind(kind)
+    }
+}

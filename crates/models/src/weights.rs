@@ -1,0 +1,309 @@
+//! `Weights`: the tensors of a HuggingFace checkpoint (`model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`), memory-mapped, looked up by the task model's names with or
+//! without the backbone prefix, converted to the requested dtype and device one tensor at a
+//! time, and tracked so that tensors the model never asked for are reported.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::tensor::Metadata;
+use safetensors::SafeTensors;
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::io::kind_of;
+
+/// The single-file checkpoint name transformers writes.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint.
+pub const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
+
+/// Checkpoint entries that are buffers, not parameters, in some transformers versions: never
+/// asked for, never reported as unused.
+const KNOWN_BUFFERS: &[&str] = &[
+    "embeddings.position_ids",
+    "attn.bias",
+    "attn.masked_bias",
+    "rotary_emb.inv_freq",
+];
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Offset of the data block: 8 bytes of header length + the header.
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// A read-only view of a checkpoint's tensors.
+pub struct Weights {
+    shards: Vec<Shard>,
+    /// Tensor name -> shard index.
+    index: HashMap<String, usize>,
+    /// The backbone prefix (`bert`, `roberta`, `transformer`, `model`), tried on and off.
+    prefix: String,
+    kind: Kind,
+    device: Device,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field(
+                "files",
+                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.index.len())
+            .field("prefix", &self.prefix)
+            .field("kind", &self.kind)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn open_shard(path: &Path) -> Result<Shard> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the file is mapped read-only; a checkpoint that is modified while mapped is
+    // outside what this loader supports (as for every mmap-based safetensors reader).
+    let mmap = unsafe { Mmap::map(&file) }
+        .with_context(|| format!("memory-mapping {}", path.display()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+        data_start: 8 + header_len,
+        metadata,
+    })
+}
+
+impl Weights {
+    /// Open the checkpoint in `dir`: `model.safetensors`, or the shards named by
+    /// `model.safetensors.index.json`. `prefix` is the backbone's name in the task model.
+    pub fn open(dir: &Path, prefix: &str, kind: Kind, device: Device) -> Result<Self> {
+        let single = dir.join(SAFETENSORS_FILE);
+        let index = dir.join(SAFETENSORS_INDEX);
+        let files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_files(&index)?
+        } else {
+            bail!(
+                "{}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} (only safetensors checkpoints are supported)",
+                dir.display()
+            );
+        };
+        Self::from_files(&files, prefix, kind, device)
+    }
+
+    /// Open the given safetensors files as one checkpoint. A tensor name present in two files
+    /// is an error.
+    pub fn from_files(files: &[PathBuf], prefix: &str, kind: Kind, device: Device) -> Result<Self> {
+        if !matches!(
+            kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
+            bail!("model dtype {kind:?} is not supported; supported: f32, bf16, f16 (and f64)");
+        }
+        let mut shards = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let shard = open_shard(path)?;
+            for name in shard.metadata.tensors().keys() {
+                if let Some(j) = index.insert(name.clone(), i) {
+                    bail!(
+                        "tensor {name} is in both {} and {}",
+                        files[j].display(),
+                        path.display()
+                    );
+                }
+            }
+            shards.push(shard);
+        }
+        Ok(Weights {
+            shards,
+            index,
+            prefix: prefix.to_string(),
+            kind,
+            device,
+            used: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The files of the checkpoint, for messages.
+    pub fn files(&self) -> String {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.index.keys().map(String::as_str).collect()
+    }
+
+    /// The names under which `name` may be stored: as given, and with the backbone prefix
+    /// removed or added (checkpoints of the bare backbone have no prefix).
+    fn candidates(&self, name: &str) -> Vec<String> {
+        let p = format!("{}.", self.prefix);
+        let mut out = vec![name.to_string()];
+        match name.strip_prefix(&p) {
+            Some(rest) => out.push(rest.to_string()),
+            None => out.push(format!("{p}{name}")),
+        }
+        out
+    }
+
+    fn resolve(&self, name: &str) -> Option<String> {
+        self.candidates(name)
+            .into_iter()
+            .find(|k| self.index.contains_key(k))
+    }
+
+    /// Does the checkpoint hold `name` (with or without prefix)?
+    pub fn contains(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    /// The tensor `name`, of shape `shape`, in the model dtype (floating tensors) on the model
+    /// device. Missing or of another shape: an error naming it.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        self.get_opt(name, shape)?.ok_or_else(|| {
+            anyhow!(
+                "{}: missing tensor {name} (also looked for {})",
+                self.files(),
+                self.candidates(name)[1]
+            )
+        })
+    }
+
+    /// As [`Self::get`], `None` when the checkpoint does not hold it.
+    pub fn get_opt(&self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
+        let Some(key) = self.resolve(name) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[self.index[&key]];
+        let info = shard.metadata.info(&key).ok_or_else(|| {
+            anyhow!(
+                "{}: tensor {key} vanished from the header",
+                shard.path.display()
+            )
+        })?;
+        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        if found != shape {
+            bail!(
+                "{}: tensor {key} has shape {found:?}, expected {shape:?} (from config.json)",
+                shard.path.display()
+            );
+        }
+        let src_kind = kind_of(info.dtype)
+            .with_context(|| format!("{}: tensor {key}", shard.path.display()))?;
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
+        let is_float = matches!(
+            src_kind,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
+        let target = if is_float { self.kind } else { src_kind };
+        let t = tensor_from_bytes(bytes, &found, src_kind, target, self.device)
+            .with_context(|| format!("{}: loading tensor {key}", shard.path.display()))?;
+        self.used.borrow_mut().insert(key);
+        Ok(Some(t))
+    }
+
+    /// Checkpoint tensors no call to `get` asked for (known buffers excluded), sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        let mut out: Vec<String> = self
+            .index
+            .keys()
+            .filter(|k| !used.contains(*k) && !KNOWN_BUFFERS.iter().any(|b| k.ends_with(b)))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One copy from the mapped bytes into a tensor of `target` kind on `device`.
+fn tensor_from_bytes(
+    bytes: &[u8],
+    shape: &[i64],
+    src: Kind,
+    target: Kind,
+    device: Device,
+) -> Result<Tensor> {
+    let elt = src.elt_size_in_bytes();
+    let numel: i64 = shape.iter().product();
+    if bytes.len() != numel as usize * elt {
+        bail!(
+            "data holds {} bytes, expected {} for shape {shape:?} {src:?}",
+            bytes.len(),
+            numel as usize * elt
+        );
+    }
+    let aligned = bytes.as_ptr().align_offset(elt) == 0;
+    if (target == src && device == Device::Cpu) || !aligned || numel == 0 {
+        // A CPU copy of the bytes (the tensor must own its data: merging writes into it).
+        let t = Tensor::f_from_data_size(bytes, shape, src)?;
+        return Ok(if target == src && device == Device::Cpu {
+            t
+        } else {
+            t.f_to_device_(device, target, false, false)?
+        });
+    }
+    // A tensor over the mapped bytes, read once by the conversion: no intermediate copy.
+    // SAFETY: `bytes` outlives the borrowed tensor, which is dropped at the end of this
+    // function; `copy = true` makes the returned tensor own new storage.
+    let view = unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &[], src, Device::Cpu)? };
+    Ok(view.f_to_device_(device, target, false, true)?)
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The shard files named by an index, in order of first appearance.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let idx: ShardIndex = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected {{\"weight_map\": {{..}}}}", index.display()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut seen = BTreeSet::new();
+    let mut files = Vec::new();
+    for file in idx.weight_map.values() {
+        if seen.insert(file.clone()) {
+            let path = dir.join(file);
+            if !path.is_file() {
+                bail!("{}: shard {file} does not exist", index.display());
+            }
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        bail!("{}: weight_map is empty", index.display());
+    }
+    Ok(files)
+}

@@ -1,0 +1,236 @@
+//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2 and Llama models
+//! that `tests/reference/fixtures.py` builds (no download; the Llama sequence classifier is
+//! saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{assert_close, masked_positions, read, run_reference};
+use loraplus_core::read_adapter_config;
+use loraplus_models::{Head, LoadOptions, TaskModel};
+use tch::Tensor;
+
+const TOL: f64 = 1e-4;
+
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        run_reference("fixtures.py", &[dir.path()]);
+        dir
+    })
+    .path()
+}
+
+fn task(case: &str) -> Head {
+    match case {
+        "bert" => Head::SequenceClassification { num_labels: 3 },
+        "roberta" => Head::SequenceClassification { num_labels: 2 },
+        "gpt2" => Head::SequenceClassification { num_labels: 1 },
+        "llama" => Head::SequenceClassification { num_labels: 3 },
+        "gpt2_lm" | "llama_lm" => Head::CausalLm,
+        other => panic!("unknown case {other}"),
+    }
+}
+
+struct Inputs {
+    ids: Tensor,
+    mask: Tensor,
+    token_types: Option<Tensor>,
+    labels: Tensor,
+}
+
+fn inputs(dir: &Path) -> Inputs {
+    let mut t = read(&dir.join("inputs.safetensors"));
+    Inputs {
+        ids: t.remove("input_ids").unwrap(),
+        mask: t.remove("attention_mask").unwrap(),
+        token_types: t.remove("token_type_ids"),
+        labels: t.remove("labels").unwrap(),
+    }
+}
+
+fn case_dir(case: &str) -> PathBuf {
+    fixtures().join(case)
+}
+
+/// Logits compared where they exist: all of a classifier's, the non-padding positions of a LM's.
+fn comparable(logits: &Tensor, mask: &Tensor, head: Head) -> Tensor {
+    match head {
+        Head::CausalLm => masked_positions(logits, mask),
+        Head::SequenceClassification { .. } => logits.shallow_clone(),
+    }
+}
+
+/// The plain model (no LoRA) against transformers: logits and last hidden states.
+fn plain_parity(case: &str) {
+    let dir = case_dir(case);
+    let x = inputs(&dir);
+    let head = task(case);
+    let opts = LoadOptions {
+        task: head,
+        ..Default::default()
+    };
+    let (model, _lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+    assert!(
+        model.initialised_modules().is_empty(),
+        "{:?}",
+        model.initialised_modules()
+    );
+    assert!(
+        model.unused_weights().is_empty(),
+        "{:?}",
+        model.unused_weights()
+    );
+    let reference = read(&dir.join("reference.safetensors"));
+    let _guard = tch::no_grad_guard();
+    let logits = model
+        .forward_t(&x.ids, &x.mask, x.token_types.as_ref(), false)
+        .unwrap();
+    let hidden = model
+        .encode(&x.ids, &x.mask, x.token_types.as_ref(), false)
+        .unwrap();
+    assert!(
+        common::max_abs(&reference["logits"]) > 0.1,
+        "reference logits are too small to tell anything"
+    );
+    assert_close(
+        &format!("{case} logits"),
+        &comparable(&logits, &x.mask, head),
+        &comparable(&reference["logits"], &x.mask, head),
+        TOL,
+    );
+    assert_close(
+        &format!("{case} hidden states (non-padding positions)"),
+        &masked_positions(&hidden, &x.mask),
+        &masked_positions(&reference["hidden"], &x.mask),
+        TOL,
+    );
+}
+
+/// LoRA from PEFT's adapter files: logits, loss and the gradient of every trainable tensor.
+fn lora_parity(case: &str) {
+    let dir = case_dir(case);
+    let x = inputs(&dir);
+    let head = task(case);
+    let cfg = read_adapter_config(&dir.join("adapter")).unwrap();
+    let opts = LoadOptions {
+        task: head,
+        lora: Some(cfg),
+        ..Default::default()
+    };
+    let (model, lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+    lora.load_adapter(&dir.join("adapter")).unwrap();
+    let peft = read(&dir.join("peft.safetensors"));
+
+    let names: BTreeSet<String> = lora
+        .trainable_params()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let expected: BTreeSet<String> = peft
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad.").map(String::from))
+        .collect();
+    assert_eq!(
+        names, expected,
+        "{case}: trainable tensors differ from PEFT's"
+    );
+
+    let logits = model
+        .forward_t(&x.ids, &x.mask, x.token_types.as_ref(), false)
+        .unwrap();
+    let loss = model.loss(&logits, &x.labels).unwrap();
+    loss.backward();
+    assert_close(
+        &format!("{case} LoRA logits"),
+        &comparable(&logits.detach(), &x.mask, head),
+        &comparable(&peft["logits"], &x.mask, head),
+        TOL,
+    );
+    assert_close(
+        &format!("{case} LoRA loss"),
+        &loss.detach().view([1]),
+        &peft["loss"],
+        TOL,
+    );
+    let mut worst = 0f64;
+    for p in lora.trainable_params() {
+        let grad = p.tensor.grad();
+        assert!(grad.defined(), "{case}: {} has no gradient", p.name);
+        let reference = &peft[&format!("grad.{}", p.name)];
+        let d = common::max_abs_diff(&grad, reference);
+        assert!(d <= TOL, "{case}: gradient of {} differs by {d:e}", p.name);
+        worst = worst.max(d);
+    }
+    println!(
+        "{case} LoRA gradients ({} tensors): max |diff| = {worst:.3e}",
+        names.len()
+    );
+}
+
+#[test]
+fn bert_matches_transformers() {
+    plain_parity("bert");
+}
+
+#[test]
+fn roberta_matches_transformers() {
+    plain_parity("roberta");
+}
+
+#[test]
+fn gpt2_regression_matches_transformers() {
+    plain_parity("gpt2");
+}
+
+#[test]
+fn gpt2_lm_matches_transformers() {
+    plain_parity("gpt2_lm");
+}
+
+#[test]
+fn llama_sharded_left_padded_matches_transformers() {
+    assert!(case_dir("llama")
+        .join("model/model.safetensors.index.json")
+        .is_file());
+    plain_parity("llama");
+}
+
+#[test]
+fn llama_lm_matches_transformers() {
+    plain_parity("llama_lm");
+}
+
+#[test]
+fn bert_lora_matches_peft() {
+    lora_parity("bert");
+}
+
+#[test]
+fn roberta_lora_with_embedding_adapter_matches_peft() {
+    lora_parity("roberta");
+}
+
+#[test]
+fn gpt2_lora_fan_in_fan_out_bias_matches_peft() {
+    lora_parity("gpt2");
+}
+
+#[test]
+fn gpt2_lm_lora_matches_peft() {
+    lora_parity("gpt2_lm");
+}
+
+#[test]
+fn llama_lora_all_projections_matches_peft() {
+    lora_parity("llama");
+}
+
+#[test]
+fn llama_lm_lora_rslora_matches_peft() {
+    lora_parity("llama_lm");
+}

@@ -1,0 +1,147 @@
+"""Reference fixtures for crates/models/tests/parity.rs, made by transformers and PEFT.
+
+usage: python fixtures.py OUT_DIR
+
+For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm) writes under OUT_DIR/<case>/:
+  model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
+  inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
+  reference.safetensors  logits and hidden (last_hidden_state) of the plain model, eval mode
+  adapter/             a PEFT LoRA adapter with init_lora_weights=False (B != 0)
+  peft.safetensors     logits, loss and grad.<name> of every trainable tensor of the PEFT model
+                       (names as loraplus names them: no base_model.model., no .default)
+No download: configs are built here, weights drawn from torch.manual_seed.
+"""
+import json
+import os
+import sys
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
+                          GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+B, T = 3, 7
+VOCAB = 99
+
+
+def ids_and_mask(lengths, pad, low, left=False):
+    ids = torch.randint(low, VOCAB, (B, T))
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, T - n:] = 1
+        else:
+            mask[i, :n] = 1
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad))
+    return ids, mask
+
+
+def perturb(model):
+    # Move every parameter (LayerNorm and biases included) off its tidy init, so the parity
+    # checks see non-trivial values everywhere.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+
+
+def cases():
+    lengths = [7, 4, 2]
+    bert_cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=64, initializer_range=0.2,
+                          num_labels=3, pad_token_id=0)
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="bert", model=BertForSequenceClassification(bert_cfg), backbone="bert",
+               inputs=dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.randint(0, 2, (B, T))),
+               labels=torch.tensor([0, 2, 1]),
+               lora=dict(target_modules=["query", "value"], modules_to_save=["classifier", "pooler.dense"]))
+
+    rob_cfg = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=66, initializer_range=0.2,
+                            num_labels=2, pad_token_id=1, layer_norm_eps=1e-5)
+    ids, mask = ids_and_mask(lengths, pad=1, low=3)
+    yield dict(name="roberta", model=RobertaForSequenceClassification(rob_cfg), backbone="roberta",
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 0, 1]),
+               lora=dict(target_modules=["query", "value", "word_embeddings"], modules_to_save=["classifier.dense", "classifier.out_proj"]))
+
+    gpt_cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                         initializer_range=0.2, num_labels=1, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="gpt2", model=GPT2ForSequenceClassification(gpt_cfg), backbone="transformer",
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([0.5, -1.0, 2.0]),
+               lora=dict(target_modules=["c_attn", "c_proj"], modules_to_save=["score"], fan_in_fan_out=True,
+                         bias="lora_only"))
+
+    gpt_lm_cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                            initializer_range=0.2, bos_token_id=1, eos_token_id=1)
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="gpt2_lm", model=GPT2LMHeadModel(gpt_lm_cfg), backbone="transformer",
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=ids.masked_fill(mask == 0, -100),
+               lora=dict(target_modules=["c_attn"], fan_in_fan_out=True))
+
+    llama_cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            initializer_range=0.2, num_labels=3, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="llama", model=LlamaForSequenceClassification(llama_cfg), backbone="model", sharded=True,
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 0, 1]),
+               lora=dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                         modules_to_save=["score"]))
+
+    llama_lm_cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                               initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               tie_word_embeddings=False)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="llama_lm", model=LlamaForCausalLM(llama_lm_cfg), backbone="model",
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=ids.masked_fill(mask == 0, -100),
+               lora=dict(target_modules=["q_proj", "v_proj"], use_rslora=True))
+
+
+def loraplus_name(peft_name):
+    n = peft_name.removeprefix("base_model.model.")
+    n = n.replace(".modules_to_save.default.", ".").replace(".default.", ".").replace(".base_layer.", ".")
+    if n.endswith(".default"):
+        n = n[: -len(".default")]
+    return n
+
+
+def main(out):
+    torch.manual_seed(0)
+    for case in cases():
+        d = os.path.join(out, case["name"])
+        os.makedirs(d, exist_ok=True)
+        model = case["model"]
+        perturb(model)
+        model.eval()
+        kw = {"max_shard_size": "20KB"} if case.get("sharded") else {}
+        model.save_pretrained(os.path.join(d, "model"), safe_serialization=True, **kw)
+        inputs = case["inputs"]
+        save_file({**{k: v.contiguous() for k, v in inputs.items()}, "labels": case["labels"]},
+                  os.path.join(d, "inputs.safetensors"))
+        with torch.no_grad():
+            out_plain = model(**inputs)
+            hidden = getattr(model, case["backbone"])(**inputs).last_hidden_state
+        save_file({"logits": out_plain.logits.contiguous(), "hidden": hidden.contiguous()},
+                  os.path.join(d, "reference.safetensors"))
+
+        lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
+        lora.update(case["lora"])
+        peft_model = get_peft_model(model, LoraConfig(**lora))
+        peft_model.eval()
+        peft_model.save_pretrained(os.path.join(d, "adapter"))
+        result = peft_model(**inputs, labels=case["labels"])
+        result.loss.backward()
+        tensors = {"logits": result.logits.detach().contiguous(), "loss": result.loss.detach().reshape(1)}
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                tensors["grad." + loraplus_name(name)] = p.grad.contiguous()
+        save_file(tensors, os.path.join(d, "peft.safetensors"))
+        with open(os.path.join(d, "trainable.json"), "w") as f:
+            json.dump(sorted(k[5:] for k in tensors if k.startswith("grad.")), f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
