@@ -1,3 +1,4 @@
 fn main() {
     loraplus_build::link_libtorch();
+    loraplus_build::emit_libtorch_version();
 }

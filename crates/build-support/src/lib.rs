@@ -51,3 +51,26 @@ pub fn link_libtorch() {
 fn has_lib(dir: &Path, name: &str) -> bool {
     dir.join(format!("lib{name}.so")).exists()
 }
+
+/// Expose the libtorch version (from `$LIBTORCH/version.py` or `build-version`) to the crate as
+/// the compile-time variable `LORAPLUS_LIBTORCH_VERSION`.
+pub fn emit_libtorch_version() {
+    let Some(dir) = libtorch_dir() else { return };
+    for file in ["version.py", "build-version"] {
+        let path = dir.join(file);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let version = text
+                .lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .unwrap_or(text.lines().next().unwrap_or(""))
+                .trim()
+                .trim_matches('\'')
+                .trim_matches('"')
+                .to_string();
+            if !version.is_empty() {
+                println!("cargo:rustc-env=LORAPLUS_LIBTORCH_VERSION={version}");
+                return;
+            }
+        }
+    }
+}

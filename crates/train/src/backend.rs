@@ -1,0 +1,269 @@
+//! The trainer's glue to the other crates: model loading with the run's LoRA config, the
+//! optimizer with the run's schedule, one training micro-step, evaluation logits, merged-model
+//! export. The training loop itself (`trainer.rs`) only calls these.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::{LoraConfig, LoraModel};
+use loraplus_data::{Batch, Label, Labels, Task, TokenizedDataset};
+use loraplus_models::{Head, LoadOptions, ModelConfig, TaskModel};
+use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, ParamGroup, Schedule, Warmup};
+
+use crate::config::TrainConfig;
+use crate::trainer::lora_config;
+
+pub type Model = TaskModel;
+
+/// The optimizer as the loop uses it.
+pub struct Optimizer(pub LoraPlusAdamW);
+
+fn kind_of(dtype: &str) -> Result<Kind> {
+    Ok(match dtype {
+        "f32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        "f16" => Kind::Half,
+        other => bail!("dtype must be f32, bf16 or f16, found {other:?}"),
+    })
+}
+
+fn head_of(task: Task) -> Head {
+    Head::SequenceClassification {
+        num_labels: task.spec().num_labels() as i64,
+    }
+}
+
+/// Load the model with the run's adapter (targets default to the architecture's).
+pub fn load_model(cfg: &TrainConfig, task: Task, dir: &Path, device: Device) -> Result<(Model, LoraModel)> {
+    let mc = ModelConfig::from_file(dir.join("config.json"))?;
+    let (targets, heads) = mc.recommended_lora_modules(false);
+    let to_strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+    let lc = lora_config(cfg, (to_strings(targets), to_strings(heads)))?;
+    let opts = LoadOptions {
+        task: head_of(task),
+        dtype: kind_of(&cfg.dtype)?,
+        device,
+        lora: Some(lc),
+        seed: cfg.seed as i64,
+        ..LoadOptions::default()
+    };
+    TaskModel::load(dir, &opts)
+}
+
+/// Load the model with a given adapter config (for eval and merge).
+pub fn load_model_with_lora(dir: &Path, task: Task, lc: LoraConfig, device: Device, dtype: &str) -> Result<(Model, LoraModel)> {
+    let opts = LoadOptions {
+        task: head_of(task),
+        dtype: kind_of(dtype)?,
+        device,
+        lora: Some(lc),
+        ..LoadOptions::default()
+    };
+    TaskModel::load(dir, &opts)
+}
+
+/// The LoRA+ AdamW with the run's groups and schedule.
+pub fn build_optimizer(cfg: &TrainConfig, lora: &LoraModel, total_steps: usize) -> Result<Optimizer> {
+    let o = &cfg.optim;
+    let oc = LoraPlusConfig {
+        lr: o.lr,
+        ratio: o.loraplus_ratio,
+        lr_embedding: o.lr_embedding,
+        weight_decay: o.weight_decay,
+        betas: (o.beta1, o.beta2),
+        eps: o.eps,
+        amsgrad: false,
+        head_lr: o.head_lr,
+    };
+    let warmup = match o.warmup_steps {
+        Some(s) => Warmup::Steps(s as u64),
+        None => Warmup::Ratio(o.warmup_ratio),
+    };
+    let total = total_steps as u64;
+    let schedule = match o.schedule.as_str() {
+        "constant" if warmup.steps(total) == 0 => Schedule::Constant,
+        "constant" => Schedule::ConstantWithWarmup { warmup, total_steps: total },
+        "cosine" => Schedule::cosine(warmup, total),
+        _ => Schedule::linear(warmup, total),
+    };
+    let opt = LoraPlusAdamW::new(lora.trainable_params(), &oc, schedule).context("section [optim]")?;
+    Ok(Optimizer(opt))
+}
+
+impl Optimizer {
+    /// Clip (when `max_norm > 0`), step, zero the gradients. Returns the pre-clip norm as a
+    /// device tensor (no host sync).
+    pub fn clip_and_step(&mut self, max_norm: f64) -> Result<Option<Tensor>> {
+        let norm = if max_norm > 0.0 {
+            Some(self.0.clip_grad_norm(max_norm)?)
+        } else {
+            None
+        };
+        self.0.step()?;
+        self.0.zero_grad()?;
+        Ok(norm)
+    }
+
+    pub fn zero_grad(&mut self) {
+        let _ = self.0.zero_grad();
+    }
+
+    /// Learning rates of groups A and B at the current step.
+    pub fn lrs(&self) -> (f64, f64) {
+        let a = self.0.lr_of(ParamGroup::A).unwrap_or(f64::NAN);
+        let b = self.0.lr_of(ParamGroup::B).unwrap_or(f64::NAN);
+        (a, b)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.0.save(dir)
+    }
+
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
+        self.0.load(dir)
+    }
+}
+
+pub fn optimizer_summary(opt: &Optimizer) -> String {
+    opt.0.summary().to_string()
+}
+
+/// Forward and backward of one micro-batch (gradients scaled by `scale`); the detached loss.
+pub fn train_micro_step(model: &Model, batch: &Batch, device: Device, scale: f64) -> Result<Tensor> {
+    let labels = batch.labels.as_ref().context("a training batch without labels")?;
+    let out = model.forward_backward(
+        &batch.input_ids.to_device(device),
+        &batch.attention_mask.to_device(device),
+        Some(&batch.token_type_ids.to_device(device)),
+        &labels.to_device(device),
+        true,
+        scale,
+    )?;
+    Ok(out.loss)
+}
+
+/// Eval-mode logits of a batch.
+pub fn eval_logits(model: &Model, batch: &Batch, device: Device) -> Result<Tensor> {
+    model.forward_t(
+        &batch.input_ids.to_device(device),
+        &batch.attention_mask.to_device(device),
+        Some(&batch.token_type_ids.to_device(device)),
+        false,
+    )
+}
+
+fn take(data: &TokenizedDataset, idx: &[usize]) -> Result<TokenizedDataset> {
+    let examples = idx
+        .iter()
+        .map(|&i| {
+            let e = data.get(i);
+            (e.input_ids.to_vec(), e.token_type_ids.to_vec())
+        })
+        .collect();
+    let labels = match data.labels() {
+        Labels::None => Labels::None,
+        Labels::Classes(v) => Labels::Classes(idx.iter().map(|&i| v[i]).collect()),
+        Labels::Scores(v) => Labels::Scores(idx.iter().map(|&i| v[i]).collect()),
+    };
+    TokenizedDataset::from_examples(examples, labels)
+}
+
+/// `n` examples drawn without replacement with `seed` (all of them if `n >= len`).
+pub fn subset(data: &TokenizedDataset, n: usize, seed: u64) -> Result<TokenizedDataset> {
+    if n >= data.len() {
+        return Ok(data.clone());
+    }
+    // A seeded Fisher-Yates over indices (SplitMix64).
+    let mut idx: Vec<usize> = (0..data.len()).collect();
+    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..idx.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx.sort_unstable();
+    take(data, &idx)
+}
+
+/// The first `n` examples.
+pub fn first_n(data: &TokenizedDataset, n: usize) -> Result<TokenizedDataset> {
+    let idx: Vec<usize> = (0..n.min(data.len())).collect();
+    take(data, &idx)
+}
+
+/// A prediction as GLUE's submission files write it (label name, or the score).
+pub fn label_text(task: Task, label: &Label) -> String {
+    match label {
+        Label::Class(i) => task.spec().labels.get(*i).map_or(i.to_string(), |s| s.to_string()),
+        Label::Score(s) => format!("{s:.3}"),
+    }
+}
+
+/// Write the merged model: every base parameter (adapters already merged in) as
+/// `model.safetensors`, the HuggingFace config with the task head's fields, and the tokenizer.
+pub fn write_merged(model: &Model, lora: &LoraModel, src: &Path, task: Task, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, t) in lora.base_params() {
+        if seen.insert(name.clone()) {
+            tensors.push((name, t.detach().to_kind(Kind::Float)));
+        }
+    }
+    let meta = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    loraplus_core::write_safetensors(&out.join("model.safetensors"), &tensors, &meta)?;
+    let cfg_path = src.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let arch = match model.config() {
+        ModelConfig::Bert(_) => "BertForSequenceClassification",
+        ModelConfig::Roberta(_) => "RobertaForSequenceClassification",
+        ModelConfig::Gpt2(_) => "GPT2ForSequenceClassification",
+        ModelConfig::Llama(_) => "LlamaForSequenceClassification",
+    };
+    let spec = task.spec();
+    let n = spec.num_labels();
+    let labels: Vec<String> = if spec.is_regression() {
+        vec!["LABEL_0".into()]
+    } else {
+        spec.labels.iter().map(|s| s.to_string()).collect()
+    };
+    let id2label: serde_json::Map<String, serde_json::Value> =
+        labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+    let label2id: serde_json::Map<String, serde_json::Value> =
+        labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+    if let Some(obj) = cfg.as_object_mut() {
+        obj.insert("architectures".into(), serde_json::json!([arch]));
+        obj.insert("num_labels".into(), n.into());
+        obj.insert("id2label".into(), id2label.into());
+        obj.insert("label2id".into(), label2id.into());
+        obj.insert("torch_dtype".into(), "float32".into());
+        if spec.is_regression() {
+            obj.insert("problem_type".into(), "regression".into());
+        } else {
+            obj.insert("problem_type".into(), "single_label_classification".into());
+        }
+    }
+    loraplus_core::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+        let p = src.join(f);
+        if p.exists() {
+            std::fs::copy(&p, out.join(f)).with_context(|| format!("copying {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The libtorch version this binary was built against.
+pub fn libtorch_version() -> &'static str {
+    option_env!("LORAPLUS_LIBTORCH_VERSION").unwrap_or("unknown")
+}

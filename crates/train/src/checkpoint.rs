@@ -1,0 +1,176 @@
+//! Checkpoints: one directory per save, written into a temporary directory and renamed, so a
+//! crash (even `kill -9`) mid-write leaves the previous checkpoint whole.
+//!
+//! ```text
+//! <output_dir>/checkpoints/step-000120/
+//!     adapter/              adapter_model.safetensors + adapter_config.json (PEFT format)
+//!     optimizer/            the optimizer's state (moments, step, groups, schedule)
+//!     trainer_state.json    step, data position, best metric, the run's config
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use loraplus_data::Position;
+
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const ADAPTER_DIR: &str = "adapter";
+pub const OPTIMIZER_DIR: &str = "optimizer";
+
+/// What the trainer needs besides the tensors to continue exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Data position after the last step.
+    pub position: Position,
+    /// Best main dev metric so far, and the step it was reached at.
+    pub best_metric: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Evaluations since the best one (early stopping).
+    pub evals_since_best: usize,
+    /// The first step at which the target metric was reached.
+    pub target_reached_at: Option<usize>,
+    pub config: TrainConfig,
+}
+
+/// `<output_dir>/checkpoints`.
+pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
+
+fn step_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// Write a checkpoint atomically. `write_tensors` fills the temporary directory (adapter and
+/// optimizer state); then the state file is written and the directory renamed into place.
+pub fn save(
+    output_dir: &Path,
+    state: &TrainerState,
+    write_tensors: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(output_dir);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let final_dir = root.join(step_name(state.step));
+    let tmp = root.join(format!(".tmp-{}-{}", step_name(state.step), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    write_tensors(&tmp)?;
+    let json = serde_json::to_string_pretty(state)?;
+    std::fs::write(tmp.join(TRAINER_STATE), json).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Ok(f) = std::fs::File::open(&tmp) {
+        f.sync_all().ok();
+    }
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+    }
+    std::fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+    Ok(final_dir)
+}
+
+/// Complete checkpoints under `output_dir`, oldest first (temporary directories are skipped).
+pub fn list(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = checkpoints_dir(output_dir);
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            if e.path().join(TRAINER_STATE).exists() {
+                out.push((step, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Keep the newest `keep_last` checkpoints and the one at `keep_step` (the best); remove the
+/// rest, and leftovers of interrupted writes.
+pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> Result<()> {
+    let all = list(output_dir)?;
+    let n = all.len();
+    for (i, (step, path)) in all.into_iter().enumerate() {
+        if i + keep_last < n && Some(step) != keep_step {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(checkpoints_dir(output_dir)) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                std::fs::remove_dir_all(e.path()).ok();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolve `--resume PATH`: a checkpoint directory, or an output directory (its newest
+/// checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(TRAINER_STATE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    match list(path)?.pop() {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "{}: neither a checkpoint (no {TRAINER_STATE}) nor an output directory with checkpoints",
+            path.display()
+        ),
+    }
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> TrainerState {
+        TrainerState {
+            step,
+            position: Position { epoch: 0, index: step },
+            best_metric: None,
+            best_step: None,
+            evals_since_best: 0,
+            target_reached_at: None,
+            config: TrainConfig::default(),
+        }
+    }
+
+    #[test]
+    fn save_list_prune_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in [10, 20, 30, 40] {
+            save(dir.path(), &state(s), |d| Ok(std::fs::write(d.join("x"), b"1")?)).unwrap();
+        }
+        prune(dir.path(), 2, Some(10)).unwrap();
+        let steps: Vec<_> = list(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![10, 30, 40]);
+        let latest = resolve(dir.path()).unwrap();
+        assert_eq!(read_state(&latest).unwrap().step, 40);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &state(5), |_| Ok(())).unwrap();
+        let err = save(dir.path(), &state(6), |_| bail!("disk full"));
+        assert!(err.is_err());
+        let latest = resolve(dir.path()).unwrap();
+        assert_eq!(read_state(&latest).unwrap().step, 5);
+    }
+}

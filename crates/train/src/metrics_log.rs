@@ -1,0 +1,127 @@
+//! The metrics file: `<output_dir>/metrics.jsonl`, one JSON object per logged step
+//! (`"kind": "train"`) and per evaluation (`"kind": "eval"`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use loraplus_data::{MetricReport, Split};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One logged training step (averages over the steps since the previous log line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainRecord {
+    pub step: usize,
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr_a: f64,
+    pub lr_b: f64,
+    pub grad_norm: Option<f64>,
+    pub samples_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// One evaluation: every metric of every dev split, and the main one (selection key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalRecord {
+    pub step: usize,
+    pub main: f64,
+    pub main_name: String,
+    pub metrics: Vec<(String, f64)>,
+    pub elapsed_s: f64,
+}
+
+impl EvalRecord {
+    pub fn new(step: usize, reports: &[(Split, MetricReport)], elapsed_s: f64) -> EvalRecord {
+        let mut metrics = Vec::new();
+        let several = reports.len() > 1;
+        for (split, r) in reports {
+            for (name, v) in &r.values {
+                let key = if several { format!("{split:?}/{name}") } else { name.clone() };
+                metrics.push((key, *v));
+            }
+        }
+        let (main, main_name) = reports
+            .first()
+            .map(|(_, r)| (r.main, r.main_name.clone()))
+            .unwrap_or((f64::NAN, String::new()));
+        EvalRecord {
+            step,
+            main,
+            main_name,
+            metrics,
+            elapsed_s,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Train(TrainRecord),
+    Eval(EvalRecord),
+}
+
+/// Appends records to `metrics.jsonl`.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Open (truncate, or append when resuming) `<output_dir>/metrics.jsonl`.
+    pub fn open(output_dir: &Path, append: bool) -> Result<MetricsLog> {
+        std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+        let path = output_dir.join(METRICS_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(MetricsLog { path, file })
+    }
+
+    fn write(&mut self, r: &Record) -> Result<()> {
+        let line = serde_json::to_string(r)?;
+        writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    pub fn train(&mut self, r: &TrainRecord) -> Result<()> {
+        self.write(&Record::Train(r.clone()))
+    }
+
+    pub fn eval(&mut self, r: &EvalRecord) -> Result<()> {
+        self.write(&Record::Eval(r.clone()))
+    }
+}
+
+/// Read a metrics file back (for plots and reports).
+pub fn read(path: &Path) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(&line).with_context(|| format!("{}:{}", path.display(), i + 1))? {
+            Record::Train(t) => train.push(t),
+            Record::Eval(e) => eval.push(e),
+        }
+    }
+    Ok((train, eval))
+}

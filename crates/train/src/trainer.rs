@@ -1,0 +1,476 @@
+//! The `Trainer`: model + LoRA adapter + LoRA+ optimizer + GLUE data, and the training loop:
+//! gradient accumulation, clipping, schedule, evaluation, best checkpoint, early stopping,
+//! exact resume, interruption, and callbacks for library users.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::{BiasMode, LoraConfig, LoraModel, TargetModules};
+use loraplus_data::{
+    evaluate, paths, predictions_from_logits, read_split, DataLoader, Encoder, LoaderConfig, MetricReport, Position,
+    ReadOptions, Split, Task, TokenizedDataset,
+};
+
+use crate::backend::{self, Model, Optimizer};
+
+use crate::checkpoint::{self, TrainerState, ADAPTER_DIR, OPTIMIZER_DIR};
+use crate::config::{parse_device, TrainConfig};
+use crate::metrics_log::{EvalRecord, MetricsLog, TrainRecord};
+
+/// What a callback may ask of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// Hooks for library users: logging, custom stopping.
+pub trait Callback {
+    fn on_log(&mut self, _record: &TrainRecord) -> Control {
+        Control::Continue
+    }
+    fn on_eval(&mut self, _record: &EvalRecord) -> Control {
+        Control::Continue
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub stopped_because: String,
+    pub final_eval: Option<EvalRecord>,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<usize>,
+    pub target_reached_at: Option<usize>,
+    pub adapter_dir: PathBuf,
+    pub output_dir: PathBuf,
+    pub train_seconds: f64,
+}
+
+/// A configured run: built by [`Trainer::new`], run by [`Trainer::train`].
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub task: Task,
+    pub device: Device,
+    pub model: Model,
+    pub lora: LoraModel,
+    pub optimizer: Optimizer,
+    train_loader: DataLoader,
+    dev: Vec<(Split, Arc<TokenizedDataset>)>,
+    pad_id: u32,
+    state: TrainerState,
+    total_steps: usize,
+    log: MetricsLog,
+    interrupt: Arc<AtomicBool>,
+    callbacks: Vec<Box<dyn Callback>>,
+    pub show_progress: bool,
+}
+
+/// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
+pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
+    cfg.model.clone().unwrap_or_else(paths::model_dir)
+}
+
+pub fn glue_dir(cfg: &TrainConfig) -> PathBuf {
+    cfg.glue_dir.clone().unwrap_or_else(paths::glue_dir)
+}
+
+/// The LoRA config of a run: the architecture's default targets unless the config names them.
+pub fn lora_config(cfg: &TrainConfig, defaults: (Vec<String>, Vec<String>)) -> Result<LoraConfig> {
+    let l = &cfg.lora;
+    let targets = l.target_modules.clone().unwrap_or(defaults.0);
+    let to_save = l.modules_to_save.clone().unwrap_or(defaults.1);
+    let bias = match l.bias.as_str() {
+        "all" => BiasMode::All,
+        "lora_only" => BiasMode::LoraOnly,
+        _ => BiasMode::None,
+    };
+    let lc = LoraConfig {
+        r: l.r,
+        lora_alpha: l.lora_alpha,
+        lora_dropout: l.lora_dropout,
+        target_modules: Some(TargetModules::List(targets)),
+        modules_to_save: (!to_save.is_empty()).then_some(to_save),
+        use_rslora: l.use_rslora,
+        bias,
+        task_type: Some("SEQ_CLS".into()),
+        base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
+        ..LoraConfig::default()
+    };
+    lc.validate().context("section [lora]")?;
+    Ok(lc)
+}
+
+/// Read, tokenize (cached) and return one split.
+pub fn load_split(cfg: &TrainConfig, task: Task, split: Split, encoder: &Encoder) -> Result<Arc<TokenizedDataset>> {
+    let ds = read_split(&glue_dir(cfg), task, split, ReadOptions::default())?;
+    let (tok, _status) = encoder.encode_cached(&ds, &paths::cache_dir())?;
+    Ok(Arc::new(tok))
+}
+
+impl Trainer {
+    /// Build everything a run needs; `resume` continues from a checkpoint (or an output
+    /// directory's newest checkpoint).
+    pub fn new(config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
+        config.validate()?;
+        let task = Task::from_name(&config.task)?;
+        let device = parse_device(&config.device)?;
+        if let Device::Cuda(n) = device {
+            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+                bail!(
+                    "device {} requested but libtorch sees {} CUDA device(s)",
+                    config.device,
+                    tch::Cuda::device_count()
+                );
+            }
+        }
+        if config.threads > 0 {
+            tch::set_num_threads(config.threads as i32);
+        }
+        let mdir = model_dir(&config);
+        let encoder = Encoder::from_model_dir(&mdir, config.max_seq_len)?;
+        let pad_id = encoder.pad_id();
+
+        // Data: training examples (optionally a seeded subset), dev split(s).
+        let mut train = load_split(&config, task, Split::Train, &encoder)?;
+        if let Some(n) = config.train_limit {
+            train = Arc::new(backend::subset(&train, n, config.seed)?);
+        }
+        let mut dev = Vec::new();
+        for split in task.spec().dev_splits() {
+            let mut d = load_split(&config, task, split, &encoder)?;
+            if let Some(n) = config.eval_limit {
+                d = Arc::new(backend::first_n(&d, n)?);
+            }
+            dev.push((split, d));
+        }
+        let loader_cfg = LoaderConfig {
+            bucket_multiplier: config.bucket_multiplier,
+            ..LoaderConfig::train(config.micro_batch(), config.seed)
+        };
+        let train_loader = DataLoader::new(train, pad_id, loader_cfg)?;
+        let micro_per_epoch = train_loader.batches_per_epoch();
+        let steps_per_epoch = micro_per_epoch.div_ceil(config.grad_accum).max(1);
+        let total_steps = match config.max_steps {
+            Some(s) => s,
+            None => ((config.epochs * steps_per_epoch as f64).ceil() as usize).max(1),
+        };
+
+        // Model and adapters, seeded.
+        tch::manual_seed(config.seed as i64);
+        let (model, lora) = backend::load_model(&config, task, &mdir, device)?;
+        let optimizer = backend::build_optimizer(&config, &lora, total_steps)?;
+
+        let mut state = TrainerState {
+            step: 0,
+            position: Position::default(),
+            best_metric: None,
+            best_step: None,
+            evals_since_best: 0,
+            target_reached_at: None,
+            config: config.clone(),
+        };
+        let mut optimizer = optimizer;
+        if let Some(path) = resume {
+            let dir = checkpoint::resolve(path)?;
+            let saved = checkpoint::read_state(&dir)?;
+            if saved.config.task != config.task || saved.config.lora != config.lora {
+                bail!(
+                    "{}: the checkpoint was written by a run with another task or [lora] section; resume with its config ({})",
+                    dir.display(),
+                    dir.join(checkpoint::TRAINER_STATE).display()
+                );
+            }
+            lora.load_adapter(&dir.join(ADAPTER_DIR))?;
+            optimizer.load(&dir.join(OPTIMIZER_DIR))?;
+            state = TrainerState { config: config.clone(), ..saved };
+            tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+        }
+        let log = MetricsLog::open(&config.output_dir, resume.is_some())?;
+        Ok(Trainer {
+            config,
+            task,
+            device,
+            model,
+            lora,
+            optimizer,
+            train_loader,
+            dev,
+            pad_id,
+            state,
+            total_steps,
+            log,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            callbacks: Vec::new(),
+            show_progress: true,
+        })
+    }
+
+    pub fn add_callback(&mut self, cb: Box<dyn Callback>) {
+        self.callbacks.push(cb);
+    }
+
+    /// A flag that, once set (e.g. by a SIGINT handler), makes the loop checkpoint and stop.
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Evaluate on every dev split; the report of the first is the one selection uses.
+    pub fn evaluate(&self) -> Result<Vec<(Split, MetricReport)>> {
+        let mut out = Vec::new();
+        for (split, data) in &self.dev {
+            out.push((*split, evaluate_split(&self.model, self.task, data, self.pad_id, &self.config, self.device)?));
+        }
+        Ok(out)
+    }
+
+    fn save_checkpoint(&self) -> Result<PathBuf> {
+        let lora = &self.lora;
+        let opt = &self.optimizer;
+        let dir = checkpoint::save(&self.config.output_dir, &self.state, |tmp| {
+            lora.save_pretrained(&tmp.join(ADAPTER_DIR))?;
+            opt.save(&tmp.join(OPTIMIZER_DIR))
+        })?;
+        checkpoint::prune(&self.config.output_dir, self.config.keep_last, self.state.best_step)?;
+        Ok(dir)
+    }
+
+    /// Run to the end (or until stopped); returns what happened.
+    pub fn train(&mut self) -> Result<RunSummary> {
+        let started = Instant::now();
+        let cfg = self.config.clone();
+        let accum = cfg.grad_accum;
+        let bar = crate::progress::bar(self.total_steps, self.state.step, self.show_progress);
+        let mut stopped_because = String::from("reached the step budget");
+        let mut window_loss = Tensor::zeros([], (Kind::Float, self.device));
+        let mut window_steps = 0usize;
+        let mut window_samples = 0usize;
+        let mut window_start = Instant::now();
+        let mut last_eval: Option<EvalRecord> = None;
+        let check_each_step = self.device == Device::Cpu;
+
+        let start = self.train_loader.normalize(self.state.position)?;
+        let mut epoch = start.epoch;
+        let mut batches = self.train_loader.prefetch(start)?;
+        'outer: while self.state.step < self.total_steps {
+            if self.interrupt.load(Ordering::Relaxed) {
+                stopped_because = "interrupted (checkpoint written)".into();
+                break;
+            }
+            // Dropout draws depend only on (seed, step): resume is exact.
+            tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(self.state.step as i64));
+            let mut step_loss = Tensor::zeros([], (Kind::Float, self.device));
+            let mut next_position = self.state.position;
+            for _ in 0..accum {
+                let batch = match batches.next() {
+                    Some(b) => b?,
+                    None => {
+                        // The epoch is over: the next one starts (its order depends on (seed, epoch)).
+                        epoch += 1;
+                        batches = self.train_loader.prefetch(Position::start_of(epoch))?;
+                        match batches.next() {
+                            Some(b) => b?,
+                            None => break 'outer,
+                        }
+                    }
+                };
+                next_position = batch.next_position();
+                window_samples += batch.size();
+                let loss = backend::train_micro_step(&self.model, &batch, self.device, 1.0 / accum as f64)?;
+                step_loss += loss / accum as f64;
+            }
+            if check_each_step {
+                let v = step_loss.double_value(&[]);
+                if !v.is_finite() {
+                    self.optimizer.zero_grad();
+                    let dir = self.save_checkpoint()?;
+                    bail!(
+                        "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}. Try a lower lr or loraplus_ratio, or a smaller max_grad_norm.",
+                        self.state.step + 1,
+                        dir.display()
+                    );
+                }
+            }
+            let grad_norm = self.optimizer.clip_and_step(cfg.optim.max_grad_norm)?;
+            self.state.step += 1;
+            self.state.position = next_position;
+            window_loss += &step_loss;
+            window_steps += 1;
+            bar.set_position(self.state.step as u64);
+
+            let step = self.state.step;
+            if step % cfg.log_every == 0 || step == self.total_steps {
+                // The only host read of the loss: once per log interval.
+                let loss = window_loss.double_value(&[]) / window_steps as f64;
+                if !loss.is_finite() {
+                    let dir = self.save_checkpoint()?;
+                    bail!(
+                        "the training loss became non-finite between steps {} and {step}; state saved in {}. Try a lower lr or loraplus_ratio.",
+                        step + 1 - window_steps,
+                        dir.display()
+                    );
+                }
+                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+                let (lr_a, lr_b) = self.optimizer.lrs();
+                let rec = TrainRecord {
+                    step,
+                    epoch: next_position.epoch,
+                    loss,
+                    lr_a,
+                    lr_b,
+                    grad_norm: grad_norm.map(|g| g.double_value(&[])),
+                    samples_per_s: window_samples as f64 / secs,
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                };
+                bar.set_message(format!(
+                    "loss {loss:.4} | lr A {lr_a:.2e} B {lr_b:.2e} | {:.1} samples/s",
+                    rec.samples_per_s
+                ));
+                self.log.train(&rec)?;
+                let mut stop = false;
+                for cb in &mut self.callbacks {
+                    stop |= cb.on_log(&rec) == Control::Stop;
+                }
+                window_loss = Tensor::zeros([], (Kind::Float, self.device));
+                window_steps = 0;
+                window_samples = 0;
+                window_start = Instant::now();
+                if stop {
+                    stopped_because = "stopped by a callback".into();
+                    break;
+                }
+            }
+            let eval_now = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < self.total_steps;
+            if eval_now {
+                let rec = self.eval_and_track(started)?;
+                let mut stop = false;
+                for cb in &mut self.callbacks {
+                    stop |= cb.on_eval(&rec) == Control::Stop;
+                }
+                last_eval = Some(rec);
+                if self.state.best_step == Some(step) {
+                    self.save_checkpoint()?;
+                }
+                if let Some(p) = cfg.early_stopping_patience {
+                    if self.state.evals_since_best >= p {
+                        stopped_because = format!("early stopping: no improvement in {p} evaluations");
+                        break;
+                    }
+                }
+                if stop {
+                    stopped_because = "stopped by a callback".into();
+                    break;
+                }
+            }
+            if cfg.save_every > 0 && step % cfg.save_every == 0 && step < self.total_steps {
+                self.save_checkpoint()?;
+            }
+        }
+        drop(batches);
+        bar.finish_and_clear();
+        let interrupted = self.interrupt.load(Ordering::Relaxed);
+        let final_eval = if interrupted {
+            last_eval
+        } else {
+            let rec = self.eval_and_track(started)?;
+            for cb in &mut self.callbacks {
+                cb.on_eval(&rec);
+            }
+            Some(rec)
+        };
+        let ckpt = self.save_checkpoint()?;
+        let adapter_dir = self.config.output_dir.join("adapter");
+        self.lora.save_pretrained(&adapter_dir)?;
+        Ok(RunSummary {
+            steps: self.state.step,
+            stopped_because,
+            final_eval,
+            best_metric: self.state.best_metric,
+            best_step: self.state.best_step,
+            target_reached_at: self.state.target_reached_at,
+            adapter_dir,
+            output_dir: ckpt.parent().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf(),
+            train_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn eval_and_track(&mut self, started: Instant) -> Result<EvalRecord> {
+        let reports = self.evaluate()?;
+        let main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
+        let step = self.state.step;
+        if self.state.best_metric.is_none_or(|b| main > b) {
+            self.state.best_metric = Some(main);
+            self.state.best_step = Some(step);
+            self.state.evals_since_best = 0;
+        } else {
+            self.state.evals_since_best += 1;
+        }
+        if let (Some(t), None) = (self.config.target_metric, self.state.target_reached_at) {
+            if main >= t {
+                self.state.target_reached_at = Some(step);
+            }
+        }
+        let rec = EvalRecord::new(step, &reports, started.elapsed().as_secs_f64());
+        self.log.eval(&rec)?;
+        tracing::info!("step {step}: {}", rec.describe());
+        Ok(rec)
+    }
+}
+
+/// Evaluate a model on one tokenized split (labels required).
+pub fn evaluate_split(
+    model: &Model,
+    task: Task,
+    data: &Arc<TokenizedDataset>,
+    pad_id: u32,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<MetricReport> {
+    let (preds, gold) = predict(model, task, data, pad_id, cfg, device)?;
+    let gold: Vec<_> = gold
+        .into_iter()
+        .map(|g| g.context("this split has no labels to evaluate against"))
+        .collect::<Result<_>>()?;
+    evaluate(task, &preds, &gold)
+}
+
+/// Predictions (and gold labels where present) for one split, in file order.
+pub fn predict(
+    model: &Model,
+    task: Task,
+    data: &Arc<TokenizedDataset>,
+    pad_id: u32,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<(Vec<loraplus_data::Label>, Vec<Option<loraplus_data::Label>>)> {
+    let loader = DataLoader::new(data.clone(), pad_id, LoaderConfig::eval(cfg.eval_batch_size))?;
+    let _guard = tch::no_grad_guard();
+    let mut preds = Vec::with_capacity(data.len());
+    let mut gold = Vec::with_capacity(data.len());
+    for batch in loader.prefetch(Position::default())? {
+        let batch = batch?;
+        let logits = backend::eval_logits(model, &batch, device)?;
+        preds.extend(predictions_from_logits(task, &logits.to_device(Device::Cpu))?);
+        gold.extend(batch.indices.iter().map(|&i| data.labels().get(i)));
+    }
+    Ok((preds, gold))
+}
