@@ -85,3 +85,108 @@ pub fn masked_positions(x: &Tensor, mask: &Tensor) -> Tensor {
     let s = x.size();
     x.reshape([s[0] * s[1], -1]).index_select(0, &keep)
 }
+
+/// Write `dir/config.json` and `dir/model.safetensors` with random f32 tensors of the given
+/// names and shapes (normal(0, 0.2); `*LayerNorm.weight`/`*norm.weight` around 1).
+pub fn write_random_checkpoint(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &[(String, Vec<i64>)],
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
+    let owned: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(name, shape)| {
+            let t = Tensor::randn(shape.as_slice(), (Kind::Float, tch::Device::Cpu)) * 0.2;
+            let t = if name.ends_with("orm.weight") {
+                t + 1.0
+            } else {
+                t
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    loraplus_core::write_safetensors(&dir.join("model.safetensors"), &owned, &Default::default())
+        .unwrap();
+}
+
+/// A tiny BERT (`BertModel` names, no prefix, no pooler): config and tensor list.
+pub fn tiny_bert() -> (serde_json::Value, Vec<(String, Vec<i64>)>) {
+    let (v, h, i, layers, pos) = (50, 16, 24, 2, 32);
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": v, "hidden_size": h, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "intermediate_size": i, "max_position_embeddings": pos,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
+    });
+    let mut t = vec![
+        ("embeddings.word_embeddings.weight".to_string(), vec![v, h]),
+        (
+            "embeddings.position_embeddings.weight".to_string(),
+            vec![pos, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".to_string(),
+            vec![2, h],
+        ),
+        ("embeddings.LayerNorm.weight".to_string(), vec![h]),
+        ("embeddings.LayerNorm.bias".to_string(), vec![h]),
+    ];
+    for l in 0..layers {
+        let p = format!("encoder.layer.{l}");
+        for (name, shape) in [
+            ("attention.self.query", vec![h, h]),
+            ("attention.self.key", vec![h, h]),
+            ("attention.self.value", vec![h, h]),
+            ("attention.output.dense", vec![h, h]),
+            ("intermediate.dense", vec![i, h]),
+            ("output.dense", vec![h, i]),
+        ] {
+            let out = shape[0];
+            t.push((format!("{p}.{name}.weight"), shape));
+            t.push((format!("{p}.{name}.bias"), vec![out]));
+        }
+        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            t.push((format!("{p}.{name}.weight"), vec![h]));
+            t.push((format!("{p}.{name}.bias"), vec![h]));
+        }
+    }
+    (config, t)
+}
+
+/// A tiny Llama (`LlamaForCausalLM` names) with grouped-query attention and dropout.
+pub fn tiny_llama() -> (serde_json::Value, Vec<(String, Vec<i64>)>) {
+    let (v, h, i, layers, heads, kv) = (50, 16, 24, 2, 4, 2);
+    let d = h / heads;
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": v, "hidden_size": h, "intermediate_size": i,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "attention_dropout": 0.1, "pad_token_id": 0, "tie_word_embeddings": false
+    });
+    let mut t = vec![
+        ("model.embed_tokens.weight".to_string(), vec![v, h]),
+        ("model.norm.weight".to_string(), vec![h]),
+        ("lm_head.weight".to_string(), vec![v, h]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("input_layernorm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+            ("self_attn.q_proj", vec![heads * d, h]),
+            ("self_attn.k_proj", vec![kv * d, h]),
+            ("self_attn.v_proj", vec![kv * d, h]),
+            ("self_attn.o_proj", vec![h, heads * d]),
+            ("mlp.gate_proj", vec![i, h]),
+            ("mlp.up_proj", vec![i, h]),
+            ("mlp.down_proj", vec![h, i]),
+        ] {
+            t.push((format!("{p}.{name}.weight"), shape));
+        }
+    }
+    (config, t)
+}

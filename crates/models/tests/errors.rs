@@ -1,0 +1,199 @@
+//! Loading errors say what and where: a missing tensor, a tensor of the wrong shape, an
+//! unknown `model_type`, a corrupt safetensors file, a missing shard; unused tensors are
+//! reported, not fatal.
+
+mod common;
+
+use std::path::Path;
+
+use loraplus_core::LoraConfig;
+use loraplus_models::{Head, LoadOptions, TaskModel};
+use tch::Kind;
+
+fn load_err(dir: &Path, opts: &LoadOptions) -> String {
+    match TaskModel::load(dir, opts) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn tiny(dir: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut Vec<(String, Vec<i64>)>)) {
+    let (mut config, mut tensors) = common::tiny_bert();
+    edit(&mut config, &mut tensors);
+    common::write_random_checkpoint(dir, &config, &tensors);
+}
+
+#[test]
+fn tiny_bert_loads_and_reports_unused_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, t| {
+        t.push(("cls.predictions.bias".into(), vec![50]))
+    });
+    let (model, lora) = TaskModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(model.unused_weights(), ["cls.predictions.bias".to_string()]);
+    assert_eq!(
+        model.initialised_modules(),
+        ["bert.pooler.dense".to_string(), "classifier".to_string()]
+    );
+    assert_eq!(lora.trainable_params().len(), 0);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, t| {
+        t.retain(|(n, _)| n != "encoder.layer.1.attention.self.key.weight")
+    });
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("missing tensor bert.encoder.layer.1.attention.self.key.weight"),
+        "{msg}"
+    );
+    assert!(msg.contains("model.safetensors"), "{msg}");
+}
+
+#[test]
+fn wrong_shape_is_named_with_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, t| {
+        for (n, s) in t.iter_mut() {
+            if n == "encoder.layer.0.intermediate.dense.weight" {
+                *s = vec![25, 16];
+            }
+        }
+    });
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains(
+            "encoder.layer.0.intermediate.dense.weight has shape [25, 16], expected [24, 16]"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_model_type_lists_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |c, _| c["model_type"] = "t5".into());
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("model_type \"t5\" is not supported; supported: bert, roberta, gpt2, llama"),
+        "{msg}"
+    );
+    assert!(msg.contains("config.json"), "{msg}");
+}
+
+#[test]
+fn corrupt_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, _| {});
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    // Truncated: the header promises more data than the file holds.
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("model.safetensors: not a valid safetensors file"),
+        "{msg}"
+    );
+    // Garbage header.
+    let mut garbage = bytes.clone();
+    garbage[8..20].copy_from_slice(b"not json at ");
+    std::fs::write(&path, &garbage).unwrap();
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+    // Too short to hold a header.
+    std::fs::write(&path, b"abc").unwrap();
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+}
+
+#[test]
+fn missing_shard_and_missing_checkpoint_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, _| {});
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": {
+        "embeddings.word_embeddings.weight": "model-00001-of-00002.safetensors",
+        "encoder.layer.1.output.dense.weight": "model-00002-of-00002.safetensors"
+    }});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("shard model-00002-of-00002.safetensors does not exist"),
+        "{msg}"
+    );
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("no model.safetensors or model.safetensors.index.json"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, _| {});
+    let msg = load_err(
+        dir.path(),
+        &LoadOptions {
+            task: Head::CausalLm,
+            ..Default::default()
+        },
+    );
+    assert!(
+        msg.contains("causal-LM head is available for gpt2 and llama"),
+        "{msg}"
+    );
+    let msg = load_err(
+        dir.path(),
+        &LoadOptions {
+            dtype: Kind::Int,
+            ..Default::default()
+        },
+    );
+    assert!(msg.contains("supported: f32, bf16, f16"), "{msg}");
+    let opts = LoadOptions {
+        lora: Some(LoraConfig::new(4, 8.0, &["q_proj"])),
+        ..Default::default()
+    };
+    let msg = load_err(dir.path(), &opts);
+    assert!(
+        msg.contains("matches no module")
+            && msg.contains("bert.encoder.layer.0.attention.self.query"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, _| {});
+    let (model, _) = TaskModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    let ids = tch::Tensor::ones([2, 40], (Kind::Int64, tch::Device::Cpu));
+    let mask = ids.ones_like();
+    let e = model.forward_t(&ids, &mask, None, false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("sequence length 40 exceeds the 32 positions bert supports"),
+        "{e:#}"
+    );
+    let ids = ids.narrow(1, 0, 8);
+    let e = model.forward_t(&ids, &mask, None, false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("attention_mask: shape [2, 40] differs from input_ids [2, 8]"),
+        "{e:#}"
+    );
+    let e = model
+        .forward_t(&ids.to_kind(Kind::Float), &ids.ones_like(), None, false)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("int64"), "{e:#}");
+}
