@@ -1,0 +1,455 @@
+//! The optimizer's contract with the model and the trainer: parameters stay the model's
+//! tensors, gradients accumulate into flat buffers that zeroing never reallocates, micro-batch
+//! accumulation averages, groups and learning rates are as configured, low-precision
+//! parameters keep f32 state, and bad input is refused with the value named.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use loraplus_core::{LoraBuilder, ParamRole, TrainableParam};
+use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, ParamGroup, Schedule, UpdateKernel, Warmup};
+use tch::{Device, Kind, Tensor};
+
+fn every_group() -> ModelSpec {
+    ModelSpec {
+        targets: vec!["emb", "l1", "l2"],
+        bias_all: true,
+        head: true,
+    }
+}
+
+fn toy(spec: &ModelSpec, seed: i64) -> (Toy, loraplus_core::LoraModel, HashMap<String, Tensor>) {
+    tch::manual_seed(seed);
+    let base: HashMap<String, Tensor> = Toy::random_base().into_iter().collect();
+    let (t, l) = Toy::build(&base, spec);
+    (t, l, base)
+}
+
+fn batch(seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let b = random_batches(1);
+    (b[0].1.shallow_clone(), b[1].1.shallow_clone())
+}
+
+fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+    format!("{:#}", r.unwrap_err())
+}
+
+/// Does `t`'s memory lie inside `buf`'s?
+fn inside(t: &Tensor, buf: &Tensor) -> bool {
+    let (p, b) = (t.data_ptr() as usize, buf.data_ptr() as usize);
+    let bytes = |x: &Tensor| x.numel() * x.kind().elt_size_in_bytes();
+    p >= b && p + bytes(t) <= b + bytes(buf)
+}
+
+#[test]
+fn parameters_stay_the_models_tensors() {
+    let (toy, lora, base) = toy(&every_group(), 1);
+    let (ids, y) = batch(2);
+    let mut opt = LoraPlusAdamW::new(
+        lora.trainable_params(),
+        &LoraPlusConfig::default(),
+        Schedule::Constant,
+    )
+    .unwrap();
+    let flat = opt.param_buffers()[0].shallow_clone();
+    let before = toy.forward(&ids).detach().copy();
+    let a_before = toy.l1.adapter.as_ref().unwrap().a.detach().copy();
+    for _ in 0..3 {
+        toy.loss(&ids, &y).backward();
+        opt.step().unwrap();
+        opt.zero_grad().unwrap();
+    }
+    // The layer's own handle is the registry's tensor, a view of the flat buffer, and moved.
+    let a = &toy.l1.adapter.as_ref().unwrap().a;
+    assert!(
+        inside(a, &flat),
+        "l1.lora_A is not a view of the flat buffer"
+    );
+    assert!(a.requires_grad(), "l1.lora_A lost requires_grad");
+    assert!(
+        max_abs_diff(&a.detach(), &a_before) > 1e-4,
+        "the layer does not see the update"
+    );
+    for p in lora.trainable_params() {
+        assert!(
+            inside(&p.tensor, &flat),
+            "{} is not a view of the flat buffer",
+            p.name
+        );
+    }
+    // The forward pass computes with the updated tensors: a fresh model given the same values
+    // gives the same output.
+    let after = toy.forward(&ids).detach();
+    assert!(max_abs_diff(&after, &before) > 1e-4);
+    let (fresh, _fresh_lora) = copy_of(&base, &every_group(), &lora);
+    assert_eq!(max_abs_diff(&fresh.forward(&ids), &after), 0.0);
+}
+
+/// A second model with the same base weights and the trainable values of `lora` (the global
+/// RNG is shared with tests running in parallel, so seeds cannot make two models equal).
+fn copy_of(
+    base: &HashMap<String, Tensor>,
+    spec: &ModelSpec,
+    lora: &loraplus_core::LoraModel,
+) -> (Toy, loraplus_core::LoraModel) {
+    let (t, l) = Toy::build(base, spec);
+    set_trainable(&l, &trainable_values(lora).into_iter().collect());
+    (t, l)
+}
+
+#[test]
+fn gradients_accumulate_in_place_and_zeroing_does_not_reallocate() {
+    let (toy, lora, _) = toy(&every_group(), 3);
+    let (ids, y) = batch(4);
+    let mut opt = LoraPlusAdamW::new(
+        lora.trainable_params(),
+        &LoraPlusConfig::default(),
+        Schedule::Constant,
+    )
+    .unwrap();
+    let buf = opt.grad_buffers()[0].shallow_clone();
+    let buf_ptr = buf.data_ptr();
+    toy.loss(&ids, &y).backward();
+    let first: Vec<Tensor> = lora
+        .trainable_params()
+        .iter()
+        .map(|p| p.tensor.grad().copy())
+        .collect();
+    opt.step().unwrap(); // adopts the gradients autograd allocated
+    let ptrs: Vec<usize> = lora
+        .trainable_params()
+        .iter()
+        .map(|p| p.tensor.grad().data_ptr() as usize)
+        .collect();
+    for p in lora.trainable_params() {
+        assert!(
+            inside(&p.tensor.grad(), &buf),
+            "{}.grad is not a view of the flat buffer",
+            p.name
+        );
+    }
+    for (p, g) in lora.trainable_params().iter().zip(&first) {
+        assert_eq!(
+            max_abs_diff(&p.tensor.grad(), g),
+            0.0,
+            "{}: adoption changed the gradient",
+            p.name
+        );
+    }
+    for round in 0..3 {
+        opt.zero_grad().unwrap();
+        assert_eq!(
+            buf.abs().sum(Kind::Float).double_value(&[]),
+            0.0,
+            "zero_grad left values"
+        );
+        toy.loss(&ids, &y).backward();
+        toy.loss(&ids, &y).backward(); // a second backward adds into the same memory
+        assert!(buf.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        opt.step().unwrap();
+        assert_eq!(
+            opt.grad_buffers()[0].data_ptr(),
+            buf_ptr,
+            "round {round}: the flat buffer moved"
+        );
+        for (p, ptr) in lora.trainable_params().iter().zip(&ptrs) {
+            assert_eq!(
+                p.tensor.grad().data_ptr() as usize,
+                *ptr,
+                "round {round}: {}.grad was reallocated",
+                p.name
+            );
+        }
+    }
+}
+
+#[test]
+fn micro_batches_average_to_the_full_batch() {
+    let spec = every_group();
+    let (toy_full, lora_full, base) = toy(&spec, 5);
+    let (toy_acc, lora_acc) = copy_of(&base, &spec, &lora_full);
+    let (ids, y) = batch(6);
+    let cfg = LoraPlusConfig {
+        lr: 1e-2,
+        lr_embedding: 1e-3,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut full =
+        LoraPlusAdamW::new(lora_full.trainable_params(), &cfg, Schedule::Constant).unwrap();
+    let mut acc =
+        LoraPlusAdamW::new(lora_acc.trainable_params(), &cfg, Schedule::Constant).unwrap();
+    for _ in 0..3 {
+        full.backward(&toy_full.loss(&ids, &y)).unwrap();
+        full.sync_grads().unwrap();
+        let half = BATCH / 2;
+        for k in 0..2 {
+            let (i, t) = (ids.narrow(0, k * half, half), y.narrow(0, k * half, half));
+            acc.backward(&toy_acc.loss(&i, &t)).unwrap();
+        }
+        acc.sync_grads().unwrap();
+        for (a, b) in lora_acc
+            .trainable_params()
+            .iter()
+            .zip(lora_full.trainable_params())
+        {
+            let diff = max_abs_diff(&a.tensor.grad(), &b.tensor.grad());
+            assert!(
+                diff < 1e-6,
+                "{}: accumulated gradient off by {diff:e}",
+                a.name
+            );
+        }
+        full.step().unwrap();
+        acc.step().unwrap();
+        full.zero_grad().unwrap();
+        acc.zero_grad().unwrap();
+    }
+    for (a, b) in lora_acc
+        .trainable_params()
+        .iter()
+        .zip(lora_full.trainable_params())
+    {
+        let diff = max_abs_diff(&a.tensor.detach(), &b.tensor.detach());
+        assert!(
+            diff < 1e-5,
+            "{}: accumulated training off by {diff:e}",
+            a.name
+        );
+    }
+}
+
+#[test]
+fn summary_lists_every_group_and_the_ratio_holds_under_the_schedule() {
+    let (_, lora, _) = toy(&every_group(), 7);
+    let cfg = LoraPlusConfig {
+        lr: 2e-4,
+        ratio: 16.0,
+        lr_embedding: 1e-6,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let schedule = Schedule::linear(Warmup::Steps(4), 20);
+    let opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, schedule).unwrap();
+    let s = opt.summary();
+    let names = |g: ParamGroup| -> Vec<String> {
+        s.group(g)
+            .map(|x| x.tensors.iter().map(|t| t.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        names(ParamGroup::A),
+        ["l1.lora_A.weight", "l2.lora_A.weight", "head.weight"]
+    );
+    assert_eq!(
+        names(ParamGroup::Embedding),
+        ["emb.lora_embedding_A", "emb.lora_embedding_B"]
+    );
+    assert_eq!(
+        names(ParamGroup::B),
+        ["l1.lora_B.weight", "l2.lora_B.weight"]
+    );
+    assert_eq!(
+        names(ParamGroup::BNoDecay),
+        ["l1.bias", "l2.bias", "ln.bias", "head.bias"]
+    );
+    let total: i64 = lora
+        .trainable_params()
+        .iter()
+        .map(|p| p.tensor.numel() as i64)
+        .sum();
+    assert_eq!(s.numel(), total);
+    let b = s.group(ParamGroup::B).unwrap();
+    assert_eq!((b.base_lr, b.weight_decay), (2e-4 * 16.0, 0.01));
+    assert_eq!(s.group(ParamGroup::BNoDecay).unwrap().weight_decay, 0.0);
+    assert_eq!(s.group(ParamGroup::Embedding).unwrap().base_lr, 1e-6);
+    assert_eq!(b.numel, (HIDDEN + DIM) * R as i64);
+    // Warmup starts at 0; every group scales by the same factor.
+    assert_eq!(opt.lr_of(ParamGroup::A), Some(0.0));
+    assert_eq!(opt.lr_of(ParamGroup::Head), None);
+    let text = s.to_string();
+    assert!(
+        text.contains("groupB_no_decay") && text.contains("embedding"),
+        "{text}"
+    );
+
+    let mut opt = opt;
+    for step in 1..=20u64 {
+        opt.step().unwrap(); // no gradients: updates with zeros, the schedule still advances
+        let (a, b) = (
+            opt.lr_of(ParamGroup::A).unwrap(),
+            opt.lr_of(ParamGroup::B).unwrap(),
+        );
+        assert_eq!(a, 2e-4 * schedule.factor(step));
+        if a > 0.0 {
+            assert!((b / a - 16.0).abs() < 1e-12, "step {step}: ratio {}", b / a);
+        }
+    }
+}
+
+#[test]
+fn head_lr_makes_two_head_groups() {
+    let (_, lora, _) = toy(&every_group(), 8);
+    let cfg = LoraPlusConfig {
+        head_lr: Some(5e-5),
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, Schedule::Constant).unwrap();
+    let s = opt.summary();
+    let head = s.group(ParamGroup::Head).unwrap();
+    assert_eq!(head.tensors[0].name, "head.weight");
+    assert_eq!((head.base_lr, head.weight_decay), (5e-5, 0.1));
+    let head_nd = s.group(ParamGroup::HeadNoDecay).unwrap();
+    assert_eq!(head_nd.tensors[0].name, "head.bias");
+    assert_eq!((head_nd.base_lr, head_nd.weight_decay), (5e-5, 0.0));
+    assert!(s
+        .group(ParamGroup::A)
+        .unwrap()
+        .tensors
+        .iter()
+        .all(|t| t.name != "head.weight"));
+}
+
+/// bf16 adapters: moments and master weights in f32, parameters the rounding of the master,
+/// and the tensor-op path agrees with the host pass (same state, both kernels).
+#[test]
+fn bf16_parameters_keep_f32_state() {
+    tch::manual_seed(9);
+    let mut cfg = every_group().lora_config();
+    cfg.bias = loraplus_core::BiasMode::None;
+    cfg.modules_to_save = None;
+    let f = (Kind::Float, Device::Cpu);
+    let w = Tensor::randn([HIDDEN, DIM], f).to_kind(Kind::BFloat16);
+    let x = Tensor::randn([4, DIM], f).to_kind(Kind::BFloat16);
+    let mut init: Option<HashMap<String, Tensor>> = None;
+    let mut results = Vec::new();
+    for kernel in [UpdateKernel::Auto, UpdateKernel::TensorOps] {
+        let mut b = LoraBuilder::new(cfg.clone())
+            .unwrap()
+            .with_adapter_kind(Kind::BFloat16)
+            .unwrap();
+        let l1 = b
+            .linear("l1", w.copy(), None, loraplus_core::WeightLayout::OutIn)
+            .unwrap();
+        let lora = b.finish().unwrap();
+        match &init {
+            None => init = Some(trainable_values(&lora).into_iter().collect()),
+            Some(v) => set_trainable(&lora, v),
+        }
+        let opt_cfg = LoraPlusConfig {
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let mut opt =
+            LoraPlusAdamW::new(lora.trainable_params(), &opt_cfg, Schedule::Constant).unwrap();
+        opt.set_kernel(kernel);
+        for _ in 0..5 {
+            l1.forward_t(&x, true)
+                .to_kind(Kind::Float)
+                .pow_tensor_scalar(2)
+                .mean(Kind::Float)
+                .backward();
+            opt.step().unwrap();
+            opt.zero_grad().unwrap();
+        }
+        let state = opt.state_dict().unwrap();
+        for (k, t) in &state.tensors {
+            assert_eq!(t.kind(), Kind::Float, "{k} is not f32");
+        }
+        let master = &state
+            .tensors
+            .iter()
+            .find(|(k, _)| k == "groupA.bf16.master")
+            .unwrap()
+            .1;
+        let a = &lora.trainable_params()[0];
+        assert_eq!(a.tensor.kind(), Kind::BFloat16);
+        assert!(
+            a.tensor
+                .detach()
+                .reshape([-1])
+                .equal(&master.to_kind(Kind::BFloat16)),
+            "the bf16 parameter is not the rounding of its master copy"
+        );
+        results.push(master.copy());
+    }
+    let diff = max_abs_diff(&results[0], &results[1]);
+    assert!(
+        diff < 1e-6,
+        "host pass and tensor ops differ by {diff:e} on bf16 parameters"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_the_value_named() {
+    let (_, lora, _) = toy(&every_group(), 10);
+    let params = lora.trainable_params();
+    let d = LoraPlusConfig::default();
+    let new = |cfg: LoraPlusConfig| LoraPlusAdamW::new(params, &cfg, Schedule::Constant);
+    assert!(err_of(new(LoraPlusConfig { lr: -1e-3, ..d })).contains("lr = -0.001"));
+    assert!(err_of(new(LoraPlusConfig { lr: f64::NAN, ..d })).contains("lr = NaN"));
+    assert!(err_of(new(LoraPlusConfig { ratio: 0.0, ..d })).contains("ratio = 0"));
+    assert!(err_of(new(LoraPlusConfig { ratio: -2.0, ..d })).contains("ratio = -2"));
+    assert!(err_of(new(LoraPlusConfig {
+        betas: (0.9, 1.0),
+        ..d
+    }))
+    .contains("beta2) = 1"));
+    assert!(err_of(new(LoraPlusConfig {
+        betas: (-0.1, 0.9),
+        ..d
+    }))
+    .contains("beta1) = -0.1"));
+    let e = err_of(LoraPlusAdamW::new(&[], &d, Schedule::Constant));
+    assert!(e.contains("empty"), "{e}");
+    let e = err_of(LoraPlusAdamW::new(
+        params,
+        &d,
+        Schedule::linear(Warmup::Steps(2), 0),
+    ));
+    assert!(e.contains("total_steps"), "{e}");
+
+    let frozen = TrainableParam {
+        name: "frozen.weight".into(),
+        tensor: Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+        role: ParamRole::Other,
+    };
+    let e = err_of(LoraPlusAdamW::new(&[frozen], &d, Schedule::Constant));
+    assert!(
+        e.contains("frozen.weight") && e.contains("require grad"),
+        "{e}"
+    );
+    let ints = TrainableParam {
+        name: "ids".into(),
+        tensor: Tensor::zeros([2], (Kind::Int64, Device::Cpu)),
+        role: ParamRole::Other,
+    };
+    let e = err_of(LoraPlusAdamW::new(&[ints], &d, Schedule::Constant));
+    assert!(e.contains("ids") && e.contains("Int64"), "{e}");
+    let t = Tensor::zeros([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let twice = [
+        TrainableParam {
+            name: "x".into(),
+            tensor: t.shallow_clone(),
+            role: ParamRole::Bias,
+        },
+        TrainableParam {
+            name: "y".into(),
+            tensor: t,
+            role: ParamRole::Bias,
+        },
+    ];
+    let e = err_of(LoraPlusAdamW::new(&twice, &d, Schedule::Constant));
+    assert!(e.contains("twice"), "{e}");
+
+    let mut opt = LoraPlusAdamW::new(params, &d, Schedule::Constant).unwrap();
+    for bad in [f64::NAN, -1.0] {
+        let e = err_of(opt.clip_grad_norm(bad));
+        assert!(e.contains("max_norm"), "{e}");
+    }
+}
