@@ -138,7 +138,6 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<
     });
     let s = t.lora.summary();
     eprintln!("{s}");
-    eprintln!("{}", backend::optimizer_summary(&t.optimizer));
     let summary = t.train()?;
     let plots = plot_run(&t.config.output_dir).unwrap_or_else(|e| {
         tracing::warn!("plots not written: {e:#}");
@@ -212,6 +211,9 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
+    /// Evaluate on the first N examples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 fn adapter_dir(path: &Path) -> PathBuf {
@@ -245,10 +247,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     match a.split.as_str() {
         "dev" => {
             for split in task.spec().dev_splits() {
-                let data = trainer::load_split(&cfg, task, split, &encoder)?;
+                let mut data = trainer::load_split(&cfg, task, split, &encoder)?;
+                if let Some(n) = a.limit {
+                    data = std::sync::Arc::new(backend::first_n(&data, n)?);
+                }
                 let r = trainer::evaluate_split(&model, task, &data, encoder.pad_id(), &cfg, device)?;
                 let values: Vec<String> = r.values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                println!("{} {split:?}: {}", task.spec().name, values.join(", "));
+                println!("{} {split:?} ({} examples): {}", task.spec().name, data.len(), values.join(", "));
             }
             Ok(())
         }

@@ -48,7 +48,7 @@ where
     if x1 - x0 < 1e-12 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let pad = ((y1 - y0) * 0.05).max(y1.abs() * 0.05).max(1e-6);
     let (y0, y1) = (y0 - pad, y1 + pad);
     root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
     let mut chart = ChartBuilder::on(&root)

@@ -1,0 +1,243 @@
+//! The `loraplus` command end to end, on the real MiniLM and real GLUE rows, tiny budgets:
+//! exit codes and messages for bad configs, a training run with its outputs, exact resume
+//! after SIGINT in fresh processes, a kill -9 during checkpointing, eval of a PEFT-written
+//! adapter against PEFT's own predictions, and merge into a model transformers loads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_loraplus"));
+    c.env("LORAPLUS_LOG", "warn");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(p.exists(), "{} not found: run `make setup`", p.display());
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("running loraplus")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A tiny budget: 8 steps of 8 sentences of at most 32 tokens, evaluated on 32 dev sentences.
+fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "task = \"sst2\"\noutput_dir = \"{}\"\nmax_seq_len = 32\nbatch_size = 8\nmax_steps = 8\ntrain_limit = 256\neval_limit = 32\nlog_every = 2\nthreads = 1\n{extra}\n[lora]\nr = 4\nlora_alpha = 8\n",
+            dir.join("out").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn config_errors_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tsak = \"sst2\"\n", "unknown field `tsak`"),
+        ("batch_size = \"big\"\n", "batch_size"),
+        ("task = \"sst3\"\n", "sst3"),
+        ("[optim]\nratio = 2.0\n", "loraplus_ratio"),
+    ];
+    for (text, needle) in cases {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let o = run(&["train", "--config", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{text}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{text}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    let o = run(&["train", "--config", "/nonexistent/x.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/x.toml"), "{}", stderr(&o));
+    let o = run(&["train", "--task", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope"));
+    let o = run(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn info_reports_libtorch_and_the_default_model() {
+    let o = run(&["info"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("libtorch: 2.11.0"), "{out}");
+    assert!(out.contains("default model:") && out.contains("(found)"), "{out}");
+}
+
+fn adapter_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap()
+}
+
+#[test]
+fn train_then_sigint_and_resume_gives_the_same_adapter() {
+    // Straight run.
+    let a = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(a.path(), "");
+    let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(stdout.contains("steps: 8") && stdout.contains("dev: accuracy"), "{stdout}");
+    let out = a.path().join("out");
+    for f in ["metrics.jsonl", "loss.png", "loss.svg", "dev_metric.png", "adapter/adapter_config.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"train\"")).count(), 4);
+    let straight = adapter_bytes(&out);
+
+    // Interrupted with SIGINT once a few steps are logged, then resumed to the same budget.
+    let b = tempfile::tempdir().unwrap();
+    let cfg_b = tiny_config(b.path(), "");
+    let mut child = bin()
+        .args(["train", "--config", cfg_b.to_str().unwrap(), "--no-progress"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics_b = b.path().join("out/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics_b).map_or(true, |m| m.lines().count() < 1) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe_kill(child.id(), 2);
+    let status = child.wait().unwrap();
+    let ckpts = loraplus_train::checkpoint::list(&b.path().join("out")).unwrap();
+    assert!(!ckpts.is_empty(), "no checkpoint after SIGINT (status {status:?})");
+    let (step, _) = ckpts.last().unwrap().clone();
+    if step < 8 {
+        assert_eq!(status.code(), Some(130), "an interrupted run exits with 130");
+    }
+    let o = run(&[
+        "train",
+        "--config",
+        cfg_b.to_str().unwrap(),
+        "--no-progress",
+        "--resume",
+        b.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(adapter_bytes(&b.path().join("out")), straight, "resumed from step {step}: adapters differ");
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn kill_9_while_checkpointing_leaves_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "save_every = 1\nkeep_last = 3\n");
+    let mut child = bin()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--no-progress"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("out");
+    let t0 = Instant::now();
+    // Kill as soon as a second checkpoint directory (complete or not) appears.
+    loop {
+        let n = std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.count());
+        if n >= 2 || t0.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    unsafe_kill(child.id(), 9);
+    child.wait().unwrap();
+    let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress", "--resume", out.to_str().unwrap()]);
+    assert!(o.status.success(), "resume after kill -9 failed: {}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("steps: 8"));
+}
+
+#[test]
+fn eval_of_a_peft_written_adapter_matches_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = repo().join(".venv/minilm");
+    let glue = std::env::var("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("../shared/glue"));
+    let n = 96;
+    let status = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/peft_eval_ref.py"))
+        .args([model_dir.to_str().unwrap(), glue.to_str().unwrap(), dir.path().to_str().unwrap(), &n.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+    let acc = expected["accuracy"].as_f64().unwrap();
+    let o = run(&[
+        "eval",
+        "--adapter",
+        dir.path().join("adapter").to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--limit",
+        &n.to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains(&format!("accuracy {acc:.4}")), "PEFT accuracy {acc:.4}, loraplus: {out}");
+    // The random adapter really changes predictions: not all one class.
+    let preds = expected["predictions"].as_array().unwrap();
+    assert!(preds.iter().any(|p| p == 0) && preds.iter().any(|p| p == 1) || acc < 0.9);
+}
+
+#[test]
+fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "");
+    let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress", "--max-steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let merged = dir.path().join("merged");
+    let o = run(&[
+        "merge",
+        "--adapter",
+        dir.path().join("out/adapter").to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--output",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["eval", "--adapter", dir.path().join("out/adapter").to_str().unwrap(), "--task", "sst2", "--limit", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = String::from_utf8_lossy(&o.stdout).to_string();
+    let script = r#"
+import csv, sys, torch
+from transformers import AutoTokenizer, AutoModelForSequenceClassification
+m = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+rows = list(csv.reader(open(sys.argv[2] + "/SST-2/dev.tsv"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:65]
+enc = tok([r[0] for r in rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
+with torch.no_grad():
+    p = m(**enc).logits.argmax(-1).tolist()
+print("accuracy %.4f" % (sum(int(a == int(r[1])) for a, r in zip(p, rows)) / len(rows)))
+"#;
+    let glue = std::env::var("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("../shared/glue"));
+    let o = Command::new(python())
+        .args(["-c", script, merged.to_str().unwrap(), glue.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let theirs = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(ours.contains(&theirs), "transformers on the merged model: {theirs}; loraplus eval: {ours}");
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make gpu-check`: build here what the GPU machine runs (it has no Rust toolchain) into
+# gpu-check/ (git-ignored, well under the 64 MiB a device call carries), with gpu-check/run.sh.
+# On the GPU machine, from the repository root:  bash gpu-check/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-check
+rm -rf "$out" && mkdir -p "$out/bin"
+
+cargo build --release -p loraplus-train --bin loraplus
+cp target/release/loraplus "$out/bin/"
+# Test executables that hold CUDA tests (they skip, saying so, where no GPU is present).
+cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim -p loraplus-models 2>/dev/null \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])' \
+  | while read -r name exe; do cp "$exe" "$out/bin/test-$name-$(basename "$exe" | sed 's/.*-//')"; done
+strip "$out"/bin/* 2>/dev/null || true
+# The default model and a slice of SST-2 for a short CUDA training run.
+mkdir -p "$out/minilm" "$out/glue/SST-2"
+cp -L .venv/minilm/{config.json,model.safetensors,tokenizer.json} "$out/minilm/"
+head -n 2001 "${GLUE_DIR:-../shared/glue}/SST-2/train.tsv" > "$out/glue/SST-2/train.tsv"
+cp "${GLUE_DIR:-../shared/glue}/SST-2/dev.tsv" "$out/glue/SST-2/dev.tsv"
+
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine: CUDA tests, then a bf16 CUDA training run with its figures.
+set -uo pipefail
+cd "$(dirname "$0")"
+export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LORAPLUS_MODEL_DIR="$PWD/minilm" GLUE_DIR="$PWD/glue" LORAPLUS_CACHE_DIR="/tmp/loraplus-cache"
+bin/loraplus info
+status=0
+for t in bin/test-*; do
+  echo "== $t (CUDA tests)"
+  "$t" cuda --test-threads=1 --nocapture || status=1
+done
+echo "== CUDA training: MiniLM + LoRA+ on 2,000 SST-2 rows, bf16"
+bin/loraplus train --task sst2 --device cuda --dtype bf16 --max-steps 60 --batch-size 32 \
+  --eval-every 30 --output-dir /tmp/loraplus-gpu-run --no-progress || status=1
+exit $status
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out"
+echo "prepared $out/: run it on the GPU machine with: bash gpu-check/run.sh"
