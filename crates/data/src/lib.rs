@@ -11,6 +11,8 @@
 //!   -> evaluate(task, &preds, &gold)            metrics.rs   MetricReport (main = selection key)
 //! ```
 //!
+//! [`load_split`] does the first three steps in one call.
+//!
 //! Default locations (GLUE data, tokenizer, cache) and their environment overrides are in
 //! [`paths`].
 
@@ -32,3 +34,22 @@ pub use task::{MetricKind, Split, Task, TaskSpec};
 pub use tokenize::{
     CacheStatus, Encoder, Labels, TokenizedDataset, TokenizedExample, DEFAULT_MAX_SEQ_LEN,
 };
+
+use std::path::Path;
+
+/// Read a GLUE split and tokenize it, through the on-disk cache when `cache_dir` is given
+/// (usually [`paths::cache_dir`]).
+pub fn load_split(
+    glue_dir: &Path,
+    task: Task,
+    split: Split,
+    encoder: &Encoder,
+    cache_dir: Option<&Path>,
+    opts: ReadOptions,
+) -> anyhow::Result<TokenizedDataset> {
+    let ds = read_split(glue_dir, task, split, opts)?;
+    match cache_dir {
+        Some(dir) => Ok(encoder.encode_cached(&ds, dir)?.0),
+        None => encoder.encode_dataset(&ds),
+    }
+}

@@ -71,22 +71,24 @@ pub fn f1_binary(preds: &[usize], labels: &[usize]) -> Result<f64> {
 /// predictions or labels are constant.
 pub fn matthews_corrcoef(preds: &[usize], labels: &[usize]) -> Result<f64> {
     check_lengths("matthews_corrcoef", preds.len(), labels.len())?;
-    let k = preds.iter().chain(labels).max().map_or(0, |m| m + 1);
-    let mut t_sum = vec![0f64; k];
-    let mut p_sum = vec![0f64; k];
+    // Per class: (count among labels, count among predictions). A map, not a dense vector, so
+    // that an absurd class id costs nothing.
+    let mut sums: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
     let mut correct = 0f64;
     for (&p, &l) in preds.iter().zip(labels) {
-        t_sum[l] += 1.0;
-        p_sum[p] += 1.0;
+        sums.entry(l).or_default().0 += 1.0;
+        sums.entry(p).or_default().1 += 1.0;
         if p == l {
             correct += 1.0;
         }
     }
     let n = preds.len() as f64;
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let cov_ytyp = correct * n - dot(&t_sum, &p_sum);
-    let cov_ypyp = n * n - dot(&p_sum, &p_sum);
-    let cov_ytyt = n * n - dot(&t_sum, &t_sum);
+    let t_dot_p: f64 = sums.values().map(|(t, p)| t * p).sum();
+    let p_dot_p: f64 = sums.values().map(|(_, p)| p * p).sum();
+    let t_dot_t: f64 = sums.values().map(|(t, _)| t * t).sum();
+    let cov_ytyp = correct * n - t_dot_p;
+    let cov_ypyp = n * n - p_dot_p;
+    let cov_ytyt = n * n - t_dot_t;
     if cov_ypyp * cov_ytyt == 0.0 {
         return Ok(0.0);
     }

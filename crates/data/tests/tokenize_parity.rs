@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use loraplus_data::paths::{glue_dir, model_dir};
 use loraplus_data::{
-    read_split, CacheStatus, DataLoader, Dataset, Encoder, LoaderConfig, Position, ReadOptions,
-    Split, Task,
+    load_split, read_split, CacheStatus, DataLoader, Dataset, Encoder, LoaderConfig, Position,
+    ReadOptions, Split, Task,
 };
 use serde_json::Value;
 
@@ -193,6 +193,22 @@ fn second_run_reads_the_cache() {
     assert_eq!(third, first);
     let (_, status) = encoder.encode_cached(&ds, cache.path()).unwrap();
     assert_eq!(status, CacheStatus::Hit(path));
+
+    // The one-call path gives the same, with or without the cache.
+    let task = Task::from_name("sst2").unwrap();
+    let opts = ReadOptions::default();
+    let cached = load_split(
+        &glue_dir(),
+        task,
+        Split::Dev,
+        &encoder,
+        Some(cache.path()),
+        opts,
+    )
+    .unwrap();
+    let fresh = load_split(&glue_dir(), task, Split::Dev, &encoder, None, opts).unwrap();
+    assert_eq!(cached, first);
+    assert_eq!(fresh, first);
 }
 
 #[test]
