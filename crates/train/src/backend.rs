@@ -36,7 +36,12 @@ fn head_of(task: Task) -> Head {
 }
 
 /// Load the model with the run's adapter (targets default to the architecture's).
-pub fn load_model(cfg: &TrainConfig, task: Task, dir: &Path, device: Device) -> Result<(Model, LoraModel)> {
+pub fn load_model(
+    cfg: &TrainConfig,
+    task: Task,
+    dir: &Path,
+    device: Device,
+) -> Result<(Model, LoraModel)> {
     let mc = ModelConfig::from_file(dir.join("config.json"))?;
     let (targets, heads) = mc.recommended_lora_modules(false);
     let to_strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
@@ -53,7 +58,13 @@ pub fn load_model(cfg: &TrainConfig, task: Task, dir: &Path, device: Device) -> 
 }
 
 /// Load the model with a given adapter config (for eval and merge).
-pub fn load_model_with_lora(dir: &Path, task: Task, lc: LoraConfig, device: Device, dtype: &str) -> Result<(Model, LoraModel)> {
+pub fn load_model_with_lora(
+    dir: &Path,
+    task: Task,
+    lc: LoraConfig,
+    device: Device,
+    dtype: &str,
+) -> Result<(Model, LoraModel)> {
     let opts = LoadOptions {
         task: head_of(task),
         dtype: kind_of(dtype)?,
@@ -65,7 +76,11 @@ pub fn load_model_with_lora(dir: &Path, task: Task, lc: LoraConfig, device: Devi
 }
 
 /// The LoRA+ AdamW with the run's groups and schedule.
-pub fn build_optimizer(cfg: &TrainConfig, lora: &LoraModel, total_steps: usize) -> Result<Optimizer> {
+pub fn build_optimizer(
+    cfg: &TrainConfig,
+    lora: &LoraModel,
+    total_steps: usize,
+) -> Result<Optimizer> {
     let o = &cfg.optim;
     let oc = LoraPlusConfig {
         lr: o.lr,
@@ -84,11 +99,15 @@ pub fn build_optimizer(cfg: &TrainConfig, lora: &LoraModel, total_steps: usize) 
     let total = total_steps as u64;
     let schedule = match o.schedule.as_str() {
         "constant" if warmup.steps(total) == 0 => Schedule::Constant,
-        "constant" => Schedule::ConstantWithWarmup { warmup, total_steps: total },
+        "constant" => Schedule::ConstantWithWarmup {
+            warmup,
+            total_steps: total,
+        },
         "cosine" => Schedule::cosine(warmup, total),
         _ => Schedule::linear(warmup, total),
     };
-    let opt = LoraPlusAdamW::new(lora.trainable_params(), &oc, schedule).context("section [optim]")?;
+    let opt =
+        LoraPlusAdamW::new(lora.trainable_params(), &oc, schedule).context("section [optim]")?;
     Ok(Optimizer(opt))
 }
 
@@ -131,8 +150,16 @@ pub fn optimizer_summary(opt: &Optimizer) -> String {
 }
 
 /// Forward and backward of one micro-batch (gradients scaled by `scale`); the detached loss.
-pub fn train_micro_step(model: &Model, batch: &Batch, device: Device, scale: f64) -> Result<Tensor> {
-    let labels = batch.labels.as_ref().context("a training batch without labels")?;
+pub fn train_micro_step(
+    model: &Model,
+    batch: &Batch,
+    device: Device,
+    scale: f64,
+) -> Result<Tensor> {
+    let labels = batch
+        .labels
+        .as_ref()
+        .context("a training batch without labels")?;
     let out = model.forward_backward(
         &batch.input_ids.to_device(device),
         &batch.attention_mask.to_device(device),
@@ -203,14 +230,24 @@ pub fn first_n(data: &TokenizedDataset, n: usize) -> Result<TokenizedDataset> {
 /// A prediction as GLUE's submission files write it (label name, or the score).
 pub fn label_text(task: Task, label: &Label) -> String {
     match label {
-        Label::Class(i) => task.spec().labels.get(*i).map_or(i.to_string(), |s| s.to_string()),
+        Label::Class(i) => task
+            .spec()
+            .labels
+            .get(*i)
+            .map_or(i.to_string(), |s| s.to_string()),
         Label::Score(s) => format!("{s:.3}"),
     }
 }
 
 /// Write the merged model: every base parameter (adapters already merged in) as
 /// `model.safetensors`, the HuggingFace config with the task head's fields, and the tokenizer.
-pub fn write_merged(model: &Model, lora: &LoraModel, src: &Path, task: Task, out: &Path) -> Result<()> {
+pub fn write_merged(
+    model: &Model,
+    lora: &LoraModel,
+    src: &Path,
+    task: Task,
+    out: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -222,8 +259,10 @@ pub fn write_merged(model: &Model, lora: &LoraModel, src: &Path, task: Task, out
     let meta = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
     loraplus_core::write_safetensors(&out.join("model.safetensors"), &tensors, &meta)?;
     let cfg_path = src.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
     let arch = match model.config() {
         ModelConfig::Bert(_) => "BertForSequenceClassification",
         ModelConfig::Roberta(_) => "RobertaForSequenceClassification",
@@ -237,10 +276,16 @@ pub fn write_merged(model: &Model, lora: &LoraModel, src: &Path, task: Task, out
     } else {
         spec.labels.iter().map(|s| s.to_string()).collect()
     };
-    let id2label: serde_json::Map<String, serde_json::Value> =
-        labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
-    let label2id: serde_json::Map<String, serde_json::Value> =
-        labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+    let id2label: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone().into()))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i.into()))
+        .collect();
     if let Some(obj) = cfg.as_object_mut() {
         obj.insert("architectures".into(), serde_json::json!([arch]));
         obj.insert("num_labels".into(), n.into());
@@ -253,8 +298,16 @@ pub fn write_merged(model: &Model, lora: &LoraModel, src: &Path, task: Task, out
             obj.insert("problem_type".into(), "single_label_classification".into());
         }
     }
-    loraplus_core::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+    loraplus_core::io::write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ] {
         let p = src.join(f);
         if p.exists() {
             std::fs::copy(&p, out.join(f)).with_context(|| format!("copying {}", p.display()))?;

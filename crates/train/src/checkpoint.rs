@@ -56,19 +56,25 @@ pub fn save(
     let root = checkpoints_dir(output_dir);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let final_dir = root.join(step_name(state.step));
-    let tmp = root.join(format!(".tmp-{}-{}", step_name(state.step), std::process::id()));
+    let tmp = root.join(format!(
+        ".tmp-{}-{}",
+        step_name(state.step),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).ok();
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     write_tensors(&tmp)?;
     let json = serde_json::to_string_pretty(state)?;
-    std::fs::write(tmp.join(TRAINER_STATE), json).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(tmp.join(TRAINER_STATE), json)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     if let Ok(f) = std::fs::File::open(&tmp) {
         f.sync_all().ok();
     }
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+        std::fs::remove_dir_all(&final_dir)
+            .with_context(|| format!("replacing {}", final_dir.display()))?;
     }
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
@@ -84,7 +90,10 @@ pub fn list(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if e.path().join(TRAINER_STATE).exists() {
                 out.push((step, e.path()));
             }
@@ -101,7 +110,8 @@ pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> R
     let n = all.len();
     for (i, (step, path)) in all.into_iter().enumerate() {
         if i + keep_last < n && Some(step) != keep_step {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
         }
     }
     if let Ok(entries) = std::fs::read_dir(checkpoints_dir(output_dir)) {
@@ -131,7 +141,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -142,7 +153,10 @@ mod tests {
     fn state(step: usize) -> TrainerState {
         TrainerState {
             step,
-            position: Position { epoch: 0, index: step },
+            position: Position {
+                epoch: 0,
+                index: step,
+            },
             best_metric: None,
             best_step: None,
             evals_since_best: 0,
@@ -155,10 +169,17 @@ mod tests {
     fn save_list_prune_resolve() {
         let dir = tempfile::tempdir().unwrap();
         for s in [10, 20, 30, 40] {
-            save(dir.path(), &state(s), |d| Ok(std::fs::write(d.join("x"), b"1")?)).unwrap();
+            save(dir.path(), &state(s), |d| {
+                Ok(std::fs::write(d.join("x"), b"1")?)
+            })
+            .unwrap();
         }
         prune(dir.path(), 2, Some(10)).unwrap();
-        let steps: Vec<_> = list(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        let steps: Vec<_> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(steps, vec![10, 30, 40]);
         let latest = resolve(dir.path()).unwrap();
         assert_eq!(read_state(&latest).unwrap().step, 40);

@@ -151,7 +151,10 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<
 }
 
 fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
-    println!("steps: {} ({}), {:.1} s", s.steps, s.stopped_because, s.train_seconds);
+    println!(
+        "steps: {} ({}), {:.1} s",
+        s.steps, s.stopped_because, s.train_seconds
+    );
     if let Some(e) = &s.final_eval {
         println!("dev: {}", e.describe());
     }
@@ -159,7 +162,10 @@ fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
         println!("best dev main metric: {b:.4} at step {at}");
     }
     println!("adapter: {}", s.adapter_dir.display());
-    println!("metrics: {}", s.output_dir.join(metrics_log::METRICS_FILE).display());
+    println!(
+        "metrics: {}",
+        s.output_dir.join(metrics_log::METRICS_FILE).display()
+    );
     for p in plots {
         println!("plot: {}", p.display());
     }
@@ -173,7 +179,13 @@ pub fn plot_run(output_dir: &Path) -> Result<Vec<PathBuf>> {
         label: "train loss".into(),
         points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
     };
-    line_plot(&output_dir.join("loss"), "training loss", "step", "loss", &[loss])?;
+    line_plot(
+        &output_dir.join("loss"),
+        "training loss",
+        "step",
+        "loss",
+        &[loss],
+    )?;
     out.push(output_dir.join("loss.png"));
     if !eval.is_empty() {
         let name = eval[0].main_name.clone();
@@ -181,7 +193,13 @@ pub fn plot_run(output_dir: &Path) -> Result<Vec<PathBuf>> {
             label: format!("dev {name}"),
             points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
         };
-        line_plot(&output_dir.join("dev_metric"), &format!("dev {name}"), "step", &name, &[dev])?;
+        line_plot(
+            &output_dir.join("dev_metric"),
+            &format!("dev {name}"),
+            "step",
+            &name,
+            &[dev],
+        )?;
         out.push(output_dir.join("dev_metric.png"));
     }
     Ok(out)
@@ -251,25 +269,44 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 if let Some(n) = a.limit {
                     data = std::sync::Arc::new(backend::first_n(&data, n)?);
                 }
-                let r = trainer::evaluate_split(&model, task, &data, encoder.pad_id(), &cfg, device)?;
-                let values: Vec<String> = r.values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                println!("{} {split:?} ({} examples): {}", task.spec().name, data.len(), values.join(", "));
+                let r =
+                    trainer::evaluate_split(&model, task, &data, encoder.pad_id(), &cfg, device)?;
+                let values: Vec<String> = r
+                    .values
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!(
+                    "{} {split:?} ({} examples): {}",
+                    task.spec().name,
+                    data.len(),
+                    values.join(", ")
+                );
             }
             Ok(())
         }
         "test" => {
             let data = trainer::load_split(&cfg, task, Split::Test, &encoder)?;
             let (preds, _) = trainer::predict(&model, task, &data, encoder.pad_id(), &cfg, device)?;
-            let out = a.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.tsv", task.spec().name)));
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.tsv", task.spec().name)));
             let mut text = String::from("index\tprediction\n");
             for (i, p) in preds.iter().enumerate() {
                 text.push_str(&format!("{i}\t{}\n", backend::label_text(task, p)));
             }
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-            println!("{} test predictions written to {}", preds.len(), out.display());
+            println!(
+                "{} test predictions written to {}",
+                preds.len(),
+                out.display()
+            );
             Ok(())
         }
-        other => Err(UsageError::wrap(anyhow::anyhow!("--split must be dev or test, found {other:?}"))),
+        other => Err(UsageError::wrap(anyhow::anyhow!(
+            "--split must be dev or test, found {other:?}"
+        ))),
     }
 }
 
@@ -294,7 +331,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let adir = adapter_dir(&a.adapter);
     let lora_cfg = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
     let mdir = a.model.clone().unwrap_or_else(paths::model_dir);
-    let (model, lora) = backend::load_model_with_lora(&mdir, task, lora_cfg, tch::Device::Cpu, "f32")?;
+    let (model, lora) =
+        backend::load_model_with_lora(&mdir, task, lora_cfg, tch::Device::Cpu, "f32")?;
     lora.load_adapter(&adir)?;
     lora.merge(true)?;
     backend::write_merged(&model, &lora, &mdir, task, &a.output)?;
@@ -349,7 +387,11 @@ pub fn glue(a: GlueArgs) -> Result<()> {
         let mut dev_series = Vec::new();
         for &ratio in &a.ratios {
             for &seed in &a.seeds {
-                let out = a.output_dir.join(task).join(format!("ratio-{ratio}")).join(format!("seed-{seed}"));
+                let out = a
+                    .output_dir
+                    .join(task)
+                    .join(format!("ratio-{ratio}"))
+                    .join(format!("seed-{seed}"));
                 let mut cfg = base.clone();
                 cfg.task = task.clone();
                 cfg.seed = seed;
@@ -361,9 +403,19 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 let s = t.train()?;
                 let fe = s.final_eval.clone().context("no final evaluation")?;
                 let (train, eval) = metrics_log::read(&out.join(metrics_log::METRICS_FILE))?;
-                let label = if ratio == 1.0 { format!("LoRA s{seed}") } else { format!("LoRA+ {ratio} s{seed}") };
-                loss_series.push(Series { label: label.clone(), points: train.iter().map(|r| (r.step as f64, r.loss)).collect() });
-                dev_series.push(Series { label, points: eval.iter().map(|r| (r.step as f64, r.main)).collect() });
+                let label = if ratio == 1.0 {
+                    format!("LoRA s{seed}")
+                } else {
+                    format!("LoRA+ {ratio} s{seed}")
+                };
+                loss_series.push(Series {
+                    label: label.clone(),
+                    points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
+                });
+                dev_series.push(Series {
+                    label,
+                    points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
+                });
                 runs.push(GlueRun {
                     task: task.clone(),
                     ratio,
@@ -378,13 +430,28 @@ pub fn glue(a: GlueArgs) -> Result<()> {
             }
         }
         let dir = a.output_dir.join(task);
-        line_plot(&dir.join("loss"), &format!("{task}: training loss"), "step", "loss", &loss_series)?;
-        line_plot(&dir.join("dev_metric"), &format!("{task}: dev metric"), "step", "metric", &dev_series)?;
+        line_plot(
+            &dir.join("loss"),
+            &format!("{task}: training loss"),
+            "step",
+            "loss",
+            &loss_series,
+        )?;
+        line_plot(
+            &dir.join("dev_metric"),
+            &format!("{task}: dev metric"),
+            "step",
+            "metric",
+            &dev_series,
+        )?;
     }
     let md = glue_table(&runs);
     std::fs::create_dir_all(&a.output_dir)?;
     std::fs::write(a.output_dir.join("glue_results.md"), &md)?;
-    std::fs::write(a.output_dir.join("glue_results.json"), serde_json::to_string_pretty(&runs)?)?;
+    std::fs::write(
+        a.output_dir.join("glue_results.json"),
+        serde_json::to_string_pretty(&runs)?,
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -398,7 +465,10 @@ fn glue_table(runs: &[GlueRun]) -> String {
         }
     }
     for (task, ratio) in keys {
-        let group: Vec<&GlueRun> = runs.iter().filter(|r| r.task == task && r.ratio == ratio).collect();
+        let group: Vec<&GlueRun> = runs
+            .iter()
+            .filter(|r| r.task == task && r.ratio == ratio)
+            .collect();
         let vals: Vec<f64> = group.iter().map(|r| r.final_main).collect();
         let n = vals.len() as f64;
         let mean = vals.iter().sum::<f64>() / n;
@@ -407,10 +477,16 @@ fn glue_table(runs: &[GlueRun]) -> String {
         } else {
             0.0
         };
-        let best = group.iter().filter_map(|r| r.best_main).fold(f64::NAN, f64::max);
+        let best = group
+            .iter()
+            .filter_map(|r| r.best_main)
+            .fold(f64::NAN, f64::max);
         let targets: Vec<String> = group
             .iter()
-            .map(|r| r.target_reached_at.map_or("-".to_string(), |s| s.to_string()))
+            .map(|r| {
+                r.target_reached_at
+                    .map_or("-".to_string(), |s| s.to_string())
+            })
             .collect();
         md.push_str(&format!(
             "| {task} | {ratio} | {} | {} | {mean:.4} ± {std:.4} | {best:.4} | {} |\n",
@@ -435,13 +511,21 @@ pub fn info() -> Result<()> {
     println!(
         "default model: {} ({})",
         mdir.display(),
-        if found { "found" } else { "NOT found: run `make setup` or set LORAPLUS_MODEL_DIR" }
+        if found {
+            "found"
+        } else {
+            "NOT found: run `make setup` or set LORAPLUS_MODEL_DIR"
+        }
     );
     let glue = paths::glue_dir();
     println!(
         "GLUE data: {} ({})",
         glue.display(),
-        if glue.is_dir() { "found" } else { "NOT found: set GLUE_DIR" }
+        if glue.is_dir() {
+            "found"
+        } else {
+            "NOT found: set GLUE_DIR"
+        }
     );
     Ok(())
 }
@@ -449,7 +533,10 @@ pub fn info() -> Result<()> {
 /// Fail with a usage error if `path` does not exist.
 pub fn require_exists(path: &Path, what: &str) -> Result<()> {
     if !path.exists() {
-        bail!(UsageError(anyhow::anyhow!("{what} {} does not exist", path.display())));
+        bail!(UsageError(anyhow::anyhow!(
+            "{what} {} does not exist",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -183,14 +183,16 @@ impl Default for OptimSection {
 impl TrainConfig {
     /// Read TOML (`.toml`) or JSON (anything else) and validate.
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let cfg: TrainConfig = if is_toml {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         } else {
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         };
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
@@ -222,23 +224,38 @@ impl TrainConfig {
             bail!("field `epochs` must be positive, found {}", self.epochs);
         }
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
-            bail!("field `dtype` must be f32, bf16 or f16, found {:?}", self.dtype);
+            bail!(
+                "field `dtype` must be f32, bf16 or f16, found {:?}",
+                self.dtype
+            );
         }
         parse_device(&self.device).context("field `device`")?;
         if !matches!(self.lora.bias.as_str(), "none" | "all" | "lora_only") {
-            bail!("field `lora.bias` must be none, all or lora_only, found {:?}", self.lora.bias);
+            bail!(
+                "field `lora.bias` must be none, all or lora_only, found {:?}",
+                self.lora.bias
+            );
         }
-        if !matches!(self.optim.schedule.as_str(), "constant" | "linear" | "cosine") {
+        if !matches!(
+            self.optim.schedule.as_str(),
+            "constant" | "linear" | "cosine"
+        ) {
             bail!(
                 "field `optim.schedule` must be constant, linear or cosine, found {:?}",
                 self.optim.schedule
             );
         }
         if !(0.0..1.0).contains(&self.optim.warmup_ratio) {
-            bail!("field `optim.warmup_ratio` must be in [0, 1), found {}", self.optim.warmup_ratio);
+            bail!(
+                "field `optim.warmup_ratio` must be in [0, 1), found {}",
+                self.optim.warmup_ratio
+            );
         }
         if !(self.optim.max_grad_norm >= 0.0) {
-            bail!("field `optim.max_grad_norm` must be >= 0, found {}", self.optim.max_grad_norm);
+            bail!(
+                "field `optim.max_grad_norm` must be >= 0, found {}",
+                self.optim.max_grad_norm
+            );
         }
         Ok(())
     }
@@ -267,15 +284,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_list_the_valid_ones() {
-        let err = toml::from_str::<TrainConfig>("tsak = \"sst2\"").unwrap_err().to_string();
-        assert!(err.contains("unknown field `tsak`") && err.contains("`task`"), "{err}");
-        let err = toml::from_str::<TrainConfig>("[optim]\nratio = 2.0").unwrap_err().to_string();
+        let err = toml::from_str::<TrainConfig>("tsak = \"sst2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `tsak`") && err.contains("`task`"),
+            "{err}"
+        );
+        let err = toml::from_str::<TrainConfig>("[optim]\nratio = 2.0")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`loraplus_ratio`"), "{err}");
     }
 
     #[test]
     fn wrong_types_and_values_name_the_field() {
-        let err = toml::from_str::<TrainConfig>("batch_size = \"big\"").unwrap_err().to_string();
+        let err = toml::from_str::<TrainConfig>("batch_size = \"big\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batch_size"), "{err}");
         let cfg = TrainConfig {
             task: "sst3".into(),
@@ -288,7 +314,11 @@ mod tests {
             grad_accum: 3,
             ..Default::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("grad_accum"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("grad_accum"));
         assert!(parse_device("gpu").is_err());
         assert_eq!(parse_device("cuda:1").unwrap(), tch::Device::Cuda(1));
     }

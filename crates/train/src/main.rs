@@ -10,7 +10,11 @@ use loraplus_train::cli::{self, UsageError};
 use loraplus_train::config::TrainConfig;
 
 #[derive(Parser)]
-#[command(name = "loraplus", version, about = "LoRA and LoRA+ fine-tuning on libtorch")]
+#[command(
+    name = "loraplus",
+    version,
+    about = "LoRA and LoRA+ fine-tuning on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

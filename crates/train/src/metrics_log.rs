@@ -41,7 +41,11 @@ impl EvalRecord {
         let several = reports.len() > 1;
         for (split, r) in reports {
             for (name, v) in &r.values {
-                let key = if several { format!("{split:?}/{name}") } else { name.clone() };
+                let key = if several {
+                    format!("{split:?}/{name}")
+                } else {
+                    name.clone()
+                };
                 metrics.push((key, *v));
             }
         }
@@ -83,7 +87,8 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Open (truncate, or append when resuming) `<output_dir>/metrics.jsonl`.
     pub fn open(output_dir: &Path, append: bool) -> Result<MetricsLog> {
-        std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+        std::fs::create_dir_all(output_dir)
+            .with_context(|| format!("creating {}", output_dir.display()))?;
         let path = output_dir.join(METRICS_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -118,7 +123,9 @@ pub fn read(path: &Path) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Record>(&line).with_context(|| format!("{}:{}", path.display(), i + 1))? {
+        match serde_json::from_str::<Record>(&line)
+            .with_context(|| format!("{}:{}", path.display(), i + 1))?
+        {
             Record::Train(t) => train.push(t),
             Record::Eval(e) => eval.push(e),
         }

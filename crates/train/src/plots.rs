@@ -17,7 +17,11 @@ pub struct Series {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
@@ -30,11 +34,20 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -67,12 +80,19 @@ where
         .map_err(|e| anyhow!("{e:?}"))?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e:?}"))?
             .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         if points.len() <= 40 {
             chart
                 .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
@@ -91,12 +111,30 @@ where
 }
 
 /// Write `<base>.svg` and `<base>.png`.
-pub fn line_plot(base: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn line_plot(
+    base: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     register_font();
     let svg = base.with_extension("svg");
-    draw(SVGBackend::new(&svg, (800, 500)).into_drawing_area(), title, x_label, y_label, series)?;
+    draw(
+        SVGBackend::new(&svg, (800, 500)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )?;
     let png = base.with_extension("png");
-    draw(BitMapBackend::new(&png, (800, 500)).into_drawing_area(), title, x_label, y_label, series)?;
+    draw(
+        BitMapBackend::new(&png, (800, 500)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )?;
     Ok(())
 }
 
@@ -108,14 +146,35 @@ mod tests {
     fn writes_svg_and_png_with_text() {
         let dir = tempfile::tempdir().unwrap();
         let s = vec![
-            Series { label: "LoRA".into(), points: (0..20).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect() },
-            Series { label: "LoRA+".into(), points: (0..20).map(|i| (i as f64, 0.5 / (1.0 + i as f64))).collect() },
+            Series {
+                label: "LoRA".into(),
+                points: (0..20)
+                    .map(|i| (i as f64, 1.0 / (1.0 + i as f64)))
+                    .collect(),
+            },
+            Series {
+                label: "LoRA+".into(),
+                points: (0..20)
+                    .map(|i| (i as f64, 0.5 / (1.0 + i as f64)))
+                    .collect(),
+            },
         ];
-        line_plot(&dir.path().join("loss"), "training loss", "step", "loss", &s).unwrap();
+        line_plot(
+            &dir.path().join("loss"),
+            "training loss",
+            "step",
+            "loss",
+            &s,
+        )
+        .unwrap();
         let svg = std::fs::read_to_string(dir.path().join("loss.svg")).unwrap();
         assert!(svg.contains("LoRA+") && svg.contains("training loss"));
         let png = std::fs::read(dir.path().join("loss.png")).unwrap();
         assert_eq!(&png[1..4], b"PNG");
-        assert!(png.len() > 5_000, "the PNG looks empty ({} bytes)", png.len());
+        assert!(
+            png.len() > 5_000,
+            "the PNG looks empty ({} bytes)",
+            png.len()
+        );
     }
 }

@@ -9,9 +9,11 @@ pub fn bar(total: usize, done: usize, show: bool) -> ProgressBar {
     if !show {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps | {msg} | ETA {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {pos}/{len} steps | {msg} | ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_position(done as u64);
     bar

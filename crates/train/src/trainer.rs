@@ -13,8 +13,8 @@ use tch::{Device, Kind, Tensor};
 
 use loraplus_core::{BiasMode, LoraConfig, LoraModel, TargetModules};
 use loraplus_data::{
-    evaluate, paths, predictions_from_logits, read_split, DataLoader, Encoder, LoaderConfig, MetricReport, Position,
-    ReadOptions, Split, Task, TokenizedDataset,
+    evaluate, paths, predictions_from_logits, read_split, DataLoader, Encoder, LoaderConfig,
+    MetricReport, Position, ReadOptions, Split, Task, TokenizedDataset,
 };
 
 use crate::backend::{self, Model, Optimizer};
@@ -109,7 +109,12 @@ pub fn lora_config(cfg: &TrainConfig, defaults: (Vec<String>, Vec<String>)) -> R
 }
 
 /// Read, tokenize (cached) and return one split.
-pub fn load_split(cfg: &TrainConfig, task: Task, split: Split, encoder: &Encoder) -> Result<Arc<TokenizedDataset>> {
+pub fn load_split(
+    cfg: &TrainConfig,
+    task: Task,
+    split: Split,
+    encoder: &Encoder,
+) -> Result<Arc<TokenizedDataset>> {
     let ds = read_split(&glue_dir(cfg), task, split, ReadOptions::default())?;
     let (tok, _status) = encoder.encode_cached(&ds, &paths::cache_dir())?;
     Ok(Arc::new(tok))
@@ -190,7 +195,10 @@ impl Trainer {
             }
             lora.load_adapter(&dir.join(ADAPTER_DIR))?;
             optimizer.load(&dir.join(OPTIMIZER_DIR))?;
-            state = TrainerState { config: config.clone(), ..saved };
+            state = TrainerState {
+                config: config.clone(),
+                ..saved
+            };
             tracing::info!("resumed from {} at step {}", dir.display(), state.step);
         }
         let log = MetricsLog::open(&config.output_dir, resume.is_some())?;
@@ -238,7 +246,17 @@ impl Trainer {
     pub fn evaluate(&self) -> Result<Vec<(Split, MetricReport)>> {
         let mut out = Vec::new();
         for (split, data) in &self.dev {
-            out.push((*split, evaluate_split(&self.model, self.task, data, self.pad_id, &self.config, self.device)?));
+            out.push((
+                *split,
+                evaluate_split(
+                    &self.model,
+                    self.task,
+                    data,
+                    self.pad_id,
+                    &self.config,
+                    self.device,
+                )?,
+            ));
         }
         Ok(out)
     }
@@ -250,7 +268,11 @@ impl Trainer {
             lora.save_pretrained(&tmp.join(ADAPTER_DIR))?;
             opt.save(&tmp.join(OPTIMIZER_DIR))
         })?;
-        checkpoint::prune(&self.config.output_dir, self.config.keep_last, self.state.best_step)?;
+        checkpoint::prune(
+            &self.config.output_dir,
+            self.config.keep_last,
+            self.state.best_step,
+        )?;
         Ok(dir)
     }
 
@@ -277,7 +299,11 @@ impl Trainer {
                 break;
             }
             // Dropout draws depend only on (seed, step): resume is exact.
-            tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(self.state.step as i64));
+            tch::manual_seed(
+                (cfg.seed as i64)
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(self.state.step as i64),
+            );
             let mut step_loss = Tensor::zeros([], (Kind::Float, self.device));
             let mut next_position = self.state.position;
             for _ in 0..accum {
@@ -295,7 +321,12 @@ impl Trainer {
                 };
                 next_position = batch.next_position();
                 window_samples += batch.size();
-                let loss = backend::train_micro_step(&self.model, &batch, self.device, 1.0 / accum as f64)?;
+                let loss = backend::train_micro_step(
+                    &self.model,
+                    &batch,
+                    self.device,
+                    1.0 / accum as f64,
+                )?;
                 step_loss += loss / accum as f64;
             }
             if check_each_step {
@@ -359,7 +390,8 @@ impl Trainer {
                     break;
                 }
             }
-            let eval_now = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < self.total_steps;
+            let eval_now =
+                cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < self.total_steps;
             if eval_now {
                 let rec = self.eval_and_track(started)?;
                 let mut stop = false;
@@ -372,7 +404,8 @@ impl Trainer {
                 }
                 if let Some(p) = cfg.early_stopping_patience {
                     if self.state.evals_since_best >= p {
-                        stopped_because = format!("early stopping: no improvement in {p} evaluations");
+                        stopped_because =
+                            format!("early stopping: no improvement in {p} evaluations");
                         break;
                     }
                 }
@@ -408,7 +441,11 @@ impl Trainer {
             best_step: self.state.best_step,
             target_reached_at: self.state.target_reached_at,
             adapter_dir,
-            output_dir: ckpt.parent().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf(),
+            output_dir: ckpt
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
             train_seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -462,14 +499,21 @@ pub fn predict(
     cfg: &TrainConfig,
     device: Device,
 ) -> Result<(Vec<loraplus_data::Label>, Vec<Option<loraplus_data::Label>>)> {
-    let loader = DataLoader::new(data.clone(), pad_id, LoaderConfig::eval(cfg.eval_batch_size))?;
+    let loader = DataLoader::new(
+        data.clone(),
+        pad_id,
+        LoaderConfig::eval(cfg.eval_batch_size),
+    )?;
     let _guard = tch::no_grad_guard();
     let mut preds = Vec::with_capacity(data.len());
     let mut gold = Vec::with_capacity(data.len());
     for batch in loader.prefetch(Position::default())? {
         let batch = batch?;
         let logits = backend::eval_logits(model, &batch, device)?;
-        preds.extend(predictions_from_logits(task, &logits.to_device(Device::Cpu))?);
+        preds.extend(predictions_from_logits(
+            task,
+            &logits.to_device(Device::Cpu),
+        )?);
         gold.extend(batch.indices.iter().map(|&i| data.labels().get(i)));
     }
     Ok((preds, gold))

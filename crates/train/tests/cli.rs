@@ -78,7 +78,10 @@ fn info_reports_libtorch_and_the_default_model() {
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("libtorch: 2.11.0"), "{out}");
-    assert!(out.contains("default model:") && out.contains("(found)"), "{out}");
+    assert!(
+        out.contains("default model:") && out.contains("(found)"),
+        "{out}"
+    );
 }
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
@@ -93,20 +96,40 @@ fn train_then_sigint_and_resume_gives_the_same_adapter() {
     let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(stdout.contains("steps: 8") && stdout.contains("dev: accuracy"), "{stdout}");
+    assert!(
+        stdout.contains("steps: 8") && stdout.contains("dev: accuracy"),
+        "{stdout}"
+    );
     let out = a.path().join("out");
-    for f in ["metrics.jsonl", "loss.png", "loss.svg", "dev_metric.png", "adapter/adapter_config.json"] {
+    for f in [
+        "metrics.jsonl",
+        "loss.png",
+        "loss.svg",
+        "dev_metric.png",
+        "adapter/adapter_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"train\"")).count(), 4);
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"train\""))
+            .count(),
+        4
+    );
     let straight = adapter_bytes(&out);
 
     // Interrupted with SIGINT once a few steps are logged, then resumed to the same budget.
     let b = tempfile::tempdir().unwrap();
     let cfg_b = tiny_config(b.path(), "");
     let mut child = bin()
-        .args(["train", "--config", cfg_b.to_str().unwrap(), "--no-progress"])
+        .args([
+            "train",
+            "--config",
+            cfg_b.to_str().unwrap(),
+            "--no-progress",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -120,10 +143,17 @@ fn train_then_sigint_and_resume_gives_the_same_adapter() {
     unsafe_kill(child.id(), 2);
     let status = child.wait().unwrap();
     let ckpts = loraplus_train::checkpoint::list(&b.path().join("out")).unwrap();
-    assert!(!ckpts.is_empty(), "no checkpoint after SIGINT (status {status:?})");
+    assert!(
+        !ckpts.is_empty(),
+        "no checkpoint after SIGINT (status {status:?})"
+    );
     let (step, _) = ckpts.last().unwrap().clone();
     if step < 8 {
-        assert_eq!(status.code(), Some(130), "an interrupted run exits with 130");
+        assert_eq!(
+            status.code(),
+            Some(130),
+            "an interrupted run exits with 130"
+        );
     }
     let o = run(&[
         "train",
@@ -134,11 +164,19 @@ fn train_then_sigint_and_resume_gives_the_same_adapter() {
         b.path().join("out").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(adapter_bytes(&b.path().join("out")), straight, "resumed from step {step}: adapters differ");
+    assert_eq!(
+        adapter_bytes(&b.path().join("out")),
+        straight,
+        "resumed from step {step}: adapters differ"
+    );
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -164,8 +202,19 @@ fn kill_9_while_checkpointing_leaves_a_loadable_checkpoint() {
     }
     unsafe_kill(child.id(), 9);
     child.wait().unwrap();
-    let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress", "--resume", out.to_str().unwrap()]);
-    assert!(o.status.success(), "resume after kill -9 failed: {}", stderr(&o));
+    let o = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--no-progress",
+        "--resume",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "resume after kill -9 failed: {}",
+        stderr(&o)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("steps: 8"));
 }
 
@@ -173,16 +222,24 @@ fn kill_9_while_checkpointing_leaves_a_loadable_checkpoint() {
 fn eval_of_a_peft_written_adapter_matches_peft() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = repo().join(".venv/minilm");
-    let glue = std::env::var("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("../shared/glue"));
+    let glue = std::env::var("GLUE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("../shared/glue"));
     let n = 96;
     let status = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/peft_eval_ref.py"))
-        .args([model_dir.to_str().unwrap(), glue.to_str().unwrap(), dir.path().to_str().unwrap(), &n.to_string()])
+        .args([
+            model_dir.to_str().unwrap(),
+            glue.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+            &n.to_string(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap())
+            .unwrap();
     let acc = expected["accuracy"].as_f64().unwrap();
     let o = run(&[
         "eval",
@@ -195,7 +252,10 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(out.contains(&format!("accuracy {acc:.4}")), "PEFT accuracy {acc:.4}, loraplus: {out}");
+    assert!(
+        out.contains(&format!("accuracy {acc:.4}")),
+        "PEFT accuracy {acc:.4}, loraplus: {out}"
+    );
     // The random adapter really changes predictions: not all one class.
     let preds = expected["predictions"].as_array().unwrap();
     assert!(preds.iter().any(|p| p == 0) && preds.iter().any(|p| p == 1) || acc < 0.9);
@@ -205,7 +265,14 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
 fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "");
-    let o = run(&["train", "--config", cfg.to_str().unwrap(), "--no-progress", "--max-steps", "2"]);
+    let o = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--no-progress",
+        "--max-steps",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let merged = dir.path().join("merged");
     let o = run(&[
@@ -218,7 +285,15 @@ fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
         merged.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(&["eval", "--adapter", dir.path().join("out/adapter").to_str().unwrap(), "--task", "sst2", "--limit", "64"]);
+    let o = run(&[
+        "eval",
+        "--adapter",
+        dir.path().join("out/adapter").to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--limit",
+        "64",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ours = String::from_utf8_lossy(&o.stdout).to_string();
     let script = r#"
@@ -232,12 +307,22 @@ with torch.no_grad():
     p = m(**enc).logits.argmax(-1).tolist()
 print("accuracy %.4f" % (sum(int(a == int(r[1])) for a, r in zip(p, rows)) / len(rows)))
 "#;
-    let glue = std::env::var("GLUE_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("../shared/glue"));
+    let glue = std::env::var("GLUE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("../shared/glue"));
     let o = Command::new(python())
-        .args(["-c", script, merged.to_str().unwrap(), glue.to_str().unwrap()])
+        .args([
+            "-c",
+            script,
+            merged.to_str().unwrap(),
+            glue.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let theirs = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(ours.contains(&theirs), "transformers on the merged model: {theirs}; loraplus eval: {ours}");
+    assert!(
+        ours.contains(&theirs),
+        "transformers on the merged model: {theirs}; loraplus eval: {ours}"
+    );
 }

@@ -1,0 +1,234 @@
+//! One full LoRA+ training step of the default model (MiniLM), timed: the Rust side of
+//! `benches/run.sh`, which runs `benches/step_ref.py` (transformers + PEFT) on the same inputs.
+//!
+//! A step is what the trainer does per batch: forward, loss, backward, clip the gradient norm
+//! to 1, LoRA+ AdamW step, zero the gradients. LoRA r = 8, alpha = 16, dropout 0 on `query`
+//! and `value`; the pooler and classifier train as `modules_to_save` (as PEFT's
+//! `SEQ_CLS` task does with `modules_to_save`). The model's own dropout (0.1) is on, as in
+//! training. Inputs are fixed random token batches with right padding (lengths seq/2..seq).
+//!
+//! ```text
+//! cargo run --release -p loraplus-train --example train_step_bench -- --batch 32 --seq 128
+//! cargo run --release -p loraplus-train --example train_step_bench -- --peak
+//! ```
+//!
+//! Flags: `--batch N`, `--seq N`, `--steps N`, `--warmup N`, `--threads N` (default: the
+//! machine's cores), `--ratio R`, `--model DIR`, `--peak` (time a large f32 matmul instead: the
+//! machine's measured peak for the MFU), `--peak-size N`. Prints one line of `key=value`
+//! fields, the format `benches/step_ref.py` prints too.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use loraplus_core::LoraConfig;
+use loraplus_models::{default_model_dir, BertConfig, Head, LoadOptions, ModelConfig, TaskModel};
+use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
+use tch::{Device, Kind, Tensor};
+
+/// The bench's LoRA setting (the LoRA+ paper's GLUE recipe has r = 8, alpha = 16).
+const RANK: usize = 8;
+const ALPHA: f64 = 16.0;
+/// Learning rate of the A matrices (the CPU preset's `lr`).
+const LR: f64 = 2e-4;
+/// The trainer's default `max_grad_norm`.
+const MAX_GRAD_NORM: f64 = 1.0;
+
+struct Args {
+    batch: i64,
+    seq: i64,
+    steps: usize,
+    warmup: usize,
+    threads: i32,
+    ratio: f64,
+    model: PathBuf,
+    peak: bool,
+    peak_size: i64,
+}
+
+fn parse() -> Result<Args> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    let mut a = Args {
+        batch: 32,
+        seq: 128,
+        steps: 10,
+        warmup: 2,
+        threads: cores,
+        ratio: 16.0,
+        model: default_model_dir(),
+        peak: false,
+        peak_size: 2048,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--peak" {
+            a.peak = true;
+            continue;
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
+            "--seq" => a.seq = value.parse().map_err(|e| bad(&e))?,
+            "--steps" => a.steps = value.parse().map_err(|e| bad(&e))?,
+            "--warmup" => a.warmup = value.parse().map_err(|e| bad(&e))?,
+            "--threads" => a.threads = value.parse().map_err(|e| bad(&e))?,
+            "--ratio" => a.ratio = value.parse().map_err(|e| bad(&e))?,
+            "--model" => a.model = PathBuf::from(value),
+            "--peak-size" => a.peak_size = value.parse().map_err(|e| bad(&e))?,
+            other => bail!(
+                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size)"
+            ),
+        }
+    }
+    if a.batch < 1 || a.seq < 2 || a.steps < 1 || a.threads < 1 {
+        bail!("--batch, --steps and --threads must be >= 1, --seq >= 2");
+    }
+    Ok(a)
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` in `/proc/self/status`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Matrix-multiply FLOPs (2·m·n·k per product) of one LoRA training step of a BERT
+/// sequence classifier, forward and backward. The frozen weights need no weight gradient, so
+/// their backward is one input-gradient product each (and none in layer 0 for query, key and
+/// value, whose input, the embeddings, is frozen): the step is about 2x the forward, not the
+/// 3x of full fine-tuning. Elementwise work, softmax and norms are not counted.
+///
+/// Per layer, with N = batch·seq tokens, H hidden, I intermediate, T seq, r rank, `adapted`
+/// adapted linears of shape HxH:
+/// - forward: linears 2N·H·(4H + 2I); attention QK^T and PV 4·batch·T²·H; adapters 4N·H·r each;
+/// - backward: linears' input gradients 2N·H·(4H + 2I) (minus 3·2N·H² in layer 0); attention
+///   8·batch·T²·H (dS, dV, dQ, dK; 6 in layer 0, no dK); adapters 8N·H·r each (dB, d(xA^T),
+///   dA, dx; 6N·H·r in layer 0, no dx);
+/// - head: pooler HxH and classifier HxL on the first token, forward 2·batch·H·(H + L), backward
+///   twice that (weight and input gradients).
+fn step_flops(c: &BertConfig, batch: i64, seq: i64, r: i64, adapted: i64, labels: i64) -> f64 {
+    let (h, i, l) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.num_hidden_layers as f64,
+    );
+    let (b, t, r, ad) = (batch as f64, seq as f64, r as f64, adapted as f64);
+    let n = b * t;
+    let lin = 2.0 * n * h * (4.0 * h + 2.0 * i);
+    let attn = 4.0 * b * t * t * h;
+    let lora = 4.0 * n * h * r * ad;
+    let forward = l * (lin + attn + lora);
+    let backward = l * (lin + 2.0 * attn + 2.0 * lora)
+        - 3.0 * 2.0 * n * h * h
+        - 2.0 * b * t * t * h
+        - 2.0 * n * h * r * ad;
+    let head_fwd = 2.0 * b * h * (h + labels as f64);
+    forward + backward + 3.0 * head_fwd
+}
+
+/// Best GFLOP/s of an f32 `size`³ matmul on this machine, with the current thread count.
+fn matmul_peak(size: i64) -> f64 {
+    let opts = (Kind::Float, Device::Cpu);
+    let a = Tensor::randn([size, size], opts);
+    let b = Tensor::randn([size, size], opts);
+    let mut out = Tensor::empty([size, size], opts);
+    let flops = 2.0 * (size as f64).powi(3);
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t = Instant::now();
+        out = a.mm_out(&out, &b);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    drop(out);
+    flops / best / 1e9
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    tch::set_num_threads(a.threads);
+    if a.peak {
+        println!(
+            "impl=loraplus matmul={} threads={} peak_gflops={:.2}",
+            a.peak_size,
+            a.threads,
+            matmul_peak(a.peak_size)
+        );
+        return Ok(());
+    }
+    let mc = ModelConfig::from_file(a.model.join("config.json"))?;
+    let ModelConfig::Bert(bert) = &mc else {
+        bail!(
+            "{}: this bench times a BERT classifier, the model is {}",
+            a.model.display(),
+            mc.model_type()
+        );
+    };
+    let mut lc = LoraConfig::new(RANK, ALPHA, &["query", "value"]);
+    lc.lora_dropout = 0.0;
+    lc.modules_to_save = Some(vec!["classifier".into(), "pooler.dense".into()]);
+    let opts = LoadOptions {
+        task: Head::SequenceClassification { num_labels: 2 },
+        lora: Some(lc),
+        seed: 0,
+        ..Default::default()
+    };
+    let (model, lora) = TaskModel::load(&a.model, &opts)?;
+    let cfg = LoraPlusConfig {
+        lr: LR,
+        ratio: a.ratio,
+        ..Default::default()
+    };
+    let mut opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, Schedule::Constant)?;
+
+    // The same generator calls as step_ref.py: identical batches (one libtorch).
+    tch::manual_seed(0);
+    let cpu = (Kind::Int64, Device::Cpu);
+    let ids = Tensor::randint_low(1000, 20000, [a.batch, a.seq], cpu);
+    let lengths = Tensor::randint_low(a.seq / 2, a.seq + 1, [a.batch, 1], cpu);
+    let mask = Tensor::arange(a.seq, cpu)
+        .unsqueeze(0)
+        .lt_tensor(&lengths)
+        .to_kind(Kind::Int64);
+    let ids = ids * &mask;
+    let labels = Tensor::randint(2, [a.batch], cpu);
+    let rss_loaded = peak_rss_mib();
+
+    let mut times = Vec::with_capacity(a.steps);
+    let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    for i in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        let out = model.forward_backward(&ids, &mask, None, &labels, true, 1.0)?;
+        let _norm = opt.clip_grad_norm(MAX_GRAD_NORM)?;
+        opt.step()?;
+        opt.zero_grad()?;
+        loss = out.loss;
+        if i >= a.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let last_loss = loss.double_value(&[]);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = step_flops(bert, a.batch, a.seq, RANK as i64, 2, 2);
+    println!(
+        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}",
+        a.batch,
+        a.seq,
+        a.threads,
+        a.steps,
+        median * 1e3,
+        times[0] * 1e3,
+        a.batch as f64 / median,
+        flops / 1e9,
+        flops / median / 1e9,
+        rss_loaded,
+        peak_rss_mib(),
+        last_loss
+    );
+    Ok(())
+}
