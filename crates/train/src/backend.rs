@@ -52,6 +52,7 @@ pub fn load_model(
         device,
         lora: Some(lc),
         seed: cfg.seed as i64,
+        checkpointing: cfg.gradient_checkpointing,
         ..LoadOptions::default()
     };
     TaskModel::load(dir, &opts)

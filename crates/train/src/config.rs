@@ -28,6 +28,8 @@ pub struct TrainConfig {
     /// Model weights dtype: `f32`, `bf16` or `f16` (adapters stay f32). On CUDA, bf16/f16 means
     /// mixed precision (autocast); f16 uses loss scaling.
     pub dtype: String,
+    /// Recompute each layer's activations in the backward pass (less memory, more compute).
+    pub gradient_checkpointing: bool,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
     /// Tokens per example after truncation (longest first).
@@ -122,6 +124,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: "cpu".into(),
             dtype: "f32".into(),
+            gradient_checkpointing: false,
             threads: 0,
             max_seq_len: 64,
             batch_size: 32,
