@@ -126,6 +126,14 @@ impl Optimizer {
         Ok(norm)
     }
 
+    /// Gradients accumulated and ready (the optimizer's one gradient-handling place), then
+    /// unscaled by `scaler`; false when they hold Inf/NaN (the step must be skipped).
+    pub fn unscale(&mut self, scaler: &mut crate::loss_scale::LossScaler) -> Result<bool> {
+        self.0.sync_grads()?;
+        let grads = self.0.grad_buffers();
+        scaler.unscale_and_check(&grads)
+    }
+
     pub fn zero_grad(&mut self) {
         let _ = self.0.zero_grad();
     }

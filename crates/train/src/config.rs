@@ -28,6 +28,9 @@ pub struct TrainConfig {
     /// Model weights dtype: `f32`, `bf16` or `f16` (adapters stay f32). On CUDA, bf16/f16 means
     /// mixed precision (autocast); f16 uses loss scaling.
     pub dtype: String,
+    /// On CUDA, let f32 matrix multiplications use TF32 tensor cores (libtorch's
+    /// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE`, set before CUDA starts). No effect on the CPU.
+    pub tf32: bool,
     /// Recompute each layer's activations in the backward pass (less memory, more compute).
     pub gradient_checkpointing: bool,
     /// CPU threads for libtorch (0: libtorch's default).
@@ -124,6 +127,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: "cpu".into(),
             dtype: "f32".into(),
+            tf32: true,
             gradient_checkpointing: false,
             threads: 0,
             max_seq_len: 64,

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod loss_scale;
 pub mod metrics_log;
 pub mod plots;
 pub mod progress;

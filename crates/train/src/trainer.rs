@@ -127,6 +127,12 @@ impl Trainer {
         config.validate()?;
         let task = Task::from_name(&config.task)?;
         let device = parse_device(&config.device)?;
+        if let Device::Cuda(_) = device {
+            if config.tf32 && std::env::var_os("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_none() {
+                // Read once by libtorch when the CUDA context starts: set it before.
+                std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
+            }
+        }
         if let Device::Cuda(n) = device {
             if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
                 bail!(
@@ -289,6 +295,9 @@ impl Trainer {
         let mut window_start = Instant::now();
         let mut last_eval: Option<EvalRecord> = None;
         let check_each_step = self.device == Device::Cpu;
+        // f16 weights: dynamic loss scaling (bf16 and f32 need none).
+        let mut scaler =
+            (cfg.dtype == "f16").then(|| crate::loss_scale::LossScaler::new(self.device));
 
         let start = self.train_loader.normalize(self.state.position)?;
         let mut epoch = start.epoch;
@@ -328,6 +337,19 @@ impl Trainer {
                     1.0 / accum as f64,
                 )?;
                 step_loss += loss / accum as f64;
+            }
+            if let Some(sc) = scaler.as_mut() {
+                let finite = self.optimizer.unscale(sc)?;
+                sc.update(finite);
+                if !finite {
+                    // Overflow at this scale: skip the update, keep the data moving.
+                    self.optimizer.zero_grad();
+                    tracing::debug!("f16 overflow: step skipped, loss scale now {}", sc.scale());
+                    self.state.step += 1;
+                    self.state.position = next_position;
+                    bar.set_position(self.state.step as u64);
+                    continue;
+                }
             }
             if check_each_step {
                 let v = step_loss.double_value(&[]);
