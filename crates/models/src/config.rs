@@ -9,6 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
+use loraplus_core::LoraConfig;
+
+use crate::heads::Head;
+
 /// The `model_type`s this crate loads.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "gpt2", "llama"];
 
@@ -562,14 +566,11 @@ impl ModelConfig {
     }
 
     /// The LoRA targets and `modules_to_save` we recommend for this architecture and task:
-    /// the attention projections the LoRA and LoRA+ papers adapt, and the freshly initialised
-    /// classification head trained in full. Heads are named by their linear layers
+    /// the attention projections the LoRA and LoRA+ papers adapt, and the classification head
+    /// (new for a pretrained backbone) trained in full. Heads are named by their linear layers
     /// (`pooler.dense`, not `pooler`): PEFT treats both alike, and leaf names are what
     /// `LoraBuilder::finish` checks `modules_to_save` against.
-    pub fn recommended_lora_modules(
-        &self,
-        causal_lm: bool,
-    ) -> (Vec<&'static str>, Vec<&'static str>) {
+    pub fn recommended_lora_modules(&self, head: Head) -> (Vec<&'static str>, Vec<&'static str>) {
         let (targets, heads): (Vec<&str>, Vec<&str>) = match self {
             ModelConfig::Bert(_) => (vec!["query", "value"], vec!["classifier", "pooler.dense"]),
             ModelConfig::Roberta(_) => (
@@ -579,11 +580,30 @@ impl ModelConfig {
             ModelConfig::Gpt2(_) => (vec!["c_attn"], vec!["score"]),
             ModelConfig::Llama(_) => (vec!["q_proj", "v_proj"], vec!["score"]),
         };
-        if causal_lm {
-            (targets, Vec::new())
-        } else {
-            (targets, heads)
+        match head {
+            Head::CausalLm => (targets, Vec::new()),
+            Head::SequenceClassification { .. } => (targets, heads),
         }
+    }
+
+    /// A [`LoraConfig`] with [`Self::recommended_lora_modules`], rank `r` and `lora_alpha`,
+    /// `fan_in_fan_out` for GPT-2's Conv1D weights, and PEFT's `task_type` (`SEQ_CLS` /
+    /// `CAUSAL_LM`) so that PEFT's `AutoPeftModelFor*` load the saved adapter.
+    pub fn recommended_lora_config(&self, head: Head, r: usize, lora_alpha: f64) -> LoraConfig {
+        let (targets, heads) = self.recommended_lora_modules(head);
+        let mut cfg = LoraConfig::new(r, lora_alpha, &targets);
+        if !heads.is_empty() {
+            cfg.modules_to_save = Some(heads.iter().map(|s| s.to_string()).collect());
+        }
+        cfg.fan_in_fan_out = matches!(self, ModelConfig::Gpt2(_));
+        cfg.task_type = Some(
+            match head {
+                Head::CausalLm => "CAUSAL_LM",
+                Head::SequenceClassification { .. } => "SEQ_CLS",
+            }
+            .to_string(),
+        );
+        cfg
     }
 }
 

@@ -237,12 +237,20 @@ impl Weights {
         let mut out: Vec<String> = self
             .index
             .keys()
-            .filter(|k| !used.contains(*k) && !KNOWN_BUFFERS.iter().any(|b| k.ends_with(b)))
+            .filter(|k| !used.contains(*k) && !is_known_buffer(k))
             .cloned()
             .collect();
         out.sort();
         out
     }
+}
+
+/// `name` is one of [`KNOWN_BUFFERS`] (a whole trailing part of the name: `h.0.attn.bias`,
+/// not `h.0.attn.c_attn.bias`).
+fn is_known_buffer(name: &str) -> bool {
+    KNOWN_BUFFERS
+        .iter()
+        .any(|b| name == *b || name.ends_with(&format!(".{b}")))
 }
 
 /// One copy from the mapped bytes into a tensor of `target` kind on `device`.
@@ -306,4 +314,18 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         bail!("{}: weight_map is empty", index.display());
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_buffers_match_whole_name_parts() {
+        assert!(is_known_buffer("h.0.attn.bias"));
+        assert!(is_known_buffer("transformer.h.11.attn.masked_bias"));
+        assert!(is_known_buffer("embeddings.position_ids"));
+        assert!(!is_known_buffer("transformer.h.0.attn.c_attn.bias"));
+        assert!(!is_known_buffer("h.0.crossattn.bias"));
+    }
 }

@@ -1,6 +1,6 @@
 //! Loading errors say what and where: a missing tensor, a tensor of the wrong shape, an
 //! unknown `model_type`, a corrupt safetensors file, a missing shard; unused tensors are
-//! reported, not fatal.
+//! reported, not fatal; the recommended LoRA config of each architecture loads.
 
 mod common;
 
@@ -36,6 +36,35 @@ fn tiny_bert_loads_and_reports_unused_tensors() {
         ["bert.pooler.dense".to_string(), "classifier".to_string()]
     );
     assert_eq!(lora.trainable_params().len(), 0);
+}
+
+#[test]
+fn recommended_lora_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, _| {});
+    let config = loraplus_models::ModelConfig::from_file(dir.path().join("config.json")).unwrap();
+    let head = Head::SequenceClassification { num_labels: 2 };
+    let cfg = config.recommended_lora_config(head, 4, 8.0);
+    assert_eq!(cfg.task_type.as_deref(), Some("SEQ_CLS"));
+    let opts = LoadOptions {
+        task: head,
+        lora: Some(cfg),
+        ..Default::default()
+    };
+    let (_model, lora) = TaskModel::load(dir.path(), &opts).unwrap();
+    let names: Vec<&str> = lora
+        .trainable_params()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    for want in [
+        "bert.encoder.layer.1.attention.self.value.lora_B.weight",
+        "bert.pooler.dense.weight",
+        "classifier.bias",
+    ] {
+        assert!(names.contains(&want), "{want} not trainable: {names:?}");
+    }
+    assert_eq!(names.len(), 2 * 2 * 2 + 4);
 }
 
 #[test]
