@@ -1,7 +1,9 @@
 //! Time a LoRA training step (forward + backward) of the default model, to set beside
 //! `tests/reference/step_time.py` (PyTorch + PEFT on the same libtorch).
 //!
-//! usage: cargo run --release -p loraplus-models --example step_time -- [batch] [seq_len] [steps] [threads]
+//! usage: cargo run --release -p loraplus-models --example step_time -- [batch] [seq_len] [steps] [threads] [checkpointing 0|1]
+//!
+//! Prints the median and fastest step, and the process's peak resident memory (VmHWM).
 
 use std::time::Instant;
 
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
     let opts = LoadOptions {
         task: Head::SequenceClassification { num_labels: 2 },
         lora: Some(cfg),
+        checkpointing: args.get(4).is_some_and(|&c| c != 0),
         ..Default::default()
     };
     let (model, lora) = TaskModel::load(&default_model_dir(), &opts)?;
@@ -56,9 +59,18 @@ fn main() -> Result<()> {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_default();
     println!(
-        "loraplus MiniLM LoRA step (batch {batch}, seq {seq}, {} threads): median {:.1} ms, min {:.1} ms",
+        "loraplus MiniLM LoRA step (batch {batch}, seq {seq}, {} threads, checkpointing {}): median {:.1} ms, min {:.1} ms; {peak}",
         tch::get_num_threads(),
+        model.checkpointing(),
         median * 1e3,
         times[0] * 1e3
     );
