@@ -149,8 +149,9 @@ fn update_with_ops(b: &UpdateBuffers<'_>, s: &StepScalars) -> Result<()> {
 mod host {
     use super::{StepScalars, UpdateBuffers};
 
-    /// Elements per thread below which one thread does the whole buffer (ATen's grain size).
-    const GRAIN: usize = 32_768;
+    /// Elements per extra thread: below this, starting a thread (tens of microseconds) costs
+    /// more than it saves, and one thread does the whole buffer.
+    const PER_THREAD: usize = 1 << 18;
 
     /// f32 scalars, rounded from f64 as ATen rounds a Python float for an f32 tensor.
     #[derive(Clone, Copy)]
@@ -168,6 +169,16 @@ mod host {
     }
 
     pub(super) fn update(b: &UpdateBuffers<'_>, s: &StepScalars) {
+        update_with(b, s, tch::get_num_threads().max(1) as usize, PER_THREAD)
+    }
+
+    /// [`update`] on at most `threads` threads, each given at least `per_thread` elements.
+    pub(super) fn update_with(
+        b: &UpdateBuffers<'_>,
+        s: &StepScalars,
+        threads: usize,
+        per_thread: usize,
+    ) {
         let n = b.params.numel();
         let w = s.one_minus_beta1 as f32;
         let lerp_small = w.abs() < 0.5;
@@ -194,11 +205,14 @@ mod host {
             let vmax = b
                 .max_exp_avg_sq
                 .map(|t| std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n));
-            run_parallel(p, g, m, v, vmax, sc, s.decay.is_some());
+            run_parallel(threads, per_thread, p, g, m, v, vmax, sc, s.decay.is_some());
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_parallel(
+        threads: usize,
+        per_thread: usize,
         p: &mut [f32],
         g: &[f32],
         m: &mut [f32],
@@ -208,9 +222,7 @@ mod host {
         decay: bool,
     ) {
         let n = p.len();
-        let threads = (tch::get_num_threads().max(1) as usize)
-            .min(n.div_ceil(GRAIN))
-            .max(1);
+        let threads = threads.min(n / per_thread.max(1)).max(1);
         if threads == 1 {
             return dispatch(p, g, m, v, vmax, sc, decay);
         }
@@ -415,15 +427,19 @@ mod tests {
             tmp: &t[4],
             denom: &t[5],
         };
-        update(kernel, &b, s).unwrap();
+        match kernel {
+            // Three threads with small chunks, whatever the machine, so the split is tested.
+            UpdateKernel::Auto => host::update_with(&b, s, 3, 1000),
+            UpdateKernel::TensorOps => update(kernel, &b, s).unwrap(),
+        }
     }
 
     /// The host pass and the tensor ops agree to rounding (ATen's vectorised sqrt is not
     /// correctly rounded, so not bitwise), for every branch of the host kernel, on a length
-    /// that is no multiple of the vector width and large enough to run on several threads.
+    /// that is no multiple of the vector width, split over three threads.
     #[test]
     fn host_pass_matches_tensor_ops() {
-        let n = 200_003;
+        let n = 20_003;
         for (amsgrad, beta1, wd) in [
             (false, 0.9, 0.01),
             (false, 0.9, 0.0),

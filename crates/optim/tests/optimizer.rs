@@ -385,6 +385,67 @@ fn bf16_parameters_keep_f32_state() {
     );
 }
 
+/// Every device this machine has (the CPU, and CUDA when present) trains the same: the
+/// optimizer state lives on the parameters' device and the result matches the CPU's.
+#[test]
+fn trains_alike_on_every_device() {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    }
+    let spec = every_group();
+    let (_, lora0, base) = toy(&spec, 12);
+    let init: HashMap<String, Tensor> = trainable_values(&lora0).into_iter().collect();
+    let (ids, y) = batch(13);
+    let cfg = LoraPlusConfig {
+        lr: 1e-2,
+        lr_embedding: 1e-3,
+        weight_decay: 0.01,
+        amsgrad: true,
+        ..Default::default()
+    };
+    let mut results: Vec<HashMap<String, Tensor>> = Vec::new();
+    for &device in &devices {
+        let (toy, lora) = Toy::build_on(&base, &spec, device);
+        set_trainable(&lora, &init);
+        let mut opt = LoraPlusAdamW::new(
+            lora.trainable_params(),
+            &cfg,
+            Schedule::cosine(Warmup::Steps(1), 6),
+        )
+        .unwrap();
+        assert_eq!(opt.device(), device);
+        let (ids, y) = (ids.to_device(device), y.to_device(device));
+        for _ in 0..6 {
+            toy.loss(&ids, &y).backward();
+            let norm = opt.clip_grad_norm(1.0).unwrap();
+            assert_eq!(norm.device(), device);
+            opt.step().unwrap();
+            opt.zero_grad().unwrap();
+        }
+        for b in opt.grad_buffers().into_iter().chain(opt.param_buffers()) {
+            assert_eq!(b.device(), device);
+        }
+        let state = opt.state_dict().unwrap();
+        assert_eq!(state.tensors.len(), 3 * opt.summary().groups.len());
+        results.push(
+            trainable_values(&lora)
+                .into_iter()
+                .map(|(k, v)| (k, v.to_device(Device::Cpu)))
+                .collect(),
+        );
+    }
+    for (device, r) in devices.iter().zip(&results).skip(1) {
+        for (k, v) in r {
+            let diff = max_abs_diff(v, &results[0][k]);
+            assert!(
+                diff < 1e-5,
+                "{device:?}: {k} differs from the CPU by {diff:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_input_is_refused_with_the_value_named() {
     let (_, lora, _) = toy(&every_group(), 10);

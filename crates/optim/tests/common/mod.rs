@@ -102,7 +102,21 @@ impl Toy {
 
     /// The model from base weights, with freshly (randomly) initialised adapters.
     pub fn build(base: &HashMap<String, Tensor>, spec: &ModelSpec) -> (Toy, LoraModel) {
-        let take = |k: &str| base.get(k).unwrap_or_else(|| panic!("{k} missing")).copy();
+        Toy::build_on(base, spec, Device::Cpu)
+    }
+
+    /// As [`Toy::build`], on `device` (the adapters follow the base weights' device).
+    pub fn build_on(
+        base: &HashMap<String, Tensor>,
+        spec: &ModelSpec,
+        device: Device,
+    ) -> (Toy, LoraModel) {
+        let take = |k: &str| {
+            base.get(k)
+                .unwrap_or_else(|| panic!("{k} missing"))
+                .to_device(device)
+                .copy()
+        };
         let mut b = LoraBuilder::new(spec.lora_config()).unwrap();
         let toy = Toy {
             emb: b.embedding("emb", take("emb.weight"), Some(0)).unwrap(),
