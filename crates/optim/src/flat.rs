@@ -42,6 +42,10 @@ pub(crate) struct Slot {
     pub bucket: usize,
     /// Offset inside the bucket.
     pub offset: i64,
+    /// The parameter's autograd version counter when the optimizer last knew its values: a
+    /// change means someone wrote into it (a weight load), which the f32 master copy of a
+    /// low-precision bucket must take in.
+    pub version: i64,
 }
 
 /// The flat parameter and gradient buffers of one dtype.
@@ -183,6 +187,7 @@ pub(crate) fn build(
                     role: input.role,
                     shape,
                     numel,
+                    version: input.tensor.f_internal_version()?,
                     param: input.tensor.shallow_clone(),
                     param_view,
                     grad_view,
@@ -249,6 +254,12 @@ pub(crate) fn adopt(
     for (i, slot) in slots.iter_mut().enumerate() {
         if slot.param.data_ptr() != slot.param_view.data_ptr() || slot.param.size() != slot.shape {
             readopt_param(slot, &mut buckets[slot.bucket])?;
+        } else if let Some(master) = &buckets[slot.bucket].master {
+            let version = slot.param.f_internal_version()?;
+            if version != slot.version {
+                take_written_values(slot, master)?;
+                slot.version = version;
+            }
         }
         let grad = slot.param.f_grad()?;
         if !grad.defined() {
@@ -282,6 +293,24 @@ pub(crate) fn adopt(
     Ok(out)
 }
 
+/// A low-precision parameter was written into from outside (e.g. a weight load): its master
+/// copy takes the new values, except where the parameter still equals the master's rounding,
+/// so writing back the same weights (resume) keeps the master's extra precision. Device ops
+/// only, no sync.
+fn take_written_values(slot: &Slot, master: &Tensor) -> Result<()> {
+    tracing::debug!(
+        "{}: written from outside the optimizer; updating its f32 master copy",
+        slot.name
+    );
+    let mut m = master.f_narrow(0, slot.offset, slot.numel)?;
+    let p = slot.param_view.f_reshape([-1])?;
+    let unchanged = m.f_to_kind(p.kind())?.f_eq_tensor(&p)?;
+    let merged = m.f_where_self(&unchanged, &p.f_to_kind(m.kind())?)?;
+    m.f_copy_(&merged)
+        .with_context(|| format!("updating the master copy of {}", slot.name))?;
+    Ok(())
+}
+
 /// A parameter was re-pointed elsewhere (`set_data`, a reload that replaced the tensor): take
 /// its current values back into the arena (and the master copy) and point it at its slice.
 fn readopt_param(slot: &mut Slot, bucket: &mut Bucket) -> Result<()> {
@@ -310,5 +339,6 @@ fn readopt_param(slot: &mut Slot, bucket: &mut Bucket) -> Result<()> {
     handle
         .f_set_data(&slot.param_view)
         .with_context(|| format!("pointing {} at the flat buffer", slot.name))?;
+    slot.version = slot.param.f_internal_version()?;
     Ok(())
 }
