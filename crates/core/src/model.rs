@@ -385,10 +385,14 @@ impl LoraBuilder {
             if let Some(list) = &cfg.modules_to_save {
                 let modules: BTreeSet<&str> = self.base.iter().map(|p| p.module.as_str()).collect();
                 for m in list {
-                    if !modules
-                        .iter()
-                        .any(|name| crate::config::name_matches(name, m))
-                    {
+                    // PEFT accepts a parent module (`pooler` for `pooler.dense`), as
+                    // `LoraConfig::is_module_to_save` does.
+                    let matches = |name: &str| {
+                        let parts: Vec<&str> = name.split('.').collect();
+                        (1..=parts.len())
+                            .any(|n| crate::config::name_matches(&parts[..n].join("."), m))
+                    };
+                    if !modules.iter().any(|name| matches(name)) {
                         bail!(
                             "modules_to_save entry {m:?} matches no module; modules: {}",
                             modules.iter().copied().collect::<Vec<_>>().join(", ")

@@ -244,6 +244,17 @@ fn bias_modes_pick_the_right_biases() {
         .map(|p| p.name.clone())
         .collect();
     assert_eq!(heads, vec!["encoder.fc2.weight", "encoder.fc2.bias"]);
+    // A parent module selects every layer under it, as in PEFT.
+    let mut cfg = LoraConfig::new(2, 2.0, &["fc1"]);
+    cfg.modules_to_save = Some(vec!["encoder".into()]);
+    let (_vs, _fc1, _fc2, lora) = mlp(cfg);
+    assert_eq!(
+        lora.trainable_params()
+            .iter()
+            .filter(|p| p.role == ParamRole::Head)
+            .count(),
+        4
+    );
 }
 
 #[test]

@@ -43,11 +43,13 @@ pub fn load_model(
     device: Device,
 ) -> Result<(Model, LoraModel)> {
     let mc = ModelConfig::from_file(dir.join("config.json"))?;
-    let (targets, heads) = mc.recommended_lora_modules(false);
-    let to_strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
-    let lc = lora_config(cfg, (to_strings(targets), to_strings(heads)))?;
+    let head = head_of(task);
+    let lc = lora_config(
+        cfg,
+        mc.recommended_lora_config(head, cfg.lora.r, cfg.lora.lora_alpha),
+    )?;
     let opts = LoadOptions {
-        task: head_of(task),
+        task: head,
         dtype: kind_of(&cfg.dtype)?,
         device,
         lora: Some(lc),

@@ -82,28 +82,30 @@ pub fn glue_dir(cfg: &TrainConfig) -> PathBuf {
     cfg.glue_dir.clone().unwrap_or_else(paths::glue_dir)
 }
 
-/// The LoRA config of a run: the architecture's default targets unless the config names them.
-pub fn lora_config(cfg: &TrainConfig, defaults: (Vec<String>, Vec<String>)) -> Result<LoraConfig> {
+/// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
+/// GPT-2's fan_in_fan_out) with the run's `[lora]` section on top.
+pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraConfig> {
     let l = &cfg.lora;
-    let targets = l.target_modules.clone().unwrap_or(defaults.0);
-    let to_save = l.modules_to_save.clone().unwrap_or(defaults.1);
     let bias = match l.bias.as_str() {
         "all" => BiasMode::All,
         "lora_only" => BiasMode::LoraOnly,
         _ => BiasMode::None,
     };
-    let lc = LoraConfig {
+    let mut lc = LoraConfig {
         r: l.r,
         lora_alpha: l.lora_alpha,
         lora_dropout: l.lora_dropout,
-        target_modules: Some(TargetModules::List(targets)),
-        modules_to_save: (!to_save.is_empty()).then_some(to_save),
         use_rslora: l.use_rslora,
         bias,
-        task_type: Some("SEQ_CLS".into()),
         base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
-        ..LoraConfig::default()
+        ..recommended
     };
+    if let Some(t) = &l.target_modules {
+        lc.target_modules = Some(TargetModules::List(t.clone()));
+    }
+    if let Some(m) = &l.modules_to_save {
+        lc.modules_to_save = (!m.is_empty()).then(|| m.clone());
+    }
     lc.validate().context("section [lora]")?;
     Ok(lc)
 }
