@@ -13,8 +13,9 @@ use crate::groups::{GroupSummary, OptimizerSummary, ParamGroup, TensorSummary};
 use crate::kernel::{self, StepScalars, UpdateBuffers, UpdateKernel};
 use crate::schedule::Schedule;
 
-/// A function run on each flat gradient buffer in [`LoraPlusAdamW::sync_grads`], before the
-/// micro-batch average: the place for a data-parallel all-reduce (sum) of the gradients.
+/// A function run on each flat gradient buffer in [`LoraPlusAdamW::sync_grads`], in place,
+/// before the micro-batch average: the place for a data-parallel all-reduce (sum, then divide
+/// by the number of ranks). Runs once per step, on buffers every rank lays out identically.
 pub type GradHook = Box<dyn FnMut(&Tensor) -> Result<()> + Send>;
 
 /// Scratch buffers of the tensor-op update, per compute dtype.

@@ -595,3 +595,54 @@ fn bf16_weights_written_after_construction_reach_the_master() {
         );
     }
 }
+
+/// The gradient hook runs once per step on each flat gradient buffer, before clipping sees the
+/// gradients (where a data-parallel all-reduce goes).
+#[test]
+fn grad_hook_runs_once_per_step_before_clipping() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let spec = every_group();
+    let (toy, lora, base) = toy(&spec, 14);
+    let (toy2, lora2) = copy_of(&base, &spec, &lora);
+    let (ids, y) = batch(15);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let mut opt = LoraPlusAdamW::new(
+        lora.trainable_params(),
+        &LoraPlusConfig::default(),
+        Schedule::Constant,
+    )
+    .unwrap();
+    // "Two ranks with the same gradients": the all-reduced sum is twice the local gradient.
+    opt.set_grad_hook(Box::new(move |g: &Tensor| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let _ = g.shallow_clone().f_mul_scalar_(2.0)?;
+        Ok(())
+    }));
+    let mut plain = LoraPlusAdamW::new(
+        lora2.trainable_params(),
+        &LoraPlusConfig::default(),
+        Schedule::Constant,
+    )
+    .unwrap();
+    for step in 1..=2 {
+        toy.loss(&ids, &y).backward();
+        toy2.loss(&ids, &y).backward();
+        let n = opt.clip_grad_norm(1e9).unwrap().double_value(&[]);
+        let n2 = plain.clip_grad_norm(1e9).unwrap().double_value(&[]);
+        assert!(
+            (n - 2.0 * n2).abs() <= 1e-6 * n,
+            "step {step}: norm {n} is not twice {n2}"
+        );
+        opt.step().unwrap();
+        plain.step().unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            step,
+            "the hook ran more than once per step"
+        );
+        opt.zero_grad().unwrap();
+        plain.zero_grad().unwrap();
+    }
+}
