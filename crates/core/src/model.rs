@@ -76,14 +76,20 @@ pub struct LoraBuilder {
     adapters: Vec<AdapterEntry>,
 }
 
+/// One adapter as the registry keeps it: its A and B (in `merge`) and where it merges.
 #[derive(Debug)]
 struct AdapterEntry {
     module: String,
-    a: Tensor,
-    b: Tensor,
-    role_a: ParamRole,
-    role_b: ParamRole,
     merge: MergeHandle,
+}
+
+impl AdapterEntry {
+    fn roles(&self) -> (ParamRole, ParamRole) {
+        match self.merge.kind {
+            MergeKind::Linear(_) => (ParamRole::LoraA, ParamRole::LoraB),
+            MergeKind::Embedding => (ParamRole::EmbeddingA, ParamRole::EmbeddingB),
+        }
+    }
 }
 
 impl LoraBuilder {
@@ -138,6 +144,33 @@ impl LoraBuilder {
         Some((r, alpha, cfg.scale_for(r, alpha), cfg))
     }
 
+    /// Keep handles on a new adapter for merging, saving and the optimizer; returns the shared
+    /// merged flag the layer reads.
+    fn record_adapter(
+        &mut self,
+        name: &str,
+        weight: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+        kind: MergeKind,
+    ) -> Arc<AtomicBool> {
+        let merged = Arc::new(AtomicBool::new(false));
+        self.adapters.push(AdapterEntry {
+            module: name.to_string(),
+            merge: MergeHandle {
+                name: name.to_string(),
+                weight: weight.shallow_clone(),
+                a: a.shallow_clone(),
+                b: b.shallow_clone(),
+                scale,
+                kind,
+                merged: merged.clone(),
+            },
+        });
+        merged
+    }
+
     /// A linear layer named `name` (weight `[out, in]`, or `[in, out]` for `InOut`).
     /// Wrapped with an adapter when `target_modules` selects it.
     pub fn linear(
@@ -168,23 +201,14 @@ impl LoraBuilder {
             let (fin, fout) = (layer.in_features(), layer.out_features());
             let opts = (self.adapter_kind, layer.weight.device());
             let (a, b) = init_linear(r as i64, fin, fout, init, opts);
-            let merged = Arc::new(AtomicBool::new(false));
-            self.adapters.push(AdapterEntry {
-                module: name.to_string(),
-                a: a.shallow_clone(),
-                b: b.shallow_clone(),
-                role_a: ParamRole::LoraA,
-                role_b: ParamRole::LoraB,
-                merge: MergeHandle {
-                    name: name.to_string(),
-                    weight: layer.weight.shallow_clone(),
-                    a: a.shallow_clone(),
-                    b: b.shallow_clone(),
-                    scale,
-                    kind: MergeKind::Linear(layout),
-                    merged: merged.clone(),
-                },
-            });
+            let merged = self.record_adapter(
+                name,
+                &layer.weight,
+                &a,
+                &b,
+                scale,
+                MergeKind::Linear(layout),
+            );
             layer.adapter = Some(LinearAdapter {
                 a,
                 b,
@@ -283,23 +307,8 @@ impl LoraBuilder {
             };
             let a = a.set_requires_grad(true);
             let b = b.set_requires_grad(true);
-            let merged = Arc::new(AtomicBool::new(false));
-            self.adapters.push(AdapterEntry {
-                module: name.to_string(),
-                a: a.shallow_clone(),
-                b: b.shallow_clone(),
-                role_a: ParamRole::EmbeddingA,
-                role_b: ParamRole::EmbeddingB,
-                merge: MergeHandle {
-                    name: name.to_string(),
-                    weight: layer.weight.shallow_clone(),
-                    a: a.shallow_clone(),
-                    b: b.shallow_clone(),
-                    scale,
-                    kind: MergeKind::Embedding,
-                    merged: merged.clone(),
-                },
-            });
+            let merged =
+                self.record_adapter(name, &layer.weight, &a, &b, scale, MergeKind::Embedding);
             layer.adapter = Some(EmbeddingAdapter {
                 a,
                 b,
@@ -401,19 +410,20 @@ impl LoraBuilder {
                 }
             }
             for ad in &self.adapters {
-                let (sa, sb) = match ad.role_a {
+                let (role_a, role_b) = ad.roles();
+                let (sa, sb) = match role_a {
                     ParamRole::EmbeddingA => ("lora_embedding_A", "lora_embedding_B"),
                     _ => ("lora_A.weight", "lora_B.weight"),
                 };
                 trainable.push(TrainableParam {
                     name: format!("{}.{sa}", ad.module),
-                    tensor: ad.a.shallow_clone(),
-                    role: ad.role_a,
+                    tensor: ad.merge.a.shallow_clone(),
+                    role: role_a,
                 });
                 trainable.push(TrainableParam {
                     name: format!("{}.{sb}", ad.module),
-                    tensor: ad.b.shallow_clone(),
-                    role: ad.role_b,
+                    tensor: ad.merge.b.shallow_clone(),
+                    role: role_b,
                 });
             }
             for p in &self.base {
@@ -442,7 +452,7 @@ impl LoraBuilder {
         let total_adapter: i64 = self
             .adapters
             .iter()
-            .map(|a| (a.a.numel() + a.b.numel()) as i64)
+            .map(|a| (a.merge.a.numel() + a.merge.b.numel()) as i64)
             .sum();
         Ok(LoraModel {
             config: self.config,
