@@ -163,6 +163,10 @@ fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
     }
     println!("adapter: {}", s.adapter_dir.display());
     println!(
+        "best adapter: {}",
+        s.output_dir.join(trainer::BEST_ADAPTER_DIR).display()
+    );
+    println!(
         "metrics: {}",
         s.output_dir.join(metrics_log::METRICS_FILE).display()
     );
@@ -354,8 +358,7 @@ pub struct GlueArgs {
     /// Comma-separated seeds.
     #[arg(long, default_value = "42", value_delimiter = ',')]
     pub seeds: Vec<u64>,
-    #[arg(long, default_value = "runs/glue")]
-    pub output_dir: PathBuf,
+    /// Flags as for `train`; `--output-dir` (default runs/glue) gets `<task>/ratio-R/seed-S/`.
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -381,14 +384,18 @@ pub fn glue(a: GlueArgs) -> Result<()> {
         None => TrainConfig::default(),
     };
     a.overrides.apply(&mut base);
+    let root = a
+        .overrides
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/glue"));
     let mut runs = Vec::new();
     for task in &a.tasks {
         let mut loss_series = Vec::new();
         let mut dev_series = Vec::new();
         for &ratio in &a.ratios {
             for &seed in &a.seeds {
-                let out = a
-                    .output_dir
+                let out = root
                     .join(task)
                     .join(format!("ratio-{ratio}"))
                     .join(format!("seed-{seed}"));
@@ -429,7 +436,7 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 });
             }
         }
-        let dir = a.output_dir.join(task);
+        let dir = root.join(task);
         line_plot(
             &dir.join("loss"),
             &format!("{task}: training loss"),
@@ -446,10 +453,10 @@ pub fn glue(a: GlueArgs) -> Result<()> {
         )?;
     }
     let md = glue_table(&runs);
-    std::fs::create_dir_all(&a.output_dir)?;
-    std::fs::write(a.output_dir.join("glue_results.md"), &md)?;
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("glue_results.md"), &md)?;
     std::fs::write(
-        a.output_dir.join("glue_results.json"),
+        root.join("glue_results.json"),
         serde_json::to_string_pretty(&runs)?,
     )?;
     println!("{md}");

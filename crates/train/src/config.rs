@@ -220,7 +220,7 @@ impl TrainConfig {
                 bail!("field `{name}` must be at least 1, found 0");
             }
         }
-        if self.batch_size % self.grad_accum != 0 {
+        if !self.batch_size.is_multiple_of(self.grad_accum) {
             bail!(
                 "field `batch_size` ({}) must be a multiple of `grad_accum` ({})",
                 self.batch_size,
@@ -258,7 +258,7 @@ impl TrainConfig {
                 self.optim.warmup_ratio
             );
         }
-        if !(self.optim.max_grad_norm >= 0.0) {
+        if self.optim.max_grad_norm.is_nan() || self.optim.max_grad_norm < 0.0 {
             bail!(
                 "field `optim.max_grad_norm` must be >= 0, found {}",
                 self.optim.max_grad_norm

@@ -23,6 +23,9 @@ use crate::checkpoint::{self, TrainerState, ADAPTER_DIR, OPTIMIZER_DIR};
 use crate::config::{parse_device, TrainConfig};
 use crate::metrics_log::{EvalRecord, MetricsLog, TrainRecord};
 
+/// `<output_dir>/best_adapter`: the adapter of the best evaluation so far (PEFT format).
+pub const BEST_ADAPTER_DIR: &str = "best_adapter";
+
 /// What a callback may ask of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -373,7 +376,7 @@ impl Trainer {
             bar.set_position(self.state.step as u64);
 
             let step = self.state.step;
-            if step % cfg.log_every == 0 || step == self.total_steps {
+            if step.is_multiple_of(cfg.log_every) || step == self.total_steps {
                 // The only host read of the loss: once per log interval.
                 let loss = window_loss.double_value(&[]) / window_steps as f64;
                 if !loss.is_finite() {
@@ -414,8 +417,9 @@ impl Trainer {
                     break;
                 }
             }
-            let eval_now =
-                cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < self.total_steps;
+            let eval_now = cfg.eval_every > 0
+                && step.is_multiple_of(cfg.eval_every)
+                && step < self.total_steps;
             if eval_now {
                 let rec = self.eval_and_track(started)?;
                 let mut stop = false;
@@ -425,6 +429,8 @@ impl Trainer {
                 last_eval = Some(rec);
                 if self.state.best_step == Some(step) {
                     self.save_checkpoint()?;
+                    self.lora
+                        .save_pretrained(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
                 }
                 if let Some(p) = cfg.early_stopping_patience {
                     if self.state.evals_since_best >= p {
@@ -438,7 +444,8 @@ impl Trainer {
                     break;
                 }
             }
-            if cfg.save_every > 0 && step % cfg.save_every == 0 && step < self.total_steps {
+            if cfg.save_every > 0 && step.is_multiple_of(cfg.save_every) && step < self.total_steps
+            {
                 self.save_checkpoint()?;
             }
         }
@@ -455,6 +462,10 @@ impl Trainer {
             Some(rec)
         };
         let ckpt = self.save_checkpoint()?;
+        if self.state.best_step == Some(self.state.step) {
+            self.lora
+                .save_pretrained(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
+        }
         let adapter_dir = self.config.output_dir.join("adapter");
         self.lora.save_pretrained(&adapter_dir)?;
         Ok(RunSummary {

@@ -326,3 +326,56 @@ print("accuracy %.4f" % (sum(int(a == int(r[1])) for a, r in zip(p, rows)) / len
         "transformers on the merged model: {theirs}; loraplus eval: {ours}"
     );
 }
+
+#[test]
+fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("base.json");
+    std::fs::write(
+        &cfg,
+        r#"{"max_seq_len": 32, "batch_size": 8, "max_steps": 3, "train_limit": 64, "eval_limit": 24, "eval_every": 1, "log_every": 1, "threads": 1, "target_metric": 0.0, "lora": {"r": 2, "lora_alpha": 4}}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("glue");
+    let o = run(&[
+        "glue",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tasks",
+        "sst2,stsb",
+        "--ratios",
+        "1,16",
+        "--seeds",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("glue_results.md")).unwrap();
+    for needle in [
+        "| sst2 | 1 | accuracy",
+        "| sst2 | 16 | accuracy",
+        "| stsb | 16 | combined_score",
+    ] {
+        assert!(md.contains(needle), "{needle} missing from:\n{md}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("glue_results.json")).unwrap())
+            .unwrap();
+    let runs = json.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    // target 0.0 is reached at the first evaluation.
+    assert!(runs
+        .iter()
+        .all(|r| r["target_reached_at"] == 1 && r["steps"] == 3));
+    for task in ["sst2", "stsb"] {
+        for f in ["loss.png", "loss.svg", "dev_metric.png", "dev_metric.svg"] {
+            assert!(out.join(task).join(f).exists(), "{task}/{f} missing");
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("sst2/loss.svg")).unwrap();
+    assert!(
+        svg.contains("LoRA s1") && svg.contains("LoRA+ 16 s1"),
+        "both runs overlaid"
+    );
+}
