@@ -14,8 +14,9 @@
 //!
 //! Flags: `--batch N`, `--seq N`, `--steps N`, `--warmup N`, `--threads N` (default: the
 //! machine's cores), `--ratio R`, `--model DIR`, `--peak` (time a large f32 matmul instead: the
-//! machine's measured peak for the MFU), `--peak-size N`. Prints one line of `key=value`
-//! fields, the format `benches/step_ref.py` prints too.
+//! machine's measured peak for the MFU), `--peak-size N`, `--breakdown` (also time the
+//! forward, the backward and the optimizer separately). Prints one line of `key=value` fields,
+//! the format `benches/step_ref.py` prints too.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,6 +45,7 @@ struct Args {
     model: PathBuf,
     peak: bool,
     peak_size: i64,
+    breakdown: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -58,11 +60,13 @@ fn parse() -> Result<Args> {
         model: default_model_dir(),
         peak: false,
         peak_size: 2048,
+        breakdown: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--peak" {
-            a.peak = true;
+        if flag == "--peak" || flag == "--breakdown" {
+            a.peak |= flag == "--peak";
+            a.breakdown |= flag == "--breakdown";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -77,7 +81,7 @@ fn parse() -> Result<Args> {
             "--model" => a.model = PathBuf::from(value),
             "--peak-size" => a.peak_size = value.parse().map_err(|e| bad(&e))?,
             other => bail!(
-                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size)"
+                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown)"
             ),
         }
     }
@@ -199,24 +203,56 @@ fn main() -> Result<()> {
     let rss_loaded = peak_rss_mib();
 
     let mut times = Vec::with_capacity(a.steps);
+    // Per step, with --breakdown: (forward + loss, backward, clip + step + zero_grad).
+    let mut phases: Vec<[f64; 3]> = Vec::with_capacity(a.steps);
     let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
     for i in 0..a.warmup + a.steps {
         let t = Instant::now();
-        let out = model.forward_backward(&ids, &mask, None, &labels, true, 1.0)?;
+        let mut phase = [0.0; 3];
+        if a.breakdown {
+            // The same work as forward_backward, cut in two.
+            let logits = model.forward_t(&ids, &mask, None, true)?;
+            let l = model.loss(&logits, &labels)?;
+            phase[0] = t.elapsed().as_secs_f64();
+            l.f_backward()?;
+            phase[1] = t.elapsed().as_secs_f64() - phase[0];
+            loss = l.detach();
+        } else {
+            loss = model
+                .forward_backward(&ids, &mask, None, &labels, true, 1.0)?
+                .loss;
+        }
+        let before_opt = t.elapsed().as_secs_f64();
         let _norm = opt.clip_grad_norm(MAX_GRAD_NORM)?;
         opt.step()?;
         opt.zero_grad()?;
-        loss = out.loss;
+        phase[2] = t.elapsed().as_secs_f64() - before_opt;
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
+            phases.push(phase);
         }
     }
     let last_loss = loss.double_value(&[]);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = step_flops(bert, a.batch, a.seq, RANK as i64, 2, 2);
+    let breakdown = if a.breakdown {
+        let med = |k: usize| {
+            let mut v: Vec<f64> = phases.iter().map(|p| p[k]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] * 1e3
+        };
+        format!(
+            " forward_ms={:.2} backward_ms={:.2} optimizer_ms={:.3}",
+            med(0),
+            med(1),
+            med(2)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}",
+        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}{breakdown}",
         a.batch,
         a.seq,
         a.threads,
