@@ -23,7 +23,7 @@
 //!
 //! ```text
 //! cargo run --release -p loraplus-train --example toy_lora_plus -- \
-//!     --widths 64,128,256,512,1024,2048 --seeds 3 --steps 300
+//!     --widths 64,128,256,512,1024,2048,4096 --seeds 5 --steps 100
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -63,12 +63,12 @@ struct Args {
 
 fn parse() -> Result<Args> {
     let mut a = Args {
-        widths: vec![64, 128, 256, 512, 1024, 2048],
+        widths: vec![64, 128, 256, 512, 1024, 2048, 4096],
         lr_lo: -5.0,
         lr_hi: 0.0,
         points: 11,
-        steps: 300,
-        seeds: 3,
+        steps: 100,
+        seeds: 5,
         samples: 128,
         rank: 1,
         d_out: 1,
@@ -377,6 +377,26 @@ fn heatmap(path: &Path, r: &WidthResult, lrs: &[f64], steps: usize) -> Result<()
     Ok(())
 }
 
+fn mean_point(p: &[(f64, f64)]) -> (f64, f64) {
+    let n = p.len().max(1) as f64;
+    (
+        p.iter().map(|q| q.0).sum::<f64>() / n,
+        p.iter().map(|q| q.1).sum::<f64>() / n,
+    )
+}
+
+/// Least-squares slope of y on x.
+fn slope(p: &[(f64, f64)]) -> f64 {
+    let (mx, my) = mean_point(p);
+    let sxy: f64 = p.iter().map(|q| (q.0 - mx) * (q.1 - my)).sum();
+    let sxx: f64 = p.iter().map(|q| (q.0 - mx).powi(2)).sum();
+    if sxx > 0.0 {
+        sxy / sxx
+    } else {
+        f64::NAN
+    }
+}
+
 fn register_font() {
     let _ =
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
@@ -456,28 +476,35 @@ fn main() -> Result<()> {
         );
         results.push(r);
     }
-    let ratio_series = Series {
-        label: "best lr_B / lr_A on the grid".into(),
+    let log_n: Vec<f64> = results.iter().map(|r| (r.n as f64).log2()).collect();
+    let series = |label: &str, f: &dyn Fn(&WidthResult) -> f64| Series {
+        label: label.into(),
         points: results
             .iter()
-            .map(|r| ((r.n as f64).log2(), r.best_ratio.log2()))
+            .zip(&log_n)
+            .map(|(r, &x)| (x, f(r).log2()))
             .collect(),
     };
-    let n0 = results.first().map_or(1.0, |r| r.n as f64);
-    let r0 = results.first().map_or(1.0, |r| r.best_ratio);
-    let slope_one = Series {
-        label: "ratio proportional to n (slope 1)".into(),
-        points: results
-            .iter()
-            .map(|r| ((r.n as f64).log2(), (r0 * r.n as f64 / n0).log2()))
-            .collect(),
+    let best = series("best lr_B / lr_A", &|r| r.best_ratio);
+    let near = series("lr_B / lr_A, geometric mean of near-optimal cells", &|r| {
+        r.near_ratio_geomean
+    });
+    let product = series("n lr_A lr_B, geometric mean of near-optimal cells", &|r| {
+        r.near_n_product_geomean
+    });
+    let slopes = [&best, &near, &product].map(|s| slope(&s.points));
+    // The paper's prediction for the ratio: slope 1, drawn through the best ratios' mean.
+    let (mx, my) = mean_point(&best.points);
+    let reference = Series {
+        label: "slope 1 (ratio proportional to n)".into(),
+        points: log_n.iter().map(|&x| (x, my + x - mx)).collect(),
     };
     line_plot(
         &a.img_dir.join("toy_best_ratio"),
-        "toy model: best lr_B / lr_A against width",
+        "toy model: learning rates of the best cells against width",
         "log2 n",
-        "log2 (lr_B / lr_A)",
-        &[ratio_series, slope_one],
+        "log2",
+        &[best, near, product, reference],
     )?;
     let mut md = format!(
         "| n | best lr_A | best lr_B | best ratio lr_B/lr_A | loss at best | near-optimal cells (loss within {NEAR_OPTIMAL}x) | their ratios | their geometric-mean ratio | their geometric-mean n·lr_A·lr_B | best LoRA (ratio 1) lr | its loss | loss(LoRA) / loss(best) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -500,6 +527,10 @@ fn main() -> Result<()> {
             r.lora_loss / r.best_loss
         ));
     }
+    md.push_str(&format!(
+        "\nLeast-squares slope against log2 n: log2 best ratio {:.2}, log2 near-optimal ratio {:.2}, log2 n·lr_A·lr_B {:.2} (the paper predicts 1 for the ratio, 0 for n·lr_A·lr_B).\n",
+        slopes[0], slopes[1], slopes[2]
+    ));
     let out = ToyResults {
         lrs,
         steps: a.steps,
