@@ -7,8 +7,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use loraplus::core::LoraConfig;
-use loraplus::models::{default_model_dir, Head, LoadOptions, TaskModel};
+use loraplus::models::{default_model_dir, Head, LoadOptions, ModelConfig, TaskModel};
 use loraplus::optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use loraplus::tch::{self, Device, Kind, Tensor};
 
@@ -29,11 +28,14 @@ fn bench(c: &mut Criterion) {
         );
         return;
     }
-    let mut lc = LoraConfig::new(RANK, ALPHA, &["query", "value"]);
+    // The models crate's recommended BERT config: query/value, classifier and pooler saved.
+    let head = Head::SequenceClassification { num_labels: 2 };
+    let mut lc = ModelConfig::from_file(dir.join("config.json"))
+        .expect("reading config.json")
+        .recommended_lora_config(head, RANK, ALPHA);
     lc.lora_dropout = 0.0;
-    lc.modules_to_save = Some(vec!["classifier".into(), "pooler.dense".into()]);
     let opts = LoadOptions {
-        task: Head::SequenceClassification { num_labels: 2 },
+        task: head,
         lora: Some(lc),
         seed: 0,
         ..Default::default()

@@ -22,7 +22,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use loraplus_core::LoraConfig;
 use loraplus_models::{default_model_dir, BertConfig, Head, LoadOptions, ModelConfig, TaskModel};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use tch::{Device, Kind, Tensor};
@@ -172,11 +171,13 @@ fn main() -> Result<()> {
             mc.model_type()
         );
     };
-    let mut lc = LoraConfig::new(RANK, ALPHA, &["query", "value"]);
+    // The models crate's recommended BERT config: query/value, classifier and pooler saved.
+    let head = Head::SequenceClassification { num_labels: 2 };
+    let mut lc = ModelConfig::from_file(a.model.join("config.json"))?
+        .recommended_lora_config(head, RANK, ALPHA);
     lc.lora_dropout = 0.0;
-    lc.modules_to_save = Some(vec!["classifier".into(), "pooler.dense".into()]);
     let opts = LoadOptions {
-        task: Head::SequenceClassification { num_labels: 2 },
+        task: head,
         lora: Some(lc),
         seed: 0,
         ..Default::default()
