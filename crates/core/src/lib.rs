@@ -14,5 +14,5 @@ pub use config::{BiasMode, InitLoraWeights, LayerIndices, LoraConfig, TargetModu
 pub use io::{
     read_adapter_config, read_safetensors, write_safetensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
-pub use layers::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
+pub use layers::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 pub use model::{LoraBuilder, LoraModel, ParamRole, ParamSummary, TrainableParam, PEFT_PREFIX};
