@@ -3,8 +3,13 @@
 
 use tch::{Kind, Tensor};
 
-/// What every layer of a forward pass shares: the attention mask and, for Llama, the rotary
-/// tables. Built once per forward; holds no gradient.
+/// What every layer of a forward pass shares: the attention mask, for Llama the rotary
+/// tables, and which positions the layer computes. Built once per forward; holds no gradient.
+///
+/// A layer's input and output are "rows": `[B, T, H]` when every position is computed, or
+/// `[N, H]` (the positions in [`Self::packed`], in order) when padding is skipped. With
+/// [`Self::queries`] set, the layer returns only the rows named there, `[B, H]`: what the last
+/// layer of a classifier needs, since its head reads one position per sequence.
 #[derive(Debug)]
 pub struct LayerCtx {
     /// Boolean, `true` where attention is allowed: `[B, 1, 1, T]` (padding) or `[B, 1, T, T]`
@@ -12,6 +17,123 @@ pub struct LayerCtx {
     pub mask: Tensor,
     /// `(cos, sin)`, `[1, 1, T, head_dim]`, in the model dtype.
     pub rope: Option<(Tensor, Tensor)>,
+    pub batch: i64,
+    pub seq: i64,
+    /// `[N]`, the flat positions `b * T + t` computed, ascending; `None`: all `B * T`.
+    pub packed: Option<Tensor>,
+    /// Set on a layer whose output is only some rows (one per sequence).
+    pub queries: Option<QueryRows>,
+}
+
+/// One query row per sequence: which row of the layer input, and its mask and rotary entries.
+#[derive(Debug)]
+pub struct QueryRows {
+    /// `[B]`: row of the layer input (flat `b * T + t` when dense, the packed index otherwise).
+    pub rows: Tensor,
+    /// `[B, 1, 1, T]`: the keys each of these queries may see.
+    pub mask: Tensor,
+    /// `(cos, sin)`, `[B, 1, 1, head_dim]`.
+    pub rope: Option<(Tensor, Tensor)>,
+}
+
+impl LayerCtx {
+    /// Every position computed, all rows returned.
+    pub fn dense(mask: Tensor, rope: Option<(Tensor, Tensor)>, batch: i64, seq: i64) -> Self {
+        LayerCtx {
+            mask,
+            rope,
+            batch,
+            seq,
+            packed: None,
+            queries: None,
+        }
+    }
+
+    /// The same mask, tables and packing, returning only the rows of `queries`.
+    pub fn with_queries(&self, queries: QueryRows) -> Self {
+        LayerCtx {
+            mask: self.mask.shallow_clone(),
+            rope: self
+                .rope
+                .as_ref()
+                .map(|(c, s)| (c.shallow_clone(), s.shallow_clone())),
+            batch: self.batch,
+            seq: self.seq,
+            packed: self.packed.as_ref().map(Tensor::shallow_clone),
+            queries: Some(queries),
+        }
+    }
+
+    /// `[B, T, H]` (dense) to rows: itself, or the packed positions `[N, H]`.
+    pub fn pack(&self, h: Tensor) -> Tensor {
+        match &self.packed {
+            None => h,
+            Some(index) => {
+                let width = h.size().last().copied().unwrap_or(0);
+                h.reshape([-1, width]).index_select(0, index)
+            }
+        }
+    }
+
+    /// The rows this layer returns: all of `x`, or the query rows `[B, H]`.
+    pub fn query_rows(&self, x: &Tensor) -> Tensor {
+        match &self.queries {
+            None => x.shallow_clone(),
+            Some(q) => {
+                let width = x.size().last().copied().unwrap_or(0);
+                x.reshape([-1, width]).index_select(0, &q.rows)
+            }
+        }
+    }
+
+    /// A projection of every row (`[B, T, heads * d]` or `[N, heads * d]`) to
+    /// `[B, heads, T, d]`; skipped positions are zero (they are masked as keys).
+    pub fn key_heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
+        let (b, t) = (self.batch, self.seq);
+        let y = match &self.packed {
+            None => y.shallow_clone(),
+            Some(index) => {
+                Tensor::zeros([b * t, heads * d], (y.kind(), y.device())).index_copy(0, index, y)
+            }
+        };
+        y.view([b, t, heads, d]).transpose(1, 2)
+    }
+
+    /// A projection of the query rows to `[B, heads, Tq, d]` (`Tq` = T, or 1 with queries).
+    pub fn query_heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
+        match &self.queries {
+            None => self.key_heads(y, heads, d),
+            Some(_) => y.view([self.batch, 1, heads, d]).transpose(1, 2),
+        }
+    }
+
+    /// The mask the query rows attend with.
+    pub fn query_mask(&self) -> &Tensor {
+        match &self.queries {
+            None => &self.mask,
+            Some(q) => &q.mask,
+        }
+    }
+
+    /// The rotary tables of the queries and of the keys.
+    pub fn query_rope(&self) -> Option<(&Tensor, &Tensor)> {
+        match &self.queries {
+            None => self.rope.as_ref().map(|(c, s)| (c, s)),
+            Some(q) => q.rope.as_ref().map(|(c, s)| (c, s)),
+        }
+    }
+
+    /// Attention output `[B, heads, Tq, d]` back to the query rows' layout.
+    pub fn merge_heads(&self, a: &Tensor) -> Tensor {
+        let size = a.size();
+        let width = size[1] * size[3];
+        let a = a.transpose(1, 2);
+        match (&self.queries, &self.packed) {
+            (Some(_), _) => a.reshape([self.batch, width]),
+            (None, None) => a.reshape([self.batch, self.seq, width]),
+            (None, Some(index)) => a.reshape([-1, width]).index_select(0, index),
+        }
+    }
 }
 
 /// `[B, T]` mask (1 = token, 0 = padding; any integer, bool or float kind) to the boolean

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout};
+use loraplus_core::{
+    FusedLinears, LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout,
+};
 
 use crate::attention::LayerCtx;
 use crate::weights::Weights;
@@ -118,6 +120,34 @@ impl<'a> Loader<'a> {
             None
         };
         self.b.linear(module, weight, bias, layout)
+    }
+
+    /// `[out, in]` linear layers that read the same input, `(module, in, out)` each, loaded as
+    /// one [`FusedLinears`] whose views are the members' weights (each handed to the builder
+    /// under its own name, so adapters, merging and saving see the usual modules).
+    pub fn fused_linears(
+        &mut self,
+        modules: &[(&str, i64, i64)],
+        bias: bool,
+    ) -> Result<(FusedLinears, Vec<LoraLinear>)> {
+        let mut weights = Vec::with_capacity(modules.len());
+        let mut biases = Vec::with_capacity(modules.len());
+        for (module, in_f, out_f) in modules {
+            weights.push(self.tensor(&format!("{module}.weight"), &[*out_f, *in_f])?);
+            biases.push(if bias {
+                Some(self.tensor(&format!("{module}.bias"), &[*out_f])?)
+            } else {
+                None
+            });
+        }
+        let (fused, views) = FusedLinears::fuse(&weights, &biases)?;
+        drop((weights, biases));
+        let members = modules
+            .iter()
+            .zip(views)
+            .map(|((module, _, _), (w, b))| self.b.linear(module, w, b, WeightLayout::OutIn))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((fused, members))
     }
 
     pub fn embedding(

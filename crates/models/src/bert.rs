@@ -4,7 +4,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
+use loraplus_core::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
 use crate::attention::{dropout, padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, FreshLinear, Loader};
@@ -102,6 +102,8 @@ impl BertEmbeddings {
 /// One post-norm encoder layer (`encoder.layer.{i}`).
 #[derive(Debug)]
 pub struct BertLayer {
+    /// `query`, `key` and `value` as one product.
+    pub qkv: FusedLinears,
     pub query: LoraLinear,
     pub key: LoraLinear,
     pub value: LoraLinear,
@@ -122,10 +124,19 @@ impl BertLayer {
         let lin = |ld: &mut Loader, name: &str, fin, fout| {
             ld.linear(&format!("{p}.{name}"), fin, fout, true, WeightLayout::OutIn)
         };
+        let names = ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
+        let (qkv, members) = ld.fused_linears(
+            &[(&names[0], h, h), (&names[1], h, h), (&names[2], h, h)],
+            true,
+        )?;
+        let [query, key, value]: [LoraLinear; 3] = members
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
         Ok(BertLayer {
-            query: lin(ld, "attention.self.query", h, h)?,
-            key: lin(ld, "attention.self.key", h, h)?,
-            value: lin(ld, "attention.self.value", h, h)?,
+            qkv,
+            query,
+            key,
+            value,
             attn_out: lin(ld, "attention.output.dense", h, h)?,
             attn_norm: ld.layer_norm(
                 &format!("{p}.attention.output.LayerNorm"),
@@ -145,21 +156,32 @@ impl BertLayer {
 
 impl Block for BertLayer {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
-        let size = x.size();
-        let (b, t, h) = (size[0], size[1], size[2]);
+        let h = self.query.out_features();
         let d = h / self.heads;
-        let split = |y: Tensor| y.view([b, t, self.heads, d]).transpose(1, 2);
-        let q = split(self.query.forward_t(x, train));
-        let k = split(self.key.forward_t(x, train));
-        let v = split(self.value.forward_t(x, train));
-        let a = sdpa(&q, &k, &v, &ctx.mask, self.attn_dropout, train, None);
-        let a = a.transpose(1, 2).reshape([b, t, h]);
+        let xq = ctx.query_rows(x);
+        let (q, kv) = if ctx.queries.is_some() {
+            // Query for the returned rows only; key and value for every row.
+            let kv = self.qkv.forward_t(&[&self.key, &self.value], 1, x, train);
+            (self.query.forward_t(&xq, train), kv.split(h, -1))
+        } else {
+            let mut qkv = self
+                .qkv
+                .forward_t(&[&self.query, &self.key, &self.value], 0, x, train)
+                .split(h, -1);
+            let q = qkv.remove(0);
+            (q, qkv)
+        };
+        let q = ctx.query_heads(&q, self.heads, d);
+        let k = ctx.key_heads(&kv[0], self.heads, d);
+        let v = ctx.key_heads(&kv[1], self.heads, d);
+        let a = sdpa(&q, &k, &v, ctx.query_mask(), self.attn_dropout, train, None);
+        let a = ctx.merge_heads(&a);
         let a = dropout(
             self.attn_out.forward_t(&a, train),
             self.hidden_dropout,
             train,
         );
-        let a = self.attn_norm.forward(&(a + x));
+        let a = self.attn_norm.forward(&(a + xq));
         let m = self.act.apply(&self.intermediate.forward_t(&a, train));
         let m = dropout(self.output.forward_t(&m, train), self.hidden_dropout, train);
         self.out_norm.forward(&(m + a))
@@ -190,10 +212,8 @@ impl BertBackbone {
 
 impl Backbone for BertBackbone {
     fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
-        LayerCtx {
-            mask: padding_mask(attention_mask),
-            rope: None,
-        }
+        let size = attention_mask.size();
+        LayerCtx::dense(padding_mask(attention_mask), None, size[0], size[1])
     }
 
     fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
@@ -248,8 +268,12 @@ impl BertClassifierHead {
 
     /// `hidden`: `[B, T, H]` -> logits `[B, num_labels]`.
     pub fn forward_t(&self, hidden: &Tensor, train: bool) -> Tensor {
-        let first = hidden.select(1, 0);
-        let pooled = self.pooler.forward_t(&first, train).tanh();
+        self.forward_read(&hidden.select(1, 0), train)
+    }
+
+    /// From the hidden state of the first token, `[B, H]`.
+    pub fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
+        let pooled = self.pooler.forward_t(first, train).tanh();
         let pooled = dropout(pooled, self.dropout, train);
         self.classifier.forward_t(&pooled, train)
     }

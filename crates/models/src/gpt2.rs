@@ -59,25 +59,25 @@ impl Gpt2Block {
 
 impl Block for Gpt2Block {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
-        let size = x.size();
-        let (b, t, e) = (size[0], size[1], size[2]);
+        let e = self.attn_proj.out_features();
         let d = e / self.heads;
         let h = self.ln_1.forward(x);
-        let qkv = self.c_attn.forward_t(&h, train).split(e, 2);
-        let split = |y: &Tensor| y.view([b, t, self.heads, d]).transpose(1, 2);
-        let (q, k, v) = (split(&qkv[0]), split(&qkv[1]), split(&qkv[2]));
+        let qkv = self.c_attn.forward_t(&h, train).split(e, -1);
+        let q = ctx.query_heads(&ctx.query_rows(&qkv[0]), self.heads, d);
+        let k = ctx.key_heads(&qkv[1], self.heads, d);
+        let v = ctx.key_heads(&qkv[2], self.heads, d);
         let a = sdpa(
             &q,
             &k,
             &v,
-            &ctx.mask,
+            ctx.query_mask(),
             self.attn_pdrop,
             train,
             Some(self.scale),
         );
-        let a = a.transpose(1, 2).reshape([b, t, e]);
+        let a = ctx.merge_heads(&a);
         let a = dropout(self.attn_proj.forward_t(&a, train), self.resid_pdrop, train);
-        let x = a + x;
+        let x = a + ctx.query_rows(x);
         let m = self
             .act
             .apply(&self.c_fc.forward_t(&self.ln_2.forward(&x), train));
@@ -117,10 +117,8 @@ impl Gpt2Backbone {
 
 impl Backbone for Gpt2Backbone {
     fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
-        LayerCtx {
-            mask: causal_padding_mask(attention_mask),
-            rope: None,
-        }
+        let size = attention_mask.size();
+        LayerCtx::dense(causal_padding_mask(attention_mask), None, size[0], size[1])
     }
 
     /// `wte(ids) + wpe(0..T)`, plus `wte(token_type_ids)` when given (as HF does: pass `None`

@@ -39,6 +39,32 @@ pub enum TaskHead {
 }
 
 impl TaskHead {
+    /// The one position per sequence a classification head reads, `[B]` (the first token for
+    /// BERT/RoBERTa, the last non-padding one for the decoders); `None` for the LM head, which
+    /// reads every position.
+    pub fn read_positions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Option<Tensor> {
+        match self {
+            TaskHead::Bert(_) | TaskHead::Roberta(_) => {
+                let b = input_ids.size()[0];
+                Some(Tensor::zeros([b], (Kind::Int64, input_ids.device())))
+            }
+            TaskHead::LastToken { pad_token_id, .. } => {
+                Some(last_token_index(input_ids, attention_mask, *pad_token_id))
+            }
+            TaskHead::Lm { .. } => None,
+        }
+    }
+
+    /// Logits from the hidden states at [`Self::read_positions`], `[B, H]`.
+    pub fn forward_read(&self, rows: &Tensor, train: bool) -> Tensor {
+        match self {
+            TaskHead::Bert(h) => h.forward_read(rows, train),
+            TaskHead::Roberta(h) => h.forward_read(rows, train),
+            TaskHead::LastToken { score, .. } => score.forward_t(rows, train),
+            TaskHead::Lm { lm_head } => lm_head.forward_t(rows, train),
+        }
+    }
+
     /// `hidden`: the backbone's last hidden state `[B, T, H]`.
     pub fn forward_t(
         &self,

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use loraplus_core::{LoraEmbedding, LoraLinear, WeightLayout};
+use loraplus_core::{FusedLinears, LoraEmbedding, LoraLinear, WeightLayout};
 
 use crate::attention::{causal_padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm};
@@ -14,11 +14,15 @@ use crate::config::{Activation, LlamaConfig};
 #[derive(Debug)]
 pub struct LlamaLayer {
     pub input_layernorm: RmsNorm,
+    /// `q_proj`, `k_proj`, `v_proj` as one product.
+    pub qkv: FusedLinears,
     pub q_proj: LoraLinear,
     pub k_proj: LoraLinear,
     pub v_proj: LoraLinear,
     pub o_proj: LoraLinear,
     pub post_attention_layernorm: RmsNorm,
+    /// `gate_proj`, `up_proj` as one product.
+    pub gate_up: FusedLinears,
     pub gate_proj: LoraLinear,
     pub up_proj: LoraLinear,
     pub down_proj: LoraLinear,
@@ -38,19 +42,39 @@ impl LlamaLayer {
         };
         let ab = cfg.attention_bias;
         let mb = cfg.mlp_bias;
+        let name = |n: &str| format!("{p}.{n}");
+        let input_layernorm = ld.rms_norm(&name("input_layernorm"), h, cfg.rms_norm_eps)?;
+        let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
+        let (qkv, members) = ld.fused_linears(
+            &[
+                (&attn[0], h, nh * d),
+                (&attn[1], h, nkv * d),
+                (&attn[2], h, nkv * d),
+            ],
+            ab,
+        )?;
+        let [q_proj, k_proj, v_proj]: [LoraLinear; 3] = members
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
+        let o_proj = lin(ld, "self_attn.o_proj", nh * d, h, ab)?;
+        let post_attention_layernorm =
+            ld.rms_norm(&name("post_attention_layernorm"), h, cfg.rms_norm_eps)?;
+        let mlp = ["gate_proj", "up_proj"].map(|n| name(&format!("mlp.{n}")));
+        let (gate_up, members) = ld.fused_linears(&[(&mlp[0], h, i), (&mlp[1], h, i)], mb)?;
+        let [gate_proj, up_proj]: [LoraLinear; 2] = members
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{p}: expected gate and up projections"))?;
         Ok(LlamaLayer {
-            input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), h, cfg.rms_norm_eps)?,
-            q_proj: lin(ld, "self_attn.q_proj", h, nh * d, ab)?,
-            k_proj: lin(ld, "self_attn.k_proj", h, nkv * d, ab)?,
-            v_proj: lin(ld, "self_attn.v_proj", h, nkv * d, ab)?,
-            o_proj: lin(ld, "self_attn.o_proj", nh * d, h, ab)?,
-            post_attention_layernorm: ld.rms_norm(
-                &format!("{p}.post_attention_layernorm"),
-                h,
-                cfg.rms_norm_eps,
-            )?,
-            gate_proj: lin(ld, "mlp.gate_proj", h, i, mb)?,
-            up_proj: lin(ld, "mlp.up_proj", h, i, mb)?,
+            input_layernorm,
+            qkv,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            post_attention_layernorm,
+            gate_up,
+            gate_proj,
+            up_proj,
             down_proj: lin(ld, "mlp.down_proj", i, h, mb)?,
             heads: nh,
             kv_heads: nkv,
@@ -74,37 +98,53 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 impl Block for LlamaLayer {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
-        let size = x.size();
-        let (b, t) = (size[0], size[1]);
         let d = self.head_dim;
         let h = self.input_layernorm.forward(x);
-        let q = self
-            .q_proj
-            .forward_t(&h, train)
-            .view([b, t, self.heads, d])
-            .transpose(1, 2);
-        let k = self
-            .k_proj
-            .forward_t(&h, train)
-            .view([b, t, self.kv_heads, d])
-            .transpose(1, 2);
-        let v = self
-            .v_proj
-            .forward_t(&h, train)
-            .view([b, t, self.kv_heads, d])
-            .transpose(1, 2);
-        let (q, k) = match &ctx.rope {
-            Some((cos, sin)) => (apply_rope(&q, cos, sin), apply_rope(&k, cos, sin)),
-            None => (q, k),
+        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
+        let (q, kv) = if ctx.queries.is_some() {
+            // Query for the returned rows only; key and value for every row.
+            let q = self.q_proj.forward_t(&ctx.query_rows(&h), train);
+            let kv = self
+                .qkv
+                .forward_t(&[&self.k_proj, &self.v_proj], 1, &h, train);
+            (q, kv)
+        } else {
+            let qkv = self
+                .qkv
+                .forward_t(&[&self.q_proj, &self.k_proj, &self.v_proj], 0, &h, train);
+            let q = qkv.narrow(-1, 0, q_width);
+            (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let a = sdpa(&q, &k, &v, &ctx.mask, self.attention_dropout, train, None);
-        let a = a.transpose(1, 2).reshape([b, t, self.heads * d]);
-        let x = x + self.o_proj.forward_t(&a, train);
+        let kv = kv.split(kv_width, -1);
+        let q = ctx.query_heads(&q, self.heads, d);
+        let k = ctx.key_heads(&kv[0], self.kv_heads, d);
+        let v = ctx.key_heads(&kv[1], self.kv_heads, d);
+        let q = match ctx.query_rope() {
+            Some((cos, sin)) => apply_rope(&q, cos, sin),
+            None => q,
+        };
+        let k = match &ctx.rope {
+            Some((cos, sin)) => apply_rope(&k, cos, sin),
+            None => k,
+        };
+        let a = sdpa(
+            &q,
+            &k,
+            &v,
+            ctx.query_mask(),
+            self.attention_dropout,
+            train,
+            None,
+        );
+        let a = ctx.merge_heads(&a);
+        let x = ctx.query_rows(x) + self.o_proj.forward_t(&a, train);
         let h = self.post_attention_layernorm.forward(&x);
-        let gate = self.act.apply(&self.gate_proj.forward_t(&h, train));
-        let m = self
-            .down_proj
-            .forward_t(&(gate * self.up_proj.forward_t(&h, train)), train);
+        let gate_up = self
+            .gate_up
+            .forward_t(&[&self.gate_proj, &self.up_proj], 0, &h, train)
+            .split(self.down_proj.in_features(), -1);
+        let gate = self.act.apply(&gate_up[0]);
+        let m = self.down_proj.forward_t(&(gate * &gate_up[1]), train);
         x + m
     }
 }
@@ -156,10 +196,13 @@ impl Backbone for LlamaBackbone {
         let kind = self.embed_tokens.weight.kind();
         let cos = emb.cos().to_kind(kind).view([1, 1, t, -1]);
         let sin = emb.sin().to_kind(kind).view([1, 1, t, -1]);
-        LayerCtx {
-            mask: causal_padding_mask(attention_mask),
-            rope: Some((cos, sin)),
-        }
+        let size = attention_mask.size();
+        LayerCtx::dense(
+            causal_padding_mask(attention_mask),
+            Some((cos, sin)),
+            size[0],
+            size[1],
+        )
     }
 
     fn embed(&self, input_ids: &Tensor, _token_type_ids: Option<&Tensor>, _train: bool) -> Tensor {

@@ -61,8 +61,14 @@ impl RobertaClassificationHead {
         })
     }
 
+    /// `hidden`: `[B, T, H]` -> logits `[B, num_labels]`.
     pub fn forward_t(&self, hidden: &Tensor, train: bool) -> Tensor {
-        let x = dropout(hidden.select(1, 0), self.dropout, train);
+        self.forward_read(&hidden.select(1, 0), train)
+    }
+
+    /// From the hidden state of the `<s>` token, `[B, H]`.
+    pub fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
+        let x = dropout(first.shallow_clone(), self.dropout, train);
         let x = self.dense.forward_t(&x, train).tanh();
         let x = dropout(x, self.dropout, train);
         self.out_proj.forward_t(&x, train)

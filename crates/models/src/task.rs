@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use loraplus_core::{LoraBuilder, LoraConfig, LoraLinear, LoraModel, WeightLayout};
 
-use crate::attention::LayerCtx;
+use crate::attention::{LayerCtx, QueryRows};
 use crate::backbone::{Backbone, FreshLinear, Loader};
 use crate::bert::{bert_head_specs, BertBackbone, BertClassifierHead, Positions};
 use crate::config::ModelConfig;
@@ -50,6 +50,12 @@ pub struct LoadOptions {
     /// Recompute each layer in the backward pass of [`TaskModel::forward_backward`] instead
     /// of keeping its activations.
     pub checkpointing: bool,
+    /// Compute only what the output depends on: a classification forward skips padding
+    /// positions (linears, norms and dropout run on the real tokens only) and runs its last
+    /// layer only for the position the head reads. The logits and gradients are those of the
+    /// full pass (to float rounding); on by default. The causal LM and
+    /// [`TaskModel::encode`] always compute every position.
+    pub sparse_compute: bool,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +68,7 @@ impl Default for LoadOptions {
             adapter_dtype: Kind::Float,
             seed: DEFAULT_SEED,
             checkpointing: false,
+            sparse_compute: true,
         }
     }
 }
@@ -81,6 +88,7 @@ pub struct TaskModel {
     backbone: Box<dyn Backbone + Send>,
     head: TaskHead,
     checkpointing: bool,
+    sparse: bool,
     kind: Kind,
     device: Device,
     initialised: Vec<String>,
@@ -96,6 +104,7 @@ impl std::fmt::Debug for TaskModel {
             .field("kind", &self.kind)
             .field("device", &self.device)
             .field("checkpointing", &self.checkpointing)
+            .field("sparse_compute", &self.sparse)
             .finish()
     }
 }
@@ -246,6 +255,7 @@ impl TaskModel {
             backbone,
             head,
             checkpointing: opts.checkpointing,
+            sparse: opts.sparse_compute,
             kind: w.kind(),
             device: w.device(),
             initialised,
@@ -290,6 +300,92 @@ impl TaskModel {
 
     pub fn set_checkpointing(&mut self, on: bool) {
         self.checkpointing = on;
+    }
+
+    /// See [`LoadOptions::sparse_compute`].
+    pub fn sparse_compute(&self) -> bool {
+        self.sparse
+    }
+
+    pub fn set_sparse_compute(&mut self, on: bool) {
+        self.sparse = on;
+    }
+
+    /// The layers' context for one batch. For a classification head (with
+    /// [`LoadOptions::sparse_compute`]): the positions to compute are the real tokens and the
+    /// position the head reads (which may be padding, as with BERT under left padding), packed
+    /// when that is fewer than all; the last layer returns only the read position per sequence.
+    fn plan(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Plan {
+        let mut ctx = self.backbone.context(input_ids, attention_mask);
+        let read = match self.head.read_positions(input_ids, attention_mask) {
+            Some(read) if self.sparse && self.backbone.num_layers() > 0 => read,
+            _ => return Plan { ctx, last: None },
+        };
+        let (b, t) = (ctx.batch, ctx.seq);
+        let device = input_ids.device();
+        let flat_read = Tensor::arange(b, (Kind::Int64, device)) * t + &read;
+        let keep = attention_mask
+            .ne(0)
+            .to_kind(Kind::Int64)
+            .reshape([b * t])
+            .index_fill(0, &flat_read, 1);
+        // One host read (the number of positions kept), as any unpadding does.
+        let index = keep.nonzero().view([-1]);
+        let rows = if index.size()[0] < b * t {
+            let rank = keep.cumsum(0, Kind::Int64) - 1;
+            ctx.packed = Some(index);
+            rank.index_select(0, &flat_read)
+        } else {
+            flat_read
+        };
+        let mask = if ctx.mask.size()[2] == 1 {
+            ctx.mask.shallow_clone()
+        } else {
+            let at = read.view([b, 1, 1, 1]).expand([b, 1, 1, t], false);
+            ctx.mask.gather(2, &at, false)
+        };
+        let pick = |x: &Tensor| x.index_select(2, &read).permute([2, 1, 0, 3]);
+        let rope = ctx.rope.as_ref().map(|(c, s)| (pick(c), pick(s)));
+        let last = ctx.with_queries(QueryRows { rows, mask, rope });
+        Plan {
+            ctx,
+            last: Some(last),
+        }
+    }
+
+    /// How many positions a forward of this batch computes: `(in each layer but the last,
+    /// in the last layer)`; `B * T` for both without [`LoadOptions::sparse_compute`] (or for
+    /// the causal LM). For benchmarks that count the work actually done.
+    pub fn positions_computed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(i64, i64)> {
+        self.check_inputs(input_ids, attention_mask, None)?;
+        let plan = self.plan(input_ids, attention_mask);
+        let all = plan.ctx.batch * plan.ctx.seq;
+        let layers = plan.ctx.packed.as_ref().map_or(all, |p| p.size()[0]);
+        let last = if plan.last.is_some() {
+            plan.ctx.batch
+        } else {
+            layers
+        };
+        Ok((layers, last))
+    }
+
+    /// Logits from the final hidden rows of a forward run under `plan`.
+    fn head_forward(
+        &self,
+        plan: &Plan,
+        h: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        match plan.last {
+            Some(_) => self.head.forward_read(h, train),
+            None => self.head.forward_t(h, input_ids, attention_mask, train),
+        }
     }
 
     fn check_inputs(
@@ -352,16 +448,11 @@ impl TaskModel {
         Ok(())
     }
 
-    fn run_layers(
-        &self,
-        mut h: Tensor,
-        ctx: &LayerCtx,
-        train: bool,
-        seeds: Option<&Seeds>,
-    ) -> Tensor {
-        for i in 0..self.backbone.num_layers() {
+    fn run_layers(&self, mut h: Tensor, plan: &Plan, train: bool, seeds: Option<&Seeds>) -> Tensor {
+        let n = self.backbone.num_layers();
+        for i in 0..n {
             seed_if(seeds.map(|s| s.layers[i]));
-            h = self.backbone.layer(i).forward_t(&h, ctx, train);
+            h = self.backbone.layer(i).forward_t(&h, plan.ctx(i, n), train);
         }
         h
     }
@@ -376,11 +467,14 @@ impl TaskModel {
         train: bool,
     ) -> Result<Tensor> {
         self.check_inputs(input_ids, attention_mask, token_type_ids)?;
-        let ctx = self.backbone.context(input_ids, attention_mask);
+        let plan = Plan {
+            ctx: self.backbone.context(input_ids, attention_mask),
+            last: None,
+        };
         let h = self.backbone.embed(input_ids, token_type_ids, train);
         Ok(self
             .backbone
-            .final_norm(self.run_layers(h, &ctx, train, None)))
+            .final_norm(self.run_layers(h, &plan, train, None)))
     }
 
     /// Logits: `[B, num_labels]` for classification, `[B, T, vocab]` for the causal LM.
@@ -397,14 +491,16 @@ impl TaskModel {
         self.check_inputs(input_ids, attention_mask, token_type_ids)?;
         let seeds = train.then(|| Seeds::draw(self.backbone.num_layers()));
         let seeds = seeds.as_ref();
-        let ctx = self.backbone.context(input_ids, attention_mask);
+        let plan = self.plan(input_ids, attention_mask);
         seed_if(seeds.map(|s| s.embed));
-        let h = self.backbone.embed(input_ids, token_type_ids, train);
+        let h = plan
+            .ctx
+            .pack(self.backbone.embed(input_ids, token_type_ids, train));
         let h = self
             .backbone
-            .final_norm(self.run_layers(h, &ctx, train, seeds));
+            .final_norm(self.run_layers(h, &plan, train, seeds));
         seed_if(seeds.map(|s| s.head));
-        let logits = self.head.forward_t(&h, input_ids, attention_mask, train);
+        let logits = self.head_forward(&plan, &h, input_ids, attention_mask, train);
         seed_if(seeds.map(|s| s.after));
         Ok(logits)
     }
@@ -440,15 +536,17 @@ impl TaskModel {
         let n = self.backbone.num_layers();
         let seeds = train.then(|| Seeds::draw(n));
         let seeds = seeds.as_ref();
-        let ctx = self.backbone.context(input_ids, attention_mask);
+        let plan = self.plan(input_ids, attention_mask);
         // 1. Forward without a graph, keeping each layer's input.
         let (inputs, last) = tch::no_grad(|| {
             seed_if(seeds.map(|s| s.embed));
-            let mut h = self.backbone.embed(input_ids, token_type_ids, train);
+            let mut h = plan
+                .ctx
+                .pack(self.backbone.embed(input_ids, token_type_ids, train));
             let mut inputs = Vec::with_capacity(n);
             for i in 0..n {
                 seed_if(seeds.map(|s| s.layers[i]));
-                let next = self.backbone.layer(i).forward_t(&h, &ctx, train);
+                let next = self.backbone.layer(i).forward_t(&h, plan.ctx(i, n), train);
                 inputs.push(h);
                 h = next;
             }
@@ -458,7 +556,7 @@ impl TaskModel {
         let last = last.detach().set_requires_grad(true);
         seed_if(seeds.map(|s| s.head));
         let h = self.backbone.final_norm(last.shallow_clone());
-        let logits = self.head.forward_t(&h, input_ids, attention_mask, train);
+        let logits = self.head_forward(&plan, &h, input_ids, attention_mask, train);
         let loss = self.loss(&logits, labels)?;
         (&loss * loss_scale)
             .f_backward()
@@ -469,7 +567,7 @@ impl TaskModel {
         for (i, x) in inputs.into_iter().enumerate().rev() {
             let x = x.detach().set_requires_grad(true);
             seed_if(seeds.map(|s| s.layers[i]));
-            let y = self.backbone.layer(i).forward_t(&x, &ctx, train);
+            let y = self.backbone.layer(i).forward_t(&x, plan.ctx(i, n), train);
             let kind = y.kind();
             (y * &grad)
                 .sum(kind)
@@ -479,7 +577,9 @@ impl TaskModel {
         }
         // 4. The embeddings, when something in them trains.
         seed_if(seeds.map(|s| s.embed));
-        let h0 = self.backbone.embed(input_ids, token_type_ids, train);
+        let h0 = plan
+            .ctx
+            .pack(self.backbone.embed(input_ids, token_type_ids, train));
         if h0.requires_grad() {
             let kind = h0.kind();
             (h0 * &grad)
@@ -492,6 +592,22 @@ impl TaskModel {
             loss: loss.detach(),
             logits: logits.detach(),
         })
+    }
+}
+
+/// The contexts of one forward: `ctx` for every layer, or `last` for the last one when it
+/// returns only the rows the head reads.
+struct Plan {
+    ctx: LayerCtx,
+    last: Option<LayerCtx>,
+}
+
+impl Plan {
+    fn ctx(&self, i: usize, layers: usize) -> &LayerCtx {
+        match &self.last {
+            Some(last) if i + 1 == layers => last,
+            _ => &self.ctx,
+        }
     }
 }
 

@@ -190,3 +190,35 @@ pub fn tiny_llama() -> (serde_json::Value, Vec<(String, Vec<i64>)>) {
     }
     (config, t)
 }
+
+/// A tiny GPT-2 (`GPT2Model` names, no prefix; Conv1D `[in, out]` weights): config and tensors.
+pub fn tiny_gpt2() -> (serde_json::Value, Vec<(String, Vec<i64>)>) {
+    let (v, e, layers, pos) = (50, 16, 2, 32);
+    let config = serde_json::json!({
+        "model_type": "gpt2", "vocab_size": v, "n_embd": e, "n_layer": layers, "n_head": 4,
+        "n_positions": pos, "pad_token_id": 0
+    });
+    let mut t = vec![
+        ("wte.weight".to_string(), vec![v, e]),
+        ("wpe.weight".to_string(), vec![pos, e]),
+        ("ln_f.weight".to_string(), vec![e]),
+        ("ln_f.bias".to_string(), vec![e]),
+    ];
+    for l in 0..layers {
+        let p = format!("h.{l}");
+        for (name, fin, fout) in [
+            ("attn.c_attn", e, 3 * e),
+            ("attn.c_proj", e, e),
+            ("mlp.c_fc", e, 4 * e),
+            ("mlp.c_proj", 4 * e, e),
+        ] {
+            t.push((format!("{p}.{name}.weight"), vec![fin, fout]));
+            t.push((format!("{p}.{name}.bias"), vec![fout]));
+        }
+        for name in ["ln_1", "ln_2"] {
+            t.push((format!("{p}.{name}.weight"), vec![e]));
+            t.push((format!("{p}.{name}.bias"), vec![e]));
+        }
+    }
+    (config, t)
+}
