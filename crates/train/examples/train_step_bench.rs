@@ -101,37 +101,59 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Matrix-multiply FLOPs (2·m·n·k per product) of one LoRA training step of a BERT
-/// sequence classifier, forward and backward. The frozen weights need no weight gradient, so
-/// their backward is one input-gradient product each (and none in layer 0 for query, key and
-/// value, whose input, the embeddings, is frozen): the step is about 2x the forward, not the
-/// 3x of full fine-tuning. Elementwise work, softmax and norms are not counted.
+/// sequence classifier with adapters on `query` and `value`, forward and backward, when each
+/// layer but the last computes `tokens` positions and the last computes `last` (keys and
+/// values for `tokens`, the rest for `last`). The dense step PEFT runs is
+/// `tokens = last = batch·seq`; loraplus skips padding and runs the last layer for the first
+/// token only (`TaskModel::positions_computed`). Attention runs on the padded `[batch, seq]`
+/// layout either way. The frozen weights need no weight gradient, so their backward is one
+/// input-gradient product each (and none in layer 0 for query, key and value, whose input,
+/// the embeddings, is frozen): the step is about 2x the forward, not the 3x of full
+/// fine-tuning. Elementwise work, softmax and norms are not counted.
 ///
-/// Per layer, with N = batch·seq tokens, H hidden, I intermediate, T seq, r rank, `adapted`
-/// adapted linears of shape HxH:
-/// - forward: linears 2N·H·(4H + 2I); attention QK^T and PV 4·batch·T²·H; adapters 4N·H·r each;
-/// - backward: linears' input gradients 2N·H·(4H + 2I) (minus 3·2N·H² in layer 0); attention
-///   8·batch·T²·H (dS, dV, dQ, dK; 6 in layer 0, no dK); adapters 8N·H·r each (dB, d(xA^T),
-///   dA, dx; 6N·H·r in layer 0, no dx);
-/// - head: pooler HxH and classifier HxL on the first token, forward 2·batch·H·(H + L), backward
-///   twice that (weight and input gradients).
-fn step_flops(c: &BertConfig, batch: i64, seq: i64, r: i64, adapted: i64, labels: i64) -> f64 {
-    let (h, i, l) = (
+/// Per layer, with n positions in, m out (m = n but in the last layer), q attention query
+/// rows (batch·seq, or m in the last layer), H hidden, I intermediate, T seq, r rank:
+/// - forward: linears 2H·(2nH + 2mH + 2mI) (key, value; query, output; FFN); attention QK^T
+///   and PV 4q·T·H; adapters 4H·r·(m + n) (query and value: x A^T, then B);
+/// - backward: linears' input gradients as the forward (minus query, key and value in layer
+///   0); attention twice the forward (dS, dV, dQ, dK; no dK in layer 0); adapters twice the
+///   forward (dB, d(xA^T), dA, dx; no dx in layer 0);
+/// - head: pooler HxH and classifier HxL on the first token, forward 2·batch·H·(H + L),
+///   backward twice that (weight and input gradients).
+fn step_flops(
+    c: &BertConfig,
+    batch: i64,
+    seq: i64,
+    tokens: i64,
+    last: i64,
+    r: i64,
+    labels: i64,
+) -> f64 {
+    let (h, i, layers) = (
         c.hidden_size as f64,
         c.intermediate_size as f64,
-        c.num_hidden_layers as f64,
+        c.num_hidden_layers,
     );
-    let (b, t, r, ad) = (batch as f64, seq as f64, r as f64, adapted as f64);
-    let n = b * t;
-    let lin = 2.0 * n * h * (4.0 * h + 2.0 * i);
-    let attn = 4.0 * b * t * t * h;
-    let lora = 4.0 * n * h * r * ad;
-    let forward = l * (lin + attn + lora);
-    let backward = l * (lin + 2.0 * attn + 2.0 * lora)
-        - 3.0 * 2.0 * n * h * h
-        - 2.0 * b * t * t * h
-        - 2.0 * n * h * r * ad;
+    let (b, t, r) = (batch as f64, seq as f64, r as f64);
+    let mut total = 0.0;
+    for layer in 0..layers {
+        let n = tokens as f64;
+        let (m, q) = if layer + 1 == layers {
+            (last as f64, (last as f64).min(b * t))
+        } else {
+            (n, b * t)
+        };
+        let lin = 2.0 * h * (2.0 * n * h + 2.0 * m * h + 2.0 * m * i);
+        let attn = 4.0 * q * t * h;
+        let lora = 4.0 * h * r * (m + n);
+        total += lin + attn + lora; // forward
+        total += lin + 2.0 * attn + 2.0 * lora; // backward
+        if layer == 0 {
+            total -= 2.0 * h * h * (2.0 * n + m) + 2.0 * q * t * h + 2.0 * h * r * (m + n);
+        }
+    }
     let head_fwd = 2.0 * b * h * (h + labels as f64);
-    forward + backward + 3.0 * head_fwd
+    total + 3.0 * head_fwd
 }
 
 /// Best GFLOP/s of an f32 `size`³ matmul on this machine, with the current thread count.
@@ -236,7 +258,10 @@ fn main() -> Result<()> {
     let last_loss = loss.double_value(&[]);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let flops = step_flops(bert, a.batch, a.seq, RANK as i64, 2, 2);
+    let dense = a.batch * a.seq;
+    let flops = step_flops(bert, a.batch, a.seq, dense, dense, RANK as i64, 2);
+    let (tokens, last) = model.positions_computed(&ids, &mask)?;
+    let executed = step_flops(bert, a.batch, a.seq, tokens, last, RANK as i64, 2);
     let breakdown = if a.breakdown {
         let med = |k: usize| {
             let mut v: Vec<f64> = phases.iter().map(|p| p[k]).collect();
@@ -253,7 +278,7 @@ fn main() -> Result<()> {
         String::new()
     };
     println!(
-        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}{breakdown}",
+        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}{breakdown}",
         a.batch,
         a.seq,
         a.threads,
@@ -262,7 +287,8 @@ fn main() -> Result<()> {
         times[0] * 1e3,
         a.batch as f64 / median,
         flops / 1e9,
-        flops / median / 1e9,
+        executed / 1e9,
+        executed / median / 1e9,
         rss_loaded,
         peak_rss_mib(),
         last_loss
