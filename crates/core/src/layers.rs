@@ -148,11 +148,7 @@ fn add_adapters(
         let parts: Vec<Tensor> = adapters
             .iter()
             .map(|a| {
-                let xd = if a.dropout > 0.0 {
-                    x2.dropout(a.dropout, true)
-                } else {
-                    x2.shallow_clone()
-                };
+                let xd = crate::dropout::dropout(&x2, a.dropout, true);
                 xd.linear::<&Tensor>(&a.a, None)
             })
             .collect();

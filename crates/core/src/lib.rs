@@ -6,6 +6,7 @@
 //! and PEFT-format save/load.
 
 pub mod config;
+pub mod dropout;
 pub mod io;
 pub mod layers;
 pub mod model;

@@ -1,7 +1,7 @@
 //! Attention masks and the call into libtorch's `scaled_dot_product_attention`, shared by the
 //! architectures, and the per-layer context every block reads.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// What every layer of a forward pass shares: the attention mask, for Llama the rotary
 /// tables, and which positions the layer computes. Built once per forward; holds no gradient.
@@ -159,9 +159,11 @@ pub fn causal_padding_mask(attention_mask: &Tensor) -> Tensor {
         .logical_or(&eye.view([1, 1, t, t]))
 }
 
-/// `softmax(q k^T * scale + mask) v` through libtorch's fused kernels; `dropout_p` applies only
-/// when `train`. `q`: `[B, H, T, D]`; `k`, `v`: `[B, H_kv, T, D]` (grouped-query attention when
-/// `H_kv < H`).
+/// `softmax(q k^T * scale + mask) v`; `dropout_p` applies to the attention probabilities
+/// only when `train`. `q`: `[B, H, Tq, D]`; `k`, `v`: `[B, H_kv, T, D]` (grouped-query attention
+/// when `H_kv < H`). Without dropout, libtorch's fused kernels; with dropout on the CPU in f32,
+/// the same arithmetic as libtorch's reference path, with the mask drawn by
+/// [`loraplus_core::dropout`] (libtorch's own is a serial loop).
 pub fn sdpa(
     q: &Tensor,
     k: &Tensor,
@@ -172,15 +174,78 @@ pub fn sdpa(
     scale: Option<f64>,
 ) -> Tensor {
     let p = if train { dropout_p } else { 0.0 };
-    let gqa = q.size()[1] != k.size()[1];
-    Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, scale, gqa)
+    let (hq, hkv) = (q.size()[1], k.size()[1]);
+    let gqa = hq != hkv;
+    if p == 0.0 || q.device() != Device::Cpu || q.kind() != Kind::Float {
+        return Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, scale, gqa);
+    }
+    let (k, v) = if gqa {
+        let rep = hq / hkv;
+        (
+            k.repeat_interleave_self_int(rep, 1, None),
+            v.repeat_interleave_self_int(rep, 1, None),
+        )
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let d = q.size()[3];
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let scores = (q * scale).matmul(&k.transpose(-2, -1));
+    let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    // A query row that may see nothing gives zeros, as libtorch's kernels do.
+    let probs = scores.softmax(-1, Kind::Float).nan_to_num(0.0, None, None);
+    loraplus_core::dropout::dropout(&probs, p, true).matmul(&v)
 }
 
-/// Dropout that is a no-op outside training or at p = 0.
+/// Dropout that is a no-op outside training or at p = 0 (see [`loraplus_core::dropout`]).
 pub fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
     if train && p > 0.0 {
-        x.dropout(p, true)
+        loraplus_core::dropout::dropout(&x, p, true)
     } else {
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The explicit path (taken with dropout on the CPU) against libtorch's kernel, at a
+    /// dropout so small that no element is dropped: outputs and gradients, with a padding mask
+    /// (one row fully masked), a causal mask, and grouped-query attention.
+    #[test]
+    fn explicit_attention_equals_the_kernel() {
+        tch::manual_seed(2);
+        let cpu = (Kind::Float, Device::Cpu);
+        let lengths = Tensor::from_slice(&[5i64, 0, 3]);
+        let keep = Tensor::arange(6, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .lt_tensor(&lengths.unsqueeze(1));
+        for (mask, kv_heads) in [
+            (padding_mask(&keep), 4),
+            (causal_padding_mask(&keep), 4),
+            (causal_padding_mask(&keep), 2),
+        ] {
+            let q = Tensor::randn([3, 4, 6, 8], cpu).set_requires_grad(true);
+            let k = Tensor::randn([3, kv_heads, 6, 8], cpu).set_requires_grad(true);
+            let v = Tensor::randn([3, kv_heads, 6, 8], cpu).set_requires_grad(true);
+            let w = Tensor::randn([3, 4, 6, 8], cpu);
+            let mut results = Vec::new();
+            for p in [1e-12, 0.0] {
+                let y = sdpa(&q, &k, &v, &mask, p, true, Some(0.3));
+                (&y * &w).sum(Kind::Float).backward();
+                let mut r = vec![y.detach()];
+                for t in [&q, &k, &v] {
+                    r.push(t.grad().copy());
+                    let _ = t.grad().zero_();
+                }
+                results.push(r);
+            }
+            for (a, b) in results[0].iter().zip(&results[1]) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "kv heads {kv_heads}: differs by {d:e}");
+                assert!(bool::try_from(a.isfinite().all()).unwrap());
+            }
+        }
     }
 }
