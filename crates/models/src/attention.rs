@@ -86,17 +86,30 @@ impl LayerCtx {
         }
     }
 
+    /// Rows of every position (`[B, T, W]` or `[N, W]`) to `[B, T, W]`; skipped positions are
+    /// zero (they are only ever keys, and masked). One scatter for all the projections `y` holds.
+    pub fn unpack(&self, y: &Tensor) -> Tensor {
+        let (b, t) = (self.batch, self.seq);
+        match &self.packed {
+            None => y.shallow_clone(),
+            Some(index) => {
+                let w = y.size().last().copied().unwrap_or(0);
+                Tensor::zeros([b * t, w], (y.kind(), y.device()))
+                    .index_copy(0, index, y)
+                    .view([b, t, w])
+            }
+        }
+    }
+
+    /// `[B, T, heads * d]` (a slice of [`Self::unpack`]'s result) to `[B, heads, T, d]`.
+    pub fn heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
+        y.view([self.batch, self.seq, heads, d]).transpose(1, 2)
+    }
+
     /// A projection of every row (`[B, T, heads * d]` or `[N, heads * d]`) to
     /// `[B, heads, T, d]`; skipped positions are zero (they are masked as keys).
     pub fn key_heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
-        let (b, t) = (self.batch, self.seq);
-        let y = match &self.packed {
-            None => y.shallow_clone(),
-            Some(index) => {
-                Tensor::zeros([b * t, heads * d], (y.kind(), y.device())).index_copy(0, index, y)
-            }
-        };
-        y.view([b, t, heads, d]).transpose(1, 2)
+        self.heads(&self.unpack(y), heads, d)
     }
 
     /// A projection of the query rows to `[B, heads, Tq, d]` (`Tq` = T, or 1 with queries).

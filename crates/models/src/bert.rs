@@ -162,18 +162,21 @@ impl Block for BertLayer {
         let (q, kv) = if ctx.queries.is_some() {
             // Query for the returned rows only; key and value for every row.
             let kv = self.qkv.forward_t(&[&self.key, &self.value], 1, x, train);
-            (self.query.forward_t(&xq, train), kv.split(h, -1))
+            let q = self.query.forward_t(&xq, train);
+            (
+                ctx.query_heads(&q, self.heads, d),
+                ctx.unpack(&kv).split(h, -1),
+            )
         } else {
-            let mut qkv = self
+            let qkv = self
                 .qkv
-                .forward_t(&[&self.query, &self.key, &self.value], 0, x, train)
-                .split(h, -1);
+                .forward_t(&[&self.query, &self.key, &self.value], 0, x, train);
+            let mut qkv = ctx.unpack(&qkv).split(h, -1);
             let q = qkv.remove(0);
-            (q, qkv)
+            (ctx.heads(&q, self.heads, d), qkv)
         };
-        let q = ctx.query_heads(&q, self.heads, d);
-        let k = ctx.key_heads(&kv[0], self.heads, d);
-        let v = ctx.key_heads(&kv[1], self.heads, d);
+        let k = ctx.heads(&kv[0], self.heads, d);
+        let v = ctx.heads(&kv[1], self.heads, d);
         let a = sdpa(&q, &k, &v, ctx.query_mask(), self.attn_dropout, train, None);
         let a = ctx.merge_heads(&a);
         let a = dropout(

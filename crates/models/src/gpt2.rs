@@ -62,10 +62,18 @@ impl Block for Gpt2Block {
         let e = self.attn_proj.out_features();
         let d = e / self.heads;
         let h = self.ln_1.forward(x);
-        let qkv = self.c_attn.forward_t(&h, train).split(e, -1);
-        let q = ctx.query_heads(&ctx.query_rows(&qkv[0]), self.heads, d);
-        let k = ctx.key_heads(&qkv[1], self.heads, d);
-        let v = ctx.key_heads(&qkv[2], self.heads, d);
+        let qkv = self.c_attn.forward_t(&h, train);
+        let (q, kv) = if ctx.queries.is_some() {
+            let q = ctx.query_rows(&qkv.narrow(-1, 0, e));
+            let kv = ctx.unpack(&qkv.narrow(-1, e, 2 * e)).split(e, -1);
+            (ctx.query_heads(&q, self.heads, d), kv)
+        } else {
+            let mut qkv = ctx.unpack(&qkv).split(e, -1);
+            let q = qkv.remove(0);
+            (ctx.heads(&q, self.heads, d), qkv)
+        };
+        let k = ctx.heads(&kv[0], self.heads, d);
+        let v = ctx.heads(&kv[1], self.heads, d);
         let a = sdpa(
             &q,
             &k,

@@ -107,18 +107,18 @@ impl Block for LlamaLayer {
             let kv = self
                 .qkv
                 .forward_t(&[&self.k_proj, &self.v_proj], 1, &h, train);
-            (q, kv)
+            (ctx.query_heads(&q, self.heads, d), ctx.unpack(&kv))
         } else {
             let qkv = self
                 .qkv
                 .forward_t(&[&self.q_proj, &self.k_proj, &self.v_proj], 0, &h, train);
-            let q = qkv.narrow(-1, 0, q_width);
+            let qkv = ctx.unpack(&qkv);
+            let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
         let kv = kv.split(kv_width, -1);
-        let q = ctx.query_heads(&q, self.heads, d);
-        let k = ctx.key_heads(&kv[0], self.kv_heads, d);
-        let v = ctx.key_heads(&kv[1], self.kv_heads, d);
+        let k = ctx.heads(&kv[0], self.kv_heads, d);
+        let v = ctx.heads(&kv[1], self.kv_heads, d);
         let q = match ctx.query_rope() {
             Some((cos, sin)) => apply_rope(&q, cos, sin),
             None => q,
