@@ -15,7 +15,8 @@
 //! Flags: `--batch N`, `--seq N`, `--steps N`, `--warmup N`, `--threads N` (default: the
 //! machine's cores), `--ratio R`, `--model DIR`, `--peak` (time a large f32 matmul instead: the
 //! machine's measured peak for the MFU), `--peak-size N`, `--breakdown` (also time the
-//! forward, the backward and the optimizer separately). Prints one line of `key=value` fields,
+//! forward, the backward and the optimizer separately), `--default-allocator` (leave glibc's
+//! malloc settings alone instead of `backend::tune_cpu_allocator`). Prints one line of `key=value` fields,
 //! the format `benches/step_ref.py` prints too.
 
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ struct Args {
     peak: bool,
     peak_size: i64,
     breakdown: bool,
+    default_allocator: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -60,12 +62,14 @@ fn parse() -> Result<Args> {
         peak: false,
         peak_size: 2048,
         breakdown: false,
+        default_allocator: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--peak" || flag == "--breakdown" {
+        if flag == "--peak" || flag == "--breakdown" || flag == "--default-allocator" {
             a.peak |= flag == "--peak";
             a.breakdown |= flag == "--breakdown";
+            a.default_allocator |= flag == "--default-allocator";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -80,7 +84,7 @@ fn parse() -> Result<Args> {
             "--model" => a.model = PathBuf::from(value),
             "--peak-size" => a.peak_size = value.parse().map_err(|e| bad(&e))?,
             other => bail!(
-                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown)"
+                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown --default-allocator)"
             ),
         }
     }
@@ -176,6 +180,8 @@ fn matmul_peak(size: i64) -> f64 {
 fn main() -> Result<()> {
     let a = parse()?;
     tch::set_num_threads(a.threads);
+    // As the trainer and the `loraplus` binary do (transformers + PEFT runs with the default).
+    let tuned = !a.default_allocator && loraplus_train::backend::tune_cpu_allocator();
     if a.peak {
         println!(
             "impl=loraplus matmul={} threads={} peak_gflops={:.2}",
@@ -278,7 +284,7 @@ fn main() -> Result<()> {
         String::new()
     };
     println!(
-        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4}{breakdown}",
+        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4} tuned_allocator={tuned}{breakdown}",
         a.batch,
         a.seq,
         a.threads,

@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     cli::init_tracing();
+    loraplus_train::backend::tune_cpu_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

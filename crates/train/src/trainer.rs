@@ -150,6 +150,9 @@ impl Trainer {
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
+        if device == Device::Cpu && !backend::tune_cpu_allocator() {
+            tracing::debug!("the allocator settings were not applied (not glibc)");
+        }
         let mdir = model_dir(&config);
         let encoder = Encoder::from_model_dir(&mdir, config.max_seq_len)?;
         let pad_id = encoder.pad_id();
