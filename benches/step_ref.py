@@ -1,13 +1,17 @@
-"""One full LoRA+ training step of MiniLM in transformers + PEFT, timed: the Python side of
-`benches/run.sh`, the counterpart of `crates/train/examples/train_step_bench.rs`.
+"""One full LoRA+ training step of a sequence classifier (by default MiniLM) in transformers +
+PEFT, timed: the Python side of `benches/run.sh` (CPU) and `benches/gpu_bench.sh` (CUDA, bf16),
+the counterpart of `crates/train/examples/train_step_bench.rs`.
 
-Same model, inputs (same generator calls on the same libtorch), LoRA config (r 8, alpha 16,
-dropout 0, query/value, pooler + classifier in modules_to_save), optimizer (PEFT's
-create_loraplus_optimizer over torch.optim.AdamW, lr 2e-4, ratio 16), clipping (norm 1) and
-thread count. Prints one line of key=value fields, as the Rust side does.
+Same model, inputs (same generator calls on the same libtorch; padding = the config's
+pad_token_id), LoRA config (r 8, alpha 16, dropout 0, the models crate's recommended modules:
+query/value, GPT-2 c_attn, Llama q_proj/v_proj; the heads in modules_to_save), optimizer (PEFT's
+create_loraplus_optimizer over torch.optim.AdamW, lr 2e-4, ratio 16), clipping (norm 1), thread
+count, device and dtype (PEFT keeps the adapters in f32 on a bf16 model, as loraplus does).
+Prints one line of key=value fields, as the Rust side does.
 
 usage: python benches/step_ref.py [--batch 32] [--seq 128] [--steps 10] [--warmup 2]
-                                  [--threads N] [--ratio 16] [--model DIR] [--peak] [--breakdown]
+                                  [--threads N] [--ratio 16] [--model DIR] [--device cpu|cuda]
+                                  [--dtype f32|bf16|f16] [--peak] [--breakdown]
 """
 import argparse
 import os
@@ -16,7 +20,7 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
-from transformers import BertForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 from transformers.utils import logging
 
 LR = 2e-4
@@ -31,14 +35,32 @@ def peak_rss_mib():
     return float("nan")
 
 
-def matmul_peak(size):
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
-    out = torch.empty(size, size)
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+# The models crate's recommended_lora_modules: (targets, modules_to_save) per model type.
+LORA_MODULES = {
+    "bert": (["query", "value"], ["classifier", "pooler.dense"]),
+    "roberta": (["query", "value"], ["classifier"]),
+    "gpt2": (["c_attn"], ["score"]),
+    "llama": (["q_proj", "v_proj"], ["score"]),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(size, device, dtype):
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(6):
+        sync(device)
         t = time.perf_counter()
         torch.mm(a, b, out=out)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best / 1e9
 
@@ -56,17 +78,25 @@ def main():
     p.add_argument("--peak", action="store_true")
     p.add_argument("--peak-size", type=int, default=2048)
     p.add_argument("--breakdown", action="store_true", help="also time forward, backward and optimizer")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
     if a.peak:
-        print(f"impl=torch matmul={a.peak_size} threads={a.threads} peak_gflops={matmul_peak(a.peak_size):.2f}")
+        peak = matmul_peak(a.peak_size, device, dtype)
+        print(f"impl=torch matmul={a.peak_size} threads={a.threads} device={a.device} dtype={a.dtype} "
+              f"peak_gflops={peak:.2f}")
         return
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(a.model, num_labels=2, attn_implementation="sdpa")
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
-                     modules_to_save=["classifier", "pooler.dense"])
+    config = AutoConfig.from_pretrained(a.model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        a.model, num_labels=2, attn_implementation="sdpa", dtype=dtype).to(device)
+    targets, heads = LORA_MODULES[config.model_type]
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, modules_to_save=heads,
+                     fan_in_fan_out=config.model_type == "gpt2")
     model = get_peft_model(model, cfg)
     model.train()
     opt = create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=LR,
@@ -77,23 +107,31 @@ def main():
     ids = torch.randint(1000, 20000, (a.batch, a.seq))
     lengths = torch.randint(a.seq // 2, a.seq + 1, (a.batch, 1))
     mask = (torch.arange(a.seq).unsqueeze(0) < lengths).long()
-    ids = ids * mask
-    labels = torch.randint(0, 2, (a.batch,))
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids = (ids * mask + (1 - mask) * pad).to(device)
+    mask = mask.to(device)
+    labels = torch.randint(0, 2, (a.batch,)).to(device)
     rss_loaded = peak_rss_mib()
 
     times = []
     phases = []
     loss = None
     for i in range(a.warmup + a.steps):
+        sync(device)
         t = time.perf_counter()
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        if a.breakdown:
+            sync(device)
         t_fwd = time.perf_counter()
         out.loss.backward()
+        if a.breakdown:
+            sync(device)
         t_bwd = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
         opt.zero_grad()
         loss = out.loss.detach()
+        sync(device)
         if i >= a.warmup:
             end = time.perf_counter()
             times.append(end - t)
@@ -104,7 +142,8 @@ def main():
         med = [sorted(p[k] for p in phases)[len(phases) // 2] * 1e3 for k in range(3)]
         breakdown = f" forward_ms={med[0]:.2f} backward_ms={med[1]:.2f} optimizer_ms={med[2]:.3f}"
     median = times[len(times) // 2]
-    print(f"impl=torch batch={a.batch} seq={a.seq} threads={torch.get_num_threads()} steps={a.steps} "
+    print(f"impl=torch model={config.model_type} device={a.device} dtype={a.dtype} "
+          f"batch={a.batch} seq={a.seq} threads={torch.get_num_threads()} steps={a.steps} "
           f"median_ms={median * 1e3:.2f} min_ms={times[0] * 1e3:.2f} samples_per_s={a.batch / median:.3f} "
           f"rss_loaded_mib={rss_loaded:.1f} peak_rss_mib={peak_rss_mib():.1f} last_loss={loss.item():.4f}{breakdown}")
 

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 out=gpu-check
 rm -rf "$out" && mkdir -p "$out/bin"
 
-cargo build --release -p loraplus-train --bin loraplus
-cp target/release/loraplus "$out/bin/"
+cargo build --release -p loraplus-train --bin loraplus --example train_step_bench
+cp target/release/loraplus target/release/examples/train_step_bench "$out/bin/"
 # The test executables that hold CUDA tests (they skip, saying so, where no GPU is present).
 cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim 2>/dev/null \
   | python3 -c '
@@ -26,10 +26,16 @@ mkdir -p "$out/minilm" "$out/glue/SST-2"
 cp -L .venv/minilm/{config.json,tokenizer.json} "$out/minilm/"
 head -n 2001 "${GLUE_DIR:-../shared/glue}/SST-2/train.tsv" > "$out/glue/SST-2/train.tsv"
 cp "${GLUE_DIR:-../shared/glue}/SST-2/dev.tsv" "$out/glue/SST-2/dev.tsv"
+# PEFT (and accelerate, which it imports) as wheels, pure Python, in case the GPU machine's
+# python3 has torch and transformers but not these: run.sh installs them into a folder of its own.
+mkdir -p "$out/wheels"
+.venv/bin/pip download -q --no-deps -d "$out/wheels" \
+  "$(grep -i '^peft==' requirements.txt)" "accelerate==$(.venv/bin/python -c 'import accelerate; print(accelerate.__version__)')"
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine: CUDA tests, then a bf16 CUDA training run with its figures.
+# Runs on the GPU machine: CUDA tests, a bf16 CUDA training run with its figures, then the
+# bf16 step benchmark against transformers + PEFT (GPT-2-small, RoBERTa-base, Llama-7B layers).
 set -uo pipefail
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -50,6 +56,13 @@ done
 echo "== CUDA training: MiniLM-shaped BERT (random weights) + LoRA+ on 2,000 SST-2 rows, bf16"
 bin/loraplus train --task sst2 --device cuda --dtype bf16 --max-steps 60 --batch-size 32 \
   --eval-every 30 --output-dir /tmp/loraplus-gpu-run --no-progress || status=1
+echo "== CUDA bf16 step benchmark against transformers + PEFT (benches/gpu_bench.sh)"
+if ! python3 -c 'import peft' 2>/dev/null; then
+  python3 -m pip install -q --no-deps --target /tmp/loraplus-pylib wheels/*.whl \
+    && export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
+fi
+BIN="$PWD/bin/train_step_bench" ROUNDS=${ROUNDS:-2} LLAMA_LAYERS=${LLAMA_LAYERS:-2} \
+  timeout 420 bash ../benches/gpu_bench.sh || status=1
 exit $status
 RUN
 chmod +x "$out/run.sh"

@@ -1,11 +1,13 @@
-//! One full LoRA+ training step of the default model (MiniLM), timed: the Rust side of
-//! `benches/run.sh`, which runs `benches/step_ref.py` (transformers + PEFT) on the same inputs.
+//! One full LoRA+ training step of a sequence classifier (by default MiniLM), timed: the Rust
+//! side of `benches/run.sh` (CPU) and `benches/gpu_bench.sh` (CUDA, bf16), which run
+//! `benches/step_ref.py` (transformers + PEFT) on the same inputs.
 //!
 //! A step is what the trainer does per batch: forward, loss, backward, clip the gradient norm
-//! to 1, LoRA+ AdamW step, zero the gradients. LoRA r = 8, alpha = 16, dropout 0 on `query`
-//! and `value`; the pooler and classifier train as `modules_to_save` (as PEFT's
-//! `SEQ_CLS` task does with `modules_to_save`). The model's own dropout (0.1) is on, as in
-//! training. Inputs are fixed random token batches with right padding (lengths seq/2..seq).
+//! to 1, LoRA+ AdamW step, zero the gradients. LoRA r = 8, alpha = 16, dropout 0 on the models
+//! crate's recommended modules (`query`/`value`; GPT-2 `c_attn`; Llama `q_proj`/`v_proj`);
+//! the heads train as `modules_to_save` (as PEFT's `SEQ_CLS` task does). The model's own
+//! dropout is on, as in training. Inputs are fixed random token batches with right padding
+//! (lengths seq/2..seq, padding = the config's `pad_token_id`).
 //!
 //! ```text
 //! cargo run --release -p loraplus-train --example train_step_bench -- --batch 32 --seq 128
@@ -13,17 +15,18 @@
 //! ```
 //!
 //! Flags: `--batch N`, `--seq N`, `--steps N`, `--warmup N`, `--threads N` (default: the
-//! machine's cores), `--ratio R`, `--model DIR`, `--peak` (time a large f32 matmul instead: the
-//! machine's measured peak for the MFU), `--peak-size N`, `--breakdown` (also time the
-//! forward, the backward and the optimizer separately), `--default-allocator` (leave glibc's
-//! malloc settings alone instead of `backend::tune_cpu_allocator`). Prints one line of `key=value` fields,
-//! the format `benches/step_ref.py` prints too.
+//! machine's cores), `--ratio R`, `--model DIR`, `--device cpu|cuda`, `--dtype f32|bf16|f16`,
+//! `--peak` (time a large matmul in that dtype on that device instead: the measured peak for
+//! the MFU), `--peak-size N`, `--breakdown` (also time the forward, the backward and the
+//! optimizer separately), `--default-allocator` (leave glibc's malloc settings alone instead
+//! of `backend::tune_cpu_allocator`). Prints one line of `key=value` fields, the format
+//! `benches/step_ref.py` prints too.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use loraplus_models::{default_model_dir, BertConfig, Head, LoadOptions, ModelConfig, TaskModel};
+use loraplus_models::{default_model_dir, Head, LoadOptions, ModelConfig, TaskModel};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use tch::{Device, Kind, Tensor};
 
@@ -47,6 +50,8 @@ struct Args {
     peak_size: i64,
     breakdown: bool,
     default_allocator: bool,
+    device: Device,
+    dtype: Kind,
 }
 
 fn parse() -> Result<Args> {
@@ -63,6 +68,8 @@ fn parse() -> Result<Args> {
         peak_size: 2048,
         breakdown: false,
         default_allocator: false,
+        device: Device::Cpu,
+        dtype: Kind::Float,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,8 +90,23 @@ fn parse() -> Result<Args> {
             "--ratio" => a.ratio = value.parse().map_err(|e| bad(&e))?,
             "--model" => a.model = PathBuf::from(value),
             "--peak-size" => a.peak_size = value.parse().map_err(|e| bad(&e))?,
+            "--device" => {
+                a.device = match value.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda(0),
+                    _ => bail!("--device {value}: expected cpu or cuda"),
+                }
+            }
+            "--dtype" => {
+                a.dtype = match value.as_str() {
+                    "f32" => Kind::Float,
+                    "bf16" => Kind::BFloat16,
+                    "f16" => Kind::Half,
+                    _ => bail!("--dtype {value}: expected f32, bf16 or f16"),
+                }
+            }
             other => bail!(
-                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown --default-allocator)"
+                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown --default-allocator --device --dtype)"
             ),
         }
     }
@@ -104,77 +126,162 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Matrix-multiply FLOPs (2·m·n·k per product) of one LoRA training step of a BERT
-/// sequence classifier with adapters on `query` and `value`, forward and backward, when each
-/// layer but the last computes `tokens` positions and the last computes `last` (keys and
-/// values for `tokens`, the rest for `last`). The dense step PEFT runs is
-/// `tokens = last = batch·seq`; loraplus skips padding and runs the last layer for the first
-/// token only (`TaskModel::positions_computed`). Attention runs on the padded `[batch, seq]`
-/// layout either way. The frozen weights need no weight gradient, so their backward is one
-/// input-gradient product each (and none in layer 0 for query, key and value, whose input,
-/// the embeddings, is frozen): the step is about 2x the forward, not the 3x of full
-/// fine-tuning. Elementwise work, softmax and norms are not counted.
+/// The matrix products of one layer, for [`step_flops`].
+struct Shape {
+    layers: i64,
+    hidden: i64,
+    /// Query and output projection width (heads × head_dim).
+    attn: i64,
+    /// Key and value width each (kv heads × head_dim).
+    kv: i64,
+    /// GPT-2's `c_attn` computes query, key and value for every row, even in the last layer.
+    qkv_every_row: bool,
+    /// Feed-forward products `(in, out)` per row.
+    ffn: Vec<(i64, i64)>,
+    /// Adapted products `(in, out, every_row)`: `every_row` when the layer computes it for every
+    /// row (value, `c_attn`), not only the returned ones (query).
+    adapters: Vec<(i64, i64, bool)>,
+    /// Head products `(in, out)` on one row per sequence.
+    head: Vec<(i64, i64)>,
+}
+
+impl Shape {
+    /// The layer products of `mc` with the adapters of its recommended LoRA config.
+    fn of(mc: &ModelConfig, labels: i64) -> Self {
+        match mc {
+            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => {
+                let (h, i) = (c.hidden_size, c.intermediate_size);
+                Shape {
+                    layers: c.num_hidden_layers,
+                    hidden: h,
+                    attn: h,
+                    kv: h,
+                    qkv_every_row: false,
+                    ffn: vec![(h, i), (i, h)],
+                    adapters: vec![(h, h, false), (h, h, true)],
+                    head: vec![(h, h), (h, labels)],
+                }
+            }
+            ModelConfig::Gpt2(c) => {
+                let (e, i) = (c.n_embd, c.inner_dim());
+                Shape {
+                    layers: c.n_layer,
+                    hidden: e,
+                    attn: e,
+                    kv: e,
+                    qkv_every_row: true,
+                    ffn: vec![(e, i), (i, e)],
+                    adapters: vec![(e, 3 * e, true)],
+                    head: vec![(e, labels)],
+                }
+            }
+            ModelConfig::Llama(c) => {
+                let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
+                Shape {
+                    layers: c.num_hidden_layers,
+                    hidden: h,
+                    attn: c.num_attention_heads * d,
+                    kv: c.num_kv_heads() * d,
+                    qkv_every_row: false,
+                    ffn: vec![(h, i), (h, i), (i, h)],
+                    adapters: vec![
+                        (h, c.num_attention_heads * d, false),
+                        (h, c.num_kv_heads() * d, true),
+                    ],
+                    head: vec![(h, labels)],
+                }
+            }
+        }
+    }
+}
+
+/// Matrix-multiply FLOPs (2·m·n·k per product) of one LoRA training step of a sequence
+/// classifier, forward and backward, when each layer but the last computes `tokens` positions
+/// and the last computes `last` (keys and values for `tokens`, the rest for `last`). The dense
+/// step PEFT runs is `tokens = last = batch·seq`; loraplus skips padding and runs the last
+/// layer for the position the head reads only (`TaskModel::positions_computed`). Attention
+/// runs on the padded `[batch, seq]` layout either way. The frozen weights need no weight
+/// gradient, so their backward is one input-gradient product each (and none in layer 0 for
+/// the query, key and value projections, whose input comes from the frozen embeddings): the
+/// step is about 2x the forward, not the 3x of full fine-tuning. Elementwise work, softmax
+/// and norms are not counted.
 ///
-/// Per layer, with n positions in, m out (m = n but in the last layer), q attention query
-/// rows (batch·seq, or m in the last layer), H hidden, I intermediate, T seq, r rank:
-/// - forward: linears 2H·(2nH + 2mH + 2mI) (key, value; query, output; FFN); attention QK^T
-///   and PV 4q·T·H; adapters 4H·r·(m + n) (query and value: x A^T, then B);
-/// - backward: linears' input gradients as the forward (minus query, key and value in layer
-///   0); attention twice the forward (dS, dV, dQ, dK; no dK in layer 0); adapters twice the
-///   forward (dB, d(xA^T), dA, dx; no dx in layer 0);
-/// - head: pooler HxH and classifier HxL on the first token, forward 2·batch·H·(H + L),
-///   backward twice that (weight and input gradients).
-fn step_flops(
-    c: &BertConfig,
-    batch: i64,
-    seq: i64,
-    tokens: i64,
-    last: i64,
-    r: i64,
-    labels: i64,
-) -> f64 {
-    let (h, i, layers) = (
-        c.hidden_size as f64,
-        c.intermediate_size as f64,
-        c.num_hidden_layers,
-    );
-    let (b, t, r) = (batch as f64, seq as f64, r as f64);
+/// Per layer, with n rows in, m rows out (m = n but in the last layer), q attention query rows
+/// (batch·seq, or m in the last layer), T seq:
+/// - forward: key and value 2n·H·2kv; query 2m·H·attn (2n for GPT-2's fused `c_attn`);
+///   output 2m·attn·H; feed-forward 2m·in·out each; attention QK^T and PV 4q·T·attn; each
+///   adapter 2·rows·r·(in + out) (x A^T, then B);
+/// - backward: the linears' input gradients as the forward (none for query, key and value in
+///   layer 0); attention twice the forward (dS, dV, dQ, dK; no dK in layer 0); adapters twice
+///   the forward (dB, d(xA^T), dA, dx; no dx in layer 0);
+/// - head: its products on one row per sequence, forward once, backward twice (weight and
+///   input gradients).
+fn step_flops(s: &Shape, batch: i64, seq: i64, tokens: i64, last: i64, r: i64) -> f64 {
+    let f = |v: i64| v as f64;
+    let (h, b, t, r) = (f(s.hidden), f(batch), f(seq), f(r));
     let mut total = 0.0;
-    for layer in 0..layers {
-        let n = tokens as f64;
-        let (m, q) = if layer + 1 == layers {
-            (last as f64, (last as f64).min(b * t))
+    for layer in 0..s.layers {
+        let n = f(tokens);
+        let (m, q) = if layer + 1 == s.layers {
+            (f(last), f(last).min(b * t))
         } else {
             (n, b * t)
         };
-        let lin = 2.0 * h * (2.0 * n * h + 2.0 * m * h + 2.0 * m * i);
-        let attn = 4.0 * q * t * h;
-        let lora = 4.0 * h * r * (m + n);
-        total += lin + attn + lora; // forward
-        total += lin + 2.0 * attn + 2.0 * lora; // backward
+        let q_rows = if s.qkv_every_row { n } else { m };
+        let qkv = 2.0 * h * (2.0 * n * f(s.kv) + q_rows * f(s.attn));
+        let rest = 2.0 * m * f(s.attn) * h
+            + s.ffn
+                .iter()
+                .map(|(i, o)| 2.0 * m * f(*i) * f(*o))
+                .sum::<f64>();
+        let attn = 4.0 * q * t * f(s.attn);
+        let lora: f64 = s
+            .adapters
+            .iter()
+            .map(|(i, o, every)| 2.0 * if *every { n } else { m } * r * f(i + o))
+            .sum();
+        total += qkv + rest + attn + lora; // forward
+        total += rest + 2.0 * attn + 2.0 * lora; // backward
         if layer == 0 {
-            total -= 2.0 * h * h * (2.0 * n + m) + 2.0 * q * t * h + 2.0 * h * r * (m + n);
+            // No dK in layer 0; no dx for the adapters (their input is frozen).
+            let dx: f64 = s
+                .adapters
+                .iter()
+                .map(|(i, o, every)| 2.0 * if *every { n } else { m } * r * f(*i.min(o)))
+                .sum();
+            total -= 2.0 * q * t * f(s.attn) + dx;
+        } else {
+            total += qkv;
         }
     }
-    let head_fwd = 2.0 * b * h * (h + labels as f64);
-    total + 3.0 * head_fwd
+    let head: f64 = s.head.iter().map(|(i, o)| 2.0 * b * f(*i) * f(*o)).sum();
+    total + 3.0 * head
 }
 
-/// Best GFLOP/s of an f32 `size`³ matmul on this machine, with the current thread count.
-fn matmul_peak(size: i64) -> f64 {
-    let opts = (Kind::Float, Device::Cpu);
+/// Best GFLOP/s of a `size`³ matmul in `kind` on `device`, with the current thread count.
+fn matmul_peak(size: i64, device: Device, kind: Kind) -> f64 {
+    let opts = (kind, device);
     let a = Tensor::randn([size, size], opts);
     let b = Tensor::randn([size, size], opts);
     let mut out = Tensor::empty([size, size], opts);
     let flops = 2.0 * (size as f64).powi(3);
     let mut best = f64::MAX;
     for _ in 0..6 {
+        sync(device);
         let t = Instant::now();
         out = a.mm_out(&out, &b);
+        sync(device);
         best = best.min(t.elapsed().as_secs_f64());
     }
     drop(out);
     flops / best / 1e9
+}
+
+/// Wait for the device's queued work (CUDA runs asynchronously).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 fn main() -> Result<()> {
@@ -184,30 +291,26 @@ fn main() -> Result<()> {
     let tuned = !a.default_allocator && loraplus_train::backend::tune_cpu_allocator();
     if a.peak {
         println!(
-            "impl=loraplus matmul={} threads={} peak_gflops={:.2}",
+            "impl=loraplus matmul={} threads={} device={:?} dtype={:?} peak_gflops={:.2}",
             a.peak_size,
             a.threads,
-            matmul_peak(a.peak_size)
+            a.device,
+            a.dtype,
+            matmul_peak(a.peak_size, a.device, a.dtype)
         );
         return Ok(());
     }
     let mc = ModelConfig::from_file(a.model.join("config.json"))?;
-    let ModelConfig::Bert(bert) = &mc else {
-        bail!(
-            "{}: this bench times a BERT classifier, the model is {}",
-            a.model.display(),
-            mc.model_type()
-        );
-    };
-    // The models crate's recommended BERT config: query/value, classifier and pooler saved.
+    // The models crate's recommended config: query/value (c_attn for GPT-2), heads saved.
     let head = Head::SequenceClassification { num_labels: 2 };
-    let mut lc = ModelConfig::from_file(a.model.join("config.json"))?
-        .recommended_lora_config(head, RANK, ALPHA);
+    let mut lc = mc.recommended_lora_config(head, RANK, ALPHA);
     lc.lora_dropout = 0.0;
     let opts = LoadOptions {
         task: head,
         lora: Some(lc),
         seed: 0,
+        dtype: a.dtype,
+        device: a.device,
         ..Default::default()
     };
     let (model, lora) = TaskModel::load(&a.model, &opts)?;
@@ -218,7 +321,8 @@ fn main() -> Result<()> {
     };
     let mut opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, Schedule::Constant)?;
 
-    // The same generator calls as step_ref.py: identical batches (one libtorch).
+    // The same generator calls as step_ref.py: identical batches (one libtorch). Padding
+    // carries the config's pad token (where the decoders' heads look for the last token).
     tch::manual_seed(0);
     let cpu = (Kind::Int64, Device::Cpu);
     let ids = Tensor::randint_low(1000, 20000, [a.batch, a.seq], cpu);
@@ -227,8 +331,11 @@ fn main() -> Result<()> {
         .unsqueeze(0)
         .lt_tensor(&lengths)
         .to_kind(Kind::Int64);
-    let ids = ids * &mask;
-    let labels = Tensor::randint(2, [a.batch], cpu);
+    let pad = mc.pad_token_id().unwrap_or(0);
+    let padding: Tensor = mask.ones_like() - &mask;
+    let ids = (ids * &mask + padding * pad).to_device(a.device);
+    let mask = mask.to_device(a.device);
+    let labels = Tensor::randint(2, [a.batch], cpu).to_device(a.device);
     let rss_loaded = peak_rss_mib();
 
     let mut times = Vec::with_capacity(a.steps);
@@ -236,14 +343,17 @@ fn main() -> Result<()> {
     let mut phases: Vec<[f64; 3]> = Vec::with_capacity(a.steps);
     let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
     for i in 0..a.warmup + a.steps {
+        sync(a.device);
         let t = Instant::now();
         let mut phase = [0.0; 3];
         if a.breakdown {
             // The same work as forward_backward, cut in two.
             let logits = model.forward_t(&ids, &mask, None, true)?;
             let l = model.loss(&logits, &labels)?;
+            sync(a.device);
             phase[0] = t.elapsed().as_secs_f64();
             l.f_backward()?;
+            sync(a.device);
             phase[1] = t.elapsed().as_secs_f64() - phase[0];
             loss = l.detach();
         } else {
@@ -255,6 +365,7 @@ fn main() -> Result<()> {
         let _norm = opt.clip_grad_norm(MAX_GRAD_NORM)?;
         opt.step()?;
         opt.zero_grad()?;
+        sync(a.device);
         phase[2] = t.elapsed().as_secs_f64() - before_opt;
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
@@ -264,10 +375,11 @@ fn main() -> Result<()> {
     let last_loss = loss.double_value(&[]);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let shape = Shape::of(&mc, 2);
     let dense = a.batch * a.seq;
-    let flops = step_flops(bert, a.batch, a.seq, dense, dense, RANK as i64, 2);
+    let flops = step_flops(&shape, a.batch, a.seq, dense, dense, RANK as i64);
     let (tokens, last) = model.positions_computed(&ids, &mask)?;
-    let executed = step_flops(bert, a.batch, a.seq, tokens, last, RANK as i64, 2);
+    let executed = step_flops(&shape, a.batch, a.seq, tokens, last, RANK as i64);
     let breakdown = if a.breakdown {
         let med = |k: usize| {
             let mut v: Vec<f64> = phases.iter().map(|p| p[k]).collect();
@@ -284,7 +396,10 @@ fn main() -> Result<()> {
         String::new()
     };
     println!(
-        "impl=loraplus batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4} tuned_allocator={tuned}{breakdown}",
+        "impl=loraplus model={} device={:?} dtype={:?} batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4} tuned_allocator={tuned}{breakdown}",
+        mc.model_type(),
+        a.device,
+        a.dtype,
         a.batch,
         a.seq,
         a.threads,
