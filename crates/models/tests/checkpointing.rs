@@ -24,16 +24,7 @@ fn step(
         .unwrap();
     // Where the generator stands after the step.
     let after = Tensor::rand([1], (Kind::Double, Device::Cpu)).double_value(&[0]);
-    let grads = lora
-        .trainable_params()
-        .iter()
-        .map(|p| {
-            let mut t = p.tensor.shallow_clone();
-            let g = t.grad().copy();
-            t.zero_grad();
-            (p.name.clone(), g)
-        })
-        .collect();
+    let grads = common::take_grads(lora);
     (out.loss.double_value(&[]), grads, after)
 }
 

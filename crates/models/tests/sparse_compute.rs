@@ -49,16 +49,7 @@ fn run(
     let out = model
         .forward_backward(ids, mask, None, labels, false, 1.0)
         .unwrap();
-    let grads = lora
-        .trainable_params()
-        .iter()
-        .map(|p| {
-            let mut t = p.tensor.shallow_clone();
-            let g = t.grad().copy();
-            t.zero_grad();
-            (p.name.clone(), g)
-        })
-        .collect();
+    let grads = common::take_grads(lora);
     (
         Tensor::cat(&[out.loss.view([1]), out.logits.view([-1])], 0),
         grads,

@@ -222,3 +222,16 @@ pub fn tiny_gpt2() -> (serde_json::Value, Vec<(String, Vec<i64>)>) {
     }
     (config, t)
 }
+
+/// Every trainable tensor's gradient (copied), by name; the gradients are then reset.
+pub fn take_grads(lora: &loraplus_core::LoraModel) -> Vec<(String, Tensor)> {
+    lora.trainable_params()
+        .iter()
+        .map(|p| {
+            let mut t = p.tensor.shallow_clone();
+            let g = t.grad().copy();
+            t.zero_grad();
+            (p.name.clone(), g)
+        })
+        .collect()
+}
