@@ -10,8 +10,8 @@
 #   bash benches/glue.sh                                       # sst2, mrpc; ratios 1,16; seeds 1,2
 #   TASKS="cola stsb" RATIOS=1,4,16,32 SEEDS=1,2,3 MAX_STEPS=250 bash benches/glue.sh
 #
-# env: TASKS, RATIOS, SEEDS, MAX_STEPS (default 250, the preset's budget), OUT (runs/glue),
-#      IMG (docs/img), GLUE_DIR.
+# env: TASKS, RATIOS, SEEDS, MAX_STEPS (default 250, the preset's budget), LR (lr_A, 2e-4),
+#      HEAD_LR (the classifier head's lr; default lr_A), OUT (runs/glue), IMG (docs/img), GLUE_DIR.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -19,6 +19,8 @@ TASKS=${TASKS:-"sst2 mrpc"}
 RATIOS=${RATIOS:-1,16}
 SEEDS=${SEEDS:-1,2}
 MAX_STEPS=${MAX_STEPS:-250}
+LR=${LR:-2e-4}
+HEAD_LR=${HEAD_LR:-}
 OUT=${OUT:-runs/glue}
 IMG=${IMG:-docs/img}
 export GLUE_DIR=${GLUE_DIR:-$(cd "$repo/.." && pwd)/shared/glue}
@@ -39,7 +41,7 @@ BIN=target/release/loraplus
 mkdir -p "$OUT/configs" "$IMG"
 for task in $TASKS; do
     cfg="$OUT/configs/$task.toml"
-    # LoRA as in the LoRA+ paper's GLUE runs (r 8, alpha 16, query and value), lr_A 2e-4, linear
+    # LoRA as in the LoRA+ paper's GLUE runs (r 8, alpha 16, query and value), lr_A $LR, linear
     # schedule with 6% warmup, 8,000 training examples (a seeded subset where the task has
     # more), sequences cut at 64 tokens, dev evaluated every 50 steps; MAX_STEPS sets the budget.
     cat >"$cfg" <<TOML
@@ -65,7 +67,8 @@ target_modules = ["query", "value"]
 bias = "none"
 
 [optim]
-lr = 2e-4
+lr = $LR
+$([ -n "$HEAD_LR" ] && echo "head_lr = $HEAD_LR")
 loraplus_ratio = 16.0
 lr_embedding = 1e-6
 weight_decay = 0.0
@@ -73,7 +76,7 @@ max_grad_norm = 1.0
 schedule = "linear"
 warmup_ratio = 0.06
 TOML
-    echo "== $task: ratios $RATIOS, seeds $SEEDS, $MAX_STEPS steps (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "== $task: ratios $RATIOS, seeds $SEEDS, $MAX_STEPS steps, lr_A $LR, head lr ${HEAD_LR:-lr_A} (load $(cut -d' ' -f1-3 /proc/loadavg))"
     "$BIN" glue --config "$cfg" --tasks "$task" --ratios "$RATIOS" --seeds "$SEEDS" \
         --max-steps "$MAX_STEPS" --output-dir "$OUT/$task"
     for plot in loss dev_metric; do
