@@ -4,7 +4,9 @@ the last 50 steps, and the steps to reach a common target.
 
 The target of a task is the lowest best-dev-metric over all its runs, so every run reaches it and
 "steps to target" compares speeds without a hand-picked threshold (evaluations every
-`eval_every` steps, so steps are multiples of it).
+`eval_every` steps, so steps are multiples of it). A second column counts the steps to reach
+plain LoRA's (ratio 1) mean final dev metric: how much sooner LoRA+ gets where LoRA ends ("-"
+for a seed that never does).
 
 usage: python benches/glue_summary.py [RUNS_DIR ...]   (default runs/glue; runs of one task in
        several directories are merged; prints markdown)
@@ -53,8 +55,11 @@ def main(roots):
         target = min(max(e["main"] for e in ev) for rs in runs.values() for _, _, ev in rs)
         out.append(f"\n**{task}** ({name}; target for steps-to-target: {target:.4f}, the lowest best "
                    f"dev value of all runs)\n")
-        out.append("| ratio | seeds | final dev | best dev | train loss, last 50 steps | steps to target (per seed) |")
-        out.append("|---|---|---|---|---|---|")
+        lora_final = [ev[-1]["main"] for _, _, ev in runs.get(1.0, [])]
+        lora_mark = statistics.mean(lora_final) if lora_final else None
+        out.append("| ratio | seeds | final dev | best dev | train loss, last 50 steps | steps to target (per seed) "
+                   "| steps to LoRA's final dev (per seed) |")
+        out.append("|---|---|---|---|---|---|---|")
         for ratio in sorted(runs):
             rs = sorted(runs[ratio])
             final = [ev[-1]["main"] for _, _, ev in rs]
@@ -63,9 +68,14 @@ def main(roots):
             loss = [statistics.mean(r["loss"] for r in tr if r["step"] > ls - 50)
                     for (_, tr, _), ls in zip(rs, last_step) if tr]
             reach = [next(e["step"] for e in ev if e["main"] >= target) for _, _, ev in rs]
+            if lora_mark is None:
+                to_lora = "-"
+            else:
+                to_lora = ", ".join(str(next((e["step"] for e in ev if e["main"] >= lora_mark), "-"))
+                                    for _, _, ev in rs)
             label = "1 (LoRA)" if ratio == 1 else f"{ratio:g}"
             out.append(f"| {label} | {', '.join(s for s, _, _ in rs)} | {mean_std(final)} | {mean_std(best)} | "
-                       f"{mean_std(loss)} | {', '.join(map(str, reach))} |")
+                       f"{mean_std(loss)} | {', '.join(map(str, reach))} | {to_lora} |")
     print("\n".join(out).strip())
 
 
