@@ -513,7 +513,8 @@ impl TaskModel {
     /// One forward and backward pass: gradients of `loss * loss_scale` accumulate into the
     /// trainable tensors' `.grad()`. With checkpointing on, each layer runs once without
     /// keeping activations, and again in the backward pass from its saved input (dropout
-    /// reseeded, so the gradients are those of the plain pass). No host synchronisation.
+    /// reseeded, so the gradients are those of the plain pass). No host synchronisation, but for
+    /// the one read of how many positions a classifier computes (see [`LoadOptions::sparse_compute`]).
     pub fn forward_backward(
         &self,
         input_ids: &Tensor,
