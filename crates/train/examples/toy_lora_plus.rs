@@ -479,6 +479,7 @@ fn main() -> Result<()> {
     let log_n: Vec<f64> = results.iter().map(|r| (r.n as f64).log2()).collect();
     let series = |label: &str, f: &dyn Fn(&WidthResult) -> f64| Series {
         label: label.into(),
+        group: None,
         points: results
             .iter()
             .zip(&log_n)
@@ -497,6 +498,7 @@ fn main() -> Result<()> {
     let (mx, my) = mean_point(&best.points);
     let reference = Series {
         label: "slope 1 (ratio proportional to n)".into(),
+        group: None,
         points: log_n.iter().map(|&x| (x, my + x - mx)).collect(),
     };
     line_plot(

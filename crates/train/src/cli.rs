@@ -181,6 +181,7 @@ pub fn plot_run(output_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let loss = Series {
         label: "train loss".into(),
+        group: None,
         points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
     };
     line_plot(
@@ -195,6 +196,7 @@ pub fn plot_run(output_dir: &Path) -> Result<Vec<PathBuf>> {
         let name = eval[0].main_name.clone();
         let dev = Series {
             label: format!("dev {name}"),
+            group: None,
             points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
         };
         line_plot(
@@ -358,6 +360,11 @@ pub struct GlueArgs {
     /// Comma-separated seeds.
     #[arg(long, default_value = "42", value_delimiter = ',')]
     pub seeds: Vec<u64>,
+    /// Reuse finished runs (an `adapter/` and `metrics.jsonl` in the run's folder) instead of
+    /// training them again: redo the tables and plots of an earlier grid, or finish a grid that
+    /// was interrupted.
+    #[arg(long)]
+    pub reuse: bool,
     /// Flags as for `train`; `--output-dir` (default runs/glue) gets `<task>/ratio-R/seed-S/`.
     #[command(flatten)]
     pub overrides: Overrides,
@@ -393,7 +400,7 @@ pub fn glue(a: GlueArgs) -> Result<()> {
     for task in &a.tasks {
         let mut loss_series = Vec::new();
         let mut dev_series = Vec::new();
-        for &ratio in &a.ratios {
+        for (ratio_index, &ratio) in a.ratios.iter().enumerate() {
             for &seed in &a.seeds {
                 let out = root
                     .join(task)
@@ -405,11 +412,56 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 cfg.optim.loraplus_ratio = ratio;
                 cfg.output_dir = out.clone();
                 cfg.validate().map_err(UsageError::wrap)?;
-                eprintln!("== {task} ratio {ratio} seed {seed}");
-                let mut t = Trainer::new(cfg, None)?;
-                let s = t.train()?;
-                let fe = s.final_eval.clone().context("no final evaluation")?;
-                let (train, eval) = metrics_log::read(&out.join(metrics_log::METRICS_FILE))?;
+                let metrics = out.join(metrics_log::METRICS_FILE);
+                let finished = out
+                    .join("adapter")
+                    .join(loraplus_core::ADAPTER_CONFIG)
+                    .exists()
+                    && metrics.exists();
+                let summary = if a.reuse && finished {
+                    eprintln!(
+                        "== {task} ratio {ratio} seed {seed}: reusing {}",
+                        out.display()
+                    );
+                    None
+                } else {
+                    eprintln!("== {task} ratio {ratio} seed {seed}");
+                    let mut t = Trainer::new(cfg, None)?;
+                    Some(t.train()?)
+                };
+                let (train, eval) = metrics_log::read(&metrics)?;
+                let last = eval
+                    .last()
+                    .with_context(|| format!("{}: no evaluation", metrics.display()))?;
+                let run = match &summary {
+                    Some(s) => {
+                        let fe = s.final_eval.clone().context("no final evaluation")?;
+                        GlueRun {
+                            task: task.clone(),
+                            ratio,
+                            seed,
+                            main_name: fe.main_name.clone(),
+                            final_main: fe.main,
+                            best_main: s.best_metric,
+                            target_reached_at: s.target_reached_at,
+                            steps: s.steps,
+                            seconds: s.train_seconds,
+                        }
+                    }
+                    None => GlueRun {
+                        task: task.clone(),
+                        ratio,
+                        seed,
+                        main_name: last.main_name.clone(),
+                        final_main: last.main,
+                        best_main: eval.iter().map(|e| e.main).reduce(f64::max),
+                        target_reached_at: base
+                            .target_metric
+                            .and_then(|t| eval.iter().find(|e| e.main >= t).map(|e| e.step)),
+                        steps: train.last().map_or(last.step, |r| r.step),
+                        seconds: last.elapsed_s,
+                    },
+                };
                 let label = if ratio == 1.0 {
                     format!("LoRA s{seed}")
                 } else {
@@ -417,23 +469,15 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 };
                 loss_series.push(Series {
                     label: label.clone(),
+                    group: Some(ratio_index),
                     points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
                 });
                 dev_series.push(Series {
                     label,
+                    group: Some(ratio_index),
                     points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
                 });
-                runs.push(GlueRun {
-                    task: task.clone(),
-                    ratio,
-                    seed,
-                    main_name: fe.main_name.clone(),
-                    final_main: fe.main,
-                    best_main: s.best_metric,
-                    target_reached_at: s.target_reached_at,
-                    steps: s.steps,
-                    seconds: s.train_seconds,
-                });
+                runs.push(run);
             }
         }
         let dir = root.join(task);

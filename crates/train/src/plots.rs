@@ -12,6 +12,9 @@ use plotters::prelude::*;
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// Series of one group share a colour (lighter for each further member): e.g. the seeds
+    /// of one LoRA+ ratio. `None`: a colour of its own.
+    pub group: Option<usize>,
 }
 
 fn register_font() {
@@ -33,6 +36,13 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
 ];
+
+/// The `k`-th member of a group: the group's colour blended towards white (0, 35%, 55%, ...).
+fn lighter(c: RGBColor, k: usize) -> RGBColor {
+    let t = 1.0 - 0.65f64.powi(k as i32);
+    let mix = |v: u8| (v as f64 + (255.0 - v as f64) * t * 0.85).round() as u8;
+    RGBColor(mix(c.0), mix(c.1), mix(c.2))
+}
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
@@ -78,8 +88,19 @@ where
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("{e:?}"))?;
+    let mut members: Vec<usize> = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = match s.group {
+            None => COLORS[i % COLORS.len()],
+            Some(g) => {
+                if members.len() <= g {
+                    members.resize(g + 1, 0);
+                }
+                let k = members[g];
+                members[g] += 1;
+                lighter(COLORS[g % COLORS.len()], k)
+            }
+        };
         let points: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -148,12 +169,14 @@ mod tests {
         let s = vec![
             Series {
                 label: "LoRA".into(),
+                group: None,
                 points: (0..20)
                     .map(|i| (i as f64, 1.0 / (1.0 + i as f64)))
                     .collect(),
             },
             Series {
                 label: "LoRA+".into(),
+                group: None,
                 points: (0..20)
                     .map(|i| (i as f64, 0.5 / (1.0 + i as f64)))
                     .collect(),
@@ -176,5 +199,16 @@ mod tests {
             "the PNG looks empty ({} bytes)",
             png.len()
         );
+    }
+
+    #[test]
+    fn members_of_a_group_share_a_hue_and_get_lighter() {
+        let c = COLORS[1];
+        assert_eq!(lighter(c, 0), c);
+        let (a, b) = (lighter(c, 1), lighter(c, 2));
+        for (x, y, z) in [(c.0, a.0, b.0), (c.1, a.1, b.1), (c.2, a.2, b.2)] {
+            assert!(x <= y && y <= z, "not lighter: {x} {y} {z}");
+        }
+        assert!(b.0 < 255 && b.1 < 255 && b.2 < 255, "washed out to white");
     }
 }

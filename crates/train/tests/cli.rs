@@ -378,4 +378,41 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
         svg.contains("LoRA s1") && svg.contains("LoRA+ 16 s1"),
         "both runs overlaid"
     );
+
+    // --reuse: the same tables from the finished runs, nothing trained again.
+    let adapter = out.join("sst2/ratio-16/seed-1/adapter/adapter_model.safetensors");
+    let modified = std::fs::metadata(&adapter).unwrap().modified().unwrap();
+    std::fs::remove_file(out.join("glue_results.md")).unwrap();
+    let o = run(&[
+        "glue",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tasks",
+        "sst2,stsb",
+        "--ratios",
+        "1,16",
+        "--seeds",
+        "1",
+        "--reuse",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("reusing").count(), 4, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("glue_results.md")).unwrap(),
+        md
+    );
+    assert_eq!(
+        std::fs::metadata(&adapter).unwrap().modified().unwrap(),
+        modified
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("glue_results.json")).unwrap())
+            .unwrap();
+    for (a, b) in again.as_array().unwrap().iter().zip(runs) {
+        for key in ["final_main", "best_main", "target_reached_at", "steps"] {
+            assert_eq!(a[key], b[key], "{key}");
+        }
+    }
 }
