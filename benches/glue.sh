@@ -11,7 +11,8 @@
 #   TASKS="cola stsb" RATIOS=1,4,16,32 SEEDS=1,2,3 MAX_STEPS=250 bash benches/glue.sh
 #
 # env: TASKS, RATIOS, SEEDS, MAX_STEPS (default 250, the preset's budget), LR (lr_A, 2e-4),
-#      HEAD_LR (the classifier head's lr; default lr_A), OUT (runs/glue), IMG (docs/img), GLUE_DIR.
+#      HEAD_LR (the classifier head's lr; default lr_A), REUSE (1: reuse finished runs, so only
+#      the tables and plots are made again), OUT (runs/glue), IMG (docs/img), GLUE_DIR.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -21,6 +22,7 @@ SEEDS=${SEEDS:-1,2}
 MAX_STEPS=${MAX_STEPS:-250}
 LR=${LR:-2e-4}
 HEAD_LR=${HEAD_LR:-}
+REUSE=${REUSE:-}
 OUT=${OUT:-runs/glue}
 IMG=${IMG:-docs/img}
 export GLUE_DIR=${GLUE_DIR:-$(cd "$repo/.." && pwd)/shared/glue}
@@ -78,7 +80,7 @@ warmup_ratio = 0.06
 TOML
     echo "== $task: ratios $RATIOS, seeds $SEEDS, $MAX_STEPS steps, lr_A $LR, head lr ${HEAD_LR:-lr_A} (load $(cut -d' ' -f1-3 /proc/loadavg))"
     "$BIN" glue --config "$cfg" --tasks "$task" --ratios "$RATIOS" --seeds "$SEEDS" \
-        --max-steps "$MAX_STEPS" --output-dir "$OUT/$task"
+        --max-steps "$MAX_STEPS" --output-dir "$OUT/$task" ${REUSE:+--reuse}
     for plot in loss dev_metric; do
         cp "$OUT/$task/$task/$plot.png" "$IMG/glue_${task}_$plot.png"
     done
