@@ -337,7 +337,7 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
     )
     .unwrap();
     let out = dir.path().join("glue");
-    let o = run(&[
+    let args = [
         "glue",
         "--config",
         cfg.to_str().unwrap(),
@@ -349,7 +349,8 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
         "1",
         "--output-dir",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(out.join("glue_results.md")).unwrap();
     for needle in [
@@ -383,20 +384,7 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
     let adapter = out.join("sst2/ratio-16/seed-1/adapter/adapter_model.safetensors");
     let modified = std::fs::metadata(&adapter).unwrap().modified().unwrap();
     std::fs::remove_file(out.join("glue_results.md")).unwrap();
-    let o = run(&[
-        "glue",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--tasks",
-        "sst2,stsb",
-        "--ratios",
-        "1,16",
-        "--seeds",
-        "1",
-        "--reuse",
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let o = run(&[&args[..], &["--reuse"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("reusing").count(), 4, "{}", stderr(&o));
     assert_eq!(
