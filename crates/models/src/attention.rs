@@ -106,16 +106,10 @@ impl LayerCtx {
         y.view([self.batch, self.seq, heads, d]).transpose(1, 2)
     }
 
-    /// A projection of every row (`[B, T, heads * d]` or `[N, heads * d]`) to
-    /// `[B, heads, T, d]`; skipped positions are zero (they are masked as keys).
-    pub fn key_heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
-        self.heads(&self.unpack(y), heads, d)
-    }
-
     /// A projection of the query rows to `[B, heads, Tq, d]` (`Tq` = T, or 1 with queries).
     pub fn query_heads(&self, y: &Tensor, heads: i64, d: i64) -> Tensor {
         match &self.queries {
-            None => self.key_heads(y, heads, d),
+            None => self.heads(&self.unpack(y), heads, d),
             Some(_) => y.view([self.batch, 1, heads, d]).transpose(1, 2),
         }
     }
@@ -208,15 +202,6 @@ pub fn sdpa(
     // A query row that may see nothing gives zeros, as libtorch's kernels do.
     let probs = scores.softmax(-1, Kind::Float).nan_to_num(0.0, None, None);
     loraplus_core::dropout::dropout(&probs, p, true).matmul(&v)
-}
-
-/// Dropout that is a no-op outside training or at p = 0 (see [`loraplus_core::dropout`]).
-pub fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
-    if train && p > 0.0 {
-        loraplus_core::dropout::dropout(&x, p, true)
-    } else {
-        x
-    }
 }
 
 #[cfg(test)]

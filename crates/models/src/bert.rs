@@ -4,9 +4,10 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use loraplus_core::dropout::dropout;
 use loraplus_core::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::attention::{dropout, padding_mask, sdpa, LayerCtx};
+use crate::attention::{padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, FreshLinear, Loader};
 use crate::config::{Activation, BertConfig};
 
@@ -95,7 +96,7 @@ impl BertEmbeddings {
         };
         let pos = self.position.forward(&self.position_ids(input_ids));
         let e = self.layer_norm.forward(&(words + types + pos));
-        dropout(e, self.dropout, train)
+        dropout(&e, self.dropout, train)
     }
 }
 
@@ -180,13 +181,17 @@ impl Block for BertLayer {
         let a = sdpa(&q, &k, &v, ctx.query_mask(), self.attn_dropout, train, None);
         let a = ctx.merge_heads(&a);
         let a = dropout(
-            self.attn_out.forward_t(&a, train),
+            &self.attn_out.forward_t(&a, train),
             self.hidden_dropout,
             train,
         );
         let a = self.attn_norm.forward(&(a + xq));
         let m = self.act.apply(&self.intermediate.forward_t(&a, train));
-        let m = dropout(self.output.forward_t(&m, train), self.hidden_dropout, train);
+        let m = dropout(
+            &self.output.forward_t(&m, train),
+            self.hidden_dropout,
+            train,
+        );
         self.out_norm.forward(&(m + a))
     }
 }
@@ -277,7 +282,7 @@ impl BertClassifierHead {
     /// From the hidden state of the first token, `[B, H]`.
     pub fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
         let pooled = self.pooler.forward_t(first, train).tanh();
-        let pooled = dropout(pooled, self.dropout, train);
+        let pooled = dropout(&pooled, self.dropout, train);
         self.classifier.forward_t(&pooled, train)
     }
 }

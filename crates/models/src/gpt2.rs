@@ -4,9 +4,10 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use loraplus_core::dropout::dropout;
 use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::attention::{causal_padding_mask, dropout, sdpa, LayerCtx};
+use crate::attention::{causal_padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader};
 use crate::config::{Activation, Gpt2Config};
 
@@ -84,12 +85,16 @@ impl Block for Gpt2Block {
             Some(self.scale),
         );
         let a = ctx.merge_heads(&a);
-        let a = dropout(self.attn_proj.forward_t(&a, train), self.resid_pdrop, train);
+        let a = dropout(
+            &self.attn_proj.forward_t(&a, train),
+            self.resid_pdrop,
+            train,
+        );
         let x = a + ctx.query_rows(x);
         let m = self
             .act
             .apply(&self.c_fc.forward_t(&self.ln_2.forward(&x), train));
-        let m = dropout(self.mlp_proj.forward_t(&m, train), self.resid_pdrop, train);
+        let m = dropout(&self.mlp_proj.forward_t(&m, train), self.resid_pdrop, train);
         x + m
     }
 }
@@ -139,7 +144,7 @@ impl Backbone for Gpt2Backbone {
             Some(tt) => h + self.wte.forward(tt),
             None => h,
         };
-        dropout(h, self.embd_pdrop, train)
+        dropout(&h, self.embd_pdrop, train)
     }
 
     fn num_layers(&self) -> usize {

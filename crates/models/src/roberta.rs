@@ -5,9 +5,9 @@
 use anyhow::Result;
 use tch::Tensor;
 
+use loraplus_core::dropout::dropout;
 use loraplus_core::{LoraLinear, WeightLayout};
 
-use crate::attention::dropout;
 use crate::backbone::{FreshLinear, Loader};
 use crate::bert::{BertBackbone, Positions};
 use crate::config::BertConfig;
@@ -68,9 +68,9 @@ impl RobertaClassificationHead {
 
     /// From the hidden state of the `<s>` token, `[B, H]`.
     pub fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
-        let x = dropout(first.shallow_clone(), self.dropout, train);
+        let x = dropout(first, self.dropout, train);
         let x = self.dense.forward_t(&x, train).tanh();
-        let x = dropout(x, self.dropout, train);
+        let x = dropout(&x, self.dropout, train);
         self.out_proj.forward_t(&x, train)
     }
 }
