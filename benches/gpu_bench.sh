@@ -30,8 +30,7 @@ export PYTHONWARNINGS=ignore TRANSFORMERS_VERBOSITY=error
 mkdir -p "$WORK"
 log="$WORK/gpu_bench.log"
 : >"$log"
-field() { sed -nE "s/.*\b$1=([^ ]+).*/\1/p"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+source "$here/lib.sh"
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; }
 
 # Run "$@", print its output line plus the peak device memory (MiB) seen while it ran.

@@ -40,8 +40,7 @@ steps_for() {
         *) echo 20 ;;
     esac
 }
-field() { sed -nE "s/.*\b$1=([^ ]+).*/\1/p"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+source "$repo/benches/lib.sh"
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 echo "threads: $THREADS, rounds: $ROUNDS, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
