@@ -38,6 +38,8 @@ test: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The trainer as a library, without the binary's dependencies (clap, plotters, indicatif, ctrlc).
+	$(CARGO) clippy -p loraplus-train --lib --no-default-features -- -D warnings
 
 train: setup
 	$(CARGO) run --release -p loraplus-train --bin loraplus -- train --config data/presets/minilm-sst2.toml

@@ -9,12 +9,13 @@
 #    rounds of each run's median samples/s, the ratio, each side's peak RSS (VmHWM), and the
 #    model FLOPs utilisation (matmul FLOPs of the step, see step_flops in the Rust example, over
 #    the step time and the measured peak).
-# 3. The optimizer-step and data-pipeline side-by-side scripts of crates/optim and crates/data.
+# 3. The SFT (causal-LM) step on padded and packed batches (benches/sft.sh).
+# 4. The optimizer-step and data-pipeline side-by-side scripts of crates/optim and crates/data.
 #
 #   bash benches/run.sh                                   # everything, THREADS = all cores
 #   ROUNDS=5 CASES="8x32" PARTS=step bash benches/run.sh  # only the training step, one case
 #
-# env: THREADS (default nproc), ROUNDS (3), CASES ("32x128 8x32"), PARTS ("step optim data"),
+# env: THREADS (default nproc), ROUNDS (3), CASES ("32x128 8x32"), PARTS ("step sft optim data"),
 #      STEPS_<case> (timed steps per run, e.g. STEPS_32x128=5), LORAPLUS_MODEL_DIR.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +23,7 @@ cd "$repo"
 THREADS=${THREADS:-$(nproc)}
 ROUNDS=${ROUNDS:-3}
 CASES=${CASES:-"32x128 8x32"}
-PARTS=${PARTS:-"step optim data"}
+PARTS=${PARTS:-"step sft optim data"}
 PY=.venv/bin/python
 export PYTHONWARNINGS=ignore TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 # Both sides get exactly THREADS intra-op threads (tch::set_num_threads / torch.set_num_threads);
@@ -97,6 +98,11 @@ if [[ " $PARTS " == *" step "* ]]; then
     done
     echo "(step matmul GFLOP per case, the dense step PEFT runs / what loraplus executes, skipping padding and all but the first token in the last layer: $(for c in $CASES; do printf '%s %s / %s  ' "$c" "$(grep "^case=$c impl=loraplus" "$log" | field step_gflop | head -1)" "$(grep "^case=$c impl=loraplus" "$log" | field executed_gflop | head -1)"; done))"
     echo "load average at the end of the step benchmark: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
+
+if [[ " $PARTS " == *" sft "* ]]; then
+    echo
+    THREADS=$THREADS bash benches/sft.sh
 fi
 
 if [[ " $PARTS " == *" optim "* ]] && [ -f crates/optim/benches/side_by_side.sh ]; then

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 out=gpu-check
 rm -rf "$out" && mkdir -p "$out/bin"
 
-cargo build --release -p loraplus-train --bin loraplus --example train_step_bench
-cp target/release/loraplus target/release/examples/train_step_bench "$out/bin/"
+cargo build --release -p loraplus-train --bin loraplus --example train_step_bench --example sft_step_bench
+cp target/release/loraplus target/release/examples/train_step_bench target/release/examples/sft_step_bench "$out/bin/"
 # The test executables that hold CUDA tests (they skip, saying so, where no GPU is present).
 cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim 2>/dev/null \
   | python3 -c '
@@ -63,6 +63,9 @@ if ! python3 -c 'import peft' 2>/dev/null; then
 fi
 BIN="$PWD/bin/train_step_bench" ROUNDS=${ROUNDS:-2} LLAMA_LAYERS=${LLAMA_LAYERS:-2} \
   timeout 420 bash ../benches/gpu_bench.sh || status=1
+echo "== CUDA bf16 SFT step (Llama-7B-shaped layers, padded and packed) against transformers + PEFT (benches/sft.sh)"
+BIN="$PWD/bin/sft_step_bench" PY=python3 DEVICE=cuda DTYPE=bf16 SHAPE=llama-7b LAYERS=2 DOCS=64 \
+  SEQ=2048 BATCH=8 ROUNDS=1 timeout 300 bash ../benches/sft.sh || status=1
 exit $status
 RUN
 chmod +x "$out/run.sh"

@@ -388,6 +388,40 @@ impl Task {
         )
     }
 
+    /// A task over the user's own files (not a GLUE task): its name, class names as they appear
+    /// in the label column (class id = position; empty for regression) and metric. It has no
+    /// GLUE files; read its data with [`crate::read_csv`] / [`crate::read_jsonl`]. The spec
+    /// lives for the rest of the process (a run makes one).
+    pub fn user(name: &str, labels: &[String], metric: MetricKind) -> Result<Task> {
+        let regression = labels.is_empty();
+        match (regression, metric) {
+            (true, MetricKind::PearsonSpearman) | (false, MetricKind::Accuracy) => {}
+            (false, MetricKind::Matthews | MetricKind::F1Accuracy) if labels.len() == 2 => {}
+            (false, MetricKind::Matthews | MetricKind::F1Accuracy) => bail!(
+                "{name}: the {metric:?} metric needs exactly 2 classes, found {}",
+                labels.len()
+            ),
+            (true, m) => bail!("{name}: a regression task is scored by Pearson/Spearman, not {m:?}"),
+            (false, MetricKind::PearsonSpearman) => {
+                bail!("{name}: Pearson/Spearman scores a regression task, not classes")
+            }
+        }
+        if labels.len() == 1 {
+            bail!("{name}: a classification task needs at least 2 classes, found 1 ({:?})", labels[0]);
+        }
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+        let names: Vec<&'static str> = labels.iter().map(|l| leak(l)).collect();
+        let spec = TaskSpec {
+            name: leak(name),
+            aliases: &[],
+            folder: leak(name),
+            labels: Box::leak(names.into_boxed_slice()),
+            metric,
+            files: &[],
+        };
+        Ok(Task(Box::leak(Box::new(spec))))
+    }
+
     /// Every registered task.
     pub fn all() -> impl Iterator<Item = Task> {
         TASKS.iter().map(Task)

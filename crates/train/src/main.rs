@@ -22,14 +22,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fine-tune with LoRA / LoRA+ on a GLUE task.
+    /// Fine-tune with LoRA / LoRA+: a GLUE task, classification/regression on your files, or a causal LM.
     Train(TrainArgs),
     /// Evaluate an adapter (a checkpoint or adapter directory) on a task's dev or test split.
     Eval(cli::EvalArgs),
     /// Merge an adapter into the base model and write a HuggingFace model folder.
     Merge(cli::MergeArgs),
+    /// Generate text with a causal LM (and an adapter): greedy or sampled, KV cache, chat template.
+    Generate(cli::GenerateArgs),
     /// LoRA (ratio 1) against LoRA+ on several tasks and seeds, same budget; tables and plots.
     Glue(cli::GlueArgs),
+    /// Find a good (lr, LoRA+ ratio) by successive halving over a grid; writes the chosen config.
+    Tune(cli::TuneArgs),
     /// libtorch version, CUDA devices, threads, default model and data locations.
     Info,
 }
@@ -47,6 +51,9 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Keep glibc's default allocator settings (see `model::tune_cpu_allocator`).
+    #[arg(long)]
+    default_allocator: bool,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,18 +65,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             a.overrides.apply(&mut cfg);
             cfg.validate().map_err(UsageError::wrap)?;
+            loraplus_train::apply_process_settings(&cfg, !a.default_allocator)?;
             cli::train(cfg, a.resume.as_deref(), !a.no_progress)
         }
         Command::Eval(a) => cli::eval(a),
         Command::Merge(a) => cli::merge(a),
+        Command::Generate(a) => cli::generate(a),
         Command::Glue(a) => cli::glue(a),
+        Command::Tune(a) => cli::tune(a),
         Command::Info => cli::info(),
     }
 }
 
 fn main() -> ExitCode {
     cli::init_tracing();
-    loraplus_train::backend::tune_cpu_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

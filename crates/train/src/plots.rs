@@ -159,6 +159,164 @@ pub fn line_plot(
     Ok(())
 }
 
+/// One cell of a heatmap: its (x, y) and value (`None`: failed, drawn grey).
+pub struct Cell {
+    pub x: f64,
+    pub y: f64,
+    pub value: Option<f64>,
+}
+
+/// A colour from dark blue (t = 0, best) to yellow (t = 1, worst).
+fn ramp(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(30.0, 250.0), lerp(40.0, 220.0), lerp(120.0, 40.0))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_heatmap<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    cells: &[Cell],
+    step: (f64, f64),
+    best_is_low: bool,
+    mark: Option<(f64, f64)>,
+    baseline: Option<(f64, &str)>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let xs = cells.iter().map(|c| c.x);
+    let ys = cells.iter().map(|c| c.y);
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if x0 > x1 {
+        return Err(anyhow!("nothing to plot for {title}"));
+    }
+    let (hx, hy) = (step.0 / 2.0, step.1 / 2.0);
+    let vals: Vec<f64> = cells.iter().filter_map(|c| c.value).collect();
+    let (v0, v1) = vals
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    root.fill(&WHITE).map_err(|e| anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - hx)..(x1 + hx), (y0 - hy)..(y1 + hy))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .draw_series(cells.iter().map(|c| {
+            let color = match c.value {
+                None => RGBColor(200, 200, 200),
+                Some(v) => {
+                    let t = if v1 > v0 { (v - v0) / (v1 - v0) } else { 0.0 };
+                    ramp(if best_is_low { t } else { 1.0 - t })
+                }
+            };
+            Rectangle::new(
+                [(c.x - hx, c.y - hy), (c.x + hx, c.y + hy)],
+                color.filled(),
+            )
+        }))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .draw_series(cells.iter().filter_map(|c| {
+            c.value.map(|v| {
+                Text::new(
+                    format!("{v:.3}"),
+                    (c.x - hx * 0.8, c.y + hy * 0.3),
+                    ("sans-serif", 11).into_font().color(&BLACK),
+                )
+            })
+        }))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    if let Some((y, label)) = baseline {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x0 - hx, y - hy), (x1 + hx, y + hy)],
+                WHITE.stroke_width(3),
+            )))
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label(label)
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLACK.stroke_width(2)));
+    }
+    if let Some((mx, my)) = mark {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(mx - hx, my - hy), (mx + hx, my + hy)],
+                RED.stroke_width(3),
+            )))
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label("chosen")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], RED.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// A heatmap of `cells` on a regular grid of spacing `step` (x, y), written as `<base>.svg`
+/// and `<base>.png`: colour from best (dark) to worst (yellow), values printed, failed cells
+/// grey, the row `baseline` framed in white with its label (plain LoRA's ratio 1), `mark`
+/// framed in red.
+#[allow(clippy::too_many_arguments)]
+pub fn heatmap(
+    base: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    cells: &[Cell],
+    step: (f64, f64),
+    best_is_low: bool,
+    mark: Option<(f64, f64)>,
+    baseline: Option<(f64, &str)>,
+) -> Result<()> {
+    register_font();
+    let svg = base.with_extension("svg");
+    draw_heatmap(
+        SVGBackend::new(&svg, (800, 640)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        cells,
+        step,
+        best_is_low,
+        mark,
+        baseline,
+    )?;
+    let png = base.with_extension("png");
+    draw_heatmap(
+        BitMapBackend::new(&png, (800, 640)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        cells,
+        step,
+        best_is_low,
+        mark,
+        baseline,
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

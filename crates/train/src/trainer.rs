@@ -1,4 +1,4 @@
-//! The `Trainer`: model + LoRA adapter + LoRA+ optimizer + GLUE data, and the training loop:
+//! The `Trainer`: model + LoRA adapter + LoRA+ optimizer + a task's data, and the training loop:
 //! gradient accumulation, clipping, schedule, evaluation, best checkpoint, early stopping,
 //! exact resume, interruption, and callbacks for library users.
 
@@ -7,17 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{BiasMode, LoraConfig, LoraModel, TargetModules};
+use loraplus_core::LoraModel;
 use loraplus_data::{
-    evaluate, paths, predictions_from_logits, read_split, DataLoader, Encoder, LoaderConfig,
-    MetricReport, Position, ReadOptions, Split, Task, TokenizedDataset,
+    DataLoader, LoaderConfig, MetricReport, PaddingSide, Position, Split, TokenizedDataset,
 };
 
-use crate::backend::{self, Model, Optimizer};
+use crate::model::{self, Model, Optimizer};
+use crate::task::{self, TrainTask};
 
 use crate::checkpoint::{self, TrainerState, ADAPTER_DIR, OPTIMIZER_DIR};
 use crate::config::{parse_device, TrainConfig};
@@ -60,7 +60,7 @@ pub struct RunSummary {
 /// A configured run: built by [`Trainer::new`], run by [`Trainer::train`].
 pub struct Trainer {
     pub config: TrainConfig,
-    pub task: Task,
+    pub task: Box<dyn TrainTask>,
     pub device: Device,
     pub model: Model,
     pub lora: LoraModel,
@@ -68,6 +68,7 @@ pub struct Trainer {
     train_loader: DataLoader,
     dev: Vec<(Split, Arc<TokenizedDataset>)>,
     pad_id: u32,
+    padding_side: PaddingSide,
     state: TrainerState,
     total_steps: usize,
     log: MetricsLog,
@@ -76,53 +77,26 @@ pub struct Trainer {
     pub show_progress: bool,
 }
 
-/// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
-pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
-    cfg.model.clone().unwrap_or_else(paths::model_dir)
-}
-
-pub fn glue_dir(cfg: &TrainConfig) -> PathBuf {
-    cfg.glue_dir.clone().unwrap_or_else(paths::glue_dir)
-}
-
-/// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
-/// GPT-2's fan_in_fan_out) with the run's `[lora]` section on top.
-pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraConfig> {
-    let l = &cfg.lora;
-    let bias = match l.bias.as_str() {
-        "all" => BiasMode::All,
-        "lora_only" => BiasMode::LoraOnly,
-        _ => BiasMode::None,
-    };
-    let mut lc = LoraConfig {
-        r: l.r,
-        lora_alpha: l.lora_alpha,
-        lora_dropout: l.lora_dropout,
-        use_rslora: l.use_rslora,
-        bias,
-        base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
-        ..recommended
-    };
-    if let Some(t) = &l.target_modules {
-        lc.target_modules = Some(TargetModules::List(t.clone()));
+/// Process-wide settings a run's config asks for, which a library does not make on its own: the
+/// libtorch CPU thread count (`threads`), TF32 on CUDA (`tf32`: sets
+/// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE` before CUDA starts, so call this before anything touches
+/// CUDA) and, with `allocator`, [`model::tune_cpu_allocator`]. The `loraplus` binary calls it;
+/// a library user calls it when they want these.
+pub fn apply_process_settings(config: &TrainConfig, allocator: bool) -> Result<()> {
+    let device = parse_device(&config.device)?;
+    if let Device::Cuda(_) = device {
+        if config.tf32 && std::env::var_os("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_none() {
+            // Read once by libtorch when the CUDA context starts: set it before.
+            std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
+        }
     }
-    if let Some(m) = &l.modules_to_save {
-        lc.modules_to_save = (!m.is_empty()).then(|| m.clone());
+    if config.threads > 0 {
+        tch::set_num_threads(config.threads as i32);
     }
-    lc.validate().context("section [lora]")?;
-    Ok(lc)
-}
-
-/// Read, tokenize (cached) and return one split.
-pub fn load_split(
-    cfg: &TrainConfig,
-    task: Task,
-    split: Split,
-    encoder: &Encoder,
-) -> Result<Arc<TokenizedDataset>> {
-    let ds = read_split(&glue_dir(cfg), task, split, ReadOptions::default())?;
-    let (tok, _status) = encoder.encode_cached(&ds, &paths::cache_dir())?;
-    Ok(Arc::new(tok))
+    if allocator && device == Device::Cpu && !model::tune_cpu_allocator() {
+        tracing::debug!("the allocator settings were not applied (not glibc)");
+    }
+    Ok(())
 }
 
 impl Trainer {
@@ -130,14 +104,8 @@ impl Trainer {
     /// directory's newest checkpoint).
     pub fn new(config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         config.validate()?;
-        let task = Task::from_name(&config.task)?;
+        let task = task::from_config(&config)?;
         let device = parse_device(&config.device)?;
-        if let Device::Cuda(_) = device {
-            if config.tf32 && std::env::var_os("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE").is_none() {
-                // Read once by libtorch when the CUDA context starts: set it before.
-                std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
-            }
-        }
         if let Device::Cuda(n) = device {
             if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
                 bail!(
@@ -147,31 +115,15 @@ impl Trainer {
                 );
             }
         }
-        if config.threads > 0 {
-            tch::set_num_threads(config.threads as i32);
-        }
-        if device == Device::Cpu && !backend::tune_cpu_allocator() {
-            tracing::debug!("the allocator settings were not applied (not glibc)");
-        }
-        let mdir = model_dir(&config);
-        let encoder = Encoder::from_model_dir(&mdir, config.max_seq_len)?;
-        let pad_id = encoder.pad_id();
+        let mdir = model::model_dir(&config);
 
-        // Data: training examples (optionally a seeded subset), dev split(s).
-        let mut train = load_split(&config, task, Split::Train, &encoder)?;
-        if let Some(n) = config.train_limit {
-            train = Arc::new(backend::subset(&train, n, config.seed)?);
-        }
-        let mut dev = Vec::new();
-        for split in task.spec().dev_splits() {
-            let mut d = load_split(&config, task, split, &encoder)?;
-            if let Some(n) = config.eval_limit {
-                d = Arc::new(backend::first_n(&d, n)?);
-            }
-            dev.push((split, d));
-        }
+        // Data: training examples (optionally a seeded subset), evaluation set(s).
+        let data = task::load_data(task.as_ref(), &config, &mdir)?;
+        let (train, dev, pad_id) = (data.train, data.evals, data.pad_id);
+        let padding_side = data.padding_side;
         let loader_cfg = LoaderConfig {
             bucket_multiplier: config.bucket_multiplier,
+            padding_side,
             ..LoaderConfig::train(config.micro_batch(), config.seed)
         };
         let train_loader = DataLoader::new(train, pad_id, loader_cfg)?;
@@ -184,8 +136,8 @@ impl Trainer {
 
         // Model and adapters, seeded.
         tch::manual_seed(config.seed as i64);
-        let (model, lora) = backend::load_model(&config, task, &mdir, device)?;
-        let optimizer = backend::build_optimizer(&config, &lora, total_steps)?;
+        let (model, lora) = model::load_model(&config, task.head(), &mdir, device)?;
+        let optimizer = model::build_optimizer(&config, &lora, total_steps)?;
 
         let mut state = TrainerState {
             step: 0,
@@ -226,6 +178,7 @@ impl Trainer {
             train_loader,
             dev,
             pad_id,
+            padding_side,
             state,
             total_steps,
             log,
@@ -262,14 +215,14 @@ impl Trainer {
         for (split, data) in &self.dev {
             out.push((
                 *split,
-                evaluate_split(
-                    &self.model,
-                    self.task,
-                    data,
-                    self.pad_id,
-                    &self.config,
-                    self.device,
-                )?,
+                self.task
+                    .evaluate(
+                        &self.model,
+                        data,
+                        (self.pad_id, self.padding_side),
+                        &self.config,
+                        self.device,
+                    )?,
             ));
         }
         Ok(out)
@@ -338,7 +291,7 @@ impl Trainer {
                 };
                 next_position = batch.next_position();
                 window_samples += batch.size();
-                let loss = backend::train_micro_step(
+                let loss = model::train_micro_step(
                     &self.model,
                     &batch,
                     self.device,
@@ -351,7 +304,7 @@ impl Trainer {
                 sc.update(finite);
                 if !finite {
                     // Overflow at this scale: skip the update, keep the data moving.
-                    self.optimizer.zero_grad();
+                    self.optimizer.zero_grad()?;
                     tracing::debug!("f16 overflow: step skipped, loss scale now {}", sc.scale());
                     self.state.step += 1;
                     self.state.position = next_position;
@@ -362,7 +315,7 @@ impl Trainer {
             if check_each_step {
                 let v = step_loss.double_value(&[]);
                 if !v.is_finite() {
-                    self.optimizer.zero_grad();
+                    self.optimizer.zero_grad()?;
                     let dir = self.save_checkpoint()?;
                     bail!(
                         "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}. Try a lower lr or loraplus_ratio, or a smaller max_grad_norm.",
@@ -420,7 +373,8 @@ impl Trainer {
                     break;
                 }
             }
-            let eval_now = cfg.eval_every > 0
+            let eval_now = !self.dev.is_empty()
+                && cfg.eval_every > 0
                 && step.is_multiple_of(cfg.eval_every)
                 && step < self.total_steps;
             if eval_now {
@@ -455,7 +409,7 @@ impl Trainer {
         drop(batches);
         bar.finish_and_clear();
         let interrupted = self.interrupt.load(Ordering::Relaxed);
-        let final_eval = if interrupted {
+        let final_eval = if interrupted || self.dev.is_empty() {
             last_eval
         } else {
             let rec = self.eval_and_track(started)?;
@@ -492,7 +446,9 @@ impl Trainer {
         let reports = self.evaluate()?;
         let main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
         let step = self.state.step;
-        if self.state.best_metric.is_none_or(|b| main > b) {
+        let higher = self.task.greater_is_better();
+        let better = |new: f64, old: f64| if higher { new > old } else { new < old };
+        if self.state.best_metric.is_none_or(|b| better(main, b)) {
             self.state.best_metric = Some(main);
             self.state.best_step = Some(step);
             self.state.evals_since_best = 0;
@@ -500,7 +456,7 @@ impl Trainer {
             self.state.evals_since_best += 1;
         }
         if let (Some(t), None) = (self.config.target_metric, self.state.target_reached_at) {
-            if main >= t {
+            if (higher && main >= t) || (!higher && main <= t) {
                 self.state.target_reached_at = Some(step);
             }
         }
@@ -509,50 +465,4 @@ impl Trainer {
         tracing::info!("step {step}: {}", rec.describe());
         Ok(rec)
     }
-}
-
-/// Evaluate a model on one tokenized split (labels required).
-pub fn evaluate_split(
-    model: &Model,
-    task: Task,
-    data: &Arc<TokenizedDataset>,
-    pad_id: u32,
-    cfg: &TrainConfig,
-    device: Device,
-) -> Result<MetricReport> {
-    let (preds, gold) = predict(model, task, data, pad_id, cfg, device)?;
-    let gold: Vec<_> = gold
-        .into_iter()
-        .map(|g| g.context("this split has no labels to evaluate against"))
-        .collect::<Result<_>>()?;
-    evaluate(task, &preds, &gold)
-}
-
-/// Predictions (and gold labels where present) for one split, in file order.
-pub fn predict(
-    model: &Model,
-    task: Task,
-    data: &Arc<TokenizedDataset>,
-    pad_id: u32,
-    cfg: &TrainConfig,
-    device: Device,
-) -> Result<(Vec<loraplus_data::Label>, Vec<Option<loraplus_data::Label>>)> {
-    let loader = DataLoader::new(
-        data.clone(),
-        pad_id,
-        LoaderConfig::eval(cfg.eval_batch_size),
-    )?;
-    let _guard = tch::no_grad_guard();
-    let mut preds = Vec::with_capacity(data.len());
-    let mut gold = Vec::with_capacity(data.len());
-    for batch in loader.prefetch(Position::default())? {
-        let batch = batch?;
-        let logits = backend::eval_logits(model, &batch, device)?;
-        preds.extend(predictions_from_logits(
-            task,
-            &logits.to_device(Device::Cpu),
-        )?);
-        gold.extend(batch.indices.iter().map(|&i| data.labels().get(i)));
-    }
-    Ok((preds, gold))
 }

@@ -241,6 +241,7 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("expected.json")).unwrap())
             .unwrap();
     let acc = expected["accuracy"].as_f64().unwrap();
+    let preds_path = dir.path().join("ours.jsonl");
     let o = run(&[
         "eval",
         "--adapter",
@@ -249,6 +250,8 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
         "sst2",
         "--limit",
         &n.to_string(),
+        "--predictions",
+        preds_path.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
@@ -256,9 +259,33 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
         out.contains(&format!("accuracy {acc:.4}")),
         "PEFT accuracy {acc:.4}, loraplus: {out}"
     );
-    // The random adapter really changes predictions: not all one class.
-    let preds = expected["predictions"].as_array().unwrap();
-    assert!(preds.iter().any(|p| p == 0) && preds.iter().any(|p| p == 1) || acc < 0.9);
+    // Row by row: the same prediction and logits (1e-4) for every sentence.
+    let ours = read_predictions(&preds_path);
+    let theirs_p = expected["predictions"].as_array().unwrap();
+    let theirs_l = expected["logits"].as_array().unwrap();
+    assert_eq!(ours.len(), n);
+    assert_eq!(theirs_p.len(), n);
+    for (i, (row, (p, l))) in ours.iter().zip(theirs_p.iter().zip(theirs_l)).enumerate() {
+        assert_eq!(row["prediction"], *p, "row {i}");
+        assert_close_row(i, &row["logits"], l);
+    }
+}
+
+fn read_predictions(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_close_row(i: usize, ours: &serde_json::Value, theirs: &serde_json::Value) {
+    let (a, b) = (ours.as_array().unwrap(), theirs.as_array().unwrap());
+    assert_eq!(a.len(), b.len(), "row {i}");
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() < 1e-4, "row {i}: logits {a:?} vs {b:?}");
+    }
 }
 
 #[test]
@@ -285,6 +312,7 @@ fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
         merged.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let preds_path = dir.path().join("ours.jsonl");
     let o = run(&[
         "eval",
         "--adapter",
@@ -293,9 +321,10 @@ fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
         "sst2",
         "--limit",
         "64",
+        "--predictions",
+        preds_path.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let ours = String::from_utf8_lossy(&o.stdout).to_string();
     let script = r#"
 import csv, sys, torch
 from transformers import AutoTokenizer, AutoModelForSequenceClassification
@@ -304,8 +333,9 @@ tok = AutoTokenizer.from_pretrained(sys.argv[1])
 rows = list(csv.reader(open(sys.argv[2] + "/SST-2/dev.tsv"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:65]
 enc = tok([r[0] for r in rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
 with torch.no_grad():
-    p = m(**enc).logits.argmax(-1).tolist()
-print("accuracy %.4f" % (sum(int(a == int(r[1])) for a, r in zip(p, rows)) / len(rows)))
+    out = m(**enc).logits
+import json
+print(json.dumps({"predictions": out.argmax(-1).tolist(), "logits": out.tolist()}))
 "#;
     let glue = std::env::var("GLUE_DIR")
         .map(PathBuf::from)
@@ -320,11 +350,20 @@ print("accuracy %.4f" % (sum(int(a == int(r[1])) for a, r in zip(p, rows)) / len
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let theirs = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(
-        ours.contains(&theirs),
-        "transformers on the merged model: {theirs}; loraplus eval: {ours}"
+    // Row by row: transformers on the merged model against loraplus on the unmerged adapter.
+    let theirs: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let ours = read_predictions(&preds_path);
+    let (tp, tl) = (
+        theirs["predictions"].as_array().unwrap(),
+        theirs["logits"].as_array().unwrap(),
     );
+    assert_eq!(ours.len(), 64);
+    assert_eq!(tp.len(), 64);
+    for (i, (row, (p, l))) in ours.iter().zip(tp.iter().zip(tl)).enumerate() {
+        assert_eq!(row["prediction"], *p, "row {i}");
+        assert_close_row(i, &row["logits"], l);
+    }
 }
 
 #[test]

@@ -1,26 +1,27 @@
-//! The trainer's glue to the other crates: model loading with the run's LoRA config, the
-//! optimizer with the run's schedule, one training micro-step, evaluation logits, merged-model
-//! export. The training loop itself (`trainer.rs`) only calls these.
+//! The model side of a run: loading with the run's LoRA config, the optimizer with the run's
+//! schedule, one training micro-step, evaluation logits, merged-model export. The training loop
+//! (`trainer.rs`) and the task kinds (`task/`) call these.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{LoraConfig, LoraModel};
-use loraplus_data::{Batch, Label, Labels, Task, TokenizedDataset};
-use loraplus_models::{Head, LoadOptions, ModelConfig, TaskModel};
+use loraplus_core::{BiasMode, LoraConfig, LoraModel, TargetModules};
+use loraplus_data::Batch;
+use loraplus_models::{Head, LoadOptions, ModelConfig, ModelInputs, TaskModel};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, ParamGroup, Schedule, Warmup};
 
 use crate::config::TrainConfig;
-use crate::trainer::lora_config;
+use crate::task::TrainTask;
 
 pub type Model = TaskModel;
 
 /// The optimizer as the loop uses it.
 pub struct Optimizer(pub LoraPlusAdamW);
 
-fn kind_of(dtype: &str) -> Result<Kind> {
+/// The weights dtype named by `f32`, `bf16` or `f16`.
+pub fn kind_of(dtype: &str) -> Result<Kind> {
     Ok(match dtype {
         "f32" => Kind::Float,
         "bf16" => Kind::BFloat16,
@@ -29,9 +30,52 @@ fn kind_of(dtype: &str) -> Result<Kind> {
     })
 }
 
-fn head_of(task: Task) -> Head {
-    Head::SequenceClassification {
-        num_labels: task.spec().num_labels() as i64,
+/// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
+pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
+    cfg.model.clone().unwrap_or_else(loraplus_data::paths::model_dir)
+}
+
+/// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
+/// GPT-2's fan_in_fan_out) with the run's `[lora]` section on top.
+pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraConfig> {
+    let l = &cfg.lora;
+    let bias = match l.bias.as_str() {
+        "all" => BiasMode::All,
+        "lora_only" => BiasMode::LoraOnly,
+        _ => BiasMode::None,
+    };
+    let mut lc = LoraConfig {
+        r: l.r,
+        lora_alpha: l.lora_alpha,
+        lora_dropout: l.lora_dropout,
+        use_rslora: l.use_rslora,
+        bias,
+        base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
+        ..recommended
+    };
+    if let Some(t) = &l.target_modules {
+        lc.target_modules = Some(TargetModules::List(t.clone()));
+    }
+    if let Some(m) = &l.modules_to_save {
+        lc.modules_to_save = (!m.is_empty()).then(|| m.clone());
+    }
+    lc.validate().context("section [lora]")?;
+    Ok(lc)
+}
+
+/// The prefix of transformers' class names for a `model_type` (`bert` -> `Bert`, `gpt2` -> `GPT2`).
+pub fn class_prefix(model_type: &str) -> String {
+    match model_type {
+        "gpt2" => "GPT2".into(),
+        "roberta" => "Roberta".into(),
+        "bert" => "Bert".into(),
+        "llama" => "Llama".into(),
+        other => {
+            let mut c = other.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect())
+                .unwrap_or_default()
+        }
     }
 }
 
@@ -62,12 +106,11 @@ pub fn tune_cpu_allocator() -> bool {
 /// Load the model with the run's adapter (targets default to the architecture's).
 pub fn load_model(
     cfg: &TrainConfig,
-    task: Task,
+    head: Head,
     dir: &Path,
     device: Device,
 ) -> Result<(Model, LoraModel)> {
     let mc = ModelConfig::from_file(dir.join("config.json"))?;
-    let head = head_of(task);
     let lc = lora_config(
         cfg,
         mc.recommended_lora_config(head, cfg.lora.r, cfg.lora.lora_alpha),
@@ -87,13 +130,13 @@ pub fn load_model(
 /// Load the model with a given adapter config (for eval and merge).
 pub fn load_model_with_lora(
     dir: &Path,
-    task: Task,
+    head: Head,
     lc: LoraConfig,
     device: Device,
     dtype: &str,
 ) -> Result<(Model, LoraModel)> {
     let opts = LoadOptions {
-        task: head_of(task),
+        task: head,
         dtype: kind_of(dtype)?,
         device,
         lora: Some(lc),
@@ -160,8 +203,8 @@ impl Optimizer {
         scaler.unscale_and_check(&grads)
     }
 
-    pub fn zero_grad(&mut self) {
-        let _ = self.0.zero_grad();
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.0.zero_grad()
     }
 
     /// Learning rates of groups A and B at the current step.
@@ -195,83 +238,37 @@ pub fn train_micro_step(
         .labels
         .as_ref()
         .context("a training batch without labels")?;
-    let out = model.forward_backward(
-        &batch.input_ids.to_device(device),
-        &batch.attention_mask.to_device(device),
-        Some(&batch.token_type_ids.to_device(device)),
-        &labels.to_device(device),
-        true,
-        scale,
-    )?;
+    let (ids, mask, types, positions) = batch_on(batch, device);
+    let inputs = ModelInputs {
+        input_ids: &ids,
+        attention_mask: &mask,
+        token_type_ids: types.as_ref(),
+        position_ids: positions.as_ref(),
+    };
+    let out = model.forward_backward_inputs(&inputs, &labels.to_device(device), true, scale)?;
     Ok(out.loss)
 }
 
 /// Eval-mode logits of a batch.
 pub fn eval_logits(model: &Model, batch: &Batch, device: Device) -> Result<Tensor> {
-    model.forward_t(
-        &batch.input_ids.to_device(device),
-        &batch.attention_mask.to_device(device),
-        Some(&batch.token_type_ids.to_device(device)),
-        false,
-    )
-}
-
-fn take(data: &TokenizedDataset, idx: &[usize]) -> Result<TokenizedDataset> {
-    let examples = idx
-        .iter()
-        .map(|&i| {
-            let e = data.get(i);
-            (e.input_ids.to_vec(), e.token_type_ids.to_vec())
-        })
-        .collect();
-    let labels = match data.labels() {
-        Labels::None => Labels::None,
-        Labels::Classes(v) => Labels::Classes(idx.iter().map(|&i| v[i]).collect()),
-        Labels::Scores(v) => Labels::Scores(idx.iter().map(|&i| v[i]).collect()),
+    let (ids, mask, types, positions) = batch_on(batch, device);
+    let inputs = ModelInputs {
+        input_ids: &ids,
+        attention_mask: &mask,
+        token_type_ids: types.as_ref(),
+        position_ids: positions.as_ref(),
     };
-    TokenizedDataset::from_examples(examples, labels)
+    model.forward_inputs(&inputs, false)
 }
 
-/// `n` examples drawn without replacement with `seed` (all of them if `n >= len`).
-pub fn subset(data: &TokenizedDataset, n: usize, seed: u64) -> Result<TokenizedDataset> {
-    if n >= data.len() {
-        return Ok(data.clone());
-    }
-    // A seeded Fisher-Yates over indices (SplitMix64).
-    let mut idx: Vec<usize> = (0..data.len()).collect();
-    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    for i in (1..idx.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        idx.swap(i, j);
-    }
-    idx.truncate(n);
-    idx.sort_unstable();
-    take(data, &idx)
-}
-
-/// The first `n` examples.
-pub fn first_n(data: &TokenizedDataset, n: usize) -> Result<TokenizedDataset> {
-    let idx: Vec<usize> = (0..n.min(data.len())).collect();
-    take(data, &idx)
-}
-
-/// A prediction as GLUE's submission files write it (label name, or the score).
-pub fn label_text(task: Task, label: &Label) -> String {
-    match label {
-        Label::Class(i) => task
-            .spec()
-            .labels
-            .get(*i)
-            .map_or(i.to_string(), |s| s.to_string()),
-        Label::Score(s) => format!("{s:.3}"),
-    }
+/// A batch's model inputs on `device`: ids, mask, token types (encoders only: the decoders
+/// have none), position ids (packed rows only).
+fn batch_on(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>, Option<Tensor>) {
+    let ids = batch.input_ids.to_device(device);
+    let mask = batch.attention_mask.to_device(device);
+    let types = Some(batch.token_type_ids.to_device(device));
+    let positions = batch.position_ids.as_ref().map(|p| p.to_device(device));
+    (ids, mask, types, positions)
 }
 
 /// Write the merged model: every base parameter (adapters already merged in) as
@@ -280,7 +277,7 @@ pub fn write_merged(
     model: &Model,
     lora: &LoraModel,
     src: &Path,
-    task: Task,
+    task: &dyn TrainTask,
     out: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -298,40 +295,13 @@ pub fn write_merged(
         .with_context(|| format!("reading {}", cfg_path.display()))?;
     let mut cfg: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let arch = match model.config() {
-        ModelConfig::Bert(_) => "BertForSequenceClassification",
-        ModelConfig::Roberta(_) => "RobertaForSequenceClassification",
-        ModelConfig::Gpt2(_) => "GPT2ForSequenceClassification",
-        ModelConfig::Llama(_) => "LlamaForSequenceClassification",
-    };
-    let spec = task.spec();
-    let n = spec.num_labels();
-    let labels: Vec<String> = if spec.is_regression() {
-        vec!["LABEL_0".into()]
-    } else {
-        spec.labels.iter().map(|s| s.to_string()).collect()
-    };
-    let id2label: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i.to_string(), l.clone().into()))
-        .collect();
-    let label2id: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.clone(), i.into()))
-        .collect();
     if let Some(obj) = cfg.as_object_mut() {
-        obj.insert("architectures".into(), serde_json::json!([arch]));
-        obj.insert("num_labels".into(), n.into());
-        obj.insert("id2label".into(), id2label.into());
-        obj.insert("label2id".into(), label2id.into());
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!([task.merged_architecture(model.config().model_type())]),
+        );
         obj.insert("torch_dtype".into(), "float32".into());
-        if spec.is_regression() {
-            obj.insert("problem_type".into(), "regression".into());
-        } else {
-            obj.insert("problem_type".into(), "single_label_classification".into());
-        }
+        task.merged_config(obj);
     }
     loraplus_core::io::write_atomic(
         &out.join("config.json"),

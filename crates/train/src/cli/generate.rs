@@ -1,0 +1,223 @@
+//! `loraplus generate`: text from a causal LM with (or without) an adapter: greedy or sampled,
+//! with a KV cache, the chat template applied with `--chat`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use loraplus_data::chat_template::Message;
+use loraplus_data::lm::LmTokenizer;
+use loraplus_models::{GenerationConfig, Head};
+
+use crate::cli::{adapter_dir, UsageError};
+use crate::config::parse_device;
+use crate::model;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The base model folder (config.json, safetensors, tokenizer.json, tokenizer_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A checkpoint or adapter directory (PEFT format); none: the base model alone.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Merge the adapter into the base weights before generating (same tokens, faster).
+    #[arg(long)]
+    pub merge: bool,
+    /// One prompt.
+    #[arg(long, conflicts_with = "input")]
+    pub prompt: Option<String>,
+    /// A JSONL file of prompts: `{"prompt": ...}` or, with --chat, `{"messages": [...]}` too.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where JSONL results go (`{"prompt", "completion"}` per row); default: standard output
+    /// (the completion only, for --prompt).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Render the prompt as a user turn with the model's chat template (generation prompt added).
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_MAX_NEW_TOKENS)]
+    pub max_new_tokens: usize,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    pub do_sample: bool,
+    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TEMPERATURE)]
+    pub temperature: f64,
+    /// 0: off.
+    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TOP_K)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
+    pub top_p: f64,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Recompute the whole sequence at every step instead of keeping keys and values.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Prompts generated together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Base weights dtype: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// One prompt: plain text or a conversation.
+enum Prompt {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}: line {}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
+        if let Some(p) = v.get("prompt") {
+            let p = p
+                .as_str()
+                .with_context(|| format!("{}: field \"prompt\" must be a string", at()))?;
+            let prompt = if chat {
+                Prompt::Chat(vec![Message {
+                    role: "user".into(),
+                    content: p.to_string(),
+                }])
+            } else {
+                Prompt::Text(p.to_string())
+            };
+            out.push((p.to_string(), prompt));
+        } else if let Some(m) = v.get("messages") {
+            if !chat {
+                bail!("{}: a \"messages\" row needs --chat", at());
+            }
+            let msgs: Vec<Message> = serde_json::from_value(m.clone()).with_context(|| {
+                format!("{}: \"messages\" must be a list of {{\"role\", \"content\"}}", at())
+            })?;
+            out.push((serde_json::to_string(m)?, Prompt::Chat(msgs)));
+        } else {
+            bail!("{}: expected a \"prompt\" (or, with --chat, \"messages\") field", at());
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(out)
+}
+
+fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
+    let ids = match p {
+        Prompt::Text(t) => tok.encode(t, true)?,
+        Prompt::Chat(m) => {
+            let template = tok.chat_template().context(
+                "--chat: the model's tokenizer_config.json has no chat_template",
+            )?;
+            // The rendered template already holds its special tokens: none added again.
+            tok.encode(&template.render(m, true)?, false)?
+        }
+    };
+    Ok(ids.into_iter().map(i64::from).collect())
+}
+
+/// `loraplus generate`.
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let device = parse_device(&a.device).map_err(UsageError::wrap)?;
+    let kind = model::kind_of(&a.dtype).map_err(UsageError::wrap)?;
+    let prompts: Vec<(String, Prompt)> = match (&a.prompt, &a.input) {
+        (Some(p), None) => {
+            let prompt = if a.chat {
+                Prompt::Chat(vec![Message {
+                    role: "user".into(),
+                    content: p.clone(),
+                }])
+            } else {
+                Prompt::Text(p.clone())
+            };
+            vec![(p.clone(), prompt)]
+        }
+        (None, Some(path)) => read_prompts(path, a.chat).map_err(UsageError::wrap)?,
+        _ => {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "give --prompt TEXT or --input prompts.jsonl"
+            )))
+        }
+    };
+    if a.batch_size == 0 {
+        return Err(UsageError::wrap(anyhow::anyhow!("--batch-size must be at least 1")));
+    }
+    let tok = LmTokenizer::from_model_dir(&a.model)?;
+    let lora_cfg = match &a.adapter {
+        Some(ad) => Some(
+            loraplus_core::read_adapter_config(&adapter_dir(ad)).map_err(UsageError::wrap)?,
+        ),
+        None => None,
+    };
+    let opts = loraplus_models::LoadOptions {
+        task: Head::CausalLm,
+        dtype: kind,
+        device,
+        lora: lora_cfg,
+        ..loraplus_models::LoadOptions::default()
+    };
+    let (m, lora) = loraplus_models::TaskModel::load(&a.model, &opts)?;
+    if let Some(ad) = &a.adapter {
+        lora.load_adapter(&adapter_dir(ad))?;
+        if a.merge {
+            lora.merge(true)?;
+        }
+    }
+    let mut eos = m.eos_token_ids();
+    let tok_eos = i64::from(tok.eos_id());
+    if !eos.contains(&tok_eos) {
+        eos.push(tok_eos);
+    }
+    let gc = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        do_sample: a.do_sample,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        eos_token_ids: eos,
+        pad_token_id: Some(i64::from(tok.pad_id())),
+        use_cache: !a.no_cache,
+    };
+    gc.validate().map_err(UsageError::wrap)?;
+    let ids: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|(_, p)| encode(&tok, p))
+        .collect::<Result<_>>()?;
+    let mut outputs = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(a.batch_size) {
+        outputs.extend(m.generate(chunk, &gc)?);
+    }
+    let mut sink: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for ((prompt, _), new) in prompts.iter().zip(&outputs) {
+        let new_u32: Vec<u32> = new.iter().map(|&t| t as u32).collect();
+        let text = tok
+            .tokenizer()
+            .decode(&new_u32, true)
+            .map_err(|e| anyhow::anyhow!("decoding the generated tokens: {e}"))?;
+        if a.prompt.is_some() && a.output.is_none() {
+            writeln!(sink, "{text}")?;
+        } else {
+            let row = serde_json::json!({"prompt": prompt, "completion": text, "tokens": new});
+            writeln!(sink, "{row}")?;
+        }
+    }
+    sink.flush()?;
+    Ok(())
+}

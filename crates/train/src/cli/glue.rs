@@ -1,0 +1,219 @@
+//! `loraplus glue`: the LoRA-against-LoRA+ experiment driver (tasks x ratios x seeds on one
+//! budget), with its table and overlaid plots.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::{Overrides, UsageError};
+use crate::config::TrainConfig;
+use crate::metrics_log;
+use crate::plots::{line_plot, Series};
+use crate::trainer::Trainer;
+
+#[derive(Args, Debug)]
+pub struct GlueArgs {
+    /// Base config (TOML/JSON); its task is replaced by each of --tasks.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Comma-separated tasks.
+    #[arg(long, default_value = "sst2,mrpc,cola,stsb", value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Comma-separated LoRA+ ratios; 1 is plain LoRA.
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    pub ratios: Vec<f64>,
+    /// Comma-separated seeds.
+    #[arg(long, default_value = "42", value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Reuse finished runs (an `adapter/` and `metrics.jsonl` in the run's folder) instead of
+    /// training them again: redo the tables and plots of an earlier grid, or finish a grid that
+    /// was interrupted.
+    #[arg(long)]
+    pub reuse: bool,
+    /// Flags as for `train`; `--output-dir` (default runs/glue) gets `<task>/ratio-R/seed-S/`.
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Serialize)]
+struct GlueRun {
+    task: String,
+    ratio: f64,
+    seed: u64,
+    main_name: String,
+    final_main: f64,
+    best_main: Option<f64>,
+    target_reached_at: Option<usize>,
+    steps: usize,
+    seconds: f64,
+}
+
+/// `loraplus glue`: every (task, ratio, seed) on the same budget; a markdown table, JSON and
+/// overlaid plots per task.
+pub fn glue(a: GlueArgs) -> Result<()> {
+    let mut base = match &a.config {
+        Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
+        None => TrainConfig::default(),
+    };
+    a.overrides.apply(&mut base);
+    crate::trainer::apply_process_settings(&base, true).map_err(UsageError::wrap)?;
+    let root = a
+        .overrides
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/glue"));
+    let mut runs = Vec::new();
+    for task in &a.tasks {
+        let mut loss_series = Vec::new();
+        let mut dev_series = Vec::new();
+        for (ratio_index, &ratio) in a.ratios.iter().enumerate() {
+            for &seed in &a.seeds {
+                let out = root
+                    .join(task)
+                    .join(format!("ratio-{ratio}"))
+                    .join(format!("seed-{seed}"));
+                let mut cfg = base.clone();
+                cfg.task = task.clone();
+                cfg.seed = seed;
+                cfg.optim.loraplus_ratio = ratio;
+                cfg.output_dir = out.clone();
+                cfg.validate().map_err(UsageError::wrap)?;
+                let metrics = out.join(metrics_log::METRICS_FILE);
+                let finished = out
+                    .join("adapter")
+                    .join(loraplus_core::ADAPTER_CONFIG)
+                    .exists()
+                    && metrics.exists();
+                let summary = if a.reuse && finished {
+                    eprintln!(
+                        "== {task} ratio {ratio} seed {seed}: reusing {}",
+                        out.display()
+                    );
+                    None
+                } else {
+                    eprintln!("== {task} ratio {ratio} seed {seed}");
+                    let mut t = Trainer::new(cfg, None)?;
+                    Some(t.train()?)
+                };
+                let (train, eval) = metrics_log::read(&metrics)?;
+                let last = eval
+                    .last()
+                    .with_context(|| format!("{}: no evaluation", metrics.display()))?;
+                let run = match &summary {
+                    Some(s) => {
+                        let fe = s.final_eval.clone().context("no final evaluation")?;
+                        GlueRun {
+                            task: task.clone(),
+                            ratio,
+                            seed,
+                            main_name: fe.main_name.clone(),
+                            final_main: fe.main,
+                            best_main: s.best_metric,
+                            target_reached_at: s.target_reached_at,
+                            steps: s.steps,
+                            seconds: s.train_seconds,
+                        }
+                    }
+                    None => GlueRun {
+                        task: task.clone(),
+                        ratio,
+                        seed,
+                        main_name: last.main_name.clone(),
+                        final_main: last.main,
+                        best_main: eval.iter().map(|e| e.main).reduce(f64::max),
+                        target_reached_at: base
+                            .target_metric
+                            .and_then(|t| eval.iter().find(|e| e.main >= t).map(|e| e.step)),
+                        steps: train.last().map_or(last.step, |r| r.step),
+                        seconds: last.elapsed_s,
+                    },
+                };
+                let label = if ratio == 1.0 {
+                    format!("LoRA s{seed}")
+                } else {
+                    format!("LoRA+ {ratio} s{seed}")
+                };
+                loss_series.push(Series {
+                    label: label.clone(),
+                    group: Some(ratio_index),
+                    points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
+                });
+                dev_series.push(Series {
+                    label,
+                    group: Some(ratio_index),
+                    points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
+                });
+                runs.push(run);
+            }
+        }
+        let dir = root.join(task);
+        line_plot(
+            &dir.join("loss"),
+            &format!("{task}: training loss"),
+            "step",
+            "loss",
+            &loss_series,
+        )?;
+        line_plot(
+            &dir.join("dev_metric"),
+            &format!("{task}: dev metric"),
+            "step",
+            "metric",
+            &dev_series,
+        )?;
+    }
+    let md = glue_table(&runs);
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("glue_results.md"), &md)?;
+    std::fs::write(
+        root.join("glue_results.json"),
+        serde_json::to_string_pretty(&runs)?,
+    )?;
+    println!("{md}");
+    Ok(())
+}
+
+fn glue_table(runs: &[GlueRun]) -> String {
+    let mut md = String::from("| task | ratio | metric | seeds | final dev (mean ± std) | best dev | steps to target |\n|---|---|---|---|---|---|---|\n");
+    let mut keys: Vec<(String, f64)> = Vec::new();
+    for r in runs {
+        if !keys.iter().any(|(t, q)| *t == r.task && *q == r.ratio) {
+            keys.push((r.task.clone(), r.ratio));
+        }
+    }
+    for (task, ratio) in keys {
+        let group: Vec<&GlueRun> = runs
+            .iter()
+            .filter(|r| r.task == task && r.ratio == ratio)
+            .collect();
+        let vals: Vec<f64> = group.iter().map(|r| r.final_main).collect();
+        let n = vals.len() as f64;
+        let mean = vals.iter().sum::<f64>() / n;
+        let std = if vals.len() > 1 {
+            (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        let best = group
+            .iter()
+            .filter_map(|r| r.best_main)
+            .fold(f64::NAN, f64::max);
+        let targets: Vec<String> = group
+            .iter()
+            .map(|r| {
+                r.target_reached_at
+                    .map_or("-".to_string(), |s| s.to_string())
+            })
+            .collect();
+        md.push_str(&format!(
+            "| {task} | {ratio} | {} | {} | {mean:.4} ± {std:.4} | {best:.4} | {} |\n",
+            group[0].main_name,
+            group.len(),
+            targets.join(", ")
+        ));
+    }
+    md
+}
+

@@ -1,0 +1,637 @@
+//! What the `loraplus` subcommands do, as library functions (the binary only parses flags).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use loraplus_data::{paths, Split};
+
+use crate::config::{parse_device, TrainConfig};
+use crate::metrics_log;
+use crate::model;
+use crate::plots::{line_plot, Series};
+use crate::task::sequence::SequenceTask;
+use crate::task::{self, TrainTask};
+use crate::trainer::{self, RunSummary, Trainer};
+
+pub mod generate;
+pub mod glue;
+pub mod tune;
+pub use generate::{generate, GenerateArgs};
+pub use glue::{glue, GlueArgs};
+pub use tune::{tune, TuneArgs};
+
+/// A user error (bad flag, config or input file): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub anyhow::Error);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl UsageError {
+    pub fn wrap(e: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(UsageError(e))
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LORAPLUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Flags naming the data of a task that is not GLUE (see `TrainConfig`'s fields of the same names).
+#[derive(Args, Debug, Default, Clone)]
+pub struct DataFlags {
+    /// Training file (CSV, TSV or JSONL, by extension).
+    #[arg(long)]
+    pub train_file: Option<PathBuf>,
+    /// Evaluation file (same formats).
+    #[arg(long)]
+    pub eval_file: Option<PathBuf>,
+    /// Column (or JSON field) of the text (classification / regression).
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Column of the second text of a pair.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// Column of the label.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Class names, comma-separated, as they appear in the label column (id = position).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// accuracy, f1 or matthews (classification).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// causal-lm data format: text, prompt-completion or messages (default: detected).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// causal-lm: pack short examples into rows of max_seq_len tokens.
+    #[arg(long)]
+    pub packing: bool,
+}
+
+impl DataFlags {
+    /// Write the flags given into `cfg`.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        if let Some(p) = &self.train_file {
+            cfg.train_file = Some(p.clone());
+        }
+        if let Some(p) = &self.eval_file {
+            cfg.eval_file = Some(p.clone());
+        }
+        if let Some(c) = &self.text_column {
+            cfg.text_column = c.clone();
+        }
+        if let Some(c) = &self.text_pair_column {
+            cfg.text_pair_column = Some(c.clone());
+        }
+        if let Some(c) = &self.label_column {
+            cfg.label_column = c.clone();
+        }
+        if let Some(l) = &self.labels {
+            cfg.labels = Some(l.clone());
+        }
+        if let Some(m) = &self.metric {
+            cfg.metric = Some(m.clone());
+        }
+        if let Some(f) = &self.format {
+            cfg.format = Some(f.clone());
+        }
+        if self.packing {
+            cfg.packing = true;
+        }
+    }
+}
+
+/// Flags that override a config file's fields.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Overrides {
+    /// A GLUE task (sst2, mrpc, cola, stsb, qnli, rte, wnli, qqp, mnli), or a task kind on your
+    /// own files: classification, regression, causal-lm.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// HuggingFace model folder.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda, cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, bf16, f16.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// LoRA+ ratio (1 = plain LoRA).
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub save_every: Option<usize>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        macro_rules! set {
+            ($field:ident => $($target:tt)+) => {
+                if let Some(v) = self.$field.clone() {
+                    cfg.$($target)+ = v;
+                }
+            };
+        }
+        set!(task => task);
+        set!(output_dir => output_dir);
+        set!(seed => seed);
+        set!(device => device);
+        set!(dtype => dtype);
+        set!(threads => threads);
+        set!(epochs => epochs);
+        set!(batch_size => batch_size);
+        set!(max_seq_len => max_seq_len);
+        set!(lr => optim.lr);
+        set!(ratio => optim.loraplus_ratio);
+        set!(eval_every => eval_every);
+        set!(save_every => save_every);
+        if let Some(m) = &self.model {
+            cfg.model = Some(m.clone());
+        }
+        if let Some(s) = self.max_steps {
+            cfg.max_steps = Some(s);
+        }
+        if let Some(n) = self.train_limit {
+            cfg.train_limit = Some(n);
+        }
+        if let Some(n) = self.eval_limit {
+            cfg.eval_limit = Some(n);
+        }
+        self.data.apply(cfg);
+    }
+}
+
+/// `loraplus train`: run, handle SIGINT/SIGTERM with a checkpoint, print a summary and plots.
+pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<()> {
+    let mut t = Trainer::new(cfg, resume)?;
+    t.show_progress = progress;
+    let flag = t.interrupt_flag();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current step and writing a checkpoint");
+    }) {
+        tracing::warn!(
+            "Ctrl-C / SIGTERM handler not installed ({e}): an interrupt will stop the run without a checkpoint"
+        );
+    }
+    let s = t.lora.summary();
+    eprintln!("{s}");
+    let summary = t.train()?;
+    let plots = plot_run(&t.config.output_dir).unwrap_or_else(|e| {
+        tracing::warn!("plots not written: {e:#}");
+        Vec::new()
+    });
+    print_summary(&summary, &plots);
+    if t.interrupt_flag().load(Ordering::Relaxed) {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
+    println!(
+        "steps: {} ({}), {:.1} s",
+        s.steps, s.stopped_because, s.train_seconds
+    );
+    if let Some(e) = &s.final_eval {
+        println!("dev: {}", e.describe());
+    }
+    if let (Some(b), Some(at)) = (s.best_metric, s.best_step) {
+        println!("best dev main metric: {b:.4} at step {at}");
+    }
+    println!("adapter: {}", s.adapter_dir.display());
+    println!(
+        "best adapter: {}",
+        s.output_dir.join(trainer::BEST_ADAPTER_DIR).display()
+    );
+    println!(
+        "metrics: {}",
+        s.output_dir.join(metrics_log::METRICS_FILE).display()
+    );
+    for p in plots {
+        println!("plot: {}", p.display());
+    }
+}
+
+/// Loss and dev-metric plots of one run.
+pub fn plot_run(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    let (train, eval) = metrics_log::read(&output_dir.join(metrics_log::METRICS_FILE))?;
+    let mut out = Vec::new();
+    let loss = Series {
+        label: "train loss".into(),
+        group: None,
+        points: train.iter().map(|r| (r.step as f64, r.loss)).collect(),
+    };
+    line_plot(
+        &output_dir.join("loss"),
+        "training loss",
+        "step",
+        "loss",
+        &[loss],
+    )?;
+    out.push(output_dir.join("loss.png"));
+    if !eval.is_empty() {
+        let name = eval[0].main_name.clone();
+        let dev = Series {
+            label: format!("dev {name}"),
+            group: None,
+            points: eval.iter().map(|r| (r.step as f64, r.main)).collect(),
+        };
+        line_plot(
+            &output_dir.join("dev_metric"),
+            &format!("dev {name}"),
+            "step",
+            &name,
+            &[dev],
+        )?;
+        out.push(output_dir.join("dev_metric.png"));
+    }
+    Ok(out)
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint directory (with adapter/) or an adapter directory (PEFT format); none: the
+    /// base model alone (multiple-choice only).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The run's config file (TOML/JSON): task, data and model; the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A GLUE task, classification, regression, causal-lm (eval loss and perplexity of
+    /// --eval-file), or multiple-choice (log-likelihood scoring of --eval-file rows
+    /// `{"question", "choices", "answer"}`).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Base model folder (default: the config's, else the default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// dev or test (test writes predictions in GLUE's submission format).
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+    /// Where test predictions go (default `<TASK>.tsv` in the current folder).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub glue_dir: Option<PathBuf>,
+    /// Evaluate on the first N examples only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Classification / regression dev split: also write every row's prediction, gold label and
+    /// logits as JSON Lines (`{"index", "prediction", "label", "logits"}`) to this file.
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataFlags,
+}
+
+/// The adapter folder of `path`: its `adapter/` when it is a checkpoint, else itself.
+pub fn adapter_dir(path: &Path) -> PathBuf {
+    let inner = path.join(crate::checkpoint::ADAPTER_DIR);
+    if inner.join(loraplus_core::ADAPTER_CONFIG).exists() {
+        inner
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The config of an `eval` or `merge`: the file's (or defaults sized for evaluation), with flags.
+fn eval_config(
+    config: Option<&Path>,
+    task: Option<&str>,
+    model: Option<&Path>,
+    data: &DataFlags,
+) -> Result<TrainConfig> {
+    let mut cfg = match config {
+        Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
+        None => TrainConfig {
+            max_seq_len: 128,
+            eval_batch_size: 128,
+            ..TrainConfig::default()
+        },
+    };
+    if let Some(t) = task {
+        cfg.task = t.to_string();
+    } else if config.is_none() {
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "--task (or --config) is required: a GLUE task, classification, regression or causal-lm"
+        )));
+    }
+    if let Some(m) = model {
+        cfg.model = Some(m.to_path_buf());
+    }
+    data.apply(&mut cfg);
+    Ok(cfg)
+}
+
+/// Load the base model with an adapter from `adapter` (a checkpoint or adapter folder).
+fn load_with_adapter(
+    cfg: &TrainConfig,
+    task: &dyn TrainTask,
+    adapter: &Path,
+    device: tch::Device,
+) -> Result<(model::Model, loraplus_core::LoraModel)> {
+    let adir = adapter_dir(adapter);
+    let lora_cfg = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
+    let mdir = model::model_dir(cfg);
+    let (m, lora) = model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype)?;
+    lora.load_adapter(&adir)?;
+    Ok((m, lora))
+}
+
+/// `loraplus eval`.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let mut cfg = eval_config(a.config.as_deref(), a.task.as_deref(), a.model.as_deref(), &a.data)?;
+    if let Some(d) = &a.device {
+        cfg.device = d.clone();
+    }
+    if let Some(n) = a.max_seq_len {
+        cfg.max_seq_len = n;
+    }
+    if let Some(n) = a.batch_size {
+        cfg.eval_batch_size = n;
+    }
+    if let Some(g) = &a.glue_dir {
+        cfg.glue_dir = Some(g.clone());
+    }
+    if cfg.task == "multiple-choice" {
+        return eval_multiple_choice(&a, &cfg);
+    }
+    cfg.validate().map_err(UsageError::wrap)?;
+    let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
+    let mdir = model::model_dir(&cfg);
+    let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
+    let adapter = a.adapter.as_deref().ok_or_else(|| {
+        UsageError::wrap(anyhow::anyhow!("--adapter is required (except for multiple-choice)"))
+    })?;
+    let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device)?;
+    let pad = task.padding(&cfg, &mdir)?;
+    match a.split.as_str() {
+        "dev" => {
+            let evals = task::limit_evals(task.load_evals(&cfg, &mdir)?, a.limit)?;
+            if evals.is_empty() {
+                return Err(UsageError::wrap(anyhow::anyhow!(
+                    "nothing to evaluate: give --eval-file (task {})",
+                    task.name()
+                )));
+            }
+            if let Some(path) = &a.predictions {
+                let seq = SequenceTask::from_config(&cfg).map_err(|_| {
+                    UsageError::wrap(anyhow::anyhow!(
+                        "--predictions is for classification and regression tasks"
+                    ))
+                })?;
+                write_predictions(&seq, &model, &evals[0].1, pad.0, &cfg, device, path)?;
+            }
+            for (split, data) in evals {
+                let r = task.evaluate(&model, &data, pad, &cfg, device)?;
+                let values: Vec<String> = r
+                    .values
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!(
+                    "{} {split:?} ({} examples): {}",
+                    task.name(),
+                    data.len(),
+                    values.join(", ")
+                );
+            }
+            Ok(())
+        }
+        "test" => {
+            let seq = SequenceTask::from_config(&cfg).map_err(|_| {
+                UsageError::wrap(anyhow::anyhow!(
+                    "--split test writes GLUE submission files: only for GLUE tasks"
+                ))
+            })?;
+            if !matches!(seq.source, crate::task::sequence::Source::Glue { .. }) {
+                return Err(UsageError::wrap(anyhow::anyhow!(
+                    "--split test writes GLUE submission files: only for GLUE tasks"
+                )));
+            }
+            let data = seq.load_split(&cfg, &mdir, Split::Test)?;
+            let (preds, _) = seq.predict(&model, &data, pad.0, &cfg, device)?;
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.tsv", seq.task.name)));
+            let mut text = String::from("index\tprediction\n");
+            for (i, p) in preds.iter().enumerate() {
+                text.push_str(&format!("{i}\t{}\n", seq.label_text(p)));
+            }
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{} test predictions written to {}",
+                preds.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        other => Err(UsageError::wrap(anyhow::anyhow!(
+            "--split must be dev or test, found {other:?}"
+        ))),
+    }
+}
+
+/// Every row's prediction, gold label and logits, as JSON Lines.
+fn write_predictions(
+    seq: &SequenceTask,
+    model: &model::Model,
+    data: &std::sync::Arc<loraplus_data::TokenizedDataset>,
+    pad_id: u32,
+    cfg: &TrainConfig,
+    device: tch::Device,
+    path: &Path,
+) -> Result<()> {
+    let (logits, preds, gold) = seq.predict_with_logits(model, data, pad_id, cfg, device)?;
+    let mut text = String::new();
+    for (i, ((l, p), g)) in logits.iter().zip(&preds).zip(&gold).enumerate() {
+        let label = |x: &loraplus_data::Label| match x {
+            loraplus_data::Label::Class(c) => serde_json::json!(c),
+            loraplus_data::Label::Score(s) => serde_json::json!(s),
+        };
+        let row = serde_json::json!({
+            "index": i,
+            "prediction": label(p),
+            "label": g.as_ref().map(label),
+            "logits": l,
+        });
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `loraplus eval --task multiple-choice`: accuracy of log-likelihood scoring (lm-eval-harness'
+/// `acc` and `acc_norm`), with or without an adapter; `--output` gets the per-row scores.
+fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
+    use crate::task::multiple_choice;
+    let path = cfg.eval_file.clone().ok_or_else(|| {
+        UsageError::wrap(anyhow::anyhow!(
+            "--task multiple-choice needs --eval-file rows {{\"question\", \"choices\", \"answer\"}}"
+        ))
+    })?;
+    let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
+    let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
+    let mdir = model::model_dir(cfg);
+    let (model, _lora) = match &a.adapter {
+        Some(ad) => {
+            let adir = adapter_dir(ad);
+            let lc = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
+            let (m, l) = model::load_model_with_lora(&mdir, loraplus_models::Head::CausalLm, lc, device, &cfg.dtype)?;
+            l.load_adapter(&adir)?;
+            (m, l)
+        }
+        None => loraplus_models::TaskModel::load(
+            &mdir,
+            &loraplus_models::LoadOptions {
+                task: loraplus_models::Head::CausalLm,
+                dtype: model::kind_of(&cfg.dtype)?,
+                device,
+                lora: None,
+                ..loraplus_models::LoadOptions::default()
+            },
+        )?,
+    };
+    let tok = loraplus_data::lm::LmTokenizer::from_model_dir(&mdir)?;
+    let report = multiple_choice::evaluate(&model, &tok, &path, cfg.eval_batch_size)?;
+    println!(
+        "multiple-choice {} ({} questions): accuracy {:.4}, accuracy_norm {:.4}",
+        path.display(),
+        rows.len(),
+        report.accuracy,
+        report.accuracy_norm
+    );
+    if let Some(out) = &a.output {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// A checkpoint or adapter directory.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The run's config file (task, data, model); the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The task the adapter was trained on (sets the head: a GLUE task, classification,
+    /// regression or causal-lm).
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Output folder: model.safetensors + config.json (+ tokenizer files), loadable by transformers.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub data: DataFlags,
+}
+
+/// `loraplus merge`.
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let mut cfg = eval_config(a.config.as_deref(), a.task.as_deref(), a.model.as_deref(), &a.data)?;
+    cfg.dtype = "f32".into();
+    cfg.validate().map_err(UsageError::wrap)?;
+    let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
+    let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu)?;
+    lora.merge(true)?;
+    model::write_merged(&model, &lora, &model::model_dir(&cfg), task.as_ref(), &a.output)?;
+    println!("merged model written to {}", a.output.display());
+    Ok(())
+}
+
+/// `loraplus info`.
+pub fn info() -> Result<()> {
+    println!("loraplus {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch: {}", model::libtorch_version());
+    println!("CUDA available: {}", tch::Cuda::is_available());
+    println!("CUDA devices: {}", tch::Cuda::device_count());
+    println!("cuDNN available: {}", tch::Cuda::cudnn_is_available());
+    println!("CPU threads: {}", tch::get_num_threads());
+    let mdir = paths::model_dir();
+    let found = mdir.join("model.safetensors").exists();
+    println!(
+        "default model: {} ({})",
+        mdir.display(),
+        if found {
+            "found"
+        } else {
+            "NOT found: run `make setup` or set LORAPLUS_MODEL_DIR"
+        }
+    );
+    let glue = paths::glue_dir();
+    println!(
+        "GLUE data: {} ({})",
+        glue.display(),
+        if glue.is_dir() {
+            "found"
+        } else {
+            "NOT found: set GLUE_DIR"
+        }
+    );
+    Ok(())
+}
+
+/// Fail with a usage error if `path` does not exist.
+pub fn require_exists(path: &Path, what: &str) -> Result<()> {
+    if !path.exists() {
+        bail!(UsageError(anyhow::anyhow!(
+            "{what} {} does not exist",
+            path.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `loraplus tune`: find a good (lr_A, LoRA+ ratio) for a config by successive halving
+//! (see [`crate::tune`]), the head's learning rate held fixed. Writes the table of every trial,
+//! the chosen config (a file `loraplus train --config` takes) and heatmaps of the metric.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::cli::{Overrides, UsageError};
+use crate::config::TrainConfig;
+use crate::plots::{heatmap, Cell};
+use crate::task;
+use crate::trainer::Trainer;
+use crate::tune::{successive_halving, table, TrialStore, TuneGrid};
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// Base config (TOML/JSON): task, model, data, batch size, [lora]...; its lr and ratio are
+    /// what the search replaces.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Learning rates of the A matrices, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1e-4,3e-4,1e-3,3e-3")]
+    pub lrs: Vec<f64>,
+    /// LoRA+ ratios lr_B / lr_A, comma-separated (1 is plain LoRA).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+    pub ratios: Vec<f64>,
+    /// Seeds of every trial (each cell's score is their mean).
+    #[arg(long, value_delimiter = ',', default_value = "42")]
+    pub seeds: Vec<u64>,
+    /// Steps of the first rung (default: max-steps / 4).
+    #[arg(long)]
+    pub min_steps: Option<usize>,
+    /// Keep the best 1/eta of the cells at each rung; they then run eta times longer.
+    #[arg(long, default_value_t = 2)]
+    pub eta: usize,
+    /// The head's learning rate, the same in every trial (default: the config's head_lr, else
+    /// its lr).
+    #[arg(long)]
+    pub head_lr: Option<f64>,
+    /// Flags as for `train`; `--max-steps` is the full budget of the last rung, `--output-dir`
+    /// (default runs/tune) gets `trials/`, `trials.jsonl`, the table, `best.toml` and heatmaps.
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// `loraplus tune`.
+pub fn tune(a: TuneArgs) -> Result<()> {
+    let mut base = match &a.config {
+        Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
+        None => TrainConfig::default(),
+    };
+    a.overrides.apply(&mut base);
+    base.validate().map_err(UsageError::wrap)?;
+    let max_steps = base.max_steps.ok_or_else(|| {
+        UsageError::wrap(anyhow::anyhow!(
+            "--max-steps (or max_steps in the config) is required: the budget of the last rung"
+        ))
+    })?;
+    let grid = TuneGrid {
+        lrs: a.lrs.clone(),
+        ratios: a.ratios.clone(),
+        seeds: a.seeds.clone(),
+        max_steps,
+        min_steps: a.min_steps.unwrap_or((max_steps / 4).max(1)),
+        eta: a.eta,
+    };
+    grid.validate().map_err(UsageError::wrap)?;
+    if let Some(h) = a.head_lr {
+        if !(h.is_finite() && h > 0.0) {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--head-lr must be a positive number, found {h}"
+            )));
+        }
+    }
+    crate::trainer::apply_process_settings(&base, true).map_err(UsageError::wrap)?;
+    let head_lr = a.head_lr.or(base.optim.head_lr).unwrap_or(base.optim.lr);
+    let root = a
+        .overrides
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/tune"));
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let greater_is_better = task::from_config(&base)
+        .map_err(UsageError::wrap)?
+        .greater_is_better();
+    let mut store = TrialStore::open(&root.join("trials.jsonl"))?;
+    let rungs = grid.rungs();
+    let cells = grid.cells().len();
+    eprintln!(
+        "tune: {} cells x {} seed(s), rungs of {:?} steps (eta {}), head lr {head_lr}",
+        cells,
+        grid.seeds.len(),
+        rungs,
+        grid.eta
+    );
+    let mut n = 0usize;
+    let result = successive_halving(&grid, greater_is_better, &mut store, |t, rung| {
+        n += 1;
+        let mut cfg = base.clone();
+        cfg.optim.lr = t.lr;
+        cfg.optim.loraplus_ratio = t.ratio;
+        cfg.optim.head_lr = Some(head_lr);
+        cfg.seed = t.seed;
+        cfg.max_steps = Some(t.steps);
+        cfg.eval_every = 0;
+        cfg.save_every = 0;
+        cfg.early_stopping_patience = None;
+        cfg.output_dir = root.join("trials").join(t.key());
+        let mut trainer = Trainer::new(cfg, None)?;
+        trainer.show_progress = false;
+        let s = trainer.train()?;
+        let m = s
+            .final_eval
+            .map(|e| e.main)
+            .context("the trial has no evaluation: the task needs an eval set")?;
+        eprintln!(
+            "[{n}] rung {rung}: lr {:e} ratio {} seed {} {} steps -> {m:.4}",
+            t.lr, t.ratio, t.seed, t.steps
+        );
+        Ok(m)
+    })?;
+    let md = table(&result);
+    std::fs::write(root.join("tune_results.md"), &md)?;
+    std::fs::write(
+        root.join("tune_results.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let mut best = base.clone();
+    best.optim.lr = result.best_lr;
+    best.optim.loraplus_ratio = result.best_ratio;
+    best.optim.head_lr = Some(head_lr);
+    best.output_dir = root.join("best");
+    let best_path = root.join("best.toml");
+    std::fs::write(
+        &best_path,
+        format!(
+            "# Chosen by `loraplus tune` ({} trials, {:.0}% of the full grid's steps): lr {:e}, ratio {}, metric {:.4}\n{}",
+            result.trials.len(),
+            100.0 * result.cost_fraction,
+            result.best_lr,
+            result.best_ratio,
+            result.best_metric,
+            toml::to_string(&best)?
+        ),
+    )?;
+    // Heatmaps: every cell at the first rung, and the cells of the last rung.
+    for (rung, name) in [(0usize, "heatmap_rung0"), (rungs.len() - 1, "heatmap_last")] {
+        let cells: Vec<Cell> = result
+            .scores
+            .iter()
+            .filter(|s| s.rung == rung)
+            .map(|s| Cell {
+                x: s.lr.log10(),
+                y: s.ratio.log2(),
+                value: s.mean,
+            })
+            .collect();
+        let step = (min_gap(cells.iter().map(|c| c.x)), min_gap(cells.iter().map(|c| c.y)));
+        if let Err(e) = heatmap(
+            &root.join(name),
+            &format!("{} at {} steps (rung {rung})", "dev metric", rungs[rung]),
+            "log10 lr_A",
+            "log2 ratio (lr_B / lr_A)",
+            &cells,
+            step,
+            !greater_is_better,
+            Some((result.best_lr.log10(), result.best_ratio.log2())),
+            grid.ratios
+                .contains(&1.0)
+                .then_some((0.0, "ratio 1: plain LoRA")),
+        ) {
+            tracing::warn!("{name} not written: {e:#}");
+        }
+    }
+    println!("{md}");
+    println!(
+        "best: lr {:e}, ratio {} ({:.4}); {} trials ({} run now), {:.0}% of the full grid's steps",
+        result.best_lr,
+        result.best_ratio,
+        result.best_metric,
+        result.trials.len(),
+        result.trials_run,
+        100.0 * result.cost_fraction
+    );
+    println!("config: {}", best_path.display());
+    Ok(())
+}
+
+/// The smallest gap between distinct values (1 when there is only one value).
+fn min_gap(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v.windows(2).map(|w| w[1] - w[0]).reduce(f64::min).unwrap_or(1.0)
+}

@@ -1,0 +1,208 @@
+//! Causal language modelling (supervised fine-tuning of a decoder): JSONL rows in the `text`,
+//! `prompt-completion` or `messages` format (see `loraplus_data::lm`), loss on the tokens that
+//! take one (completions, assistant turns), evaluated as the mean token loss and perplexity of
+//! the evaluation file. A merged model is `*ForCausalLM` (`GPT2LMHeadModel`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use loraplus_data::lm::{self, LmFormat, LmOptions, LmTokenizer, TooLong};
+use loraplus_data::{
+    DataLoader, LoaderConfig, MetricReport, PaddingSide, Position, Split, TokenizedDataset,
+};
+use loraplus_models::{Head, ModelInputs, IGNORE_INDEX};
+
+use crate::config::TrainConfig;
+use crate::model::{self, Model};
+use crate::task::TrainTask;
+
+/// The name of the main metric of a causal-LM evaluation (lower is better).
+pub const EVAL_LOSS: &str = "eval_loss";
+
+/// A causal-LM task over the user's JSONL files.
+#[derive(Debug, Clone)]
+pub struct CausalLmTask {
+    pub train: Option<PathBuf>,
+    pub eval: Option<PathBuf>,
+    pub options: LmOptions,
+}
+
+impl CausalLmTask {
+    pub fn from_config(cfg: &TrainConfig) -> Result<CausalLmTask> {
+        let format = cfg
+            .format
+            .as_deref()
+            .map(|f| f.parse::<LmFormat>())
+            .transpose()
+            .context("field `format`")?;
+        let too_long = match cfg.too_long.as_str() {
+            "error" => TooLong::Error,
+            _ => TooLong::Skip,
+        };
+        Ok(CausalLmTask {
+            train: cfg.train_file.clone(),
+            eval: cfg.eval_file.clone(),
+            options: LmOptions {
+                format,
+                max_seq_len: cfg.max_seq_len,
+                packing: cfg.packing,
+                too_long,
+                ..LmOptions::default()
+            },
+        })
+    }
+
+    fn load(&self, path: &Path, model_dir: &Path, packing: bool) -> Result<Arc<TokenizedDataset>> {
+        let tok = LmTokenizer::from_model_dir(model_dir)?;
+        let opts = LmOptions {
+            packing,
+            ..self.options.clone()
+        };
+        let (ds, stats) = lm::load_jsonl(path, &tok, &opts)?;
+        tracing::info!("{}: {stats}", path.display());
+        Ok(Arc::new(ds))
+    }
+
+    /// The padding of this task's batches: the tokenizer's pad id (EOS when it has none) and side.
+    pub fn padding(model_dir: &Path) -> Result<(u32, PaddingSide)> {
+        let tok = LmTokenizer::from_model_dir(model_dir)?;
+        Ok((tok.pad_id(), tok.padding_side()))
+    }
+}
+
+/// Sum of the token losses of a batch and the number of tokens that take one (labels `[B, T]`,
+/// position `t` predicting `labels[t + 1]`, `-100` ignored), in f64 on the host.
+pub fn token_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<(f64, i64)> {
+    let (b, t) = (labels.size()[0], labels.size()[1]);
+    let vocab = logits.size()[2];
+    let labels = labels.to_device(logits.device());
+    let target = labels.narrow(1, 1, t - 1).reshape([-1]);
+    let pred = logits
+        .narrow(1, 0, t - 1)
+        .to_kind(Kind::Float)
+        .reshape([b * (t - 1), vocab]);
+    let sum = pred.f_cross_entropy_loss::<Tensor>(
+        &target,
+        None,
+        tch::Reduction::Sum,
+        IGNORE_INDEX,
+        0.0,
+    )?;
+    let n = target.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
+    Ok((sum.double_value(&[]), n))
+}
+
+impl TrainTask for CausalLmTask {
+    fn name(&self) -> String {
+        "causal-lm".into()
+    }
+
+    fn head(&self) -> Head {
+        Head::CausalLm
+    }
+
+    fn load_train(&self, _cfg: &TrainConfig, model_dir: &Path) -> Result<Arc<TokenizedDataset>> {
+        let path = self
+            .train
+            .as_ref()
+            .context("field `train_file` is required to train a causal LM")?;
+        self.load(path, model_dir, self.options.packing)
+    }
+
+    fn load_evals(
+        &self,
+        _cfg: &TrainConfig,
+        model_dir: &Path,
+    ) -> Result<Vec<(Split, Arc<TokenizedDataset>)>> {
+        // Evaluation never packs: every example is scored on its own, whatever the training did.
+        match &self.eval {
+            None => Ok(Vec::new()),
+            Some(p) => Ok(vec![(Split::Dev, self.load(p, model_dir, false)?)]),
+        }
+    }
+
+    fn padding(&self, _cfg: &TrainConfig, model_dir: &Path) -> Result<(u32, PaddingSide)> {
+        Self::padding(model_dir)
+    }
+
+    fn evaluate(
+        &self,
+        model: &Model,
+        data: &Arc<TokenizedDataset>,
+        pad: (u32, PaddingSide),
+        cfg: &TrainConfig,
+        device: Device,
+    ) -> Result<MetricReport> {
+        let loader = DataLoader::new(
+            data.clone(),
+            pad.0,
+            LoaderConfig {
+                padding_side: pad.1,
+                ..LoaderConfig::eval(cfg.eval_batch_size)
+            },
+        )?;
+        let _guard = tch::no_grad_guard();
+        let (mut sum, mut n) = (0.0f64, 0i64);
+        for batch in loader.prefetch(Position::default())? {
+            let batch = batch?;
+            let labels = batch
+                .labels
+                .as_ref()
+                .context("a causal-LM batch without labels")?;
+            let logits = model::eval_logits(model, &batch, device)?;
+            let (s, k) = token_loss_sum(&logits, labels)?;
+            sum += s;
+            n += k;
+        }
+        anyhow::ensure!(n > 0, "the evaluation set has no target tokens");
+        let loss = sum / n as f64;
+        let values = [
+            (EVAL_LOSS.to_string(), loss),
+            ("perplexity".to_string(), loss.exp()),
+            ("eval_tokens".to_string(), n as f64),
+        ]
+        .into_iter()
+        .collect();
+        Ok(MetricReport {
+            task: self.name(),
+            values,
+            main_name: EVAL_LOSS.into(),
+            main: loss,
+        })
+    }
+
+    fn greater_is_better(&self) -> bool {
+        false
+    }
+
+    fn merged_architecture(&self, model_type: &str) -> String {
+        match model_type {
+            "gpt2" => "GPT2LMHeadModel".into(),
+            other => format!("{}ForCausalLM", model::class_prefix(other)),
+        }
+    }
+
+    fn merged_config(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
+        for k in ["num_labels", "id2label", "label2id", "problem_type"] {
+            obj.remove(k);
+        }
+    }
+}
+
+/// The inputs of a batch on `device`, position ids included when the batch has them (packed rows).
+pub fn inputs_on<'a>(
+    ids: &'a Tensor,
+    mask: &'a Tensor,
+    types: Option<&'a Tensor>,
+    positions: Option<&'a Tensor>,
+) -> ModelInputs<'a> {
+    ModelInputs {
+        input_ids: ids,
+        attention_mask: mask,
+        token_type_ids: types,
+        position_ids: positions,
+    }
+}

@@ -1,0 +1,145 @@
+//! Task kinds: what a run learns, behind one interface. A [`TrainTask`] owns how its examples are
+//! read and tokenized, which head the model gets, how it is evaluated (and whether higher is
+//! better), and which `*For...` class a merged model is.
+//!
+//! | `task =` | kind | file |
+//! |---|---|---|
+//! | a GLUE name (`sst2`, `mrpc`, `stsb`, ...) | GLUE from `glue_dir` | `sequence.rs` |
+//! | `classification`, `regression` | the user's CSV/TSV/JSONL (`train_file`, `eval_file`) | `sequence.rs` |
+//! | `causal-lm` | JSONL `text` / `prompt-completion` / `messages` | `causal_lm.rs` |
+//!
+//! A new kind: a file with a type implementing [`TrainTask`], and one arm in [`from_config`].
+
+pub mod causal_lm;
+pub mod multiple_choice;
+pub mod sequence;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tch::Device;
+
+use loraplus_data::{MetricReport, PaddingSide, Split, TokenizedDataset};
+use loraplus_models::Head;
+
+use crate::config::TrainConfig;
+use crate::model::Model;
+
+/// The tokenized data of a run.
+pub struct TaskData {
+    pub train: Arc<TokenizedDataset>,
+    /// The evaluation sets, the first one selects checkpoints (empty: no evaluation).
+    pub evals: Vec<(Split, Arc<TokenizedDataset>)>,
+    /// The id batches are padded with.
+    pub pad_id: u32,
+    pub padding_side: PaddingSide,
+}
+
+/// One kind of task (see the module docs).
+pub trait TrainTask: Send + Sync {
+    /// For logs, metrics and messages (`SST-2`, `classification`, `causal-lm`).
+    fn name(&self) -> String;
+    /// The model head.
+    fn head(&self) -> Head;
+    /// The training examples, tokenized (`cfg.train_limit` applied by the caller).
+    fn load_train(&self, cfg: &TrainConfig, model_dir: &Path) -> Result<Arc<TokenizedDataset>>;
+    /// The evaluation sets (`cfg.eval_limit` applied by the caller).
+    fn load_evals(
+        &self,
+        cfg: &TrainConfig,
+        model_dir: &Path,
+    ) -> Result<Vec<(Split, Arc<TokenizedDataset>)>>;
+    /// The id batches of this task are padded with, and on which side.
+    fn padding(&self, cfg: &TrainConfig, model_dir: &Path) -> Result<(u32, PaddingSide)>;
+    /// Score the model on one evaluation set.
+    fn evaluate(
+        &self,
+        model: &Model,
+        data: &Arc<TokenizedDataset>,
+        pad: (u32, PaddingSide),
+        cfg: &TrainConfig,
+        device: Device,
+    ) -> Result<MetricReport>;
+    /// Whether a higher main metric is better (false for an eval loss).
+    fn greater_is_better(&self) -> bool {
+        true
+    }
+    /// The transformers class a merged model is, for `model_type` (`BertForSequenceClassification`).
+    fn merged_architecture(&self, model_type: &str) -> String;
+    /// Fields of a merged model's `config.json` that this task sets (labels, problem type).
+    fn merged_config(&self, cfg: &mut serde_json::Map<String, serde_json::Value>);
+}
+
+/// The task kinds a config names by kind (any other `task` is a GLUE task name); each reads
+/// the user's files.
+pub const KINDS: &[&str] = &["classification", "regression", "causal-lm"];
+
+/// The task kind a config names.
+pub fn from_config(cfg: &TrainConfig) -> Result<Box<dyn TrainTask>> {
+    match cfg.task.as_str() {
+        "causal-lm" => Ok(Box::new(causal_lm::CausalLmTask::from_config(cfg)?)),
+        _ => Ok(Box::new(sequence::SequenceTask::from_config(cfg)?)),
+    }
+}
+
+/// All of a run's data: training set (a seeded subset with `train_limit`), evaluation sets (the
+/// first `eval_limit` rows of each), padding.
+pub fn load_data(task: &dyn TrainTask, cfg: &TrainConfig, model_dir: &Path) -> Result<TaskData> {
+    let mut train = task.load_train(cfg, model_dir)?;
+    if let Some(n) = cfg.train_limit {
+        train = Arc::new(subset(&train, n, cfg.seed)?);
+    }
+    let evals = limit_evals(task.load_evals(cfg, model_dir)?, cfg.eval_limit)?;
+    let (pad_id, padding_side) = task.padding(cfg, model_dir)?;
+    Ok(TaskData {
+        train,
+        evals,
+        pad_id,
+        padding_side,
+    })
+}
+
+/// The first `limit` rows of each evaluation set.
+pub fn limit_evals(
+    evals: Vec<(Split, Arc<TokenizedDataset>)>,
+    limit: Option<usize>,
+) -> Result<Vec<(Split, Arc<TokenizedDataset>)>> {
+    match limit {
+        None => Ok(evals),
+        Some(n) => evals
+            .into_iter()
+            .map(|(s, d)| Ok((s, Arc::new(first_n(&d, n)?))))
+            .collect(),
+    }
+}
+
+/// `n` examples drawn without replacement with `seed` (all of them if `n >= len`), in file order.
+pub fn subset(data: &TokenizedDataset, n: usize, seed: u64) -> Result<TokenizedDataset> {
+    if n >= data.len() {
+        return Ok(data.clone());
+    }
+    // A seeded Fisher-Yates over indices (SplitMix64).
+    let mut idx: Vec<usize> = (0..data.len()).collect();
+    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..idx.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx.sort_unstable();
+    data.select(&idx)
+}
+
+/// The first `n` examples.
+pub fn first_n(data: &TokenizedDataset, n: usize) -> Result<TokenizedDataset> {
+    let idx: Vec<usize> = (0..n.min(data.len())).collect();
+    data.select(&idx)
+}

@@ -1,0 +1,182 @@
+//! Multiple-choice scoring by log-likelihood, as lm-eval-harness scores MMLU-style tasks (the
+//! way the LoRA+ paper's Llama runs are evaluated): each row `{"question", "choices": [...],
+//! "answer": index}` is scored by `log p(" " + choice | question)` for every choice; the
+//! prediction is the most likely choice (`accuracy`), or the most likely per byte of the choice
+//! (`accuracy_norm`, lm-eval's `acc_norm`). An evaluation-only task.
+//!
+//! Tokenization follows lm-eval-harness' defaults for causal models: no special tokens; the
+//! context is the question's tokens (the EOS token when the question is empty), the
+//! continuation the tokens of `question + " " + choice` past the question's.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use loraplus_data::lm::LmTokenizer;
+
+use crate::model::Model;
+
+/// One question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McRow {
+    /// 1-based line in the file.
+    pub line: usize,
+    pub question: String,
+    pub choices: Vec<String>,
+    pub answer: usize,
+}
+
+/// The scores of one question.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct McScore {
+    /// Sum of the continuation's token log-probabilities, per choice.
+    pub logprobs: Vec<f64>,
+    /// Argmax of `logprobs` (first on ties).
+    pub prediction: usize,
+    /// Argmax of `logprobs / bytes of " " + choice`.
+    pub prediction_norm: usize,
+    pub answer: usize,
+}
+
+/// The result of a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct McReport {
+    pub accuracy: f64,
+    pub accuracy_norm: f64,
+    pub rows: Vec<McScore>,
+}
+
+/// Read `{"question", "choices", "answer"}` rows; errors name the file and line.
+pub fn read_rows(path: &Path) -> Result<Vec<McRow>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display();
+    let mut rows = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let text = std::str::from_utf8(raw)
+            .map_err(|e| anyhow::anyhow!("{origin}: line {line}: invalid UTF-8 ({e})"))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: line {line}: not valid JSON: {e}"))?;
+        let obj = v
+            .as_object()
+            .with_context(|| format!("{origin}: line {line}: expected a JSON object"))?;
+        let question = match obj.get("question") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => bail!("{origin}: line {line}: field \"question\" must be a string"),
+            None => bail!("{origin}: line {line}: missing field \"question\""),
+        };
+        let choices: Vec<String> = match obj.get("choices") {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|c| c.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .with_context(|| {
+                    format!("{origin}: line {line}: field \"choices\" must be a list of strings")
+                })?,
+            Some(_) => bail!("{origin}: line {line}: field \"choices\" must be a list of strings"),
+            None => bail!("{origin}: line {line}: missing field \"choices\""),
+        };
+        if choices.len() < 2 {
+            bail!(
+                "{origin}: line {line}: \"choices\" needs at least 2 entries, found {}",
+                choices.len()
+            );
+        }
+        let answer = match obj.get("answer").and_then(serde_json::Value::as_u64) {
+            Some(a) if (a as usize) < choices.len() => a as usize,
+            Some(a) => bail!(
+                "{origin}: line {line}: \"answer\" is {a}, but there are {} choices (0-based index)",
+                choices.len()
+            ),
+            None => bail!(
+                "{origin}: line {line}: field \"answer\" must be the 0-based index of the right choice"
+            ),
+        };
+        rows.push(McRow {
+            line,
+            question,
+            choices,
+            answer,
+        });
+    }
+    if rows.is_empty() {
+        bail!("{origin}: no rows (empty file)");
+    }
+    Ok(rows)
+}
+
+fn ids(v: Vec<u32>) -> Vec<i64> {
+    v.into_iter().map(i64::from).collect()
+}
+
+/// `(context ids, continuation ids)` of one choice.
+pub fn encode_pair(tok: &LmTokenizer, question: &str, choice: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+    let continuation = format!(" {choice}");
+    let whole = ids(tok.encode(&format!("{question}{continuation}"), false)?);
+    let context = ids(tok.encode(question, false)?);
+    let (context, cont) = if context.is_empty() {
+        (vec![i64::from(tok.eos_id())], whole)
+    } else {
+        let n = context.len().min(whole.len());
+        (context, whole[n..].to_vec())
+    };
+    if cont.is_empty() {
+        bail!("the choice {choice:?} tokenizes to nothing after the question");
+    }
+    Ok((context, cont))
+}
+
+fn argmax(v: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, x) in v.enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best.0
+}
+
+/// Score every row of `path` with `model`.
+pub fn evaluate(model: &Model, tok: &LmTokenizer, path: &Path, batch_size: usize) -> Result<McReport> {
+    let rows = read_rows(path)?;
+    let mut items = Vec::new();
+    for r in &rows {
+        for c in &r.choices {
+            items.push(
+                encode_pair(tok, &r.question, c)
+                    .with_context(|| format!("{}: line {}", path.display(), r.line))?,
+            );
+        }
+    }
+    let scores = model.continuation_logprobs(&items, batch_size)?;
+    let mut at = 0;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let lp: Vec<f64> = scores[at..at + r.choices.len()].iter().map(|s| s.0).collect();
+        at += r.choices.len();
+        let prediction = argmax(lp.iter().copied());
+        let prediction_norm = argmax(
+            lp.iter()
+                .zip(&r.choices)
+                .map(|(l, c)| l / (c.len() + 1) as f64),
+        );
+        out.push(McScore {
+            logprobs: lp,
+            prediction,
+            prediction_norm,
+            answer: r.answer,
+        });
+    }
+    let n = out.len() as f64;
+    let accuracy = out.iter().filter(|s| s.prediction == s.answer).count() as f64 / n;
+    let accuracy_norm = out.iter().filter(|s| s.prediction_norm == s.answer).count() as f64 / n;
+    Ok(McReport {
+        accuracy,
+        accuracy_norm,
+        rows: out,
+    })
+}

@@ -1,0 +1,358 @@
+//! Causal-LM fine-tuning end to end with the `loraplus` binary, on tiny random Llama and GPT-2
+//! checkpoints written by transformers (with the test tokenizer and a ChatML template): each data
+//! format trains; packing trains; an interrupted-and-resumed run equals an uninterrupted one
+//! bitwise; the adapter loads in PEFT (`PeftModel.from_pretrained`, CAUSAL_LM) with the same
+//! logits; `merge` writes a `*ForCausalLM` folder transformers loads with the same logits;
+//! `generate` gives the same tokens merged or not, cached or not; multiple-choice scoring equals
+//! a Python reference row by row; bad files fail with the file and line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tch::{Device, Kind, Tensor};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(p.exists(), "{} not found: run `make setup`", p.display());
+    p
+}
+
+fn reference(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/causal_lm_ref.py");
+    let o = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .expect("running python");
+    assert!(
+        o.status.success(),
+        "causal_lm_ref.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loraplus"))
+        .env("LORAPLUS_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("running loraplus")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = bin(args);
+    assert!(
+        o.status.success(),
+        "loraplus {args:?} failed ({:?}):\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const TOPICS: [&str; 6] = ["the cat", "a small dog", "the red bird", "my old car", "the blue sea", "a tall tree"];
+
+fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn messages_rows(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            let t = TOPICS[i % TOPICS.len()];
+            let mut msgs = vec![];
+            if i % 2 == 0 {
+                msgs.push(serde_json::json!({"role": "system", "content": "you answer in short words"}));
+            }
+            msgs.push(serde_json::json!({"role": "user", "content": format!("tell me about {t}")}));
+            msgs.push(serde_json::json!({"role": "assistant", "content": format!("{t} is nice and it is here")}));
+            if i % 3 == 0 {
+                msgs.push(serde_json::json!({"role": "user", "content": "and then"}));
+                msgs.push(serde_json::json!({"role": "assistant", "content": format!("then {t} went home")}));
+            }
+            serde_json::json!({ "messages": msgs })
+        })
+        .collect()
+}
+
+fn prompt_completion_rows(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            let t = TOPICS[i % TOPICS.len()];
+            serde_json::json!({"prompt": format!("question: where is {t}?"), "completion": format!(" answer: {t} is at home")})
+        })
+        .collect()
+}
+
+fn text_rows(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| serde_json::json!({"text": format!("{} runs over the hill and {} sleeps", TOPICS[i % 6], TOPICS[(i + 1) % 6])}))
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        reference(&["fixture", s(&root)]);
+        Fixture { _dir: dir, root }
+    }
+    fn model(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+fn train_args<'a>(model: &'a str, train: &'a str, eval: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--task", "causal-lm", "--model", model, "--train-file", train, "--eval-file", eval,
+        "--output-dir", out, "--batch-size", "4", "--max-seq-len", "64", "--threads", "1",
+        "--lr", "2e-3", "--no-progress",
+    ]
+}
+
+fn eval_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["kind"] == "eval").then(|| v["main"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn adapter_tensors(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut v = loraplus_core::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Our logits of `ids` (rows of one length) with the adapter in `adapter` (or none).
+fn our_logits(model: &Path, adapter: Option<&Path>, ids: &[Vec<i64>]) -> Tensor {
+    use loraplus_models::{Head, LoadOptions, TaskModel};
+    let lora = adapter.map(|a| loraplus_core::read_adapter_config(a).unwrap());
+    let opts = LoadOptions {
+        task: Head::CausalLm,
+        lora,
+        ..LoadOptions::default()
+    };
+    let (m, l) = TaskModel::load(model, &opts).unwrap();
+    if let Some(a) = adapter {
+        l.load_adapter(a).unwrap();
+    }
+    let t = Tensor::from_slice2(ids);
+    let mask = t.ones_like();
+    tch::no_grad(|| m.forward_t(&t, &mask, None, false).unwrap())
+}
+
+fn read_logits(path: &Path) -> Tensor {
+    loraplus_core::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "logits")
+        .unwrap()
+        .1
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+#[test]
+fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
+    let fx = Fixture::new();
+    let llama = fx.model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let dev = dir.path().join("dev.jsonl");
+    write_jsonl(&train, &messages_rows(24));
+    write_jsonl(&dev, &messages_rows(8));
+
+    // Uninterrupted: 8 steps, checkpoint at 4, evaluations at 4 and 8.
+    let full = dir.path().join("full");
+    let mut a = train_args(s(&llama), s(&train), s(&dev), s(&full));
+    a.extend(["--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--packing"]);
+    let out = ok(&a);
+    assert!(out.contains("eval_loss"), "{out}");
+    let losses = eval_losses(&full);
+    assert_eq!(losses.len(), 2, "{losses:?}");
+    assert!(losses[1] < losses[0], "eval loss goes down: {losses:?}");
+
+    // Resumed from step 4 in a fresh process: the same adapter, bitwise.
+    let resumed = dir.path().join("resumed");
+    let ck = full.join("checkpoints/step-000004");
+    let mut r = train_args(s(&llama), s(&train), s(&dev), s(&resumed));
+    r.extend(["--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--packing", "--resume", s(&ck)]);
+    ok(&r);
+    let (x, y) = (adapter_tensors(&full.join("adapter")), adapter_tensors(&resumed.join("adapter")));
+    assert_eq!(x.len(), y.len());
+    for ((n, t), (_, u)) in x.iter().zip(&y) {
+        assert!(t.equal(u), "{n}: resumed run differs");
+    }
+
+    // PEFT loads the adapter (CAUSAL_LM) and computes the same logits.
+    let adapter = full.join("adapter");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["task_type"], "CAUSAL_LM", "{cfg}");
+    let ids: Vec<Vec<i64>> = vec![vec![1, 5, 9, 14, 30, 7, 22, 3], vec![1, 40, 41, 42, 43, 44, 45, 46]];
+    let ids_path = dir.path().join("ids.json");
+    std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
+    let peft_out = dir.path().join("peft.safetensors");
+    reference(&["logits", s(&llama), s(&adapter), s(&ids_path), s(&peft_out)]);
+    let ours = our_logits(&llama, Some(&adapter), &ids);
+    let d = max_diff(&ours, &read_logits(&peft_out));
+    assert!(d < 1e-4, "PEFT logits differ by {d}");
+
+    // merge: a LlamaForCausalLM folder with the same logits.
+    let merged = dir.path().join("merged");
+    ok(&["merge", "--task", "causal-lm", "--model", s(&llama), "--adapter", s(&full), "--output", s(&merged)]);
+    let mcfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!(mcfg["architectures"][0], "LlamaForCausalLM", "{mcfg}");
+    let merged_out = dir.path().join("merged.safetensors");
+    reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
+    let d = max_diff(&ours, &read_logits(&merged_out));
+    assert!(d < 1e-4, "merged logits differ by {d}");
+
+    // generate: merged or not, cached or not, the same greedy tokens.
+    let gen = |extra: &[&str]| {
+        let mut g = vec!["generate", "--model", s(&llama), "--adapter", s(&full), "--chat", "--prompt", "tell me about the cat", "--max-new-tokens", "12"];
+        g.extend_from_slice(extra);
+        ok(&g)
+    };
+    let plain = gen(&[]);
+    assert!(!plain.trim().is_empty());
+    assert_eq!(plain, gen(&["--merge"]));
+    assert_eq!(plain, gen(&["--no-cache"]));
+    let sampled = gen(&["--do-sample", "--seed", "7", "--top-k", "20", "--top-p", "0.9"]);
+    assert_eq!(sampled, gen(&["--do-sample", "--seed", "7", "--top-k", "20", "--top-p", "0.9"]));
+}
+
+#[test]
+fn each_format_trains_on_llama_and_gpt2() {
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, rows) in [
+        ("text", text_rows(12)),
+        ("prompt-completion", prompt_completion_rows(12)),
+        ("messages", messages_rows(12)),
+    ] {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        write_jsonl(&path, &rows);
+        for model in ["llama", "gpt2"] {
+            let out = dir.path().join(format!("{model}-{name}"));
+            let m = fx.model(model);
+            let mut a = train_args(s(&m), s(&path), s(&path), s(&out));
+            a.extend(["--max-steps", "4", "--format", name]);
+            ok(&a);
+            let losses = eval_losses(&out);
+            assert_eq!(losses.len(), 1);
+            assert!(losses[0].is_finite(), "{model} {name}: {losses:?}");
+            // The adapter loads back and the merged export is the model's causal-LM class.
+            let merged = dir.path().join(format!("merged-{model}-{name}"));
+            ok(&["merge", "--task", "causal-lm", "--model", s(&m), "--adapter", s(&out), "--output", s(&merged)]);
+            let mcfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
+            let want = if model == "gpt2" { "GPT2LMHeadModel" } else { "LlamaForCausalLM" };
+            assert_eq!(mcfg["architectures"][0], want);
+        }
+    }
+}
+
+#[test]
+fn multiple_choice_accuracy_equals_the_python_reference() {
+    let fx = Fixture::new();
+    let llama = fx.model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<serde_json::Value> = (0..8)
+        .map(|i| {
+            let t = TOPICS[i % 6];
+            serde_json::json!({
+                "question": format!("where is {t}?"),
+                "choices": ["at home", "on the hill", format!("{t} is here"), "nowhere at all"],
+                "answer": i % 4,
+            })
+        })
+        .collect();
+    let mc = dir.path().join("mc.jsonl");
+    write_jsonl(&mc, &rows);
+    let ours = dir.path().join("ours.json");
+    let out = ok(&["eval", "--task", "multiple-choice", "--model", s(&llama), "--eval-file", s(&mc), "--output", s(&ours)]);
+    assert!(out.contains("accuracy"), "{out}");
+    let ref_out = dir.path().join("ref.json");
+    reference(&["mc", s(&llama), "-", s(&mc), s(&ref_out)]);
+    let reference: Vec<Vec<f64>> = serde_json::from_str(&std::fs::read_to_string(&ref_out).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
+    let mut correct = 0;
+    for (i, (r, want)) in report["rows"].as_array().unwrap().iter().zip(&reference).enumerate() {
+        let got: Vec<f64> = r["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(got.len(), want.len());
+        for (c, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-4, "row {i} choice {c}: {g} vs {w}");
+        }
+        let pred = want
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+            .0;
+        assert_eq!(r["prediction"].as_u64().unwrap() as usize, pred, "row {i}");
+        correct += usize::from(pred == i % 4);
+    }
+    let acc = report["accuracy"].as_f64().unwrap();
+    assert!((acc - correct as f64 / 8.0).abs() < 1e-12, "{acc}");
+}
+
+#[test]
+fn bad_causal_lm_files_fail_with_the_file_and_line() {
+    let fx = Fixture::new();
+    let llama = fx.model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &str); 4] = [
+        ("missing.jsonl", "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"a\"}\n", "line 2"),
+        ("type.jsonl", "{\"text\": \"a b c\"}\n{\"text\": 5}\n", "line 2"),
+        ("empty.jsonl", "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"a\", \"completion\": \"\"}\n", "line 2"),
+        ("utf8.jsonl", "{\"text\": \"a b c\"}\n{\"text\": \"\u{0}\"}\n", ""),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.path().join(name);
+        if name == "utf8.jsonl" {
+            std::fs::write(&path, b"{\"text\": \"a b c\"}\n{\"text\": \"\xff\"}\n").unwrap();
+        } else {
+            std::fs::write(&path, text).unwrap();
+        }
+        let out = dir.path().join(format!("out-{name}"));
+        let mut a = train_args(s(&llama), s(&path), s(&path), s(&out));
+        a.extend(["--max-steps", "1"]);
+        let o = bin(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name}: should fail");
+        assert!(err.contains(name), "{name}: {err}");
+        let needle = if needle.is_empty() { "line 2" } else { needle };
+        assert!(err.contains(needle), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = Device::Cpu;
+}

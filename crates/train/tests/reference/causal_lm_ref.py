@@ -1,0 +1,113 @@
+"""References for crates/train/tests/causal_lm.rs, made by transformers and PEFT.
+
+usage:
+  causal_lm_ref.py fixture OUT_DIR
+      OUT_DIR/{llama,gpt2}/: tiny random checkpoints (save_pretrained, safetensors) with the
+      test tokenizer of crates/data/tests/reference/tiny_tokenizer.py (ChatML template).
+  causal_lm_ref.py logits MODEL_DIR ADAPTER_DIR|- IDS_JSON OUT.safetensors
+      logits of the base model (+ the adapter through PeftModel.from_pretrained) on the id rows
+      of IDS_JSON (all the same length, no padding).
+  causal_lm_ref.py merged MERGED_DIR IDS_JSON OUT.safetensors
+      logits of a merged folder loaded with AutoModelForCausalLM.
+  causal_lm_ref.py mc MODEL_DIR ADAPTER_DIR|- MC_JSONL OUT.json
+      lm-eval-harness style log-likelihood scores of each choice (no special tokens; context =
+      question, continuation = " " + choice, split at the question's tokens).
+No download: configs are built here, weights drawn from torch.manual_seed.
+"""
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "../../../data/tests/reference"))
+
+
+def fixture(out):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    import tiny_tokenizer
+
+    for name in ["llama", "gpt2"]:
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        tiny_tokenizer.write_tokenizer(d, template="chatml")
+        tok = AutoTokenizer.from_pretrained(d)
+        vocab = len(tok)
+        torch.manual_seed(0)
+        if name == "llama":
+            cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+            model = LlamaForCausalLM(cfg)
+        else:
+            cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+            model = GPT2LMHeadModel(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.save_pretrained(d, safe_serialization=True)
+
+
+def load(model_dir, adapter):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    if adapter != "-":
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model
+
+
+def logits(model, ids_json, out):
+    ids = torch.tensor(json.load(open(ids_json)), dtype=torch.long)
+    with torch.no_grad():
+        lg = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    save_file({"logits": lg.contiguous()}, out)
+
+
+def mc(model_dir, adapter, path, out):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = load(model_dir, adapter)
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    result = []
+    for r in rows:
+        scores = []
+        for c in r["choices"]:
+            cont = " " + c
+            whole = tok(r["question"] + cont, add_special_tokens=False)["input_ids"]
+            ctx = tok(r["question"], add_special_tokens=False)["input_ids"]
+            if not ctx:
+                ctx, cont_ids = [tok.eos_token_id], whole
+            else:
+                cont_ids = whole[len(ctx):]
+            seq = torch.tensor([ctx + cont_ids])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+            s = sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont_ids))
+            scores.append(s)
+        result.append(scores)
+    json.dump(result, open(out, "w"))
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "fixture":
+        fixture(sys.argv[2])
+    elif cmd == "logits":
+        logits(load(sys.argv[2], sys.argv[3]), sys.argv[4], sys.argv[5])
+    elif cmd == "merged":
+        logits(load(sys.argv[2], "-"), sys.argv[3], sys.argv[4])
+    elif cmd == "mc":
+        mc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
