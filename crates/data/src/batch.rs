@@ -15,7 +15,13 @@
 //! A [`Position`] `{epoch, index}` counts batches already consumed; saving
 //! [`Batch::next_position`] after a step and passing it to [`DataLoader::iter`] or
 //! [`DataLoader::prefetch`] resumes with exactly the batch that would have come next.
-//! Padding is dynamic (to the longest sequence of the batch) or fixed ([`Padding::Fixed`]).
+//! Padding is dynamic (to the longest sequence of the batch) or fixed ([`Padding::Fixed`]), on
+//! the right (default) or the left ([`PaddingSide`]).
+//!
+//! Causal-LM data ([`Labels::Tokens`]) gives `[B, T]` i64 labels padded with
+//! [`IGNORE_INDEX`](crate::tokenize::IGNORE_INDEX); packed rows also give `position_ids`
+//! (`[B, T]` i64, 0 on padding): a document starts wherever a position id is not the previous
+//! one plus 1, which is how the model keeps attention inside each document.
 
 use std::cmp::Reverse;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -26,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::tokenize::{Labels, TokenizedDataset};
+use crate::tokenize::{Labels, TokenizedDataset, IGNORE_INDEX};
 
 /// How batches are padded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +41,17 @@ pub enum Padding {
     Dynamic,
     /// Every batch to this length (must be at least the longest example).
     Fixed(usize),
+}
+
+/// Which end of a row padding goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaddingSide {
+    /// After the tokens (HF's default `padding_side="right"`).
+    #[default]
+    Right,
+    /// Before the tokens (`padding_side="left"`, for generation).
+    Left,
 }
 
 /// Settings of a [`DataLoader`].
@@ -56,6 +73,10 @@ pub struct LoaderConfig {
     /// Batches the prefetch thread prepares ahead. Default 4: a few batches of at most
     /// `batch_size x max_seq_len x 3 x 8` bytes each, enough to hide a slow one.
     pub prefetch: usize,
+    /// Where padding goes. Default right; a tokenizer's `padding_side` (see
+    /// `LmTokenizer::padding_side`) is the usual source.
+    #[serde(default)]
+    pub padding_side: PaddingSide,
 }
 
 impl Default for LoaderConfig {
@@ -68,6 +89,7 @@ impl Default for LoaderConfig {
             bucket_multiplier: None,
             padding: Padding::Dynamic,
             prefetch: 4,
+            padding_side: PaddingSide::Right,
         }
     }
 }
@@ -115,8 +137,12 @@ pub struct Batch {
     pub attention_mask: Tensor,
     /// `[B, T]` i64: 0 for the first segment, 1 for the second; 0 for padding.
     pub token_type_ids: Tensor,
-    /// `[B]`: i64 class ids or f32 scores; `None` for unlabeled splits.
+    /// `[B]`: i64 class ids or f32 scores; `[B, T]` i64 token labels (padding
+    /// [`IGNORE_INDEX`]) for causal-LM data; `None` for unlabeled splits.
     pub labels: Option<Tensor>,
+    /// `[B, T]` i64 position of each token in its document (0 on padding), only for datasets
+    /// with position ids (packed causal-LM rows).
+    pub position_ids: Option<Tensor>,
     /// The dataset index of each row, to map predictions back to examples.
     pub indices: Vec<usize>,
     /// The position of this batch: `index` is its number within the epoch.
@@ -295,7 +321,7 @@ impl DataLoader {
         build_batch(
             &self.data,
             indices,
-            self.config.padding,
+            (self.config.padding, self.config.padding_side),
             self.pad_id,
             position,
         )
@@ -349,7 +375,7 @@ impl DataLoader {
 fn build_batch(
     data: &TokenizedDataset,
     indices: &[usize],
-    padding: Padding,
+    (padding, side): (Padding, PaddingSide),
     pad_id: i64,
     position: Position,
 ) -> Result<Batch> {
@@ -369,30 +395,49 @@ fn build_batch(
         Padding::Fixed(len) => bail!("fixed padding length {len} < example length {longest}"),
     };
     let b = indices.len();
+    let token_labels = match data.labels() {
+        Labels::Tokens(v) => Some(v),
+        _ => None,
+    };
     let mut ids = vec![pad_id; b * width];
     let mut mask = vec![0i64; b * width];
     let mut types = vec![0i64; b * width];
+    let mut positions = data.has_position_ids().then(|| vec![0i64; b * width]);
+    let mut labels = token_labels.map(|_| vec![IGNORE_INDEX; b * width]);
     for (row, &i) in indices.iter().enumerate() {
         let ex = data.get(i);
-        let start = row * width;
         let n = ex.input_ids.len();
-        for (dst, &id) in ids[start..start + n].iter_mut().zip(ex.input_ids) {
+        let start = match side {
+            PaddingSide::Right => row * width,
+            PaddingSide::Left => row * width + width - n,
+        };
+        let span = start..start + n;
+        for (dst, &id) in ids[span.clone()].iter_mut().zip(ex.input_ids) {
             *dst = i64::from(id);
         }
-        mask[start..start + n].fill(1);
-        for (dst, &t) in types[start..start + n].iter_mut().zip(ex.token_type_ids) {
+        mask[span.clone()].fill(1);
+        for (dst, &t) in types[span.clone()].iter_mut().zip(ex.token_type_ids) {
             *dst = i64::from(t);
+        }
+        if let (Some(dst), Some(src)) = (&mut positions, ex.position_ids) {
+            for (d, &p) in dst[span.clone()].iter_mut().zip(src) {
+                *d = i64::from(p);
+            }
+        }
+        if let (Some(dst), Some(src)) = (&mut labels, token_labels) {
+            dst[span].copy_from_slice(&src[i]);
         }
     }
     let shape = [b as i64, width as i64];
     let tensor = |v: &[i64]| -> Result<Tensor> { Ok(Tensor::f_from_slice(v)?.f_view(shape)?) };
-    let labels = match data.labels() {
-        Labels::None => None,
-        Labels::Classes(v) => {
+    let labels = match (data.labels(), labels) {
+        (Labels::Tokens(_), Some(l)) => Some(tensor(&l)?),
+        (Labels::None | Labels::Tokens(_), _) => None,
+        (Labels::Classes(v), _) => {
             let l: Vec<i64> = indices.iter().map(|&i| v[i]).collect();
             Some(Tensor::f_from_slice(&l)?)
         }
-        Labels::Scores(v) => {
+        (Labels::Scores(v), _) => {
             let l: Vec<f32> = indices.iter().map(|&i| v[i]).collect();
             Some(Tensor::f_from_slice(&l)?)
         }
@@ -402,9 +447,43 @@ fn build_batch(
         attention_mask: tensor(&mask)?,
         token_type_ids: tensor(&types)?,
         labels,
+        position_ids: positions.as_deref().map(tensor).transpose()?,
         indices: indices.to_vec(),
         position,
     })
+}
+
+/// Padding tokens over all tokens (`0.0` = no padding) of the given batches of `data`, each
+/// padded to its longest example (dynamic padding) or to `fixed` tokens when given.
+pub fn padding_fraction(
+    data: &TokenizedDataset,
+    batches: &[Vec<usize>],
+    fixed: Option<usize>,
+) -> f64 {
+    let (mut real, mut total) = (0usize, 0usize);
+    for batch in batches {
+        let lens = batch.iter().filter(|&&i| i < data.len()).map(|&i| data.seq_len(i));
+        let longest = lens.clone().max().unwrap_or(0);
+        real += lens.sum::<usize>();
+        total += batch.len() * fixed.map_or(longest, |f| f.max(longest));
+    }
+    if total == 0 {
+        0.0
+    } else {
+        (total - real) as f64 / total as f64
+    }
+}
+
+impl DataLoader {
+    /// The padding fraction of the batches of `epoch` with this loader's settings (see
+    /// [`padding_fraction`]).
+    pub fn padding_fraction(&self, epoch: u64) -> f64 {
+        let fixed = match self.config.padding {
+            Padding::Dynamic => None,
+            Padding::Fixed(len) => Some(len),
+        };
+        padding_fraction(&self.data, &self.epoch_batches(epoch), fixed)
+    }
 }
 
 /// Batches built on the calling thread; see [`DataLoader::iter`].

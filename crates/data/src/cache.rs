@@ -2,9 +2,11 @@
 //!
 //! Little-endian, in this order: magic `LPTOK\0\0\0`, format version (u32), cache key (32
 //! bytes), number of examples n (u64), number of tokens (u64), label kind (u8: 0 none,
-//! 1 classes, 2 scores), n example lengths (u32), the input ids (u32), the token type ids
-//! (u32), n labels (i64 classes or f32 scores, absent for none), and the sha256 of everything
-//! before it. A file that fails any check is treated as absent.
+//! 1 classes, 2 scores, 3 token labels), position ids flag (u8: 0 absent, 1 present),
+//! n example lengths (u32), the input ids (u32), the token type ids (u32), the position ids
+//! (u32, when present), the labels (n i64 classes, n f32 scores, one i64 per token for token
+//! labels, absent for none), and the sha256 of everything before it. A file that fails any
+//! check is treated as absent.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::tokenize::{Labels, TokenizedDataset};
 
 /// Bumped whenever the format or the tokenization changes meaning.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"LPTOK\0\0\0";
 
 pub(crate) fn encode(key: &[u8; 32], t: &TokenizedDataset) -> Vec<u8> {
@@ -31,7 +33,9 @@ pub(crate) fn encode(key: &[u8; 32], t: &TokenizedDataset) -> Vec<u8> {
         Labels::None => 0,
         Labels::Classes(_) => 1,
         Labels::Scores(_) => 2,
+        Labels::Tokens(_) => 3,
     });
+    out.push(u8::from(t.position_ids.is_some()));
     for w in t.offsets.windows(2) {
         out.extend_from_slice(&((w[1] - w[0]) as u32).to_le_bytes());
     }
@@ -41,6 +45,9 @@ pub(crate) fn encode(key: &[u8; 32], t: &TokenizedDataset) -> Vec<u8> {
     for &ty in &t.token_type_ids {
         out.extend_from_slice(&ty.to_le_bytes());
     }
+    for &p in t.position_ids.iter().flatten() {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
     match &t.labels {
         Labels::None => {}
         Labels::Classes(v) => v
@@ -49,6 +56,10 @@ pub(crate) fn encode(key: &[u8; 32], t: &TokenizedDataset) -> Vec<u8> {
         Labels::Scores(v) => v
             .iter()
             .for_each(|s| out.extend_from_slice(&s.to_le_bytes())),
+        Labels::Tokens(v) => v
+            .iter()
+            .flatten()
+            .for_each(|l| out.extend_from_slice(&l.to_le_bytes())),
     }
     let sum = Sha256::digest(&out);
     out.extend_from_slice(&sum);
@@ -73,6 +84,12 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(b.try_into()?))
+    }
+    fn i64s(&mut self, n: usize) -> Result<Vec<i64>> {
+        let b = self.take(n.checked_mul(8).context("size overflow")?)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
     }
     fn u32s(&mut self, n: usize) -> Result<Vec<u32>> {
         let b = self.take(n.checked_mul(4).context("size overflow")?)?;
@@ -100,18 +117,35 @@ pub(crate) fn decode(bytes: &[u8], key: &[u8; 32]) -> Result<TokenizedDataset> {
     let n = usize::try_from(c.u64()?)?;
     let tokens = usize::try_from(c.u64()?)?;
     let kind = c.take(1)?[0];
+    let has_positions = match c.take(1)?[0] {
+        0 => false,
+        1 => true,
+        f => bail!("position ids flag {f}, expected 0 or 1"),
+    };
     let lengths = c.u32s(n)?;
     let input_ids = c.u32s(tokens)?;
     let token_type_ids = c.u32s(tokens)?;
+    let position_ids = if has_positions {
+        Some(c.u32s(tokens)?)
+    } else {
+        None
+    };
     let labels = match kind {
         0 => Labels::None,
-        1 => Labels::Classes(
-            c.take(n.checked_mul(8).context("size overflow")?)?
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
-                .collect(),
-        ),
+        1 => Labels::Classes(c.i64s(n)?),
         2 => Labels::Scores(c.u32s(n)?.into_iter().map(f32::from_bits).collect()),
+        3 => {
+            let flat = c.i64s(tokens)?;
+            let mut per_example = Vec::with_capacity(n);
+            let mut start = 0usize;
+            for &l in &lengths {
+                let end = start + l as usize;
+                ensure!(end <= flat.len(), "token labels shorter than the examples");
+                per_example.push(flat[start..end].to_vec());
+                start = end;
+            }
+            Labels::Tokens(per_example)
+        }
         k => bail!("unknown label kind {k}"),
     };
     ensure!(c.pos == body.len(), "{} trailing bytes", body.len() - c.pos);
@@ -131,6 +165,7 @@ pub(crate) fn decode(bytes: &[u8], key: &[u8; 32]) -> Result<TokenizedDataset> {
         token_type_ids,
         offsets,
         labels,
+        position_ids,
     })
 }
 
@@ -174,11 +209,16 @@ mod tests {
             Labels::None,
             Labels::Classes(vec![0, 2]),
             Labels::Scores(vec![0.5, 4.75]),
+            Labels::Tokens(vec![vec![-100, 7, 8, 102], vec![-100, -100, 9, 102]]),
         ] {
             let t = sample(labels);
             let bytes = encode(&key, &t);
             assert_eq!(decode(&bytes, &key).unwrap(), t);
         }
+        let mut packed = sample(Labels::Tokens(vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]]));
+        packed.position_ids = Some(vec![0, 1, 0, 1, 0, 1, 2, 0]);
+        let bytes = encode(&key, &packed);
+        assert_eq!(decode(&bytes, &key).unwrap(), packed);
     }
 
     #[test]

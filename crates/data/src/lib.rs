@@ -13,18 +13,35 @@
 //!
 //! [`load_split`] does the first three steps in one call.
 //!
+//! Causal-LM data for supervised fine-tuning (instruction tuning of decoders):
+//!
+//! ```text
+//! LmTokenizer::from_model_dir(dir)              lm.rs        tokenizer.json + tokenizer_config.json
+//!   -> lm::load_jsonl(path, &tok, &LmOptions)   lm.rs        text / prompt-completion / messages
+//!        (messages through ChatTemplate)        chat_template.rs
+//!   -> (TokenizedDataset with token labels, LmStats)
+//!   -> DataLoader::new(data, tok.pad_id(), LoaderConfig { padding_side, .. })
+//! ```
+//!
 //! Default locations (GLUE data, tokenizer, cache) and their environment overrides are in
 //! [`paths`].
 
 pub mod batch;
 mod cache;
+pub mod chat_template;
+pub mod lm;
 pub mod metrics;
 pub mod paths;
 pub mod reader;
 pub mod task;
 pub mod tokenize;
 
-pub use batch::{Batch, BatchIter, DataLoader, LoaderConfig, Padding, Position, PrefetchIter};
+pub use batch::{
+    padding_fraction, Batch, BatchIter, DataLoader, LoaderConfig, Padding, PaddingSide, Position,
+    PrefetchIter,
+};
+pub use chat_template::{ChatTemplate, Message};
+pub use lm::{LmFormat, LmOptions, LmStats, LmTokenizer, TooLong};
 pub use metrics::{evaluate, evaluate_mnli, predictions_from_logits, MetricReport};
 pub use reader::{
     read_csv, read_jsonl, read_split, ColumnMapping, CsvOptions, Dataset, Example, Label,
@@ -32,7 +49,8 @@ pub use reader::{
 };
 pub use task::{MetricKind, Split, Task, TaskSpec};
 pub use tokenize::{
-    CacheStatus, Encoder, Labels, TokenizedDataset, TokenizedExample, DEFAULT_MAX_SEQ_LEN,
+    CacheStatus, Encoder, Labels, LmExample, TokenizedDataset, TokenizedExample,
+    DEFAULT_MAX_SEQ_LEN, IGNORE_INDEX,
 };
 
 use std::path::Path;

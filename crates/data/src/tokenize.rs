@@ -44,7 +44,13 @@ pub enum Labels {
     Classes(Vec<i64>),
     /// Regression targets.
     Scores(Vec<f32>),
+    /// Causal-LM targets: one label per token of each example (the token id to predict at
+    /// that position, HF convention: the model shifts), [`IGNORE_INDEX`] where no loss is taken.
+    Tokens(Vec<Vec<i64>>),
 }
+
+/// The label of a token that takes no loss (PyTorch's `CrossEntropyLoss` `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
 
 impl Labels {
     fn from_examples(ds: &Dataset) -> Result<Labels> {
@@ -97,6 +103,7 @@ impl Labels {
             Labels::None => 0,
             Labels::Classes(v) => v.len(),
             Labels::Scores(v) => v.len(),
+            Labels::Tokens(v) => v.len(),
         }
     }
 
@@ -104,10 +111,20 @@ impl Labels {
         self.len() == 0
     }
 
-    /// The label of example `i` as a [`Label`].
+    /// The labels of the examples `idx`, in that order. Panics on an index out of range.
+    pub fn select(&self, idx: &[usize]) -> Labels {
+        match self {
+            Labels::None => Labels::None,
+            Labels::Classes(v) => Labels::Classes(idx.iter().map(|&i| v[i]).collect()),
+            Labels::Scores(v) => Labels::Scores(idx.iter().map(|&i| v[i]).collect()),
+            Labels::Tokens(v) => Labels::Tokens(idx.iter().map(|&i| v[i].clone()).collect()),
+        }
+    }
+
+    /// The label of example `i` as a [`Label`] (`None` for unlabeled and token labels).
     pub fn get(&self, i: usize) -> Option<Label> {
         match self {
-            Labels::None => None,
+            Labels::None | Labels::Tokens(_) => None,
             Labels::Classes(v) => v.get(i).map(|&c| Label::Class(c as usize)),
             Labels::Scores(v) => v.get(i).map(|&s| Label::Score(s)),
         }
@@ -127,6 +144,18 @@ fn describe(label: Option<Label>) -> &'static str {
 pub struct TokenizedExample<'a> {
     pub input_ids: &'a [u32],
     pub token_type_ids: &'a [u32],
+    /// Position of each token within its document; only for packed causal-LM rows.
+    pub position_ids: Option<&'a [u32]>,
+}
+
+/// One causal-LM example (or packed row) before it joins a [`TokenizedDataset`].
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LmExample {
+    pub input_ids: Vec<u32>,
+    /// One per token; [`IGNORE_INDEX`] where no loss is taken.
+    pub labels: Vec<i64>,
+    /// One per token for packed rows (restarting at 0 for each document), else `None`.
+    pub position_ids: Option<Vec<u32>>,
 }
 
 /// Token ids of a whole split, stored flat: example `i` is `offsets[i]..offsets[i + 1]`.
@@ -136,6 +165,8 @@ pub struct TokenizedDataset {
     pub(crate) token_type_ids: Vec<u32>,
     pub(crate) offsets: Vec<usize>,
     pub(crate) labels: Labels,
+    /// Flat like `input_ids`: set for packed causal-LM rows only.
+    pub(crate) position_ids: Option<Vec<u32>>,
 }
 
 impl TokenizedDataset {
@@ -153,7 +184,18 @@ impl TokenizedDataset {
             token_type_ids: Vec::new(),
             offsets: vec![0],
             labels,
+            position_ids: None,
         };
+        if let Labels::Tokens(per_token) = &ds.labels {
+            if let Some((i, (l, (ids, _)))) = per_token
+                .iter()
+                .zip(&examples)
+                .enumerate()
+                .find(|(_, (l, (ids, _)))| l.len() != ids.len())
+            {
+                bail!("example {i}: {} input ids but {} token labels", ids.len(), l.len());
+            }
+        }
         for (i, (ids, types)) in examples.into_iter().enumerate() {
             if ids.len() != types.len() {
                 bail!(
@@ -169,25 +211,90 @@ impl TokenizedDataset {
         Ok(ds)
     }
 
-    /// The examples `indices` (in that order) as a new dataset, labels included.
-    pub fn select(&self, indices: &[usize]) -> Result<TokenizedDataset> {
-        let n = self.len();
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            bail!("example index {bad} is out of range: the dataset has {n} examples");
+    /// Build a causal-LM dataset: token labels, token type ids all 0, and position ids when
+    /// every example has them (packed rows) — all or none.
+    pub fn from_lm_examples(examples: Vec<LmExample>) -> Result<Self> {
+        if examples.is_empty() {
+            bail!("a tokenized dataset needs at least one example");
         }
-        let examples = indices
-            .iter()
-            .map(|&i| {
-                let e = self.get(i);
-                (e.input_ids.to_vec(), e.token_type_ids.to_vec())
-            })
-            .collect();
-        let labels = match &self.labels {
-            Labels::None => Labels::None,
-            Labels::Classes(v) => Labels::Classes(indices.iter().map(|&i| v[i]).collect()),
-            Labels::Scores(v) => Labels::Scores(indices.iter().map(|&i| v[i]).collect()),
+        let packed = examples[0].position_ids.is_some();
+        let total: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+        let mut ds = TokenizedDataset {
+            input_ids: Vec::with_capacity(total),
+            token_type_ids: vec![0; total],
+            offsets: Vec::with_capacity(examples.len() + 1),
+            labels: Labels::None,
+            position_ids: packed.then(|| Vec::with_capacity(total)),
         };
-        TokenizedDataset::from_examples(examples, labels)
+        ds.offsets.push(0);
+        let mut labels = Vec::with_capacity(examples.len());
+        for (i, e) in examples.into_iter().enumerate() {
+            let n = e.input_ids.len();
+            if n == 0 {
+                bail!("example {i} has no tokens");
+            }
+            if e.labels.len() != n {
+                bail!("example {i}: {n} input ids but {} token labels", e.labels.len());
+            }
+            match (&mut ds.position_ids, e.position_ids) {
+                (Some(all), Some(p)) if p.len() == n => all.extend_from_slice(&p),
+                (Some(_), Some(p)) => {
+                    bail!("example {i}: {n} input ids but {} position ids", p.len())
+                }
+                (None, None) => {}
+                _ => bail!(
+                    "example {i}: position ids must be given for all examples or none (packed \
+                     and unpacked rows cannot be mixed)"
+                ),
+            }
+            ds.input_ids.extend_from_slice(&e.input_ids);
+            ds.offsets.push(ds.input_ids.len());
+            labels.push(e.labels);
+        }
+        ds.labels = Labels::Tokens(labels);
+        Ok(ds)
+    }
+
+    /// The examples `idx`, in that order, as a new dataset (a subset or a reordering).
+    pub fn select(&self, idx: &[usize]) -> Result<TokenizedDataset> {
+        if idx.is_empty() {
+            bail!("a tokenized dataset needs at least one example");
+        }
+        if let Some(&bad) = idx.iter().find(|&&i| i >= self.len()) {
+            bail!("example index {bad} out of range (dataset of {})", self.len());
+        }
+        let mut out = TokenizedDataset {
+            input_ids: Vec::new(),
+            token_type_ids: Vec::new(),
+            offsets: vec![0],
+            labels: self.labels.select(idx),
+            position_ids: self.position_ids.as_ref().map(|_| Vec::new()),
+        };
+        for &i in idx {
+            let r = self.offsets[i]..self.offsets[i + 1];
+            out.input_ids.extend_from_slice(&self.input_ids[r.clone()]);
+            out.token_type_ids
+                .extend_from_slice(&self.token_type_ids[r.clone()]);
+            if let (Some(dst), Some(src)) = (&mut out.position_ids, &self.position_ids) {
+                dst.extend_from_slice(&src[r]);
+            }
+            out.offsets.push(out.input_ids.len());
+        }
+        Ok(out)
+    }
+
+    /// Whether examples carry position ids (packed causal-LM rows).
+    pub fn has_position_ids(&self) -> bool {
+        self.position_ids.is_some()
+    }
+
+    /// Number of tokens that take a loss (labels other than [`IGNORE_INDEX`]); 0 unless the
+    /// labels are [`Labels::Tokens`].
+    pub fn num_target_tokens(&self) -> usize {
+        match &self.labels {
+            Labels::Tokens(v) => v.iter().flatten().filter(|&&l| l != IGNORE_INDEX).count(),
+            _ => 0,
+        }
     }
 
     /// Number of examples.
@@ -204,7 +311,8 @@ impl TokenizedDataset {
         let r = self.offsets[i]..self.offsets[i + 1];
         TokenizedExample {
             input_ids: &self.input_ids[r.clone()],
-            token_type_ids: &self.token_type_ids[r],
+            token_type_ids: &self.token_type_ids[r.clone()],
+            position_ids: self.position_ids.as_ref().map(|p| &p[r]),
         }
     }
 
@@ -359,6 +467,7 @@ impl Encoder {
             token_type_ids: Vec::with_capacity(total),
             offsets: Vec::with_capacity(ds.len() + 1),
             labels,
+            position_ids: None,
         };
         out.offsets.push(0);
         for p in parts {

@@ -1,0 +1,479 @@
+//! Chat templates: a conversation rendered to text by the model's own Jinja template, as
+//! `transformers`' `apply_chat_template(..., tokenize=False)` does.
+//!
+//! The template comes from the model folder: `chat_template.jinja` when present (what
+//! `transformers` 4.43+ writes), else the `chat_template` key of `tokenizer_config.json` (a
+//! string, or a list of `{name, template}` of which `default` is used). It is rendered with
+//! `minijinja` set up like `transformers`' sandboxed Jinja environment:
+//! - `trim_blocks` and `lstrip_blocks` on, `break`/`continue` in loops, and Python's string and
+//!   dict methods (`.strip()`, `.startswith()`, `.items()`, ...) from `minijinja-contrib`;
+//! - globals: `messages`, `add_generation_prompt`, the special tokens of the tokenizer config
+//!   (`bos_token`, `eos_token`, `pad_token`, `unk_token`), `raise_exception(msg)` (fails the
+//!   render with `msg`) and `strftime_now(fmt)` (the local time, formatted);
+//! - a `tojson` filter with Python's `json.dumps` output: separators `", "` and `": "` (`","`
+//!   with `indent`), non-ASCII kept, keys in insertion order (`sort_keys=true` sorts them).
+//!
+//! A render failure names the template's origin and gives the Jinja error.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use serde::{Deserialize, Serialize};
+
+/// The name the template is registered under in its environment.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// The special tokens `transformers` passes to a chat template (its `special_tokens_map`).
+const SPECIAL_TOKEN_KEYS: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
+
+/// One turn of a conversation, as in HF's `messages` lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, ... (the template decides which it accepts).
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+/// A compiled chat template with the special tokens it is rendered with.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    origin: String,
+    special_tokens: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .field("special_tokens", &self.special_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token of `tokenizer_config.json`: a string, or the `AddedToken` form `{"content": ...}`.
+pub(crate) fn token_content(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+/// The special tokens a template sees, from a parsed `tokenizer_config.json`.
+pub(crate) fn special_tokens_of(config: &serde_json::Value) -> BTreeMap<String, String> {
+    SPECIAL_TOKEN_KEYS
+        .iter()
+        .filter_map(|&k| {
+            config
+                .get(k)
+                .and_then(token_content)
+                .map(|t| (k.to_string(), t))
+        })
+        .collect()
+}
+
+/// The template text of a `chat_template` value: a string, or a list of named templates of
+/// which `default` is taken.
+fn template_text(v: &serde_json::Value, origin: &str) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Array(items) => {
+            let mut names = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let name = item.get("name").and_then(serde_json::Value::as_str);
+                let template = item.get("template").and_then(serde_json::Value::as_str);
+                match (name, template) {
+                    (Some("default"), Some(t)) => return Ok(t.to_string()),
+                    (Some(n), Some(_)) => names.push(n.to_string()),
+                    _ => bail!(
+                        "{origin}: chat_template[{i}] should be {{\"name\": ..., \"template\": ...}}, \
+                         found {item}"
+                    ),
+                }
+            }
+            bail!("{origin}: chat_template lists the templates {names:?} but none named \"default\"")
+        }
+        other => bail!(
+            "{origin}: chat_template should be a string or a list of named templates, found {other}"
+        ),
+    }
+}
+
+impl ChatTemplate {
+    /// Compile `source`; `origin` names it in messages (a path, or a description).
+    pub fn new(
+        source: &str,
+        origin: &str,
+        special_tokens: BTreeMap<String, String>,
+    ) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| anyhow!("{origin}: the chat template does not compile: {e:#}"))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            origin: origin.to_string(),
+            special_tokens,
+        })
+    }
+
+    /// The template of a model folder: `chat_template.jinja`, else the `chat_template` of
+    /// `tokenizer_config.json`; special tokens from `tokenizer_config.json`.
+    pub fn from_model_dir(dir: &Path) -> Result<ChatTemplate> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config = read_json(&config_path)?;
+        match ChatTemplate::from_dir_and_config(dir, &config)? {
+            Some(t) => Ok(t),
+            None => bail!(
+                "{} has no chat template: neither chat_template.jinja nor a chat_template key in \
+                 {}; messages data needs one (or use the text / prompt-completion formats)",
+                dir.display(),
+                config_path.display()
+            ),
+        }
+    }
+
+    /// As [`Self::from_model_dir`] with the config already parsed; `None` when the folder has
+    /// no template.
+    pub(crate) fn from_dir_and_config(
+        dir: &Path,
+        config: &serde_json::Value,
+    ) -> Result<Option<ChatTemplate>> {
+        let special = special_tokens_of(config);
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.is_file() {
+            let source = std::fs::read_to_string(&jinja)
+                .with_context(|| format!("reading {}", jinja.display()))?;
+            return ChatTemplate::new(&source, &jinja.display().to_string(), special).map(Some);
+        }
+        let origin = format!("{} (chat_template)", dir.join("tokenizer_config.json").display());
+        match config.get("chat_template") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => {
+                let source = template_text(v, &origin)?;
+                ChatTemplate::new(&source, &origin, special).map(Some)
+            }
+        }
+    }
+
+    /// The template text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Where the template came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The special tokens the template is rendered with (`bos_token`, `eos_token`, ...).
+    pub fn special_tokens(&self) -> &BTreeMap<String, String> {
+        &self.special_tokens
+    }
+
+    /// Render `messages`; with `add_generation_prompt` the template appends the start of an
+    /// assistant turn. Same text as `tokenizer.apply_chat_template(messages, tokenize=False,
+    /// add_generation_prompt=...)`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| anyhow!("{}: {e:#}", self.origin))?;
+        let mut ctx: BTreeMap<&str, Value> = self
+            .special_tokens
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
+            .collect();
+        ctx.insert("messages", Value::from_serialize(messages));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        template.render(ctx).map_err(|e| {
+            anyhow!(
+                "the chat template of {} failed to render {} messages: {}",
+                self.origin,
+                messages.len(),
+                describe_jinja_error(&e)
+            )
+        })
+    }
+}
+
+/// A Jinja error with its chain of causes, on one line.
+fn describe_jinja_error(e: &JinjaError) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        let _ = write!(s, ": {inner}");
+        source = inner.source();
+    }
+    s
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// `raise_exception(msg)`: fail the render with `msg`, as `transformers`' helper does.
+fn raise_exception(msg: String) -> Result<Value, JinjaError> {
+    Err(JinjaError::new(
+        ErrorKind::InvalidOperation,
+        format!("raise_exception: {msg}"),
+    ))
+}
+
+/// `strftime_now(fmt)`: the local time formatted with a C `strftime` format.
+fn strftime_now(format: String) -> Result<Value, JinjaError> {
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: invalid format {format:?}"),
+        )
+    })?;
+    Ok(Value::from(out))
+}
+
+/// `tojson` as `transformers` defines it: `json.dumps(x, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`.
+fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, JinjaError> {
+    let indent = match indent.or(kwargs.get::<Option<Value>>("indent")?) {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(
+            usize::try_from(v.clone())
+                .map(|n| " ".repeat(n))
+                .or_else(|_| v.as_str().map(str::to_string).ok_or(()))
+                .map_err(|()| {
+                    JinjaError::new(
+                        ErrorKind::InvalidOperation,
+                        format!("tojson: indent should be a number or a string, found {v}"),
+                    )
+                })?,
+        ),
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let _ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let (item_sep, key_sep) = match separators {
+        Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
+        Some(s) => {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: separators should be a pair, found {s:?}"),
+            ))
+        }
+        // Python's defaults: (", ", ": "), or ("," ": ") with an indent.
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
+    let fmt = JsonFormat {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+    };
+    let mut out = String::new();
+    fmt.write(&mut out, value, 0)?;
+    Ok(Value::from_safe_string(out))
+}
+
+struct JsonFormat {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl JsonFormat {
+    fn newline(&self, out: &mut String, depth: usize) {
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            for _ in 0..depth {
+                out.push_str(ind);
+            }
+        }
+    }
+
+    fn write(&self, out: &mut String, v: &Value, depth: usize) -> Result<(), JinjaError> {
+        match v.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            // minijinja prints numbers as Python does (1.0 stays 1.0).
+            ValueKind::Number => {
+                let _ = write!(out, "{v}");
+            }
+            ValueKind::String | ValueKind::Plain => write_json_string(out, &v.to_string()),
+            ValueKind::Bytes => write_json_string(out, &String::from_utf8_lossy(v.as_bytes().unwrap_or(&[]))),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                self.write_items(out, depth, '[', ']', &items, |s, out, item, d| {
+                    s.write(out, item, d)
+                })?;
+            }
+            ValueKind::Map => {
+                let mut keys: Vec<Value> = v.try_iter()?.collect();
+                if self.sort_keys {
+                    keys.sort_by_key(|k| k.to_string());
+                }
+                let mut pairs = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let item = v.get_item(&k)?;
+                    pairs.push((k, item));
+                }
+                self.write_items(out, depth, '{', '}', &pairs, |s, out, (k, item), d| {
+                    write_json_string(out, &k.to_string());
+                    out.push_str(&s.key_sep);
+                    s.write(out, item, d)
+                })?;
+            }
+            _ => write_json_string(out, &v.to_string()),
+        }
+        Ok(())
+    }
+
+    fn write_items<T>(
+        &self,
+        out: &mut String,
+        depth: usize,
+        open: char,
+        close: char,
+        items: &[T],
+        each: impl Fn(&Self, &mut String, &T, usize) -> Result<(), JinjaError>,
+    ) -> Result<(), JinjaError> {
+        out.push(open);
+        if items.is_empty() {
+            out.push(close);
+            return Ok(());
+        }
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&self.item_sep);
+            }
+            self.newline(out, depth + 1);
+            each(self, out, item, depth + 1)?;
+        }
+        self.newline(out, depth);
+        out.push(close);
+        Ok(())
+    }
+}
+
+/// A JSON string as Python's `json.dumps(..., ensure_ascii=False)` writes it.
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(src: &str) -> ChatTemplate {
+        let special = [("bos_token", "<s>"), ("eos_token", "</s>")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ChatTemplate::new(src, "test template", special).unwrap()
+    }
+
+    #[test]
+    fn tojson_uses_python_separators() {
+        let t = template("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}");
+        let out = t.render(&[Message::new("user", "é \"q\"\n")], false).unwrap();
+        assert_eq!(
+            out,
+            "[{\"role\": \"user\", \"content\": \"é \\\"q\\\"\\n\"}]|{\n  \"role\": \"user\",\n  \
+             \"content\": \"é \\\"q\\\"\\n\"\n}"
+        );
+        let t = template("{{ {'b': 1, 'a': [1.0, none, true]} | tojson(sort_keys=true) }}");
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "{\"a\": [1.0, null, true], \"b\": 1}"
+        );
+    }
+
+    #[test]
+    fn raise_exception_names_template_and_message() {
+        let t = template("{% if messages|length == 0 %}{{ raise_exception('need turns') }}{% endif %}");
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("test template") && err.contains("need turns"), "{err}");
+    }
+
+    #[test]
+    fn python_methods_and_blocks() {
+        let t = template(
+            "{% for m in messages %}\n  {% if m.role.startswith('us') %}\n{{ bos_token }}{{ m.content.strip() }}{% break %}\n  {% endif %}\n{% endfor %}",
+        );
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi "), Message::new("user", "x")], false)
+                .unwrap(),
+            "<s>hi"
+        );
+        let t = template("{{ strftime_now('%Y') | length }}");
+        assert_eq!(t.render(&[], false).unwrap(), "4");
+    }
+
+    #[test]
+    fn config_forms() {
+        let v: serde_json::Value = serde_json::json!([
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"}
+        ]);
+        assert_eq!(template_text(&v, "x").unwrap(), "D");
+        let v = serde_json::json!([{"name": "tool_use", "template": "T"}]);
+        let err = template_text(&v, "x").unwrap_err().to_string();
+        assert!(err.contains("tool_use") && err.contains("default"), "{err}");
+        let cfg = serde_json::json!({"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "pad_token": null});
+        let sp = special_tokens_of(&cfg);
+        assert_eq!(sp.get("bos_token").map(String::as_str), Some("<s>"));
+        assert_eq!(sp.get("eos_token").map(String::as_str), Some("</s>"));
+        assert!(!sp.contains_key("pad_token"));
+    }
+
+    #[test]
+    fn syntax_error_names_origin() {
+        let err = ChatTemplate::new("{% if %}", "cfg.json (chat_template)", BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cfg.json (chat_template)"), "{err}");
+    }
+}

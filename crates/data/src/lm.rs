@@ -1,0 +1,783 @@
+//! Causal-LM examples for supervised fine-tuning: JSON Lines rows into token ids and per-token
+//! labels, truncated, optionally packed, as TRL's `SFTTrainer` prepares them.
+//!
+//! Row formats ([`LmFormat`]), detected from the first row's keys unless named:
+//! - `text`: `{"text": ...}`. The text, with the tokenizer's EOS token appended to the string
+//!   when it does not already end with it, is tokenized with the special tokens of the
+//!   tokenizer's post-processor (BOS for Llama); every token is a target.
+//! - `prompt-completion`: `{"prompt": ..., "completion": ...}`. `prompt` and `prompt +
+//!   completion (+ EOS as above)` are tokenized each with special tokens; the first
+//!   `len(prompt tokens)` tokens of the second are not targets, the rest are. (TRL's rule; when
+//!   the prompt's tokens are not a prefix of the whole's, a boundary merge, the row is counted
+//!   in [`LmStats::prompt_prefix_mismatches`] and a warning is logged, as TRL does.)
+//! - `messages`: `{"messages": [{"role": ..., "content": ...}, ...]}`. Rendered by the model's
+//!   chat template ([`ChatTemplate`]) and tokenized WITHOUT adding special tokens (the template
+//!   writes BOS itself, so it is never doubled); no EOS is appended. With
+//!   [`LmOptions::assistant_only_loss`] (default) the targets are the tokens of the assistant
+//!   turns: for assistant message `i`, the turn is the text between the rendering of messages
+//!   `0..i` with `add_generation_prompt=true` and the rendering of messages `0..=i` without it
+//!   (its content and the template's end-of-turn text, e.g. `</s>` or `<|im_end|>\n`); both
+//!   renderings must be prefixes of the whole conversation's, else the row is an error. A
+//!   token is a target when its first character lies inside an assistant turn.
+//!
+//! Labels follow HF: `labels[t]` is the token at `t` itself or [`IGNORE_INDEX`]; the model
+//! shifts them (position 0 is never predicted). Rows are cut to [`LmOptions::max_seq_len`]
+//! tokens (their start kept, as TRL's `truncation_mode="keep_start"`); a row then left with no
+//! target after position 0 is skipped and counted ([`TooLong::Skip`], default) or refused
+//! ([`TooLong::Error`]).
+//!
+//! Packing ([`LmOptions::packing`]) puts the examples into rows of at most `max_seq_len` tokens
+//! by best-fit decreasing, as TRL's `pack_dataset(..., strategy="bfd")`: longest first (ties in
+//! file order), each into the open row with the least room that fits it (ties: the row opened
+//! first), else a new row. A packed row holds `position_ids` restarting at 0 for each example,
+//! and the first token of each example is not a target (as `DataCollatorWithFlattening`).
+//!
+//! Errors name the file and the 1-based line: invalid UTF-8 or JSON, a missing field, a field
+//! of the wrong type, an empty text or completion, a row of another format than the first, an
+//! empty file.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::batch::PaddingSide;
+use crate::chat_template::{read_json, token_content, ChatTemplate, Message};
+use crate::reader::{numbered_lines, strip_bom, utf8_line};
+use crate::tokenize::{LmExample, TokenizedDataset, IGNORE_INDEX};
+
+/// Default `max_seq_len` of causal-LM data: TRL's `SFTConfig.max_length` default (1024).
+pub const DEFAULT_LM_MAX_SEQ_LEN: usize = 1024;
+
+/// The layout of a causal-LM JSONL row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LmFormat {
+    /// `{"text": ...}`: loss on every token.
+    Text,
+    /// `{"prompt": ..., "completion": ...}`: loss on the completion.
+    PromptCompletion,
+    /// `{"messages": [{"role", "content"}, ...]}`: chat template; loss on assistant turns.
+    Messages,
+}
+
+impl LmFormat {
+    pub const ALL: [LmFormat; 3] = [LmFormat::Text, LmFormat::PromptCompletion, LmFormat::Messages];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LmFormat::Text => "text",
+            LmFormat::PromptCompletion => "prompt-completion",
+            LmFormat::Messages => "messages",
+        }
+    }
+
+    /// The format a JSON object's keys say: `messages`, else `prompt` with `completion`, else
+    /// `text`.
+    pub fn detect(obj: &serde_json::Map<String, serde_json::Value>) -> Option<LmFormat> {
+        if obj.contains_key("messages") {
+            Some(LmFormat::Messages)
+        } else if obj.contains_key("prompt") && obj.contains_key("completion") {
+            Some(LmFormat::PromptCompletion)
+        } else if obj.contains_key("text") {
+            Some(LmFormat::Text)
+        } else {
+            None
+        }
+    }
+
+    fn fields(self) -> &'static str {
+        match self {
+            LmFormat::Text => "\"text\"",
+            LmFormat::PromptCompletion => "\"prompt\" and \"completion\"",
+            LmFormat::Messages => "\"messages\"",
+        }
+    }
+}
+
+impl fmt::Display for LmFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LmFormat {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<LmFormat> {
+        let norm = s.trim().to_ascii_lowercase().replace('_', "-");
+        LmFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == norm)
+            .ok_or_else(|| {
+                anyhow!("unknown causal-LM data format {s:?}; expected text, prompt-completion or messages")
+            })
+    }
+}
+
+/// What to do with a row that has nothing left to learn after truncation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TooLong {
+    /// Skip it and count it in [`LmStats::rows_skipped`] (default).
+    #[default]
+    Skip,
+    /// Fail, naming the line.
+    Error,
+}
+
+/// How causal-LM data is read and prepared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LmOptions {
+    /// Row format; `None` detects it from the first row.
+    pub format: Option<LmFormat>,
+    /// Longest example (and packed row), in tokens. Default [`DEFAULT_LM_MAX_SEQ_LEN`].
+    pub max_seq_len: usize,
+    /// Pack examples into rows of `max_seq_len` tokens. Default false (TRL's default).
+    pub packing: bool,
+    /// Rows with no target left after truncation. Default skip.
+    pub too_long: TooLong,
+    /// `messages` rows: loss on assistant turns only. Default true; false puts the loss on
+    /// every token of the conversation (TRL's `assistant_only_loss=False`).
+    pub assistant_only_loss: bool,
+}
+
+impl Default for LmOptions {
+    fn default() -> LmOptions {
+        LmOptions {
+            format: None,
+            max_seq_len: DEFAULT_LM_MAX_SEQ_LEN,
+            packing: false,
+            too_long: TooLong::Skip,
+            assistant_only_loss: true,
+        }
+    }
+}
+
+/// What loading a causal-LM file did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LmStats {
+    /// The format the rows were read as.
+    pub format: Option<LmFormat>,
+    /// Non-blank rows read.
+    pub rows_read: usize,
+    /// Rows dropped: nothing left to learn after truncation.
+    pub rows_skipped: usize,
+    /// Line numbers of the skipped rows.
+    pub skipped_lines: Vec<usize>,
+    /// Rows cut to `max_seq_len` (skipped ones included).
+    pub rows_truncated: usize,
+    /// Examples kept.
+    pub examples: usize,
+    /// Rows of the dataset: packed rows with packing, else `examples`.
+    pub rows: usize,
+    /// Tokens of the kept examples.
+    pub tokens: usize,
+    /// Tokens that take a loss (label not [`IGNORE_INDEX`]) in the dataset.
+    pub target_tokens: usize,
+    /// `prompt-completion` rows whose prompt tokens are not a prefix of the whole's.
+    pub prompt_prefix_mismatches: usize,
+}
+
+impl fmt::Display for LmStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} rows read as {}, {} skipped (nothing to learn after truncation), {} truncated; \
+             {} examples in {} rows, {} tokens, {} targets",
+            self.rows_read,
+            self.format.map_or("?", LmFormat::name),
+            self.rows_skipped,
+            self.rows_truncated,
+            self.examples,
+            self.rows,
+            self.tokens,
+            self.target_tokens
+        )
+    }
+}
+
+/// The content of one row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LmRecord {
+    Text(String),
+    PromptCompletion { prompt: String, completion: String },
+    Messages(Vec<Message>),
+}
+
+impl LmRecord {
+    pub fn format(&self) -> LmFormat {
+        match self {
+            LmRecord::Text(_) => LmFormat::Text,
+            LmRecord::PromptCompletion { .. } => LmFormat::PromptCompletion,
+            LmRecord::Messages(_) => LmFormat::Messages,
+        }
+    }
+}
+
+/// A row with its 1-based line number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LmRow {
+    pub line: usize,
+    pub record: LmRecord,
+}
+
+/// A tokenizer for causal-LM data: `tokenizer.json` plus what `tokenizer_config.json` says
+/// (special tokens, padding side, chat template).
+pub struct LmTokenizer {
+    tokenizer: Tokenizer,
+    source: String,
+    eos_token: String,
+    eos_id: u32,
+    bos_token: Option<String>,
+    bos_id: Option<u32>,
+    pad_id: u32,
+    padding_side: PaddingSide,
+    chat_template: Option<ChatTemplate>,
+}
+
+impl fmt::Debug for LmTokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LmTokenizer")
+            .field("source", &self.source)
+            .field("eos", &(&self.eos_token, self.eos_id))
+            .field("bos", &(&self.bos_token, self.bos_id))
+            .field("pad_id", &self.pad_id)
+            .field("padding_side", &self.padding_side)
+            .field("chat_template", &self.chat_template.as_ref().map(ChatTemplate::origin))
+            .finish()
+    }
+}
+
+impl LmTokenizer {
+    /// From a model folder: `tokenizer.json`, `tokenizer_config.json` (`eos_token` required;
+    /// `bos_token`, `pad_token`, `padding_side` optional) and the chat template when there is
+    /// one. The pad id is the pad token's, else EOS's (as TRL does when there is no pad token).
+    pub fn from_model_dir(dir: &Path) -> Result<LmTokenizer> {
+        let tok_path = dir.join("tokenizer.json");
+        let cfg_path = dir.join("tokenizer_config.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", tok_path.display()))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow!("{}: turning truncation off: {e}", tok_path.display()))?;
+        let config = read_json(&cfg_path)?;
+        let cfg_origin = cfg_path.display().to_string();
+        let id_of = |key: &str| -> Result<Option<(String, u32)>> {
+            let Some(token) = config.get(key).and_then(token_content) else {
+                return Ok(None);
+            };
+            match tokenizer.token_to_id(&token) {
+                Some(id) => Ok(Some((token, id))),
+                None => bail!(
+                    "{cfg_origin}: {key} {token:?} is not in the vocabulary of {}",
+                    tok_path.display()
+                ),
+            }
+        };
+        let Some((eos_token, eos_id)) = id_of("eos_token")? else {
+            bail!("{cfg_origin}: no eos_token; causal-LM data needs one to end examples");
+        };
+        let bos = id_of("bos_token")?;
+        let pad_id = id_of("pad_token")?.map_or(eos_id, |(_, id)| id);
+        let padding_side = match config.get("padding_side").and_then(|v| v.as_str()) {
+            None | Some("right") => PaddingSide::Right,
+            Some("left") => PaddingSide::Left,
+            Some(other) => bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\""),
+        };
+        let chat_template = ChatTemplate::from_dir_and_config(dir, &config)?;
+        Ok(LmTokenizer {
+            tokenizer,
+            source: tok_path.display().to_string(),
+            eos_token,
+            eos_id,
+            bos_token: bos.as_ref().map(|(t, _)| t.clone()),
+            bos_id: bos.map(|(_, id)| id),
+            pad_id,
+            padding_side,
+            chat_template,
+        })
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    /// `padding_side` of `tokenizer_config.json` (default right).
+    pub fn padding_side(&self) -> PaddingSide {
+        self.padding_side
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// The wrapped tokenizer (padding and truncation off).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text`, with the post-processor's special tokens when `add_special_tokens`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        Ok(self.encode_with_offsets(text, add_special_tokens)?.0)
+    }
+
+    /// Token ids and the byte range of `text` each covers.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow!("{}: tokenizing: {e}", self.source))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// `text` with the EOS token appended unless it already ends with it (TRL's `add_eos`).
+    fn with_eos(&self, text: &str) -> String {
+        if text.ends_with(&self.eos_token) {
+            text.to_string()
+        } else {
+            format!("{text}{}", self.eos_token)
+        }
+    }
+
+    /// Token ids and labels of one record, before truncation. The second value is false when a
+    /// prompt's tokens are not a prefix of the prompt + completion tokens.
+    pub fn tokenize_record(
+        &self,
+        record: &LmRecord,
+        assistant_only_loss: bool,
+    ) -> Result<(LmExample, bool)> {
+        match record {
+            LmRecord::Text(text) => {
+                let ids = self.encode(&self.with_eos(text), true)?;
+                let labels = ids.iter().map(|&i| i64::from(i)).collect();
+                Ok((example(ids, labels), true))
+            }
+            LmRecord::PromptCompletion { prompt, completion } => {
+                let prompt_ids = self.encode(prompt, true)?;
+                let ids = self.encode(&self.with_eos(&format!("{prompt}{completion}")), true)?;
+                let prefix_ok = ids.starts_with(&prompt_ids);
+                let labels = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &i)| if t < prompt_ids.len() { IGNORE_INDEX } else { i64::from(i) })
+                    .collect();
+                Ok((example(ids, labels), prefix_ok))
+            }
+            LmRecord::Messages(messages) => {
+                let template = self.chat_template.as_ref().ok_or_else(|| {
+                    anyhow!(
+                        "messages rows need a chat template, and the tokenizer {} has none",
+                        self.source
+                    )
+                })?;
+                let text = template.render(messages, false)?;
+                let (ids, offsets) = self.encode_with_offsets(&text, false)?;
+                let spans = if assistant_only_loss {
+                    assistant_spans(template, messages, &text)?
+                } else {
+                    vec![(0, text.len())]
+                };
+                let labels = ids
+                    .iter()
+                    .zip(&offsets)
+                    .map(|(&id, &(start, _))| {
+                        if spans.iter().any(|&(a, b)| a <= start && start < b) {
+                            i64::from(id)
+                        } else {
+                            IGNORE_INDEX
+                        }
+                    })
+                    .collect();
+                Ok((example(ids, labels), true))
+            }
+        }
+    }
+}
+
+fn example(input_ids: Vec<u32>, labels: Vec<i64>) -> LmExample {
+    LmExample {
+        input_ids,
+        labels,
+        position_ids: None,
+    }
+}
+
+/// The byte spans of `full` (the rendering of all `messages`) that the assistant turns cover.
+pub fn assistant_spans(
+    template: &ChatTemplate,
+    messages: &[Message],
+    full: &str,
+) -> Result<Vec<(usize, usize)>> {
+    let mut spans = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let before = template.render(&messages[..i], true)?;
+        let through = template.render(&messages[..=i], false)?;
+        if !full.starts_with(&through) || !through.starts_with(&before) {
+            bail!(
+                "the chat template of {} does not render the conversation up to message {} as a \
+                 prefix of the whole conversation, so the assistant turn cannot be located; \
+                 train on every token (assistant_only_loss = false) or use another template",
+                template.origin(),
+                i + 1
+            );
+        }
+        spans.push((before.len(), through.len()));
+    }
+    if spans.is_empty() {
+        bail!("no assistant message: nothing to learn (assistant_only_loss is on)");
+    }
+    Ok(spans)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    crate::reader::json_type(v)
+}
+
+fn string_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    format: LmFormat,
+) -> std::result::Result<String, String> {
+    match obj.get(key) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(format!("field {key:?} is {}, expected a string", json_kind(v))),
+        None => Err(format!(
+            "missing field {key:?} ({format} rows have {})",
+            format.fields()
+        )),
+    }
+}
+
+fn messages_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<Vec<Message>, String> {
+    let list = match obj.get("messages") {
+        Some(serde_json::Value::Array(a)) => a,
+        Some(v) => return Err(format!("field \"messages\" is {}, expected a list", json_kind(v))),
+        None => return Err("missing field \"messages\" (messages rows have \"messages\")".into()),
+    };
+    if list.is_empty() {
+        return Err("field \"messages\" is an empty list".into());
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Some(o) = m.as_object() else {
+                return Err(format!("messages[{i}] is {}, expected an object", json_kind(m)));
+            };
+            let field = |k: &str| match o.get(k) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(v) => Err(format!("messages[{i}].{k} is {}, expected a string", json_kind(v))),
+                None => Err(format!("messages[{i}] has no {k:?}")),
+            };
+            Ok(Message {
+                role: field("role")?,
+                content: field("content")?,
+            })
+        })
+        .collect()
+}
+
+fn parse_row(
+    line: &[u8],
+    format: Option<LmFormat>,
+) -> std::result::Result<(LmFormat, LmRecord), String> {
+    let text = utf8_line(line)?;
+    let obj = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(o)) => o,
+        Ok(v) => return Err(format!("expected a JSON object, found {}", json_kind(&v))),
+        Err(e) => return Err(format!("not valid JSON: {e}")),
+    };
+    let detected = LmFormat::detect(&obj);
+    let format = match (format, detected) {
+        (Some(f), Some(d)) if f != d => {
+            return Err(format!("a {d} row, but the data is {f} (from the first row or the options)"))
+        }
+        (Some(f), _) => f,
+        (None, Some(d)) => d,
+        (None, None) => {
+            let keys: Vec<&String> = obj.keys().collect();
+            return Err(format!(
+                "cannot tell the format from the keys {keys:?}: expected \"text\", \"prompt\" and \
+                 \"completion\", or \"messages\""
+            ));
+        }
+    };
+    let record = match format {
+        LmFormat::Text => {
+            let t = string_field(&obj, "text", format)?;
+            if t.is_empty() {
+                return Err("field \"text\" is empty".into());
+            }
+            LmRecord::Text(t)
+        }
+        LmFormat::PromptCompletion => {
+            let prompt = string_field(&obj, "prompt", format)?;
+            let completion = string_field(&obj, "completion", format)?;
+            if completion.is_empty() {
+                return Err("field \"completion\" is empty: nothing to learn".into());
+            }
+            LmRecord::PromptCompletion { prompt, completion }
+        }
+        LmFormat::Messages => LmRecord::Messages(messages_field(&obj)?),
+    };
+    Ok((format, record))
+}
+
+/// Parse JSONL bytes into rows; `format` `None` takes the first row's. Blank lines are ignored.
+pub fn parse_lm_jsonl(
+    bytes: &[u8],
+    origin: &str,
+    format: Option<LmFormat>,
+) -> Result<(LmFormat, Vec<LmRow>)> {
+    let mut format = format;
+    let mut rows = Vec::new();
+    for (line, raw) in numbered_lines(strip_bom(bytes)) {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (f, record) =
+            parse_row(raw, format).map_err(|reason| anyhow!("{origin}: line {line}: {reason}"))?;
+        format = Some(f);
+        rows.push(LmRow { line, record });
+    }
+    match format {
+        Some(f) if !rows.is_empty() => Ok((f, rows)),
+        _ => bail!("{origin}: no rows (empty file)"),
+    }
+}
+
+/// Read a causal-LM JSONL file and prepare it: see [`build_dataset`].
+pub fn load_jsonl(
+    path: &Path,
+    tok: &LmTokenizer,
+    opts: &LmOptions,
+) -> Result<(TokenizedDataset, LmStats)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display().to_string();
+    let (format, rows) = parse_lm_jsonl(&bytes, &origin, opts.format)?;
+    let opts = LmOptions {
+        format: Some(format),
+        ..opts.clone()
+    };
+    build_dataset(&rows, &origin, tok, &opts)
+}
+
+/// Tokenize rows (in parallel), truncate, skip or refuse rows with nothing to learn, and pack
+/// when asked. `origin` names the data in messages.
+pub fn build_dataset(
+    rows: &[LmRow],
+    origin: &str,
+    tok: &LmTokenizer,
+    opts: &LmOptions,
+) -> Result<(TokenizedDataset, LmStats)> {
+    if opts.max_seq_len < 2 {
+        bail!(
+            "max_seq_len {} leaves nothing to learn: a causal LM needs at least 2 tokens",
+            opts.max_seq_len
+        );
+    }
+    let tokenized: Vec<(LmExample, bool)> = rows
+        .par_iter()
+        .map(|r| {
+            tok.tokenize_record(&r.record, opts.assistant_only_loss)
+                .with_context(|| format!("{origin}: line {}", r.line))
+        })
+        .collect::<Result<_>>()?;
+    let mut stats = LmStats {
+        format: rows.first().map(|r| r.record.format()),
+        rows_read: rows.len(),
+        ..LmStats::default()
+    };
+    let mut kept = Vec::with_capacity(rows.len());
+    for (row, (mut ex, prefix_ok)) in rows.iter().zip(tokenized) {
+        if !prefix_ok {
+            stats.prompt_prefix_mismatches += 1;
+        }
+        let full_len = ex.input_ids.len();
+        if full_len > opts.max_seq_len {
+            stats.rows_truncated += 1;
+            ex.input_ids.truncate(opts.max_seq_len);
+            ex.labels.truncate(opts.max_seq_len);
+        }
+        // Position 0 is never predicted by a causal LM.
+        if ex.labels.iter().skip(1).all(|&l| l == IGNORE_INDEX) {
+            let why = if full_len > opts.max_seq_len {
+                format!(
+                    "nothing to learn in the first {} of its {full_len} tokens",
+                    opts.max_seq_len
+                )
+            } else {
+                format!("nothing to learn in its {full_len} tokens")
+            };
+            match opts.too_long {
+                TooLong::Error => bail!(
+                    "{origin}: line {}: {why} (raise max_seq_len, or skip such rows with \
+                     too_long = skip)",
+                    row.line
+                ),
+                TooLong::Skip => {
+                    stats.rows_skipped += 1;
+                    stats.skipped_lines.push(row.line);
+                    continue;
+                }
+            }
+        }
+        kept.push(ex);
+    }
+    if stats.prompt_prefix_mismatches > 0 {
+        tracing::warn!(
+            "{origin}: in {} rows the prompt's tokens are not a prefix of prompt + completion's \
+             (a token merges across the boundary); the first len(prompt tokens) are masked, as TRL does",
+            stats.prompt_prefix_mismatches
+        );
+    }
+    if kept.is_empty() {
+        bail!(
+            "{origin}: no example left: all {} rows have nothing to learn within max_seq_len {}",
+            stats.rows_read,
+            opts.max_seq_len
+        );
+    }
+    if stats.rows_skipped > 0 {
+        tracing::warn!(
+            "{origin}: skipped {} rows with nothing to learn within max_seq_len {} (first at line {})",
+            stats.rows_skipped,
+            opts.max_seq_len,
+            stats.skipped_lines[0]
+        );
+    }
+    stats.examples = kept.len();
+    stats.tokens = kept.iter().map(|e| e.input_ids.len()).sum();
+    let examples = if opts.packing {
+        pack(kept, opts.max_seq_len)
+    } else {
+        kept
+    };
+    stats.rows = examples.len();
+    let ds = TokenizedDataset::from_lm_examples(examples)?;
+    stats.target_tokens = ds.num_target_tokens();
+    Ok((ds, stats))
+}
+
+/// Best-fit decreasing: the rows (lists of indices into `lengths`) that hold every item, each
+/// row's total at most `capacity`. Items are taken longest first (ties in index order); each
+/// goes into the row with the least room that still fits it (ties: the row opened first), or
+/// opens a new row. Rows are in the order they were opened. Items longer than `capacity` get a
+/// row of their own.
+pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    // Room left -> the open rows with that room, oldest first.
+    let mut by_room: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();
+    for i in order {
+        let len = lengths[i];
+        let found = by_room.range_mut(len..).next().map(|(&room, q)| (room, q.pop_front()));
+        let (row, room) = match found {
+            Some((room, Some(row))) => {
+                if by_room.get(&room).is_some_and(VecDeque::is_empty) {
+                    by_room.remove(&room);
+                }
+                (row, room)
+            }
+            _ => {
+                rows.push(Vec::new());
+                (rows.len() - 1, capacity.max(len))
+            }
+        };
+        rows[row].push(i);
+        let left = room - len;
+        if left > 0 {
+            by_room.entry(left).or_default().push_back(row);
+        }
+    }
+    rows
+}
+
+/// Pack examples with [`pack_bfd`] into rows with position ids; the first token of each
+/// example takes no loss.
+fn pack(examples: Vec<LmExample>, capacity: usize) -> Vec<LmExample> {
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    let plan = pack_bfd(&lengths, capacity);
+    let mut slots: Vec<Option<LmExample>> = examples.into_iter().map(Some).collect();
+    plan.into_iter()
+        .map(|members| {
+            let mut row = LmExample {
+                position_ids: Some(Vec::new()),
+                ..LmExample::default()
+            };
+            for i in members {
+                let Some(mut ex) = slots[i].take() else {
+                    continue;
+                };
+                if let Some(first) = ex.labels.first_mut() {
+                    *first = IGNORE_INDEX;
+                }
+                let n = ex.input_ids.len() as u32;
+                row.input_ids.append(&mut ex.input_ids);
+                row.labels.append(&mut ex.labels);
+                if let Some(p) = &mut row.position_ids {
+                    p.extend(0..n);
+                }
+            }
+            row
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_roundtrip() {
+        for f in LmFormat::ALL {
+            assert_eq!(f.name().parse::<LmFormat>().unwrap(), f);
+        }
+        assert_eq!("prompt_completion".parse::<LmFormat>().unwrap(), LmFormat::PromptCompletion);
+        assert!("chat".parse::<LmFormat>().is_err());
+        let json = serde_json::to_string(&LmFormat::PromptCompletion).unwrap();
+        assert_eq!(json, "\"prompt-completion\"");
+    }
+
+    #[test]
+    fn bfd_packs_best_fit() {
+        // Longest first: 0 (6), 2 (5), 1 (4), 3 (3), 4 (2), 5 (1); capacity 8.
+        let rows = pack_bfd(&[6, 4, 5, 3, 2, 1], 8);
+        assert_eq!(rows, vec![vec![0, 4], vec![2, 3], vec![1, 5]]);
+        // Equal room: the row opened first wins; an item longer than the capacity stands alone.
+        assert_eq!(pack_bfd(&[3, 3, 2, 9], 5), vec![vec![3], vec![0, 2], vec![1]]);
+    }
+}

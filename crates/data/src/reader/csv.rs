@@ -1,0 +1,213 @@
+//! CSV with RFC 4180 quoting, for users' own data; the first record is a header.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::columns::label_from_text;
+use super::{strip_bom, ColumnMapping, Dataset, Example, ReadOptions, RowSink};
+
+/// Options of the CSV reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvOptions {
+    /// Field delimiter; `b','` by default, `b'\t'` for TSV with quoting.
+    pub delimiter: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> CsvOptions {
+        CsvOptions { delimiter: b',' }
+    }
+}
+
+fn csv_column(headers: &[String], name: &str, origin: &str) -> Result<usize> {
+    match headers.iter().position(|h| h == name) {
+        Some(i) => Ok(i),
+        None => bail!("{origin}: line 1: the header has no column {name:?}; it has {headers:?}"),
+    }
+}
+
+/// Parse CSV bytes (RFC 4180 quoting) whose first record is a header naming the columns.
+pub fn parse_csv(
+    bytes: &[u8],
+    origin: &str,
+    mapping: &ColumnMapping,
+    csv_opts: CsvOptions,
+    opts: ReadOptions,
+) -> Result<Dataset> {
+    let fingerprint = mapping.fingerprint("csv/v1", &[csv_opts.delimiter], bytes);
+    let mut rdr = ::csv::ReaderBuilder::new()
+        .delimiter(csv_opts.delimiter)
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(strip_bom(bytes));
+    let headers: Vec<String> = rdr
+        .byte_headers()
+        .with_context(|| format!("{origin}: line 1: reading the CSV header"))?
+        .iter()
+        .enumerate()
+        .map(|(i, h)| match std::str::from_utf8(h) {
+            Ok(name) => Ok(name.trim().to_string()),
+            Err(e) => bail!(
+                "{origin}: line 1: header field {} is not valid UTF-8 (bad byte at offset {})",
+                i + 1,
+                e.valid_up_to()
+            ),
+        })
+        .collect::<Result<_>>()?;
+    if headers.iter().all(String::is_empty) {
+        bail!("{origin}: no examples (empty file or no header)");
+    }
+    let col_a = csv_column(&headers, &mapping.text_a, origin)?;
+    let col_b = match &mapping.text_b {
+        Some(n) => Some(csv_column(&headers, n, origin)?),
+        None => None,
+    };
+    let col_label = match &mapping.label {
+        Some(l) => Some((csv_column(&headers, &l.name, origin)?, &l.kind)),
+        None => None,
+    };
+    let mut sink = RowSink::new(origin, opts);
+    let mut record = ::csv::ByteRecord::new();
+    loop {
+        let more = rdr
+            .read_byte_record(&mut record)
+            .with_context(|| format!("{origin}: reading CSV"))?;
+        if !more {
+            break;
+        }
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
+            continue; // a blank line
+        }
+        let field = |i: usize, name: &str| -> std::result::Result<&str, String> {
+            let raw = record.get(i).ok_or_else(|| {
+                format!(
+                    "column {name:?} (field {}) missing: the row has {} fields, the header {}",
+                    i + 1,
+                    record.len(),
+                    headers.len()
+                )
+            })?;
+            std::str::from_utf8(raw).map_err(|e| {
+                format!(
+                    "column {name:?} is not valid UTF-8 (bad byte at offset {})",
+                    e.valid_up_to()
+                )
+            })
+        };
+        let row = (|| {
+            let text_a = field(col_a, &mapping.text_a)?.to_string();
+            let text_b = match (col_b, &mapping.text_b) {
+                (Some(i), Some(n)) => Some(field(i, n)?.to_string()),
+                _ => None,
+            };
+            let label = match (col_label, &mapping.label) {
+                (Some((i, kind)), Some(l)) => Some(label_from_text(field(i, &l.name)?, kind)?),
+                _ => None,
+            };
+            Ok(Example {
+                text_a,
+                text_b,
+                label,
+            })
+        })();
+        sink.push(line, row)?;
+    }
+    sink.finish(fingerprint)
+}
+
+/// Read a CSV file whose header names the columns of `mapping`.
+pub fn read_csv(
+    path: &Path,
+    mapping: &ColumnMapping,
+    csv_opts: CsvOptions,
+    opts: ReadOptions,
+) -> Result<Dataset> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_csv(&bytes, &path.display().to_string(), mapping, csv_opts, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reader::Label;
+
+    #[test]
+    fn csv_with_quotes_and_mapping() {
+        let m = ColumnMapping::pair("a", "b").with_classes("label", &["neg", "pos"]);
+        let text = "\u{feff}id,a,b,label\n1,\"hello, world\",\"say \"\"hi\"\"\",pos\n2,x,\"multi\nline\",neg\n";
+        let ds = parse_csv(
+            text.as_bytes(),
+            "x.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.examples[0].text_a, "hello, world");
+        assert_eq!(ds.examples[0].text_b.as_deref(), Some("say \"hi\""));
+        assert_eq!(ds.examples[1].text_b.as_deref(), Some("multi\nline"));
+        assert_eq!(ds.examples[1].label, Some(Label::Class(0)));
+    }
+
+    #[test]
+    fn csv_errors() {
+        let m = ColumnMapping::single("text").with_score("score");
+        let err = parse_csv(
+            b"text,y\na,1\n",
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no column \"score\""), "{err}");
+        let err = parse_csv(
+            b"text,score\na,1\nb\n",
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.csv: line 3") && err.contains("missing"),
+            "{err}"
+        );
+        let ds = parse_csv(
+            b"text,score\na,1\nb\nc,2.5\n",
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions {
+                skip_malformed: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.skipped.len(), 1);
+        assert_eq!(ds.skipped[0].line, 3);
+        assert!(parse_csv(
+            b"",
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default()
+        )
+        .is_err());
+        assert!(parse_csv(
+            b"text,score\n",
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default()
+        )
+        .is_err());
+    }
+
+}

@@ -1,0 +1,322 @@
+//! Causal-LM data equals what `transformers` gives: one run of `reference/lm_ref.py` writes
+//! tiny tokenizers (reference/tiny_tokenizer.py) with four chat templates (Llama-2 with a
+//! system prompt and `raise_exception`, Zephyr, ChatML with a generation prompt, one with
+//! `tojson` and Python string methods), the data files, and the expected values:
+//! - chat templates: `apply_chat_template` text and token ids, with and without the generation
+//!   prompt, and the `raise_exception` path (both sides fail, ours naming template and message);
+//! - each format (text, prompt-completion, messages), truncated and packed: token ids, labels
+//!   and position ids, value by value, and the skipped / truncated counts;
+//! - batches of that data: labels padded with -100 on the tokenizer's padding side, position
+//!   ids collated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use loraplus_data::lm::{self, LmRecord};
+use loraplus_data::{
+    ChatTemplate, DataLoader, Labels, LmOptions, LmTokenizer, LoaderConfig, Message, PaddingSide,
+    Position, TooLong, IGNORE_INDEX,
+};
+use serde_json::Value;
+
+struct Fixture {
+    dir: PathBuf,
+    reference: Value,
+    conversations: Vec<Vec<Message>>,
+}
+
+fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(p.exists(), "{} not found: run `make setup`", p.display());
+    p
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        // Kept for the whole test binary; removed with the OS temp folder.
+        let dir = tempfile::tempdir().unwrap().keep();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/lm_ref.py");
+        let run = Command::new(python())
+            .arg(script)
+            .arg(&dir)
+            .output()
+            .expect("running python");
+        assert!(
+            run.status.success(),
+            "lm_ref.py failed:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let read = |name: &str| -> Value {
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+        };
+        let reference = read("ref.json");
+        let conversations = serde_json::from_value(read("conversations.json")).unwrap();
+        Fixture {
+            dir,
+            reference,
+            conversations,
+        }
+    })
+}
+
+fn tokenizer(model: &str) -> LmTokenizer {
+    LmTokenizer::from_model_dir(&fixture().dir.join(model)).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn i64s(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn chat_templates_render_like_transformers() {
+    let fx = fixture();
+    let entries = fx.reference["chat"].as_array().unwrap();
+    assert_eq!(entries.len(), 4 * fx.conversations.len() * 2);
+    let mut errors = 0;
+    for e in entries {
+        let name = e["template"].as_str().unwrap();
+        let tok = tokenizer(name);
+        let template = tok.chat_template().expect("fixture has a template");
+        let conv = &fx.conversations[e["conversation"].as_u64().unwrap() as usize];
+        let gen = e["add_generation_prompt"].as_bool().unwrap();
+        let case = format!("{name}, conversation {}, generation prompt {gen}", e["conversation"]);
+        let got = template.render(conv, gen);
+        if let Some(msg) = e["error"].as_str() {
+            errors += 1;
+            let err = format!("{:#}", got.expect_err(&case));
+            assert!(err.contains(msg), "{case}: {err} should contain {msg:?}");
+            assert!(
+                err.contains(&fx.dir.join(name).join("tokenizer_config.json").display().to_string()),
+                "{case}: {err} should name the template"
+            );
+            continue;
+        }
+        let text = got.unwrap_or_else(|err| panic!("{case}: {err:#}"));
+        assert_eq!(text, e["text"].as_str().unwrap(), "{case}: text");
+        assert_eq!(tok.encode(&text, false).unwrap(), u32s(&e["ids"]), "{case}: ids");
+    }
+    // The llama2 template refuses the conversation whose roles do not alternate.
+    assert_eq!(errors, 2);
+}
+
+#[test]
+fn tokenizer_config_is_read() {
+    let tok = tokenizer("llama2");
+    assert_eq!(tok.bos_token(), Some("<s>")); // written in the AddedToken dict form
+    assert_eq!(tok.eos_token(), "</s>");
+    assert_eq!(tok.bos_id(), Some(0));
+    assert_eq!(tok.eos_id(), 1);
+    assert_eq!(tok.pad_id(), 2);
+    assert_eq!(tok.padding_side(), PaddingSide::Right);
+    assert_eq!(tokenizer("chatml").padding_side(), PaddingSide::Left);
+    // The post-processor adds BOS to plain text; the chat path does not add it again.
+    assert_eq!(tok.encode("Paris", true).unwrap()[0], 0);
+    assert_ne!(tok.encode("Paris", false).unwrap()[0], 0);
+    let t = ChatTemplate::from_model_dir(&fixture().dir.join("zephyr")).unwrap();
+    assert_eq!(t.special_tokens()["bos_token"], "<s>");
+}
+
+fn check_case(name: &str) {
+    let fx = fixture();
+    let want = &fx.reference["cases"][name];
+    let tok = tokenizer(want["model"].as_str().unwrap());
+    let opts = LmOptions {
+        max_seq_len: want["max_seq_len"].as_u64().unwrap() as usize,
+        packing: want["packing"].as_bool().unwrap(),
+        assistant_only_loss: want["assistant_only_loss"].as_bool().unwrap(),
+        ..LmOptions::default()
+    };
+    let path = fx.dir.join("data").join(want["data"].as_str().unwrap());
+    let (ds, stats) = lm::load_jsonl(&path, &tok, &opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let rows = want["rows"].as_array().unwrap();
+    assert_eq!(ds.len(), rows.len(), "{name}: rows");
+    let Labels::Tokens(labels) = ds.labels() else {
+        panic!("{name}: token labels expected");
+    };
+    for (i, w) in rows.iter().enumerate() {
+        let ex = ds.get(i);
+        assert_eq!(ex.input_ids, u32s(&w["input_ids"]), "{name}: input ids of row {i}");
+        assert_eq!(labels[i], i64s(&w["labels"]), "{name}: labels of row {i}");
+        let want_pos = (!w["position_ids"].is_null()).then(|| u32s(&w["position_ids"]));
+        assert_eq!(ex.position_ids.map(<[u32]>::to_vec), want_pos, "{name}: position ids of row {i}");
+        assert!(ex.input_ids.len() <= opts.max_seq_len, "{name}: row {i} too long");
+    }
+    let skipped: Vec<usize> = want["skipped_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(stats.skipped_lines, skipped, "{name}: skipped lines");
+    assert_eq!(stats.rows_skipped, skipped.len(), "{name}");
+    assert_eq!(stats.rows_truncated, want["truncated"].as_u64().unwrap() as usize, "{name}: truncated");
+    assert_eq!(stats.examples, want["examples"].as_u64().unwrap() as usize, "{name}: examples");
+    assert_eq!(stats.rows, rows.len(), "{name}");
+    assert_eq!(stats.tokens, ds.num_tokens(), "{name}");
+    assert_eq!(stats.target_tokens, ds.num_target_tokens(), "{name}");
+    assert!(stats.target_tokens > 0, "{name}");
+}
+
+#[test]
+fn text_rows_match_reference() {
+    check_case("text");
+    check_case("text_short");
+    check_case("text_packed");
+}
+
+#[test]
+fn prompt_completion_rows_match_reference() {
+    check_case("pc");
+    check_case("pc_packed");
+}
+
+#[test]
+fn messages_rows_match_reference() {
+    for case in [
+        "messages_llama2",
+        "messages_zephyr",
+        "messages_chatml",
+        "messages_chatml_short",
+        "messages_chatml_packed",
+        "messages_all_tokens",
+    ] {
+        check_case(case);
+    }
+}
+
+#[test]
+fn messages_labels_cover_assistant_content_only() {
+    // A spot check of the rule itself, independent of the reference: decoded targets of the
+    // ChatML rows hold the assistant answers and none of the user questions.
+    let fx = fixture();
+    let tok = tokenizer("chatml");
+    let (ds, _) = lm::load_jsonl(&fx.dir.join("data/messages.jsonl"), &tok, &LmOptions::default())
+        .unwrap();
+    let Labels::Tokens(labels) = ds.labels() else {
+        panic!("token labels expected")
+    };
+    let targets: Vec<u32> = labels[1]
+        .iter()
+        .filter(|&&l| l != IGNORE_INDEX)
+        .map(|&l| l as u32)
+        .collect();
+    let text = tok.tokenizer().decode(&targets, false).unwrap();
+    // The template trims the content (" Five, of course. ").
+    assert_eq!(text, "Four.<|im_end|>\nFive, of course.<|im_end|>\n");
+}
+
+#[test]
+fn nothing_to_learn_is_refused_on_request() {
+    let fx = fixture();
+    let tok = tokenizer("llama2");
+    let opts = LmOptions {
+        max_seq_len: 48,
+        too_long: TooLong::Error,
+        ..LmOptions::default()
+    };
+    let path = fx.dir.join("data/pc.jsonl");
+    let err = format!("{:#}", lm::load_jsonl(&path, &tok, &opts).unwrap_err());
+    assert!(
+        err.contains(&format!("{}: line 5", path.display())) && err.contains("nothing to learn"),
+        "{err}"
+    );
+    // The file's format is checked against a named one.
+    let opts = LmOptions {
+        format: Some(lm::LmFormat::Messages),
+        ..LmOptions::default()
+    };
+    let err = format!("{:#}", lm::load_jsonl(&path, &tok, &opts).unwrap_err());
+    assert!(err.contains("line 1") && err.contains("prompt-completion row"), "{err}");
+    // A messages row with a template that raises names the line and the template message.
+    let rows = vec![lm::LmRow {
+        line: 7,
+        record: LmRecord::Messages(vec![Message::new("user", "a"), Message::new("user", "b")]),
+    }];
+    let err = format!(
+        "{:#}",
+        lm::build_dataset(&rows, "mem.jsonl", &tok, &LmOptions::default()).unwrap_err()
+    );
+    assert!(err.contains("mem.jsonl: line 7") && err.contains("must alternate"), "{err}");
+}
+
+#[test]
+fn lm_batches_pad_labels_and_positions() {
+    let fx = fixture();
+    for (model, side) in [("llama2", PaddingSide::Right), ("chatml", PaddingSide::Left)] {
+        let tok = tokenizer(model);
+        assert_eq!(tok.padding_side(), side);
+        for packing in [false, true] {
+            let opts = LmOptions {
+                max_seq_len: 64,
+                packing,
+                ..LmOptions::default()
+            };
+            let (ds, _) = lm::load_jsonl(&fx.dir.join("data/text.jsonl"), &tok, &opts).unwrap();
+            let ds = Arc::new(ds);
+            let cfg = LoaderConfig {
+                padding_side: tok.padding_side(),
+                ..LoaderConfig::train(3, 5)
+            };
+            let loader = DataLoader::new(ds.clone(), tok.pad_id(), cfg).unwrap();
+            let Labels::Tokens(labels) = ds.labels() else {
+                panic!("token labels expected")
+            };
+            let batches: Vec<_> = loader.iter(Position::start_of(0)).unwrap().collect();
+            assert_eq!(batches.len(), ds.len().div_ceil(3));
+            for b in batches {
+                let b = b.unwrap();
+                let (rows, width) = b.input_ids.size2().unwrap();
+                let ids = Vec::<i64>::try_from(b.input_ids.reshape([-1])).unwrap();
+                let mask = Vec::<i64>::try_from(b.attention_mask.reshape([-1])).unwrap();
+                let lab = Vec::<i64>::try_from(b.labels.as_ref().unwrap().reshape([-1])).unwrap();
+                assert_eq!(b.labels.as_ref().unwrap().size(), vec![rows, width]);
+                assert_eq!(b.position_ids.is_some(), packing);
+                let pos = b
+                    .position_ids
+                    .as_ref()
+                    .map(|p| Vec::<i64>::try_from(p.reshape([-1])).unwrap());
+                for (r, &i) in b.indices.iter().enumerate() {
+                    let ex = ds.get(i);
+                    let n = ex.input_ids.len();
+                    let w = width as usize;
+                    let start = match side {
+                        PaddingSide::Right => 0,
+                        PaddingSide::Left => w - n,
+                    };
+                    let row = r * w..(r + 1) * w;
+                    let real = r * w + start..r * w + start + n;
+                    let want_ids: Vec<i64> = ex.input_ids.iter().map(|&x| i64::from(x)).collect();
+                    assert_eq!(ids[real.clone()], want_ids[..]);
+                    assert_eq!(lab[real.clone()], labels[i][..]);
+                    for k in row.clone().filter(|k| !real.contains(k)) {
+                        assert_eq!(ids[k], i64::from(tok.pad_id()));
+                        assert_eq!(lab[k], IGNORE_INDEX);
+                        assert_eq!(mask[k], 0);
+                        if let Some(p) = &pos {
+                            assert_eq!(p[k], 0);
+                        }
+                    }
+                    assert!(mask[real.clone()].iter().all(|&m| m == 1));
+                    if let (Some(p), Some(want)) = (&pos, ex.position_ids) {
+                        let want: Vec<i64> = want.iter().map(|&x| i64::from(x)).collect();
+                        assert_eq!(p[real], want[..]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+"""Reference for tests/lm_parity.rs: causal-LM examples as TRL's SFTTrainer builds them.
+
+    python lm_ref.py FIXTURE_DIR
+
+writes into FIXTURE_DIR one tiny tokenizer per chat template (tiny_tokenizer.py), the data files
+data/*.jsonl, conversations.json, and ref.json with, computed by `transformers`:
+- "chat": for each template, conversation and add_generation_prompt, the text and token ids of
+  `apply_chat_template` (or the error it raised);
+- "cases": for each case (model, data file, max_seq_len, packing, assistant_only_loss), the rows
+  of the dataset (input_ids, labels, position_ids) and the counts of skipped / truncated rows.
+
+The rules, as TRL's `SFTTrainer._prepare_dataset` (trl/trainer/sft_trainer.py) with the
+assistant-turn rule of loraplus (crates/data/src/lm.rs):
+- text: tokenizer(text + eos unless it ends with eos); every token a target;
+- prompt-completion: p = tokenizer(prompt), ids = tokenizer(prompt + completion + eos unless
+  it ends with eos); the first len(p) tokens are not targets;
+- messages: ids = apply_chat_template(messages, tokenize=True); a token is a target when its
+  first character lies in an assistant turn: between render(messages[:i],
+  add_generation_prompt=True) and render(messages[:i+1]) for each assistant message i;
+- keep the first max_seq_len tokens; drop a row with no target after position 0;
+- packing: best-fit decreasing as TRL's `_pack_bfd` (longest first, stable; the row with the
+  least room that fits, first come first served among equal rooms), position ids restart at
+  0 per example whose first token is not a target (DataCollatorWithFlattening).
+"""
+
+import json
+import os
+import sys
+from collections import defaultdict, deque
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_tokenizer import write_tokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+IGNORE = -100
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Already ended.</s>",
+    "Un café ☕ à Paris, s'il vous plaît.",
+    "  leading spaces and a newline\nin the middle",
+    " ".join(["The sea is wide and deep and blue, it holds the moon and morning dew."] * 6),
+    "Low rank adapters add two small matrices to each weight.",
+    "x",
+]
+
+PROMPT_COMPLETIONS = [
+    ("What is two plus two?", " Two plus two is four."),
+    ("Translate to French: thank you.\n", "Merci beaucoup."),
+    ("Tell me a joke.", " Why did the chicken cross the road?</s>"),
+    ("Where do penguins live?", " Near Antarctica, in the south."),
+    # A prompt longer than the cases' max_seq_len: nothing left to learn after truncation.
+    (" ".join(["Summarize the following text in a few words."] * 12), " Weather."),
+    ("Is the earth round?", " Yes."),
+]
+
+CONVERSATIONS = [
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Four."},
+        {"role": "user", "content": "And two plus three?"},
+        {"role": "assistant", "content": " Five, of course. "},
+    ],
+    [
+        {"role": "user", "content": "Tell me a joke about the sea, please."},
+        {"role": "assistant", "content": "Why is the sea blue? Because it holds the moon."},
+    ],
+    [
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "Où est Paris? ☕"},
+        {"role": "assistant", "content": "Paris est en France, sur la Seine."},
+        {"role": "user", "content": "Merci!"},
+        {"role": "assistant", "content": "De rien."},
+    ],
+]
+
+# Conversations for rendering only (not in the data files).
+RENDER_ONLY = [
+    # Roles do not alternate: the llama2 template raises.
+    [
+        {"role": "user", "content": "Hello."},
+        {"role": "user", "content": "Hello again."},
+    ],
+    # Ends with a user turn: for the generation prompt.
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Quick question: what is the capital of France?"},
+    ],
+]
+
+TEMPLATES = {"llama2": "right", "zephyr": "right", "chatml": "left", "tojson": "right"}
+
+# (name, model, data file, max_seq_len, packing, assistant_only_loss)
+CASES = [
+    ("text", "llama2", "text.jsonl", 64, False, True),
+    ("text_short", "llama2", "text.jsonl", 12, False, True),
+    ("text_packed", "llama2", "text.jsonl", 40, True, True),
+    ("pc", "llama2", "pc.jsonl", 48, False, True),
+    ("pc_packed", "zephyr", "pc.jsonl", 48, True, True),
+    ("messages_llama2", "llama2", "messages.jsonl", 256, False, True),
+    ("messages_zephyr", "zephyr", "messages.jsonl", 256, False, True),
+    ("messages_chatml", "chatml", "messages.jsonl", 256, False, True),
+    ("messages_chatml_short", "chatml", "messages.jsonl", 72, False, True),
+    ("messages_chatml_packed", "chatml", "messages.jsonl", 120, True, True),
+    ("messages_all_tokens", "zephyr", "messages.jsonl", 256, False, False),
+]
+
+
+def with_eos(text, eos):
+    return text if text.endswith(eos) else text + eos
+
+
+def assistant_spans(tok, messages, full):
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        assert full.startswith(through) and through.startswith(before), (before, through, full)
+        spans.append((len(before), len(through)))
+    return spans
+
+
+def tokenize_row(tok, row, assistant_only):
+    eos = tok.eos_token
+    if "messages" in row:
+        messages = row["messages"]
+        full = tok.apply_chat_template(messages, tokenize=False)
+        ids = list(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        assert list(enc["input_ids"]) == ids
+        spans = assistant_spans(tok, messages, full) if assistant_only else [(0, len(full))]
+        labels = [
+            i if any(a <= start < b for a, b in spans) else IGNORE
+            for i, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
+        return ids, labels
+    if "prompt" in row:
+        prompt_ids = tok(row["prompt"])["input_ids"]
+        ids = tok(with_eos(row["prompt"] + row["completion"], eos))["input_ids"]
+        labels = [IGNORE if t < len(prompt_ids) else i for t, i in enumerate(ids)]
+        return ids, labels
+    ids = tok(with_eos(row["text"], eos))["input_ids"]
+    return ids, list(ids)
+
+
+def pack_bfd(lengths, capacity):
+    """TRL's `_pack_bfd` placement, with a search over the rooms instead of its segment tree."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows, by_room = [], defaultdict(deque)
+    for i in order:
+        n = lengths[i]
+        fits = [r for r, q in by_room.items() if r >= n and q]
+        if fits:
+            room = min(fits)
+            row = by_room[room].popleft()
+        else:
+            rows.append([])
+            row, room = len(rows) - 1, max(capacity, n)
+        rows[row].append(i)
+        if room - n > 0:
+            by_room[room - n].append(row)
+    return rows
+
+
+def build(tok, rows, max_len, packing, assistant_only):
+    examples, skipped, truncated = [], [], 0
+    for line, row in rows:
+        ids, labels = tokenize_row(tok, row, assistant_only)
+        if len(ids) > max_len:
+            truncated += 1
+            ids, labels = ids[:max_len], labels[:max_len]
+        if all(label == IGNORE for label in labels[1:]):
+            skipped.append(line)
+            continue
+        examples.append((ids, labels))
+    if packing:
+        out = []
+        for members in pack_bfd([len(e[0]) for e in examples], max_len):
+            ids, labels, pos = [], [], []
+            for i in members:
+                e_ids, e_labels = examples[i]
+                ids += e_ids
+                labels += [IGNORE] + e_labels[1:]
+                pos += list(range(len(e_ids)))
+            out.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    else:
+        out = [{"input_ids": ids, "labels": labels, "position_ids": None} for ids, labels in examples]
+    return {"rows": out, "skipped_lines": skipped, "truncated": truncated, "examples": len(examples)}
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def main():
+    root = sys.argv[1]
+    for name, side in TEMPLATES.items():
+        write_tokenizer(os.path.join(root, name), template=name, padding_side=side)
+    data = os.path.join(root, "data")
+    os.makedirs(data, exist_ok=True)
+    files = {
+        "text.jsonl": [{"text": t} for t in TEXTS],
+        "pc.jsonl": [{"prompt": p, "completion": c} for p, c in PROMPT_COMPLETIONS],
+        "messages.jsonl": [{"messages": m} for m in CONVERSATIONS],
+    }
+    for fname, rows in files.items():
+        write_jsonl(os.path.join(data, fname), rows)
+    conversations = CONVERSATIONS + RENDER_ONLY
+    with open(os.path.join(root, "conversations.json"), "w") as f:
+        json.dump(conversations, f, ensure_ascii=False)
+
+    toks = {name: AutoTokenizer.from_pretrained(os.path.join(root, name)) for name in TEMPLATES}
+    chat = []
+    for name, tok in toks.items():
+        for ci, conv in enumerate(conversations):
+            for gen in (False, True):
+                entry = {"template": name, "conversation": ci, "add_generation_prompt": gen}
+                try:
+                    entry["text"] = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
+                    entry["ids"] = list(
+                        tok.apply_chat_template(conv, tokenize=True, return_dict=True, add_generation_prompt=gen)[
+                            "input_ids"
+                        ]
+                    )
+                except Exception as e:  # noqa: BLE001 - the message is what is compared
+                    entry["error"] = str(e)
+                chat.append(entry)
+    cases = {}
+    for name, model, fname, max_len, packing, assistant_only in CASES:
+        rows = list(enumerate(files[fname], start=1))
+        cases[name] = {
+            "model": model,
+            "data": fname,
+            "max_seq_len": max_len,
+            "packing": packing,
+            "assistant_only_loss": assistant_only,
+            **build(toks[model], rows, max_len, packing, assistant_only),
+        }
+    with open(os.path.join(root, "ref.json"), "w") as f:
+        json.dump({"chat": chat, "cases": cases}, f, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main()
