@@ -154,16 +154,88 @@ pub fn padding_mask(attention_mask: &Tensor) -> Tensor {
 /// `j` is padding. The diagonal is always allowed, so that the query rows of left padding
 /// (which would see nothing) stay finite; those rows never reach a non-padding position.
 pub fn causal_padding_mask(attention_mask: &Tensor) -> Tensor {
+    let t = attention_mask.size()[1];
+    causal_step_mask(attention_mask, t)
+}
+
+/// The mask of the last `queries` positions of a sequence whose keys are `attention_mask`
+/// (`[B, T_k]`, every key so far, as in a decoding step with a KV cache): `[B, 1, queries,
+/// T_k]`, query `i` (at position `T_k - queries + i`) sees the non-padding keys up to itself,
+/// and always itself. With `queries == T_k`, [`causal_padding_mask`].
+pub fn causal_step_mask(attention_mask: &Tensor, queries: i64) -> Tensor {
     let size = attention_mask.size();
     let (b, t) = (size[0], size[1]);
+    let past = t - queries;
     let device = attention_mask.device();
-    let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
-    let eye = Tensor::eye(t, (Kind::Bool, device));
+    let causal = Tensor::ones([queries, t], (Kind::Bool, device)).tril(past);
+    let diagonal = Tensor::eye(queries, (Kind::Bool, device));
+    let diagonal = if past > 0 {
+        Tensor::cat(
+            &[
+                Tensor::zeros([queries, past], (Kind::Bool, device)),
+                diagonal,
+            ],
+            1,
+        )
+    } else {
+        diagonal
+    };
     let keys = attention_mask.ne(0).view([b, 1, 1, t]);
     causal
-        .view([1, 1, t, t])
+        .view([1, 1, queries, t])
         .logical_and(&keys)
-        .logical_or(&eye.view([1, 1, t, t]))
+        .logical_or(&diagonal.view([1, 1, queries, t]))
+}
+
+/// Which document each position of a packed row belongs to, `[B, T]` (0, 1, ... from the
+/// left): a document is a maximal run of positions whose `position_ids` (`[B, T]`) increase by
+/// exactly one (transformers' `masking_utils.find_packed_sequence_indices`).
+pub fn document_ids(position_ids: &Tensor) -> Tensor {
+    let size = position_ids.size();
+    let (b, t) = (size[0], size[1]);
+    let starts = if t > 1 {
+        let step = position_ids.narrow(1, 1, t - 1) - position_ids.narrow(1, 0, t - 1);
+        Tensor::cat(
+            &[
+                Tensor::zeros([b, 1], (Kind::Int64, position_ids.device())),
+                step.ne(1).to_kind(Kind::Int64),
+            ],
+            1,
+        )
+    } else {
+        Tensor::zeros([b, t], (Kind::Int64, position_ids.device()))
+    };
+    starts.cumsum(1, Kind::Int64)
+}
+
+/// [`causal_padding_mask`] restricted, with `position_ids`, to keys of the query's own
+/// document (see [`document_ids`]): packed rows attend within each document only.
+pub fn decoder_mask(attention_mask: &Tensor, position_ids: Option<&Tensor>) -> Tensor {
+    let mask = causal_padding_mask(attention_mask);
+    match position_ids {
+        None => mask,
+        Some(pos) => {
+            let size = pos.size();
+            let (b, t) = (size[0], size[1]);
+            let doc = document_ids(pos);
+            let same = doc.view([b, 1, t, 1]).eq_tensor(&doc.view([b, 1, 1, t]));
+            mask.logical_and(&same)
+        }
+    }
+}
+
+/// One layer's keys and values of the positions decoded so far, `[B, H_kv, T, D]` each (keys
+/// after rotary embedding); `None` before the first step.
+pub type KvCache = Option<(Tensor, Tensor)>;
+
+/// Append this step's keys and values (`[B, H_kv, T_new, D]`) to `cache` and return all of them.
+pub fn extend_cache(cache: &mut KvCache, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+    let (k, v) = match cache.take() {
+        Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+        None => (k, v),
+    };
+    *cache = Some((k.shallow_clone(), v.shallow_clone()));
+    (k, v)
 }
 
 /// `softmax(q k^T * scale + mask) v`; `dropout_p` applies to the attention probabilities

@@ -11,20 +11,46 @@ use loraplus_core::{
     FusedLinears, LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout,
 };
 
-use crate::attention::LayerCtx;
+use crate::attention::{KvCache, LayerCtx};
 use crate::weights::Weights;
 
 /// One transformer layer.
 pub trait Block {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor;
+
+    /// Inference on new positions `x` (`[B, T_new, H]`) whose keys and values are appended to
+    /// `cache`; `ctx.mask` is `[B, 1, T_new, T_past + T_new]` and `ctx.rope` the new positions'
+    /// tables. Decoders only (generation).
+    fn forward_cached(&self, _x: &Tensor, _ctx: &LayerCtx, _cache: &mut KvCache) -> Result<Tensor> {
+        anyhow::bail!("this layer has no key-value cache (encoders do not generate)")
+    }
 }
 
 /// Embeddings, a stack of [`Block`]s and a final norm: what the task heads sit on.
 pub trait Backbone {
     /// Masks (and rotary tables) for one batch. `input_ids`, `attention_mask`: `[B, T]`.
-    fn context(&self, input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx;
-    /// The input of the first layer, `[B, T, hidden]`.
-    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor;
+    /// `position_ids` (`[B, T]`, decoders only): the rotary tables read them, and the causal mask
+    /// keeps each query to its own document ([`crate::attention::decoder_mask`]).
+    fn context(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> LayerCtx;
+    /// The input of the first layer, `[B, T, hidden]`; learned position embeddings read
+    /// `position_ids` when given (`0..T` otherwise).
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor;
+    /// Rotary `(cos, sin)` tables of `position_ids` (`[B, T]`), `[B, 1, T, head_dim]` in the
+    /// model dtype; `None` for models without rotary embeddings.
+    fn rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
+        None
+    }
     fn num_layers(&self) -> usize;
     fn layer(&self, i: usize) -> &dyn Block;
     /// After the last layer (GPT-2 `ln_f`, Llama `norm`; nothing for BERT).

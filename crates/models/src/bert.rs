@@ -219,12 +219,24 @@ impl BertBackbone {
 }
 
 impl Backbone for BertBackbone {
-    fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
+    /// Bidirectional padding mask; `position_ids` are not taken (refused by the task model).
+    fn context(
+        &self,
+        _input_ids: &Tensor,
+        attention_mask: &Tensor,
+        _position_ids: Option<&Tensor>,
+    ) -> LayerCtx {
         let size = attention_mask.size();
         LayerCtx::dense(padding_mask(attention_mask), None, size[0], size[1])
     }
 
-    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        _position_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         self.embeddings.forward_t(input_ids, token_type_ids, train)
     }
 

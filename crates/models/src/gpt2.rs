@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use loraplus_core::dropout::dropout;
 use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::attention::{causal_padding_mask, sdpa, LayerCtx};
+use crate::attention::{decoder_mask, extend_cache, sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader};
 use crate::config::{Activation, Gpt2Config};
 
@@ -60,6 +60,24 @@ impl Gpt2Block {
 
 impl Block for Gpt2Block {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
+        self.forward_inner(x, ctx, train, None)
+    }
+
+    fn forward_cached(&self, x: &Tensor, ctx: &LayerCtx, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.forward_inner(x, ctx, false, Some(cache)))
+    }
+}
+
+impl Gpt2Block {
+    /// The block; with `cache`, keys and values of earlier positions are prepended from it
+    /// and this call's appended to it.
+    fn forward_inner(
+        &self,
+        x: &Tensor,
+        ctx: &LayerCtx,
+        train: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let e = self.attn_proj.out_features();
         let d = e / self.heads;
         let h = self.ln_1.forward(x);
@@ -75,6 +93,10 @@ impl Block for Gpt2Block {
         };
         let k = ctx.heads(&kv[0], self.heads, d);
         let v = ctx.heads(&kv[1], self.heads, d);
+        let (k, v) = match cache {
+            Some(cache) => extend_cache(cache, k, v),
+            None => (k, v),
+        };
         let a = sdpa(
             &q,
             &k,
@@ -129,16 +151,39 @@ impl Gpt2Backbone {
 }
 
 impl Backbone for Gpt2Backbone {
-    fn context(&self, _input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
+    /// Causal + padding mask, within each document when `position_ids` are given.
+    fn context(
+        &self,
+        _input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> LayerCtx {
         let size = attention_mask.size();
-        LayerCtx::dense(causal_padding_mask(attention_mask), None, size[0], size[1])
+        LayerCtx::dense(
+            decoder_mask(attention_mask, position_ids),
+            None,
+            size[0],
+            size[1],
+        )
     }
 
-    /// `wte(ids) + wpe(0..T)`, plus `wte(token_type_ids)` when given (as HF does: pass `None`
+    /// `wte(ids) + wpe(position_ids)` (positions `0..T` when not given, as HF's forward does,
+    /// also under left padding), plus `wte(token_type_ids)` when given (as HF does: pass `None`
     /// unless the tokenizer produced them for GPT-2).
-    fn embed(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
-        let t = input_ids.size()[1];
-        let pos = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0);
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let pos = match position_ids {
+            Some(p) => p.shallow_clone(),
+            None => {
+                let t = input_ids.size()[1];
+                Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0)
+            }
+        };
         let h = self.wte.forward(input_ids) + self.wpe.forward(&pos);
         let h = match token_type_ids {
             Some(tt) => h + self.wte.forward(tt),

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod backbone;
 pub mod bert;
 pub mod config;
+pub mod generate;
 pub mod gpt2;
 pub mod heads;
 pub mod llama;
@@ -24,8 +25,10 @@ pub mod weights;
 pub use config::{
     Activation, BertConfig, Gpt2Config, LlamaConfig, ModelConfig, SUPPORTED_MODEL_TYPES,
 };
+pub use generate::GenerationConfig;
 pub use heads::{last_token_index, loss, Head, IGNORE_INDEX};
 pub use task::{
-    default_model_dir, LoadOptions, StepOutput, TaskModel, DEFAULT_SEED, MODEL_DIR_ENV,
+    default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel, DEFAULT_SEED,
+    MODEL_DIR_ENV,
 };
 pub use weights::Weights;

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use loraplus_core::{FusedLinears, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::attention::{causal_padding_mask, sdpa, LayerCtx};
+use crate::attention::{decoder_mask, extend_cache, sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm};
 use crate::config::{Activation, LlamaConfig};
 
@@ -98,6 +98,24 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 impl Block for LlamaLayer {
     fn forward_t(&self, x: &Tensor, ctx: &LayerCtx, train: bool) -> Tensor {
+        self.forward_inner(x, ctx, train, None)
+    }
+
+    fn forward_cached(&self, x: &Tensor, ctx: &LayerCtx, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.forward_inner(x, ctx, false, Some(cache)))
+    }
+}
+
+impl LlamaLayer {
+    /// The layer; with `cache`, keys (after rotary) and values of earlier positions are
+    /// prepended from it and this call's appended to it.
+    fn forward_inner(
+        &self,
+        x: &Tensor,
+        ctx: &LayerCtx,
+        train: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let d = self.head_dim;
         let h = self.input_layernorm.forward(x);
         let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
@@ -126,6 +144,10 @@ impl Block for LlamaLayer {
         let k = match &ctx.rope {
             Some((cos, sin)) => apply_rope(&k, cos, sin),
             None => k,
+        };
+        let (k, v) = match cache {
+            Some(cache) => extend_cache(cache, k, v),
+            None => (k, v),
         };
         let a = sdpa(
             &q,
@@ -185,27 +207,56 @@ impl LlamaBackbone {
     }
 }
 
-impl Backbone for LlamaBackbone {
-    /// Causal + padding mask; rotary tables for positions `0..T` (HF's default position ids,
-    /// also under left padding).
-    fn context(&self, input_ids: &Tensor, attention_mask: &Tensor) -> LayerCtx {
-        let t = input_ids.size()[1];
-        let pos = Tensor::arange(t, (Kind::Float, input_ids.device()));
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+impl LlamaBackbone {
+    /// `(cos, sin)` of `positions` (float, any shape broadcasting to `[.., T]`), `[.., T, head_dim]`.
+    fn rope_tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let kind = self.embed_tokens.weight.kind();
-        let cos = emb.cos().to_kind(kind).view([1, 1, t, -1]);
-        let sin = emb.sin().to_kind(kind).view([1, 1, t, -1]);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+impl Backbone for LlamaBackbone {
+    /// Causal + padding mask (within each document when `position_ids` are given); rotary
+    /// tables for `position_ids`, else for positions `0..T` (HF's forward without position ids,
+    /// also under left padding).
+    fn context(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> LayerCtx {
         let size = attention_mask.size();
+        let rope = match position_ids {
+            Some(pos) => self.rope(pos),
+            None => {
+                let t = input_ids.size()[1];
+                let pos = Tensor::arange(t, (Kind::Float, input_ids.device()));
+                let (cos, sin) = self.rope_tables(&pos);
+                Some((cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1])))
+            }
+        };
         LayerCtx::dense(
-            causal_padding_mask(attention_mask),
-            Some((cos, sin)),
+            decoder_mask(attention_mask, position_ids),
+            rope,
             size[0],
             size[1],
         )
     }
 
-    fn embed(&self, input_ids: &Tensor, _token_type_ids: Option<&Tensor>, _train: bool) -> Tensor {
+    fn rope(&self, position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
+        let (cos, sin) = self.rope_tables(&position_ids.to_kind(Kind::Float));
+        Some((cos.unsqueeze(1), sin.unsqueeze(1)))
+    }
+
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: Option<&Tensor>,
+        _position_ids: Option<&Tensor>,
+        _train: bool,
+    ) -> Tensor {
         self.embed_tokens.forward(input_ids)
     }
 

@@ -73,6 +73,47 @@ impl Default for LoadOptions {
     }
 }
 
+/// One batch's inputs. `input_ids`, `attention_mask` (1 = token, 0 = padding, left or right),
+/// `token_type_ids` and `position_ids`: `[B, T]`, on the model device.
+///
+/// `position_ids` (int64, decoders with the causal-LM head only): GPT-2's learned and Llama's
+/// rotary position embeddings read them, and each query attends only to keys of its own
+/// document, a document being a maximal run of positions that increase by exactly one
+/// (transformers' `find_packed_sequence_indices`), on top of the causal and padding mask. Packed
+/// rows (several documents in one row, positions restarting at 0 per document) pass them with
+/// an all-ones `attention_mask`. `None`: positions `0..T` for every row, as transformers'
+/// forward takes them when not given, also under left padding (its `generate` builds
+/// `cumsum(attention_mask) - 1` instead; [`TaskModel::generate`] does the same).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInputs<'a> {
+    pub input_ids: &'a Tensor,
+    pub attention_mask: &'a Tensor,
+    pub token_type_ids: Option<&'a Tensor>,
+    pub position_ids: Option<&'a Tensor>,
+}
+
+impl<'a> ModelInputs<'a> {
+    /// Ids and mask; no token types, no position ids.
+    pub fn new(input_ids: &'a Tensor, attention_mask: &'a Tensor) -> Self {
+        ModelInputs {
+            input_ids,
+            attention_mask,
+            token_type_ids: None,
+            position_ids: None,
+        }
+    }
+
+    pub fn with_token_type_ids(mut self, token_type_ids: Option<&'a Tensor>) -> Self {
+        self.token_type_ids = token_type_ids;
+        self
+    }
+
+    pub fn with_position_ids(mut self, position_ids: Option<&'a Tensor>) -> Self {
+        self.position_ids = position_ids;
+        self
+    }
+}
+
 /// The detached results of one [`TaskModel::forward_backward`].
 #[derive(Debug)]
 pub struct StepOutput {
@@ -83,10 +124,10 @@ pub struct StepOutput {
 
 /// A backbone and a task head, as `*ForSequenceClassification` / `*ForCausalLM`.
 pub struct TaskModel {
-    config: ModelConfig,
+    pub(crate) config: ModelConfig,
     task: Head,
-    backbone: Box<dyn Backbone + Send>,
-    head: TaskHead,
+    pub(crate) backbone: Box<dyn Backbone + Send>,
+    pub(crate) head: TaskHead,
     checkpointing: bool,
     sparse: bool,
     kind: Kind,
@@ -315,8 +356,15 @@ impl TaskModel {
     /// [`LoadOptions::sparse_compute`]): the positions to compute are the real tokens and the
     /// position the head reads (which may be padding, as with BERT under left padding), packed
     /// when that is fewer than all; the last layer returns only the read position per sequence.
-    fn plan(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Plan {
-        let mut ctx = self.backbone.context(input_ids, attention_mask);
+    fn plan(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> Plan {
+        let mut ctx = self
+            .backbone
+            .context(input_ids, attention_mask, position_ids);
         let read = match self.head.read_positions(input_ids, attention_mask) {
             Some(read) if self.sparse && self.backbone.num_layers() > 0 => read,
             _ => return Plan { ctx, last: None },
@@ -361,8 +409,8 @@ impl TaskModel {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<(i64, i64)> {
-        self.check_inputs(input_ids, attention_mask, None)?;
-        let plan = self.plan(input_ids, attention_mask);
+        self.check_inputs(&ModelInputs::new(input_ids, attention_mask))?;
+        let plan = self.plan(input_ids, attention_mask, None);
         let all = plan.ctx.batch * plan.ctx.seq;
         let layers = plan.ctx.packed.as_ref().map_or(all, |p| p.size()[0]);
         let last = if plan.last.is_some() {
@@ -388,12 +436,9 @@ impl TaskModel {
         }
     }
 
-    fn check_inputs(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        token_type_ids: Option<&Tensor>,
-    ) -> Result<()> {
+    pub(crate) fn check_inputs(&self, x: &ModelInputs) -> Result<()> {
+        let (input_ids, attention_mask, token_type_ids) =
+            (x.input_ids, x.attention_mask, x.token_type_ids);
         let size = input_ids.size();
         if size.len() != 2 || size[0] < 1 || size[1] < 1 {
             bail!("input_ids: expected shape [batch, seq_len], found {size:?}");
@@ -407,6 +452,7 @@ impl TaskModel {
         for (name, t) in [
             ("attention_mask", Some(attention_mask)),
             ("token_type_ids", token_type_ids),
+            ("position_ids", x.position_ids),
         ] {
             let Some(t) = t else { continue };
             if t.size() != size {
@@ -445,6 +491,38 @@ impl TaskModel {
                 );
             }
         }
+        if let Some(pos) = x.position_ids {
+            self.check_position_ids(pos)?;
+        }
+        Ok(())
+    }
+
+    /// Position ids: causal LM only, int64, within `0..max_positions` (one host read).
+    fn check_position_ids(&self, pos: &Tensor) -> Result<()> {
+        if self.task != Head::CausalLm {
+            bail!(
+                "position_ids are taken by the causal-LM head only; this {} model has a {:?} head (pass None)",
+                self.config.model_type(),
+                self.task
+            );
+        }
+        if pos.kind() != Kind::Int64 {
+            bail!("position_ids: expected int64, found {:?}", pos.kind());
+        }
+        let range = Tensor::stack(&[pos.min(), pos.max()], 0);
+        let range = Vec::<i64>::try_from(&range).context("reading position_ids' range")?;
+        let (lo, hi) = (range[0], range[1]);
+        if lo < 0 {
+            bail!("position_ids: expected values >= 0, found {lo}");
+        }
+        if let Some(max) = self.config.max_positions() {
+            if hi >= max {
+                bail!(
+                    "position_ids: found {hi}, but {} has {max} positions (0..{max})",
+                    self.config.model_type()
+                );
+            }
+        }
         Ok(())
     }
 
@@ -466,12 +544,13 @@ impl TaskModel {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        let x = ModelInputs::new(input_ids, attention_mask).with_token_type_ids(token_type_ids);
+        self.check_inputs(&x)?;
         let plan = Plan {
-            ctx: self.backbone.context(input_ids, attention_mask),
+            ctx: self.backbone.context(input_ids, attention_mask, None),
             last: None,
         };
-        let h = self.backbone.embed(input_ids, token_type_ids, train);
+        let h = self.backbone.embed(input_ids, token_type_ids, None, train);
         Ok(self
             .backbone
             .final_norm(self.run_layers(h, &plan, train, None)))
@@ -480,7 +559,7 @@ impl TaskModel {
     /// Logits: `[B, num_labels]` for classification, `[B, T, vocab]` for the causal LM.
     /// `attention_mask`: `[B, T]`, 1 for tokens, 0 for padding (left or right). Dropout only
     /// when `train`; a training forward seeds each layer's dropout from torch's generator
-    /// (see [`Self::forward_backward`]).
+    /// (see [`Self::forward_backward`]). [`Self::forward_inputs`] without position ids.
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
@@ -488,14 +567,25 @@ impl TaskModel {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        let x = ModelInputs::new(input_ids, attention_mask).with_token_type_ids(token_type_ids);
+        self.forward_inputs(&x, train)
+    }
+
+    /// As [`Self::forward_t`], with [`ModelInputs::position_ids`] (packed rows, or positions
+    /// counted from each row's first token).
+    pub fn forward_inputs(&self, x: &ModelInputs, train: bool) -> Result<Tensor> {
+        self.check_inputs(x)?;
+        let (input_ids, attention_mask) = (x.input_ids, x.attention_mask);
         let seeds = train.then(|| Seeds::draw(self.backbone.num_layers()));
         let seeds = seeds.as_ref();
-        let plan = self.plan(input_ids, attention_mask);
+        let plan = self.plan(input_ids, attention_mask, x.position_ids);
         seed_if(seeds.map(|s| s.embed));
-        let h = plan
-            .ctx
-            .pack(self.backbone.embed(input_ids, token_type_ids, train));
+        let h = plan.ctx.pack(self.backbone.embed(
+            input_ids,
+            x.token_type_ids,
+            x.position_ids,
+            train,
+        ));
         let h = self
             .backbone
             .final_norm(self.run_layers(h, &plan, train, seeds));
@@ -515,6 +605,7 @@ impl TaskModel {
     /// keeping activations, and again in the backward pass from its saved input (dropout
     /// reseeded, so the gradients are those of the plain pass). No host synchronisation, but for
     /// the one read of how many positions a classifier computes (see [`LoadOptions::sparse_compute`]).
+    /// [`Self::forward_backward_inputs`] without position ids.
     pub fn forward_backward(
         &self,
         input_ids: &Tensor,
@@ -524,8 +615,24 @@ impl TaskModel {
         train: bool,
         loss_scale: f64,
     ) -> Result<StepOutput> {
+        let x = ModelInputs::new(input_ids, attention_mask).with_token_type_ids(token_type_ids);
+        self.forward_backward_inputs(&x, labels, train, loss_scale)
+    }
+
+    /// As [`Self::forward_backward`], with [`ModelInputs::position_ids`] (packed rows); the
+    /// position ids also reach the layers recomputed under checkpointing. With position ids,
+    /// one more host read (their range, checked).
+    pub fn forward_backward_inputs(
+        &self,
+        x: &ModelInputs,
+        labels: &Tensor,
+        train: bool,
+        loss_scale: f64,
+    ) -> Result<StepOutput> {
+        let (input_ids, attention_mask, token_type_ids) =
+            (x.input_ids, x.attention_mask, x.token_type_ids);
         if !self.checkpointing {
-            let logits = self.forward_t(input_ids, attention_mask, token_type_ids, train)?;
+            let logits = self.forward_inputs(x, train)?;
             let loss = self.loss(&logits, labels)?;
             (&loss * loss_scale).f_backward().context("backward pass")?;
             return Ok(StepOutput {
@@ -533,17 +640,19 @@ impl TaskModel {
                 logits: logits.detach(),
             });
         }
-        self.check_inputs(input_ids, attention_mask, token_type_ids)?;
+        self.check_inputs(x)?;
         let n = self.backbone.num_layers();
         let seeds = train.then(|| Seeds::draw(n));
         let seeds = seeds.as_ref();
-        let plan = self.plan(input_ids, attention_mask);
+        let plan = self.plan(input_ids, attention_mask, x.position_ids);
         // 1. Forward without a graph, keeping each layer's input.
         let (inputs, last) = tch::no_grad(|| {
             seed_if(seeds.map(|s| s.embed));
             let mut h = plan
                 .ctx
-                .pack(self.backbone.embed(input_ids, token_type_ids, train));
+                .pack(self
+                .backbone
+                .embed(input_ids, token_type_ids, x.position_ids, train));
             let mut inputs = Vec::with_capacity(n);
             for i in 0..n {
                 seed_if(seeds.map(|s| s.layers[i]));
@@ -580,7 +689,9 @@ impl TaskModel {
         seed_if(seeds.map(|s| s.embed));
         let h0 = plan
             .ctx
-            .pack(self.backbone.embed(input_ids, token_type_ids, train));
+            .pack(self
+                .backbone
+                .embed(input_ids, token_type_ids, x.position_ids, train));
         if h0.requires_grad() {
             let kind = h0.kind();
             (h0 * &grad)

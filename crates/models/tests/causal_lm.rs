@@ -1,0 +1,350 @@
+//! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
+//! (grouped-query attention) and GPT-2 checkpoints that `tests/reference/causal_lm.py` builds
+//! (one Python run for this binary):
+//! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
+//!   padding (with and without position ids) and packed rows (position ids restarting per
+//!   document), with activation checkpointing off and on;
+//! - greedy generation with the adapter unmerged and merged, KV cache or not; seeded sampling;
+//! - continuation log-probabilities (lm-eval-harness' `loglikelihood`);
+//! - bad inputs refused with a message that says what is wrong.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{assert_close, masked_positions, read};
+use loraplus_core::{read_adapter_config, LoraModel};
+use loraplus_models::{GenerationConfig, Head, LoadOptions, ModelInputs, TaskModel};
+use tch::{Device, Kind, Tensor};
+
+/// Agreement asked of the SFT losses, logits, gradients and the log-probabilities (f32, CPU).
+const TOL: f64 = 1e-5;
+
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        common::run_reference("causal_lm.py", &[dir.path()]);
+        dir
+    })
+    .path()
+}
+
+fn case_dir(case: &str) -> PathBuf {
+    fixtures().join(case)
+}
+
+/// The fixture model of `case` with its PEFT adapter loaded (unmerged).
+fn load(case: &str, head: Head) -> (TaskModel, LoraModel) {
+    let dir = case_dir(case);
+    let opts = LoadOptions {
+        task: head,
+        lora: Some(read_adapter_config(&dir.join("adapter")).unwrap()),
+        ..Default::default()
+    };
+    let (model, lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+    lora.load_adapter(&dir.join("adapter")).unwrap();
+    (model, lora)
+}
+
+fn expected(case: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(case_dir(case).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn rows(v: &serde_json::Value) -> Vec<Vec<i64>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// Loss, logits (where the reference has a token) and every LoRA gradient of each SFT variant,
+/// checkpointing off and on.
+fn sft_parity(case: &str) {
+    let (mut model, lora) = load(case, Head::CausalLm);
+    for variant in ["right", "left", "left_pos", "packed"] {
+        let r = read(&case_dir(case).join(format!("sft_{variant}.safetensors")));
+        let ids = &r["input_ids"];
+        // Packed rows: transformers takes no attention mask; all ones here.
+        let mask = r
+            .get("attention_mask")
+            .map(Tensor::shallow_clone)
+            .unwrap_or_else(|| ids.ones_like());
+        let x = ModelInputs::new(ids, &mask).with_position_ids(r.get("position_ids"));
+        for checkpointing in [false, true] {
+            let what = format!("{case} {variant} checkpointing={checkpointing}");
+            model.set_checkpointing(checkpointing);
+            let out = model
+                .forward_backward_inputs(&x, &r["labels"], true, 1.0)
+                .unwrap();
+            assert_close(
+                &format!("{what}: loss"),
+                &out.loss.view([1]),
+                &r["loss"],
+                TOL,
+            );
+            assert_close(
+                &format!("{what}: logits"),
+                &masked_positions(&out.logits, &mask),
+                &masked_positions(&r["logits"], &mask),
+                TOL,
+            );
+            let grads = common::take_grads(&lora);
+            let mut worst = 0f64;
+            for (name, grad) in &grads {
+                let reference = r
+                    .get(&format!("grad.{name}"))
+                    .unwrap_or_else(|| panic!("{what}: PEFT has no gradient for {name}"));
+                let d = common::max_abs_diff(grad, reference);
+                assert!(d <= TOL, "{what}: gradient of {name} differs by {d:e}");
+                assert!(common::max_abs(reference) > 0.0, "{what}: {name} is zero");
+                worst = worst.max(d);
+            }
+            let peft_grads = r.keys().filter(|k| k.starts_with("grad.")).count();
+            assert_eq!(grads.len(), peft_grads, "{what}: trainable tensors differ");
+            println!(
+                "{what}: {} gradients, max |diff| = {worst:.3e}",
+                grads.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn llama_sft_matches_peft() {
+    sft_parity("llama");
+}
+
+#[test]
+fn gpt2_sft_matches_peft() {
+    sft_parity("gpt2");
+}
+
+/// Packed rows equal the documents run one by one: the mask keeps each to its document.
+#[test]
+fn packed_row_equals_separate_documents() {
+    let (model, _lora) = load("llama", Head::CausalLm);
+    let _guard = tch::no_grad_guard();
+    let docs: [&[i64]; 3] = [&[5, 9, 11, 4], &[7, 8], &[3, 30, 31]];
+    let flat: Vec<i64> = docs.concat();
+    let pos: Vec<i64> = docs
+        .iter()
+        .flat_map(|d| 0..d.len() as i64)
+        .collect::<Vec<_>>();
+    let n = flat.len() as i64;
+    let ids = Tensor::from_slice(&flat).view([1, n]);
+    let pos = Tensor::from_slice(&pos).view([1, n]);
+    let mask = ids.ones_like();
+    let x = ModelInputs::new(&ids, &mask).with_position_ids(Some(&pos));
+    let packed = model.forward_inputs(&x, false).unwrap();
+    let mut at = 0;
+    for d in docs {
+        let len = d.len() as i64;
+        let ids = Tensor::from_slice(d).view([1, len]);
+        let alone = model.forward_t(&ids, &ids.ones_like(), None, false).unwrap();
+        assert_close(
+            &format!("document at {at}"),
+            &packed.narrow(1, at, len),
+            &alone,
+            TOL,
+        );
+        at += len;
+    }
+}
+
+fn generation_parity(case: &str) {
+    let e = expected(case);
+    let prompts = rows(&e["prompts"]);
+    let eos: Vec<i64> = serde_json::from_value(e["eos"].clone()).unwrap();
+    let max_new = e["max_new_tokens"].as_u64().unwrap() as usize;
+    let (model, lora) = load(case, Head::CausalLm);
+    let mut cfg = GenerationConfig::greedy(max_new, &eos);
+    cfg.pad_token_id = Some(0);
+    for (adapter, key) in [("unmerged", "unmerged"), ("merged", "merged")] {
+        if adapter == "merged" {
+            lora.merge(true).unwrap();
+        }
+        let want = rows(&e[key]);
+        assert!(
+            want.iter().any(|r| r.len() < max_new) && want.iter().any(|r| r.len() == max_new),
+            "{case}: the fixture should have one row stopping at EOS and one running to the end"
+        );
+        for use_cache in [true, false] {
+            cfg.use_cache = use_cache;
+            let got = model.generate(&prompts, &cfg).unwrap();
+            assert_eq!(
+                got, want,
+                "{case} {adapter} use_cache={use_cache}: tokens differ from transformers"
+            );
+        }
+        println!("{case} {adapter}: {want:?} as transformers");
+    }
+    lora.unmerge().unwrap();
+    // Without EOS every row runs max_new_tokens.
+    let free = model
+        .generate(&prompts, &GenerationConfig::greedy(max_new, &[]))
+        .unwrap();
+    assert_eq!(free, rows(&e["unmerged_no_eos"]), "{case}: without EOS");
+    // One prompt alone (no padding) gives its tokens in the batch.
+    let alone = model.generate(&prompts[1..2], &cfg).unwrap();
+    assert_eq!(alone[0], rows(&e["unmerged"])[1], "{case}: prompt alone");
+}
+
+#[test]
+fn llama_greedy_generation_matches_transformers() {
+    generation_parity("llama");
+}
+
+#[test]
+fn gpt2_greedy_generation_matches_transformers() {
+    generation_parity("gpt2");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let (model, _lora) = load("llama", Head::CausalLm);
+    let prompts = rows(&expected("llama")["prompts"]);
+    let greedy = model
+        .generate(&prompts, &GenerationConfig::greedy(6, &[]))
+        .unwrap();
+    let sample = |seed, use_cache, top_k, top_p| {
+        let cfg = GenerationConfig {
+            max_new_tokens: 6,
+            do_sample: true,
+            temperature: 1.5,
+            top_k,
+            top_p,
+            seed: Some(seed),
+            use_cache,
+            ..Default::default()
+        };
+        model.generate(&prompts, &cfg).unwrap()
+    };
+    let a = sample(11, true, 0, 1.0);
+    assert_eq!(a, sample(11, true, 0, 1.0), "same seed, other tokens");
+    assert_eq!(a, sample(11, false, 0, 1.0), "the KV cache changed the sample");
+    assert_ne!(a, sample(12, true, 0, 1.0), "another seed, the same tokens");
+    assert_ne!(a, greedy, "sampling at temperature 1.5 gave the greedy tokens");
+    // top_k = 1, or a top_p below every probability, leaves only the highest logit.
+    assert_eq!(sample(5, true, 1, 1.0), greedy, "top_k = 1 is greedy");
+    assert_eq!(sample(5, true, 0, 1e-6), greedy, "top_p ~ 0 is greedy");
+    // Top-k and top-p restrict the tokens drawn: each sampled token is among the k best.
+    let b = sample(3, true, 3, 0.9);
+    assert_eq!(b, sample(3, false, 3, 0.9));
+    println!("sampled {a:?}, top-k/top-p {b:?}, greedy {greedy:?}");
+}
+
+fn logprob_parity(case: &str) {
+    let e = expected(case);
+    let items: Vec<(Vec<i64>, Vec<i64>)> = serde_json::from_value(e["items"].clone()).unwrap();
+    let want: Vec<f64> = serde_json::from_value(e["logprobs"].clone()).unwrap();
+    let (model, _lora) = load(case, Head::CausalLm);
+    for batch_size in [2, 8] {
+        let got = model.continuation_logprobs(&items, batch_size).unwrap();
+        for (i, ((lp, n), w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(*n, items[i].1.len());
+            assert!(
+                (lp - w).abs() <= TOL,
+                "{case} item {i} batch {batch_size}: {lp} vs transformers {w}"
+            );
+        }
+        println!("{case} batch {batch_size}: {got:?}");
+    }
+}
+
+#[test]
+fn llama_continuation_logprobs_match_transformers() {
+    logprob_parity("llama");
+}
+
+#[test]
+fn gpt2_continuation_logprobs_match_transformers() {
+    logprob_parity("gpt2");
+}
+
+fn err<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+    format!("{:#}", r.expect_err("should be refused"))
+}
+
+fn assert_mentions(message: &str, words: &[&str]) {
+    for w in words {
+        assert!(message.contains(w), "{message:?} does not say {w:?}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let (model, _lora) = load("gpt2", Head::CausalLm);
+    let ok = vec![vec![5i64, 6, 7]];
+    let with = |f: &dyn Fn(&mut GenerationConfig)| {
+        let mut c = GenerationConfig::greedy(4, &[2]);
+        f(&mut c);
+        c
+    };
+    let cases: Vec<(GenerationConfig, Vec<Vec<i64>>, &[&str])> = vec![
+        (
+            with(&|c| {
+                c.do_sample = true;
+                c.temperature = 0.0;
+            }),
+            ok.clone(),
+            &["temperature", "> 0", "found 0"],
+        ),
+        (with(&|c| c.top_p = 0.0), ok.clone(), &["top_p", "(0, 1]"]),
+        (with(&|c| c.top_p = 1.5), ok.clone(), &["top_p", "1.5"]),
+        (with(&|c| c.max_new_tokens = 0), ok.clone(), &["max_new_tokens"]),
+        (with(&|c| c.eos_token_ids = vec![61]), ok.clone(), &["eos_token_ids", "61", "vocabulary"]),
+        (with(&|_| {}), vec![vec![5], vec![]], &["prompt 1 is empty"]),
+        (with(&|_| {}), vec![vec![5, 99]], &["prompt 0", "99", "vocabulary"]),
+        (with(&|_| {}), vec![vec![5; 41]], &["41 tokens", "40 positions"]),
+        (with(&|_| {}), vec![vec![5; 38]], &["max_new_tokens", "at most 2"]),
+    ];
+    for (cfg, prompts, words) in cases {
+        let m = err(model.generate(&prompts, &cfg));
+        println!("refused: {m}");
+        assert_mentions(&m, words);
+    }
+    assert!(model
+        .generate(&[], &GenerationConfig::default())
+        .unwrap()
+        .is_empty());
+
+    for (items, batch, words) in [
+        (vec![(vec![], vec![4i64])], 1, &["empty context"][..]),
+        (vec![(vec![4i64], vec![])], 1, &["empty continuation"]),
+        (vec![(vec![4i64], vec![4])], 0, &["batch_size"]),
+        (vec![(vec![4i64; 30], vec![4; 12])], 1, &["41 positions", "40"]),
+    ] {
+        let m = err(model.continuation_logprobs(&items, batch));
+        println!("refused: {m}");
+        assert_mentions(&m, words);
+    }
+
+    // Position ids: int64 of the batch's shape, within the positions, causal LM only.
+    let ids = Tensor::from_slice(&[5i64, 6, 7]).view([1, 3]);
+    let mask = ids.ones_like();
+    let too_far = Tensor::from_slice(&[0i64, 1, 40]).view([1, 3]);
+    let negative = Tensor::from_slice(&[0i64, -1, 0]).view([1, 3]);
+    let short = Tensor::from_slice(&[0i64, 1]).view([1, 2]);
+    let float = Tensor::from_slice(&[0f32, 1., 2.]).view([1, 3]);
+    for (pos, words) in [
+        (&too_far, &["position_ids", "40", "40 positions"][..]),
+        (&negative, &["position_ids", ">= 0", "-1"]),
+        (&short, &["position_ids", "[1, 2]", "[1, 3]"]),
+        (&float, &["position_ids", "int64"]),
+    ] {
+        let x = ModelInputs::new(&ids, &mask).with_position_ids(Some(pos));
+        let m = err(model.forward_inputs(&x, false));
+        println!("refused: {m}");
+        assert_mentions(&m, words);
+    }
+
+    let (classifier, _lora) = load("gpt2", Head::SequenceClassification { num_labels: 2 });
+    let m = err(classifier.generate(&ok, &GenerationConfig::default()));
+    assert_mentions(&m, &["generate", "causal-LM head"]);
+    let m = err(classifier.continuation_logprobs(&[(vec![4], vec![5])], 1));
+    assert_mentions(&m, &["continuation_logprobs", "causal-LM head"]);
+    let pos = Tensor::arange(3, (Kind::Int64, Device::Cpu)).view([1, 3]);
+    let x = ModelInputs::new(&ids, &mask).with_position_ids(Some(&pos));
+    let m = err(classifier.forward_inputs(&x, false));
+    assert_mentions(&m, &["position_ids", "causal-LM head"]);
+}
