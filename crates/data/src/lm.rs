@@ -67,7 +67,11 @@ pub enum LmFormat {
 }
 
 impl LmFormat {
-    pub const ALL: [LmFormat; 3] = [LmFormat::Text, LmFormat::PromptCompletion, LmFormat::Messages];
+    pub const ALL: [LmFormat; 3] = [
+        LmFormat::Text,
+        LmFormat::PromptCompletion,
+        LmFormat::Messages,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -250,7 +254,10 @@ impl fmt::Debug for LmTokenizer {
             .field("bos", &(&self.bos_token, self.bos_id))
             .field("pad_id", &self.pad_id)
             .field("padding_side", &self.padding_side)
-            .field("chat_template", &self.chat_template.as_ref().map(ChatTemplate::origin))
+            .field(
+                "chat_template",
+                &self.chat_template.as_ref().map(ChatTemplate::origin),
+            )
             .finish()
     }
 }
@@ -290,7 +297,9 @@ impl LmTokenizer {
         let padding_side = match config.get("padding_side").and_then(|v| v.as_str()) {
             None | Some("right") => PaddingSide::Right,
             Some("left") => PaddingSide::Left,
-            Some(other) => bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\""),
+            Some(other) => {
+                bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\"")
+            }
         };
         let chat_template = ChatTemplate::from_dir_and_config(dir, &config)?;
         Ok(LmTokenizer {
@@ -387,7 +396,13 @@ impl LmTokenizer {
                 let labels = ids
                     .iter()
                     .enumerate()
-                    .map(|(t, &i)| if t < prompt_ids.len() { IGNORE_INDEX } else { i64::from(i) })
+                    .map(|(t, &i)| {
+                        if t < prompt_ids.len() {
+                            IGNORE_INDEX
+                        } else {
+                            i64::from(i)
+                        }
+                    })
                     .collect();
                 Ok((example(ids, labels), prefix_ok))
             }
@@ -471,7 +486,10 @@ fn string_field(
 ) -> std::result::Result<String, String> {
     match obj.get(key) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(v) => Err(format!("field {key:?} is {}, expected a string", json_kind(v))),
+        Some(v) => Err(format!(
+            "field {key:?} is {}, expected a string",
+            json_kind(v)
+        )),
         None => Err(format!(
             "missing field {key:?} ({format} rows have {})",
             format.fields()
@@ -484,7 +502,12 @@ fn messages_field(
 ) -> std::result::Result<Vec<Message>, String> {
     let list = match obj.get("messages") {
         Some(serde_json::Value::Array(a)) => a,
-        Some(v) => return Err(format!("field \"messages\" is {}, expected a list", json_kind(v))),
+        Some(v) => {
+            return Err(format!(
+                "field \"messages\" is {}, expected a list",
+                json_kind(v)
+            ))
+        }
         None => return Err("missing field \"messages\" (messages rows have \"messages\")".into()),
     };
     if list.is_empty() {
@@ -494,11 +517,17 @@ fn messages_field(
         .enumerate()
         .map(|(i, m)| {
             let Some(o) = m.as_object() else {
-                return Err(format!("messages[{i}] is {}, expected an object", json_kind(m)));
+                return Err(format!(
+                    "messages[{i}] is {}, expected an object",
+                    json_kind(m)
+                ));
             };
             let field = |k: &str| match o.get(k) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(v) => Err(format!("messages[{i}].{k} is {}, expected a string", json_kind(v))),
+                Some(v) => Err(format!(
+                    "messages[{i}].{k} is {}, expected a string",
+                    json_kind(v)
+                )),
                 None => Err(format!("messages[{i}] has no {k:?}")),
             };
             Ok(Message {
@@ -522,7 +551,9 @@ fn parse_row(
     let detected = LmFormat::detect(&obj);
     let format = match (format, detected) {
         (Some(f), Some(d)) if f != d => {
-            return Err(format!("a {d} row, but the data is {f} (from the first row or the options)"))
+            return Err(format!(
+                "a {d} row, but the data is {f} (from the first row or the options)"
+            ))
         }
         (Some(f), _) => f,
         (None, Some(d)) => d,
@@ -704,7 +735,10 @@ pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
     let mut by_room: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();
     for i in order {
         let len = lengths[i];
-        let found = by_room.range_mut(len..).next().map(|(&room, q)| (room, q.pop_front()));
+        let found = by_room
+            .range_mut(len..)
+            .next()
+            .map(|(&room, q)| (room, q.pop_front()));
         let (row, room) = match found {
             Some((room, Some(row))) => {
                 if by_room.get(&room).is_some_and(VecDeque::is_empty) {
@@ -766,7 +800,10 @@ mod tests {
         for f in LmFormat::ALL {
             assert_eq!(f.name().parse::<LmFormat>().unwrap(), f);
         }
-        assert_eq!("prompt_completion".parse::<LmFormat>().unwrap(), LmFormat::PromptCompletion);
+        assert_eq!(
+            "prompt_completion".parse::<LmFormat>().unwrap(),
+            LmFormat::PromptCompletion
+        );
         assert!("chat".parse::<LmFormat>().is_err());
         let json = serde_json::to_string(&LmFormat::PromptCompletion).unwrap();
         assert_eq!(json, "\"prompt-completion\"");
@@ -778,6 +815,9 @@ mod tests {
         let rows = pack_bfd(&[6, 4, 5, 3, 2, 1], 8);
         assert_eq!(rows, vec![vec![0, 4], vec![2, 3], vec![1, 5]]);
         // Equal room: the row opened first wins; an item longer than the capacity stands alone.
-        assert_eq!(pack_bfd(&[3, 3, 2, 9], 5), vec![vec![3], vec![0, 2], vec![1]]);
+        assert_eq!(
+            pack_bfd(&[3, 3, 2, 9], 5),
+            vec![vec![3], vec![0, 2], vec![1]]
+        );
     }
 }

@@ -401,13 +401,18 @@ impl Task {
                 "{name}: the {metric:?} metric needs exactly 2 classes, found {}",
                 labels.len()
             ),
-            (true, m) => bail!("{name}: a regression task is scored by Pearson/Spearman, not {m:?}"),
+            (true, m) => {
+                bail!("{name}: a regression task is scored by Pearson/Spearman, not {m:?}")
+            }
             (false, MetricKind::PearsonSpearman) => {
                 bail!("{name}: Pearson/Spearman scores a regression task, not classes")
             }
         }
         if labels.len() == 1 {
-            bail!("{name}: a classification task needs at least 2 classes, found 1 ({:?})", labels[0]);
+            bail!(
+                "{name}: a classification task needs at least 2 classes, found 1 ({:?})",
+                labels[0]
+            );
         }
         let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
         let names: Vec<&'static str> = labels.iter().map(|l| leak(l)).collect();

@@ -120,7 +120,7 @@ fn main() -> Result<()> {
             position_ids: b.positions.as_ref(),
         };
         let out = model.forward_backward_inputs(&inputs, &b.labels, true, 1.0)?;
-        opt.clip_grad_norm(1.0)?;
+        let _norm = opt.clip_grad_norm(1.0)?;
         opt.step()?;
         opt.zero_grad()?;
         Ok(out.loss.double_value(&[]))

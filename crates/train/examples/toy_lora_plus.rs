@@ -34,7 +34,6 @@ use loraplus_train::plots::{line_plot, Series};
 use loraplus_train::toy::{ToyConfig, ToyProblem};
 use plotters::prelude::*;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
 
 /// A cell is near-optimal when its loss is within this factor of the best (the paper's
 /// heatmaps mark the cells within 1%; the seeds here are fewer, so the band is wider).

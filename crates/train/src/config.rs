@@ -58,11 +58,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// Base model weights dtype: `f32`, `bf16` or `f16`. The frozen base weights are loaded in
-    /// this dtype and its layers compute in it; the LoRA adapters (A, B) and the trained head stay
-    /// f32 and the adapter branch computes in f32 (its output cast to the layer's dtype), the
-    /// loss is computed in f32. There is no autocast: this is what PEFT does by default on a
-    /// half-precision base. f16 uses dynamic loss scaling; bf16 needs none.
+    /// Base model weights dtype: `f32`, `bf16` or `f16`. The base weights are loaded in this
+    /// dtype and its layers compute in it; the LoRA adapters (A, B) stay f32 and the adapter
+    /// branch computes in f32 (its output cast to the layer's dtype); modules trained in full
+    /// (`modules_to_save`, the head) are copies in this dtype; the loss is computed in f32.
+    /// There is no autocast: this is what PEFT does by default on a half-precision base
+    /// (`autocast_adapter_dtype`). f16 uses dynamic loss scaling; bf16 needs none.
     pub dtype: String,
     /// On CUDA, let f32 matrix multiplications use TF32 tensor cores (libtorch's
     /// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE`, set before CUDA starts by the `loraplus` binary or
@@ -253,14 +254,7 @@ impl TrainConfig {
 
     /// Check every value that can be wrong on its own.
     pub fn validate(&self) -> Result<()> {
-        if crate::task::KINDS.contains(&self.task.as_str()) {
-            if self.train_file.is_none() && self.eval_file.is_none() {
-                bail!(
-                    "task {:?} reads your own files: set `train_file` (and `eval_file`)",
-                    self.task
-                );
-            }
-        } else {
+        if !crate::task::KINDS.contains(&self.task.as_str()) {
             loraplus_data::Task::from_name(&self.task).with_context(|| {
                 format!(
                     "field `task` (a GLUE task, or one of {})",
@@ -273,14 +267,23 @@ impl TrainConfig {
                 bail!("field `format` must be text, prompt-completion or messages, found {f:?}");
             }
             if self.task != "causal-lm" {
-                bail!("field `format` is for task = \"causal-lm\", the task is {:?}", self.task);
+                bail!(
+                    "field `format` is for task = \"causal-lm\", the task is {:?}",
+                    self.task
+                );
             }
         }
         if self.packing && self.task != "causal-lm" {
-            bail!("field `packing` is for task = \"causal-lm\", the task is {:?}", self.task);
+            bail!(
+                "field `packing` is for task = \"causal-lm\", the task is {:?}",
+                self.task
+            );
         }
         if !matches!(self.too_long.as_str(), "skip" | "error") {
-            bail!("field `too_long` must be skip or error, found {:?}", self.too_long);
+            bail!(
+                "field `too_long` must be skip or error, found {:?}",
+                self.too_long
+            );
         }
         let positive = [
             ("max_seq_len", self.max_seq_len),
@@ -338,6 +341,19 @@ impl TrainConfig {
             bail!(
                 "field `optim.max_grad_norm` must be >= 0, found {}",
                 self.optim.max_grad_norm
+            );
+        }
+        Ok(())
+    }
+
+    /// What a training run needs besides [`Self::validate`]: the training file of a task kind
+    /// that reads the user's files.
+    pub fn validate_for_training(&self) -> Result<()> {
+        self.validate()?;
+        if crate::task::KINDS.contains(&self.task.as_str()) && self.train_file.is_none() {
+            bail!(
+                "task {:?} trains on your own files: set `train_file` (and `eval_file` to evaluate)",
+                self.task
             );
         }
         Ok(())

@@ -64,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => TrainConfig::default(),
             };
             a.overrides.apply(&mut cfg);
-            cfg.validate().map_err(UsageError::wrap)?;
+            cfg.validate_for_training().map_err(UsageError::wrap)?;
             loraplus_train::apply_process_settings(&cfg, !a.default_allocator)?;
             cli::train(cfg, a.resume.as_deref(), !a.no_progress)
         }

@@ -32,7 +32,9 @@ pub fn kind_of(dtype: &str) -> Result<Kind> {
 
 /// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
 pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
-    cfg.model.clone().unwrap_or_else(loraplus_data::paths::model_dir)
+    cfg.model
+        .clone()
+        .unwrap_or_else(loraplus_data::paths::model_dir)
 }
 
 /// The LoRA config of a run: the architecture's recommended config (targets, heads to save,

@@ -225,10 +225,7 @@ where
                     ramp(if best_is_low { t } else { 1.0 - t })
                 }
             };
-            Rectangle::new(
-                [(c.x - hx, c.y - hy), (c.x + hx, c.y + hy)],
-                color.filled(),
-            )
+            Rectangle::new([(c.x - hx, c.y - hy), (c.x + hx, c.y + hy)], color.filled())
         }))
         .map_err(|e| anyhow!("{e:?}"))?;
     chart

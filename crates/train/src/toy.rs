@@ -83,8 +83,8 @@ impl ToyProblem {
         tch::manual_seed(seed as i64 * 7919 + self.n);
         let o = (Kind::Float, Device::Cpu);
         let bound = 1.0 / (self.n as f64).sqrt();
-        let lora_a =
-            ((Tensor::rand([self.cfg.rank, self.n], o) * 2.0 - 1.0) * bound).set_requires_grad(true);
+        let lora_a = ((Tensor::rand([self.cfg.rank, self.n], o) * 2.0 - 1.0) * bound)
+            .set_requires_grad(true);
         let lora_b = Tensor::zeros([self.cfg.d_out, self.cfg.rank], o).set_requires_grad(true);
         let cfg = LoraPlusConfig {
             lr: lr_a,
@@ -94,8 +94,16 @@ impl ToyProblem {
         };
         let mut opt = LoraPlusAdamW::from_tensors(
             [
-                ("lora_A".to_string(), lora_a.shallow_clone(), ParamRole::LoraA),
-                ("lora_B".to_string(), lora_b.shallow_clone(), ParamRole::LoraB),
+                (
+                    "lora_A".to_string(),
+                    lora_a.shallow_clone(),
+                    ParamRole::LoraA,
+                ),
+                (
+                    "lora_B".to_string(),
+                    lora_b.shallow_clone(),
+                    ParamRole::LoraB,
+                ),
             ],
             &cfg,
             Schedule::Constant,

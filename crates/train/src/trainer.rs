@@ -103,7 +103,7 @@ impl Trainer {
     /// Build everything a run needs; `resume` continues from a checkpoint (or an output
     /// directory's newest checkpoint).
     pub fn new(config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
-        config.validate()?;
+        config.validate_for_training()?;
         let task = task::from_config(&config)?;
         let device = parse_device(&config.device)?;
         if let Device::Cuda(n) = device {
@@ -215,14 +215,13 @@ impl Trainer {
         for (split, data) in &self.dev {
             out.push((
                 *split,
-                self.task
-                    .evaluate(
-                        &self.model,
-                        data,
-                        (self.pad_id, self.padding_side),
-                        &self.config,
-                        self.device,
-                    )?,
+                self.task.evaluate(
+                    &self.model,
+                    data,
+                    (self.pad_id, self.padding_side),
+                    &self.config,
+                    self.device,
+                )?,
             ));
         }
         Ok(out)
@@ -291,12 +290,8 @@ impl Trainer {
                 };
                 next_position = batch.next_position();
                 window_samples += batch.size();
-                let loss = model::train_micro_step(
-                    &self.model,
-                    &batch,
-                    self.device,
-                    1.0 / accum as f64,
-                )?;
+                let loss =
+                    model::train_micro_step(&self.model, &batch, self.device, 1.0 / accum as f64)?;
                 step_loss += loss / accum as f64;
             }
             if let Some(sc) = scaler.as_mut() {

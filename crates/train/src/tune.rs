@@ -48,10 +48,18 @@ impl TuneGrid {
             bail!("--seeds: the list is empty; give at least one seed");
         }
         if self.max_steps == 0 || self.min_steps == 0 {
-            bail!("the step budget must be at least 1 (min {}, max {})", self.min_steps, self.max_steps);
+            bail!(
+                "the step budget must be at least 1 (min {}, max {})",
+                self.min_steps,
+                self.max_steps
+            );
         }
         if self.min_steps > self.max_steps {
-            bail!("--min-steps ({}) exceeds --max-steps ({})", self.min_steps, self.max_steps);
+            bail!(
+                "--min-steps ({}) exceeds --max-steps ({})",
+                self.min_steps,
+                self.max_steps
+            );
         }
         if self.eta < 2 {
             bail!("--eta must be at least 2, found {}", self.eta);
@@ -92,7 +100,10 @@ pub struct Trial {
 impl Trial {
     /// A key that names it (and its folder): `lr-0.0002_ratio-16_seed-1_steps-250`.
     pub fn key(&self) -> String {
-        format!("lr-{}_ratio-{}_seed-{}_steps-{}", self.lr, self.ratio, self.seed, self.steps)
+        format!(
+            "lr-{}_ratio-{}_seed-{}_steps-{}",
+            self.lr, self.ratio, self.seed, self.steps
+        )
     }
 }
 
@@ -311,7 +322,6 @@ pub fn successive_halving(
             _ => std::cmp::Ordering::Equal,
         });
         if rung + 1 == rungs.len() {
-            alive = ranked.iter().map(|c| c.0).collect();
             break;
         }
         let keep = alive.len().div_ceil(grid.eta).max(1);
@@ -384,10 +394,7 @@ mod tests {
     fn rungs_grow_by_eta_and_end_at_the_budget() {
         let g = grid(&[1e-3], &[1.0]);
         assert_eq!(g.rungs(), vec![10, 20, 40]);
-        let g = TuneGrid {
-            min_steps: 15,
-            ..g
-        };
+        let g = TuneGrid { min_steps: 15, ..g };
         assert_eq!(g.rungs(), vec![15, 30, 40]);
     }
 
@@ -395,8 +402,14 @@ mod tests {
     fn bad_grids_say_which_list() {
         let e = grid(&[], &[1.0]).validate().unwrap_err().to_string();
         assert!(e.contains("--lrs") && e.contains("empty"), "{e}");
-        let e = grid(&[1e-3, 0.0], &[1.0]).validate().unwrap_err().to_string();
-        assert!(e.contains("--lrs") && e.contains("positive") && e.contains('0'), "{e}");
+        let e = grid(&[1e-3, 0.0], &[1.0])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--lrs") && e.contains("positive") && e.contains('0'),
+            "{e}"
+        );
         let e = grid(&[1e-3], &[-2.0]).validate().unwrap_err().to_string();
         assert!(e.contains("--ratios") && e.contains("-2"), "{e}");
     }
@@ -411,7 +424,10 @@ mod tests {
 
     #[test]
     fn halving_keeps_the_best_cell_of_a_planted_grid_and_reuses_trials() {
-        let g = grid(&[1e-4, 3e-4, 1e-3, 3e-3, 1e-2], &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]);
+        let g = grid(
+            &[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trials.jsonl");
         let mut store = TrialStore::open(&path).unwrap();
@@ -456,8 +472,12 @@ mod tests {
             .iter()
             .filter(|t| matches!(t.outcome, Outcome::Failed { .. }))
             .collect();
-        assert!(failed.iter().any(|t| matches!(&t.outcome, Outcome::Failed { reason } if reason.contains("non-finite"))));
-        assert!(failed.iter().any(|t| matches!(&t.outcome, Outcome::Failed { reason } if reason.contains("NaN"))));
+        assert!(failed.iter().any(
+            |t| matches!(&t.outcome, Outcome::Failed { reason } if reason.contains("non-finite"))
+        ));
+        assert!(failed
+            .iter()
+            .any(|t| matches!(&t.outcome, Outcome::Failed { reason } if reason.contains("NaN"))));
         assert!(r.scores.iter().any(|s| s.lr == 1e-1 && s.mean.is_none()));
     }
 
@@ -482,7 +502,12 @@ mod tests {
             for &ratio in &ratios {
                 let mut v = 0.0;
                 for &seed in &g.seeds {
-                    let t = Trial { lr, ratio, seed, steps: g.max_steps };
+                    let t = Trial {
+                        lr,
+                        ratio,
+                        seed,
+                        steps: g.max_steps,
+                    };
                     v += train(&t).unwrap() / g.seeds.len() as f64;
                 }
                 full.push(((lr, ratio), v));
@@ -496,7 +521,8 @@ mod tests {
                 _ => Some(c),
             })
             .unwrap();
-        let r = successive_halving(&g, false, &mut TrialStore::in_memory(), |t, _| train(t)).unwrap();
+        let r =
+            successive_halving(&g, false, &mut TrialStore::in_memory(), |t, _| train(t)).unwrap();
         let picked = full
             .iter()
             .find(|c| c.0 == (r.best_lr, r.best_ratio))
@@ -511,6 +537,10 @@ mod tests {
             best.1
         );
         // 49 cells x 10 steps, 17 x 30, 6 x 80 over 49 x 80.
-        assert!((r.cost_fraction - 1480.0 / 3920.0).abs() < 1e-12, "{}", r.cost_fraction);
+        assert!(
+            (r.cost_fraction - 1480.0 / 3920.0).abs() < 1e-12,
+            "{}",
+            r.cost_fraction
+        );
     }
 }

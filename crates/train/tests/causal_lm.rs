@@ -60,7 +60,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const TOPICS: [&str; 6] = ["the cat", "a small dog", "the red bird", "my old car", "the blue sea", "a tall tree"];
+const TOPICS: [&str; 6] = [
+    "the cat",
+    "a small dog",
+    "the red bird",
+    "my old car",
+    "the blue sea",
+    "a tall tree",
+];
 
 fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
@@ -120,9 +127,26 @@ impl Fixture {
 
 fn train_args<'a>(model: &'a str, train: &'a str, eval: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--task", "causal-lm", "--model", model, "--train-file", train, "--eval-file", eval,
-        "--output-dir", out, "--batch-size", "4", "--max-seq-len", "64", "--threads", "1",
-        "--lr", "2e-3", "--no-progress",
+        "train",
+        "--task",
+        "causal-lm",
+        "--model",
+        model,
+        "--train-file",
+        train,
+        "--eval-file",
+        eval,
+        "--output-dir",
+        out,
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "64",
+        "--threads",
+        "1",
+        "--lr",
+        "2e-3",
+        "--no-progress",
     ]
 }
 
@@ -191,7 +215,15 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     // Uninterrupted: 8 steps, checkpoint at 4, evaluations at 4 and 8.
     let full = dir.path().join("full");
     let mut a = train_args(s(&llama), s(&train), s(&dev), s(&full));
-    a.extend(["--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--packing"]);
+    a.extend([
+        "--max-steps",
+        "8",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        "--packing",
+    ]);
     let out = ok(&a);
     assert!(out.contains("eval_loss"), "{out}");
     let losses = eval_losses(&full);
@@ -202,9 +234,22 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     let resumed = dir.path().join("resumed");
     let ck = full.join("checkpoints/step-000004");
     let mut r = train_args(s(&llama), s(&train), s(&dev), s(&resumed));
-    r.extend(["--max-steps", "8", "--save-every", "4", "--eval-every", "4", "--packing", "--resume", s(&ck)]);
+    r.extend([
+        "--max-steps",
+        "8",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        "--packing",
+        "--resume",
+        s(&ck),
+    ]);
     ok(&r);
-    let (x, y) = (adapter_tensors(&full.join("adapter")), adapter_tensors(&resumed.join("adapter")));
+    let (x, y) = (
+        adapter_tensors(&full.join("adapter")),
+        adapter_tensors(&resumed.join("adapter")),
+    );
     assert_eq!(x.len(), y.len());
     for ((n, t), (_, u)) in x.iter().zip(&y) {
         assert!(t.equal(u), "{n}: resumed run differs");
@@ -217,7 +262,10 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     )
     .unwrap();
     assert_eq!(cfg["task_type"], "CAUSAL_LM", "{cfg}");
-    let ids: Vec<Vec<i64>> = vec![vec![1, 5, 9, 14, 30, 7, 22, 3], vec![1, 40, 41, 42, 43, 44, 45, 46]];
+    let ids: Vec<Vec<i64>> = vec![
+        vec![1, 5, 9, 14, 30, 7, 22, 3],
+        vec![1, 40, 41, 42, 43, 44, 45, 46],
+    ];
     let ids_path = dir.path().join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
     let peft_out = dir.path().join("peft.safetensors");
@@ -228,9 +276,20 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
 
     // merge: a LlamaForCausalLM folder with the same logits.
     let merged = dir.path().join("merged");
-    ok(&["merge", "--task", "causal-lm", "--model", s(&llama), "--adapter", s(&full), "--output", s(&merged)]);
+    ok(&[
+        "merge",
+        "--task",
+        "causal-lm",
+        "--model",
+        s(&llama),
+        "--adapter",
+        s(&full),
+        "--output",
+        s(&merged),
+    ]);
     let mcfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(mcfg["architectures"][0], "LlamaForCausalLM", "{mcfg}");
     let merged_out = dir.path().join("merged.safetensors");
     reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
@@ -239,7 +298,18 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
 
     // generate: merged or not, cached or not, the same greedy tokens.
     let gen = |extra: &[&str]| {
-        let mut g = vec!["generate", "--model", s(&llama), "--adapter", s(&full), "--chat", "--prompt", "tell me about the cat", "--max-new-tokens", "12"];
+        let mut g = vec![
+            "generate",
+            "--model",
+            s(&llama),
+            "--adapter",
+            s(&full),
+            "--chat",
+            "--prompt",
+            "tell me about the cat",
+            "--max-new-tokens",
+            "12",
+        ];
         g.extend_from_slice(extra);
         ok(&g)
     };
@@ -247,8 +317,27 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     assert!(!plain.trim().is_empty());
     assert_eq!(plain, gen(&["--merge"]));
     assert_eq!(plain, gen(&["--no-cache"]));
-    let sampled = gen(&["--do-sample", "--seed", "7", "--top-k", "20", "--top-p", "0.9"]);
-    assert_eq!(sampled, gen(&["--do-sample", "--seed", "7", "--top-k", "20", "--top-p", "0.9"]));
+    let sampled = gen(&[
+        "--do-sample",
+        "--seed",
+        "7",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+    ]);
+    assert_eq!(
+        sampled,
+        gen(&[
+            "--do-sample",
+            "--seed",
+            "7",
+            "--top-k",
+            "20",
+            "--top-p",
+            "0.9"
+        ])
+    );
 }
 
 #[test]
@@ -273,10 +362,25 @@ fn each_format_trains_on_llama_and_gpt2() {
             assert!(losses[0].is_finite(), "{model} {name}: {losses:?}");
             // The adapter loads back and the merged export is the model's causal-LM class.
             let merged = dir.path().join(format!("merged-{model}-{name}"));
-            ok(&["merge", "--task", "causal-lm", "--model", s(&m), "--adapter", s(&out), "--output", s(&merged)]);
+            ok(&[
+                "merge",
+                "--task",
+                "causal-lm",
+                "--model",
+                s(&m),
+                "--adapter",
+                s(&out),
+                "--output",
+                s(&merged),
+            ]);
             let mcfg: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap()).unwrap();
-            let want = if model == "gpt2" { "GPT2LMHeadModel" } else { "LlamaForCausalLM" };
+                serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+                    .unwrap();
+            let want = if model == "gpt2" {
+                "GPT2LMHeadModel"
+            } else {
+                "LlamaForCausalLM"
+            };
             assert_eq!(mcfg["architectures"][0], want);
         }
     }
@@ -300,15 +404,38 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
     let mc = dir.path().join("mc.jsonl");
     write_jsonl(&mc, &rows);
     let ours = dir.path().join("ours.json");
-    let out = ok(&["eval", "--task", "multiple-choice", "--model", s(&llama), "--eval-file", s(&mc), "--output", s(&ours)]);
+    let out = ok(&[
+        "eval",
+        "--task",
+        "multiple-choice",
+        "--model",
+        s(&llama),
+        "--eval-file",
+        s(&mc),
+        "--output",
+        s(&ours),
+    ]);
     assert!(out.contains("accuracy"), "{out}");
     let ref_out = dir.path().join("ref.json");
     reference(&["mc", s(&llama), "-", s(&mc), s(&ref_out)]);
-    let reference: Vec<Vec<f64>> = serde_json::from_str(&std::fs::read_to_string(&ref_out).unwrap()).unwrap();
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
+    let reference: Vec<Vec<f64>> =
+        serde_json::from_str(&std::fs::read_to_string(&ref_out).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
     let mut correct = 0;
-    for (i, (r, want)) in report["rows"].as_array().unwrap().iter().zip(&reference).enumerate() {
-        let got: Vec<f64> = r["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (i, (r, want)) in report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&reference)
+        .enumerate()
+    {
+        let got: Vec<f64> = r["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(got.len(), want.len());
         for (c, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() < 1e-4, "row {i} choice {c}: {g} vs {w}");
@@ -316,7 +443,10 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
         let pred = want
             .iter()
             .enumerate()
-            .fold((0, f64::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+            )
             .0;
         assert_eq!(r["prediction"].as_u64().unwrap() as usize, pred, "row {i}");
         correct += usize::from(pred == i % 4);

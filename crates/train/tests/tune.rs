@@ -90,7 +90,11 @@ fn tune_writes_the_table_config_and_heatmaps_and_reuses_trials() {
     assert!(o.status.success(), "{}", text(&o));
     let again = String::from_utf8_lossy(&o.stdout);
     assert!(again.contains("6 trials (0 run now)"), "{again}");
-    assert!(!text(&o).contains("] rung"), "a trial ran again: {}", text(&o));
+    assert!(
+        !text(&o).contains("] rung"),
+        "a trial ran again: {}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -148,7 +148,10 @@ fn bad_user_files_name_the_file_and_line() {
     let mut c = base(&p);
     c.labels = Some(vec!["neg".into(), "pos".into()]);
     let e = error_of(c);
-    assert!(e.contains("t.csv") && e.contains("line 4") && e.contains("neutral"), "{e}");
+    assert!(
+        e.contains("t.csv") && e.contains("line 4") && e.contains("neutral"),
+        "{e}"
+    );
     // A missing column.
     let mut c = base(&p);
     c.text_column = "sentence".into();
@@ -156,9 +159,16 @@ fn bad_user_files_name_the_file_and_line() {
     assert!(e.contains("t.csv") && e.contains("sentence"), "{e}");
     // Wrong JSON type, at its line.
     let p = tmp.path().join("t.jsonl");
-    std::fs::write(&p, "{\"text\": \"a\", \"label\": 1}\n{\"text\": 5, \"label\": 0}\n").unwrap();
+    std::fs::write(
+        &p,
+        "{\"text\": \"a\", \"label\": 1}\n{\"text\": 5, \"label\": 0}\n",
+    )
+    .unwrap();
     let e = error_of(base(&p));
-    assert!(e.contains("t.jsonl") && e.contains("line 2") && e.contains("text"), "{e}");
+    assert!(
+        e.contains("t.jsonl") && e.contains("line 2") && e.contains("text"),
+        "{e}"
+    );
     // Invalid UTF-8.
     let p = tmp.path().join("u.csv");
     std::fs::write(&p, b"text,label\nok,1\n\xff\xfe,0\n").unwrap();

@@ -313,7 +313,6 @@ mod tests {
         assert_eq!(a.fingerprint, a2.fingerprint);
     }
 
-
     #[test]
     fn missing_folder_lists_expected_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,8 @@ enum Prompt {
 }
 
 fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -100,11 +101,17 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
                 bail!("{}: a \"messages\" row needs --chat", at());
             }
             let msgs: Vec<Message> = serde_json::from_value(m.clone()).with_context(|| {
-                format!("{}: \"messages\" must be a list of {{\"role\", \"content\"}}", at())
+                format!(
+                    "{}: \"messages\" must be a list of {{\"role\", \"content\"}}",
+                    at()
+                )
             })?;
             out.push((serde_json::to_string(m)?, Prompt::Chat(msgs)));
         } else {
-            bail!("{}: expected a \"prompt\" (or, with --chat, \"messages\") field", at());
+            bail!(
+                "{}: expected a \"prompt\" (or, with --chat, \"messages\") field",
+                at()
+            );
         }
     }
     if out.is_empty() {
@@ -117,9 +124,9 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
     let ids = match p {
         Prompt::Text(t) => tok.encode(t, true)?,
         Prompt::Chat(m) => {
-            let template = tok.chat_template().context(
-                "--chat: the model's tokenizer_config.json has no chat_template",
-            )?;
+            let template = tok
+                .chat_template()
+                .context("--chat: the model's tokenizer_config.json has no chat_template")?;
             // The rendered template already holds its special tokens: none added again.
             tok.encode(&template.render(m, true)?, false)?
         }
@@ -151,13 +158,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
     };
     if a.batch_size == 0 {
-        return Err(UsageError::wrap(anyhow::anyhow!("--batch-size must be at least 1")));
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "--batch-size must be at least 1"
+        )));
     }
     let tok = LmTokenizer::from_model_dir(&a.model)?;
     let lora_cfg = match &a.adapter {
-        Some(ad) => Some(
-            loraplus_core::read_adapter_config(&adapter_dir(ad)).map_err(UsageError::wrap)?,
-        ),
+        Some(ad) => {
+            Some(loraplus_core::read_adapter_config(&adapter_dir(ad)).map_err(UsageError::wrap)?)
+        }
         None => None,
     };
     let opts = loraplus_models::LoadOptions {
@@ -190,7 +199,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         pad_token_id: Some(i64::from(tok.pad_id())),
         use_cache: !a.no_cache,
     };
-    gc.validate().map_err(UsageError::wrap)?;
+    gc.validate(m.config().vocab_size())
+        .map_err(UsageError::wrap)?;
     let ids: Vec<Vec<i64>> = prompts
         .iter()
         .map(|(_, p)| encode(&tok, p))

@@ -79,7 +79,7 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 cfg.seed = seed;
                 cfg.optim.loraplus_ratio = ratio;
                 cfg.output_dir = out.clone();
-                cfg.validate().map_err(UsageError::wrap)?;
+                cfg.validate_for_training().map_err(UsageError::wrap)?;
                 let metrics = out.join(metrics_log::METRICS_FILE);
                 let finished = out
                     .join("adapter")
@@ -216,4 +216,3 @@ fn glue_table(runs: &[GlueRun]) -> String {
     }
     md
 }
-

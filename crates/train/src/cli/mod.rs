@@ -390,7 +390,12 @@ fn load_with_adapter(
 
 /// `loraplus eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let mut cfg = eval_config(a.config.as_deref(), a.task.as_deref(), a.model.as_deref(), &a.data)?;
+    let mut cfg = eval_config(
+        a.config.as_deref(),
+        a.task.as_deref(),
+        a.model.as_deref(),
+        &a.data,
+    )?;
     if let Some(d) = &a.device {
         cfg.device = d.clone();
     }
@@ -411,7 +416,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mdir = model::model_dir(&cfg);
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let adapter = a.adapter.as_deref().ok_or_else(|| {
-        UsageError::wrap(anyhow::anyhow!("--adapter is required (except for multiple-choice)"))
+        UsageError::wrap(anyhow::anyhow!(
+            "--adapter is required (except for multiple-choice)"
+        ))
     })?;
     let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device)?;
     let pad = task.padding(&cfg, &mdir)?;
@@ -528,7 +535,13 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
         Some(ad) => {
             let adir = adapter_dir(ad);
             let lc = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
-            let (m, l) = model::load_model_with_lora(&mdir, loraplus_models::Head::CausalLm, lc, device, &cfg.dtype)?;
+            let (m, l) = model::load_model_with_lora(
+                &mdir,
+                loraplus_models::Head::CausalLm,
+                lc,
+                device,
+                &cfg.dtype,
+            )?;
             l.load_adapter(&adir)?;
             (m, l)
         }
@@ -582,13 +595,24 @@ pub struct MergeArgs {
 
 /// `loraplus merge`.
 pub fn merge(a: MergeArgs) -> Result<()> {
-    let mut cfg = eval_config(a.config.as_deref(), a.task.as_deref(), a.model.as_deref(), &a.data)?;
+    let mut cfg = eval_config(
+        a.config.as_deref(),
+        a.task.as_deref(),
+        a.model.as_deref(),
+        &a.data,
+    )?;
     cfg.dtype = "f32".into();
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu)?;
     lora.merge(true)?;
-    model::write_merged(&model, &lora, &model::model_dir(&cfg), task.as_ref(), &a.output)?;
+    model::write_merged(
+        &model,
+        &lora,
+        &model::model_dir(&cfg),
+        task.as_ref(),
+        &a.output,
+    )?;
     println!("merged model written to {}", a.output.display());
     Ok(())
 }

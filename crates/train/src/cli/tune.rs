@@ -52,7 +52,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         None => TrainConfig::default(),
     };
     a.overrides.apply(&mut base);
-    base.validate().map_err(UsageError::wrap)?;
+    base.validate_for_training().map_err(UsageError::wrap)?;
     let max_steps = base.max_steps.ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(
             "--max-steps (or max_steps in the config) is required: the budget of the last rung"
@@ -157,7 +157,10 @@ pub fn tune(a: TuneArgs) -> Result<()> {
                 value: s.mean,
             })
             .collect();
-        let step = (min_gap(cells.iter().map(|c| c.x)), min_gap(cells.iter().map(|c| c.y)));
+        let step = (
+            min_gap(cells.iter().map(|c| c.x)),
+            min_gap(cells.iter().map(|c| c.y)),
+        );
         if let Err(e) = heatmap(
             &root.join(name),
             &format!("{} at {} steps (rung {rung})", "dev metric", rungs[rung]),
@@ -193,5 +196,8 @@ fn min_gap(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
     v.dedup();
-    v.windows(2).map(|w| w[1] - w[0]).reduce(f64::min).unwrap_or(1.0)
+    v.windows(2)
+        .map(|w| w[1] - w[0])
+        .reduce(f64::min)
+        .unwrap_or(1.0)
 }

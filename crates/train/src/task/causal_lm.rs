@@ -84,13 +84,8 @@ pub fn token_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<(f64, i64)> {
         .narrow(1, 0, t - 1)
         .to_kind(Kind::Float)
         .reshape([b * (t - 1), vocab]);
-    let sum = pred.f_cross_entropy_loss::<Tensor>(
-        &target,
-        None,
-        tch::Reduction::Sum,
-        IGNORE_INDEX,
-        0.0,
-    )?;
+    let sum =
+        pred.f_cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Sum, IGNORE_INDEX, 0.0)?;
     let n = target.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
     Ok((sum.double_value(&[]), n))
 }

@@ -114,7 +114,11 @@ fn ids(v: Vec<u32>) -> Vec<i64> {
 }
 
 /// `(context ids, continuation ids)` of one choice.
-pub fn encode_pair(tok: &LmTokenizer, question: &str, choice: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+pub fn encode_pair(
+    tok: &LmTokenizer,
+    question: &str,
+    choice: &str,
+) -> Result<(Vec<i64>, Vec<i64>)> {
     let continuation = format!(" {choice}");
     let whole = ids(tok.encode(&format!("{question}{continuation}"), false)?);
     let context = ids(tok.encode(question, false)?);
@@ -141,7 +145,12 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
 }
 
 /// Score every row of `path` with `model`.
-pub fn evaluate(model: &Model, tok: &LmTokenizer, path: &Path, batch_size: usize) -> Result<McReport> {
+pub fn evaluate(
+    model: &Model,
+    tok: &LmTokenizer,
+    path: &Path,
+    batch_size: usize,
+) -> Result<McReport> {
     let rows = read_rows(path)?;
     let mut items = Vec::new();
     for r in &rows {
@@ -156,7 +165,10 @@ pub fn evaluate(model: &Model, tok: &LmTokenizer, path: &Path, batch_size: usize
     let mut at = 0;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        let lp: Vec<f64> = scores[at..at + r.choices.len()].iter().map(|s| s.0).collect();
+        let lp: Vec<f64> = scores[at..at + r.choices.len()]
+            .iter()
+            .map(|s| s.0)
+            .collect();
         at += r.choices.len();
         let prediction = argmax(lp.iter().copied());
         let prediction_norm = argmax(

@@ -13,8 +13,7 @@ use tch::Device;
 use loraplus_data::{
     evaluate, paths, predictions_from_logits, read_csv, read_jsonl, read_split, ColumnMapping,
     CsvOptions, DataLoader, Dataset, Encoder, Label, LoaderConfig, MetricKind, MetricReport,
-    PaddingSide,
-    Position, ReadOptions, Split, Task, TokenizedDataset,
+    PaddingSide, Position, ReadOptions, Split, Task, TokenizedDataset,
 };
 use loraplus_models::Head;
 
@@ -84,14 +83,16 @@ pub fn read_user_file(path: &Path, mapping: &ColumnMapping) -> Result<Dataset> {
 pub fn discover_labels(path: &Path, column: &str) -> Result<Vec<String>> {
     let values: Vec<String> = match FileFormat::of(path)? {
         FileFormat::Jsonl => {
-            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
             for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_slice(line)
-                    .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
+                let v: serde_json::Value = serde_json::from_slice(line).with_context(|| {
+                    format!("{}: line {}: not valid JSON", path.display(), i + 1)
+                })?;
                 let label = match v.get(column) {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -346,7 +347,10 @@ impl TrainTask for SequenceTask {
     }
 
     fn merged_architecture(&self, model_type: &str) -> String {
-        format!("{}ForSequenceClassification", model::class_prefix(model_type))
+        format!(
+            "{}ForSequenceClassification",
+            model::class_prefix(model_type)
+        )
     }
 
     fn merged_config(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
