@@ -111,7 +111,9 @@ impl GenerationConfig {
             .chain(self.pad_token_id.map(|id| ("pad_token_id", id)))
         {
             if id < 0 || id >= vocab_size {
-                bail!("generation config: {field} {id} is outside the vocabulary (0..{vocab_size})");
+                bail!(
+                    "generation config: {field} {id} is outside the vocabulary (0..{vocab_size})"
+                );
             }
         }
         Ok(())
@@ -181,7 +183,11 @@ impl TaskModel {
     /// Token ids of `seq` (named `what`) within the vocabulary.
     fn check_token_ids(&self, what: &str, seq: &[i64]) -> Result<()> {
         let vocab = self.config.vocab_size();
-        if let Some((i, id)) = seq.iter().enumerate().find(|(_, &id)| id < 0 || id >= vocab) {
+        if let Some((i, id)) = seq
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id >= vocab)
+        {
             bail!("{what}: token {i} is {id}, outside the vocabulary (0..{vocab})");
         }
         Ok(())
@@ -234,11 +240,12 @@ impl TaskModel {
             .or(cfg.eos_token_ids.first().copied())
             .unwrap_or(0);
         let mut chooser = if cfg.do_sample {
-            let seed = match cfg.seed {
-                Some(s) => s,
-                None => Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))
-                    .int64_value(&[0]) as u64,
-            };
+            let seed =
+                match cfg.seed {
+                    Some(s) => s,
+                    None => Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))
+                        .int64_value(&[0]) as u64,
+                };
             Chooser::Sample(SplitMix64(seed))
         } else {
             Chooser::Greedy
@@ -262,9 +269,8 @@ impl TaskModel {
         for p in prompts {
             let padding = longest as usize - p.len();
             ids_flat.extend(std::iter::repeat_n(pad, padding).chain(p.iter().copied()));
-            mask_flat.extend(
-                std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, p.len())),
-            );
+            mask_flat
+                .extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, p.len())));
         }
         let mut ids = Tensor::from_slice(&ids_flat)
             .view([b, longest])
@@ -308,7 +314,9 @@ impl TaskModel {
             if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
                 break;
             }
-            let next = Tensor::from_slice(&next_host).view([b, 1]).to_device(device);
+            let next = Tensor::from_slice(&next_host)
+                .view([b, 1])
+                .to_device(device);
             let last_pos = positions.narrow(1, positions.size()[1] - 1, 1);
             ids = Tensor::cat(&[ids, next], 1);
             mask = Tensor::cat(&[&mask, &ones], 1);
@@ -352,16 +360,23 @@ impl TaskModel {
     }
 
     /// The next token of each row, `[B]` int64.
-    fn choose(&self, logits: &Tensor, cfg: &GenerationConfig, chooser: &mut Chooser) -> Result<Tensor> {
+    fn choose(
+        &self,
+        logits: &Tensor,
+        cfg: &GenerationConfig,
+        chooser: &mut Chooser,
+    ) -> Result<Tensor> {
         let rng = match chooser {
             Chooser::Greedy => return Ok(logits.argmax(-1, false)),
             Chooser::Sample(rng) => rng,
         };
         let vocab = logits.size()[1];
-        let mut scores = logits.shallow_clone();
-        if cfg.temperature != DEFAULT_TEMPERATURE {
-            scores = scores / cfg.temperature;
-        }
+        // HF's processors, in its order: temperature, top-k, top-p.
+        let mut scores = if cfg.temperature != DEFAULT_TEMPERATURE {
+            logits / cfg.temperature
+        } else {
+            logits.shallow_clone()
+        };
         if cfg.top_k > 0 {
             let k = (cfg.top_k as i64).min(vocab);
             let kth = scores.topk(k, -1, true, true).0.narrow(1, k - 1, 1);
@@ -387,7 +402,10 @@ impl TaskModel {
         let b = logits.size()[0];
         let u: Vec<f64> = (0..b).map(|_| rng.next_f64()).collect();
         let total = cdf.narrow(1, vocab - 1, 1);
-        let target = Tensor::from_slice(&u).to_device(logits.device()).view([b, 1]) * total;
+        let target = Tensor::from_slice(&u)
+            .to_device(logits.device())
+            .view([b, 1])
+            * total;
         let index = target.f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?;
         Ok(index.clamp_max(vocab - 1).view([b]))
     }
@@ -477,7 +495,8 @@ impl TaskModel {
             .log_softmax(-1, Kind::Float);
         let targets = Tensor::from_slice(&targets).to_device(device).view([-1, 1]);
         let chosen = logprobs.gather(1, &targets, false).to_kind(Kind::Double);
-        let chosen = Vec::<f64>::try_from(&chosen.view([-1])).context("reading log-probabilities")?;
+        let chosen =
+            Vec::<f64>::try_from(&chosen.view([-1])).context("reading log-probabilities")?;
         let mut out = Vec::with_capacity(chunk.len());
         let mut at = 0;
         for (_, continuation) in chunk {

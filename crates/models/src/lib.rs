@@ -28,7 +28,6 @@ pub use config::{
 pub use generate::GenerationConfig;
 pub use heads::{last_token_index, loss, Head, IGNORE_INDEX};
 pub use task::{
-    default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel, DEFAULT_SEED,
-    MODEL_DIR_ENV,
+    default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel, DEFAULT_SEED, MODEL_DIR_ENV,
 };
 pub use weights::Weights;

@@ -580,12 +580,11 @@ impl TaskModel {
         let seeds = seeds.as_ref();
         let plan = self.plan(input_ids, attention_mask, x.position_ids);
         seed_if(seeds.map(|s| s.embed));
-        let h = plan.ctx.pack(self.backbone.embed(
-            input_ids,
-            x.token_type_ids,
-            x.position_ids,
-            train,
-        ));
+        let h =
+            plan.ctx.pack(
+                self.backbone
+                    .embed(input_ids, x.token_type_ids, x.position_ids, train),
+            );
         let h = self
             .backbone
             .final_norm(self.run_layers(h, &plan, train, seeds));
@@ -648,11 +647,12 @@ impl TaskModel {
         // 1. Forward without a graph, keeping each layer's input.
         let (inputs, last) = tch::no_grad(|| {
             seed_if(seeds.map(|s| s.embed));
-            let mut h = plan
-                .ctx
-                .pack(self
-                .backbone
-                .embed(input_ids, token_type_ids, x.position_ids, train));
+            let mut h = plan.ctx.pack(self.backbone.embed(
+                input_ids,
+                token_type_ids,
+                x.position_ids,
+                train,
+            ));
             let mut inputs = Vec::with_capacity(n);
             for i in 0..n {
                 seed_if(seeds.map(|s| s.layers[i]));
@@ -687,11 +687,11 @@ impl TaskModel {
         }
         // 4. The embeddings, when something in them trains.
         seed_if(seeds.map(|s| s.embed));
-        let h0 = plan
-            .ctx
-            .pack(self
-                .backbone
-                .embed(input_ids, token_type_ids, x.position_ids, train));
+        let h0 =
+            plan.ctx.pack(
+                self.backbone
+                    .embed(input_ids, token_type_ids, x.position_ids, train),
+            );
         if h0.requires_grad() {
             let kind = h0.kind();
             (h0 * &grad)

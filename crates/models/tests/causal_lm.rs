@@ -140,7 +140,9 @@ fn packed_row_equals_separate_documents() {
     for d in docs {
         let len = d.len() as i64;
         let ids = Tensor::from_slice(d).view([1, len]);
-        let alone = model.forward_t(&ids, &ids.ones_like(), None, false).unwrap();
+        let alone = model
+            .forward_t(&ids, &ids.ones_like(), None, false)
+            .unwrap();
         assert_close(
             &format!("document at {at}"),
             &packed.narrow(1, at, len),
@@ -221,9 +223,16 @@ fn seeded_sampling_is_reproducible() {
     };
     let a = sample(11, true, 0, 1.0);
     assert_eq!(a, sample(11, true, 0, 1.0), "same seed, other tokens");
-    assert_eq!(a, sample(11, false, 0, 1.0), "the KV cache changed the sample");
+    assert_eq!(
+        a,
+        sample(11, false, 0, 1.0),
+        "the KV cache changed the sample"
+    );
     assert_ne!(a, sample(12, true, 0, 1.0), "another seed, the same tokens");
-    assert_ne!(a, greedy, "sampling at temperature 1.5 gave the greedy tokens");
+    assert_ne!(
+        a, greedy,
+        "sampling at temperature 1.5 gave the greedy tokens"
+    );
     // top_k = 1, or a top_p below every probability, leaves only the highest logit.
     assert_eq!(sample(5, true, 1, 1.0), greedy, "top_k = 1 is greedy");
     assert_eq!(sample(5, true, 0, 1e-6), greedy, "top_p ~ 0 is greedy");
@@ -280,7 +289,9 @@ fn bad_inputs_are_refused() {
         f(&mut c);
         c
     };
-    let cases: Vec<(GenerationConfig, Vec<Vec<i64>>, &[&str])> = vec![
+    // (config, prompts, what the message must say)
+    type Case = (GenerationConfig, Vec<Vec<i64>>, &'static [&'static str]);
+    let cases: Vec<Case> = vec![
         (
             with(&|c| {
                 c.do_sample = true;
@@ -291,12 +302,32 @@ fn bad_inputs_are_refused() {
         ),
         (with(&|c| c.top_p = 0.0), ok.clone(), &["top_p", "(0, 1]"]),
         (with(&|c| c.top_p = 1.5), ok.clone(), &["top_p", "1.5"]),
-        (with(&|c| c.max_new_tokens = 0), ok.clone(), &["max_new_tokens"]),
-        (with(&|c| c.eos_token_ids = vec![61]), ok.clone(), &["eos_token_ids", "61", "vocabulary"]),
+        (
+            with(&|c| c.max_new_tokens = 0),
+            ok.clone(),
+            &["max_new_tokens"],
+        ),
+        (
+            with(&|c| c.eos_token_ids = vec![61]),
+            ok.clone(),
+            &["eos_token_ids", "61", "vocabulary"],
+        ),
         (with(&|_| {}), vec![vec![5], vec![]], &["prompt 1 is empty"]),
-        (with(&|_| {}), vec![vec![5, 99]], &["prompt 0", "99", "vocabulary"]),
-        (with(&|_| {}), vec![vec![5; 41]], &["41 tokens", "40 positions"]),
-        (with(&|_| {}), vec![vec![5; 38]], &["max_new_tokens", "at most 2"]),
+        (
+            with(&|_| {}),
+            vec![vec![5, 99]],
+            &["prompt 0", "99", "vocabulary"],
+        ),
+        (
+            with(&|_| {}),
+            vec![vec![5; 41]],
+            &["41 tokens", "40 positions"],
+        ),
+        (
+            with(&|_| {}),
+            vec![vec![5; 38]],
+            &["max_new_tokens", "at most 2"],
+        ),
     ];
     for (cfg, prompts, words) in cases {
         let m = err(model.generate(&prompts, &cfg));
@@ -312,7 +343,11 @@ fn bad_inputs_are_refused() {
         (vec![(vec![], vec![4i64])], 1, &["empty context"][..]),
         (vec![(vec![4i64], vec![])], 1, &["empty continuation"]),
         (vec![(vec![4i64], vec![4])], 0, &["batch_size"]),
-        (vec![(vec![4i64; 30], vec![4; 12])], 1, &["41 positions", "40"]),
+        (
+            vec![(vec![4i64; 30], vec![4; 12])],
+            1,
+            &["41 positions", "40"],
+        ),
     ] {
         let m = err(model.continuation_logprobs(&items, batch));
         println!("refused: {m}");
