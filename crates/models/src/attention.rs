@@ -1,5 +1,10 @@
 //! Attention masks and the call into libtorch's `scaled_dot_product_attention`, shared by the
 //! architectures, and the per-layer context every block reads.
+//!
+//! Masks: bidirectional padding (encoders); causal + padding (decoders), restricted to each
+//! document of a packed row when position ids are given ([`decoder_mask`]); and the mask of
+//! the new positions of a decoding step over every key so far ([`causal_step_mask`]), whose
+//! keys and values a [`KvCache`] keeps per layer.
 
 use tch::{Device, Kind, Tensor};
 
@@ -279,6 +284,57 @@ pub fn sdpa(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rows(t: &Tensor) -> Vec<Vec<i64>> {
+        Vec::<Vec<i64>>::try_from(&t.to_kind(Kind::Int64)).unwrap()
+    }
+
+    /// transformers' docstring example (documents of 2, 3 and 1 tokens), a row without packing,
+    /// and left padding with generation positions (each padding position its own document).
+    #[test]
+    fn documents_are_runs_of_positions_increasing_by_one() {
+        let pos = Tensor::from_slice(&[0i64, 1, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 1, 2])
+            .view([3, 6]);
+        assert_eq!(
+            rows(&document_ids(&pos)),
+            [
+                vec![0, 0, 1, 1, 1, 2],
+                vec![0, 0, 0, 0, 0, 0],
+                vec![0, 1, 2, 3, 3, 3]
+            ]
+        );
+    }
+
+    /// Keys seen: causal within the document, never padding (the last key), always the query
+    /// itself.
+    #[test]
+    fn decoder_mask_keeps_queries_to_their_document() {
+        let pos = Tensor::from_slice(&[0i64, 1, 0, 1, 2]).view([1, 5]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0]).view([1, 5]);
+        let m = decoder_mask(&mask, Some(&pos)).view([5, 5]);
+        assert_eq!(
+            rows(&m),
+            [
+                vec![1, 0, 0, 0, 0],
+                vec![1, 1, 0, 0, 0],
+                vec![0, 0, 1, 0, 0],
+                vec![0, 0, 1, 1, 0],
+                vec![0, 0, 1, 1, 1]
+            ]
+        );
+    }
+
+    /// The last rows of the full causal mask are the mask of a decoding step.
+    #[test]
+    fn step_mask_is_the_last_rows_of_the_causal_mask() {
+        let mask = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1]).view([2, 6]);
+        let full = causal_padding_mask(&mask);
+        for queries in [1, 2, 6] {
+            let step = causal_step_mask(&mask, queries);
+            assert_eq!(step.size(), [2, 1, queries, 6]);
+            assert!(step.equal(&full.narrow(2, 6 - queries, queries)));
+        }
+    }
 
     /// The explicit path (taken with dropout on the CPU) against libtorch's kernel, at a
     /// dropout so small that no element is dropped: outputs and gradients, with a padding mask

@@ -205,6 +205,9 @@ impl TaskModel {
     pub fn generate(&self, prompts: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
         self.require_causal_lm("generate")?;
         cfg.validate(self.config.vocab_size())?;
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
         for (i, p) in prompts.iter().enumerate() {
             if p.is_empty() {
                 bail!("generate: prompt {i} is empty (it needs at least one token, e.g. BOS)");
@@ -212,9 +215,6 @@ impl TaskModel {
             self.check_token_ids(&format!("generate: prompt {i}"), p)?;
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        if prompts.is_empty() {
-            return Ok(Vec::new());
-        }
         let (limit, learned) = match &self.config {
             ModelConfig::Gpt2(c) => (c.n_positions, true),
             ModelConfig::Llama(c) => (c.max_position_embeddings, false),
@@ -371,10 +371,12 @@ impl TaskModel {
             Chooser::Sample(rng) => rng,
         };
         let vocab = logits.size()[1];
-        let mut scores = logits.shallow_clone();
-        if cfg.temperature != DEFAULT_TEMPERATURE {
-            scores = scores / cfg.temperature;
-        }
+        // HF's processors, in its order: temperature, top-k, top-p.
+        let mut scores = if cfg.temperature != DEFAULT_TEMPERATURE {
+            logits / cfg.temperature
+        } else {
+            logits.shallow_clone()
+        };
         if cfg.top_k > 0 {
             let k = (cfg.top_k as i64).min(vocab);
             let kth = scores.topk(k, -1, true, true).0.narrow(1, k - 1, 1);

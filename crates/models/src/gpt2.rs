@@ -1,5 +1,7 @@
 //! GPT-2: pre-norm causal decoder with Conv1D (`[in, out]`) weights, learned positions, and
-//! the `score` / tied `lm_head` heads that sit on it.
+//! the `score` / tied `lm_head` heads that sit on it. The position embeddings read the batch's
+//! position ids when given (packed rows, generation), `0..T` otherwise; a block can run one
+//! decoding step on its key-value cache.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};

@@ -2,6 +2,11 @@
 //! safetensors checkpoints, with every layer handed to a [`loraplus_core::LoraBuilder`] under
 //! HuggingFace's module name, so LoRA targets are the names users already write.
 //!
+//! Classification and regression heads for all four; the causal-LM head for GPT-2 and Llama,
+//! with packed rows (per-document position ids) in training, KV-cache generation
+//! ([`TaskModel::generate`], [`GenerationConfig`]) and continuation log-likelihoods for
+//! multiple choice ([`TaskModel::continuation_logprobs`]).
+//!
 //! ```no_run
 //! use loraplus_models::{Head, LoadOptions, TaskModel};
 //! # fn main() -> anyhow::Result<()> {

@@ -1,5 +1,8 @@
 //! Llama: pre-RMSNorm causal decoder with rotary position embeddings, grouped-query attention
 //! and a SwiGLU MLP (`model.layers.{i}.self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`).
+//! The rotary tables are those of the batch's position ids when given (packed rows,
+//! generation), of `0..T` otherwise; a layer can run one decoding step on its key-value cache
+//! (keys stored after rotation).
 
 use anyhow::Result;
 use tch::{Kind, Tensor};

@@ -1,5 +1,10 @@
 //! `TaskModel`: a backbone and a head loaded from a checkpoint directory with LoRA injected,
 //! its forward pass, its loss, and a training step that can checkpoint activations per layer.
+//!
+//! A batch is a [`ModelInputs`]: ids, attention mask, token types and, for the causal LM,
+//! position ids (packed rows: each document attends to itself only). `forward_t` /
+//! `forward_backward` are `forward_inputs` / `forward_backward_inputs` without position ids.
+//! Generation and continuation scoring are in [`crate::generate`].
 
 use std::path::{Path, PathBuf};
 

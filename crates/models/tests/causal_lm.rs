@@ -289,7 +289,9 @@ fn bad_inputs_are_refused() {
         f(&mut c);
         c
     };
-    let cases: Vec<(GenerationConfig, Vec<Vec<i64>>, &[&str])> = vec![
+    // (config, prompts, what the message must say)
+    type Case = (GenerationConfig, Vec<Vec<i64>>, &'static [&'static str]);
+    let cases: Vec<Case> = vec![
         (
             with(&|c| {
                 c.do_sample = true;
@@ -380,4 +382,38 @@ fn bad_inputs_are_refused() {
     let x = ModelInputs::new(&ids, &mask).with_position_ids(Some(&pos));
     let m = err(classifier.forward_inputs(&x, false));
     assert_mentions(&m, &["position_ids", "causal-LM head"]);
+}
+
+/// In bf16 (adapters f32) the decoding, scoring and packed paths run and stay finite, and
+/// greedy decoding mostly agrees with f32 (no dtype is lost on the way).
+#[test]
+fn bf16_generation_and_scoring_run() {
+    let dir = case_dir("llama");
+    let opts = LoadOptions {
+        task: Head::CausalLm,
+        dtype: Kind::BFloat16,
+        lora: Some(read_adapter_config(&dir.join("adapter")).unwrap()),
+        ..Default::default()
+    };
+    let (model, lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+    lora.load_adapter(&dir.join("adapter")).unwrap();
+    let e = expected("llama");
+    let prompts = rows(&e["prompts"]);
+    let cfg = GenerationConfig::greedy(4, &[]);
+    let got = model.generate(&prompts, &cfg).unwrap();
+    let f32_tokens = rows(&e["unmerged_no_eos"]);
+    assert!(got.iter().all(|r| r.len() == 4));
+    assert_eq!(
+        got[0][0], f32_tokens[0][0],
+        "bf16 greedy disagrees with f32 at the first token"
+    );
+    let items: Vec<(Vec<i64>, Vec<i64>)> = serde_json::from_value(e["items"].clone()).unwrap();
+    let scores = model.continuation_logprobs(&items, 3).unwrap();
+    assert!(scores.iter().all(|(lp, _)| lp.is_finite() && *lp < 0.0));
+    let ids = Tensor::from_slice(&[5i64, 6, 7, 8, 9]).view([1, 5]);
+    let pos = Tensor::from_slice(&[0i64, 1, 0, 1, 2]).view([1, 5]);
+    let mask = ids.ones_like();
+    let x = ModelInputs::new(&ids, &mask).with_position_ids(Some(&pos));
+    let out = model.forward_backward_inputs(&x, &ids, true, 1.0).unwrap();
+    assert!(out.loss.double_value(&[]).is_finite());
 }
