@@ -462,7 +462,10 @@ pub fn padding_fraction(
 ) -> f64 {
     let (mut real, mut total) = (0usize, 0usize);
     for batch in batches {
-        let lens = batch.iter().filter(|&&i| i < data.len()).map(|&i| data.seq_len(i));
+        let lens = batch
+            .iter()
+            .filter(|&&i| i < data.len())
+            .map(|&i| data.seq_len(i));
         let longest = lens.clone().max().unwrap_or(0);
         real += lens.sum::<usize>();
         total += batch.len() * fixed.map_or(longest, |f| f.max(longest));

@@ -108,7 +108,9 @@ fn template_text(v: &serde_json::Value, origin: &str) -> Result<String> {
                     ),
                 }
             }
-            bail!("{origin}: chat_template lists the templates {names:?} but none named \"default\"")
+            bail!(
+                "{origin}: chat_template lists the templates {names:?} but none named \"default\""
+            )
         }
         other => bail!(
             "{origin}: chat_template should be a string or a list of named templates, found {other}"
@@ -169,7 +171,10 @@ impl ChatTemplate {
                 .with_context(|| format!("reading {}", jinja.display()))?;
             return ChatTemplate::new(&source, &jinja.display().to_string(), special).map(Some);
         }
-        let origin = format!("{} (chat_template)", dir.join("tokenizer_config.json").display());
+        let origin = format!(
+            "{} (chat_template)",
+            dir.join("tokenizer_config.json").display()
+        );
         match config.get("chat_template") {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(v) => {
@@ -327,7 +332,9 @@ impl JsonFormat {
                 let _ = write!(out, "{v}");
             }
             ValueKind::String | ValueKind::Plain => write_json_string(out, &v.to_string()),
-            ValueKind::Bytes => write_json_string(out, &String::from_utf8_lossy(v.as_bytes().unwrap_or(&[]))),
+            ValueKind::Bytes => {
+                write_json_string(out, &String::from_utf8_lossy(v.as_bytes().unwrap_or(&[])))
+            }
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
                 self.write_items(out, depth, '[', ']', &items, |s, out, item, d| {
@@ -418,7 +425,9 @@ mod tests {
     #[test]
     fn tojson_uses_python_separators() {
         let t = template("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}");
-        let out = t.render(&[Message::new("user", "é \"q\"\n")], false).unwrap();
+        let out = t
+            .render(&[Message::new("user", "é \"q\"\n")], false)
+            .unwrap();
         assert_eq!(
             out,
             "[{\"role\": \"user\", \"content\": \"é \\\"q\\\"\\n\"}]|{\n  \"role\": \"user\",\n  \
@@ -433,9 +442,13 @@ mod tests {
 
     #[test]
     fn raise_exception_names_template_and_message() {
-        let t = template("{% if messages|length == 0 %}{{ raise_exception('need turns') }}{% endif %}");
+        let t =
+            template("{% if messages|length == 0 %}{{ raise_exception('need turns') }}{% endif %}");
         let err = t.render(&[], false).unwrap_err().to_string();
-        assert!(err.contains("test template") && err.contains("need turns"), "{err}");
+        assert!(
+            err.contains("test template") && err.contains("need turns"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -444,8 +457,11 @@ mod tests {
             "{% for m in messages %}\n  {% if m.role.startswith('us') %}\n{{ bos_token }}{{ m.content.strip() }}{% break %}\n  {% endif %}\n{% endfor %}",
         );
         assert_eq!(
-            t.render(&[Message::new("user", "  hi "), Message::new("user", "x")], false)
-                .unwrap(),
+            t.render(
+                &[Message::new("user", "  hi "), Message::new("user", "x")],
+                false
+            )
+            .unwrap(),
             "<s>hi"
         );
         let t = template("{{ strftime_now('%Y') | length }}");

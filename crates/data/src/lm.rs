@@ -28,8 +28,8 @@
 //!
 //! Packing ([`LmOptions::packing`]) puts the examples into rows of at most `max_seq_len` tokens
 //! by best-fit decreasing, as TRL's `pack_dataset(..., strategy="bfd")`: longest first (ties in
-//! file order), each into the open row with the least room that fits it (ties: the row opened
-//! first), else a new row. A packed row holds `position_ids` restarting at 0 for each example,
+//! file order), each into the open row with the least room that fits it (among rows with equal
+//! room, the one that came to have that room first), else a new row. A packed row holds `position_ids` restarting at 0 for each example,
 //! and the first token of each example is not a target (as `DataCollatorWithFlattening`).
 //!
 //! Errors name the file and the 1-based line: invalid UTF-8 or JSON, a missing field, a field
@@ -54,6 +54,9 @@ use crate::tokenize::{LmExample, TokenizedDataset, IGNORE_INDEX};
 /// Default `max_seq_len` of causal-LM data: TRL's `SFTConfig.max_length` default (1024).
 pub const DEFAULT_LM_MAX_SEQ_LEN: usize = 1024;
 
+/// Byte ranges `start..end` of a text, as pairs.
+pub type ByteSpans = Vec<(usize, usize)>;
+
 /// The layout of a causal-LM JSONL row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,7 +70,11 @@ pub enum LmFormat {
 }
 
 impl LmFormat {
-    pub const ALL: [LmFormat; 3] = [LmFormat::Text, LmFormat::PromptCompletion, LmFormat::Messages];
+    pub const ALL: [LmFormat; 3] = [
+        LmFormat::Text,
+        LmFormat::PromptCompletion,
+        LmFormat::Messages,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -250,7 +257,10 @@ impl fmt::Debug for LmTokenizer {
             .field("bos", &(&self.bos_token, self.bos_id))
             .field("pad_id", &self.pad_id)
             .field("padding_side", &self.padding_side)
-            .field("chat_template", &self.chat_template.as_ref().map(ChatTemplate::origin))
+            .field(
+                "chat_template",
+                &self.chat_template.as_ref().map(ChatTemplate::origin),
+            )
             .finish()
     }
 }
@@ -290,7 +300,9 @@ impl LmTokenizer {
         let padding_side = match config.get("padding_side").and_then(|v| v.as_str()) {
             None | Some("right") => PaddingSide::Right,
             Some("left") => PaddingSide::Left,
-            Some(other) => bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\""),
+            Some(other) => {
+                bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\"")
+            }
         };
         let chat_template = ChatTemplate::from_dir_and_config(dir, &config)?;
         Ok(LmTokenizer {
@@ -350,7 +362,7 @@ impl LmTokenizer {
         &self,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<u32>, ByteSpans)> {
         let enc = self
             .tokenizer
             .encode(text, add_special_tokens)
@@ -387,7 +399,13 @@ impl LmTokenizer {
                 let labels = ids
                     .iter()
                     .enumerate()
-                    .map(|(t, &i)| if t < prompt_ids.len() { IGNORE_INDEX } else { i64::from(i) })
+                    .map(|(t, &i)| {
+                        if t < prompt_ids.len() {
+                            IGNORE_INDEX
+                        } else {
+                            i64::from(i)
+                        }
+                    })
                     .collect();
                 Ok((example(ids, labels), prefix_ok))
             }
@@ -435,7 +453,7 @@ pub fn assistant_spans(
     template: &ChatTemplate,
     messages: &[Message],
     full: &str,
-) -> Result<Vec<(usize, usize)>> {
+) -> Result<ByteSpans> {
     let mut spans = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if m.role != "assistant" {
@@ -471,7 +489,10 @@ fn string_field(
 ) -> std::result::Result<String, String> {
     match obj.get(key) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(v) => Err(format!("field {key:?} is {}, expected a string", json_kind(v))),
+        Some(v) => Err(format!(
+            "field {key:?} is {}, expected a string",
+            json_kind(v)
+        )),
         None => Err(format!(
             "missing field {key:?} ({format} rows have {})",
             format.fields()
@@ -484,7 +505,12 @@ fn messages_field(
 ) -> std::result::Result<Vec<Message>, String> {
     let list = match obj.get("messages") {
         Some(serde_json::Value::Array(a)) => a,
-        Some(v) => return Err(format!("field \"messages\" is {}, expected a list", json_kind(v))),
+        Some(v) => {
+            return Err(format!(
+                "field \"messages\" is {}, expected a list",
+                json_kind(v)
+            ))
+        }
         None => return Err("missing field \"messages\" (messages rows have \"messages\")".into()),
     };
     if list.is_empty() {
@@ -494,11 +520,17 @@ fn messages_field(
         .enumerate()
         .map(|(i, m)| {
             let Some(o) = m.as_object() else {
-                return Err(format!("messages[{i}] is {}, expected an object", json_kind(m)));
+                return Err(format!(
+                    "messages[{i}] is {}, expected an object",
+                    json_kind(m)
+                ));
             };
             let field = |k: &str| match o.get(k) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(v) => Err(format!("messages[{i}].{k} is {}, expected a string", json_kind(v))),
+                Some(v) => Err(format!(
+                    "messages[{i}].{k} is {}, expected a string",
+                    json_kind(v)
+                )),
                 None => Err(format!("messages[{i}] has no {k:?}")),
             };
             Ok(Message {
@@ -522,7 +554,9 @@ fn parse_row(
     let detected = LmFormat::detect(&obj);
     let format = match (format, detected) {
         (Some(f), Some(d)) if f != d => {
-            return Err(format!("a {d} row, but the data is {f} (from the first row or the options)"))
+            return Err(format!(
+                "a {d} row, but the data is {f} (from the first row or the options)"
+            ))
         }
         (Some(f), _) => f,
         (None, Some(d)) => d,
@@ -693,8 +727,8 @@ pub fn build_dataset(
 
 /// Best-fit decreasing: the rows (lists of indices into `lengths`) that hold every item, each
 /// row's total at most `capacity`. Items are taken longest first (ties in index order); each
-/// goes into the row with the least room that still fits it (ties: the row opened first), or
-/// opens a new row. Rows are in the order they were opened. Items longer than `capacity` get a
+/// goes into the row with the least room that still fits it (among rows with equal room, the
+/// one that came to have that room first, as TRL's queue per room), or opens a new row. Rows are in the order they were opened. Items longer than `capacity` get a
 /// row of their own.
 pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -704,7 +738,10 @@ pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
     let mut by_room: BTreeMap<usize, VecDeque<usize>> = BTreeMap::new();
     for i in order {
         let len = lengths[i];
-        let found = by_room.range_mut(len..).next().map(|(&room, q)| (room, q.pop_front()));
+        let found = by_room
+            .range_mut(len..)
+            .next()
+            .map(|(&room, q)| (room, q.pop_front()));
         let (row, room) = match found {
             Some((room, Some(row))) => {
                 if by_room.get(&room).is_some_and(VecDeque::is_empty) {
@@ -766,10 +803,141 @@ mod tests {
         for f in LmFormat::ALL {
             assert_eq!(f.name().parse::<LmFormat>().unwrap(), f);
         }
-        assert_eq!("prompt_completion".parse::<LmFormat>().unwrap(), LmFormat::PromptCompletion);
+        assert_eq!(
+            "prompt_completion".parse::<LmFormat>().unwrap(),
+            LmFormat::PromptCompletion
+        );
         assert!("chat".parse::<LmFormat>().is_err());
         let json = serde_json::to_string(&LmFormat::PromptCompletion).unwrap();
         assert_eq!(json, "\"prompt-completion\"");
+    }
+
+    fn parse_err(text: &[u8], format: Option<LmFormat>) -> String {
+        format!("{:#}", parse_lm_jsonl(text, "d.jsonl", format).unwrap_err())
+    }
+
+    #[test]
+    fn formats_are_detected_from_the_first_row() {
+        let (f, rows) = parse_lm_jsonl(
+            b"\n{\"text\": \"a\"}\n\n{\"text\": \"b\", \"id\": 3}\n",
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::Text);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].line, 4);
+        let (f, rows) = parse_lm_jsonl(
+            b"{\"prompt\": \"p\", \"completion\": \"c\", \"text\": \"ignored\"}",
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::PromptCompletion);
+        assert_eq!(
+            rows[0].record,
+            LmRecord::PromptCompletion {
+                prompt: "p".into(),
+                completion: "c".into()
+            }
+        );
+        let (f, rows) = parse_lm_jsonl(
+            "\u{feff}{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}".as_bytes(),
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::Messages);
+        assert_eq!(
+            rows[0].record,
+            LmRecord::Messages(vec![Message::new("user", "q")])
+        );
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line() {
+        let cases: &[(&[u8], Option<LmFormat>, &[&str])] = &[
+            (b"", None, &["d.jsonl: no rows"]),
+            (b"\n\n", None, &["d.jsonl: no rows"]),
+            (
+                b"{\"text\": \"a\"}\n{\"txt\": \"b\"}",
+                None,
+                &["d.jsonl: line 2", "missing field \"text\""],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"text\": 5}",
+                None,
+                &["line 2", "\"text\" is a number, expected a string"],
+            ),
+            (b"{\"text\": \"\"}", None, &["line 1", "\"text\" is empty"]),
+            (
+                b"{\"prompt\": \"p\", \"completion\": \"\"}",
+                None,
+                &["line 1", "\"completion\" is empty"],
+            ),
+            (
+                b"{\"prompt\": \"p\", \"completion\": null}",
+                None,
+                &["line 1", "\"completion\" is null"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"prompt\": \"p\", \"completion\": \"c\"}",
+                None,
+                &["line 2", "a prompt-completion row, but the data is text"],
+            ),
+            (
+                b"{\"text\": \"a\"}",
+                Some(LmFormat::Messages),
+                &["line 1", "a text row, but the data is messages"],
+            ),
+            (
+                b"{\"question\": \"a\"}",
+                None,
+                &["line 1", "cannot tell the format", "question"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"text\": \"\xff\"}",
+                None,
+                &["line 2", "UTF-8"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n[1, 2]",
+                None,
+                &["line 2", "expected a JSON object, found an array"],
+            ),
+            (b"{\"text\": \"a\"\n", None, &["line 1", "not valid JSON"]),
+            (
+                b"{\"messages\": \"hi\"}",
+                None,
+                &["line 1", "\"messages\" is a string, expected a list"],
+            ),
+            (b"{\"messages\": []}", None, &["line 1", "empty list"]),
+            (
+                b"{\"messages\": [{\"role\": \"user\"}]}",
+                None,
+                &["line 1", "messages[0] has no \"content\""],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}",
+                None,
+                &["messages[0].content is an array"],
+            ),
+            (
+                b"{\"messages\": [\"hi\"]}",
+                None,
+                &["messages[0] is a string, expected an object"],
+            ),
+        ];
+        for (text, format, needles) in cases {
+            let err = parse_err(text, *format);
+            for n in *needles {
+                assert!(
+                    err.contains(n),
+                    "{:?}: {err} should contain {n:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
     }
 
     #[test]
@@ -778,6 +946,9 @@ mod tests {
         let rows = pack_bfd(&[6, 4, 5, 3, 2, 1], 8);
         assert_eq!(rows, vec![vec![0, 4], vec![2, 3], vec![1, 5]]);
         // Equal room: the row opened first wins; an item longer than the capacity stands alone.
-        assert_eq!(pack_bfd(&[3, 3, 2, 9], 5), vec![vec![3], vec![0, 2], vec![1]]);
+        assert_eq!(
+            pack_bfd(&[3, 3, 2, 9], 5),
+            vec![vec![3], vec![0, 2], vec![1]]
+        );
     }
 }

@@ -193,7 +193,11 @@ impl TokenizedDataset {
                 .enumerate()
                 .find(|(_, (l, (ids, _)))| l.len() != ids.len())
             {
-                bail!("example {i}: {} input ids but {} token labels", ids.len(), l.len());
+                bail!(
+                    "example {i}: {} input ids but {} token labels",
+                    ids.len(),
+                    l.len()
+                );
             }
         }
         for (i, (ids, types)) in examples.into_iter().enumerate() {
@@ -234,7 +238,10 @@ impl TokenizedDataset {
                 bail!("example {i} has no tokens");
             }
             if e.labels.len() != n {
-                bail!("example {i}: {n} input ids but {} token labels", e.labels.len());
+                bail!(
+                    "example {i}: {n} input ids but {} token labels",
+                    e.labels.len()
+                );
             }
             match (&mut ds.position_ids, e.position_ids) {
                 (Some(all), Some(p)) if p.len() == n => all.extend_from_slice(&p),
@@ -261,7 +268,10 @@ impl TokenizedDataset {
             bail!("a tokenized dataset needs at least one example");
         }
         if let Some(&bad) = idx.iter().find(|&&i| i >= self.len()) {
-            bail!("example index {bad} out of range (dataset of {})", self.len());
+            bail!(
+                "example index {bad} out of range (dataset of {})",
+                self.len()
+            );
         }
         let mut out = TokenizedDataset {
             input_ids: Vec::new(),

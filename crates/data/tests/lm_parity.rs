@@ -93,21 +93,34 @@ fn chat_templates_render_like_transformers() {
         let template = tok.chat_template().expect("fixture has a template");
         let conv = &fx.conversations[e["conversation"].as_u64().unwrap() as usize];
         let gen = e["add_generation_prompt"].as_bool().unwrap();
-        let case = format!("{name}, conversation {}, generation prompt {gen}", e["conversation"]);
+        let case = format!(
+            "{name}, conversation {}, generation prompt {gen}",
+            e["conversation"]
+        );
         let got = template.render(conv, gen);
         if let Some(msg) = e["error"].as_str() {
             errors += 1;
             let err = format!("{:#}", got.expect_err(&case));
             assert!(err.contains(msg), "{case}: {err} should contain {msg:?}");
             assert!(
-                err.contains(&fx.dir.join(name).join("tokenizer_config.json").display().to_string()),
+                err.contains(
+                    &fx.dir
+                        .join(name)
+                        .join("tokenizer_config.json")
+                        .display()
+                        .to_string()
+                ),
                 "{case}: {err} should name the template"
             );
             continue;
         }
         let text = got.unwrap_or_else(|err| panic!("{case}: {err:#}"));
         assert_eq!(text, e["text"].as_str().unwrap(), "{case}: text");
-        assert_eq!(tok.encode(&text, false).unwrap(), u32s(&e["ids"]), "{case}: ids");
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            u32s(&e["ids"]),
+            "{case}: ids"
+        );
     }
     // The llama2 template refuses the conversation whose roles do not alternate.
     assert_eq!(errors, 2);
@@ -141,7 +154,8 @@ fn check_case(name: &str) {
         ..LmOptions::default()
     };
     let path = fx.dir.join("data").join(want["data"].as_str().unwrap());
-    let (ds, stats) = lm::load_jsonl(&path, &tok, &opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let (ds, stats) =
+        lm::load_jsonl(&path, &tok, &opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let rows = want["rows"].as_array().unwrap();
     assert_eq!(ds.len(), rows.len(), "{name}: rows");
     let Labels::Tokens(labels) = ds.labels() else {
@@ -149,11 +163,22 @@ fn check_case(name: &str) {
     };
     for (i, w) in rows.iter().enumerate() {
         let ex = ds.get(i);
-        assert_eq!(ex.input_ids, u32s(&w["input_ids"]), "{name}: input ids of row {i}");
+        assert_eq!(
+            ex.input_ids,
+            u32s(&w["input_ids"]),
+            "{name}: input ids of row {i}"
+        );
         assert_eq!(labels[i], i64s(&w["labels"]), "{name}: labels of row {i}");
         let want_pos = (!w["position_ids"].is_null()).then(|| u32s(&w["position_ids"]));
-        assert_eq!(ex.position_ids.map(<[u32]>::to_vec), want_pos, "{name}: position ids of row {i}");
-        assert!(ex.input_ids.len() <= opts.max_seq_len, "{name}: row {i} too long");
+        assert_eq!(
+            ex.position_ids.map(<[u32]>::to_vec),
+            want_pos,
+            "{name}: position ids of row {i}"
+        );
+        assert!(
+            ex.input_ids.len() <= opts.max_seq_len,
+            "{name}: row {i} too long"
+        );
     }
     let skipped: Vec<usize> = want["skipped_lines"]
         .as_array()
@@ -163,8 +188,16 @@ fn check_case(name: &str) {
         .collect();
     assert_eq!(stats.skipped_lines, skipped, "{name}: skipped lines");
     assert_eq!(stats.rows_skipped, skipped.len(), "{name}");
-    assert_eq!(stats.rows_truncated, want["truncated"].as_u64().unwrap() as usize, "{name}: truncated");
-    assert_eq!(stats.examples, want["examples"].as_u64().unwrap() as usize, "{name}: examples");
+    assert_eq!(
+        stats.rows_truncated,
+        want["truncated"].as_u64().unwrap() as usize,
+        "{name}: truncated"
+    );
+    assert_eq!(
+        stats.examples,
+        want["examples"].as_u64().unwrap() as usize,
+        "{name}: examples"
+    );
     assert_eq!(stats.rows, rows.len(), "{name}");
     assert_eq!(stats.tokens, ds.num_tokens(), "{name}");
     assert_eq!(stats.target_tokens, ds.num_target_tokens(), "{name}");
@@ -204,8 +237,12 @@ fn messages_labels_cover_assistant_content_only() {
     // ChatML rows hold the assistant answers and none of the user questions.
     let fx = fixture();
     let tok = tokenizer("chatml");
-    let (ds, _) = lm::load_jsonl(&fx.dir.join("data/messages.jsonl"), &tok, &LmOptions::default())
-        .unwrap();
+    let (ds, _) = lm::load_jsonl(
+        &fx.dir.join("data/messages.jsonl"),
+        &tok,
+        &LmOptions::default(),
+    )
+    .unwrap();
     let Labels::Tokens(labels) = ds.labels() else {
         panic!("token labels expected")
     };
@@ -240,7 +277,10 @@ fn nothing_to_learn_is_refused_on_request() {
         ..LmOptions::default()
     };
     let err = format!("{:#}", lm::load_jsonl(&path, &tok, &opts).unwrap_err());
-    assert!(err.contains("line 1") && err.contains("prompt-completion row"), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("prompt-completion row"),
+        "{err}"
+    );
     // A messages row with a template that raises names the line and the template message.
     let rows = vec![lm::LmRow {
         line: 7,
@@ -250,13 +290,19 @@ fn nothing_to_learn_is_refused_on_request() {
         "{:#}",
         lm::build_dataset(&rows, "mem.jsonl", &tok, &LmOptions::default()).unwrap_err()
     );
-    assert!(err.contains("mem.jsonl: line 7") && err.contains("must alternate"), "{err}");
+    assert!(
+        err.contains("mem.jsonl: line 7") && err.contains("must alternate"),
+        "{err}"
+    );
 }
 
 #[test]
 fn lm_batches_pad_labels_and_positions() {
     let fx = fixture();
-    for (model, side) in [("llama2", PaddingSide::Right), ("chatml", PaddingSide::Left)] {
+    for (model, side) in [
+        ("llama2", PaddingSide::Right),
+        ("chatml", PaddingSide::Left),
+    ] {
         let tok = tokenizer(model);
         assert_eq!(tok.padding_side(), side);
         for packing in [false, true] {

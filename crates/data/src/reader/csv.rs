@@ -209,5 +209,4 @@ mod tests {
         )
         .is_err());
     }
-
 }

@@ -150,8 +150,6 @@ pub fn read_split(glue_dir: &Path, task: Task, split: Split, opts: ReadOptions) 
     parse_glue_tsv(&bytes, &path.display().to_string(), task, file, opts)
 }
 
-/// How the label field of a JSONL/CSV file is read.
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,7 +310,6 @@ mod tests {
         let a2 = parse("sst2", Split::Train, "s\tl\na\t1\n", false).unwrap();
         assert_eq!(a.fingerprint, a2.fingerprint);
     }
-
 
     #[test]
     fn missing_folder_lists_expected_files() {

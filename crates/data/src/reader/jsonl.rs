@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 
 use super::columns::label_from_text;
 use super::{
-    numbered_lines, strip_bom, utf8_line, ColumnMapping, Dataset, Example, Label, LabelColumn, LabelKind,
-    ReadOptions, RowSink,
+    numbered_lines, strip_bom, utf8_line, ColumnMapping, Dataset, Example, Label, LabelColumn,
+    LabelKind, ReadOptions, RowSink,
 };
 
 pub(crate) fn json_type(v: &serde_json::Value) -> &'static str {
@@ -104,7 +104,6 @@ pub fn read_jsonl(path: &Path, mapping: &ColumnMapping, opts: ReadOptions) -> Re
     parse_jsonl(&bytes, &path.display().to_string(), mapping, opts)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +157,4 @@ mod tests {
             .to_string();
         assert!(err.contains("missing field \"y\""), "{err}");
     }
-
 }

@@ -182,7 +182,11 @@ impl<'a> RowSink<'a> {
         }
     }
 
-    pub(crate) fn push(&mut self, line: usize, row: std::result::Result<Example, String>) -> Result<()> {
+    pub(crate) fn push(
+        &mut self,
+        line: usize,
+        row: std::result::Result<Example, String>,
+    ) -> Result<()> {
         match row {
             Ok(e) => self.examples.push(e),
             Err(reason) if self.opts.skip_malformed => {
@@ -227,7 +231,10 @@ impl<'a> RowSink<'a> {
     }
 }
 
-pub(crate) fn parse_class(value: &str, names: &[impl AsRef<str>]) -> std::result::Result<usize, String> {
+pub(crate) fn parse_class(
+    value: &str,
+    names: &[impl AsRef<str>],
+) -> std::result::Result<usize, String> {
     let v = value.trim();
     names.iter().position(|n| n.as_ref() == v).ok_or_else(|| {
         let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
