@@ -28,8 +28,8 @@
 //!
 //! Packing ([`LmOptions::packing`]) puts the examples into rows of at most `max_seq_len` tokens
 //! by best-fit decreasing, as TRL's `pack_dataset(..., strategy="bfd")`: longest first (ties in
-//! file order), each into the open row with the least room that fits it (ties: the row opened
-//! first), else a new row. A packed row holds `position_ids` restarting at 0 for each example,
+//! file order), each into the open row with the least room that fits it (among rows with equal
+//! room, the one that came to have that room first), else a new row. A packed row holds `position_ids` restarting at 0 for each example,
 //! and the first token of each example is not a target (as `DataCollatorWithFlattening`).
 //!
 //! Errors name the file and the 1-based line: invalid UTF-8 or JSON, a missing field, a field
@@ -53,6 +53,9 @@ use crate::tokenize::{LmExample, TokenizedDataset, IGNORE_INDEX};
 
 /// Default `max_seq_len` of causal-LM data: TRL's `SFTConfig.max_length` default (1024).
 pub const DEFAULT_LM_MAX_SEQ_LEN: usize = 1024;
+
+/// Byte ranges `start..end` of a text, as pairs.
+pub type ByteSpans = Vec<(usize, usize)>;
 
 /// The layout of a causal-LM JSONL row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -359,7 +362,7 @@ impl LmTokenizer {
         &self,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<u32>, ByteSpans)> {
         let enc = self
             .tokenizer
             .encode(text, add_special_tokens)
@@ -450,7 +453,7 @@ pub fn assistant_spans(
     template: &ChatTemplate,
     messages: &[Message],
     full: &str,
-) -> Result<Vec<(usize, usize)>> {
+) -> Result<ByteSpans> {
     let mut spans = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if m.role != "assistant" {
@@ -724,8 +727,8 @@ pub fn build_dataset(
 
 /// Best-fit decreasing: the rows (lists of indices into `lengths`) that hold every item, each
 /// row's total at most `capacity`. Items are taken longest first (ties in index order); each
-/// goes into the row with the least room that still fits it (ties: the row opened first), or
-/// opens a new row. Rows are in the order they were opened. Items longer than `capacity` get a
+/// goes into the row with the least room that still fits it (among rows with equal room, the
+/// one that came to have that room first, as TRL's queue per room), or opens a new row. Rows are in the order they were opened. Items longer than `capacity` get a
 /// row of their own.
 pub fn pack_bfd(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -807,6 +810,134 @@ mod tests {
         assert!("chat".parse::<LmFormat>().is_err());
         let json = serde_json::to_string(&LmFormat::PromptCompletion).unwrap();
         assert_eq!(json, "\"prompt-completion\"");
+    }
+
+    fn parse_err(text: &[u8], format: Option<LmFormat>) -> String {
+        format!("{:#}", parse_lm_jsonl(text, "d.jsonl", format).unwrap_err())
+    }
+
+    #[test]
+    fn formats_are_detected_from_the_first_row() {
+        let (f, rows) = parse_lm_jsonl(
+            b"\n{\"text\": \"a\"}\n\n{\"text\": \"b\", \"id\": 3}\n",
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::Text);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].line, 4);
+        let (f, rows) = parse_lm_jsonl(
+            b"{\"prompt\": \"p\", \"completion\": \"c\", \"text\": \"ignored\"}",
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::PromptCompletion);
+        assert_eq!(
+            rows[0].record,
+            LmRecord::PromptCompletion {
+                prompt: "p".into(),
+                completion: "c".into()
+            }
+        );
+        let (f, rows) = parse_lm_jsonl(
+            "\u{feff}{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}".as_bytes(),
+            "d",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f, LmFormat::Messages);
+        assert_eq!(
+            rows[0].record,
+            LmRecord::Messages(vec![Message::new("user", "q")])
+        );
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line() {
+        let cases: &[(&[u8], Option<LmFormat>, &[&str])] = &[
+            (b"", None, &["d.jsonl: no rows"]),
+            (b"\n\n", None, &["d.jsonl: no rows"]),
+            (
+                b"{\"text\": \"a\"}\n{\"txt\": \"b\"}",
+                None,
+                &["d.jsonl: line 2", "missing field \"text\""],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"text\": 5}",
+                None,
+                &["line 2", "\"text\" is a number, expected a string"],
+            ),
+            (b"{\"text\": \"\"}", None, &["line 1", "\"text\" is empty"]),
+            (
+                b"{\"prompt\": \"p\", \"completion\": \"\"}",
+                None,
+                &["line 1", "\"completion\" is empty"],
+            ),
+            (
+                b"{\"prompt\": \"p\", \"completion\": null}",
+                None,
+                &["line 1", "\"completion\" is null"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"prompt\": \"p\", \"completion\": \"c\"}",
+                None,
+                &["line 2", "a prompt-completion row, but the data is text"],
+            ),
+            (
+                b"{\"text\": \"a\"}",
+                Some(LmFormat::Messages),
+                &["line 1", "a text row, but the data is messages"],
+            ),
+            (
+                b"{\"question\": \"a\"}",
+                None,
+                &["line 1", "cannot tell the format", "question"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n{\"text\": \"\xff\"}",
+                None,
+                &["line 2", "UTF-8"],
+            ),
+            (
+                b"{\"text\": \"a\"}\n[1, 2]",
+                None,
+                &["line 2", "expected a JSON object, found an array"],
+            ),
+            (b"{\"text\": \"a\"\n", None, &["line 1", "not valid JSON"]),
+            (
+                b"{\"messages\": \"hi\"}",
+                None,
+                &["line 1", "\"messages\" is a string, expected a list"],
+            ),
+            (b"{\"messages\": []}", None, &["line 1", "empty list"]),
+            (
+                b"{\"messages\": [{\"role\": \"user\"}]}",
+                None,
+                &["line 1", "messages[0] has no \"content\""],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}",
+                None,
+                &["messages[0].content is an array"],
+            ),
+            (
+                b"{\"messages\": [\"hi\"]}",
+                None,
+                &["messages[0] is a string, expected an object"],
+            ),
+        ];
+        for (text, format, needles) in cases {
+            let err = parse_err(text, *format);
+            for n in *needles {
+                assert!(
+                    err.contains(n),
+                    "{:?}: {err} should contain {n:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! Batching: order depends only on (seed, epoch), every example once per epoch, drop_last,
 //! length bucketing, dynamic and fixed padding, labels of each kind, exact resume from a saved
 //! position, and the prefetch thread giving the same batches as the synchronous path.
+//! Causal-LM data: token labels padded with -100 on the right or the left, position ids
+//! collated, resume unchanged, subsets, and the padding fraction.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use loraplus_data::{Batch, DataLoader, Labels, LoaderConfig, Padding, Position, TokenizedDataset};
+use loraplus_data::{
+    padding_fraction, Batch, DataLoader, Labels, LmExample, LoaderConfig, Padding, PaddingSide,
+    Position, TokenizedDataset, IGNORE_INDEX,
+};
 use tch::{Kind, Tensor};
 
 const PAD: u32 = 0;
@@ -49,6 +54,167 @@ fn same_batch(a: &Batch, b: &Batch) {
         (None, None) => {}
         _ => panic!("labels differ"),
     }
+    match (&a.position_ids, &b.position_ids) {
+        (Some(x), Some(y)) => assert!(x.equal(y)),
+        (None, None) => {}
+        _ => panic!("position ids differ"),
+    }
+}
+
+/// 23 causal-LM examples of lengths 2..=12: ids `10*i + k`, the first half of each masked;
+/// with `packed`, position ids of two documents per example.
+fn lm_dataset(packed: bool) -> Arc<TokenizedDataset> {
+    let examples = (0..23)
+        .map(|i| {
+            let len = 2 + (i * 7) % 11;
+            let input_ids: Vec<u32> = (0..len).map(|k| (10 * i + k) as u32).collect();
+            let labels = input_ids
+                .iter()
+                .enumerate()
+                .map(|(k, &id)| {
+                    if k < len / 2 {
+                        IGNORE_INDEX
+                    } else {
+                        i64::from(id)
+                    }
+                })
+                .collect();
+            let position_ids = packed.then(|| {
+                (0..len)
+                    .map(|k| if k < len / 2 { k } else { k - len / 2 } as u32)
+                    .collect()
+            });
+            LmExample {
+                input_ids,
+                labels,
+                position_ids,
+            }
+        })
+        .collect();
+    Arc::new(TokenizedDataset::from_lm_examples(examples).unwrap())
+}
+
+fn i64s(t: &Tensor) -> Vec<Vec<i64>> {
+    Vec::<Vec<i64>>::try_from(t).unwrap()
+}
+
+#[test]
+fn token_labels_are_padded_with_ignore_index_on_either_side() {
+    for packed in [false, true] {
+        let data = lm_dataset(packed);
+        let Labels::Tokens(labels) = data.labels() else {
+            panic!("token labels expected")
+        };
+        for side in [PaddingSide::Right, PaddingSide::Left] {
+            let cfg = LoaderConfig {
+                padding_side: side,
+                ..LoaderConfig::train(5, 9)
+            };
+            let l = DataLoader::new(data.clone(), 3, cfg).unwrap();
+            for b in collect(l.iter(Position::start_of(1)).unwrap()) {
+                let ids = i64s(&b.input_ids);
+                let mask = i64s(&b.attention_mask);
+                let lab = i64s(b.labels.as_ref().unwrap());
+                assert_eq!(b.labels.as_ref().unwrap().kind(), Kind::Int64);
+                assert_eq!(b.position_ids.is_some(), packed);
+                let pos = b.position_ids.as_ref().map(i64s);
+                let width = ids[0].len();
+                assert_eq!(
+                    width,
+                    b.indices.iter().map(|&i| data.seq_len(i)).max().unwrap()
+                );
+                for (r, &i) in b.indices.iter().enumerate() {
+                    let ex = data.get(i);
+                    let n = ex.input_ids.len();
+                    let pad = width - n;
+                    let (real, padding) = match side {
+                        PaddingSide::Right => (0..n, n..width),
+                        PaddingSide::Left => (pad..width, 0..pad),
+                    };
+                    let want: Vec<i64> = ex.input_ids.iter().map(|&x| i64::from(x)).collect();
+                    assert_eq!(ids[r][real.clone()], want[..]);
+                    assert_eq!(lab[r][real.clone()], labels[i][..]);
+                    assert!(mask[r][real.clone()].iter().all(|&m| m == 1));
+                    for k in padding {
+                        assert_eq!((ids[r][k], mask[r][k], lab[r][k]), (3, 0, IGNORE_INDEX));
+                        if let Some(p) = &pos {
+                            assert_eq!(p[r][k], 0);
+                        }
+                    }
+                    if let (Some(p), Some(want)) = (&pos, ex.position_ids) {
+                        let want: Vec<i64> = want.iter().map(|&x| i64::from(x)).collect();
+                        assert_eq!(p[r][real], want[..]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lm_resume_and_prefetch_are_exact() {
+    let cfg = LoaderConfig {
+        bucket_multiplier: Some(2),
+        padding_side: PaddingSide::Left,
+        ..LoaderConfig::train(4, 3)
+    };
+    let l = DataLoader::new(lm_dataset(true), 0, cfg).unwrap();
+    let full = collect(l.iter(Position::start_of(2)).unwrap());
+    let saved = full[2].next_position();
+    let resumed = collect(l.prefetch(saved).unwrap());
+    assert_eq!(resumed.len(), full.len() - 3);
+    for (a, b) in full[3..].iter().zip(&resumed) {
+        same_batch(a, b);
+    }
+}
+
+#[test]
+fn lm_dataset_checks_and_subsets() {
+    let ex = |ids: Vec<u32>, labels: Vec<i64>, pos: Option<Vec<u32>>| LmExample {
+        input_ids: ids,
+        labels,
+        position_ids: pos,
+    };
+    // Labels must match ids; position ids all or none.
+    assert!(TokenizedDataset::from_lm_examples(vec![ex(vec![1, 2], vec![1], None)]).is_err());
+    assert!(TokenizedDataset::from_lm_examples(vec![
+        ex(vec![1, 2], vec![1, 2], Some(vec![0, 1])),
+        ex(vec![1, 2], vec![1, 2], None)
+    ])
+    .is_err());
+    assert!(TokenizedDataset::from_lm_examples(vec![ex(vec![], vec![], None)]).is_err());
+    let data = lm_dataset(true);
+    let sub = data.select(&[4, 1]).unwrap();
+    assert_eq!(sub.len(), 2);
+    assert_eq!(sub.get(0), data.get(4));
+    assert_eq!(sub.get(1), data.get(1));
+    assert_eq!(sub.labels(), &data.labels().select(&[4, 1]));
+    assert!(data.select(&[23]).is_err());
+    let total: usize = (0..data.len()).map(|i| data.get(i).input_ids.len()).sum();
+    assert_eq!(data.num_tokens(), total);
+    assert!(data.num_target_tokens() > 0 && data.num_target_tokens() < total);
+}
+
+#[test]
+fn padding_fraction_counts_pad_tokens() {
+    let data = TokenizedDataset::from_examples(
+        vec![
+            (vec![1, 2, 3, 4], vec![0; 4]),
+            (vec![1, 2], vec![0; 2]),
+            (vec![5], vec![0]),
+        ],
+        Labels::None,
+    )
+    .unwrap();
+    // [4, 2] -> 2 pads of 8; [1] -> none.
+    let f = padding_fraction(&data, &[vec![0, 1], vec![2]], None);
+    assert!((f - 2.0 / 9.0).abs() < 1e-12, "{f}");
+    // Fixed at 4: 2 + 3 pads of 12.
+    let f = padding_fraction(&data, &[vec![0, 1], vec![2]], Some(4));
+    assert!((f - 5.0 / 12.0).abs() < 1e-12, "{f}");
+    let l = DataLoader::new(Arc::new(data), 0, LoaderConfig::eval(3)).unwrap();
+    // One batch of all three, width 4: 5 pads of 12.
+    assert!((l.padding_fraction(0) - 5.0 / 12.0).abs() < 1e-12);
 }
 
 #[test]

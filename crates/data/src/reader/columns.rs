@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{parse_class, parse_score, Fingerprint, Label};
 use crate::task::Task;
 
+/// How the label field of a JSONL/CSV file is read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LabelKind {
     /// Class names as they appear in the file (numbers are matched by their decimal text, so

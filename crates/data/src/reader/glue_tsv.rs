@@ -150,8 +150,6 @@ pub fn read_split(glue_dir: &Path, task: Task, split: Split, opts: ReadOptions) 
     parse_glue_tsv(&bytes, &path.display().to_string(), task, file, opts)
 }
 
-/// How the label field of a JSONL/CSV file is read.
-
 #[cfg(test)]
 mod tests {
     use super::*;
