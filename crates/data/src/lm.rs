@@ -186,7 +186,8 @@ pub struct LmStats {
     pub rows: usize,
     /// Tokens of the kept examples.
     pub tokens: usize,
-    /// Tokens that take a loss (label not [`IGNORE_INDEX`]) in the dataset.
+    /// Tokens that take a loss in the dataset: label not [`IGNORE_INDEX`], after each row's
+    /// first position ([`TokenizedDataset::num_target_tokens`]).
     pub target_tokens: usize,
     /// `prompt-completion` rows whose prompt tokens are not a prefix of the whole's.
     pub prompt_prefix_mismatches: usize,
