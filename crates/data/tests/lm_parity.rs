@@ -35,8 +35,10 @@ fn python() -> PathBuf {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        // Kept for the whole test binary; removed with the OS temp folder.
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Under the target folder (removed by `cargo clean`), kept for the whole test binary.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/lm_ref.py");
         let run = Command::new(python())
             .arg(script)
