@@ -13,6 +13,9 @@
 //! - a `tojson` filter with Python's `json.dumps` output: separators `", "` and `": "` (`","`
 //!   with `indent`), non-ASCII kept, keys in insertion order (`sort_keys=true` sorts them).
 //!
+//! `{% generation %}`/`{% endgeneration %}` (the `transformers` tags that mark assistant text
+//! for `return_assistant_tokens_mask`) render their body unchanged, as in `transformers`.
+//!
 //! A render failure names the template's origin and gives the Jinja error.
 
 use std::collections::BTreeMap;
@@ -132,7 +135,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_template_owned(TEMPLATE_NAME, without_generation_tags(source))
             .map_err(|e| anyhow!("{origin}: the chat template does not compile: {e:#}"))?;
         Ok(ChatTemplate {
             env,
@@ -223,6 +226,24 @@ impl ChatTemplate {
             )
         })
     }
+}
+
+/// `source` with `{% generation %}` and `{% endgeneration %}` made plain blocks (`{% if true %}`,
+/// `{% endif %}`), whitespace control (`{%-`, `-%}`, `+`) kept.
+fn without_generation_tags(source: &str) -> String {
+    static TAG: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = TAG.get_or_init(|| {
+        regex::Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("valid regex")
+    });
+    re.replace_all(source, |c: &regex::Captures<'_>| {
+        let body = if c.get(2).is_some() {
+            "endif"
+        } else {
+            "if true"
+        };
+        format!("{{%{} {body} {}%}}", &c[1], &c[3])
+    })
+    .into_owned()
 }
 
 /// A Jinja error with its chain of causes, on one line.
@@ -483,6 +504,20 @@ mod tests {
         assert_eq!(sp.get("bos_token").map(String::as_str), Some("<s>"));
         assert_eq!(sp.get("eos_token").map(String::as_str), Some("</s>"));
         assert!(!sp.contains_key("pad_token"));
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let t = template(
+            "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%} A:{{ m.content }} {%- endgeneration %}{% endif %}{% endfor %}",
+        );
+        let out = t
+            .render(
+                &[Message::new("user", "q"), Message::new("assistant", "x")],
+                false,
+            )
+            .unwrap();
+        assert_eq!(out, "A:x");
     }
 
     #[test]

@@ -186,7 +186,8 @@ pub struct LmStats {
     pub rows: usize,
     /// Tokens of the kept examples.
     pub tokens: usize,
-    /// Tokens that take a loss (label not [`IGNORE_INDEX`]) in the dataset.
+    /// Tokens that take a loss in the dataset: label not [`IGNORE_INDEX`], after each row's
+    /// first position ([`TokenizedDataset::num_target_tokens`]).
     pub target_tokens: usize,
     /// `prompt-completion` rows whose prompt tokens are not a prefix of the whole's.
     pub prompt_prefix_mismatches: usize,
@@ -247,6 +248,8 @@ pub struct LmTokenizer {
     pad_id: u32,
     padding_side: PaddingSide,
     chat_template: Option<ChatTemplate>,
+    /// Why the folder's chat template could not be used (it only matters for messages rows).
+    chat_template_error: Option<String>,
 }
 
 impl fmt::Debug for LmTokenizer {
@@ -304,7 +307,16 @@ impl LmTokenizer {
                 bail!("{cfg_origin}: padding_side {other:?}, expected \"right\" or \"left\"")
             }
         };
-        let chat_template = ChatTemplate::from_dir_and_config(dir, &config)?;
+        // A template minijinja cannot compile only matters for messages rows: keep the error
+        // for them instead of refusing text data.
+        let (chat_template, chat_template_error) =
+            match ChatTemplate::from_dir_and_config(dir, &config) {
+                Ok(t) => (t, None),
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    (None, Some(format!("{e:#}")))
+                }
+            };
         Ok(LmTokenizer {
             tokenizer,
             source: tok_path.display().to_string(),
@@ -315,6 +327,7 @@ impl LmTokenizer {
             pad_id,
             padding_side,
             chat_template,
+            chat_template_error,
         })
     }
 
@@ -410,12 +423,16 @@ impl LmTokenizer {
                 Ok((example(ids, labels), prefix_ok))
             }
             LmRecord::Messages(messages) => {
-                let template = self.chat_template.as_ref().ok_or_else(|| {
-                    anyhow!(
-                        "messages rows need a chat template, and the tokenizer {} has none",
-                        self.source
-                    )
-                })?;
+                let template =
+                    self.chat_template
+                        .as_ref()
+                        .ok_or_else(|| match &self.chat_template_error {
+                            Some(e) => anyhow!("messages rows need the chat template: {e}"),
+                            None => anyhow!(
+                                "messages rows need a chat template, and the tokenizer {} has none",
+                                self.source
+                            ),
+                        })?;
                 let text = template.render(messages, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let spans = if assistant_only_loss {

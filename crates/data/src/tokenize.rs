@@ -298,11 +298,15 @@ impl TokenizedDataset {
         self.position_ids.is_some()
     }
 
-    /// Number of tokens that take a loss (labels other than [`IGNORE_INDEX`]); 0 unless the
-    /// labels are [`Labels::Tokens`].
+    /// Number of tokens that take a loss: labels other than [`IGNORE_INDEX`] after the first
+    /// position of each example (a causal LM never predicts position 0); 0 unless the labels
+    /// are [`Labels::Tokens`].
     pub fn num_target_tokens(&self) -> usize {
         match &self.labels {
-            Labels::Tokens(v) => v.iter().flatten().filter(|&&l| l != IGNORE_INDEX).count(),
+            Labels::Tokens(v) => v
+                .iter()
+                .map(|l| l.iter().skip(1).filter(|&&x| x != IGNORE_INDEX).count())
+                .sum(),
             _ => 0,
         }
     }

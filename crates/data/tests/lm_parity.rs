@@ -35,8 +35,10 @@ fn python() -> PathBuf {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        // Kept for the whole test binary; removed with the OS temp folder.
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Under the target folder (removed by `cargo clean`), kept for the whole test binary.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/lm_ref.py");
         let run = Command::new(python())
             .arg(script)
@@ -141,6 +143,61 @@ fn tokenizer_config_is_read() {
     assert_ne!(tok.encode("Paris", false).unwrap()[0], 0);
     let t = ChatTemplate::from_model_dir(&fixture().dir.join("zephyr")).unwrap();
     assert_eq!(t.special_tokens()["bos_token"], "<s>");
+}
+
+#[test]
+fn tokenizer_without_pad_or_with_a_broken_template() {
+    let src = fixture().dir.join("llama2");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("pad_token");
+    cfg["chat_template"] = Value::from("{% if %}");
+    let cfg_path = dir.path().join("tokenizer_config.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    // No pad token: EOS pads (as TRL). A template that does not compile only fails messages.
+    let tok = LmTokenizer::from_model_dir(dir.path()).unwrap();
+    assert_eq!(tok.pad_id(), tok.eos_id());
+    assert!(tok.chat_template().is_none());
+    let rows = vec![lm::LmRow {
+        line: 3,
+        record: LmRecord::Messages(vec![Message::new("user", "a")]),
+    }];
+    let err = format!(
+        "{:#}",
+        lm::build_dataset(&rows, "m.jsonl", &tok, &LmOptions::default()).unwrap_err()
+    );
+    assert!(
+        err.contains("m.jsonl: line 3") && err.contains(&cfg_path.display().to_string()),
+        "{err}"
+    );
+    let text = vec![lm::LmRow {
+        line: 1,
+        record: LmRecord::Text("Paris".into()),
+    }];
+    assert!(lm::build_dataset(&text, "t.jsonl", &tok, &LmOptions::default()).is_ok());
+    // chat_template.jinja takes precedence over the config's template.
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{{ messages[0].content }}!",
+    )
+    .unwrap();
+    let tok = LmTokenizer::from_model_dir(dir.path()).unwrap();
+    let t = tok.chat_template().unwrap();
+    assert!(
+        t.origin().ends_with("chat_template.jinja"),
+        "{}",
+        t.origin()
+    );
+    assert_eq!(
+        t.render(&[Message::new("user", "hi")], false).unwrap(),
+        "hi!"
+    );
 }
 
 fn check_case(name: &str) {
