@@ -1,0 +1,54 @@
+//! Data-parallel communication for loraplus on PyTorch's own c10d: Gloo on the CPU, NCCL on
+//! CUDA, the engine `torch.distributed` runs, reached through a small C++ shim.
+//!
+//! # How it works
+//! The torch wheel's `libtorch_cpu.so` exports c10d's `TCPStore`, `PrefixStore` and
+//! `ProcessGroupGloo` (and `libtorch_cuda.so` `ProcessGroupNCCL`). `src/shim.cpp`, compiled by
+//! `build.rs` with the `cc` crate against the wheel's headers (with the wheel's C++ ABI, read
+//! from `libc10.so`), wraps them in a C ABI: create a store and a group, all-reduce, broadcast,
+//! all-gather, barrier, destroy. A `tch::Tensor` is a handle to a `torch::Tensor`, so tensors
+//! pass by handle and are reduced in place, without copies.
+//!
+//! The wheel ships no Gloo headers, which `ProcessGroupGloo.hpp` includes: `make setup`
+//! unpacks Debian's `libgloo-dev` into `.deps/gloo` (`apt-get download` + `dpkg-deb -x`, no
+//! root; see `fetch-gloo.sh`), or set `LORAPLUS_GLOO_INCLUDE`. Those headers are older than the
+//! Gloo compiled into libtorch, so the shim never lays out or calls a Gloo type: every Gloo
+//! object in `ProcessGroupGloo` sits behind a `shared_ptr`, and the shim only calls c10d's
+//! exported functions (checked with `nm -C` on the object: no `gloo::` code is emitted besides
+//! `std::vector<std::shared_ptr<gloo::transport::Device>>` growth). The tests below would catch
+//! a mismatch. The NCCL path is compiled wherever CUDA's runtime headers (with
+//! `crt/host_config.h`) and `nccl.h` are found in the wheel's `nvidia/*/include` folders or
+//! `$LORAPLUS_CUDA_INCLUDE` (feature `nccl` makes their absence a build error).
+//!
+//! Each rank runs a heartbeat thread that bumps a counter in the store every second. When a
+//! collective fails (a peer exited: Gloo sees its sockets close at once; or a peer hangs: the
+//! collective's timeout), the error names the peer whose heartbeat stopped, or says the store's
+//! owner is gone.
+//!
+//! # What a user runs
+//! - `torchrun --nnodes M --nproc-per-node N --rdzv-endpoint HOST:PORT --no-python loraplus
+//!   train ...`: each rank reads the launcher's variables with [`DistEnv::from_env`] (under
+//!   torchrun's agent, `TORCHELASTIC_USE_AGENT_STORE=True`, every rank is a store client) and
+//!   joins with [`ProcessGroup::from_env`].
+//! - Any launcher setting `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`
+//!   works the same; rank 0 then runs the store.
+//! - With [`LoraPlusAdamW`](loraplus_optim::LoraPlusAdamW), [`grad_hook`] averages each flat
+//!   gradient buffer over the ranks in `sync_grads`, before clipping.
+//!
+//! # What is tested (`tests/collectives.rs`, CPU, loopback, child processes of the test binary)
+//! All-reduce sums of 1 to 10 million elements in f32, f64, bf16 and i64 checked exactly;
+//! coalesced all-reduce; broadcast; all-gather (equal and ragged); barrier; repeated group
+//! create/destroy; a killed rank makes its peer fail within a bounded time, naming the rank;
+//! a store that never sees its peers fails within the timeout; bad environment variables.
+//! `tests/hook.rs`: 2 ranks x micro-batch b give the LoRA+ AdamW update of 1 rank x 2b.
+
+mod env;
+mod error;
+mod ffi;
+mod group;
+mod hook;
+
+pub use env::DistEnv;
+pub use error::{DistError, Result};
+pub use group::{Backend, ProcessGroup, ProcessGroupOptions, DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT};
+pub use hook::grad_hook;
