@@ -131,8 +131,9 @@ fn cxx11_abi(lib: &Path) -> &'static str {
 }
 
 /// Include folders for the NCCL path, or why it cannot be built: libtorch_cuda, CUDA's
-/// runtime headers (with `crt/host_config.h`) and `nccl.h`, from `$LORAPLUS_CUDA_INCLUDE`
-/// (colon-separated) and the wheel's `nvidia/*/include` neighbours.
+/// runtime headers, `crt/host_config.h` (PyPI's `nvidia-cuda-crt`), `nv/target`
+/// (`nvidia-cuda-cccl`; the torch wheel depends on neither) and `nccl.h`, from
+/// `$LORAPLUS_CUDA_INCLUDE` (colon-separated) and the wheel's `nvidia/*/include` neighbours.
 fn nccl_includes(torch: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> {
     if !lib.join("libtorch_cuda.so").exists() {
         return Err(format!("{} has no libtorch_cuda.so", lib.display()));
@@ -153,7 +154,7 @@ fn nccl_includes(torch: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let find = |file: &str| candidates.iter().find(|d| d.join(file).exists()).cloned();
     let mut dirs = Vec::new();
-    for file in ["cuda_runtime_api.h", "crt/host_config.h", "nccl.h"] {
+    for file in ["cuda_runtime_api.h", "crt/host_config.h", "nv/target", "nccl.h"] {
         match find(file) {
             Some(dir) => {
                 if !dirs.contains(&dir) {

@@ -16,8 +16,9 @@
 //! object in `ProcessGroupGloo` sits behind a `shared_ptr`, and the shim only calls c10d's
 //! exported functions (checked with `nm -C` on the object: no `gloo::` code is emitted besides
 //! `std::vector<std::shared_ptr<gloo::transport::Device>>` growth). The tests below would catch
-//! a mismatch. The NCCL path is compiled wherever CUDA's runtime headers (with
-//! `crt/host_config.h`) and `nccl.h` are found in the wheel's `nvidia/*/include` folders or
+//! a mismatch. The NCCL path is compiled wherever CUDA's runtime headers, `crt/host_config.h`
+//! and `nv/target` (PyPI's `nvidia-cuda-crt` and `nvidia-cuda-cccl`, which the torch wheel
+//! does not pull in) and `nccl.h` are found in the wheel's `nvidia/*/include` folders or
 //! `$LORAPLUS_CUDA_INCLUDE` (feature `nccl` makes their absence a build error).
 //!
 //! Each rank runs a heartbeat thread that bumps a counter in the store every second. When a
