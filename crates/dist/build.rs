@@ -154,7 +154,12 @@ fn nccl_includes(torch: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let find = |file: &str| candidates.iter().find(|d| d.join(file).exists()).cloned();
     let mut dirs = Vec::new();
-    for file in ["cuda_runtime_api.h", "crt/host_config.h", "nv/target", "nccl.h"] {
+    for file in [
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+        "nccl.h",
+    ] {
         match find(file) {
             Some(dir) => {
                 if !dirs.contains(&dir) {

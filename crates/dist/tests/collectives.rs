@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_all_ok, run_ranks, RankRun, SCENARIO};
@@ -32,6 +34,7 @@ fn worker() {
     };
     tch::set_num_threads(1);
     let env = DistEnv::from_env().expect("launcher variables");
+    println!("rank {} agent-store={}", env.rank, env.use_agent_store);
     let result = match scenario.as_str() {
         "allreduce" => allreduce_scenario(&env),
         "broadcast" => broadcast_scenario(&env),
@@ -316,6 +319,57 @@ fn a_hanging_rank_times_out_its_peer() {
     );
     assert!(elapsed < FAILURE_BOUND, "took {elapsed:?}: {msg}");
     eprintln!("{elapsed:?}: {msg}");
+}
+
+/// torchrun (from the torch wheel in .venv) launches the ranks: every rank, rank 0 included,
+/// joins through the agent's store as a client (`TORCHELASTIC_USE_AGENT_STORE=True`).
+#[test]
+fn torchrun_ranks_join_through_its_agent_store() {
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/torchrun");
+    assert!(
+        torchrun.exists(),
+        "{}: not found; `make setup` installs the torch wheel",
+        torchrun.display()
+    );
+    let exe = std::env::current_exe().unwrap();
+    let port = common::free_port().to_string();
+    let mut cmd = Command::new(&torchrun);
+    cmd.args([
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &port,
+        "--no-python",
+    ])
+    .arg(&exe)
+    .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
+    .env(SCENARIO, "broadcast")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for var in [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    let child = cmd.spawn().expect("starting torchrun");
+    let out = common::wait_or_kill(child, LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "torchrun failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for rank in 0..2 {
+        assert!(
+            stdout.contains(&format!("rank {rank} agent-store=true")),
+            "rank {rank} did not use torchrun's agent store:\n{stdout}\n{stderr}"
+        );
+    }
 }
 
 #[test]

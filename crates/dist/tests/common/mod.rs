@@ -104,3 +104,41 @@ pub fn assert_all_ok(scenario: &str, runs: &[RankRun]) {
         panic!("scenario {scenario}: a rank failed: {runs:#?}");
     }
 }
+
+/// Waits for `child` at most `limit`; past it, stops it (SIGTERM, which torchrun forwards to its
+/// workers, then SIGKILL) and fails the test.
+pub fn wait_or_kill(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    let pid = child.id() as libc::pid_t;
+    // Drain the pipes in threads so that a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+        buf
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            return Output {
+                status,
+                stdout: out_thread.join().unwrap_or_default(),
+                stderr: err_thread.join().unwrap_or_default(),
+            };
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: our own child, by pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?} (a hang): stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
