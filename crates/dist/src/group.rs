@@ -222,21 +222,34 @@ impl StoreHandle {
     }
 }
 
-/// The heartbeat thread: bumps `heartbeat/<rank>` every interval until stopped.
+/// The heartbeat thread: every interval, bumps `heartbeat/<rank>` and brings `progress/<rank>`
+/// up to the number of collectives this rank has issued, until stopped.
 struct Heartbeat {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn start(store: StoreHandle, key: String, interval: Duration) -> Self {
+    fn start(
+        store: StoreHandle,
+        keys: ProgressKeys,
+        issued: Arc<AtomicU64>,
+        interval: Duration,
+    ) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let (lock, cvar) = &*flag;
+            let mut published = 0i64;
             loop {
-                // The store call runs without the lock, so that stopping never waits on it.
-                if store.add(&key, 1).is_err() {
+                // The store calls run without the lock, so that stopping never waits on them.
+                let now = i64::try_from(issued.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+                let beat = store.add(&keys.heartbeat, 1).and_then(|_| {
+                    store.add(&keys.progress, now - published)?;
+                    published = now;
+                    Ok(())
+                });
+                if beat.is_err() {
                     // The store is gone (its owner exited): peers find out through their own
                     // collectives, and this thread has nothing left to say.
                     return;
@@ -278,6 +291,8 @@ impl Drop for Heartbeat {
 pub struct ProcessGroup {
     // Field order is drop order: the heartbeat stops before the group and the store go.
     heartbeat: Option<Heartbeat>,
+    /// Collectives issued so far (all ranks issue the same ones in the same order).
+    issued: Arc<AtomicU64>,
     group: *mut RawGroup,
     store: StoreHandle,
     /// Serializes collectives: c10d matches them across ranks by issue order.
@@ -334,13 +349,15 @@ impl ProcessGroup {
             StoreHandle::connect(opts, opts.store_server).map_err(|m| store_error(role, m))?;
         let generation = GROUPS_CREATED.fetch_add(1, Ordering::SeqCst);
         let name = format!("pg{generation}");
+        let issued = Arc::new(AtomicU64::new(0));
         let heartbeat = match opts.heartbeat {
             Some(interval) => {
                 let beat =
                     StoreHandle::connect(opts, false).map_err(|m| store_error("client", m))?;
                 Some(Heartbeat::start(
                     beat,
-                    heartbeat_key(&name, opts.rank),
+                    ProgressKeys::new(&name, opts.rank),
+                    Arc::clone(&issued),
                     interval,
                 ))
             }
@@ -387,6 +404,7 @@ impl ProcessGroup {
         ffi::check(ret).map_err(create_error)?;
         Ok(Self {
             heartbeat,
+            issued,
             group,
             store,
             lock: Mutex::new(()),
@@ -474,7 +492,7 @@ impl ProcessGroup {
             return Ok(());
         }
         let raw = ffi::raw_tensors(tensors);
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.enter();
         // SAFETY: live group and tensor handles, kept alive by `tensors` for the call.
         let ret = unsafe {
             ffi::lpd_pg_allreduce_coalesced(self.group, raw.as_ptr(), raw.len(), self.millis())
@@ -493,7 +511,7 @@ impl ProcessGroup {
         }
         self.check_tensors(OP, std::slice::from_ref(tensor))?;
         let raw = tensor.as_mut_ptr().cast::<RawTensor>();
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.enter();
         // SAFETY: live group and tensor handle; root < world_size <= i32::MAX.
         let ret = unsafe { ffi::lpd_pg_broadcast(self.group, raw, root as c_int, self.millis()) };
         ffi::check(ret).map_err(|m| self.collective_error(OP, m))
@@ -510,7 +528,7 @@ impl ProcessGroup {
             .map_err(|e| self.tensor_error(OP, format!("allocating the outputs: {e}")))?;
         let raw = ffi::raw_tensors(&mut outputs);
         let input_raw = input.as_mut_ptr().cast::<RawTensor>();
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.enter();
         // SAFETY: live group and tensor handles, kept alive for the call.
         let ret = unsafe {
             ffi::lpd_pg_allgather(
@@ -566,7 +584,7 @@ impl ProcessGroup {
 
     /// Waits until every rank reaches the barrier.
     pub fn barrier(&self) -> Result<()> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.enter();
         // SAFETY: a live group.
         let ret = unsafe { ffi::lpd_pg_barrier(self.group, self.millis()) };
         ffi::check(ret).map_err(|m| self.collective_error("barrier", m))
@@ -579,7 +597,7 @@ impl ProcessGroup {
             return Ok(());
         }
         let raw = ffi::raw_tensors(tensors);
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.enter();
         // SAFETY: live group and tensor handles, kept alive by `tensors` for the call.
         let ret = unsafe {
             ffi::lpd_pg_allreduce(
@@ -591,6 +609,13 @@ impl ProcessGroup {
             )
         };
         ffi::check(ret).map_err(|m| self.collective_error(name, m))
+    }
+
+    /// Takes the collective lock and counts one more collective issued.
+    fn enter(&self) -> std::sync::MutexGuard<'_, ()> {
+        let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        guard
     }
 
     fn check_tensors(&self, op: &'static str, tensors: &[Tensor]) -> Result<()> {
@@ -640,8 +665,10 @@ impl ProcessGroup {
         }
     }
 
-    /// Which peers stopped, from their heartbeats: read every counter, wait
-    /// [`HEARTBEAT_MISSES`] intervals, read again.
+    /// Which peers stopped or lag, from their heartbeats: read every rank's counters, wait
+    /// [`HEARTBEAT_MISSES`] intervals, read again. A peer whose heartbeat stood still has
+    /// exited (or is frozen); a live peer that issued fewer collectives than this rank is stuck
+    /// before the collective that failed here.
     fn diagnose_peers(&self) -> String {
         let Some(interval) = self.opts.heartbeat else {
             return "(heartbeat off: cannot tell which rank stopped)".to_string();
@@ -657,33 +684,48 @@ impl ProcessGroup {
                 self.opts.master_addr, self.opts.master_port
             )
         };
-        let read = || -> Result<Vec<i64>, String> {
+        let read = |key: fn(&ProgressKeys) -> &str| -> Result<Vec<i64>, String> {
             (0..self.opts.world_size)
-                .map(|r| self.store.add(&heartbeat_key(&self.name, r), 0))
+                .map(|r| self.store.add(key(&ProgressKeys::new(&self.name, r)), 0))
                 .collect()
         };
-        let before = match read() {
+        let before = match read(|k| &k.heartbeat) {
             Ok(v) => v,
             Err(e) => return store_gone(e),
         };
         std::thread::sleep(interval * HEARTBEAT_MISSES);
-        let after = match read() {
-            Ok(v) => v,
-            Err(e) => return store_gone(e),
-        };
-        let stopped: Vec<String> = (0..self.opts.world_size)
-            .filter(|&r| r != self.opts.rank && before[r] == after[r])
+        let (after, progress) =
+            match read(|k| &k.heartbeat).and_then(|a| Ok((a, read(|k| &k.progress)?))) {
+                Ok(v) => v,
+                Err(e) => return store_gone(e),
+            };
+        let peers = (0..self.opts.world_size).filter(|&r| r != self.opts.rank);
+        let stopped: Vec<String> = peers
+            .clone()
+            .filter(|&r| before[r] == after[r])
             .map(|r| r.to_string())
             .collect();
-        if stopped.is_empty() {
-            "every peer's heartbeat is still beating: a rank is stuck in computation or the ranks \
-             issued different collectives"
-                .to_string()
-        } else {
-            format!(
+        if !stopped.is_empty() {
+            return format!(
                 "peer rank(s) {} stopped (no heartbeat for {:?}): exited, killed or frozen",
                 stopped.join(", "),
                 interval * HEARTBEAT_MISSES
+            );
+        }
+        let mine = i64::try_from(self.issued.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+        let behind: Vec<String> = peers
+            .filter(|&r| progress[r] < mine)
+            .map(|r| format!("rank {r} at collective {}", progress[r]))
+            .collect();
+        if behind.is_empty() {
+            "every peer is alive and has issued as many collectives as this rank: the ranks \
+             issued different collectives, or the timeout is too short"
+                .to_string()
+        } else {
+            format!(
+                "peers alive but behind this rank's collective {mine}: {} (stuck in computation, \
+                 or skipped a collective)",
+                behind.join(", ")
             )
         }
     }
@@ -710,8 +752,19 @@ impl ReduceOp {
     }
 }
 
-fn heartbeat_key(group: &str, rank: usize) -> String {
-    format!("{group}/heartbeat/{rank}")
+/// One rank's keys in the store: its heartbeat counter and its count of collectives issued.
+struct ProgressKeys {
+    heartbeat: String,
+    progress: String,
+}
+
+impl ProgressKeys {
+    fn new(group: &str, rank: usize) -> Self {
+        Self {
+            heartbeat: format!("{group}/heartbeat/{rank}"),
+            progress: format!("{group}/progress/{rank}"),
+        }
+    }
 }
 
 fn is_floating(kind: Kind) -> bool {

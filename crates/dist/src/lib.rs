@@ -21,10 +21,11 @@
 //! does not pull in) and `nccl.h` are found in the wheel's `nvidia/*/include` folders or
 //! `$LORAPLUS_CUDA_INCLUDE` (feature `nccl` makes their absence a build error).
 //!
-//! Each rank runs a heartbeat thread that bumps a counter in the store every second. When a
-//! collective fails (a peer exited: Gloo sees its sockets close at once; or a peer hangs: the
-//! collective's timeout), the error names the peer whose heartbeat stopped, or says the store's
-//! owner is gone.
+//! Each rank runs a heartbeat thread that, every second, bumps a counter in the store and
+//! publishes how many collectives the rank has issued. When a collective fails (a peer exited:
+//! Gloo sees its sockets close at once; or a peer hangs: the collective's timeout), the error
+//! names the peer whose heartbeat stopped, or the live peer that lags behind (stuck before the
+//! collective), or says the store's owner is gone.
 //!
 //! # What a user runs
 //! - `torchrun --nnodes M --nproc-per-node N --rdzv-endpoint HOST:PORT --no-python loraplus

@@ -81,7 +81,11 @@ fn allreduce_scenario(env: &DistEnv) -> Result<(), String> {
             let b = base(n, kind);
             let mut t = [&b * (env.rank as i64 + 1)];
             let ptr = t[0].data_ptr();
+            let start = Instant::now();
             pg.allreduce_sum(&mut t).map_err(|e| e.to_string())?;
+            if n == SIZES[SIZES.len() - 1] && env.rank == 0 {
+                println!("TIMING {kind:?} x {n}: {:?}", start.elapsed());
+            }
             if t[0].data_ptr() != ptr {
                 return Err(format!("{kind:?} x {n}: the result is not in place"));
             }
@@ -225,28 +229,39 @@ fn die_scenario(env: &DistEnv) -> Result<(), String> {
     Err("all-reduces kept succeeding after the peer died".to_string())
 }
 
-/// Rank 1 stays alive but never joins the second all-reduce; rank 0's must time out.
+/// Rank 1 stays alive but never joins the second all-reduce; rank 0's must time out, naming
+/// rank 1 as behind.
 fn hang_scenario(env: &DistEnv) -> Result<(), String> {
     let pg = group(env, SHORT_TIMEOUT)?;
     let mut t = [Tensor::ones([10], (Kind::Float, Device::Cpu))];
     pg.allreduce_sum(&mut t).map_err(|e| e.to_string())?;
+    let done = std::env::var("TEST_DONE_FILE").map_err(|_| "TEST_DONE_FILE not set")?;
     if env.rank == 1 {
-        std::thread::sleep(SHORT_TIMEOUT * 4);
+        // Alive (heartbeat beating) but stuck, until rank 0 has reported.
+        let start = Instant::now();
+        while !Path::new(&done).exists() && start.elapsed() < LIMIT {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         return Ok(());
     }
-    match pg.allreduce_sum(&mut t) {
+    let result = match pg.allreduce_sum(&mut t) {
         Err(e) => {
             println!("SURVIVOR-ERROR: {e}");
             Ok(())
         }
         Ok(()) => Err("the all-reduce succeeded without rank 1".to_string()),
-    }
+    };
+    std::fs::write(&done, b"done").map_err(|e| format!("{done}: {e}"))?;
+    result
 }
 
 #[test]
 fn allreduce_sums_are_exact_from_1_to_10m_elements_in_every_dtype() {
     let runs = run_ranks("allreduce", 2, &[], LIMIT);
     assert_all_ok("allreduce", &runs);
+    for line in runs[0].stdout.lines().filter(|l| l.starts_with("TIMING")) {
+        eprintln!("{line}");
+    }
 }
 
 #[test]
@@ -308,14 +323,22 @@ fn a_killed_store_owner_makes_its_peer_fail_fast_naming_it() {
 }
 
 #[test]
-fn a_hanging_rank_times_out_its_peer() {
+fn a_hanging_rank_times_out_its_peer_naming_it() {
     let start = Instant::now();
-    let runs = run_ranks("hang", 2, &[], LIMIT);
+    let done = std::env::temp_dir().join(format!("loraplus-dist-hang-{}", std::process::id()));
+    let _ = std::fs::remove_file(&done);
+    let runs = run_ranks(
+        "hang",
+        2,
+        &[("TEST_DONE_FILE", done.display().to_string())],
+        LIMIT,
+    );
+    let _ = std::fs::remove_file(&done);
     let elapsed = start.elapsed();
     let msg = survivor_message("hang", &runs, 0);
     assert!(
-        msg.contains("still beating"),
-        "the message should say no peer died: {msg}"
+        msg.contains("alive but behind this rank's collective 2: rank 1 at collective 1"),
+        "the message should name rank 1 as stuck: {msg}"
     );
     assert!(elapsed < FAILURE_BOUND, "took {elapsed:?}: {msg}");
     eprintln!("{elapsed:?}: {msg}");
