@@ -65,6 +65,13 @@ fn main() {
         Err(why) => println!("cargo:warning=loraplus-dist: NCCL not built ({why}); Gloo only"),
     }
     build.compile("loraplus_dist_shim");
+    // For tests/shim_symbols.rs, which checks that no Gloo code was compiled on our side.
+    if let Some(out) = std::env::var_os("OUT_DIR") {
+        println!(
+            "cargo:rustc-env=LORAPLUS_DIST_SHIM_ARCHIVE={}",
+            Path::new(&out).join("libloraplus_dist_shim.a").display()
+        );
+    }
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     if nccl.is_ok() {

@@ -14,9 +14,10 @@
 //! root; see `fetch-gloo.sh`), or set `LORAPLUS_GLOO_INCLUDE`. Those headers are older than the
 //! Gloo compiled into libtorch, so the shim never lays out or calls a Gloo type: every Gloo
 //! object in `ProcessGroupGloo` sits behind a `shared_ptr`, and the shim only calls c10d's
-//! exported functions (checked with `nm -C` on the object: no `gloo::` code is emitted besides
-//! `std::vector<std::shared_ptr<gloo::transport::Device>>` growth). The tests would catch a
-//! mismatch. The NCCL path is compiled wherever CUDA's runtime headers, `crt/host_config.h`
+//! exported functions: `tests/shim_symbols.rs` checks with `nm` that the archive defines and
+//! calls no `gloo::` function, vtable or type info (what remains is
+//! `std::vector<std::shared_ptr<gloo::transport::Device>>` and the headers' private
+//! constants), and the collective tests would catch a mismatch at run time. The NCCL path is compiled wherever CUDA's runtime headers, `crt/host_config.h`
 //! and `nv/target` (PyPI's `nvidia-cuda-crt` and `nvidia-cuda-cccl`, which the torch wheel
 //! does not pull in) and `nccl.h` are found in the wheel's `nvidia/*/include` folders or
 //! `$LORAPLUS_CUDA_INCLUDE` (feature `nccl` makes their absence a build error).
