@@ -71,6 +71,9 @@ pub enum DistError {
         /// Which peer rank(s) stopped, as far as the store's heartbeats tell.
         peers: String,
     },
+    /// A rank started by [`crate::launch_local`] could not start, or ended badly.
+    #[error("launcher: {0}")]
+    Launch(String),
 }
 
 /// `Result` with [`DistError`].

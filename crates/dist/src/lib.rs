@@ -33,6 +33,8 @@
 //!   train ...`: each rank reads the launcher's variables with [`DistEnv::from_env`] (under
 //!   torchrun's agent, `TORCHELASTIC_USE_AGENT_STORE=True`, every rank is a store client) and
 //!   joins with [`ProcessGroup::from_env`].
+//! - One node without torchrun: [`launch_local`] starts N ranks of a program with that contract
+//!   (what `loraplus train --nproc-per-node N` is for).
 //! - Any launcher setting `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`
 //!   works the same; rank 0 then runs the store.
 //! - With [`LoraPlusAdamW`](loraplus_optim::LoraPlusAdamW), [`grad_hook`] averages each flat
@@ -56,8 +58,10 @@ mod error;
 mod ffi;
 mod group;
 mod hook;
+mod launch;
 
 pub use env::DistEnv;
 pub use error::{DistError, Result};
 pub use group::{Backend, ProcessGroup, ProcessGroupOptions, DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT};
 pub use hook::grad_hook;
+pub use launch::{launch_local, LocalLaunch};

@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_all_ok, run_ranks, RankRun, SCENARIO};
-use loraplus_dist::{Backend, DistEnv, DistError, ProcessGroup, ProcessGroupOptions};
+use loraplus_dist::{
+    launch_local, Backend, DistEnv, DistError, LocalLaunch, ProcessGroup, ProcessGroupOptions,
+};
 use tch::{Device, Kind, Tensor};
 
 /// Collective timeout of the healthy scenarios: generous, only a failed test ever waits it.
@@ -393,6 +395,42 @@ fn torchrun_ranks_join_through_its_agent_store() {
             "rank {rank} did not use torchrun's agent store:\n{stdout}\n{stderr}"
         );
     }
+}
+
+fn local_launch(scenario: &str, extra: &[(&str, &str)]) -> LocalLaunch {
+    let args = ["worker", "--exact", "--nocapture", "--test-threads=1"];
+    let mut launch = LocalLaunch::new(
+        std::env::current_exe().unwrap(),
+        args.iter().map(Into::into).collect(),
+        2,
+    );
+    launch.threads_per_rank = Some(1);
+    launch.grace = FAILURE_BOUND;
+    launch.env = std::iter::once((SCENARIO, scenario))
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    launch
+}
+
+/// `launch_local` (what `--nproc-per-node` uses) runs the ranks on loopback and reports the
+/// rank that died.
+#[test]
+fn launch_local_runs_the_ranks_and_names_a_dead_one() {
+    launch_local(&local_launch("broadcast", &[])).expect("two healthy ranks");
+    let start = Instant::now();
+    let err = launch_local(&local_launch("die", &[("DYING_RANK", "1")]))
+        .expect_err("rank 1 kills itself")
+        .to_string();
+    assert!(
+        err.contains("rank 1 of 2 was killed by signal 9"),
+        "the launcher should name rank 1: {err}"
+    );
+    assert!(
+        start.elapsed() < FAILURE_BOUND,
+        "took {:?}: {err}",
+        start.elapsed()
+    );
 }
 
 #[test]
