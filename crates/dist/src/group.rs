@@ -33,7 +33,8 @@ static GROUPS_CREATED: AtomicU64 = AtomicU64::new(0);
 pub enum Backend {
     /// Gloo: CPU tensors (what PyTorch uses on the CPU), over TCP.
     Gloo,
-    /// NCCL: CUDA tensors, one GPU per rank.
+    /// NCCL: CUDA tensors, one GPU per rank (put rank r's tensors on `cuda:LOCAL_RANK`).
+    /// Built only where CUDA's and NCCL's headers were found (see [`Backend::is_built`]).
     Nccl,
 }
 

@@ -8,9 +8,9 @@ use loraplus_optim::GradHook;
 use crate::group::ProcessGroup;
 
 /// A [`GradHook`] that averages each flat gradient buffer over the ranks of `pg`, in place:
-/// install it with `opt.set_grad_hook(grad_hook(pg))`. `sync_grads` runs it once per step,
+/// install it with `opt.set_grad_hook(allreduce_hook(pg))`. `sync_grads` runs it once per step,
 /// before the micro-batch average and clipping, on buffers every rank lays out identically.
-pub fn grad_hook(pg: Arc<ProcessGroup>) -> GradHook {
+pub fn allreduce_hook(pg: Arc<ProcessGroup>) -> GradHook {
     Box::new(move |grad| {
         // A second handle to the same storage: the all-reduce writes into the optimizer's buffer.
         let mut handle = [grad.shallow_clone()];

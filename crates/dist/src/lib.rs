@@ -37,7 +37,7 @@
 //!   (what `loraplus train --nproc-per-node N` is for).
 //! - Any launcher setting `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`
 //!   works the same; rank 0 then runs the store.
-//! - With [`LoraPlusAdamW`](loraplus_optim::LoraPlusAdamW), [`grad_hook`] averages each flat
+//! - With [`LoraPlusAdamW`](loraplus_optim::LoraPlusAdamW), [`allreduce_hook`] averages each flat
 //!   gradient buffer over the ranks in `sync_grads`, before clipping.
 //!
 //! # What is tested (CPU, loopback; ranks are child processes of the test binary)
@@ -63,5 +63,5 @@ mod launch;
 pub use env::DistEnv;
 pub use error::{DistError, Result};
 pub use group::{Backend, ProcessGroup, ProcessGroupOptions, DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT};
-pub use hook::grad_hook;
+pub use hook::allreduce_hook;
 pub use launch::{launch_local, LocalLaunch};

@@ -1,4 +1,4 @@
-//! `grad_hook`: 2 ranks x micro-batch b train a toy LoRA pair exactly as 1 rank x 2b does
+//! `allreduce_hook`: 2 ranks x micro-batch b train a toy LoRA pair exactly as 1 rank x 2b does
 //! (LoRA+ AdamW, clipping, 20 steps), because the hook averages gradients before clipping.
 
 mod common;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{assert_all_ok, run_ranks, SCENARIO};
 use loraplus_core::ParamRole;
-use loraplus_dist::{grad_hook, Backend, DistEnv, ProcessGroup, ProcessGroupOptions};
+use loraplus_dist::{allreduce_hook, Backend, DistEnv, ProcessGroup, ProcessGroupOptions};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use tch::{Device, Kind, Tensor};
 
@@ -63,7 +63,7 @@ fn train(first: i64, rows: i64, pg: Option<Arc<ProcessGroup>>) -> (Tensor, Tenso
     )
     .expect("optimizer");
     if let Some(pg) = pg {
-        opt.set_grad_hook(grad_hook(pg));
+        opt.set_grad_hook(allreduce_hook(pg));
     }
     let x = t.x.narrow(0, first, rows);
     let y = t.y.narrow(0, first, rows);
