@@ -445,6 +445,29 @@ fn a_missing_peer_fails_group_creation_within_the_timeout() {
     eprintln!("{elapsed:?}: {err}");
 }
 
+/// World size 1 (a plain run that goes through the same code): every collective is the
+/// identity, in this process.
+#[test]
+fn a_single_rank_group_leaves_tensors_as_they_are() {
+    let mut opts = ProcessGroupOptions::new("127.0.0.1", common::free_port(), 0, 1, Backend::Gloo);
+    opts.timeout = TIMEOUT;
+    let pg = ProcessGroup::new(&opts).expect("a group of one");
+    let b = base(1_000, Kind::Float);
+    let mut t = [b.copy()];
+    pg.allreduce_sum(&mut t).unwrap();
+    pg.allreduce_mean(&mut t).unwrap();
+    pg.broadcast(&mut t[0], 0).unwrap();
+    assert!(t[0].equal(&b));
+    let rows = pg.allgather_rows(&b.view([10, 100])).unwrap();
+    assert!(rows.equal(&b.view([10, 100])));
+    pg.barrier().unwrap();
+    let e = pg
+        .broadcast(&mut t[0], 1)
+        .expect_err("root 1 of 1")
+        .to_string();
+    assert!(e.contains("root rank 1, expected 0..1"), "{e}");
+}
+
 #[test]
 fn bad_options_are_refused_before_any_connection() {
     let mut opts = ProcessGroupOptions::new("127.0.0.1", 1, 2, 2, Backend::Gloo);
