@@ -28,6 +28,11 @@ const SIZES: [i64; 8] = [1, 2, 3, 257, 4_099, 65_537, 1_048_576, 10_000_000];
 /// Above this size only f32 and i64 run (the sweep's time is in the big ones).
 const BIG: i64 = 1_048_576;
 
+/// All-reduces of the stress loop, their largest size and the seed of their sizes.
+const STRESS_ROUNDS: usize = 400;
+const STRESS_MAX_SIZE: u64 = 50_000;
+const STRESS_SEED: u64 = 13;
+
 /// The child-rank entry point: plays `$LORAPLUS_DIST_SCENARIO`, a no-op in the parent.
 #[test]
 fn worker() {
@@ -99,6 +104,23 @@ fn allreduce_scenario(env: &DistEnv) -> Result<(), String> {
                     diff.double_value(&[])
                 ));
             }
+        }
+    }
+    // Stress: many all-reduces of pseudo-random sizes and dtypes, the same sequence on every
+    // rank (a fixed linear congruential generator), each checked exactly.
+    let mut state: u64 = STRESS_SEED;
+    let kinds = [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Int64];
+    for i in 0..STRESS_ROUNDS {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let n = 1 + ((state >> 33) % STRESS_MAX_SIZE) as i64;
+        let kind = kinds[i % kinds.len()];
+        let b = base(n, kind);
+        let mut t = [&b * (env.rank as i64 + 1)];
+        pg.allreduce_sum(&mut t).map_err(|e| e.to_string())?;
+        if !t[0].equal(&(&b * factor)) {
+            return Err(format!("stress round {i}: {kind:?} x {n}: sum differs"));
         }
     }
     // Mean: base * (w + 1) / 2, exact for these bases in f32.
