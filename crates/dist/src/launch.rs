@@ -25,6 +25,10 @@ pub struct LocalLaunch {
     pub master_port: Option<u16>,
     /// `OMP_NUM_THREADS` of each rank (its share of the cores); `None` leaves it unset.
     pub threads_per_rank: Option<usize>,
+    /// Where each rank's output goes: `None` shares the launcher's terminal; a folder gets
+    /// `rank<r>.log` per rank, stdout and stderr together (torchrun's `--log-dir` with
+    /// `--redirects 3`).
+    pub log_dir: Option<PathBuf>,
     /// Extra environment variables of every rank.
     pub env: Vec<(OsString, OsString)>,
     /// After the first rank fails, how long the others get to fail on their own (their
@@ -41,6 +45,7 @@ impl LocalLaunch {
             nproc,
             master_port: None,
             threads_per_rank: None,
+            log_dir: None,
             env: Vec::new(),
             grace: Duration::from_secs(30),
         }
@@ -74,6 +79,24 @@ pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
         cmd.envs(cfg.env.iter().map(|(k, v)| (k, v)));
         if let Some(threads) = cfg.threads_per_rank {
             cmd.env("OMP_NUM_THREADS", threads.to_string());
+        }
+        if let Some(dir) = &cfg.log_dir {
+            let path = dir.join(format!("rank{rank}.log"));
+            let redirect = std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::File::create(&path))
+                .and_then(|f| Ok((f.try_clone()?, f)));
+            match redirect {
+                Ok((out, err)) => {
+                    cmd.stdout(out).stderr(err);
+                }
+                Err(e) => {
+                    stop(&mut children);
+                    return Err(DistError::Launch(format!(
+                        "rank {rank}'s log {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
         }
         match cmd.spawn() {
             Ok(child) => children.push((rank, child)),

@@ -419,7 +419,7 @@ fn torchrun_ranks_join_through_its_agent_store() {
     }
 }
 
-fn local_launch(scenario: &str, extra: &[(&str, &str)]) -> LocalLaunch {
+fn local_launch(scenario: &str, extra: &[(&str, &str)], logs: &Path) -> LocalLaunch {
     let args = ["worker", "--exact", "--nocapture", "--test-threads=1"];
     let mut launch = LocalLaunch::new(
         std::env::current_exe().unwrap(),
@@ -428,6 +428,7 @@ fn local_launch(scenario: &str, extra: &[(&str, &str)]) -> LocalLaunch {
     );
     launch.threads_per_rank = Some(1);
     launch.grace = FAILURE_BOUND;
+    launch.log_dir = Some(logs.to_path_buf());
     launch.env = std::iter::once((SCENARIO, scenario))
         .chain(extra.iter().copied())
         .map(|(k, v)| (k.into(), v.into()))
@@ -439,14 +440,26 @@ fn local_launch(scenario: &str, extra: &[(&str, &str)]) -> LocalLaunch {
 /// rank that died.
 #[test]
 fn launch_local_runs_the_ranks_and_names_a_dead_one() {
-    launch_local(&local_launch("broadcast", &[])).expect("two healthy ranks");
+    let logs = std::env::temp_dir().join(format!("loraplus-dist-launch-{}", std::process::id()));
+    launch_local(&local_launch("broadcast", &[], &logs)).expect("two healthy ranks");
+    let log0 = std::fs::read_to_string(logs.join("rank0.log")).unwrap();
+    assert!(
+        log0.contains("rank 0 agent-store=false"),
+        "rank 0's log: {log0}"
+    );
     let start = Instant::now();
-    let err = launch_local(&local_launch("die", &[("DYING_RANK", "1")]))
+    let err = launch_local(&local_launch("die", &[("DYING_RANK", "1")], &logs))
         .expect_err("rank 1 kills itself")
         .to_string();
+    let log0 = std::fs::read_to_string(logs.join("rank0.log")).unwrap();
+    let _ = std::fs::remove_dir_all(&logs);
     assert!(
         err.contains("rank 1 of 2 was killed by signal 9"),
         "the launcher should name rank 1: {err}"
+    );
+    assert!(
+        log0.contains("peer rank(s) 1 stopped"),
+        "rank 0 should name rank 1 too: {log0}"
     );
     assert!(
         start.elapsed() < FAILURE_BOUND,
