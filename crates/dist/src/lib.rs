@@ -49,7 +49,9 @@
 //! --no-python`, joining through its agent store; a SIGKILLed rank, and a SIGKILLed store
 //! owner, make the peer fail within seconds naming it; a live rank stuck before a collective
 //! makes the peer time out naming it; a rank that never arrives fails group creation within the
-//! timeout; bad options and launcher variables are refused by name.
+//! timeout; [`launch_local`] runs two ranks and names the one that was killed; a group of one
+//! rank is the identity; bad options and launcher variables are refused by name.
+//! `tests/shim_symbols.rs`: no Gloo code in the shim (above).
 //! `tests/hook.rs`: 2 ranks x micro-batch b give the LoRA+ AdamW adapters of 1 rank x 2b
 //! after 20 steps clipped at norm 0.5 (max difference 1e-7; the test allows 1e-6).
 
