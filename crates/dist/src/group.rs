@@ -17,7 +17,7 @@ use crate::ffi::{self, RawGroup, RawStore, RawTensor};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How often each rank bumps its heartbeat key in the store. A failed collective then waits
-/// [`HEARTBEAT_MISSES`] intervals to see whose heartbeat stopped.
+/// three intervals to see whose heartbeat stopped.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Heartbeat intervals without a beat after which a peer counts as stopped.
