@@ -5,6 +5,8 @@ SHELL := /bin/bash
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.setup-$(shell sha256sum requirements.txt | cut -c1-12)
+# Gloo's headers (Debian's libgloo-dev, unpacked without root) for loraplus-dist's c10d shim.
+GLOO    := .deps/gloo
 CARGO   ?= cargo
 # Real GLUE data lives beside the repository, never in it.
 export GLUE_DIR ?= $(abspath ../shared/glue)
@@ -17,7 +19,10 @@ help:
 	@echo "make test       cargo test for the whole workspace, then lint"
 	@echo "make build | lint | bench | gpu-check | info | clean"
 
-setup: $(STAMP)
+setup: $(STAMP) $(GLOO)/usr/include/gloo/context.h
+
+$(GLOO)/usr/include/gloo/context.h:
+	bash crates/dist/fetch-gloo.sh $(GLOO)
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
