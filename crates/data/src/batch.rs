@@ -21,7 +21,9 @@
 //! Causal-LM data ([`Labels::Tokens`]) gives `[B, T]` i64 labels padded with
 //! [`IGNORE_INDEX`](crate::tokenize::IGNORE_INDEX); packed rows also give `position_ids`
 //! (`[B, T]` i64, 0 on padding): a document starts wherever a position id is not the previous
-//! one plus 1, which is how the model keeps attention inside each document.
+//! one plus 1, which is how the model keeps attention inside each document. The first token of
+//! every row is never a target (label -100): nothing precedes it, and under left padding the
+//! shifted loss would otherwise predict it from padding, so the loss would depend on the side.
 
 use std::cmp::Reverse;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -425,7 +427,11 @@ fn build_batch(
             }
         }
         if let (Some(dst), Some(src)) = (&mut labels, token_labels) {
-            dst[span].copy_from_slice(&src[i]);
+            dst[span.clone()].copy_from_slice(&src[i]);
+            // A row's first token has no context to be predicted from. Under right padding the
+            // shifted loss never targets it; under left padding the padding before it would:
+            // it is not a target either way, so the loss does not depend on the padding side.
+            dst[span.start] = IGNORE_INDEX;
         }
     }
     let shape = [b as i64, width as i64];

@@ -240,7 +240,7 @@ pub fn train_micro_step(
         .labels
         .as_ref()
         .context("a training batch without labels")?;
-    let (ids, mask, types, positions) = batch_on(batch, device);
+    let (ids, mask, types, positions) = batch_on(model, batch, device);
     let inputs = ModelInputs {
         input_ids: &ids,
         attention_mask: &mask,
@@ -253,7 +253,7 @@ pub fn train_micro_step(
 
 /// Eval-mode logits of a batch.
 pub fn eval_logits(model: &Model, batch: &Batch, device: Device) -> Result<Tensor> {
-    let (ids, mask, types, positions) = batch_on(batch, device);
+    let (ids, mask, types, positions) = batch_on(model, batch, device);
     let inputs = ModelInputs {
         input_ids: &ids,
         attention_mask: &mask,
@@ -263,12 +263,18 @@ pub fn eval_logits(model: &Model, batch: &Batch, device: Device) -> Result<Tenso
     model.forward_inputs(&inputs, false)
 }
 
-/// A batch's model inputs on `device`: ids, mask, token types (encoders only: the decoders
-/// have none), position ids (packed rows only).
-fn batch_on(batch: &Batch, device: Device) -> (Tensor, Tensor, Option<Tensor>, Option<Tensor>) {
+/// A batch's model inputs on `device`: ids, mask, token types (encoders only: a decoder's
+/// tokenizer gives none, and GPT-2 would add `wte(token_type_ids)` to every position, as
+/// transformers does when they are passed), position ids (packed rows only).
+fn batch_on(
+    model: &Model,
+    batch: &Batch,
+    device: Device,
+) -> (Tensor, Tensor, Option<Tensor>, Option<Tensor>) {
     let ids = batch.input_ids.to_device(device);
     let mask = batch.attention_mask.to_device(device);
-    let types = Some(batch.token_type_ids.to_device(device));
+    let encoder = matches!(model.config().model_type(), "bert" | "roberta");
+    let types = encoder.then(|| batch.token_type_ids.to_device(device));
     let positions = batch.position_ids.as_ref().map(|p| p.to_device(device));
     (ids, mask, types, positions)
 }

@@ -18,7 +18,11 @@ use tch::{Device, Kind, Tensor};
 fn reference(out: &Path) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = repo.join(".venv/bin/python");
-    assert!(python.exists(), "{} not found: run `make setup`", python.display());
+    assert!(
+        python.exists(),
+        "{} not found: run `make setup`",
+        python.display()
+    );
     let o = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sft_chain_ref.py"))
         .arg(out)
@@ -89,12 +93,20 @@ fn each_format_layout_and_model_matches_trl_rules_and_peft() {
                     },
                 )
                 .unwrap();
-                let b = loader.iter(Position::default()).unwrap().next().unwrap().unwrap();
+                let b = loader
+                    .iter(Position::default())
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap();
                 assert!(b.input_ids.equal(&want["input_ids"]), "{case}: input ids");
                 let labels = b.labels.as_ref().unwrap();
                 assert!(labels.equal(&want["labels"]), "{case}: labels");
                 if layout == "packed" {
-                    let pos = b.position_ids.as_ref().expect("packed rows carry position ids");
+                    let pos = b
+                        .position_ids
+                        .as_ref()
+                        .expect("packed rows carry position ids");
                     assert!(pos.equal(&want["position_ids"]), "{case}: position ids");
                 }
                 for p in lora.trainable_params() {

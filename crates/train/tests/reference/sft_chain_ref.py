@@ -13,7 +13,8 @@ OUT_DIR/<model>-<format>-<layout>.safetensors   (layout: right, left, packed)
 The batch holds every example of the file: padded (right or left, pad id, labels -100) or
 packed best-fit-decreasing into rows of MAX_LEN (position ids restarting per example, each
 example's first token not a target; rows padded at the tail with position ids 0, as loraplus's
-collator does). Packed rows run with position_ids and no attention mask (transformers keeps
+collator does). As loraplus's collator, the first token of every row is not a target (under
+left padding the shifted loss would otherwise predict it from the padding before it). Packed rows run with position_ids and no attention mask (transformers keeps
 attention inside each example), padded rows with their attention mask.
 """
 import json
@@ -51,7 +52,9 @@ def fixture(out, name):
                           eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
         model, targets = LlamaForCausalLM(cfg), ["q_proj", "v_proj", "down_proj"]
     else:
+        # Dropout off (GPT-2's defaults are 0.1): both sides train, and their masks differ.
         cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id)
         model, targets = GPT2LMHeadModel(cfg), ["c_attn", "c_proj"]
@@ -85,6 +88,9 @@ def batch(tok, rows, layout):
         ids[i, at:at + n] = torch.tensor(r["input_ids"])
         mask[i, at:at + n] = 1
         labels[i, at:at + n] = torch.tensor(r["labels"])
+        # loraplus's collator: a row's first token is never a target (under left padding the
+        # shifted loss would predict it from padding).
+        labels[i, at] = -100
         if r["position_ids"] is not None:
             pos[i, :n] = torch.tensor(r["position_ids"])
     return ids, mask, labels, pos
