@@ -314,9 +314,18 @@ impl LoraConfig {
     }
 
     /// Does PEFT's `target_modules` rule select the module `name`?
+    /// A module inside a `modules_to_save` module (an entry that is `name` or a dotted
+    /// ancestor of it) never takes an adapter, as in PEFT's `check_target_module_exists`.
     pub fn is_target(&self, name: &str) -> bool {
         if !modules_match(self.target_modules.as_ref(), name)
             || modules_match(self.exclude_modules.as_ref(), name)
+        {
+            return false;
+        }
+        let saved = self.modules_to_save.iter().flatten();
+        if saved
+            .into_iter()
+            .any(|m| module_ancestors(name).any(|prefix| name_matches(prefix, m)))
         {
             return false;
         }
@@ -329,16 +338,21 @@ impl LoraConfig {
         }
     }
 
-    /// Is `name` (a module) or one of its ancestors listed in `modules_to_save`?
+    /// Is `name` (a module) or one of its ancestors listed in `modules_to_save`? PEFT's
+    /// `_set_trainable` rule: a module is wrapped (and with it everything below it) when its
+    /// name ends with an entry, as plain strings: `pooler` selects `bert.pooler` and so
+    /// `bert.pooler.dense`, `pooler.dense` and `dense` select `bert.pooler.dense`.
     pub fn is_module_to_save(&self, name: &str) -> bool {
-        let Some(list) = &self.modules_to_save else {
-            return false;
-        };
-        let parts: Vec<&str> = name.split('.').collect();
-        (1..=parts.len()).any(|n| {
-            let prefix = parts[..n].join(".");
-            list.iter().any(|m| name_matches(&prefix, m))
-        })
+        self.modules_to_save
+            .iter()
+            .flatten()
+            .any(|m| self.is_module_to_save_by(name, m))
+    }
+
+    /// Does the single `modules_to_save` entry `entry` select `name` (see
+    /// [`Self::is_module_to_save`])?
+    pub fn is_module_to_save_by(&self, name: &str, entry: &str) -> bool {
+        module_ancestors(name).any(|prefix| prefix.ends_with(entry))
     }
 
     /// Rank and alpha of the module `name`, after `rank_pattern` / `alpha_pattern`.
@@ -372,6 +386,13 @@ fn modules_match(modules: Option<&TargetModules>, name: &str) -> bool {
 /// PEFT's rule for a list entry: the exact name, or a suffix after a dot.
 pub fn name_matches(name: &str, target: &str) -> bool {
     name == target || name.ends_with(&format!(".{target}"))
+}
+
+/// `a`, `a.b`, `a.b.c` for the module `a.b.c`: the module and its ancestors.
+fn module_ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.')
+        .map(move |(i, _)| &name[..i])
+        .chain(std::iter::once(name))
 }
 
 /// PEFT's `get_pattern_key`: the first key whose regex matches the end of the name after a dot.
@@ -468,5 +489,22 @@ mod tests {
         assert!(c.is_module_to_save("classifier"));
         assert!(c.is_module_to_save("classifier.dense"));
         assert!(!c.is_module_to_save("bert.pooler.dense"));
+        // PEFT's plain suffix rule, on the module and its ancestors.
+        c.modules_to_save = Some(vec!["pooler".into()]);
+        assert!(c.is_module_to_save("bert.pooler.dense"));
+        c.modules_to_save = Some(vec!["pooler.dense".into()]);
+        assert!(c.is_module_to_save("bert.pooler.dense"));
+        assert!(!c.is_module_to_save("bert.pooler"));
+        c.modules_to_save = Some(vec!["score".into(), "classifier".into()]);
+        assert!(c.is_module_to_save("score"));
+        assert!(!c.is_module_to_save("bert.pooler.dense"));
+    }
+
+    #[test]
+    fn modules_to_save_take_no_adapter() {
+        let mut c = LoraConfig::new(8, 8.0, &["dense"]);
+        c.modules_to_save = Some(vec!["classifier".into()]);
+        assert!(c.is_target("roberta.encoder.layer.0.output.dense"));
+        assert!(!c.is_target("classifier.dense"));
     }
 }

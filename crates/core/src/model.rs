@@ -378,8 +378,9 @@ impl LoraBuilder {
     }
 
     /// Decide what trains (adapters, biases per `bias`, `modules_to_save`) and freeze the rest.
-    /// A `target_modules` that selected nothing, or a `modules_to_save` entry that matches no
-    /// module, is an error listing the module names that exist.
+    /// A `target_modules` that selected nothing is an error listing the module names that
+    /// exist; a `modules_to_save` entry that matches no module is ignored with a warning, as
+    /// PEFT ignores it.
     pub fn finish(self) -> Result<LoraModel> {
         let mut trainable = Vec::new();
         if let Some(cfg) = &self.config {
@@ -392,19 +393,21 @@ impl LoraBuilder {
                 );
             }
             if let Some(list) = &cfg.modules_to_save {
-                let modules: BTreeSet<&str> = self.base.iter().map(|p| p.module.as_str()).collect();
+                // PEFT wraps every module whose name ends with an entry and ignores entries
+                // that match nothing (its SEQ_CLS task lists both `classifier` and `score`,
+                // whichever the architecture has): warn, as that is most likely a typo when
+                // the user wrote the entry.
                 for m in list {
-                    // PEFT accepts a parent module (`pooler` for `pooler.dense`), as
-                    // `LoraConfig::is_module_to_save` does.
-                    let matches = |name: &str| {
-                        let parts: Vec<&str> = name.split('.').collect();
-                        (1..=parts.len())
-                            .any(|n| crate::config::name_matches(&parts[..n].join("."), m))
-                    };
-                    if !modules.iter().any(|name| matches(name)) {
-                        bail!(
-                            "modules_to_save entry {m:?} matches no module; modules: {}",
-                            modules.iter().copied().collect::<Vec<_>>().join(", ")
+                    let matched = self
+                        .base
+                        .iter()
+                        .any(|p| cfg.is_module_to_save_by(&p.module, m));
+                    if !matched {
+                        let modules: BTreeSet<&str> =
+                            self.base.iter().map(|p| p.module.as_str()).collect();
+                        tracing::warn!(
+                            "modules_to_save entry {m:?} matches no module (ignored, as PEFT does); modules: {}",
+                            modules.into_iter().collect::<Vec<_>>().join(", ")
                         );
                     }
                 }
