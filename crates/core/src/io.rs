@@ -116,7 +116,8 @@ pub fn write_safetensors(
 }
 
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees a half-written file.
+/// reader never sees a half-written file. The file is flushed to disk before the rename and
+/// the folder after it; a failed flush is an error (the write may not survive a crash).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -133,10 +134,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().ok();
+        f.sync_all()
+            .with_context(|| format!("flushing {} to disk (fsync)", tmp.display()))?;
     }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(dir)
+}
+
+/// Flush a directory's entries (a rename in it) to disk. On Unix a directory opens read-only
+/// and `fsync`s; other platforms have no such call, and there this does nothing.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("flushing directory {} to disk (fsync)", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 
