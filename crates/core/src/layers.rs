@@ -239,7 +239,7 @@ pub type MemberParams = (Tensor, Option<Tensor>);
 /// Linear layers that read the same input (`query`, `key`, `value`; `gate_proj`, `up_proj`),
 /// run as one matrix product: the members' `[out, in]` weights (and biases) are views into
 /// one `[sum of out, in]` tensor made at load, so merging into a member's weight is seen here.
-/// A member keeps its own adapter; the adapters are added by [`add_adapters`]. When a member's
+/// A member keeps its own adapter; the adapters are added by `add_adapters`. When a member's
 /// base weight or bias trains (`modules_to_save`, `bias = "all"`), or a member's weight no
 /// longer lives in the shared tensor, the members run one by one instead.
 #[derive(Debug)]
