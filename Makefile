@@ -38,6 +38,7 @@ build: setup
 
 test: setup
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 	$(MAKE) --no-print-directory lint
 
 lint: setup

@@ -40,6 +40,8 @@ set -uo pipefail
 cd "$(dirname "$0")"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LORAPLUS_MODEL_DIR="$PWD/minilm" GLUE_DIR="$PWD/glue" LORAPLUS_CACHE_DIR="/tmp/loraplus-cache"
+# A CUDA test that finds no GPU fails here instead of skipping.
+export LORAPLUS_REQUIRE_CUDA=1
 python3 -c '
 import sys, torch
 from transformers import BertConfig, BertModel

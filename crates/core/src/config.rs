@@ -4,10 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::error::{Error, IoResultExt, Result};
+
+/// An [`Error::BadConfigValue`] with a formatted message.
+macro_rules! bad {
+    ($($arg:tt)*) => {
+        Error::BadConfigValue(format!($($arg)*))
+    };
+}
 
 /// Which modules get an adapter: PEFT's `target_modules`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,11 +79,14 @@ pub enum BiasMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LayerIndices {
+    /// One layer index.
     One(usize),
+    /// Several layer indices.
     Many(Vec<usize>),
 }
 
 impl LayerIndices {
+    /// Is layer `i` listed?
     pub fn contains(&self, i: usize) -> bool {
         match self {
             LayerIndices::One(j) => *j == i,
@@ -102,6 +113,7 @@ fn default_init() -> InitLoraWeights {
 /// this struct and one written from it loads in PEFT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
+    /// PEFT's adapter type; only `"LORA"` is accepted.
     #[serde(default = "default_peft_type")]
     pub peft_type: String,
     /// Rank of the update.
@@ -110,20 +122,25 @@ pub struct LoraConfig {
     /// Scale numerator: scale = lora_alpha / r (or / sqrt(r) with rsLoRA).
     #[serde(default = "default_alpha", serialize_with = "ser_number")]
     pub lora_alpha: f64,
+    /// Dropout probability on the adapter's input, in [0, 1) (PEFT default 0).
     #[serde(default)]
     pub lora_dropout: f64,
+    /// Which modules get an adapter: names matched as a suffix after a dot, or one regex.
     #[serde(default)]
     pub target_modules: Option<TargetModules>,
     /// Modules never targeted, even when `target_modules` selects them (same matching rules).
     #[serde(default)]
     pub exclude_modules: Option<TargetModules>,
+    /// rsLoRA: scale by `lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
     #[serde(default)]
     pub use_rslora: bool,
+    /// How A and B start (PEFT default: A kaiming-uniform, B zeros).
     #[serde(default = "default_init")]
     pub init_lora_weights: InitLoraWeights,
     /// The base weight is stored [in, out] (GPT-2's Conv1D).
     #[serde(default)]
     pub fan_in_fan_out: bool,
+    /// Which biases train: `none`, `all` or `lora_only`.
     #[serde(default)]
     pub bias: BiasMode,
     /// Modules trained in full and saved with the adapter (e.g. the classifier head).
@@ -135,15 +152,19 @@ pub struct LoraConfig {
     /// Per-module alpha, keyed like `rank_pattern`.
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// Only adapt modules in these layer indices (found in the name per `layers_pattern`).
     #[serde(default)]
     pub layers_to_transform: Option<LayerIndices>,
     /// Name of the layer list for `layers_to_transform` (PEFT: `layers`, `h`, `block`, ...).
     #[serde(default)]
     pub layers_pattern: Option<Value>,
+    /// PEFT's task type (`SEQ_CLS`, `CAUSAL_LM`, ...): kept and written, not interpreted.
     #[serde(default)]
     pub task_type: Option<String>,
+    /// The base model PEFT records; kept and written, not interpreted.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// PEFT's flag for a saved adapter (`save_pretrained` writes `true`).
     #[serde(default)]
     pub inference_mode: bool,
     /// Keys this crate does not interpret, kept so that a file round-trips.
@@ -242,9 +263,8 @@ impl LoraConfig {
     /// Read a PEFT `adapter_config.json`. Unknown keys are kept and logged, not fatal.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading adapter config {}", path.display()))?;
-        let cfg = Self::from_json_str(&text).with_context(|| format!("{}", path.display()))?;
+        let text = std::fs::read_to_string(path).io_context("reading adapter config", path)?;
+        let cfg = Self::from_json_str(&text).map_err(|e| e.context(path.display().to_string()))?;
         for key in cfg.unknown_keys() {
             tracing::warn!("{}: unknown key `{key}` kept but not used", path.display());
         }
@@ -253,14 +273,20 @@ impl LoraConfig {
 
     /// Parse and validate the JSON text of an adapter config.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg: LoraConfig = serde_json::from_str(text).context("parsing adapter config JSON")?;
+        let cfg: LoraConfig = serde_json::from_str(text).map_err(|source| Error::Json {
+            what: "parsing adapter config JSON".into(),
+            source,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Write as `adapter_config.json` text.
     pub fn to_json_string(&self) -> Result<String> {
-        Ok(serde_json::to_string_pretty(self)?)
+        serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            what: "writing adapter config JSON".into(),
+            source,
+        })
     }
 
     /// Keys present in the file that neither this struct nor the list of inert PEFT keys knows.
@@ -277,36 +303,39 @@ impl LoraConfig {
     /// Check values: rank, alpha, dropout, PEFT type and features this crate does not implement.
     pub fn validate(&self) -> Result<()> {
         if self.peft_type != "LORA" {
-            bail!("peft_type is {:?}, expected \"LORA\"", self.peft_type);
+            return Err(bad!("peft_type is {:?}, expected \"LORA\"", self.peft_type));
         }
         if self.r == 0 {
-            bail!("r must be at least 1, found 0");
+            return Err(bad!("r must be at least 1, found 0"));
         }
         if !self.lora_alpha.is_finite() {
-            bail!("lora_alpha must be finite, found {}", self.lora_alpha);
+            return Err(bad!("lora_alpha must be finite, found {}", self.lora_alpha));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            bail!(
+            return Err(bad!(
                 "lora_dropout must be in [0, 1), found {}",
                 self.lora_dropout
-            );
+            ));
         }
         for (k, r) in &self.rank_pattern {
             if *r == 0 {
-                bail!("rank_pattern[{k:?}] must be at least 1, found 0");
+                return Err(bad!("rank_pattern[{k:?}] must be at least 1, found 0"));
             }
-            Regex::new(k).with_context(|| format!("rank_pattern key {k:?} is not a regex"))?;
+            Regex::new(k).map_err(|e| bad!("rank_pattern key {k:?} is not a regex: {e}"))?;
         }
         for k in self.alpha_pattern.keys() {
-            Regex::new(k).with_context(|| format!("alpha_pattern key {k:?} is not a regex"))?;
+            Regex::new(k).map_err(|e| bad!("alpha_pattern key {k:?} is not a regex: {e}"))?;
         }
         if let Some(TargetModules::Regex(re)) = &self.target_modules {
-            Regex::new(re).with_context(|| format!("target_modules regex {re:?} is invalid"))?;
+            Regex::new(re).map_err(|e| bad!("target_modules regex {re:?} is invalid: {e}"))?;
         }
         for key in UNSUPPORTED_KEYS {
             if let Some(v) = self.other.get(*key) {
                 if !is_unset(v) {
-                    bail!("{key} = {v} is a PEFT feature loraplus does not support");
+                    return Err(Error::UnsupportedPeftOption {
+                        key: key.to_string(),
+                        value: v.to_string(),
+                    });
                 }
             }
         }
@@ -314,9 +343,18 @@ impl LoraConfig {
     }
 
     /// Does PEFT's `target_modules` rule select the module `name`?
+    /// A module inside a `modules_to_save` module (an entry that is `name` or a dotted
+    /// ancestor of it) never takes an adapter, as in PEFT's `check_target_module_exists`.
     pub fn is_target(&self, name: &str) -> bool {
         if !modules_match(self.target_modules.as_ref(), name)
             || modules_match(self.exclude_modules.as_ref(), name)
+        {
+            return false;
+        }
+        let saved = self.modules_to_save.iter().flatten();
+        if saved
+            .into_iter()
+            .any(|m| module_ancestors(name).any(|prefix| name_matches(prefix, m)))
         {
             return false;
         }
@@ -329,16 +367,21 @@ impl LoraConfig {
         }
     }
 
-    /// Is `name` (a module) or one of its ancestors listed in `modules_to_save`?
+    /// Is `name` (a module) or one of its ancestors listed in `modules_to_save`? PEFT's
+    /// `_set_trainable` rule: a module is wrapped (and with it everything below it) when its
+    /// name ends with an entry, as plain strings: `pooler` selects `bert.pooler` and so
+    /// `bert.pooler.dense`, `pooler.dense` and `dense` select `bert.pooler.dense`.
     pub fn is_module_to_save(&self, name: &str) -> bool {
-        let Some(list) = &self.modules_to_save else {
-            return false;
-        };
-        let parts: Vec<&str> = name.split('.').collect();
-        (1..=parts.len()).any(|n| {
-            let prefix = parts[..n].join(".");
-            list.iter().any(|m| name_matches(&prefix, m))
-        })
+        self.modules_to_save
+            .iter()
+            .flatten()
+            .any(|m| self.is_module_to_save_by(name, m))
+    }
+
+    /// Does the single `modules_to_save` entry `entry` select `name` (see
+    /// [`Self::is_module_to_save`])?
+    pub fn is_module_to_save_by(&self, name: &str, entry: &str) -> bool {
+        module_ancestors(name).any(|prefix| prefix.ends_with(entry))
     }
 
     /// Rank and alpha of the module `name`, after `rank_pattern` / `alpha_pattern`.
@@ -372,6 +415,13 @@ fn modules_match(modules: Option<&TargetModules>, name: &str) -> bool {
 /// PEFT's rule for a list entry: the exact name, or a suffix after a dot.
 pub fn name_matches(name: &str, target: &str) -> bool {
     name == target || name.ends_with(&format!(".{target}"))
+}
+
+/// `a`, `a.b`, `a.b.c` for the module `a.b.c`: the module and its ancestors.
+fn module_ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.')
+        .map(move |(i, _)| &name[..i])
+        .chain(std::iter::once(name))
 }
 
 /// PEFT's `get_pattern_key`: the first key whose regex matches the end of the name after a dot.
@@ -454,11 +504,11 @@ mod tests {
         let s = c.to_json_string().unwrap();
         assert!(s.contains("\"fancy\": 1"));
         let e = LoraConfig::from_json_str(r#"{"use_dora": true}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("use_dora"));
+        assert!(e.chain().contains("use_dora"));
         let e = LoraConfig::from_json_str(r#"{"r": 0}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("r must be"));
+        assert!(e.chain().contains("r must be"));
         let e = LoraConfig::from_json_str(r#"{"init_lora_weights": "pissa"}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("init_lora_weights"));
+        assert!(e.chain().contains("init_lora_weights"));
     }
 
     #[test]
@@ -468,5 +518,22 @@ mod tests {
         assert!(c.is_module_to_save("classifier"));
         assert!(c.is_module_to_save("classifier.dense"));
         assert!(!c.is_module_to_save("bert.pooler.dense"));
+        // PEFT's plain suffix rule, on the module and its ancestors.
+        c.modules_to_save = Some(vec!["pooler".into()]);
+        assert!(c.is_module_to_save("bert.pooler.dense"));
+        c.modules_to_save = Some(vec!["pooler.dense".into()]);
+        assert!(c.is_module_to_save("bert.pooler.dense"));
+        assert!(!c.is_module_to_save("bert.pooler"));
+        c.modules_to_save = Some(vec!["score".into(), "classifier".into()]);
+        assert!(c.is_module_to_save("score"));
+        assert!(!c.is_module_to_save("bert.pooler.dense"));
+    }
+
+    #[test]
+    fn modules_to_save_take_no_adapter() {
+        let mut c = LoraConfig::new(8, 8.0, &["dense"]);
+        c.modules_to_save = Some(vec!["classifier".into()]);
+        assert!(c.is_target("roberta.encoder.layer.0.output.dense"));
+        assert!(!c.is_target("classifier.dense"));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Error, IoResultExt, Result, ResultExt};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 
@@ -14,6 +14,7 @@ use crate::model::{LoraModel, ParamRole, PEFT_PREFIX};
 
 /// File names PEFT uses inside an adapter directory.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The adapter config's file name in an adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// The tch element type of a safetensors dtype.
@@ -29,7 +30,11 @@ pub fn kind_of(dtype: Dtype) -> Result<Kind> {
         Dtype::F16 => Kind::Half,
         Dtype::F32 => Kind::Float,
         Dtype::F64 => Kind::Double,
-        other => bail!("unsupported safetensors dtype {other:?}"),
+        other => {
+            return Err(Error::UnsupportedDtype(format!(
+                "unsupported safetensors dtype {other:?}"
+            )))
+        }
     })
 }
 
@@ -45,7 +50,11 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
         Kind::Half => Dtype::F16,
         Kind::Float => Dtype::F32,
         Kind::Double => Dtype::F64,
-        other => bail!("cannot save tensors of kind {other:?} as safetensors"),
+        other => {
+            return Err(Error::UnsupportedDtype(format!(
+                "cannot save tensors of kind {other:?} as safetensors"
+            )))
+        }
     })
 }
 
@@ -58,9 +67,8 @@ pub fn tensor_from_view(view: &TensorView<'_>) -> Result<Tensor> {
 
 /// Read every tensor of a safetensors file onto the CPU.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let bytes = std::fs::read(path).io_context("reading", path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(path, e))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let t = tensor_from_view(&view)
@@ -110,34 +118,55 @@ pub fn write_safetensors(
     }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
-    let bytes = safetensors::tensor::serialize(views, &Some(meta))
-        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    let bytes = safetensors::tensor::serialize(views, &Some(meta)).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        message: format!("cannot serialise the tensors: {e}"),
+    })?;
     write_atomic(path, &bytes)
 }
 
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees a half-written file.
+/// reader never sees a half-written file. The file is flushed to disk before the rename and
+/// the folder after it; a failed flush is an error (the write may not survive a crash).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).io_context("creating", dir)?;
     let file_name = path
         .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
+        .ok_or_else(|| Error::InvalidArgument(format!("{} has no file name", path.display())))?
         .to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().ok();
+        let mut f = std::fs::File::create(&tmp).io_context("creating", &tmp)?;
+        f.write_all(bytes).io_context("writing", &tmp)?;
+        f.sync_all().io_context("flushing to disk (fsync)", &tmp)?;
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).io_context(&format!("renaming {} to", tmp.display()), path)?;
+    sync_dir(dir)
+}
+
+/// Flush a directory's entries (a rename in it) to disk. On Unix a directory opens read-only
+/// and `fsync`s; other platforms have no such call, and there this does nothing.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .io_context("flushing to disk (fsync) the directory", dir)?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
+}
+
+fn not_safetensors(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        message: format!("not a valid safetensors file: {e}"),
+    }
 }
 
 fn pt_metadata() -> BTreeMap<String, String> {
@@ -156,10 +185,10 @@ impl LoraModel {
     /// Save in PEFT's format: `dir/adapter_model.safetensors` and `dir/adapter_config.json`,
     /// each written atomically. `PeftModel.from_pretrained(model, dir)` loads it.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let cfg = self
-            .config()
-            .ok_or_else(|| anyhow!("this model has no LoRA adapter to save"))?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cfg = self.config().ok_or_else(|| {
+            Error::InvalidArgument("this model has no LoRA adapter to save".into())
+        })?;
+        std::fs::create_dir_all(dir).io_context("creating", dir)?;
         write_safetensors(
             &dir.join(ADAPTER_WEIGHTS),
             &self.adapter_state_dict(),
@@ -176,9 +205,8 @@ impl LoraModel {
     /// the directory's config (see [`read_adapter_config`]).
     pub fn load_adapter(&self, dir: &Path) -> Result<()> {
         let path = dir.join(ADAPTER_WEIGHTS);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let bytes = std::fs::read(&path).io_context("reading", &path)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&path, e))?;
         let file_name = ADAPTER_WEIGHTS;
         let mut expected = BTreeMap::new();
         for p in self.trainable_params() {
@@ -194,34 +222,35 @@ impl LoraModel {
             .cloned()
             .collect();
         if !unexpected.is_empty() {
-            bail!(
-                "{file_name}: {} key(s) match no trainable parameter of this model: {} (does the adapter config match the model?)",
-                unexpected.len(),
-                unexpected.join(", ")
-            );
+            return Err(Error::UnexpectedTensors {
+                file: file_name.into(),
+                keys: unexpected,
+            });
         }
         let mut loaded = Vec::new();
         for (key, p) in &expected {
-            let view = st.tensor(key).map_err(|_| {
-                anyhow!(
-                    "{file_name}: missing tensor {key} ({:?}, shape {:?})",
-                    p.role,
-                    p.tensor.size()
-                )
+            let view = st.tensor(key).map_err(|_| Error::MissingTensor {
+                file: file_name.into(),
+                key: key.clone(),
+                detail: format!("{:?}, shape {:?}", p.role, p.tensor.size()),
             })?;
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let want = p.tensor.size();
             if found != want {
-                bail!(
-                    "{file_name}: tensor {key} has shape {found:?}, expected {want:?}{}",
-                    shape_hint(p.role, &want)
-                );
+                return Err(Error::ShapeMismatch {
+                    what: format!("{file_name}: tensor {key}"),
+                    hint: shape_hint(p.role, &want),
+                    found,
+                    expected: want,
+                });
             }
             let t =
                 tensor_from_view(&view).with_context(|| format!("{file_name}: tensor {key}"))?;
             let finite = t.to_kind(Kind::Float).isfinite().all().int64_value(&[]) != 0;
             if !finite {
-                bail!("{file_name}: tensor {key} holds NaN or Inf values");
+                return Err(Error::NonFinite(format!(
+                    "{file_name}: tensor {key} holds NaN or Inf values"
+                )));
             }
             loaded.push((p, t));
         }

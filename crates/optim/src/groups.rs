@@ -110,32 +110,42 @@ impl fmt::Display for ParamGroup {
 /// One tensor of a group, as the summary lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSummary {
+    /// The parameter's name (as `TrainableParam::name`).
     pub name: String,
+    /// Its role, which chose the group.
     pub role: ParamRole,
+    /// Its shape.
     pub shape: Vec<i64>,
 }
 
 /// One group: its tensors, element count, learning rates and weight decay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSummary {
+    /// The group.
     pub group: ParamGroup,
+    /// Its tensors, in update order.
     pub tensors: Vec<TensorSummary>,
+    /// Elements over all its tensors.
     pub numel: i64,
     /// The learning rate before the schedule.
     pub base_lr: f64,
     /// The learning rate the next step uses (schedule applied).
     pub lr: f64,
+    /// Its decoupled weight decay.
     pub weight_decay: f64,
 }
 
 /// Every non-empty group of an optimizer, in update order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerSummary {
+    /// The groups.
     pub groups: Vec<GroupSummary>,
+    /// Completed optimizer steps.
     pub step: u64,
 }
 
 impl OptimizerSummary {
+    /// The summary of group `g`, if it has tensors.
     pub fn group(&self, g: ParamGroup) -> Option<&GroupSummary> {
         self.groups.iter().find(|s| s.group == g)
     }

@@ -8,6 +8,7 @@
 //! - [`Schedule`]: constant, linear and cosine with warmup, as `transformers` computes them.
 //! - [`OptimizerState`]: `optimizer.safetensors` + `optimizer.json` for resuming.
 //! - [`flat`]: how parameters and gradients become views of flat buffers.
+#![warn(missing_docs)]
 
 pub mod adamw;
 pub mod config;

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Warmup {
+    /// This many steps.
     Steps(u64),
+    /// This fraction of the training steps (rounded up).
     Ratio(f64),
 }
 
@@ -34,14 +36,27 @@ pub enum Schedule {
     /// `get_constant_schedule`: factor 1.
     Constant,
     /// `get_constant_schedule_with_warmup`.
-    ConstantWithWarmup { warmup: Warmup, total_steps: u64 },
+    ConstantWithWarmup {
+        /// Steps from 0 to 1.
+        warmup: Warmup,
+        /// Training steps (for a ratio warmup).
+        total_steps: u64,
+    },
     /// `get_linear_schedule_with_warmup`: 0 to 1 over the warmup, then down to 0 at
     /// `total_steps`.
-    Linear { warmup: Warmup, total_steps: u64 },
+    Linear {
+        /// Steps from 0 to 1.
+        warmup: Warmup,
+        /// Training steps: the factor reaches 0 here.
+        total_steps: u64,
+    },
     /// `get_cosine_schedule_with_warmup` (`num_cycles` 0.5 is a half cosine down to 0).
     Cosine {
+        /// Steps from 0 to 1.
         warmup: Warmup,
+        /// Training steps after which the cosine has run `num_cycles` cycles.
         total_steps: u64,
+        /// Cosine cycles over the steps after warmup.
         num_cycles: f64,
     },
 }
@@ -50,6 +65,7 @@ pub enum Schedule {
 pub const DEFAULT_NUM_CYCLES: f64 = 0.5;
 
 impl Schedule {
+    /// [`Schedule::Linear`].
     pub fn linear(warmup: Warmup, total_steps: u64) -> Self {
         Schedule::Linear {
             warmup,
@@ -57,6 +73,7 @@ impl Schedule {
         }
     }
 
+    /// [`Schedule::Cosine`] with HF's [`DEFAULT_NUM_CYCLES`].
     pub fn cosine(warmup: Warmup, total_steps: u64) -> Self {
         Schedule::Cosine {
             warmup,

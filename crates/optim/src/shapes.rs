@@ -7,9 +7,13 @@ use tch::{Device, Kind, Tensor};
 /// One LoRA adapter's shapes: A `[r, in]`, B `[out, r]`.
 #[derive(Debug, Clone)]
 pub struct AdapterShape {
+    /// The adapted module's name.
     pub name: String,
+    /// Rank.
     pub r: i64,
+    /// A's input width.
     pub in_features: i64,
+    /// B's output width.
     pub out_features: i64,
 }
 

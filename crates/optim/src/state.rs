@@ -35,32 +35,45 @@ const STEP_KEY: &str = "loraplus_step";
 /// One trained tensor as the state file records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamMeta {
+    /// The parameter's name.
     pub name: String,
+    /// Its role (`ParamRole` as text).
     pub role: String,
+    /// Its shape.
     pub shape: Vec<i64>,
 }
 
 /// One (group, dtype) flat buffer of the state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketMeta {
+    /// The group's name.
     pub group: String,
+    /// The parameters' dtype.
     pub dtype: String,
+    /// Elements in the buffer.
     pub numel: i64,
     /// The group's learning rate before the schedule.
     pub lr: f64,
+    /// The group's weight decay.
     pub weight_decay: f64,
+    /// The parameters in the buffer, in order.
     pub params: Vec<ParamMeta>,
 }
 
 /// `optimizer.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateMeta {
+    /// The file format's name.
     pub format: String,
+    /// The file format's version.
     pub version: u32,
     /// Completed optimizer steps.
     pub step: u64,
+    /// The optimizer's hyper-parameters.
     pub config: LoraPlusConfig,
+    /// The learning-rate schedule.
     pub schedule: Schedule,
+    /// One entry per (group, dtype) buffer.
     pub buckets: Vec<BucketMeta>,
 }
 
@@ -68,7 +81,9 @@ pub struct StateMeta {
 /// `<group>.<dtype>.<exp_avg | exp_avg_sq | max_exp_avg_sq | master>`.
 #[derive(Debug)]
 pub struct OptimizerState {
+    /// What `optimizer.json` holds.
     pub meta: StateMeta,
+    /// The state tensors, as `optimizer.safetensors` holds them.
     pub tensors: Vec<(String, Tensor)>,
 }
 
@@ -86,7 +101,7 @@ impl OptimizerState {
         ]);
         write_safetensors(&dir.join(STATE_TENSORS_FILE), &self.tensors, &metadata)?;
         let json = serde_json::to_string_pretty(&self.meta)?;
-        write_atomic(&dir.join(STATE_META_FILE), json.as_bytes())
+        Ok(write_atomic(&dir.join(STATE_META_FILE), json.as_bytes())?)
     }
 
     /// Read what [`Self::save`] wrote.

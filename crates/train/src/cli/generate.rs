@@ -164,9 +164,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     let tok = LmTokenizer::from_model_dir(&a.model)?;
     let lora_cfg = match &a.adapter {
-        Some(ad) => {
-            Some(loraplus_core::read_adapter_config(&adapter_dir(ad)).map_err(UsageError::wrap)?)
-        }
+        Some(ad) => Some(
+            loraplus_core::read_adapter_config(&adapter_dir(ad))
+                .map_err(|e| UsageError::wrap(e.into()))?,
+        ),
         None => None,
     };
     let opts = loraplus_models::LoadOptions {

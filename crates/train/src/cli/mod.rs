@@ -381,7 +381,8 @@ fn load_with_adapter(
     device: tch::Device,
 ) -> Result<(model::Model, loraplus_core::LoraModel)> {
     let adir = adapter_dir(adapter);
-    let lora_cfg = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
+    let lora_cfg =
+        loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
     let mdir = model::model_dir(cfg);
     let (m, lora) = model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype)?;
     lora.load_adapter(&adir)?;
@@ -534,7 +535,8 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
     let (model, _lora) = match &a.adapter {
         Some(ad) => {
             let adir = adapter_dir(ad);
-            let lc = loraplus_core::read_adapter_config(&adir).map_err(UsageError::wrap)?;
+            let lc = loraplus_core::read_adapter_config(&adir)
+                .map_err(|e| UsageError::wrap(e.into()))?;
             let (m, l) = model::load_model_with_lora(
                 &mdir,
                 loraplus_models::Head::CausalLm,
