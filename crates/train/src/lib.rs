@@ -21,6 +21,7 @@ pub mod config;
 pub mod loss_scale;
 pub mod metrics_log;
 pub mod model;
+pub mod parallel;
 #[cfg(feature = "plots")]
 pub mod plots;
 pub mod progress;

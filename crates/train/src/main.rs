@@ -54,10 +54,19 @@ struct TrainArgs {
     /// Keep glibc's default allocator settings (see `model::tune_cpu_allocator`).
     #[arg(long)]
     default_allocator: bool,
+    /// Data parallel on this node: start N ranks of this command (each with its share of the
+    /// CPU threads, or its own GPU with --device cuda). `batch_size` stays the global batch.
+    /// Across machines, use `torchrun --nnodes M --nproc-per-node N ... --no-python loraplus
+    /// train ...` instead.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(a) if a.nproc_per_node > 1 && !loraplus_dist::DistEnv::is_present() => {
+            cli::launch_ranks(a.nproc_per_node)
+        }
         Command::Train(a) => {
             let mut cfg = match &a.config {
                 Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -17,6 +17,7 @@ use loraplus_data::{
 };
 
 use crate::model::{self, Model, Optimizer};
+use crate::parallel::DataParallel;
 use crate::task::{self, TrainTask};
 
 use crate::checkpoint::{self, TrainerState, ADAPTER_DIR, OPTIMIZER_DIR};
@@ -71,7 +72,10 @@ pub struct Trainer {
     padding_side: PaddingSide,
     state: TrainerState,
     total_steps: usize,
-    log: MetricsLog,
+    /// `None` on ranks other than 0 of a data-parallel run (only rank 0 writes).
+    log: Option<MetricsLog>,
+    /// This rank's place in a data-parallel run (see [`crate::parallel`]).
+    pub parallel: Option<DataParallel>,
     interrupt: Arc<AtomicBool>,
     callbacks: Vec<Box<dyn Callback>>,
     pub show_progress: bool,
@@ -105,7 +109,33 @@ impl Trainer {
     pub fn new(config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         config.validate_for_training()?;
         let task = task::from_config(&config)?;
-        let device = parse_device(&config.device)?;
+        let mut device = parse_device(&config.device)?;
+        let parallel = DataParallel::from_env(device, loraplus_dist::DEFAULT_TIMEOUT)?;
+        if let (Some(dp), Device::Cuda(_)) = (&parallel, device) {
+            // One GPU per rank on a node.
+            device = Device::Cuda(dp.local_rank);
+        }
+        if let Some(dp) = &parallel {
+            let per_rank = config.micro_batch() / dp.world;
+            if per_rank == 0 || !config.micro_batch().is_multiple_of(dp.world) {
+                bail!(
+                    "batch_size {} (the global batch) with grad_accum {} over {} ranks: each micro-batch of {} examples must split evenly into the ranks",
+                    config.batch_size,
+                    config.grad_accum,
+                    dp.world,
+                    config.micro_batch()
+                );
+            }
+            tracing::info!(
+                "data parallel: rank {} of {}; global batch {} = {} per rank x {} ranks x {} accumulation steps",
+                dp.rank,
+                dp.world,
+                config.batch_size,
+                per_rank,
+                dp.world,
+                config.grad_accum
+            );
+        }
         if let Device::Cuda(n) = device {
             if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
                 bail!(
@@ -124,6 +154,9 @@ impl Trainer {
         let loader_cfg = LoaderConfig {
             bucket_multiplier: config.bucket_multiplier,
             padding_side,
+            // Data parallel: every micro-batch splits into the ranks (DistributedSampler's
+            // drop_last).
+            drop_last: parallel.is_some(),
             ..LoaderConfig::train(config.micro_batch(), config.seed)
         };
         let train_loader = DataLoader::new(train, pad_id, loader_cfg)?;
@@ -167,7 +200,16 @@ impl Trainer {
             };
             tracing::info!("resumed from {} at step {}", dir.display(), state.step);
         }
-        let log = MetricsLog::open(&config.output_dir, resume.is_some())?;
+        if let Some(dp) = &parallel {
+            dp.broadcast_params(&lora)?;
+            dp.attach(&mut optimizer);
+        }
+        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        let log = if main {
+            Some(MetricsLog::open(&config.output_dir, resume.is_some())?)
+        } else {
+            None
+        };
         Ok(Trainer {
             config,
             task,
@@ -182,6 +224,7 @@ impl Trainer {
             state,
             total_steps,
             log,
+            parallel,
             interrupt: Arc::new(AtomicBool::new(false)),
             callbacks: Vec::new(),
             show_progress: true,
@@ -227,19 +270,45 @@ impl Trainer {
         Ok(out)
     }
 
+    /// Whether this process writes files: always, but for ranks other than 0 of a
+    /// data-parallel run.
+    pub fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(DataParallel::is_main)
+    }
+
     fn save_checkpoint(&self) -> Result<PathBuf> {
-        let lora = &self.lora;
-        let opt = &self.optimizer;
-        let dir = checkpoint::save(&self.config.output_dir, &self.state, |tmp| {
-            lora.save_pretrained(&tmp.join(ADAPTER_DIR))?;
-            opt.save(&tmp.join(OPTIMIZER_DIR))
-        })?;
-        checkpoint::prune(
-            &self.config.output_dir,
-            self.config.keep_last,
-            self.state.best_step,
-        )?;
+        let dir = if self.is_main() {
+            let lora = &self.lora;
+            let opt = &self.optimizer;
+            let dir = checkpoint::save(&self.config.output_dir, &self.state, |tmp| {
+                lora.save_pretrained(&tmp.join(ADAPTER_DIR))?;
+                opt.save(&tmp.join(OPTIMIZER_DIR))
+            })?;
+            checkpoint::prune(
+                &self.config.output_dir,
+                self.config.keep_last,
+                self.state.best_step,
+            )?;
+            dir
+        } else {
+            checkpoint::checkpoints_dir(&self.config.output_dir)
+                .join(format!("step-{:06}", self.state.step))
+        };
+        if let Some(dp) = &self.parallel {
+            dp.barrier().context("waiting for rank 0's checkpoint")?;
+        }
         Ok(dir)
+    }
+
+    /// Rank 0 writes `lora` to `dir` (PEFT format); the other ranks wait for it.
+    fn save_adapter(&self, dir: &Path) -> Result<()> {
+        if self.is_main() {
+            self.lora.save_pretrained(dir)?;
+        }
+        if let Some(dp) = &self.parallel {
+            dp.barrier().context("waiting for rank 0's adapter")?;
+        }
+        Ok(())
     }
 
     /// Run to the end (or until stopped); returns what happened.
@@ -262,8 +331,14 @@ impl Trainer {
         let start = self.train_loader.normalize(self.state.position)?;
         let mut epoch = start.epoch;
         let mut batches = self.train_loader.prefetch(start)?;
+        // Data parallel: the ranks agree on stopping through the per-step all-reduce.
+        let mut stop_agreed = false;
         'outer: while self.state.step < self.total_steps {
-            if self.interrupt.load(Ordering::Relaxed) {
+            let stop = match self.parallel {
+                Some(_) => stop_agreed,
+                None => self.interrupt.load(Ordering::Relaxed),
+            };
+            if stop {
                 stopped_because = "interrupted (checkpoint written)".into();
                 break;
             }
@@ -275,6 +350,11 @@ impl Trainer {
             );
             let mut step_loss = Tensor::zeros([], (Kind::Float, self.device));
             let mut next_position = self.state.position;
+            // The step's micro-batches first: each one's loss is weighted by its share of the
+            // step's items (examples, or target tokens for a causal LM), as transformers'
+            // Trainer does with `num_items_in_batch`, so that accumulation and data
+            // parallelism give the gradient of the whole step's mean loss.
+            let mut micro = Vec::with_capacity(accum);
             for _ in 0..accum {
                 let batch = match batches.next() {
                     Some(b) => b?,
@@ -290,9 +370,36 @@ impl Trainer {
                 };
                 next_position = batch.next_position();
                 window_samples += batch.size();
+                micro.push(batch);
+            }
+            let step_items: f64 = micro.iter().map(crate::parallel::items).sum();
+            for batch in micro {
+                // This rank's rows and its share of the step's loss.
+                let (batch, share, ranks) = match &self.parallel {
+                    Some(dp) => {
+                        let (local, mine, _) = dp.shard(&batch)?;
+                        (local, mine / step_items, dp.world as f64)
+                    }
+                    None => {
+                        let mine = crate::parallel::items(&batch);
+                        (batch, mine / step_items, 1.0)
+                    }
+                };
+                if share.is_nan() || share <= 0.0 {
+                    // Nothing to learn in these rows (and a mean over nothing is NaN): their
+                    // gradient contribution is zero.
+                    continue;
+                }
+                // Gradients are averaged over the ranks: scale each by ranks x share.
                 let loss =
-                    model::train_micro_step(&self.model, &batch, self.device, 1.0 / accum as f64)?;
-                step_loss += loss / accum as f64;
+                    model::train_micro_step(&self.model, &batch, self.device, ranks * share)?;
+                step_loss += loss * share;
+            }
+            if let Some(dp) = &self.parallel {
+                let asked = f64::from(u8::from(self.interrupt.load(Ordering::Relaxed)));
+                let v = dp.sum(&[step_loss.double_value(&[]), asked])?;
+                step_loss = Tensor::from(v[0] as f32).to_device(self.device);
+                stop_agreed |= v[1] > 0.0;
             }
             if let Some(sc) = scaler.as_mut() {
                 let finite = self.optimizer.unscale(sc)?;
@@ -354,7 +461,9 @@ impl Trainer {
                     "loss {loss:.4} | lr A {lr_a:.2e} B {lr_b:.2e} | {:.1} samples/s",
                     rec.samples_per_s
                 ));
-                self.log.train(&rec)?;
+                if let Some(log) = self.log.as_mut() {
+                    log.train(&rec)?;
+                }
                 let mut stop = false;
                 for cb in &mut self.callbacks {
                     stop |= cb.on_log(&rec) == Control::Stop;
@@ -381,8 +490,7 @@ impl Trainer {
                 last_eval = Some(rec);
                 if self.state.best_step == Some(step) {
                     self.save_checkpoint()?;
-                    self.lora
-                        .save_pretrained(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
+                    self.save_adapter(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
                 }
                 if let Some(p) = cfg.early_stopping_patience {
                     if self.state.evals_since_best >= p {
@@ -403,7 +511,10 @@ impl Trainer {
         }
         drop(batches);
         bar.finish_and_clear();
-        let interrupted = self.interrupt.load(Ordering::Relaxed);
+        let interrupted = match self.parallel {
+            Some(_) => stop_agreed,
+            None => self.interrupt.load(Ordering::Relaxed),
+        };
         let final_eval = if interrupted || self.dev.is_empty() {
             last_eval
         } else {
@@ -415,11 +526,10 @@ impl Trainer {
         };
         let ckpt = self.save_checkpoint()?;
         if self.state.best_step == Some(self.state.step) {
-            self.lora
-                .save_pretrained(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
+            self.save_adapter(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
         }
         let adapter_dir = self.config.output_dir.join("adapter");
-        self.lora.save_pretrained(&adapter_dir)?;
+        self.save_adapter(&adapter_dir)?;
         Ok(RunSummary {
             steps: self.state.step,
             stopped_because,
@@ -438,8 +548,17 @@ impl Trainer {
     }
 
     fn eval_and_track(&mut self, started: Instant) -> Result<EvalRecord> {
-        let reports = self.evaluate()?;
-        let main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
+        // Data parallel: rank 0 evaluates and shares the main metric, so that every rank
+        // tracks the best step and early stopping alike.
+        let reports = if self.is_main() {
+            self.evaluate()?
+        } else {
+            Vec::new()
+        };
+        let mut main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
+        if let Some(dp) = &self.parallel {
+            main = dp.sum(&[if dp.is_main() { main } else { 0.0 }])?[0];
+        }
         let step = self.state.step;
         let higher = self.task.greater_is_better();
         let better = |new: f64, old: f64| if higher { new > old } else { new < old };
@@ -455,8 +574,11 @@ impl Trainer {
                 self.state.target_reached_at = Some(step);
             }
         }
-        let rec = EvalRecord::new(step, &reports, started.elapsed().as_secs_f64());
-        self.log.eval(&rec)?;
+        let mut rec = EvalRecord::new(step, &reports, started.elapsed().as_secs_f64());
+        rec.main = main;
+        if let Some(log) = self.log.as_mut() {
+            log.eval(&rec)?;
+        }
         tracing::info!("step {step}: {}", rec.describe());
         Ok(rec)
     }

@@ -201,6 +201,46 @@ impl Overrides {
     }
 }
 
+/// `loraplus train --nproc-per-node N`: start N ranks of this same command line (without that
+/// flag) on this node with the launcher contract, each with its share of the CPU threads, and
+/// wait for them; fails naming the rank that failed. Ctrl-C in the terminal reaches every rank
+/// (they agree on the step, write one checkpoint and exit 130); this process waits for them.
+pub fn launch_ranks(n: usize) -> Result<()> {
+    let program = std::env::current_exe().context("finding the loraplus executable")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--nproc-per-node" {
+            it.next();
+        } else if !s.starts_with("--nproc-per-node=") {
+            args.push(a);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mut launch = loraplus_dist::LocalLaunch::new(program, args, n);
+    launch.threads_per_rank = Some((cores / n).max(1));
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        eprintln!("interrupt: the ranks finish their step and write a checkpoint");
+    }) {
+        tracing::warn!(
+            "Ctrl-C handler not installed ({e}): an interrupt stops the launcher at once"
+        );
+    }
+    eprintln!(
+        "starting {n} ranks on this node ({} CPU threads each)",
+        (cores / n).max(1)
+    );
+    match loraplus_dist::launch_local(&launch) {
+        Ok(()) => Ok(()),
+        Err(_) if interrupted.load(Ordering::SeqCst) => std::process::exit(130),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `loraplus train`: run, handle SIGINT/SIGTERM with a checkpoint, print a summary and plots.
 pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<()> {
     let mut t = Trainer::new(cfg, resume)?;
@@ -217,14 +257,17 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<
             "Ctrl-C / SIGTERM handler not installed ({e}): an interrupt will stop the run without a checkpoint"
         );
     }
-    let s = t.lora.summary();
-    eprintln!("{s}");
+    if t.is_main() {
+        eprintln!("{}", t.lora.summary());
+    }
     let summary = t.train()?;
-    let plots = plot_run(&t.config.output_dir).unwrap_or_else(|e| {
-        tracing::warn!("plots not written: {e:#}");
-        Vec::new()
-    });
-    print_summary(&summary, &plots);
+    if t.is_main() {
+        let plots = plot_run(&t.config.output_dir).unwrap_or_else(|e| {
+            tracing::warn!("plots not written: {e:#}");
+            Vec::new()
+        });
+        print_summary(&summary, &plots);
+    }
     if t.interrupt_flag().load(Ordering::Relaxed) {
         std::process::exit(130);
     }

@@ -1,0 +1,166 @@
+//! Data parallelism in the trainer, on `loraplus-dist` (PyTorch's c10d: Gloo on the CPU, NCCL
+//! on CUDA). A run is data-parallel when a launcher set the env contract (`RANK`, `WORLD_SIZE`,
+//! `MASTER_ADDR`, `MASTER_PORT`: torchrun, or `loraplus train --nproc-per-node N`) with a world
+//! of 2 or more.
+//!
+//! Semantics, so that N ranks train what one process with the same global batch trains:
+//! - `batch_size` is the global batch of an optimizer step: `grad_accum` micro-batches of
+//!   `batch_size / grad_accum` examples, each split into `world` contiguous row blocks, one per
+//!   rank (so a rank holds `batch_size / (grad_accum x world)`). Every rank draws the same
+//!   epoch order from the seed (as DistributedSampler does), and the last short batch of an
+//!   epoch is dropped.
+//! - Each rank's loss is weighted by its share of the micro-batch's items (examples, or target
+//!   tokens for a causal LM), and the gradients are averaged over the ranks in
+//!   `LoraPlusAdamW::sync_grads` (one all-reduce per flat buffer, before clipping): the
+//!   gradient is the one of the whole micro-batch's mean loss, as in one process.
+//! - Rank 0's initial adapters and head are broadcast to every rank (after a resume too).
+//! - One small all-reduce per step sums the weighted losses (the logged loss, the non-finite
+//!   check) and any rank's interrupt flag, so every rank stops at the same step.
+//! - Only rank 0 evaluates and writes checkpoints, metrics, plots and the adapter; the others
+//!   wait at a barrier. A rank that dies makes the others fail naming it (see loraplus-dist).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use loraplus_core::LoraModel;
+use loraplus_data::Batch;
+use loraplus_dist::{allreduce_hook, Backend, DistEnv, ProcessGroup};
+use loraplus_models::IGNORE_INDEX;
+
+use crate::model::Optimizer;
+
+/// This process's place in a data-parallel run.
+pub struct DataParallel {
+    pub pg: Arc<ProcessGroup>,
+    pub rank: usize,
+    pub world: usize,
+    pub local_rank: usize,
+}
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataParallel(rank {} of {})", self.rank, self.world)
+    }
+}
+
+impl DataParallel {
+    /// The run's group when a launcher started this process in a world of 2 or more; `None`
+    /// otherwise. `device` picks the backend (NCCL on CUDA where it is built, else Gloo).
+    pub fn from_env(device: Device, timeout: Duration) -> Result<Option<DataParallel>> {
+        if !DistEnv::is_present() {
+            return Ok(None);
+        }
+        let env = DistEnv::from_env()?;
+        if env.world_size < 2 {
+            return Ok(None);
+        }
+        let backend = match device {
+            Device::Cuda(_) if Backend::Nccl.is_built() => Backend::Nccl,
+            _ => Backend::Gloo,
+        };
+        let pg = ProcessGroup::from_env(backend, timeout).with_context(|| {
+            format!(
+                "joining the data-parallel group as rank {} of {} ({}:{})",
+                env.rank, env.world_size, env.master_addr, env.master_port
+            )
+        })?;
+        Ok(Some(DataParallel {
+            pg: Arc::new(pg),
+            rank: env.rank,
+            world: env.world_size,
+            local_rank: env.local_rank,
+        }))
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Gradients averaged over the ranks in the optimizer's `sync_grads`.
+    pub fn attach(&self, opt: &mut Optimizer) {
+        opt.0.set_grad_hook(allreduce_hook(self.pg.clone()));
+    }
+
+    /// Rank 0's trainable tensors (adapters, head) on every rank.
+    pub fn broadcast_params(&self, lora: &LoraModel) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for p in lora.trainable_params() {
+            let mut t = p.tensor.shallow_clone();
+            self.pg
+                .broadcast(&mut t, 0)
+                .with_context(|| format!("broadcasting {} from rank 0", p.name))?;
+        }
+        Ok(())
+    }
+
+    /// This rank's rows of a global micro-batch, its items and the batch's items (see the
+    /// module docs).
+    pub fn shard(&self, batch: &Batch) -> Result<(Batch, f64, f64)> {
+        let n = batch.size();
+        if n < self.world {
+            bail!(
+                "a micro-batch of {n} examples cannot be split over {} ranks: raise batch_size",
+                self.world
+            );
+        }
+        let (start, end) = (n * self.rank / self.world, n * (self.rank + 1) / self.world);
+        // The rows, and only the columns they use: padded to their own longest, as a batch of
+        // just these rows would be (the same shapes as one process accumulating them).
+        let mask = batch
+            .attention_mask
+            .narrow(0, start as i64, (end - start) as i64);
+        let width = mask.size()[1];
+        let used = mask
+            .sum_dim_intlist(1, false, Kind::Int64)
+            .max()
+            .int64_value(&[]);
+        let left = mask.select(1, 0).min().int64_value(&[]) == 0;
+        let cols = if left { width - used } else { 0 };
+        let rows = |t: &Tensor| {
+            let r = t.narrow(0, start as i64, (end - start) as i64);
+            if t.dim() == 2 {
+                r.narrow(1, cols, used)
+            } else {
+                r
+            }
+        };
+        let local = Batch {
+            input_ids: rows(&batch.input_ids),
+            attention_mask: rows(&batch.attention_mask),
+            token_type_ids: rows(&batch.token_type_ids),
+            labels: batch.labels.as_ref().map(rows),
+            position_ids: batch.position_ids.as_ref().map(rows),
+            indices: batch.indices[start..end].to_vec(),
+            position: batch.position,
+        };
+        let mine = items(&local);
+        Ok((local, mine, items(batch)))
+    }
+
+    /// Element-wise sum over the ranks of a few f64 values.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let mut t = [Tensor::from_slice(values)];
+        self.pg.allreduce_sum(&mut t)?;
+        Ok(Vec::<f64>::try_from(&t[0])?)
+    }
+
+    pub fn barrier(&self) -> Result<()> {
+        Ok(self.pg.barrier()?)
+    }
+}
+
+/// What a batch's mean loss averages over: target tokens of token labels (`[B, T]`, position
+/// t predicting t + 1), else examples.
+pub fn items(batch: &Batch) -> f64 {
+    match &batch.labels {
+        Some(l) if l.dim() == 2 && l.size()[1] > 1 => l
+            .narrow(1, 1, l.size()[1] - 1)
+            .ne(IGNORE_INDEX)
+            .sum(Kind::Int64)
+            .int64_value(&[]) as f64,
+        _ => batch.size() as f64,
+    }
+}

@@ -1,0 +1,309 @@
+//! Data-parallel training on c10d (Gloo, loopback): 2 ranks x batch b train the adapters of
+//! 1 rank x batch 2b (a GLUE task on MiniLM with dropout off, and a causal-LM task on a tiny
+//! Llama); a run launched by torchrun and one launched by `--nproc-per-node 2` write identical
+//! checkpoints; a resumed 2-rank run equals an uninterrupted one bitwise; a killed rank makes
+//! the run fail naming it, in bounded time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_loraplus"));
+    c.env("LORAPLUS_LOG", "warn");
+    c
+}
+
+fn ok(o: Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// MiniLM with its dropout off (same weights): a 1-rank and a 2-rank run then see the same
+/// function, whatever masks each would draw.
+fn minilm_without_dropout(dir: &Path) -> PathBuf {
+    let src = repo().join(".venv/minilm");
+    let out = dir.join("minilm");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        let name = f.file_name().unwrap().to_owned();
+        if name == "config.json" {
+            let mut cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            cfg["hidden_dropout_prob"] = 0.0.into();
+            cfg["attention_probs_dropout_prob"] = 0.0.into();
+            std::fs::write(out.join(name), cfg.to_string()).unwrap();
+        } else if f.is_file() {
+            std::os::unix::fs::symlink(std::fs::canonicalize(&f).unwrap(), out.join(name)).unwrap();
+        }
+    }
+    out
+}
+
+fn glue_config(dir: &Path, model: &Path, extra: &str) -> PathBuf {
+    let p = dir.join(format!("dp{}.toml", extra.len()));
+    std::fs::write(
+        &p,
+        format!(
+            "task = \"sst2\"\nmodel = \"{}\"\nmax_seq_len = 32\nbatch_size = 8\nmax_steps = 20\ntrain_limit = 256\neval_limit = 16\nlog_every = 5\nthreads = 1\n{extra}\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.0\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn adapter(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut v = loraplus_core::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_diff(a: &Path, b: &Path) -> f64 {
+    let (x, y) = (adapter(a), adapter(b));
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(&y)
+        .map(|((n, t), (m, u))| {
+            assert_eq!(n, m);
+            (t - u).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn train(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c = bin();
+    c.args([
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--no-progress",
+        "--output-dir",
+    ])
+    .arg(out)
+    .args(extra);
+    c.output().unwrap()
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_twice_the_batch_and_torchrun_equals_nproc() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "");
+    // One rank, a global batch of 8 per step as 2 accumulated micro-batches of 4: the same
+    // rows and the same per-row shapes as 2 ranks x 4.
+    let cfg_accum = glue_config(dir.path(), &model, "grad_accum = 2");
+    let one = dir.path().join("one");
+    ok(train(&cfg_accum, &one, &[]), "1 rank");
+    let two = dir.path().join("two");
+    let o = train(&cfg, &two, &["--nproc-per-node", "2"]);
+    ok(o, "2 ranks");
+    let d = max_diff(&one.join("adapter"), &two.join("adapter"));
+    assert!(
+        d < 1e-6,
+        "2 ranks x 4 against 1 rank x 8 (2 x 4 accumulated): adapters differ by {d}"
+    );
+    // One rank with one micro-batch of 8: the same step up to float rounding (other GEMM
+    // shapes, another summation order), which Adam's normalisation amplifies where gradients
+    // are near zero; bounded well below the size of an update.
+    let one8 = dir.path().join("one8");
+    ok(train(&cfg, &one8, &[]), "1 rank x 8");
+    let d8 = max_diff(&one8.join("adapter"), &two.join("adapter"));
+    eprintln!("2 ranks x 4 against 1 rank x 8 in one micro-batch: max |diff| {d8:e}");
+    assert!(
+        d8 < 2e-5,
+        "2 ranks x 4 against 1 rank x 8: adapters differ by {d8}"
+    );
+    // Only rank 0 wrote: one metrics file with the 20 steps, evaluations included.
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.matches("\"kind\":\"train\"").count(),
+        4,
+        "{metrics}"
+    );
+
+    // The same run under torchrun's agent (its own store): the same checkpoint, bitwise.
+    let torchrun = repo().join(".venv/bin/torchrun");
+    let tr = dir.path().join("torchrun");
+    let o = Command::new(&torchrun)
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_loraplus"))
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--no-progress",
+            "--output-dir",
+        ])
+        .arg(&tr)
+        .env("LORAPLUS_LOG", "warn")
+        .output()
+        .unwrap();
+    ok(o, "torchrun");
+    let d = max_diff(&two.join("adapter"), &tr.join("adapter"));
+    assert_eq!(d, 0.0, "torchrun and --nproc-per-node differ by {d}");
+    for f in ["adapter/adapter_model.safetensors", "optimizer"] {
+        let a = two.join("checkpoints/step-000020").join(f);
+        let b = tr.join("checkpoints/step-000020").join(f);
+        if a.is_file() {
+            assert_eq!(
+                std::fs::read(&a).unwrap(),
+                std::fs::read(&b).unwrap(),
+                "{f}"
+            );
+        } else {
+            for e in std::fs::read_dir(&a).unwrap() {
+                let e = e.unwrap().path();
+                let name = e.file_name().unwrap();
+                assert_eq!(
+                    std::fs::read(&e).unwrap(),
+                    std::fs::read(b.join(name)).unwrap(),
+                    "{f}/{name:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn causal_lm_two_ranks_equal_one_rank_accumulating_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = dir.path().join("fx");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/causal_lm_ref.py");
+    let o = Command::new(repo().join(".venv/bin/python"))
+        .arg(&script)
+        .args(["fixture", fx.to_str().unwrap()])
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .unwrap();
+    ok(o, "causal_lm_ref.py fixture");
+    // Rows of different lengths and target counts: the token-weighted loss matters.
+    let train_file = dir.path().join("train.jsonl");
+    let rows: String = (0..32)
+        .map(|i| {
+            let words = ["the cat", "a small red dog", "my old car by the sea", "a tree"][i % 4];
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("where is {words}?"), "completion": format!(" {words} is {}", "here ".repeat(1 + i % 5))})
+            )
+        })
+        .collect();
+    std::fs::write(&train_file, rows).unwrap();
+    let cfg = |extra: &str| {
+        let p = dir.path().join(format!("lm{}.toml", extra.len()));
+        std::fs::write(
+            &p,
+            format!(
+                "task = \"causal-lm\"\nmodel = \"{}\"\ntrain_file = \"{}\"\nmax_seq_len = 48\nbatch_size = 8\nmax_steps = 10\nlog_every = 5\nthreads = 1\n{extra}\n[optim]\nlr = 2e-3\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.0\n",
+                fx.join("llama").display(),
+                train_file.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let one = dir.path().join("one");
+    ok(
+        train(&cfg("grad_accum = 2"), &one, &[]),
+        "1 rank, 2 x 4 accumulated",
+    );
+    let two = dir.path().join("two");
+    ok(
+        train(&cfg(""), &two, &["--nproc-per-node", "2"]),
+        "2 ranks x 4",
+    );
+    let d = max_diff(&one.join("adapter"), &two.join("adapter"));
+    assert!(
+        d < 1e-6,
+        "causal LM: 2 ranks x 4 against 1 rank x 8 (2 x 4 accumulated) differ by {d}"
+    );
+}
+
+#[test]
+fn a_resumed_two_rank_run_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "save_every = 4");
+    let full = dir.path().join("full");
+    let two = ["--nproc-per-node", "2", "--max-steps", "8"];
+    ok(train(&cfg, &full, &two), "uninterrupted");
+    let resumed = dir.path().join("resumed");
+    let ck = full.join("checkpoints/step-000004");
+    let mut args = two.to_vec();
+    args.extend(["--resume", ck.to_str().unwrap()]);
+    ok(train(&cfg, &resumed, &args), "resumed");
+    let d = max_diff(&full.join("adapter"), &resumed.join("adapter"));
+    assert_eq!(d, 0.0, "the resumed run differs by {d}");
+}
+
+#[test]
+fn a_killed_rank_fails_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "");
+    let out = dir.path().join("out");
+    let mut launcher = bin()
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--no-progress",
+            "--max-steps",
+            "100000",
+            "--nproc-per-node",
+            "2",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training runs (rank 0 logged a step), then kill rank 1.
+    let started = Instant::now();
+    let metrics = out.join("metrics.jsonl");
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"kind\":\"train\"")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no training step in 3 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rank1 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|r| r.split(' ').nth(1))
+                .unwrap_or("");
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            ppid == launcher.id().to_string() && env.split(|&b| b == 0).any(|kv| kv == b"RANK=1")
+        })
+        .expect("rank 1 among the launcher's children");
+    let killed = Instant::now();
+    unsafe { libc_kill(rank1, 9) };
+    let status = launcher.wait().unwrap();
+    let waited = killed.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(waited < Duration::from_secs(60), "took {waited:?}: {err}");
+    assert!(err.contains("rank 1"), "{err}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
