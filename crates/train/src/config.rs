@@ -76,7 +76,12 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Tokens per example after truncation (longest first).
     pub max_seq_len: usize,
-    /// Examples per optimizer step (micro-batch size x grad_accum).
+    /// Examples per optimizer step, over all ranks: the global batch (micro-batch size x
+    /// grad_accum, and under data parallelism each micro-batch splits evenly into the ranks:
+    /// `batch_size / (grad_accum x world)` examples per rank per micro-step; the log prints
+    /// all three). Each micro-batch's loss is weighted by its share of the step's items
+    /// (examples, or target tokens for a causal LM), so the step's gradient is that of the
+    /// mean loss over the whole global batch.
     pub batch_size: usize,
     /// Micro-batches accumulated per optimizer step.
     pub grad_accum: usize,
