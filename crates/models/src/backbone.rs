@@ -11,7 +11,7 @@ use loraplus_core::{
     FusedLinears, LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout,
 };
 
-use crate::attention::{KvCache, LayerCtx};
+use crate::attention::{causal_step_mask, KvCache, LayerCtx};
 use crate::weights::Weights;
 
 /// One transformer layer.
@@ -46,6 +46,12 @@ pub trait Backbone {
         position_ids: Option<&Tensor>,
         train: bool,
     ) -> Tensor;
+    /// The mask of the last `queries` positions of a decoding step over every key so far
+    /// (`attention_mask`: `[B, T_k]`): [`causal_step_mask`], restricted as the architecture's
+    /// attention is (a sliding window).
+    fn step_mask(&self, attention_mask: &Tensor, queries: i64) -> Tensor {
+        causal_step_mask(attention_mask, queries)
+    }
     /// Rotary `(cos, sin)` tables of `position_ids` (`[B, T]`), `[B, 1, T, head_dim]` in the
     /// model dtype; `None` for models without rotary embeddings.
     fn rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {

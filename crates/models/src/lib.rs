@@ -15,23 +15,41 @@
 //! # Ok(()) }
 //! ```
 
+pub mod arch;
 pub mod attention;
 pub mod backbone;
-pub mod bert;
 pub mod config;
 pub mod generate;
-pub mod gpt2;
 pub mod heads;
-pub mod llama;
-pub mod roberta;
+pub mod registry;
 pub mod task;
 pub mod weights;
 
-pub use config::{
-    Activation, BertConfig, Gpt2Config, LlamaConfig, ModelConfig, SUPPORTED_MODEL_TYPES,
-};
+/// Declares each architecture's module and registers its `parse` under its `model_type`
+/// ([`registry::ARCHITECTURES`]).
+macro_rules! architectures {
+    ($($model_type:literal => $module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        pub(crate) const ARCHITECTURES: &[(&str, registry::Parse)] =
+            &[$(($model_type, $module::parse)),*];
+    };
+}
+
+// The architectures, one line each, in the order errors list them.
+architectures! {
+    "bert" => bert,
+    "roberta" => roberta,
+    "gpt2" => gpt2,
+    "llama" => llama,
+    "qwen2" => qwen2,
+    "mistral" => mistral,
+}
+
+pub use arch::Architecture;
+pub use config::{Activation, BertConfig, Gpt2Config, LlamaConfig, ModelConfig, RobertaConfig};
 pub use generate::GenerationConfig;
 pub use heads::{last_token_index, loss, Head, IGNORE_INDEX};
+pub use registry::supported_model_types;
 pub use task::{
     default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel, DEFAULT_SEED, MODEL_DIR_ENV,
 };

@@ -180,7 +180,9 @@ fn bad_options_are_refused() {
         },
     );
     assert!(
-        msg.contains("causal-LM head is available for gpt2 and llama"),
+        msg.contains(
+            "causal-LM head is available for gpt2, llama, qwen2, mistral; bert is an encoder"
+        ),
         "{msg}"
     );
     let msg = load_err(
