@@ -188,10 +188,21 @@ mod tests {
         .unwrap_err();
         assert!(format!("{e:#}").contains("\"absolute\""));
         let e = ModelConfig::from_json_str(
+            r#"{"model_type": "llama", "rope_scaling": {"rope_type": "longrope", "factor": 8.0}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("\"longrope\" is not supported"),
+            "{e:#}"
+        );
+        let e = ModelConfig::from_json_str(
             r#"{"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#,
         )
         .unwrap_err();
-        assert!(format!("{e:#}").contains("llama3"));
+        assert!(
+            format!("{e:#}").contains("low_freq_factor is missing"),
+            "{e:#}"
+        );
         let e = ModelConfig::from_json_str(r#"{"hidden_size": 3}"#).unwrap_err();
         assert!(format!("{e:#}").contains("model_type"));
     }

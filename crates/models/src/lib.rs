@@ -22,6 +22,7 @@ pub mod config;
 pub mod generate;
 pub mod heads;
 pub mod registry;
+pub mod rope;
 pub mod task;
 pub mod weights;
 

@@ -22,6 +22,7 @@ use crate::attention::{
 };
 use crate::backbone::{Backbone, Block, FreshLinear, Loader, RmsNorm};
 use crate::heads::{decoder_head, decoder_head_specs, Head, TaskHead};
+use crate::rope::RopeConfig;
 
 // Defaults of transformers' `LlamaConfig` (configuration_llama.py).
 fn llama_vocab_size() -> i64 {
@@ -48,8 +49,22 @@ fn llama_positions() -> i64 {
 pub(crate) fn d_rms_eps() -> f64 {
     1e-6
 }
-/// RoPE base (`rope_theta`), transformers' default.
-pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
+pub use crate::rope::DEFAULT_ROPE_THETA;
+
+/// The RoPE base: `rope_parameters.rope_theta` (or `rope_scaling`'s), else the top-level
+/// `rope_theta`, else [`DEFAULT_ROPE_THETA`].
+pub fn rope_theta_of(
+    top_level: Option<f64>,
+    rope_parameters: &Option<Value>,
+    rope_scaling: &Option<Value>,
+) -> f64 {
+    [rope_parameters, rope_scaling]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.get("rope_theta").and_then(Value::as_f64))
+        .or(top_level)
+        .unwrap_or(DEFAULT_ROPE_THETA)
+}
 
 /// Llama's `config.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,12 +128,11 @@ impl LlamaConfig {
 
     /// The RoPE base, from `rope_parameters` (transformers 5) or `rope_theta` (older).
     pub fn rope_theta(&self) -> f64 {
-        rope_theta(self.rope_theta, &self.rope_parameters)
+        rope_theta_of(self.rope_theta, &self.rope_parameters, &self.rope_scaling)
     }
 
     /// The layers this config describes.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        check_rope("llama", &self.rope_parameters, &self.rope_scaling)?;
         let spec = DecoderSpec {
             model_type: "llama",
             vocab_size: self.vocab_size,
@@ -134,7 +148,14 @@ impl LlamaConfig {
             o_bias: self.attention_bias,
             mlp_bias: self.mlp_bias,
             attention_dropout: self.attention_dropout,
-            rope_theta: self.rope_theta(),
+            rope: RopeConfig::parse(
+                "llama",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim(),
+                self.max_position_embeddings,
+            )?,
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -142,43 +163,6 @@ impl LlamaConfig {
         spec.validate()?;
         Ok(spec)
     }
-}
-
-/// The RoPE base: `rope_parameters.rope_theta` (transformers 5), else the top-level
-/// `rope_theta` (older), else [`DEFAULT_ROPE_THETA`].
-pub fn rope_theta(top_level: Option<f64>, rope_parameters: &Option<Value>) -> f64 {
-    rope_parameters
-        .as_ref()
-        .and_then(|p| p.get("rope_theta"))
-        .and_then(Value::as_f64)
-        .or(top_level)
-        .unwrap_or(DEFAULT_ROPE_THETA)
-}
-
-/// Refuse, by name, a RoPE type other than plain RoPE (`"default"`).
-pub fn check_rope(
-    model_type: &str,
-    rope_parameters: &Option<Value>,
-    rope_scaling: &Option<Value>,
-) -> Result<()> {
-    for (field, v) in [
-        ("rope_parameters", rope_parameters),
-        ("rope_scaling", rope_scaling),
-    ] {
-        let Some(v) = v else { continue };
-        if v.is_null() {
-            continue;
-        }
-        let ty = v
-            .get("rope_type")
-            .or_else(|| v.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if ty != "default" {
-            bail!("{model_type} {field}: rope_type {ty:?} is not supported; supported: \"default\" (plain RoPE)");
-        }
-    }
-    Ok(())
 }
 
 /// `model_type: "llama"` (registered in [`crate::registry`]).
@@ -258,7 +242,8 @@ pub struct DecoderSpec {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub attention_dropout: f64,
-    pub rope_theta: f64,
+    /// RoPE base and scaling.
+    pub rope: RopeConfig,
     /// Each query sees the keys of the last `sliding_window` positions, itself included
     /// (Mistral); `None`: every earlier key.
     pub sliding_window: Option<i64>,
@@ -277,12 +262,6 @@ impl DecoderSpec {
                 "{m}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.heads,
                 self.kv_heads
-            );
-        }
-        if self.head_dim % 2 != 0 {
-            bail!(
-                "{m}: head_dim {} must be even for rotary embeddings",
-                self.head_dim
             );
         }
         if let Some(w) = self.sliding_window {
@@ -485,8 +464,11 @@ pub struct LlamaBackbone {
     pub embed_tokens: LoraEmbedding,
     pub layers: Vec<LlamaLayer>,
     pub norm: RmsNorm,
-    /// `1 / theta^(2i / head_dim)`, f32, `[head_dim / 2]`, on the model device.
-    pub inv_freq: Tensor,
+    /// The RoPE configuration (base, scaling).
+    pub rope: RopeConfig,
+    /// The inverse frequencies (f32, `[head_dim / 2]`, on the model device) and the factor of
+    /// the tables, for every batch; `None` when they depend on its length (`dynamic`).
+    pub inv_freq: Option<(Tensor, f64)>,
     /// See [`DecoderSpec::sliding_window`].
     pub sliding_window: Option<i64>,
 }
@@ -500,18 +482,13 @@ impl LlamaBackbone {
             .map(|i| LlamaLayer::load(ld, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         let norm = ld.rms_norm("model.norm", h, cfg.rms_norm_eps)?;
-        let d = cfg.head_dim;
-        let exponents = Tensor::arange_start_step(0, d, 2, (Kind::Int64, ld.device()))
-            .to_kind(Kind::Float)
-            / d as f64;
-        let inv_freq = Tensor::from(cfg.rope_theta as f32)
-            .to_device(ld.device())
-            .pow(&exponents)
-            .reciprocal();
+        let inv_freq =
+            (!cfg.rope.depends_on_length()).then(|| cfg.rope.inv_freq(0, ld.device()));
         Ok(LlamaBackbone {
             embed_tokens,
             layers,
             norm,
+            rope: cfg.rope.clone(),
             inv_freq,
             sliding_window: cfg.sliding_window,
         })
@@ -520,11 +497,31 @@ impl LlamaBackbone {
 
 impl LlamaBackbone {
     /// `(cos, sin)` of `positions` (float, any shape broadcasting to `[.., T]`), `[.., T, head_dim]`.
+    /// With `dynamic` RoPE, the frequencies of the batch's length (its largest position + 1,
+    /// one host read), as transformers computes them for a model that has not seen a longer
+    /// batch before.
     fn rope_tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.unsqueeze(-1) * &self.inv_freq;
+        let (inv_freq, scale) = match &self.inv_freq {
+            Some((inv, scale)) => (inv.shallow_clone(), *scale),
+            None => {
+                let seq_len = if positions.numel() == 0 {
+                    0
+                } else {
+                    positions.max().double_value(&[]) as i64 + 1
+                };
+                self.rope.inv_freq(seq_len, positions.device())
+            }
+        };
+        let freqs = positions.unsqueeze(-1) * &inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let kind = self.embed_tokens.weight.kind();
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let (cos, sin) = if scale == 1.0 {
+            (cos, sin)
+        } else {
+            (cos * scale, sin * scale)
+        };
+        (cos.to_kind(kind), sin.to_kind(kind))
     }
 }
 

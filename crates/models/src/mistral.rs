@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
 use crate::backbone::{Backbone, FreshLinear, Loader};
 use crate::heads::{Head, TaskHead};
-use crate::llama::{check_rope, d_rms_eps, d_silu, rope_theta, DecoderSpec};
+use crate::llama::{d_rms_eps, d_silu, DecoderSpec};
+use crate::rope::RopeConfig;
 
 // Defaults of transformers' `MistralConfig` (configuration_mistral.py).
 fn mistral_vocab_size() -> i64 {
@@ -98,7 +99,6 @@ impl MistralConfig {
 
     /// The layers this config describes.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        check_rope("mistral", &self.rope_parameters, &self.rope_scaling)?;
         let spec = DecoderSpec {
             model_type: "mistral",
             vocab_size: self.vocab_size,
@@ -114,7 +114,14 @@ impl MistralConfig {
             o_bias: false,
             mlp_bias: false,
             attention_dropout: self.attention_dropout,
-            rope_theta: rope_theta(self.rope_theta, &self.rope_parameters),
+            rope: RopeConfig::parse(
+                "mistral",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim(),
+                self.max_position_embeddings,
+            )?,
             sliding_window: self.sliding_window,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,

@@ -11,7 +11,8 @@ use serde_json::Value;
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
 use crate::backbone::{Backbone, FreshLinear, Loader};
 use crate::heads::{Head, TaskHead};
-use crate::llama::{check_rope, d_rms_eps, d_silu, rope_theta, DecoderSpec};
+use crate::llama::{d_rms_eps, d_silu, DecoderSpec};
+use crate::rope::RopeConfig;
 
 // Defaults of transformers' `Qwen2Config` (configuration_qwen2.py).
 fn qwen2_vocab_size() -> i64 {
@@ -93,7 +94,6 @@ impl Qwen2Config {
 
     /// The layers this config describes.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        check_rope("qwen2", &self.rope_parameters, &self.rope_scaling)?;
         let sliding = self
             .layer_types
             .iter()
@@ -120,7 +120,14 @@ impl Qwen2Config {
             o_bias: false,
             mlp_bias: false,
             attention_dropout: self.attention_dropout,
-            rope_theta: rope_theta(self.rope_theta, &self.rope_parameters),
+            rope: RopeConfig::parse(
+                "qwen2",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim(),
+                self.max_position_embeddings,
+            )?,
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
