@@ -201,17 +201,34 @@ impl<'a> Loader<'a> {
 
     /// An RMSNorm weight `[dim]`.
     pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
+        self.rms_norm_with(module, dim, eps, false)
+    }
+
+    /// An RMSNorm weight `[dim]`, scaling by `1 + weight` when `unit_offset` (Gemma).
+    pub fn rms_norm_with(
+        &mut self,
+        module: &str,
+        dim: i64,
+        eps: f64,
+        unit_offset: bool,
+    ) -> Result<RmsNorm> {
         let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
         let weight = self.b.norm_weight(module, "weight", weight);
-        Ok(RmsNorm { weight, eps })
+        Ok(RmsNorm {
+            weight,
+            eps,
+            unit_offset,
+        })
     }
 }
 
-/// Llama's RMSNorm, computed as HF does: in f32, cast back, then scaled.
+/// RMSNorm, computed as HF does: Llama's in f32, cast back, then scaled by the weight;
+/// Gemma's (`unit_offset`) scaled by `1 + weight` in f32, then cast back.
 #[derive(Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
@@ -220,6 +237,10 @@ impl RmsNorm {
         let h = x.to_kind(Kind::Float);
         let var = h.square().mean_dim(-1, true, Kind::Float);
         let h = h * (var + self.eps).rsqrt();
-        &self.weight * h.to_kind(kind)
+        if self.unit_offset {
+            (h * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * h.to_kind(kind)
+        }
     }
 }

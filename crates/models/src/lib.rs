@@ -1,8 +1,10 @@
-//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2 and Llama loaded straight from HuggingFace
-//! safetensors checkpoints, with every layer handed to a [`loraplus_core::LoraBuilder`] under
-//! HuggingFace's module name, so LoRA targets are the names users already write.
+//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral and Gemma loaded straight
+//! from HuggingFace safetensors checkpoints, with every layer handed to a
+//! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
+//! names users already write. One file per architecture, registered by `model_type` in the
+//! `architectures!` list below ([`registry`]); RoPE scaling in [`rope`].
 //!
-//! Classification and regression heads for all four; the causal-LM head for GPT-2 and Llama,
+//! Classification and regression heads for all; the causal-LM head for the decoders,
 //! with packed rows (per-document position ids) in training, KV-cache generation
 //! ([`TaskModel::generate`], [`GenerationConfig`]) and continuation log-likelihoods for
 //! multiple choice ([`TaskModel::continuation_logprobs`]).
@@ -44,6 +46,7 @@ architectures! {
     "llama" => llama,
     "qwen2" => qwen2,
     "mistral" => mistral,
+    "gemma" => gemma,
 }
 
 pub use arch::Architecture;

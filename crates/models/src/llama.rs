@@ -159,6 +159,8 @@ impl LlamaConfig {
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: None,
+            norm_unit_offset: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -249,6 +251,10 @@ pub struct DecoderSpec {
     pub sliding_window: Option<i64>,
     pub pad_token_id: Option<i64>,
     pub tie_word_embeddings: bool,
+    /// The embeddings are multiplied by it (Gemma: `sqrt(hidden_size)`, in the model dtype).
+    pub embed_scale: Option<f64>,
+    /// RMSNorm scales by `1 + weight` (Gemma).
+    pub norm_unit_offset: bool,
 }
 
 impl DecoderSpec {
@@ -330,7 +336,12 @@ impl LlamaLayer {
         let ab = cfg.qkv_bias;
         let mb = cfg.mlp_bias;
         let name = |n: &str| format!("{p}.{n}");
-        let input_layernorm = ld.rms_norm(&name("input_layernorm"), h, cfg.rms_norm_eps)?;
+        let input_layernorm = ld.rms_norm_with(
+            &name("input_layernorm"),
+            h,
+            cfg.rms_norm_eps,
+            cfg.norm_unit_offset,
+        )?;
         let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
         let (qkv, members) = ld.fused_linears(
             &[
@@ -345,7 +356,12 @@ impl LlamaLayer {
             .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
         let o_proj = lin(ld, "self_attn.o_proj", nh * d, h, cfg.o_bias)?;
         let post_attention_layernorm =
-            ld.rms_norm(&name("post_attention_layernorm"), h, cfg.rms_norm_eps)?;
+            ld.rms_norm_with(
+            &name("post_attention_layernorm"),
+            h,
+            cfg.rms_norm_eps,
+            cfg.norm_unit_offset,
+        )?;
         let mlp = ["gate_proj", "up_proj"].map(|n| name(&format!("mlp.{n}")));
         let (gate_up, members) = ld.fused_linears(&[(&mlp[0], h, i), (&mlp[1], h, i)], mb)?;
         let [gate_proj, up_proj]: [LoraLinear; 2] = members
@@ -471,6 +487,8 @@ pub struct LlamaBackbone {
     pub inv_freq: Option<(Tensor, f64)>,
     /// See [`DecoderSpec::sliding_window`].
     pub sliding_window: Option<i64>,
+    /// See [`DecoderSpec::embed_scale`]: a scalar in the model dtype.
+    pub embed_scale: Option<Tensor>,
 }
 
 impl LlamaBackbone {
@@ -481,7 +499,7 @@ impl LlamaBackbone {
         let layers = (0..cfg.num_layers)
             .map(|i| LlamaLayer::load(ld, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let norm = ld.rms_norm("model.norm", h, cfg.rms_norm_eps)?;
+        let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_unit_offset)?;
         let inv_freq =
             (!cfg.rope.depends_on_length()).then(|| cfg.rope.inv_freq(0, ld.device()));
         Ok(LlamaBackbone {
@@ -491,6 +509,11 @@ impl LlamaBackbone {
             rope: cfg.rope.clone(),
             inv_freq,
             sliding_window: cfg.sliding_window,
+            embed_scale: cfg.embed_scale.map(|s| {
+                Tensor::from(s as f32)
+                    .to_device(ld.device())
+                    .to_kind(ld.kind())
+            }),
         })
     }
 }
@@ -578,7 +601,11 @@ impl Backbone for LlamaBackbone {
         _position_ids: Option<&Tensor>,
         _train: bool,
     ) -> Tensor {
-        self.embed_tokens.forward(input_ids)
+        let h = self.embed_tokens.forward(input_ids);
+        match &self.embed_scale {
+            Some(scale) => h * scale,
+            None => h,
+        }
     }
 
     fn num_layers(&self) -> usize {

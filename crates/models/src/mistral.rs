@@ -125,6 +125,8 @@ impl MistralConfig {
             sliding_window: self.sliding_window,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: None,
+            norm_unit_offset: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -131,6 +131,8 @@ impl Qwen2Config {
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: None,
+            norm_unit_offset: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -1,6 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head) and Mistral (sliding
-//! window) checkpoints that `tests/reference/causal_lm.py` builds
+//! window) and Gemma checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
 //! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
 //!   padding (with and without position ids) and packed rows (position ids restarting per
@@ -127,6 +127,11 @@ fn mistral_sft_sliding_window_matches_peft() {
 }
 
 #[test]
+fn gemma_sft_matches_peft() {
+    sft_parity("gemma");
+}
+
+#[test]
 fn gpt2_sft_matches_peft() {
     sft_parity("gpt2");
 }
@@ -218,6 +223,11 @@ fn qwen2_greedy_generation_matches_transformers() {
 #[test]
 fn mistral_greedy_generation_sliding_window_matches_transformers() {
     generation_parity("mistral");
+}
+
+#[test]
+fn gemma_greedy_generation_matches_transformers() {
+    generation_parity("gemma");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2 and
-//! Mistral models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
+//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2,
+//! Mistral and Gemma models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
 
@@ -34,7 +34,8 @@ fn task(case: &str) -> Head {
         "llama" => Head::SequenceClassification { num_labels: 3 },
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
-        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" => Head::CausalLm,
+        "gemma" => Head::SequenceClassification { num_labels: 3 },
+        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" => Head::CausalLm,
         other => panic!("unknown case {other}"),
     }
 }
@@ -278,6 +279,26 @@ fn mistral_lm_lora_matches_peft() {
     lora_parity("mistral_lm");
 }
 
+#[test]
+fn gemma_head_dim_left_padded_matches_transformers() {
+    plain_parity("gemma");
+}
+
+#[test]
+fn gemma_lm_tied_matches_transformers() {
+    plain_parity("gemma_lm");
+}
+
+#[test]
+fn gemma_lora_all_linears_matches_peft() {
+    lora_parity("gemma");
+}
+
+#[test]
+fn gemma_lm_lora_matches_peft() {
+    lora_parity("gemma_lm");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -290,6 +311,8 @@ const CASES: &[&str] = &[
     "qwen2_lm",
     "mistral",
     "mistral_lm",
+    "gemma",
+    "gemma_lm",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

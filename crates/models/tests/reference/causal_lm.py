@@ -3,7 +3,8 @@
 usage: python causal_lm.py OUT_DIR
 
 For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D; qwen2: q/k/v
-biases, tied; mistral: a sliding window of 4 positions, shorter than the sequences) writes under
+biases, tied; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
+embeddings, (1 + w) norms, GeGLU, head_dim of its own) writes under
 OUT_DIR/<case>/:
   model/                  a tiny random checkpoint (save_pretrained, safetensors)
   adapter/                a PEFT LoRA adapter with init_lora_weights=False (B != 0)
@@ -25,7 +26,7 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 VOCAB = 61
@@ -53,6 +54,7 @@ def cases():
         target_modules=all_linears)
     yield "mistral", MistralForCausalLM(MistralConfig(sliding_window=4, **decoder)), dict(
         target_modules=all_linears)
+    yield "gemma", GemmaForCausalLM(GemmaConfig(head_dim=16, **decoder)), dict(target_modules=all_linears)
 
 
 def loraplus_name(peft_name):
