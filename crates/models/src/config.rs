@@ -169,6 +169,18 @@ mod tests {
         assert_eq!(l.head_dim(), 16);
         assert_eq!(l.rope_theta(), 500000.0);
         assert!(!l.tie_word_embeddings);
+        // Mistral's window defaults to 4096; `null` turns it off.
+        let c = ModelConfig::from_json_str(r#"{"model_type": "mistral"}"#).unwrap();
+        let m = c.get::<crate::mistral::MistralConfig>().unwrap();
+        assert_eq!(m.sliding_window, Some(4096));
+        assert_eq!(m.num_kv_heads(), 8);
+        let c = ModelConfig::from_json_str(r#"{"model_type": "mistral", "sliding_window": null}"#)
+            .unwrap();
+        let m = c.get::<crate::mistral::MistralConfig>().unwrap();
+        assert_eq!(m.sliding_window, None);
+        let c = ModelConfig::from_json_str(r#"{"model_type": "gemma"}"#).unwrap();
+        assert_eq!(c.get::<crate::gemma::GemmaConfig>().unwrap().head_dim, 256);
+        assert_eq!(c.pad_token_id(), Some(0));
     }
 
     #[test]
@@ -203,6 +215,21 @@ mod tests {
             format!("{e:#}").contains("low_freq_factor is missing"),
             "{e:#}"
         );
+        let e =
+            ModelConfig::from_json_str(r#"{"model_type": "qwen2", "use_sliding_window": true}"#)
+                .unwrap_err();
+        assert!(format!("{e:#}").contains("use_sliding_window"), "{e:#}");
+        let e = ModelConfig::from_json_str(
+            r#"{"model_type": "gemma", "use_bidirectional_attention": true}"#,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("use_bidirectional_attention"),
+            "{e:#}"
+        );
+        let e = ModelConfig::from_json_str(r#"{"model_type": "mistral", "sliding_window": 0}"#)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("sliding_window"), "{e:#}");
         let e = ModelConfig::from_json_str(r#"{"hidden_size": 3}"#).unwrap_err();
         assert!(format!("{e:#}").contains("model_type"));
     }
