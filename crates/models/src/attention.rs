@@ -229,6 +229,20 @@ pub fn decoder_mask(attention_mask: &Tensor, position_ids: Option<&Tensor>) -> T
     }
 }
 
+/// `mask` (`[B, 1, Tq, Tk]`, its queries the last `Tq` of the `Tk` positions, as in
+/// [`causal_step_mask`]) with each query kept to the keys of the last `window` positions,
+/// itself included: key `j` is seen from position `i` only when `j > i - window`
+/// (transformers' `sliding_window_overlay`, on positions in the row, not on position ids).
+pub fn sliding_window(mask: &Tensor, window: i64) -> Tensor {
+    let size = mask.size();
+    let (tq, tk) = (size[2], size[3]);
+    let device = mask.device();
+    let q = Tensor::arange_start(tk - tq, tk, (Kind::Int64, device)).view([tq, 1]);
+    let k = Tensor::arange(tk, (Kind::Int64, device)).view([1, tk]);
+    let band = k.gt_tensor(&(q - window));
+    mask.logical_and(&band.view([1, 1, tq, tk]))
+}
+
 /// One layer's keys and values of the positions decoded so far, `[B, H_kv, T, D]` each (keys
 /// after rotary embedding); `None` before the first step.
 pub type KvCache = Option<(Tensor, Tensor)>;
@@ -322,6 +336,26 @@ mod tests {
                 vec![0, 0, 1, 1, 1]
             ]
         );
+    }
+
+    /// A window of 2: each query sees itself and the key before it (within the causal and
+    /// padding mask); a decoding step's rows are the last rows of the full mask.
+    #[test]
+    fn sliding_window_keeps_the_last_keys() {
+        let mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1]).view([1, 5]);
+        let full = sliding_window(&causal_padding_mask(&mask), 2);
+        assert_eq!(
+            rows(&full.view([5, 5])),
+            [
+                vec![1, 0, 0, 0, 0],
+                vec![0, 1, 0, 0, 0],
+                vec![0, 1, 1, 0, 0],
+                vec![0, 0, 1, 1, 0],
+                vec![0, 0, 0, 1, 1]
+            ]
+        );
+        let step = sliding_window(&causal_step_mask(&mask, 1), 2);
+        assert!(step.equal(&full.narrow(2, 4, 1)));
     }
 
     /// The last rows of the full causal mask are the mask of a decoding step.

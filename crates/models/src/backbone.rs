@@ -11,7 +11,7 @@ use loraplus_core::{
     FusedLinears, LayerNorm, LoraBuilder, LoraEmbedding, LoraLinear, WeightLayout,
 };
 
-use crate::attention::{KvCache, LayerCtx};
+use crate::attention::{causal_step_mask, KvCache, LayerCtx};
 use crate::weights::Weights;
 
 /// One transformer layer.
@@ -46,6 +46,12 @@ pub trait Backbone {
         position_ids: Option<&Tensor>,
         train: bool,
     ) -> Tensor;
+    /// The mask of the last `queries` positions of a decoding step over every key so far
+    /// (`attention_mask`: `[B, T_k]`): [`causal_step_mask`], restricted as the architecture's
+    /// attention is (a sliding window).
+    fn step_mask(&self, attention_mask: &Tensor, queries: i64) -> Tensor {
+        causal_step_mask(attention_mask, queries)
+    }
     /// Rotary `(cos, sin)` tables of `position_ids` (`[B, T]`), `[B, 1, T, head_dim]` in the
     /// model dtype; `None` for models without rotary embeddings.
     fn rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
@@ -195,17 +201,34 @@ impl<'a> Loader<'a> {
 
     /// An RMSNorm weight `[dim]`.
     pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
+        self.rms_norm_with(module, dim, eps, false)
+    }
+
+    /// An RMSNorm weight `[dim]`, scaling by `1 + weight` when `unit_offset` (Gemma).
+    pub fn rms_norm_with(
+        &mut self,
+        module: &str,
+        dim: i64,
+        eps: f64,
+        unit_offset: bool,
+    ) -> Result<RmsNorm> {
         let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
         let weight = self.b.norm_weight(module, "weight", weight);
-        Ok(RmsNorm { weight, eps })
+        Ok(RmsNorm {
+            weight,
+            eps,
+            unit_offset,
+        })
     }
 }
 
-/// Llama's RMSNorm, computed as HF does: in f32, cast back, then scaled.
+/// RMSNorm, computed as HF does: Llama's in f32, cast back, then scaled by the weight;
+/// Gemma's (`unit_offset`) scaled by `1 + weight` in f32, then cast back.
 #[derive(Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
@@ -214,6 +237,10 @@ impl RmsNorm {
         let h = x.to_kind(Kind::Float);
         let var = h.square().mean_dim(-1, true, Kind::Float);
         let h = h * (var + self.eps).rsqrt();
-        &self.weight * h.to_kind(kind)
+        if self.unit_offset {
+            (h * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * h.to_kind(kind)
+        }
     }
 }

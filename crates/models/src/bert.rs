@@ -1,15 +1,201 @@
-//! BERT (MiniLM included): embeddings, the post-norm encoder layer that RoBERTa shares, and
-//! the pooler + classifier head of `BertForSequenceClassification`.
+//! BERT (MiniLM included): its `config.json`, embeddings, the post-norm encoder layer that
+//! RoBERTa shares, and the pooler + classifier head of `BertForSequenceClassification`.
 
-use anyhow::Result;
+use std::any::Any;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
 use tch::{Kind, Tensor};
 
 use loraplus_core::dropout::dropout;
 use loraplus_core::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
+use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
 use crate::attention::{padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, FreshLinear, Loader};
-use crate::config::{Activation, BertConfig};
+use crate::heads::{FirstTokenHead, Head, TaskHead};
+
+// Defaults below are those of transformers' `BertConfig` (configuration_bert.py).
+fn bert_vocab_size() -> i64 {
+    30522
+}
+fn d_hidden_size() -> i64 {
+    768
+}
+fn d_num_layers() -> i64 {
+    12
+}
+fn d_num_heads() -> i64 {
+    12
+}
+fn bert_intermediate_size() -> i64 {
+    3072
+}
+fn d_gelu() -> String {
+    "gelu".into()
+}
+fn d_dropout() -> f64 {
+    0.1
+}
+fn d_max_positions() -> i64 {
+    512
+}
+fn d_type_vocab_size() -> i64 {
+    2
+}
+fn bert_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn d_absolute() -> String {
+    "absolute".into()
+}
+
+/// BERT's `config.json` (also RoBERTa's: `RobertaConfig` has the same fields; see
+/// [`crate::roberta::RobertaConfig`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "bert_vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "d_hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "d_num_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "d_num_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "bert_intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d_max_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "d_type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "bert_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// BERT: 0; RoBERTa: 1 (also the offset of its position ids).
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default = "d_absolute")]
+    pub position_embedding_type: String,
+    /// Dropout before the classifier; `None` means `hidden_dropout_prob` (HF).
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub is_decoder: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+/// BERT's default `pad_token_id` (transformers' `BertConfig`).
+const BERT_PAD_TOKEN_ID: i64 = 0;
+
+impl BertConfig {
+    /// Parse `config.json` with `pad_token_id` defaulting to `default_pad`, and validate it.
+    pub fn parse_with_pad(value: Value, model_type: &str, default_pad: i64) -> Result<Self> {
+        let mut c: BertConfig =
+            serde_json::from_value(value).with_context(|| format!("{model_type} config"))?;
+        c.pad_token_id = Some(c.pad_token_id.unwrap_or(default_pad));
+        c.validate(model_type)?;
+        Ok(c)
+    }
+
+    pub fn validate(&self, model_type: &str) -> Result<()> {
+        Activation::parse(&self.hidden_act).with_context(|| format!("{model_type} hidden_act"))?;
+        if self.position_embedding_type != "absolute" {
+            bail!(
+                "{model_type}: position_embedding_type {:?} is not supported; supported: \"absolute\"",
+                self.position_embedding_type
+            );
+        }
+        if self.is_decoder || self.add_cross_attention {
+            bail!("{model_type}: is_decoder / add_cross_attention are not supported; only the encoder is implemented");
+        }
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "{model_type}: hidden_size ({}) is not a multiple of num_attention_heads ({})",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        Ok(())
+    }
+
+    /// Dropout before the classifier (HF: `classifier_dropout`, else `hidden_dropout_prob`).
+    pub fn classifier_dropout(&self) -> f64 {
+        self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
+    }
+}
+
+/// `model_type: "bert"` (registered in [`crate::registry`]).
+pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
+    Ok(Box::new(BertConfig::parse_with_pad(
+        value,
+        "bert",
+        BERT_PAD_TOKEN_ID,
+    )?))
+}
+
+impl Architecture for BertConfig {
+    fn model_type(&self) -> &'static str {
+        "bert"
+    }
+    fn base_model_prefix(&self) -> &'static str {
+        "bert"
+    }
+    fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+    fn num_layers(&self) -> i64 {
+        self.num_hidden_layers
+    }
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+    fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn max_positions(&self) -> Option<i64> {
+        Some(self.max_position_embeddings)
+    }
+    fn generation_positions(&self) -> Option<i64> {
+        None
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (vec!["query", "value"], vec!["classifier", "pooler.dense"])
+    }
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        match task {
+            Head::SequenceClassification { num_labels } => bert_head_specs(self, num_labels),
+            Head::CausalLm => Vec::new(),
+        }
+    }
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        let Head::SequenceClassification { num_labels } = task else {
+            bail!("bert is an encoder: it has no causal-LM head");
+        };
+        let bb = BertBackbone::load(ld, "bert", self, Positions::Absolute)?;
+        let head = BertClassifierHead::load(ld, self, num_labels)?;
+        Ok((Box::new(bb), TaskHead::FirstToken(Box::new(head))))
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
 /// How position ids are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,17 +468,14 @@ impl BertClassifierHead {
         Ok(BertClassifierHead {
             pooler: ld.linear("bert.pooler.dense", h, h, true, WeightLayout::OutIn)?,
             classifier: ld.linear("classifier", h, num_labels, true, WeightLayout::OutIn)?,
-            dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+            dropout: cfg.classifier_dropout(),
         })
     }
+}
 
-    /// `hidden`: `[B, T, H]` -> logits `[B, num_labels]`.
-    pub fn forward_t(&self, hidden: &Tensor, train: bool) -> Tensor {
-        self.forward_read(&hidden.select(1, 0), train)
-    }
-
+impl FirstTokenHead for BertClassifierHead {
     /// From the hidden state of the first token, `[B, H]`.
-    pub fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
+    fn forward_read(&self, first: &Tensor, train: bool) -> Tensor {
         let pooled = self.pooler.forward_t(first, train).tanh();
         let pooled = dropout(&pooled, self.dropout, train);
         self.classifier.forward_t(&pooled, train)

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{causal_step_mask, KvCache, LayerCtx};
-use crate::config::ModelConfig;
+use crate::attention::{KvCache, LayerCtx};
 use crate::heads::Head;
 use crate::task::{ModelInputs, TaskModel};
 
@@ -215,11 +214,11 @@ impl TaskModel {
             self.check_token_ids(&format!("generate: prompt {i}"), p)?;
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        let (limit, learned) = match &self.config {
-            ModelConfig::Gpt2(c) => (c.n_positions, true),
-            ModelConfig::Llama(c) => (c.max_position_embeddings, false),
-            other => bail!("generate: {} is not a decoder", other.model_type()),
+        let Some(limit) = self.config.arch().generation_positions() else {
+            bail!("generate: {} is not a decoder", self.config.model_type());
         };
+        // A learned position table ends at `limit`; rotary positions go on.
+        let learned = self.config.max_positions().is_some();
         if longest > limit {
             bail!(
                 "generate: a prompt has {longest} tokens, more than the {limit} positions {} supports",
@@ -292,11 +291,11 @@ impl TaskModel {
                     (ids.narrow(1, t - 1, 1), positions.narrow(1, t - 1, 1))
                 };
                 let queries = input.size()[1];
-                let step_mask = causal_step_mask(&mask, queries);
+                let step_mask = self.backbone.step_mask(&mask, queries);
                 self.last_logits(&input, &pos, step_mask, Some(&mut caches))?
             } else {
                 let t = ids.size()[1];
-                self.last_logits(&ids, &positions, causal_step_mask(&mask, t), None)?
+                self.last_logits(&ids, &positions, self.backbone.step_mask(&mask, t), None)?
             };
             let next = self.choose(&logits, cfg, chooser)?;
             let next_host = Vec::<i64>::try_from(&next).context("reading the next tokens")?;

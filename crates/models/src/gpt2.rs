@@ -3,15 +3,178 @@
 //! position ids when given (packed rows, generation), `0..T` otherwise; a block can run one
 //! decoding step on its key-value cache.
 
-use anyhow::Result;
+use std::any::Any;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
 use tch::{Kind, Tensor};
 
 use loraplus_core::dropout::dropout;
 use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
+use crate::arch::{
+    default_initializer_range, default_true, Activation, Architecture, CommonConfig,
+};
 use crate::attention::{decoder_mask, extend_cache, sdpa, KvCache, LayerCtx};
-use crate::backbone::{Backbone, Block, Loader};
-use crate::config::{Activation, Gpt2Config};
+use crate::backbone::{Backbone, Block, FreshLinear, Loader};
+use crate::heads::{decoder_head, decoder_head_specs, Head, TaskHead};
+
+// Defaults of transformers' `GPT2Config` (configuration_gpt2.py).
+fn gpt2_vocab_size() -> i64 {
+    50257
+}
+fn gpt2_positions() -> i64 {
+    1024
+}
+fn gpt2_embd() -> i64 {
+    768
+}
+fn gpt2_layers() -> i64 {
+    12
+}
+fn gpt2_heads() -> i64 {
+    12
+}
+fn d_gelu_new() -> String {
+    "gelu_new".into()
+}
+fn d_dropout() -> f64 {
+    0.1
+}
+fn gpt2_layer_norm_eps() -> f64 {
+    1e-5
+}
+
+/// GPT-2's `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Gpt2Config {
+    #[serde(default = "gpt2_vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "gpt2_positions")]
+    pub n_positions: i64,
+    #[serde(default = "gpt2_embd")]
+    pub n_embd: i64,
+    #[serde(default = "gpt2_layers")]
+    pub n_layer: i64,
+    #[serde(default = "gpt2_heads")]
+    pub n_head: i64,
+    /// MLP width; `None` means 4 * n_embd.
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "d_gelu_new")]
+    pub activation_function: String,
+    #[serde(default = "d_dropout")]
+    pub resid_pdrop: f64,
+    #[serde(default = "d_dropout")]
+    pub embd_pdrop: f64,
+    #[serde(default = "d_dropout")]
+    pub attn_pdrop: f64,
+    #[serde(default = "gpt2_layer_norm_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Only changes HF's eager attention (upcast to f32); sdpa ignores it, as we do.
+    #[serde(default)]
+    pub reorder_and_upcast_attn: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl Gpt2Config {
+    pub fn inner_dim(&self) -> i64 {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        Activation::parse(&self.activation_function).context("gpt2 activation_function")?;
+        if self.add_cross_attention {
+            bail!("gpt2: add_cross_attention is not supported; only the decoder-only model is implemented");
+        }
+        if self.n_head <= 0 || self.n_embd % self.n_head != 0 {
+            bail!(
+                "gpt2: n_embd ({}) is not a multiple of n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `model_type: "gpt2"` (registered in [`crate::registry`]).
+pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
+    let c: Gpt2Config = serde_json::from_value(value).context("gpt2 config")?;
+    c.validate()?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for Gpt2Config {
+    fn model_type(&self) -> &'static str {
+        "gpt2"
+    }
+    fn base_model_prefix(&self) -> &'static str {
+        "transformer"
+    }
+    fn hidden_size(&self) -> i64 {
+        self.n_embd
+    }
+    fn num_layers(&self) -> i64 {
+        self.n_layer
+    }
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+    fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn max_positions(&self) -> Option<i64> {
+        Some(self.n_positions)
+    }
+    fn generation_positions(&self) -> Option<i64> {
+        Some(self.n_positions)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (vec!["c_attn"], vec!["score"])
+    }
+    fn fan_in_fan_out(&self) -> bool {
+        true
+    }
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        decoder_head_specs(task, self.n_embd, self.vocab_size, self.tie_word_embeddings)
+    }
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        let bb = Gpt2Backbone::load(ld, self)?;
+        let head = decoder_head(
+            ld,
+            task,
+            self.n_embd,
+            self.pad_token_id,
+            self.tie_word_embeddings,
+            &bb.wte.weight,
+        )?;
+        Ok((Box::new(bb), head))
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
 /// One block (`transformer.h.{i}`).
 #[derive(Debug)]

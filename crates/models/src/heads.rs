@@ -1,14 +1,17 @@
 //! Task heads on top of a backbone, and their losses as HuggingFace computes them:
 //! cross-entropy for classification, MSE for regression (`num_labels == 1`), shifted
 //! cross-entropy with `-100` ignored for causal language modelling.
+//!
+//! The heads belong to the task, not to an architecture: the decoders share `score` and
+//! `lm_head` ([`decoder_head`], [`decoder_head_specs`]); an encoder whose classifier reads the
+//! first token brings its own layers as a [`FirstTokenHead`].
 
 use anyhow::{bail, Result};
 use tch::{Kind, Reduction, Tensor};
 
-use loraplus_core::LoraLinear;
+use loraplus_core::{LoraLinear, WeightLayout};
 
-use crate::bert::BertClassifierHead;
-use crate::roberta::RobertaClassificationHead;
+use crate::backbone::{FreshLinear, Loader};
 
 /// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +25,18 @@ pub enum Head {
 /// The label HF's cross-entropy ignores.
 pub const IGNORE_INDEX: i64 = -100;
 
+/// The classifier of an encoder, on the hidden state of the first token (BERT's pooler and
+/// classifier, RoBERTa's `RobertaClassificationHead`).
+pub trait FirstTokenHead: std::fmt::Debug + Send {
+    /// Logits `[B, num_labels]` from the first token's hidden state `[B, H]`.
+    fn forward_read(&self, first: &Tensor, train: bool) -> Tensor;
+}
+
 /// A head's layers.
 #[derive(Debug)]
 pub enum TaskHead {
-    /// BERT: pooler + classifier.
-    Bert(BertClassifierHead),
-    /// RoBERTa: `classifier.dense` + `classifier.out_proj`.
-    Roberta(RobertaClassificationHead),
+    /// An encoder's classifier on the first token.
+    FirstToken(Box<dyn FirstTokenHead>),
     /// GPT-2 / Llama `score`, applied to the last non-padding token.
     LastToken {
         score: LoraLinear,
@@ -44,7 +52,7 @@ impl TaskHead {
     /// reads every position.
     pub fn read_positions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Option<Tensor> {
         match self {
-            TaskHead::Bert(_) | TaskHead::Roberta(_) => {
+            TaskHead::FirstToken(_) => {
                 let b = input_ids.size()[0];
                 Some(Tensor::zeros([b], (Kind::Int64, input_ids.device())))
             }
@@ -58,8 +66,7 @@ impl TaskHead {
     /// Logits from the hidden states at [`Self::read_positions`], `[B, H]`.
     pub fn forward_read(&self, rows: &Tensor, train: bool) -> Tensor {
         match self {
-            TaskHead::Bert(h) => h.forward_read(rows, train),
-            TaskHead::Roberta(h) => h.forward_read(rows, train),
+            TaskHead::FirstToken(h) => h.forward_read(rows, train),
             TaskHead::LastToken { score, .. } => score.forward_t(rows, train),
             TaskHead::Lm { lm_head } => lm_head.forward_t(rows, train),
         }
@@ -74,8 +81,7 @@ impl TaskHead {
         train: bool,
     ) -> Tensor {
         match self {
-            TaskHead::Bert(h) => h.forward_t(hidden, train),
-            TaskHead::Roberta(h) => h.forward_t(hidden, train),
+            TaskHead::FirstToken(h) => h.forward_read(&hidden.select(1, 0), train),
             TaskHead::LastToken {
                 score,
                 pad_token_id,
@@ -89,6 +95,60 @@ impl TaskHead {
                 score.forward_t(&last, train)
             }
             TaskHead::Lm { lm_head } => lm_head.forward_t(hidden, train),
+        }
+    }
+}
+
+/// The layers a decoder's head for `task` may need to create (HF `_init_weights`) when the
+/// checkpoint lacks them: `score` for classification, an untied `lm_head` for the causal LM.
+pub fn decoder_head_specs(task: Head, hidden: i64, vocab: i64, tie: bool) -> Vec<FreshLinear> {
+    let (module, out_features) = match task {
+        Head::SequenceClassification { num_labels } => ("score", num_labels),
+        Head::CausalLm if tie => return Vec::new(),
+        Head::CausalLm => ("lm_head", vocab),
+    };
+    vec![FreshLinear {
+        module: module.into(),
+        in_features: hidden,
+        out_features,
+        bias: false,
+    }]
+}
+
+/// A decoder's head: `score` on the last token (sequence classification) or `lm_head` (causal
+/// LM, tied to `embeddings` when `tie`).
+pub fn decoder_head(
+    ld: &mut Loader,
+    task: Head,
+    hidden: i64,
+    pad_token_id: Option<i64>,
+    tie: bool,
+    embeddings: &Tensor,
+) -> Result<TaskHead> {
+    match task {
+        Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
+            score: ld.linear("score", hidden, num_labels, false, WeightLayout::OutIn)?,
+            pad_token_id,
+        }),
+        Head::CausalLm if tie => {
+            // The tied head shares the embedding table; it goes through the builder only when
+            // the LoRA config names it, so that it is not counted twice otherwise.
+            let named =
+                ld.b.config()
+                    .is_some_and(|c| c.is_target("lm_head") || c.is_module_to_save("lm_head"));
+            let weight = embeddings.shallow_clone();
+            let lm_head = if named {
+                ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
+            } else {
+                LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
+            };
+            Ok(TaskHead::Lm { lm_head })
+        }
+        Head::CausalLm => {
+            let vocab = embeddings.size()[0];
+            Ok(TaskHead::Lm {
+                lm_head: ld.linear("lm_head", hidden, vocab, false, WeightLayout::OutIn)?,
+            })
         }
     }
 }

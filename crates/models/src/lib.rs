@@ -1,8 +1,10 @@
-//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2 and Llama loaded straight from HuggingFace
-//! safetensors checkpoints, with every layer handed to a [`loraplus_core::LoraBuilder`] under
-//! HuggingFace's module name, so LoRA targets are the names users already write.
+//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral and Gemma loaded straight
+//! from HuggingFace safetensors checkpoints, with every layer handed to a
+//! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
+//! names users already write. One file per architecture, registered by `model_type` in the
+//! `architectures!` list below ([`registry`]); RoPE scaling in [`rope`].
 //!
-//! Classification and regression heads for all four; the causal-LM head for GPT-2 and Llama,
+//! Classification and regression heads for all; the causal-LM head for the decoders,
 //! with packed rows (per-document position ids) in training, KV-cache generation
 //! ([`TaskModel::generate`], [`GenerationConfig`]) and continuation log-likelihoods for
 //! multiple choice ([`TaskModel::continuation_logprobs`]).
@@ -15,23 +17,43 @@
 //! # Ok(()) }
 //! ```
 
+pub mod arch;
 pub mod attention;
 pub mod backbone;
-pub mod bert;
 pub mod config;
 pub mod generate;
-pub mod gpt2;
 pub mod heads;
-pub mod llama;
-pub mod roberta;
+pub mod registry;
+pub mod rope;
 pub mod task;
 pub mod weights;
 
-pub use config::{
-    Activation, BertConfig, Gpt2Config, LlamaConfig, ModelConfig, SUPPORTED_MODEL_TYPES,
-};
+/// Declares each architecture's module and registers its `parse` under its `model_type`
+/// ([`registry::ARCHITECTURES`]).
+macro_rules! architectures {
+    ($($model_type:literal => $module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        pub(crate) const ARCHITECTURES: &[(&str, registry::Parse)] =
+            &[$(($model_type, $module::parse)),*];
+    };
+}
+
+// The architectures, one line each, in the order errors list them.
+architectures! {
+    "bert" => bert,
+    "roberta" => roberta,
+    "gpt2" => gpt2,
+    "llama" => llama,
+    "qwen2" => qwen2,
+    "mistral" => mistral,
+    "gemma" => gemma,
+}
+
+pub use arch::Architecture;
+pub use config::{Activation, BertConfig, Gpt2Config, LlamaConfig, ModelConfig, RobertaConfig};
 pub use generate::GenerationConfig;
 pub use heads::{last_token_index, loss, Head, IGNORE_INDEX};
+pub use registry::supported_model_types;
 pub use task::{
     default_model_dir, find_default_model_dir, LoadOptions, ModelInputs, StepOutput, TaskModel,
     DEFAULT_MODEL_SUBDIR, DEFAULT_SEED, MODEL_DIR_ENV,

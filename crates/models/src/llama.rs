@@ -3,15 +3,305 @@
 //! The rotary tables are those of the batch's position ids when given (packed rows,
 //! generation), of `0..T` otherwise; a layer can run one decoding step on its key-value cache
 //! (keys stored after rotation).
+//!
+//! The layers are described by a [`DecoderSpec`], so that the Llama family (Qwen2: q/k/v
+//! biases; Mistral: sliding-window attention) reuses them from its own file.
 
-use anyhow::Result;
+use std::any::Any;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
 use tch::{Kind, Tensor};
 
 use loraplus_core::{FusedLinears, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::attention::{decoder_mask, extend_cache, sdpa, KvCache, LayerCtx};
-use crate::backbone::{Backbone, Block, Loader, RmsNorm};
-use crate::config::{Activation, LlamaConfig};
+use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
+use crate::attention::{
+    causal_step_mask, decoder_mask, extend_cache, sdpa, sliding_window, KvCache, LayerCtx,
+};
+use crate::backbone::{Backbone, Block, FreshLinear, Loader, RmsNorm};
+use crate::heads::{decoder_head, decoder_head_specs, Head, TaskHead};
+use crate::rope::RopeConfig;
+
+// Defaults of transformers' `LlamaConfig` (configuration_llama.py).
+fn llama_vocab_size() -> i64 {
+    32000
+}
+fn llama_hidden_size() -> i64 {
+    4096
+}
+fn llama_intermediate_size() -> i64 {
+    11008
+}
+fn llama_layers() -> i64 {
+    32
+}
+fn llama_heads() -> i64 {
+    32
+}
+pub(crate) fn d_silu() -> String {
+    "silu".into()
+}
+fn llama_positions() -> i64 {
+    2048
+}
+pub(crate) fn d_rms_eps() -> f64 {
+    1e-6
+}
+pub use crate::rope::DEFAULT_ROPE_THETA;
+
+/// The RoPE base: `rope_parameters.rope_theta` (or `rope_scaling`'s), else the top-level
+/// `rope_theta`, else [`DEFAULT_ROPE_THETA`].
+pub fn rope_theta_of(
+    top_level: Option<f64>,
+    rope_parameters: &Option<Value>,
+    rope_scaling: &Option<Value>,
+) -> f64 {
+    [rope_parameters, rope_scaling]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.get("rope_theta").and_then(Value::as_f64))
+        .or(top_level)
+        .unwrap_or(DEFAULT_ROPE_THETA)
+}
+
+/// Llama's `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default = "llama_vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "llama_hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "llama_intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "llama_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "llama_heads")]
+    pub num_attention_heads: i64,
+    /// Grouped-query attention; `None` means `num_attention_heads`.
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    /// `None` means hidden_size / num_attention_heads.
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "d_silu")]
+    pub hidden_act: String,
+    #[serde(default = "llama_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// transformers < 5 keep the base at the top level.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// transformers 5: `{"rope_theta": .., "rope_type": "default"}`.
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    /// transformers < 5: RoPE scaling (`null` for plain RoPE).
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The RoPE base, from `rope_parameters` (transformers 5) or `rope_theta` (older).
+    pub fn rope_theta(&self) -> f64 {
+        rope_theta_of(self.rope_theta, &self.rope_parameters, &self.rope_scaling)
+    }
+
+    /// The layers this config describes.
+    pub fn spec(&self) -> Result<DecoderSpec> {
+        let spec = DecoderSpec {
+            model_type: "llama",
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_kv_heads(),
+            head_dim: self.head_dim(),
+            act: Activation::parse(&self.hidden_act).context("llama hidden_act")?,
+            rms_norm_eps: self.rms_norm_eps,
+            qkv_bias: self.attention_bias,
+            o_bias: self.attention_bias,
+            mlp_bias: self.mlp_bias,
+            attention_dropout: self.attention_dropout,
+            rope: RopeConfig::parse(
+                "llama",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim(),
+                self.max_position_embeddings,
+            )?,
+            sliding_window: None,
+            pad_token_id: self.pad_token_id,
+            tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: None,
+            norm_unit_offset: false,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// `model_type: "llama"` (registered in [`crate::registry`]).
+pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
+    let c: LlamaConfig = serde_json::from_value(value).context("llama config")?;
+    c.spec()?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for LlamaConfig {
+    fn model_type(&self) -> &'static str {
+        "llama"
+    }
+    fn base_model_prefix(&self) -> &'static str {
+        "model"
+    }
+    fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+    fn num_layers(&self) -> i64 {
+        self.num_hidden_layers
+    }
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+    fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn max_positions(&self) -> Option<i64> {
+        None
+    }
+    fn generation_positions(&self) -> Option<i64> {
+        Some(self.max_position_embeddings)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (vec!["q_proj", "v_proj"], vec!["score"])
+    }
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        decoder_head_specs(
+            task,
+            self.hidden_size,
+            self.vocab_size,
+            self.tie_word_embeddings,
+        )
+    }
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        self.spec()?.build(ld, task)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The shape and options of a Llama-family decoder, from its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderSpec {
+    /// For messages.
+    pub model_type: &'static str,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_layers: i64,
+    pub heads: i64,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub act: Activation,
+    pub rms_norm_eps: f64,
+    /// Biases of `q_proj`, `k_proj`, `v_proj` (Llama `attention_bias`; always for Qwen2).
+    pub qkv_bias: bool,
+    /// Bias of `o_proj` (Llama `attention_bias`; never for Qwen2).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub attention_dropout: f64,
+    /// RoPE base and scaling.
+    pub rope: RopeConfig,
+    /// Each query sees the keys of the last `sliding_window` positions, itself included
+    /// (Mistral); `None`: every earlier key.
+    pub sliding_window: Option<i64>,
+    pub pad_token_id: Option<i64>,
+    pub tie_word_embeddings: bool,
+    /// The embeddings are multiplied by it (Gemma: `sqrt(hidden_size)`, in the model dtype).
+    pub embed_scale: Option<f64>,
+    /// RMSNorm scales by `1 + weight` (Gemma).
+    pub norm_unit_offset: bool,
+}
+
+impl DecoderSpec {
+    pub fn validate(&self) -> Result<()> {
+        let m = self.model_type;
+        if self.heads <= 0 || self.kv_heads <= 0 {
+            bail!("{m}: num_attention_heads and num_key_value_heads must be positive");
+        }
+        if self.heads % self.kv_heads != 0 {
+            bail!(
+                "{m}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.heads,
+                self.kv_heads
+            );
+        }
+        if let Some(w) = self.sliding_window {
+            if w < 1 {
+                bail!("{m}: sliding_window must be at least 1, found {w}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Head layers of `task` the checkpoint may lack.
+    pub fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        decoder_head_specs(
+            task,
+            self.hidden_size,
+            self.vocab_size,
+            self.tie_word_embeddings,
+        )
+    }
+
+    /// The backbone (`model.*`) and the head of `task`.
+    pub fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        let bb = LlamaBackbone::load(ld, self)?;
+        let head = decoder_head(
+            ld,
+            task,
+            self.hidden_size,
+            self.pad_token_id,
+            self.tie_word_embeddings,
+            &bb.embed_tokens.weight,
+        )?;
+        Ok((Box::new(bb), head))
+    }
+}
 
 /// One decoder layer.
 #[derive(Debug)]
@@ -37,16 +327,21 @@ pub struct LlamaLayer {
 }
 
 impl LlamaLayer {
-    pub fn load(ld: &mut Loader, p: &str, cfg: &LlamaConfig) -> Result<Self> {
+    pub fn load(ld: &mut Loader, p: &str, cfg: &DecoderSpec) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let (nh, nkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
         let lin = |ld: &mut Loader, name: &str, fin, fout, bias| {
             ld.linear(&format!("{p}.{name}"), fin, fout, bias, WeightLayout::OutIn)
         };
-        let ab = cfg.attention_bias;
+        let ab = cfg.qkv_bias;
         let mb = cfg.mlp_bias;
         let name = |n: &str| format!("{p}.{n}");
-        let input_layernorm = ld.rms_norm(&name("input_layernorm"), h, cfg.rms_norm_eps)?;
+        let input_layernorm = ld.rms_norm_with(
+            &name("input_layernorm"),
+            h,
+            cfg.rms_norm_eps,
+            cfg.norm_unit_offset,
+        )?;
         let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
         let (qkv, members) = ld.fused_linears(
             &[
@@ -59,9 +354,14 @@ impl LlamaLayer {
         let [q_proj, k_proj, v_proj]: [LoraLinear; 3] = members
             .try_into()
             .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
-        let o_proj = lin(ld, "self_attn.o_proj", nh * d, h, ab)?;
+        let o_proj = lin(ld, "self_attn.o_proj", nh * d, h, cfg.o_bias)?;
         let post_attention_layernorm =
-            ld.rms_norm(&name("post_attention_layernorm"), h, cfg.rms_norm_eps)?;
+            ld.rms_norm_with(
+            &name("post_attention_layernorm"),
+            h,
+            cfg.rms_norm_eps,
+            cfg.norm_unit_offset,
+        )?;
         let mlp = ["gate_proj", "up_proj"].map(|n| name(&format!("mlp.{n}")));
         let (gate_up, members) = ld.fused_linears(&[(&mlp[0], h, i), (&mlp[1], h, i)], mb)?;
         let [gate_proj, up_proj]: [LoraLinear; 2] = members
@@ -82,7 +382,7 @@ impl LlamaLayer {
             heads: nh,
             kv_heads: nkv,
             head_dim: d,
-            act: Activation::parse(&cfg.hidden_act)?,
+            act: cfg.act,
             attention_dropout: cfg.attention_dropout,
         })
     }
@@ -180,43 +480,71 @@ pub struct LlamaBackbone {
     pub embed_tokens: LoraEmbedding,
     pub layers: Vec<LlamaLayer>,
     pub norm: RmsNorm,
-    /// `1 / theta^(2i / head_dim)`, f32, `[head_dim / 2]`, on the model device.
-    pub inv_freq: Tensor,
+    /// The RoPE configuration (base, scaling).
+    pub rope: RopeConfig,
+    /// The inverse frequencies (f32, `[head_dim / 2]`, on the model device) and the factor of
+    /// the tables, for every batch; `None` when they depend on its length (`dynamic`).
+    pub inv_freq: Option<(Tensor, f64)>,
+    /// See [`DecoderSpec::sliding_window`].
+    pub sliding_window: Option<i64>,
+    /// See [`DecoderSpec::embed_scale`]: a scalar in the model dtype.
+    pub embed_scale: Option<Tensor>,
 }
 
 impl LlamaBackbone {
-    pub fn load(ld: &mut Loader, cfg: &LlamaConfig) -> Result<Self> {
+    pub fn load(ld: &mut Loader, cfg: &DecoderSpec) -> Result<Self> {
         let h = cfg.hidden_size;
         let embed_tokens =
             ld.embedding("model.embed_tokens", cfg.vocab_size, h, cfg.pad_token_id)?;
-        let layers = (0..cfg.num_hidden_layers)
+        let layers = (0..cfg.num_layers)
             .map(|i| LlamaLayer::load(ld, &format!("model.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let norm = ld.rms_norm("model.norm", h, cfg.rms_norm_eps)?;
-        let d = cfg.head_dim();
-        let exponents = Tensor::arange_start_step(0, d, 2, (Kind::Int64, ld.device()))
-            .to_kind(Kind::Float)
-            / d as f64;
-        let inv_freq = Tensor::from(cfg.rope_theta() as f32)
-            .to_device(ld.device())
-            .pow(&exponents)
-            .reciprocal();
+        let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_unit_offset)?;
+        let inv_freq =
+            (!cfg.rope.depends_on_length()).then(|| cfg.rope.inv_freq(0, ld.device()));
         Ok(LlamaBackbone {
             embed_tokens,
             layers,
             norm,
+            rope: cfg.rope.clone(),
             inv_freq,
+            sliding_window: cfg.sliding_window,
+            embed_scale: cfg.embed_scale.map(|s| {
+                Tensor::from(s as f32)
+                    .to_device(ld.device())
+                    .to_kind(ld.kind())
+            }),
         })
     }
 }
 
 impl LlamaBackbone {
     /// `(cos, sin)` of `positions` (float, any shape broadcasting to `[.., T]`), `[.., T, head_dim]`.
+    /// With `dynamic` RoPE, the frequencies of the batch's length (its largest position + 1,
+    /// one host read), as transformers computes them for a model that has not seen a longer
+    /// batch before.
     fn rope_tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.unsqueeze(-1) * &self.inv_freq;
+        let (inv_freq, scale) = match &self.inv_freq {
+            Some((inv, scale)) => (inv.shallow_clone(), *scale),
+            None => {
+                let seq_len = if positions.numel() == 0 {
+                    0
+                } else {
+                    positions.max().double_value(&[]) as i64 + 1
+                };
+                self.rope.inv_freq(seq_len, positions.device())
+            }
+        };
+        let freqs = positions.unsqueeze(-1) * &inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let kind = self.embed_tokens.weight.kind();
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let (cos, sin) = if scale == 1.0 {
+            (cos, sin)
+        } else {
+            (cos * scale, sin * scale)
+        };
+        (cos.to_kind(kind), sin.to_kind(kind))
     }
 }
 
@@ -240,12 +568,25 @@ impl Backbone for LlamaBackbone {
                 Some((cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1])))
             }
         };
+        let mask = decoder_mask(attention_mask, position_ids);
+        let mask = match self.sliding_window {
+            Some(w) => sliding_window(&mask, w),
+            None => mask,
+        };
         LayerCtx::dense(
-            decoder_mask(attention_mask, position_ids),
+            mask,
             rope,
             size[0],
             size[1],
         )
+    }
+
+    fn step_mask(&self, attention_mask: &Tensor, queries: i64) -> Tensor {
+        let mask = causal_step_mask(attention_mask, queries);
+        match self.sliding_window {
+            Some(w) => sliding_window(&mask, w),
+            None => mask,
+        }
     }
 
     fn rope(&self, position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
@@ -260,7 +601,11 @@ impl Backbone for LlamaBackbone {
         _position_ids: Option<&Tensor>,
         _train: bool,
     ) -> Tensor {
-        self.embed_tokens.forward(input_ids)
+        let h = self.embed_tokens.forward(input_ids);
+        match &self.embed_scale {
+            Some(scale) => h * scale,
+            None => h,
+        }
     }
 
     fn num_layers(&self) -> usize {

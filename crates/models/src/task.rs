@@ -11,16 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{LoraBuilder, LoraConfig, LoraLinear, LoraModel, WeightLayout};
+use loraplus_core::{LoraBuilder, LoraConfig, LoraModel};
 
 use crate::attention::{LayerCtx, QueryRows};
-use crate::backbone::{Backbone, FreshLinear, Loader};
-use crate::bert::{bert_head_specs, BertBackbone, BertClassifierHead, Positions};
+use crate::backbone::{Backbone, Loader};
 use crate::config::ModelConfig;
-use crate::gpt2::Gpt2Backbone;
 use crate::heads::{loss, Head, TaskHead};
-use crate::llama::LlamaBackbone;
-use crate::roberta::{roberta_head_specs, RobertaClassificationHead};
 use crate::weights::Weights;
 
 /// Environment variable that overrides [`default_model_dir`].
@@ -233,11 +229,10 @@ impl TaskModel {
                 bail!("num_labels must be at least 1, found {num_labels}");
             }
         }
-        if let (Head::CausalLm, ModelConfig::Bert(_) | ModelConfig::Roberta(_)) =
-            (opts.task, &config)
-        {
+        if opts.task == Head::CausalLm && !config.arch().causal_lm() {
             bail!(
-                "the causal-LM head is available for gpt2 and llama; {} is an encoder (use SequenceClassification)",
+                "the causal-LM head is available for {}; {} is an encoder (use SequenceClassification)",
+                crate::registry::causal_lm_model_types().join(", "),
                 config.model_type()
             );
         }
@@ -248,7 +243,7 @@ impl TaskModel {
         .with_adapter_kind(opts.adapter_dtype)?;
         tch::manual_seed(opts.seed);
         let mut ld = Loader::new(w, &mut builder);
-        let specs = head_specs(&config, opts.task);
+        let specs = config.arch().head_specs(opts.task);
         let initialised = ld.init_missing(&specs, config.initializer_range())?;
         for m in &initialised {
             tracing::info!(
@@ -257,43 +252,7 @@ impl TaskModel {
                 opts.seed
             );
         }
-        let (backbone, head): (Box<dyn Backbone + Send>, TaskHead) = match (&config, opts.task) {
-            (ModelConfig::Bert(c), Head::SequenceClassification { num_labels }) => {
-                let bb = BertBackbone::load(&mut ld, "bert", c, Positions::Absolute)?;
-                let head = BertClassifierHead::load(&mut ld, c, num_labels)?;
-                (Box::new(bb), TaskHead::Bert(head))
-            }
-            (ModelConfig::Roberta(c), Head::SequenceClassification { num_labels }) => {
-                let bb = crate::roberta::load_backbone(&mut ld, c)?;
-                let head = RobertaClassificationHead::load(&mut ld, c, num_labels)?;
-                (Box::new(bb), TaskHead::Roberta(head))
-            }
-            (ModelConfig::Gpt2(c), task) => {
-                let bb = Gpt2Backbone::load(&mut ld, c)?;
-                let head = decoder_head(
-                    &mut ld,
-                    task,
-                    c.n_embd,
-                    c.pad_token_id,
-                    c.tie_word_embeddings,
-                    &bb.wte.weight,
-                )?;
-                (Box::new(bb), head)
-            }
-            (ModelConfig::Llama(c), task) => {
-                let bb = LlamaBackbone::load(&mut ld, c)?;
-                let head = decoder_head(
-                    &mut ld,
-                    task,
-                    c.hidden_size,
-                    c.pad_token_id,
-                    c.tie_word_embeddings,
-                    &bb.embed_tokens.weight,
-                )?;
-                (Box::new(bb), head)
-            }
-            (_, Head::CausalLm) => unreachable!("refused above"),
-        };
+        let (backbone, head) = config.arch().build(&mut ld, opts.task)?;
         if matches!(
             head,
             TaskHead::LastToken {
@@ -748,81 +707,6 @@ impl Plan {
         match &self.last {
             Some(last) if i + 1 == layers => last,
             _ => &self.ctx,
-        }
-    }
-}
-
-/// The head layers of `task` on `config`, for [`Loader::init_missing`].
-fn head_specs(config: &ModelConfig, task: Head) -> Vec<FreshLinear> {
-    let h = config.hidden_size();
-    match (config, task) {
-        (ModelConfig::Bert(c), Head::SequenceClassification { num_labels }) => {
-            bert_head_specs(c, num_labels)
-        }
-        (ModelConfig::Roberta(c), Head::SequenceClassification { num_labels }) => {
-            roberta_head_specs(c, num_labels)
-        }
-        (
-            ModelConfig::Gpt2(_) | ModelConfig::Llama(_),
-            Head::SequenceClassification { num_labels },
-        ) => vec![FreshLinear {
-            module: "score".into(),
-            in_features: h,
-            out_features: num_labels,
-            bias: false,
-        }],
-        (ModelConfig::Gpt2(c), Head::CausalLm) if !c.tie_word_embeddings => {
-            vec![lm_head_spec(h, c.vocab_size)]
-        }
-        (ModelConfig::Llama(c), Head::CausalLm) if !c.tie_word_embeddings => {
-            vec![lm_head_spec(h, c.vocab_size)]
-        }
-        _ => Vec::new(),
-    }
-}
-
-fn lm_head_spec(h: i64, vocab: i64) -> FreshLinear {
-    FreshLinear {
-        module: "lm_head".into(),
-        in_features: h,
-        out_features: vocab,
-        bias: false,
-    }
-}
-
-/// `score` (sequence classification) or `lm_head` (causal LM, tied to `embeddings` when `tie`).
-fn decoder_head(
-    ld: &mut Loader,
-    task: Head,
-    hidden: i64,
-    pad_token_id: Option<i64>,
-    tie: bool,
-    embeddings: &Tensor,
-) -> Result<TaskHead> {
-    match task {
-        Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
-            score: ld.linear("score", hidden, num_labels, false, WeightLayout::OutIn)?,
-            pad_token_id,
-        }),
-        Head::CausalLm if tie => {
-            // The tied head shares the embedding table; it goes through the builder only when
-            // the LoRA config names it, so that it is not counted twice otherwise.
-            let named =
-                ld.b.config()
-                    .is_some_and(|c| c.is_target("lm_head") || c.is_module_to_save("lm_head"));
-            let weight = embeddings.shallow_clone();
-            let lm_head = if named {
-                ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
-            } else {
-                LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
-            };
-            Ok(TaskHead::Lm { lm_head })
-        }
-        Head::CausalLm => {
-            let vocab = embeddings.size()[0];
-            Ok(TaskHead::Lm {
-                lm_head: ld.linear("lm_head", hidden, vocab, false, WeightLayout::OutIn)?,
-            })
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
-//! (grouped-query attention) and GPT-2 checkpoints that `tests/reference/causal_lm.py` builds
+//! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head) and Mistral (sliding
+//! window) and Gemma checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
 //! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
 //!   padding (with and without position ids) and packed rows (position ids restarting per
@@ -115,6 +116,22 @@ fn llama_sft_matches_peft() {
 }
 
 #[test]
+fn qwen2_sft_matches_peft() {
+    sft_parity("qwen2");
+}
+
+/// Sliding window of 4 positions, shorter than the rows and than the packed documents' span.
+#[test]
+fn mistral_sft_sliding_window_matches_peft() {
+    sft_parity("mistral");
+}
+
+#[test]
+fn gemma_sft_matches_peft() {
+    sft_parity("gemma");
+}
+
+#[test]
 fn gpt2_sft_matches_peft() {
     sft_parity("gpt2");
 }
@@ -194,6 +211,23 @@ fn generation_parity(case: &str) {
 #[test]
 fn llama_greedy_generation_matches_transformers() {
     generation_parity("llama");
+}
+
+#[test]
+fn qwen2_greedy_generation_matches_transformers() {
+    generation_parity("qwen2");
+}
+
+/// Prompts and generated tokens reach past the window of 4: the cache keeps every key, the
+/// step mask keeps each query to the window.
+#[test]
+fn mistral_greedy_generation_sliding_window_matches_transformers() {
+    generation_parity("mistral");
+}
+
+#[test]
+fn gemma_greedy_generation_matches_transformers() {
+    generation_parity("gemma");
 }
 
 #[test]

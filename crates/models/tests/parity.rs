@@ -1,6 +1,7 @@
-//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2 and Llama models
-//! that `tests/reference/fixtures.py` builds (no download; the Llama sequence classifier is
-//! saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
+//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2,
+//! Mistral and Gemma models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
+//! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
+//! Every registered architecture must have a case here.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::sync::OnceLock;
 
 use common::{assert_close, masked_positions, read, run_reference};
 use loraplus_core::read_adapter_config;
-use loraplus_models::{Head, LoadOptions, TaskModel};
+use loraplus_models::{supported_model_types, Head, LoadOptions, ModelConfig, TaskModel};
 use tch::Tensor;
 
 const TOL: f64 = 1e-4;
@@ -31,7 +32,10 @@ fn task(case: &str) -> Head {
         "roberta" => Head::SequenceClassification { num_labels: 2 },
         "gpt2" => Head::SequenceClassification { num_labels: 1 },
         "llama" => Head::SequenceClassification { num_labels: 3 },
-        "gpt2_lm" | "llama_lm" => Head::CausalLm,
+        "qwen2" => Head::SequenceClassification { num_labels: 3 },
+        "mistral" => Head::SequenceClassification { num_labels: 2 },
+        "gemma" => Head::SequenceClassification { num_labels: 3 },
+        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" => Head::CausalLm,
         other => panic!("unknown case {other}"),
     }
 }
@@ -233,4 +237,105 @@ fn llama_lora_all_projections_matches_peft() {
 #[test]
 fn llama_lm_lora_rslora_matches_peft() {
     lora_parity("llama_lm");
+}
+
+#[test]
+fn qwen2_qkv_bias_left_padded_matches_transformers() {
+    plain_parity("qwen2");
+}
+
+#[test]
+fn qwen2_lm_tied_matches_transformers() {
+    plain_parity("qwen2_lm");
+}
+
+#[test]
+fn mistral_sliding_window_left_padded_matches_transformers() {
+    plain_parity("mistral");
+}
+
+#[test]
+fn mistral_lm_sliding_window_matches_transformers() {
+    plain_parity("mistral_lm");
+}
+
+#[test]
+fn qwen2_lora_all_linears_matches_peft() {
+    lora_parity("qwen2");
+}
+
+#[test]
+fn qwen2_lm_lora_matches_peft() {
+    lora_parity("qwen2_lm");
+}
+
+#[test]
+fn mistral_lora_all_linears_matches_peft() {
+    lora_parity("mistral");
+}
+
+#[test]
+fn mistral_lm_lora_matches_peft() {
+    lora_parity("mistral_lm");
+}
+
+#[test]
+fn gemma_head_dim_left_padded_matches_transformers() {
+    plain_parity("gemma");
+}
+
+#[test]
+fn gemma_lm_tied_matches_transformers() {
+    plain_parity("gemma_lm");
+}
+
+#[test]
+fn gemma_lora_all_linears_matches_peft() {
+    lora_parity("gemma");
+}
+
+#[test]
+fn gemma_lm_lora_matches_peft() {
+    lora_parity("gemma_lm");
+}
+
+/// The cases the tests above run, each with plain and LoRA parity.
+const CASES: &[&str] = &[
+    "bert",
+    "roberta",
+    "gpt2",
+    "gpt2_lm",
+    "llama",
+    "llama_lm",
+    "qwen2",
+    "qwen2_lm",
+    "mistral",
+    "mistral_lm",
+    "gemma",
+    "gemma_lm",
+];
+
+/// Every registered `model_type` has a transformers checkpoint among the cases, for both
+/// heads when it is a decoder.
+#[test]
+fn every_registered_architecture_has_a_parity_case() {
+    let mut covered = BTreeSet::new();
+    for case in CASES {
+        let config = ModelConfig::from_file(case_dir(case).join("model/config.json")).unwrap();
+        covered.insert((config.model_type(), task(case) == Head::CausalLm));
+    }
+    for model_type in supported_model_types() {
+        let config = ModelConfig::from_json_str(&format!(r#"{{"model_type": "{model_type}"}}"#))
+            .unwrap_or_else(|e| panic!("{model_type} with default config: {e:#}"));
+        assert!(
+            covered.contains(&(model_type, false)),
+            "{model_type}: no sequence-classification parity case"
+        );
+        if config.arch().causal_lm() {
+            assert!(
+                covered.contains(&(model_type, true)),
+                "{model_type}: no causal-LM parity case"
+            );
+        }
+    }
 }

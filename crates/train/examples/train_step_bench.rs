@@ -26,7 +26,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use loraplus_models::{default_model_dir, Head, LoadOptions, ModelConfig, TaskModel};
+use loraplus_models::{
+    default_model_dir, BertConfig, Gpt2Config, Head, LlamaConfig, LoadOptions, ModelConfig,
+    RobertaConfig, TaskModel,
+};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, Schedule};
 use tch::{Device, Kind, Tensor};
 
@@ -147,11 +150,14 @@ struct Shape {
 
 impl Shape {
     /// The layer products of `mc` with the adapters of its recommended LoRA config.
-    fn of(mc: &ModelConfig, labels: i64) -> Self {
-        match mc {
-            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => {
+    fn of(mc: &ModelConfig, labels: i64) -> Result<Self> {
+        let bert = mc
+            .get::<BertConfig>()
+            .or_else(|| mc.get::<RobertaConfig>().map(|r| &r.0));
+        match (bert, mc.get::<Gpt2Config>(), mc.get::<LlamaConfig>()) {
+            (Some(c), _, _) => {
                 let (h, i) = (c.hidden_size, c.intermediate_size);
-                Shape {
+                Ok(Shape {
                     layers: c.num_hidden_layers,
                     hidden: h,
                     attn: h,
@@ -160,11 +166,11 @@ impl Shape {
                     ffn: vec![(h, i), (i, h)],
                     adapters: vec![(h, h, false), (h, h, true)],
                     head: vec![(h, h), (h, labels)],
-                }
+                })
             }
-            ModelConfig::Gpt2(c) => {
+            (_, Some(c), _) => {
                 let (e, i) = (c.n_embd, c.inner_dim());
-                Shape {
+                Ok(Shape {
                     layers: c.n_layer,
                     hidden: e,
                     attn: e,
@@ -173,11 +179,11 @@ impl Shape {
                     ffn: vec![(e, i), (i, e)],
                     adapters: vec![(e, 3 * e, true)],
                     head: vec![(e, labels)],
-                }
+                })
             }
-            ModelConfig::Llama(c) => {
+            (_, _, Some(c)) => {
                 let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
-                Shape {
+                Ok(Shape {
                     layers: c.num_hidden_layers,
                     hidden: h,
                     attn: c.num_attention_heads * d,
@@ -189,8 +195,12 @@ impl Shape {
                         (h, c.num_kv_heads() * d, true),
                     ],
                     head: vec![(h, labels)],
-                }
+                })
             }
+            _ => bail!(
+                "train_step_bench counts the FLOPs of bert, roberta, gpt2 and llama, not {}",
+                mc.model_type()
+            ),
         }
     }
 }
@@ -375,7 +385,7 @@ fn main() -> Result<()> {
     let last_loss = loss.double_value(&[]);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let shape = Shape::of(&mc, 2);
+    let shape = Shape::of(&mc, 2)?;
     let dense = a.batch * a.seq;
     let flops = step_flops(&shape, a.batch, a.seq, dense, dense, RANK as i64);
     let (tokens, last) = model.positions_computed(&ids, &mask)?;

@@ -2,7 +2,9 @@
 
 usage: python causal_lm.py OUT_DIR
 
-For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D) writes under
+For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D; qwen2: q/k/v
+biases, tied; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
+embeddings, (1 + w) norms, GeGLU, head_dim of its own) writes under
 OUT_DIR/<case>/:
   model/                  a tiny random checkpoint (save_pretrained, safetensors)
   adapter/                a PEFT LoRA adapter with init_lora_weights=False (B != 0)
@@ -24,7 +26,8 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 VOCAB = 61
 PAD = 0
@@ -43,6 +46,15 @@ def cases():
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     yield "gpt2", GPT2LMHeadModel(gpt2), dict(
         target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
+    decoder = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                   initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    all_linears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **decoder)), dict(
+        target_modules=all_linears)
+    yield "mistral", MistralForCausalLM(MistralConfig(sliding_window=4, **decoder)), dict(
+        target_modules=all_linears)
+    yield "gemma", GemmaForCausalLM(GemmaConfig(head_dim=16, **decoder)), dict(target_modules=all_linears)
 
 
 def loraplus_name(peft_name):

@@ -2,7 +2,8 @@
 
 usage: python fixtures.py OUT_DIR
 
-For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm) writes under OUT_DIR/<case>/:
+For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
+mistral_lm, gemma, gemma_lm) writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
   reference.safetensors  logits and hidden (last_hidden_state) of the plain model, eval mode
@@ -18,9 +19,12 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
+from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig, GemmaForCausalLM,
+                          GemmaForSequenceClassification, GPT2Config,
                           GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, RobertaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig,
+                          MistralForCausalLM, MistralForSequenceClassification, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen2ForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 
 B, T = 3, 7
@@ -98,6 +102,44 @@ def cases():
     yield dict(name="llama_lm", model=LlamaForCausalLM(llama_lm_cfg), backbone="model",
                inputs=dict(input_ids=ids, attention_mask=mask), labels=ids.masked_fill(mask == 0, -100),
                lora=dict(target_modules=["q_proj", "v_proj"], use_rslora=True))
+
+    all_linears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Qwen2: q/k/v biases, grouped-query attention; untied head for classification, tied LM head.
+    qwen_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                   initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="qwen2", model=Qwen2ForSequenceClassification(Qwen2Config(num_labels=3, **qwen_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 2, 0]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="qwen2_lm", model=Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **qwen_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # Mistral: a sliding window of 3 positions, shorter than the sequences (7).
+    mistral_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=3)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="mistral", model=MistralForSequenceClassification(MistralConfig(num_labels=2, **mistral_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 0, 1]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="mistral_lm", model=MistralForCausalLM(MistralConfig(**mistral_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # Gemma: scaled embeddings, (1 + w) RMSNorm, GeGLU (tanh), head_dim 16 (not 32 / 4), tied head.
+    gemma_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                    initializer_range=0.2, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="gemma", model=GemmaForSequenceClassification(GemmaConfig(num_labels=3, **gemma_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([0, 2, 1]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="gemma_lm", model=GemmaForCausalLM(GemmaConfig(**gemma_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
 
 
 def loraplus_name(peft_name):

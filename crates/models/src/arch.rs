@@ -1,0 +1,131 @@
+//! What an architecture file provides: [`Architecture`], implemented by its `config.json`
+//! struct, and the pieces every config shares ([`CommonConfig`], [`Activation`]).
+//!
+//! An architecture lives in one file (`bert.rs`, `llama.rs`, `qwen2.rs`, ...): its config
+//! struct with HuggingFace's field names and defaults, its layers, its recommended LoRA
+//! targets, and a `parse` function registered by `model_type` in [`crate::registry`]. The
+//! task model, generation and the trainer see it only through this trait.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::backbone::{Backbone, FreshLinear, Loader};
+use crate::heads::{Head, TaskHead};
+
+/// A parsed, validated `config.json` of one architecture.
+pub trait Architecture: Debug + Send + Sync + 'static {
+    /// HF's `model_type` (the key it is registered under).
+    fn model_type(&self) -> &'static str;
+    /// The name HuggingFace's task models give the backbone (`base_model_prefix`).
+    fn base_model_prefix(&self) -> &'static str;
+    fn hidden_size(&self) -> i64;
+    fn num_layers(&self) -> i64;
+    fn vocab_size(&self) -> i64;
+    fn pad_token_id(&self) -> Option<i64>;
+    fn initializer_range(&self) -> f64;
+    /// The longest sequence a learned position table allows (`None`: rotary, no table).
+    fn max_positions(&self) -> Option<i64>;
+    /// The longest prompt generation accepts (`n_positions`, `max_position_embeddings`);
+    /// `None` for an encoder, which does not generate.
+    fn generation_positions(&self) -> Option<i64>;
+    fn common(&self) -> &CommonConfig;
+    /// `(LoRA targets, classification head modules)`: the attention projections the LoRA
+    /// papers adapt, and the head layers (new for a pretrained backbone) trained in full.
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>);
+    /// Whether the weights are stored `[in, out]` (GPT-2's Conv1D): PEFT's `fan_in_fan_out`.
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+    /// Whether the causal-LM head exists for this architecture (decoders).
+    fn causal_lm(&self) -> bool {
+        self.generation_positions().is_some()
+    }
+    /// Head layers of `task` the checkpoint may lack, for [`Loader::init_missing`].
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear>;
+    /// The backbone and the head of `task`, every layer handed to the loader's builder under
+    /// its HuggingFace module name.
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)>;
+    /// For typed access ([`crate::ModelConfig::get`]).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Fields every HuggingFace config has (`PretrainedConfig`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+pub struct CommonConfig {
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    /// Labels of a classification checkpoint; their count is HF's `num_labels`.
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub problem_type: Option<String>,
+    #[serde(default)]
+    pub eos_token_id: Option<Value>,
+    #[serde(default)]
+    pub bos_token_id: Option<Value>,
+}
+
+/// Activation functions by their HuggingFace names (`transformers.activations.ACT2FN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `"gelu"`: exact, with erf (BERT, RoBERTa).
+    Gelu,
+    /// `"gelu_new"`, `"gelu_pytorch_tanh"`: the tanh approximation (GPT-2).
+    GeluTanh,
+    Relu,
+    /// `"silu"` / `"swish"` (Llama).
+    Silu,
+    Tanh,
+}
+
+/// Names accepted by [`Activation::parse`].
+pub const SUPPORTED_ACTIVATIONS: &[&str] = &[
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "relu",
+    "silu",
+    "swish",
+    "tanh",
+];
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            other => bail!(
+                "activation {other:?} is not supported; supported: {}",
+                SUPPORTED_ACTIVATIONS.join(", ")
+            ),
+        })
+    }
+
+    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// `initializer_range` default of every transformers config used here.
+pub(crate) fn default_initializer_range() -> f64 {
+    0.02
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}

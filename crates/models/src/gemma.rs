@@ -1,0 +1,195 @@
+//! Gemma: the Llama decoder ([`crate::llama`]'s layers) with embeddings scaled by
+//! `sqrt(hidden_size)`, RMSNorm scaling by `1 + weight` (in f32), a GeGLU MLP (tanh GELU,
+//! `hidden_act`) and a `head_dim` of its own (256, not hidden_size / heads); the LM head is tied
+//! to the embeddings by default. Bidirectional attention (`use_bidirectional_attention`) is
+//! refused.
+
+use std::any::Any;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::backbone::{Backbone, FreshLinear, Loader};
+use crate::heads::{Head, TaskHead};
+use crate::llama::{d_rms_eps, DecoderSpec};
+use crate::rope::RopeConfig;
+
+// Defaults of transformers' `GemmaConfig` (configuration_gemma.py).
+fn gemma_vocab_size() -> i64 {
+    256000
+}
+fn gemma_hidden_size() -> i64 {
+    3072
+}
+fn gemma_intermediate_size() -> i64 {
+    24576
+}
+fn gemma_layers() -> i64 {
+    28
+}
+fn gemma_heads() -> i64 {
+    16
+}
+fn gemma_kv_heads() -> Option<i64> {
+    Some(16)
+}
+fn gemma_head_dim() -> i64 {
+    256
+}
+fn gemma_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn gemma_positions() -> i64 {
+    8192
+}
+fn gemma_pad() -> Option<i64> {
+    Some(0)
+}
+
+/// Gemma's `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct GemmaConfig {
+    #[serde(default = "gemma_vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "gemma_hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "gemma_intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "gemma_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "gemma_heads")]
+    pub num_attention_heads: i64,
+    /// `null` means `num_attention_heads`.
+    #[serde(default = "gemma_kv_heads")]
+    pub num_key_value_heads: Option<i64>,
+    #[serde(default = "gemma_head_dim")]
+    pub head_dim: i64,
+    #[serde(default = "gemma_act")]
+    pub hidden_act: String,
+    #[serde(default = "gemma_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "gemma_pad")]
+    pub pad_token_id: Option<i64>,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl GemmaConfig {
+    pub fn num_kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The layers this config describes.
+    pub fn spec(&self) -> Result<DecoderSpec> {
+        if self.use_bidirectional_attention == Some(true) {
+            bail!("gemma: use_bidirectional_attention is not supported; supported: causal attention (false or null)");
+        }
+        let spec = DecoderSpec {
+            model_type: "gemma",
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_kv_heads(),
+            head_dim: self.head_dim,
+            act: Activation::parse(&self.hidden_act).context("gemma hidden_act")?,
+            rms_norm_eps: self.rms_norm_eps,
+            qkv_bias: self.attention_bias,
+            o_bias: self.attention_bias,
+            mlp_bias: false,
+            attention_dropout: self.attention_dropout,
+            rope: RopeConfig::parse(
+                "gemma",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim,
+                self.max_position_embeddings,
+            )?,
+            sliding_window: None,
+            pad_token_id: self.pad_token_id,
+            tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: Some((self.hidden_size as f64).sqrt()),
+            norm_unit_offset: true,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// `model_type: "gemma"` (registered in [`crate::registry`]).
+pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
+    let c: GemmaConfig = serde_json::from_value(value).context("gemma config")?;
+    c.spec()?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for GemmaConfig {
+    fn model_type(&self) -> &'static str {
+        "gemma"
+    }
+    fn base_model_prefix(&self) -> &'static str {
+        "model"
+    }
+    fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+    fn num_layers(&self) -> i64 {
+        self.num_hidden_layers
+    }
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+    fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn max_positions(&self) -> Option<i64> {
+        None
+    }
+    fn generation_positions(&self) -> Option<i64> {
+        Some(self.max_position_embeddings)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    /// The attention projections, as for Llama (PEFT's default for `gemma`).
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (vec!["q_proj", "v_proj"], vec!["score"])
+    }
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        match self.spec() {
+            Ok(spec) => spec.head_specs(task),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        self.spec()?.build(ld, task)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,190 @@
+//! Mistral: the Llama decoder ([`crate::llama`]'s layers) with sliding-window attention:
+//! each query sees the keys of the last `sliding_window` positions, itself included, in
+//! training and evaluation and in generation with the key-value cache alike
+//! (`sliding_window: null` is full causal attention, as in Mistral v0.2 and later).
+
+use std::any::Any;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
+use crate::backbone::{Backbone, FreshLinear, Loader};
+use crate::heads::{Head, TaskHead};
+use crate::llama::{d_rms_eps, d_silu, DecoderSpec};
+use crate::rope::RopeConfig;
+
+// Defaults of transformers' `MistralConfig` (configuration_mistral.py).
+fn mistral_vocab_size() -> i64 {
+    32000
+}
+fn mistral_hidden_size() -> i64 {
+    4096
+}
+fn mistral_intermediate_size() -> i64 {
+    14336
+}
+fn mistral_layers() -> i64 {
+    32
+}
+fn mistral_heads() -> i64 {
+    32
+}
+fn mistral_kv_heads() -> Option<i64> {
+    Some(8)
+}
+fn mistral_positions() -> i64 {
+    4096 * 32
+}
+fn mistral_window() -> Option<i64> {
+    Some(4096)
+}
+
+/// Mistral's `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MistralConfig {
+    #[serde(default = "mistral_vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "mistral_hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "mistral_intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "mistral_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "mistral_heads")]
+    pub num_attention_heads: i64,
+    /// `null` means `num_attention_heads`.
+    #[serde(default = "mistral_kv_heads")]
+    pub num_key_value_heads: Option<i64>,
+    /// `None` means hidden_size / num_attention_heads.
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "d_silu")]
+    pub hidden_act: String,
+    #[serde(default = "mistral_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    /// `null`: full causal attention.
+    #[serde(default = "mistral_window")]
+    pub sliding_window: Option<i64>,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl MistralConfig {
+    pub fn num_kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The layers this config describes.
+    pub fn spec(&self) -> Result<DecoderSpec> {
+        let spec = DecoderSpec {
+            model_type: "mistral",
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_kv_heads(),
+            head_dim: self.head_dim(),
+            act: Activation::parse(&self.hidden_act).context("mistral hidden_act")?,
+            rms_norm_eps: self.rms_norm_eps,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            attention_dropout: self.attention_dropout,
+            rope: RopeConfig::parse(
+                "mistral",
+                self.rope_theta,
+                &self.rope_parameters,
+                &self.rope_scaling,
+                self.head_dim(),
+                self.max_position_embeddings,
+            )?,
+            sliding_window: self.sliding_window,
+            pad_token_id: self.pad_token_id,
+            tie_word_embeddings: self.tie_word_embeddings,
+            embed_scale: None,
+            norm_unit_offset: false,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// `model_type: "mistral"` (registered in [`crate::registry`]).
+pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
+    let c: MistralConfig = serde_json::from_value(value).context("mistral config")?;
+    c.spec()?;
+    Ok(Box::new(c))
+}
+
+impl Architecture for MistralConfig {
+    fn model_type(&self) -> &'static str {
+        "mistral"
+    }
+    fn base_model_prefix(&self) -> &'static str {
+        "model"
+    }
+    fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+    fn num_layers(&self) -> i64 {
+        self.num_hidden_layers
+    }
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+    fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token_id
+    }
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+    fn max_positions(&self) -> Option<i64> {
+        None
+    }
+    fn generation_positions(&self) -> Option<i64> {
+        Some(self.max_position_embeddings)
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+    /// The attention projections, as for Llama (PEFT's default for `mistral`).
+    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (vec!["q_proj", "v_proj"], vec!["score"])
+    }
+    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
+        match self.spec() {
+            Ok(spec) => spec.head_specs(task),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        self.spec()?.build(ld, task)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,342 @@
+//! Rotary position embeddings as the checkpoint's `rope_parameters` (transformers 5) or
+//! `rope_scaling` + `rope_theta` (older) say: `default`, `linear`, `dynamic`, `llama3` and
+//! `yarn`, computed as transformers' `modeling_rope_utils.py` does (inverse frequencies in f32;
+//! YaRN's attention factor on the tables). Any other type, or an option none of these
+//! implements (`partial_rotary_factor` below 1), is refused by name.
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::{Map, Value};
+use tch::{Device, Kind, Tensor};
+
+/// RoPE base (`rope_theta`), transformers' default.
+pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
+
+/// The `rope_type`s implemented.
+pub const SUPPORTED_ROPE_TYPES: &[&str] = &["default", "linear", "dynamic", "llama3", "yarn"];
+
+/// YaRN's defaults (transformers' `_compute_yarn_parameters`).
+const YARN_BETA_FAST: f64 = 32.0;
+const YARN_BETA_SLOW: f64 = 1.0;
+/// YaRN: the ramp's bounds must differ; transformers widens an empty one by this much.
+const YARN_RAMP_EPS: f64 = 0.001;
+/// YaRN's attention factor: `0.1 * mscale * ln(scale) + 1`.
+const YARN_MSCALE_COEFF: f64 = 0.1;
+
+/// How the inverse frequencies are scaled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    /// Frequencies divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// NTK-aware: the base grows with the sequence once it is longer than
+    /// `max_position_embeddings` (the sequence being the largest position id + 1 of the batch).
+    Dynamic {
+        factor: f64,
+        max_position_embeddings: i64,
+    },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// YaRN: interpolation and extrapolation blended by a linear ramp, and an attention factor.
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        truncate: bool,
+        attention_factor: f64,
+    },
+}
+
+/// A parsed RoPE configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    /// The rotated dimensions (the head dimension).
+    pub dim: i64,
+    pub scaling: RopeScaling,
+}
+
+/// `1 - x`.
+fn one_minus(x: &Tensor) -> Tensor {
+    x.ones_like() - x
+}
+
+fn number(p: &Map<String, Value>, key: &str) -> Option<f64> {
+    p.get(key).and_then(Value::as_f64)
+}
+
+impl RopeConfig {
+    /// From a config's fields. `rope_parameters` (transformers 5) wins over `rope_scaling`
+    /// (older), whose missing keys it fills; `rope_theta` comes from either, else the top
+    /// level, else [`DEFAULT_ROPE_THETA`].
+    pub fn parse(
+        model_type: &str,
+        rope_theta: Option<f64>,
+        rope_parameters: &Option<Value>,
+        rope_scaling: &Option<Value>,
+        head_dim: i64,
+        max_position_embeddings: i64,
+    ) -> Result<Self> {
+        let mut p = Map::new();
+        for (field, v) in [
+            ("rope_scaling", rope_scaling),
+            ("rope_parameters", rope_parameters),
+        ] {
+            match v {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(m)) => p.extend(m.clone()),
+                Some(other) => {
+                    bail!("{model_type} {field}: expected an object or null, found {other}")
+                }
+            }
+        }
+        let theta = number(&p, "rope_theta")
+            .or(rope_theta)
+            .unwrap_or(DEFAULT_ROPE_THETA);
+        let ty = p
+            .get("rope_type")
+            .or_else(|| p.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let what = |key: &str| format!("{model_type} rope_parameters (rope_type {ty:?}): {key}");
+        if let Some(f) = number(&p, "partial_rotary_factor") {
+            if f != 1.0 {
+                bail!(
+                    "{}: {f} is not supported; supported: 1.0 (every dimension rotated)",
+                    what("partial_rotary_factor")
+                );
+            }
+        }
+        let required = |key: &str| {
+            number(&p, key)
+                .ok_or_else(|| anyhow!("{} is missing (a number is required)", what(key)))
+        };
+        let positive = |key: &str, v: f64| -> Result<f64> {
+            if v > 0.0 {
+                Ok(v)
+            } else {
+                bail!("{}: expected a positive number, found {v}", what(key))
+            }
+        };
+        let original = number(&p, "original_max_position_embeddings")
+            .unwrap_or(max_position_embeddings as f64);
+        let scaling = match ty.as_str() {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: positive("factor", required("factor")?)?,
+            },
+            "dynamic" => RopeScaling::Dynamic {
+                factor: positive("factor", required("factor")?)?,
+                max_position_embeddings,
+            },
+            "llama3" => {
+                let low = positive("low_freq_factor", required("low_freq_factor")?)?;
+                let high = positive("high_freq_factor", required("high_freq_factor")?)?;
+                if high <= low {
+                    bail!(
+                        "{}: high_freq_factor ({high}) must exceed low_freq_factor ({low})",
+                        what("high_freq_factor")
+                    );
+                }
+                RopeScaling::Llama3 {
+                    factor: positive("factor", required("factor")?)?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: positive(
+                        "original_max_position_embeddings",
+                        original,
+                    )?,
+                }
+            }
+            "yarn" => {
+                let original = positive("original_max_position_embeddings", original)?;
+                let factor =
+                    number(&p, "factor").unwrap_or(max_position_embeddings as f64 / original);
+                let factor = positive("factor", factor)?;
+                let mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        YARN_MSCALE_COEFF * m * scale.ln() + 1.0
+                    }
+                };
+                let attention_factor = match (
+                    number(&p, "attention_factor"),
+                    number(&p, "mscale").filter(|m| *m != 0.0),
+                    number(&p, "mscale_all_dim").filter(|m| *m != 0.0),
+                ) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                };
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: original,
+                    beta_fast: number(&p, "beta_fast")
+                        .filter(|b| *b != 0.0)
+                        .unwrap_or(YARN_BETA_FAST),
+                    beta_slow: number(&p, "beta_slow")
+                        .filter(|b| *b != 0.0)
+                        .unwrap_or(YARN_BETA_SLOW),
+                    truncate: p.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                    attention_factor,
+                }
+            }
+            other => bail!(
+                "{model_type}: rope_type {other:?} is not supported; supported: {}",
+                SUPPORTED_ROPE_TYPES.join(", ")
+            ),
+        };
+        if head_dim % 2 != 0 || head_dim <= 0 {
+            bail!(
+                "{model_type}: head_dim {head_dim} must be positive and even for rotary embeddings"
+            );
+        }
+        Ok(RopeConfig {
+            theta,
+            dim: head_dim,
+            scaling,
+        })
+    }
+
+    /// `1 / base^(2i / dim)` in f32 on the CPU, `[dim / 2]`.
+    fn plain_inv_freq(&self, base: f64) -> Tensor {
+        let exponents = Tensor::arange_start_step(0, self.dim, 2, (Kind::Int64, Device::Cpu))
+            .to_kind(Kind::Float)
+            / self.dim as f64;
+        Tensor::from(base as f32).pow(&exponents).reciprocal()
+    }
+
+    /// The inverse frequencies (f32, on `device`) for a batch whose largest position is
+    /// `seq_len - 1` (only `dynamic` depends on it), and the factor the tables are multiplied by.
+    pub fn inv_freq(&self, seq_len: i64, device: Device) -> (Tensor, f64) {
+        let (inv, scale) = match &self.scaling {
+            RopeScaling::Default => (self.plain_inv_freq(self.theta), 1.0),
+            RopeScaling::Linear { factor } => (self.plain_inv_freq(self.theta) / *factor, 1.0),
+            RopeScaling::Dynamic {
+                factor,
+                max_position_embeddings,
+            } => {
+                let max = *max_position_embeddings as f64;
+                let seq = (seq_len as f64).max(max);
+                let d = self.dim as f64;
+                let base = self.theta * ((factor * seq / max) - (factor - 1.0)).powf(d / (d - 2.0));
+                (self.plain_inv_freq(base), 1.0)
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let inv = self.plain_inv_freq(self.theta);
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                let wavelen = inv.reciprocal() * (2.0 * std::f64::consts::PI);
+                let scaled = inv.where_self(&wavelen.le(low_wavelen), &(&inv / *factor));
+                let smooth = (wavelen.reciprocal() * *old - *low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                let smoothed = one_minus(&smooth) * &scaled / *factor + &smooth * &scaled;
+                let medium = wavelen
+                    .ge(high_wavelen)
+                    .logical_and(&wavelen.le(low_wavelen));
+                (smoothed.where_self(&medium, &scaled), 1.0)
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast,
+                beta_slow,
+                truncate,
+                attention_factor,
+            } => {
+                let d = self.dim as f64;
+                let correction = |rotations: f64| {
+                    d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.theta.ln())
+                };
+                let (mut low, mut high) = (correction(*beta_fast), correction(*beta_slow));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+                if low == high {
+                    high += YARN_RAMP_EPS;
+                }
+                let half = self.dim / 2;
+                let ramp = ((Tensor::arange(half, (Kind::Float, Device::Cpu)) - low)
+                    / (high - low))
+                    .clamp(0.0, 1.0);
+                let extrapolation = self.plain_inv_freq(self.theta);
+                let interpolation = &extrapolation / *factor;
+                let keep = one_minus(&ramp);
+                let inv = &interpolation * one_minus(&keep) + &extrapolation * &keep;
+                (inv, *attention_factor)
+            }
+        };
+        (inv.to_device(device), scale)
+    }
+
+    /// Whether the frequencies depend on the batch's positions (`dynamic`).
+    pub fn depends_on_length(&self) -> bool {
+        matches!(self.scaling, RopeScaling::Dynamic { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(params: Value) -> Result<RopeConfig> {
+        RopeConfig::parse("llama", None, &Some(params), &None, 8, 64)
+    }
+
+    #[test]
+    fn unknown_types_and_options_are_refused_by_name() {
+        let e = parse(serde_json::json!({"rope_type": "longrope", "factor": 2.0})).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("\"longrope\"")
+                && msg.contains("supported: default, linear, dynamic, llama3, yarn"),
+            "{msg}"
+        );
+        let e = parse(serde_json::json!({"rope_type": "linear"})).unwrap_err();
+        assert!(format!("{e:#}").contains("factor is missing"), "{e:#}");
+        let e = parse(serde_json::json!({"rope_type": "default", "partial_rotary_factor": 0.5}))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("partial_rotary_factor"), "{e:#}");
+        // The older field name and layout.
+        let c = RopeConfig::parse(
+            "llama",
+            Some(500000.0),
+            &None,
+            &Some(serde_json::json!({"type": "linear", "factor": 4.0})),
+            8,
+            64,
+        )
+        .unwrap();
+        assert_eq!(c.theta, 500000.0);
+        assert_eq!(c.scaling, RopeScaling::Linear { factor: 4.0 });
+    }
+
+    /// Dynamic NTK leaves sequences within `max_position_embeddings` alone.
+    #[test]
+    fn dynamic_is_default_within_the_trained_length() {
+        let d = parse(serde_json::json!({"rope_type": "dynamic", "factor": 2.0})).unwrap();
+        let plain = parse(serde_json::json!({"rope_type": "default"})).unwrap();
+        let (a, _) = d.inv_freq(64, Device::Cpu);
+        let (b, _) = plain.inv_freq(10, Device::Cpu);
+        assert!(a.equal(&b));
+        let (c, _) = d.inv_freq(65, Device::Cpu);
+        assert!(!c.equal(&b));
+    }
+}
