@@ -19,8 +19,9 @@
 //! - Only rank 0 evaluates and writes checkpoints, metrics, plots and the adapter; the others
 //!   wait at a barrier. A rank that dies makes the others fail naming it (see loraplus-dist).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -38,6 +39,8 @@ pub struct DataParallel {
     pub rank: usize,
     pub world: usize,
     pub local_rank: usize,
+    /// Nanoseconds spent in the gradient all-reduce so far.
+    comm_nanos: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for DataParallel {
@@ -72,6 +75,7 @@ impl DataParallel {
             rank: env.rank,
             world: env.world_size,
             local_rank: env.local_rank,
+            comm_nanos: Arc::new(AtomicU64::new(0)),
         }))
     }
 
@@ -79,9 +83,23 @@ impl DataParallel {
         self.rank == 0
     }
 
-    /// Gradients averaged over the ranks in the optimizer's `sync_grads`.
+    /// Gradients averaged over the ranks in the optimizer's `sync_grads` (timed: see
+    /// [`Self::comm_seconds`]).
     pub fn attach(&self, opt: &mut Optimizer) {
-        opt.0.set_grad_hook(allreduce_hook(self.pg.clone()));
+        let mut inner = allreduce_hook(self.pg.clone());
+        let spent = self.comm_nanos.clone();
+        opt.0.set_grad_hook(Box::new(move |grad| {
+            let t = Instant::now();
+            let r = inner(grad);
+            spent.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            r
+        }));
+    }
+
+    /// Seconds this rank has spent in the gradient all-reduce (waiting for the slower ranks
+    /// included).
+    pub fn comm_seconds(&self) -> f64 {
+        self.comm_nanos.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Rank 0's trainable tensors (adapters, head) on every rank.

@@ -530,6 +530,15 @@ impl Trainer {
         }
         let adapter_dir = self.config.output_dir.join("adapter");
         self.save_adapter(&adapter_dir)?;
+        if let Some(dp) = &self.parallel {
+            let total = started.elapsed().as_secs_f64();
+            let comm = dp.comm_seconds();
+            tracing::info!(
+                "rank {}: communication: {:.1}% of {total:.1} s in the gradient all-reduce ({comm:.2} s)",
+                dp.rank,
+                100.0 * comm / total.max(1e-9)
+            );
+        }
         Ok(RunSummary {
             steps: self.state.step,
             stopped_because,
