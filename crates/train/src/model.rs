@@ -87,8 +87,9 @@ pub fn class_prefix(model_type: &str) -> String {
 /// every step pays page faults and zeroing again. Raising the mmap threshold to its maximum
 /// (32 MiB), the trim threshold to 1 GiB and the top pad to 64 MiB keeps those pages mapped:
 /// steady-state RSS is the same (the same activations), steps are 3-10% faster on the CPU.
-/// Process-wide, called once by [`crate::Trainer::new`] and the `loraplus` binary; a no-op off
-/// glibc. Returns whether every setting was accepted.
+/// Process-wide, so never called by the library on its own: the `loraplus` binary calls it
+/// (through [`crate::trainer::apply_process_settings`]), as may a program of yours; a no-op
+/// off glibc. Returns whether every setting was accepted.
 pub fn tune_cpu_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
