@@ -7,7 +7,6 @@
 //! The layers are described by a [`DecoderSpec`], so that the Llama family (Qwen2: q/k/v
 //! biases; Mistral: sliding-window attention) reuses them from its own file.
 
-use std::any::Any;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -174,55 +173,69 @@ pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
     Ok(Box::new(c))
 }
 
-impl Architecture for LlamaConfig {
-    fn model_type(&self) -> &'static str {
-        "llama"
-    }
-    fn base_model_prefix(&self) -> &'static str {
-        "model"
-    }
-    fn hidden_size(&self) -> i64 {
-        self.hidden_size
-    }
-    fn num_layers(&self) -> i64 {
-        self.num_hidden_layers
-    }
-    fn vocab_size(&self) -> i64 {
-        self.vocab_size
-    }
-    fn pad_token_id(&self) -> Option<i64> {
-        self.pad_token_id
-    }
-    fn initializer_range(&self) -> f64 {
-        self.initializer_range
-    }
-    fn max_positions(&self) -> Option<i64> {
-        None
-    }
-    fn generation_positions(&self) -> Option<i64> {
-        Some(self.max_position_embeddings)
-    }
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
-        (vec!["q_proj", "v_proj"], vec!["score"])
-    }
-    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
-        decoder_head_specs(
-            task,
-            self.hidden_size,
-            self.vocab_size,
-            self.tie_word_embeddings,
-        )
-    }
-    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
-        self.spec()?.build(ld, task)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+/// `impl Architecture` for a Llama-family config (`$ty` with Llama's field names and a
+/// `spec()` giving its [`DecoderSpec`]): everything but `model_type` is read from the fields or
+/// the spec, and the recommended LoRA targets are the attention's q/v projections (PEFT's
+/// default for these model types), the score head saved for classification.
+macro_rules! llama_family_architecture {
+    ($ty:ty, $model_type:literal) => {
+        impl $crate::arch::Architecture for $ty {
+            fn model_type(&self) -> &'static str {
+                $model_type
+            }
+            fn base_model_prefix(&self) -> &'static str {
+                "model"
+            }
+            fn hidden_size(&self) -> i64 {
+                self.hidden_size
+            }
+            fn num_layers(&self) -> i64 {
+                self.num_hidden_layers
+            }
+            fn vocab_size(&self) -> i64 {
+                self.vocab_size
+            }
+            fn pad_token_id(&self) -> Option<i64> {
+                self.pad_token_id
+            }
+            fn initializer_range(&self) -> f64 {
+                self.initializer_range
+            }
+            fn max_positions(&self) -> Option<i64> {
+                None
+            }
+            fn generation_positions(&self) -> Option<i64> {
+                Some(self.max_position_embeddings)
+            }
+            fn common(&self) -> &$crate::arch::CommonConfig {
+                &self.common
+            }
+            fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+                (vec!["q_proj", "v_proj"], vec!["score"])
+            }
+            fn head_specs(&self, task: $crate::heads::Head) -> Vec<$crate::backbone::FreshLinear> {
+                // `parse` checked the spec: it cannot fail here.
+                self.spec().map_or_else(|_| Vec::new(), |s| s.head_specs(task))
+            }
+            fn build(
+                &self,
+                ld: &mut $crate::backbone::Loader,
+                task: $crate::heads::Head,
+            ) -> anyhow::Result<(
+                Box<dyn $crate::backbone::Backbone + Send>,
+                $crate::heads::TaskHead,
+            )> {
+                self.spec()?.build(ld, task)
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+        }
+    };
 }
+pub(crate) use llama_family_architecture;
+
+llama_family_architecture!(LlamaConfig, "llama");
 
 /// The shape and options of a Llama-family decoder, from its config.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,16 +2,13 @@
 //! `k_proj` and `v_proj` (none on `o_proj`), tied or untied embeddings. Sliding-window
 //! attention (`use_sliding_window`) is refused: released Qwen2 checkpoints leave it off.
 
-use std::any::Any;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
-use crate::backbone::{Backbone, FreshLinear, Loader};
-use crate::heads::{Head, TaskHead};
-use crate::llama::{d_rms_eps, d_silu, DecoderSpec};
+use crate::llama::{llama_family_architecture, d_rms_eps, d_silu, DecoderSpec};
 use crate::rope::RopeConfig;
 
 // Defaults of transformers' `Qwen2Config` (configuration_qwen2.py).
@@ -146,51 +143,4 @@ pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
     Ok(Box::new(c))
 }
 
-impl Architecture for Qwen2Config {
-    fn model_type(&self) -> &'static str {
-        "qwen2"
-    }
-    fn base_model_prefix(&self) -> &'static str {
-        "model"
-    }
-    fn hidden_size(&self) -> i64 {
-        self.hidden_size
-    }
-    fn num_layers(&self) -> i64 {
-        self.num_hidden_layers
-    }
-    fn vocab_size(&self) -> i64 {
-        self.vocab_size
-    }
-    fn pad_token_id(&self) -> Option<i64> {
-        self.pad_token_id
-    }
-    fn initializer_range(&self) -> f64 {
-        self.initializer_range
-    }
-    fn max_positions(&self) -> Option<i64> {
-        None
-    }
-    fn generation_positions(&self) -> Option<i64> {
-        Some(self.max_position_embeddings)
-    }
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-    /// The attention projections, as for Llama (PEFT's default for `qwen2`).
-    fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
-        (vec!["q_proj", "v_proj"], vec!["score"])
-    }
-    fn head_specs(&self, task: Head) -> Vec<FreshLinear> {
-        match self.spec() {
-            Ok(spec) => spec.head_specs(task),
-            Err(_) => Vec::new(),
-        }
-    }
-    fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
-        self.spec()?.build(ld, task)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+llama_family_architecture!(Qwen2Config, "qwen2");

@@ -114,9 +114,8 @@ impl DataParallel {
         Ok(())
     }
 
-    /// This rank's rows of a global micro-batch, its items and the batch's items (see the
-    /// module docs).
-    pub fn shard(&self, batch: &Batch) -> Result<(Batch, f64, f64)> {
+    /// This rank's rows of a global micro-batch and their items (see the module docs).
+    pub fn shard(&self, batch: &Batch) -> Result<(Batch, f64)> {
         let n = batch.size();
         if n < self.world {
             bail!(
@@ -155,7 +154,7 @@ impl DataParallel {
             position: batch.position,
         };
         let mine = items(&local);
-        Ok((local, mine, items(batch)))
+        Ok((local, mine))
     }
 
     /// Element-wise sum over the ranks of a few f64 values.

@@ -8,6 +8,16 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
+/// Run `$draw(area, args...)` on an SVG and then a PNG drawing area: `<base>.svg`, `<base>.png`.
+macro_rules! svg_and_png {
+    ($base:expr, $size:expr, $draw:ident($($arg:expr),*)) => {{
+        let svg = $base.with_extension("svg");
+        $draw(SVGBackend::new(&svg, $size).into_drawing_area(), $($arg),*)?;
+        let png = $base.with_extension("png");
+        $draw(BitMapBackend::new(&png, $size).into_drawing_area(), $($arg),*)?;
+    }};
+}
+
 /// One line: a label and its (x, y) points.
 pub struct Series {
     pub label: String,
@@ -140,22 +150,7 @@ pub fn line_plot(
     series: &[Series],
 ) -> Result<()> {
     register_font();
-    let svg = base.with_extension("svg");
-    draw(
-        SVGBackend::new(&svg, (800, 500)).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        series,
-    )?;
-    let png = base.with_extension("png");
-    draw(
-        BitMapBackend::new(&png, (800, 500)).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        series,
-    )?;
+    svg_and_png!(base, (800, 500), draw(title, x_label, y_label, series));
     Ok(())
 }
 
@@ -173,21 +168,39 @@ fn ramp(t: f64) -> RGBColor {
     RGBColor(lerp(30.0, 250.0), lerp(40.0, 220.0), lerp(120.0, 40.0))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What [`heatmap`] draws.
+pub struct HeatmapSpec<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub cells: &'a [Cell],
+    /// The grid's spacing (x, y): each cell is drawn that wide and high.
+    pub step: (f64, f64),
+    /// Colour the lowest value as the best (a loss), else the highest.
+    pub best_is_low: bool,
+    /// A cell framed in red (the chosen one).
+    pub mark: Option<(f64, f64)>,
+    /// A row framed in white, with its legend label (plain LoRA's ratio 1).
+    pub baseline: Option<(f64, &'a str)>,
+}
+
 fn draw_heatmap<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    cells: &[Cell],
-    step: (f64, f64),
-    best_is_low: bool,
-    mark: Option<(f64, f64)>,
-    baseline: Option<(f64, &str)>,
+    spec: &HeatmapSpec,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
+    let HeatmapSpec {
+        title,
+        x_label,
+        y_label,
+        cells,
+        step,
+        best_is_low,
+        mark,
+        baseline,
+    } = *spec;
     let xs = cells.iter().map(|c| c.x);
     let ys = cells.iter().map(|c| c.y);
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
@@ -270,47 +283,12 @@ where
     Ok(())
 }
 
-/// A heatmap of `cells` on a regular grid of spacing `step` (x, y), written as `<base>.svg`
-/// and `<base>.png`: colour from best (dark) to worst (yellow), values printed, failed cells
-/// grey, the row `baseline` framed in white with its label (plain LoRA's ratio 1), `mark`
-/// framed in red.
-#[allow(clippy::too_many_arguments)]
-pub fn heatmap(
-    base: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    cells: &[Cell],
-    step: (f64, f64),
-    best_is_low: bool,
-    mark: Option<(f64, f64)>,
-    baseline: Option<(f64, &str)>,
-) -> Result<()> {
+/// A heatmap of `spec.cells` on a regular grid, written as `<base>.svg` and `<base>.png`:
+/// colour from best (dark) to worst (yellow), values printed, failed cells grey, the row
+/// `spec.baseline` framed in white with its label, `spec.mark` framed in red.
+pub fn heatmap(base: &Path, spec: &HeatmapSpec) -> Result<()> {
     register_font();
-    let svg = base.with_extension("svg");
-    draw_heatmap(
-        SVGBackend::new(&svg, (800, 640)).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        cells,
-        step,
-        best_is_low,
-        mark,
-        baseline,
-    )?;
-    let png = base.with_extension("png");
-    draw_heatmap(
-        BitMapBackend::new(&png, (800, 640)).into_drawing_area(),
-        title,
-        x_label,
-        y_label,
-        cells,
-        step,
-        best_is_low,
-        mark,
-        baseline,
-    )?;
+    svg_and_png!(base, (800, 640), draw_heatmap(spec));
     Ok(())
 }
 

@@ -372,19 +372,19 @@ impl Trainer {
                 window_samples += batch.size();
                 micro.push(batch);
             }
-            let step_items: f64 = micro.iter().map(crate::parallel::items).sum();
-            for batch in micro {
+            // Items of each micro-batch, counted once (on the CPU batch: no device read).
+            let counts: Vec<f64> = micro.iter().map(crate::parallel::items).collect();
+            let step_items: f64 = counts.iter().sum();
+            for (batch, all) in micro.into_iter().zip(counts) {
                 // This rank's rows and its share of the step's loss.
-                let (batch, share, ranks) = match &self.parallel {
+                let (batch, mine, ranks) = match &self.parallel {
                     Some(dp) => {
-                        let (local, mine, _) = dp.shard(&batch)?;
-                        (local, mine / step_items, dp.world as f64)
+                        let (local, mine) = dp.shard(&batch)?;
+                        (local, mine, dp.world as f64)
                     }
-                    None => {
-                        let mine = crate::parallel::items(&batch);
-                        (batch, mine / step_items, 1.0)
-                    }
+                    None => (batch, all, 1.0),
                 };
+                let share = mine / step_items;
                 if share.is_nan() || share <= 0.0 {
                     // Nothing to learn in these rows (and a mean over nothing is NaN): their
                     // gradient contribution is zero.

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::cli::{Overrides, UsageError};
 use crate::config::TrainConfig;
-use crate::plots::{heatmap, Cell};
+use crate::plots::{heatmap, Cell, HeatmapSpec};
 use crate::task;
 use crate::trainer::Trainer;
 use crate::tune::{successive_halving, table, TrialStore, TuneGrid};
@@ -161,19 +161,21 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             min_gap(cells.iter().map(|c| c.x)),
             min_gap(cells.iter().map(|c| c.y)),
         );
-        if let Err(e) = heatmap(
-            &root.join(name),
-            &format!("{} at {} steps (rung {rung})", "dev metric", rungs[rung]),
-            "log10 lr_A",
-            "log2 ratio (lr_B / lr_A)",
-            &cells,
+        let title = format!("dev metric at {} steps (rung {rung})", rungs[rung]);
+        let spec = HeatmapSpec {
+            title: &title,
+            x_label: "log10 lr_A",
+            y_label: "log2 ratio (lr_B / lr_A)",
+            cells: &cells,
             step,
-            !greater_is_better,
-            Some((result.best_lr.log10(), result.best_ratio.log2())),
-            grid.ratios
+            best_is_low: !greater_is_better,
+            mark: Some((result.best_lr.log10(), result.best_ratio.log2())),
+            baseline: grid
+                .ratios
                 .contains(&1.0)
                 .then_some((0.0, "ratio 1: plain LoRA")),
-        ) {
+        };
+        if let Err(e) = heatmap(&root.join(name), &spec) {
             tracing::warn!("{name} not written: {e:#}");
         }
     }
