@@ -2,7 +2,8 @@
 //! 1 rank x batch 2b (a GLUE task on MiniLM with dropout off, and a causal-LM task on a tiny
 //! Llama); a run launched by torchrun and one launched by `--nproc-per-node 2` write identical
 //! checkpoints; a resumed 2-rank run equals an uninterrupted one bitwise; a killed rank makes
-//! the run fail naming it, in bounded time.
+//! the run fail naming it, in bounded time; Ctrl-C (SIGINT to the terminal's process group)
+//! stops a `--nproc-per-node 2` run with one resumable checkpoint and no rank left running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -302,6 +303,103 @@ fn a_killed_rank_fails_the_run_naming_it() {
     assert!(!status.success(), "{err}");
     assert!(waited < Duration::from_secs(60), "took {waited:?}: {err}");
     assert!(err.contains("rank 1"), "{err}");
+}
+
+/// The processes whose environment holds `marker` (inherited from the launcher by its ranks).
+fn processes_marked(marker: &str) -> Vec<i32> {
+    let needle = format!("LORAPLUS_TEST_MARK={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_with_one_resumable_checkpoint() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "");
+    let out = dir.path().join("out");
+    let marker = format!("ctrl-c-{}", std::process::id());
+    // As a terminal does: the launcher leads its own process group, and Ctrl-C sends SIGINT to
+    // the whole group (the launcher and both ranks).
+    let mut launcher = bin()
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--no-progress",
+            "--max-steps",
+            "100000",
+            "--nproc-per-node",
+            "2",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .env("LORAPLUS_TEST_MARK", &marker)
+        .process_group(0)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let metrics = out.join("metrics.jsonl");
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"kind\":\"train\"")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no training step in 3 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        processes_marked(&marker).len(),
+        3,
+        "expected the launcher and two ranks to be running"
+    );
+    let interrupted = Instant::now();
+    let pgid = i32::try_from(launcher.id()).unwrap();
+    assert_eq!(unsafe { libc_kill(-pgid, 2) }, 0, "SIGINT to the group");
+    let status = launcher.wait().unwrap();
+    let waited = interrupted.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "launcher exit status: {err}");
+    assert!(waited < Duration::from_secs(60), "took {waited:?}: {err}");
+    // Every rank has exited with the launcher (reaped by it, nothing orphaned).
+    let left = processes_marked(&marker);
+    assert!(left.is_empty(), "processes left running: {left:?}\n{err}");
+    let ckpts = loraplus_train::checkpoint::list(&out).unwrap();
+    assert_eq!(
+        ckpts.len(),
+        1,
+        "one checkpoint after Ctrl-C: {ckpts:?}\n{err}"
+    );
+    let (step, path) = ckpts[0].clone();
+    assert!(step >= 1, "checkpoint at step {step}");
+    // The checkpoint resumes under the same 2-rank launch for one more step.
+    let resumed = dir.path().join("resumed");
+    let until = (step + 1).to_string();
+    ok(
+        train(
+            &cfg,
+            &resumed,
+            &[
+                "--nproc-per-node",
+                "2",
+                "--max-steps",
+                &until,
+                "--resume",
+                path.to_str().unwrap(),
+            ],
+        ),
+        "resuming the interrupted run",
+    );
+    assert!(resumed.join("adapter/adapter_model.safetensors").exists());
 }
 
 extern "C" {
