@@ -1,7 +1,7 @@
 //! Rotary position embeddings as the checkpoint's `rope_parameters` (transformers 5) or
-//! `rope_scaling` + `rope_theta` (older) say: `default`, `linear`, `dynamic`, `llama3` and
-//! `yarn`, computed as transformers' `modeling_rope_utils.py` does (inverse frequencies in f32;
-//! YaRN's attention factor on the tables). Any other type, or an option none of these
+//! `rope_scaling` + `rope_theta` (older) say: `default`, `linear`, `dynamic`, `llama3`, `yarn`
+//! and `longrope`, computed as transformers' `modeling_rope_utils.py` does (inverse frequencies
+//! in f32; YaRN's and LongRoPE's attention factor on the tables). Any other type, or an option none of these
 //! implements (`partial_rotary_factor` below 1), is refused by name.
 
 use anyhow::{anyhow, bail, Result};
@@ -12,7 +12,8 @@ use tch::{Device, Kind, Tensor};
 pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 /// The `rope_type`s implemented.
-pub const SUPPORTED_ROPE_TYPES: &[&str] = &["default", "linear", "dynamic", "llama3", "yarn"];
+pub const SUPPORTED_ROPE_TYPES: &[&str] =
+    &["default", "linear", "dynamic", "llama3", "yarn", "longrope"];
 
 /// YaRN's defaults (transformers' `_compute_yarn_parameters`).
 const YARN_BETA_FAST: f64 = 32.0;
@@ -50,6 +51,15 @@ pub enum RopeScaling {
         beta_fast: f64,
         beta_slow: f64,
         truncate: bool,
+        attention_factor: f64,
+    },
+    /// LongRoPE (Phi-3): each frequency divided by its own factor, `short_factor` while the
+    /// sequence (largest position id + 1) fits in `original_max_position_embeddings`,
+    /// `long_factor` beyond; the tables multiplied by an attention factor.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: f64,
         attention_factor: f64,
     },
 }
@@ -190,6 +200,48 @@ impl RopeConfig {
                     attention_factor,
                 }
             }
+            "longrope" => {
+                // transformers reads `original_max_position_embeddings` from the parameters
+                // only (Phi-3 configs carry it there after `standardize_rope_params`).
+                let original = positive(
+                    "original_max_position_embeddings",
+                    required("original_max_position_embeddings")?,
+                )?;
+                let factors = |key: &str| -> Result<Vec<f64>> {
+                    let list = p.get(key).and_then(Value::as_array).ok_or_else(|| {
+                        anyhow!("{} is missing (a list of head_dim / 2 numbers)", what(key))
+                    })?;
+                    let v: Vec<f64> = list.iter().filter_map(Value::as_f64).collect();
+                    if v.len() != list.len() || v.len() as i64 != head_dim / 2 {
+                        bail!(
+                            "{}: expected {} numbers (head_dim / 2), found {} entries of which {} \
+                             are numbers",
+                            what(key),
+                            head_dim / 2,
+                            list.len(),
+                            v.len()
+                        );
+                    }
+                    if let Some(bad) = v.iter().find(|f| **f <= 0.0) {
+                        bail!("{}: factors must be positive, found {bad}", what(key));
+                    }
+                    Ok(v)
+                };
+                // As `_compute_longrope_parameters`: without `factor`, the ratio of the lengths.
+                let factor =
+                    number(&p, "factor").unwrap_or(max_position_embeddings as f64 / original);
+                let attention_factor = match number(&p, "attention_factor") {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / original.ln()).sqrt(),
+                };
+                RopeScaling::LongRope {
+                    short_factor: factors("short_factor")?,
+                    long_factor: factors("long_factor")?,
+                    original_max_position_embeddings: original,
+                    attention_factor,
+                }
+            }
             other => bail!(
                 "{model_type}: rope_type {other:?} is not supported; supported: {}",
                 SUPPORTED_ROPE_TYPES.join(", ")
@@ -207,12 +259,17 @@ impl RopeConfig {
         })
     }
 
-    /// `1 / base^(2i / dim)` in f32 on the CPU, `[dim / 2]`.
-    fn plain_inv_freq(&self, base: f64) -> Tensor {
+    /// `base^(2i / dim)` in f32 on the CPU, `[dim / 2]`.
+    fn base_powers(&self, base: f64) -> Tensor {
         let exponents = Tensor::arange_start_step(0, self.dim, 2, (Kind::Int64, Device::Cpu))
             .to_kind(Kind::Float)
             / self.dim as f64;
-        Tensor::from(base as f32).pow(&exponents).reciprocal()
+        Tensor::from(base as f32).pow(&exponents)
+    }
+
+    /// `1 / base^(2i / dim)` in f32 on the CPU, `[dim / 2]`.
+    fn plain_inv_freq(&self, base: f64) -> Tensor {
+        self.base_powers(base).reciprocal()
     }
 
     /// The inverse frequencies (f32, on `device`) for a batch whose largest position is
@@ -282,13 +339,32 @@ impl RopeConfig {
                 let inv = &interpolation * one_minus(&keep) + &extrapolation * &keep;
                 (inv, *attention_factor)
             }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: original,
+                attention_factor,
+            } => {
+                let factors = if seq_len as f64 > *original {
+                    long_factor
+                } else {
+                    short_factor
+                };
+                let ext: Vec<f32> = factors.iter().map(|f| *f as f32).collect();
+                // `1 / (ext_factors * base^(2i / dim))`, in that order, in f32.
+                let inv = (Tensor::from_slice(&ext) * self.base_powers(self.theta)).reciprocal();
+                (inv, *attention_factor)
+            }
         };
         (inv.to_device(device), scale)
     }
 
-    /// Whether the frequencies depend on the batch's positions (`dynamic`).
+    /// Whether the frequencies depend on the batch's positions (`dynamic`, `longrope`).
     pub fn depends_on_length(&self) -> bool {
-        matches!(self.scaling, RopeScaling::Dynamic { .. })
+        matches!(
+            self.scaling,
+            RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }
+        )
     }
 }
 
@@ -301,12 +377,48 @@ mod tests {
     }
 
     #[test]
+    fn longrope_factor_lists_are_checked_by_name() {
+        let missing = parse(serde_json::json!({"rope_type": "longrope",
+            "original_max_position_embeddings": 16, "short_factor": [1.0, 1.0, 1.0, 1.0]}))
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("long_factor is missing"), "{missing}");
+        let short = parse(serde_json::json!({"rope_type": "longrope",
+            "original_max_position_embeddings": 16, "short_factor": [1.0, 1.0],
+            "long_factor": [1.0, 2.0, 3.0, 4.0]}))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            short.contains("short_factor: expected 4 numbers (head_dim / 2), found 2"),
+            "{short}"
+        );
+        let ok = parse(serde_json::json!({"rope_type": "longrope",
+            "original_max_position_embeddings": 16, "short_factor": [1.0, 1.0, 1.0, 1.0],
+            "long_factor": [1.0, 2.0, 3.0, 4.0]}))
+        .unwrap();
+        // Within the original length the short factors (all 1: plain RoPE), beyond it the long.
+        let (within, scale) = ok.inv_freq(16, Device::Cpu);
+        let (beyond, _) = ok.inv_freq(17, Device::Cpu);
+        assert_eq!(
+            Vec::<f32>::try_from(&within).unwrap(),
+            Vec::<f32>::try_from(&ok.plain_inv_freq(ok.theta)).unwrap()
+        );
+        let ratio: Vec<f32> = Vec::try_from(&(&within / &beyond)).unwrap();
+        for (r, f) in ratio.iter().zip([1.0f32, 2.0, 3.0, 4.0]) {
+            assert!((r - f).abs() < 1e-6, "{ratio:?}");
+        }
+        // factor = 64 / 16: sqrt(1 + ln 4 / ln 16) = sqrt(1.5).
+        assert!((scale - 1.5f64.sqrt()).abs() < 1e-12, "{scale}");
+        assert!(ok.depends_on_length());
+    }
+
+    #[test]
     fn unknown_types_and_options_are_refused_by_name() {
-        let e = parse(serde_json::json!({"rope_type": "longrope", "factor": 2.0})).unwrap_err();
+        let e = parse(serde_json::json!({"rope_type": "proportional", "factor": 2.0})).unwrap_err();
         let msg = format!("{e:#}");
         assert!(
-            msg.contains("\"longrope\"")
-                && msg.contains("supported: default, linear, dynamic, llama3, yarn"),
+            msg.contains("\"proportional\"")
+                && msg.contains("supported: default, linear, dynamic, llama3, yarn, longrope"),
             "{msg}"
         );
         let e = parse(serde_json::json!({"rope_type": "linear"})).unwrap_err();

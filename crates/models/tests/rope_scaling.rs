@@ -1,7 +1,8 @@
-//! RoPE scaling (`linear`, `dynamic`, `llama3`, `yarn`) against transformers on tiny random
+//! RoPE scaling (`linear`, `dynamic`, `llama3`, `yarn`, `longrope`) against transformers on tiny random
 //! Llama checkpoints that `tests/reference/rope.py` builds: logits under right padding (f32,
 //! CPU, 1e-4) and greedy generation with the KV cache, token for token (dynamic RoPE's
-//! frequencies change as the sequence grows past `max_position_embeddings`).
+//! frequencies change as the sequence grows past `max_position_embeddings`, LongRoPE's past
+//! `original_max_position_embeddings`).
 
 mod common;
 
@@ -70,4 +71,9 @@ fn llama3_rope_matches_transformers() {
 #[test]
 fn yarn_rope_matches_transformers() {
     parity("yarn");
+}
+
+#[test]
+fn longrope_short_and_long_factors_match_transformers() {
+    parity("longrope");
 }

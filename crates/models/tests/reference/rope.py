@@ -2,11 +2,13 @@
 
 usage: python rope.py OUT_DIR
 
-For each RoPE type (linear, dynamic, llama3, yarn) writes under OUT_DIR/<type>/ a tiny random
+For each RoPE type (linear, dynamic, llama3, yarn, longrope) writes under OUT_DIR/<type>/ a tiny random
 LlamaForCausalLM (grouped-query attention) whose config carries that `rope_parameters`, with
 lengths chosen so the scaling acts on these short sequences (dynamic: max_position_embeddings 6,
 below the 9 positions; llama3 and yarn: original_max_position_embeddings 64 / 16 against
-wavelengths of 6 to 6000; llama3 with max_position_embeddings 128), and:
+wavelengths of 6 to 6000; llama3 with max_position_embeddings 128; longrope: original_max_position_embeddings 6, so the
+9-position batch and the later generation steps use the long factors, the prompts the short
+ones, and the default attention factor from max_position_embeddings 64), and:
   inputs.safetensors    input_ids, attention_mask (right padding)
   reference.safetensors logits of the model, eval mode
   expected.json         prompts and the new tokens of greedy generate (KV cache)
@@ -30,6 +32,8 @@ CASES = {
     "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                    original_max_position_embeddings=64),
     "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
+    "longrope": dict(rope_type="longrope", short_factor=[1.0, 1.25, 1.5, 2.0],
+                     long_factor=[1.5, 3.0, 7.0, 16.0], original_max_position_embeddings=6),
 }
 
 
