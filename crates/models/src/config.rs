@@ -200,11 +200,11 @@ mod tests {
         .unwrap_err();
         assert!(format!("{e:#}").contains("\"absolute\""));
         let e = ModelConfig::from_json_str(
-            r#"{"model_type": "llama", "rope_scaling": {"rope_type": "longrope", "factor": 8.0}}"#,
+            r#"{"model_type": "llama", "rope_scaling": {"rope_type": "proportional", "factor": 8.0}}"#,
         )
         .unwrap_err();
         assert!(
-            format!("{e:#}").contains("\"longrope\" is not supported"),
+            format!("{e:#}").contains("\"proportional\" is not supported"),
             "{e:#}"
         );
         let e = ModelConfig::from_json_str(
