@@ -247,30 +247,30 @@ fn a_resumed_two_rank_run_equals_an_uninterrupted_one() {
     assert_eq!(d, 0.0, "the resumed run differs by {d}");
 }
 
-#[test]
-fn a_killed_rank_fails_the_run_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = minilm_without_dropout(dir.path());
-    let cfg = glue_config(dir.path(), &model, "");
-    let out = dir.path().join("out");
-    let mut launcher = bin()
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--no-progress",
-            "--max-steps",
-            "100000",
-            "--nproc-per-node",
-            "2",
-            "--output-dir",
-        ])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until training runs (rank 0 logged a step), then kill rank 1.
+/// A `--nproc-per-node 2` run with no step budget to speak of, started with `configure` applied
+/// (stderr piped), returned once rank 0 has logged a training step.
+fn launch_until_training(
+    cfg: &Path,
+    out: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> std::process::Child {
+    let mut c = bin();
+    c.args([
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--no-progress",
+        "--max-steps",
+        "100000",
+        "--nproc-per-node",
+        "2",
+        "--output-dir",
+    ])
+    .arg(out)
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null());
+    configure(&mut c);
+    let launcher = c.spawn().unwrap();
     let started = Instant::now();
     let metrics = out.join("metrics.jsonl");
     while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"kind\":\"train\"")) {
@@ -280,6 +280,17 @@ fn a_killed_rank_fails_the_run_naming_it() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    launcher
+}
+
+#[test]
+fn a_killed_rank_fails_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "");
+    let out = dir.path().join("out");
+    // Wait until training runs (rank 0 logged a step), then kill rank 1.
+    let mut launcher = launch_until_training(&cfg, &out, |_| {});
     let rank1 = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -328,34 +339,9 @@ fn ctrl_c_stops_every_rank_with_one_resumable_checkpoint() {
     let marker = format!("ctrl-c-{}", std::process::id());
     // As a terminal does: the launcher leads its own process group, and Ctrl-C sends SIGINT to
     // the whole group (the launcher and both ranks).
-    let mut launcher = bin()
-        .args([
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--no-progress",
-            "--max-steps",
-            "100000",
-            "--nproc-per-node",
-            "2",
-            "--output-dir",
-        ])
-        .arg(&out)
-        .env("LORAPLUS_TEST_MARK", &marker)
-        .process_group(0)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let metrics = out.join("metrics.jsonl");
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"kind\":\"train\"")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no training step in 3 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut launcher = launch_until_training(&cfg, &out, |c| {
+        c.env("LORAPLUS_TEST_MARK", &marker).process_group(0);
+    });
     assert_eq!(
         processes_marked(&marker).len(),
         3,
