@@ -1,8 +1,8 @@
 //! Rotary position embeddings as the checkpoint's `rope_parameters` (transformers 5) or
 //! `rope_scaling` + `rope_theta` (older) say: `default`, `linear`, `dynamic`, `llama3`, `yarn`
 //! and `longrope`, computed as transformers' `modeling_rope_utils.py` does (inverse frequencies
-//! in f32; YaRN's and LongRoPE's attention factor on the tables). Any other type, or an option none of these
-//! implements (`partial_rotary_factor` below 1), is refused by name.
+//! in f32; YaRN's and LongRoPE's attention factor on the tables). Any other type, or an option
+//! none of these implements (`partial_rotary_factor` below 1), is refused by name.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
