@@ -70,6 +70,10 @@ pub enum Error {
     /// message says which).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A quantized base cannot be built or run as asked: no kernel for the scheme on this
+    /// device or dtype, or the C++ kernels failed (the message says which layer and why).
+    #[error("{0}")]
+    Quantization(String),
     /// Reading or writing a file or folder failed.
     #[error("{action} {}", path.display())]
     Io {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::quant::QuantizedWeight;
 use tch::{Kind, Tensor};
 
 /// How a linear base weight is laid out.
@@ -43,7 +44,8 @@ pub struct LinearAdapter {
 pub struct LoraLinear {
     /// Full module name, as in the HuggingFace model (`bert.encoder.layer.0.attention.self.query`).
     pub name: String,
-    /// The frozen base weight, in `layout`.
+    /// The frozen base weight, in `layout`. With a quantized base ([`Self::quant`]), a
+    /// storage-less `[out, in]` stand-in until [`crate::LoraModel::dequantize_base`].
     pub weight: Tensor,
     /// The base bias, if any.
     pub bias: Option<Tensor>,
@@ -51,6 +53,8 @@ pub struct LoraLinear {
     pub layout: WeightLayout,
     /// The LoRA adapter, when `target_modules` selected this layer.
     pub adapter: Option<LinearAdapter>,
+    /// The base weight, quantized (always `[out, in]`), when the builder quantizes the base.
+    pub quant: Option<QuantizedWeight>,
 }
 
 impl LoraLinear {
@@ -62,7 +66,13 @@ impl LoraLinear {
             bias,
             layout,
             adapter: None,
+            quant: None,
         }
+    }
+
+    /// The quantized base weight the layer runs on, if any.
+    pub fn active_quant(&self) -> Option<&QuantizedWeight> {
+        self.quant.as_ref().filter(|q| q.is_active())
     }
 
     /// Input width.
@@ -83,6 +93,13 @@ impl LoraLinear {
 
     /// The base layer alone.
     pub fn base_forward(&self, x: &Tensor) -> Tensor {
+        if let Some(q) = self.active_quant() {
+            let y = q.forward(x);
+            return match &self.bias {
+                Some(b) => y + b,
+                None => y,
+            };
+        }
         match self.layout {
             WeightLayout::OutIn => x.linear(&self.weight, self.bias.as_ref()),
             WeightLayout::InOut => {
@@ -305,6 +322,16 @@ impl FusedLinears {
         ))
     }
 
+    /// Members that run one by one (a quantized base is never concatenated): no shared
+    /// tensor, only the widths.
+    pub fn separate(widths: Vec<i64>, in_features: i64, kind: Kind, device: tch::Device) -> Self {
+        FusedLinears {
+            weight: Tensor::zeros([0, in_features], (kind, device)),
+            bias: None,
+            widths,
+        }
+    }
+
     /// The members `start..start + members.len()` on `x`: `[.., sum of their out]`.
     pub fn forward_t(
         &self,
@@ -339,6 +366,8 @@ impl FusedLinears {
         for (m, w) in members.iter().zip(&self.widths[start..]) {
             let at = self.weight.data_ptr() as i64 + off * row;
             if m.layout != WeightLayout::OutIn
+                || m.active_quant().is_some()
+                || self.weight.size()[0] == 0
                 || m.weight.requires_grad()
                 || m.weight.data_ptr() as i64 != at
                 || m.bias.as_ref().is_some_and(Tensor::requires_grad)

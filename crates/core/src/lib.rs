@@ -26,6 +26,7 @@ pub mod error;
 pub mod io;
 pub mod layers;
 pub mod model;
+pub mod quant;
 
 pub use config::{BiasMode, InitLoraWeights, LayerIndices, LoraConfig, TargetModules};
 pub use error::{Error, Result};
@@ -33,4 +34,7 @@ pub use io::{
     read_adapter_config, read_safetensors, write_safetensors, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
 };
 pub use layers::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
-pub use model::{LoraBuilder, LoraModel, ParamRole, ParamSummary, TrainableParam, PEFT_PREFIX};
+pub use model::{
+    BaseBytes, LoraBuilder, LoraModel, ParamRole, ParamSummary, TrainableParam, PEFT_PREFIX,
+};
+pub use quant::{QuantScheme, QuantizedWeight};

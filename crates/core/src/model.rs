@@ -14,6 +14,7 @@ use crate::layers::{
     check_adapter_kind, EmbeddingAdapter, LayerNorm, LinearAdapter, LoraEmbedding, LoraLinear,
     MergeHandle, MergeKind, WeightLayout,
 };
+use crate::quant::{QuantScheme, QuantizedWeight};
 
 /// What a trainable tensor is, for the optimizer: read from here, never parsed from names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +77,18 @@ pub struct LoraBuilder {
     adapter_kind: Kind,
     base: Vec<BaseParam>,
     adapters: Vec<AdapterEntry>,
+    quant: Option<QuantScheme>,
+    quantized: Vec<QuantEntry>,
+}
+
+/// A linear layer whose frozen base weight is stored quantized.
+#[derive(Debug)]
+struct QuantEntry {
+    module: String,
+    /// The layer's weight handle (the stand-in until the base is dequantized).
+    weight: Tensor,
+    layout: WeightLayout,
+    quant: QuantizedWeight,
 }
 
 /// One adapter as the registry keeps it: its A and B (in `merge`) and where it merges.
@@ -103,6 +116,8 @@ impl LoraBuilder {
             adapter_kind: Kind::Float,
             base: Vec::new(),
             adapters: Vec::new(),
+            quant: None,
+            quantized: Vec::new(),
         })
     }
 
@@ -113,7 +128,28 @@ impl LoraBuilder {
             adapter_kind: Kind::Float,
             base: Vec::new(),
             adapters: Vec::new(),
+            quant: None,
+            quantized: Vec::new(),
         }
+    }
+
+    /// Store every frozen linear base weight handed to [`Self::linear`] in `scheme` (targeted by
+    /// LoRA or not); a module in `modules_to_save` (it trains) stays as it is, and so do
+    /// embeddings and norms. See [`crate::quant`].
+    pub fn with_quantization(mut self, scheme: QuantScheme) -> Self {
+        self.quant = Some(scheme);
+        self
+    }
+
+    /// Whether [`Self::linear`] stores the base weight of module `name` quantized. A model that
+    /// runs linears as one product ([`crate::FusedLinears`]) hands such members over one by one
+    /// instead.
+    pub fn quantizes(&self, name: &str) -> bool {
+        self.quant.is_some()
+            && !self
+                .config
+                .as_ref()
+                .is_some_and(|c| c.is_module_to_save(name))
     }
 
     /// The dtype of the adapter tensors (default f32, whatever the base dtype).
@@ -191,7 +227,35 @@ impl LoraBuilder {
         }
         let weight = weight.set_requires_grad(false);
         let bias = bias.map(|b| b.set_requires_grad(false));
+        let (weight, quant) = match self.quant {
+            Some(scheme) if self.quantizes(name) => {
+                scheme
+                    .check_device(weight.device(), weight.kind())
+                    .map_err(|e| Error::Context {
+                        context: format!("quantizing {name}"),
+                        source: Box::new(e),
+                    })?;
+                let out_in = match layout {
+                    WeightLayout::OutIn => weight.shallow_clone(),
+                    WeightLayout::InOut => weight.tr(),
+                };
+                let q = QuantizedWeight::quantize(name, &out_in, scheme)?;
+                let stand_in = match layout {
+                    WeightLayout::OutIn => q.placeholder(),
+                    WeightLayout::InOut => q.placeholder().tr(),
+                };
+                self.quantized.push(QuantEntry {
+                    module: name.to_string(),
+                    weight: stand_in.shallow_clone(),
+                    layout,
+                    quant: q.handle(),
+                });
+                (stand_in, Some(q))
+            }
+            _ => (weight, None),
+        };
         let mut layer = LoraLinear::plain(name, weight, bias, layout);
+        layer.quant = quant;
         let target = self.target(name).map(|(r, alpha, scale, cfg)| {
             (r, alpha, scale, cfg.lora_dropout, cfg.init_lora_weights)
         });
@@ -472,6 +536,8 @@ impl LoraBuilder {
             merges: self.adapters.into_iter().map(|a| a.merge).collect(),
             base: self.base,
             total_params: total_base + total_adapter,
+            quant: self.quant,
+            quantized: self.quantized,
         })
     }
 }
@@ -541,6 +607,21 @@ pub struct LoraModel {
     merges: Vec<MergeHandle>,
     base: Vec<BaseParam>,
     total_params: i64,
+    quant: Option<QuantScheme>,
+    quantized: Vec<QuantEntry>,
+}
+
+/// Bytes of a model's base parameters, as loaded and as stored ([`LoraModel::base_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseBytes {
+    /// Every base parameter in its dtype, as if nothing were quantized.
+    pub full: i64,
+    /// What the base holds: quantized linears at their quantized size, the rest as loaded.
+    pub stored: i64,
+    /// The linears' weights alone, in their dtype.
+    pub quantizable_full: i64,
+    /// The linears' weights alone, as stored (quantized values, scales and zeros).
+    pub quantizable_stored: i64,
 }
 
 impl LoraModel {
@@ -574,9 +655,75 @@ impl LoraModel {
             .map(|p| (format!("{}.{}", p.module, p.local), &p.tensor))
     }
 
+    /// The scheme the base linears are stored in, if the builder quantized them.
+    pub fn quantization(&self) -> Option<QuantScheme> {
+        self.quant
+    }
+
+    /// Whether some base weight is still quantized (not yet [`Self::dequantize_base`]d).
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.iter().any(|e| e.quant.is_active())
+    }
+
+    /// Bytes of the base: in full precision, and as stored.
+    pub fn base_bytes(&self) -> BaseBytes {
+        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        let full: i64 = self.base.iter().map(|p| bytes(&p.tensor)).sum();
+        let (mut quantizable_full, mut quantizable_stored) = (0, 0);
+        for p in &self.base {
+            if p.kind == ModuleKind::Linear && p.local == "weight" {
+                let q = self
+                    .quantized
+                    .iter()
+                    .find(|e| e.module == p.module && e.quant.is_active());
+                quantizable_full += bytes(&p.tensor);
+                quantizable_stored += q.map_or(bytes(&p.tensor), |e| e.quant.nbytes());
+            }
+        }
+        BaseBytes {
+            full,
+            stored: full - quantizable_full + quantizable_stored,
+            quantizable_full,
+            quantizable_stored,
+        }
+    }
+
+    /// Replace every quantized base weight by its dequantized full-precision value (in the
+    /// dtype it was loaded in) and free the quantized tensors: the layers then run as plain
+    /// linears, and [`Self::merge`] and exporting the base work. What a merge of adapters
+    /// trained on a quantized base starts from.
+    pub fn dequantize_base(&self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        for e in &self.quantized {
+            if !e.quant.is_active() {
+                continue;
+            }
+            let w = e.quant.dequantize().map_err(|err| Error::Context {
+                context: format!("dequantizing {}", e.module),
+                source: Box::new(err),
+            })?;
+            let w = match e.layout {
+                WeightLayout::OutIn => w,
+                WeightLayout::InOut => w.tr().contiguous(),
+            };
+            e.weight.shallow_clone().set_data(&w);
+            e.quant.release();
+        }
+        Ok(())
+    }
+
     /// Add scale * B A into every adapted base weight. With `safe`, a merge that would give
-    /// NaN or Inf is refused (and nothing after it is merged).
+    /// NaN or Inf is refused (and nothing after it is merged). A quantized base must be
+    /// [`Self::dequantize_base`]d first.
     pub fn merge(&self, safe: bool) -> Result<()> {
+        if let Some(e) = self.quantized.iter().find(|e| e.quant.is_active()) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the base is stored {} and cannot take a merged adapter; call \
+                 dequantize_base() first",
+                e.module,
+                e.quant.scheme()
+            )));
+        }
         for m in &self.merges {
             m.merge(safe)?;
         }

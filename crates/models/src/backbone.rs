@@ -156,12 +156,25 @@ impl<'a> Loader<'a> {
 
     /// `[out, in]` linear layers that read the same input, `(module, in, out)` each, loaded as
     /// one [`FusedLinears`] whose views are the members' weights (each handed to the builder
-    /// under its own name, so adapters, merging and saving see the usual modules).
+    /// under its own name, so adapters, merging and saving see the usual modules). Members the
+    /// builder quantizes are loaded one by one instead ([`FusedLinears::separate`]).
     pub fn fused_linears(
         &mut self,
         modules: &[(&str, i64, i64)],
         bias: bool,
     ) -> Result<(FusedLinears, Vec<LoraLinear>)> {
+        if modules.iter().any(|(m, _, _)| self.b.quantizes(m)) {
+            // A quantized base is never concatenated: each member keeps its own quantized
+            // weight and runs alone.
+            let members = modules
+                .iter()
+                .map(|(m, in_f, out_f)| self.linear(m, *in_f, *out_f, bias, WeightLayout::OutIn))
+                .collect::<Result<Vec<_>>>()?;
+            let widths = modules.iter().map(|(_, _, out_f)| *out_f).collect();
+            let in_f = modules.first().map_or(0, |(_, in_f, _)| *in_f);
+            let fused = FusedLinears::separate(widths, in_f, self.kind(), self.device());
+            return Ok((fused, members));
+        }
         let mut weights = Vec::with_capacity(modules.len());
         let mut biases = Vec::with_capacity(modules.len());
         for (module, in_f, out_f) in modules {

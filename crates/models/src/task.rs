@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{LoraBuilder, LoraConfig, LoraModel};
+use loraplus_core::{LoraBuilder, LoraConfig, LoraModel, QuantScheme};
 
 use crate::attention::{LayerCtx, QueryRows};
 use crate::backbone::{Backbone, Loader};
@@ -77,6 +77,9 @@ pub struct LoadOptions {
     /// full pass (to float rounding); on by default. The causal LM and
     /// [`TaskModel::encode`] always compute every position.
     pub sparse_compute: bool,
+    /// Store every frozen linear of the base quantized (int8 or int4 weight-only; the head in
+    /// `modules_to_save`, embeddings and norms stay as loaded). See `loraplus_core::quant`.
+    pub quantize: Option<QuantScheme>,
 }
 
 impl Default for LoadOptions {
@@ -90,6 +93,7 @@ impl Default for LoadOptions {
             seed: DEFAULT_SEED,
             checkpointing: false,
             sparse_compute: true,
+            quantize: None,
         }
     }
 }
@@ -241,6 +245,10 @@ impl TaskModel {
             None => LoraBuilder::frozen(),
         }
         .with_adapter_kind(opts.adapter_dtype)?;
+        if let Some(scheme) = opts.quantize {
+            scheme.check_device(w.device(), w.kind())?;
+            builder = builder.with_quantization(scheme);
+        }
         tch::manual_seed(opts.seed);
         let mut ld = Loader::new(w, &mut builder);
         let specs = config.arch().head_specs(opts.task);

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use loraplus_core::QuantScheme;
 use serde::{Deserialize, Serialize};
 
 /// A training run. Defaults are the CPU default run (MiniLM + LoRA+ on SST-2); the presets in
@@ -65,6 +66,13 @@ pub struct TrainConfig {
     /// There is no autocast: this is what PEFT does by default on a half-precision base
     /// (`autocast_adapter_dtype`). f16 uses dynamic loss scaling; bf16 needs none.
     pub dtype: String,
+    /// Store every frozen linear of the base weight-only quantized: `int8` (per output
+    /// channel) or `int4` (per `quant_group_size` inputs); embeddings, norms and the trained
+    /// head stay in `dtype`, and the adapters in f32. None (default): no quantization. The
+    /// saved adapter loads on the full-precision base (PEFT, `loraplus merge`).
+    pub quantize: Option<String>,
+    /// int4's group size: 32, 64 (default), 128 or 256; it must divide every linear's width.
+    pub quant_group_size: Option<i64>,
     /// On CUDA, let f32 matrix multiplications use TF32 tensor cores (libtorch's
     /// `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE`, set before CUDA starts by the `loraplus` binary or
     /// [`crate::trainer::apply_process_settings`]). No effect on the CPU.
@@ -181,6 +189,8 @@ impl Default for TrainConfig {
             seed: 42,
             device: "cpu".into(),
             dtype: "f32".into(),
+            quantize: None,
+            quant_group_size: None,
             tf32: true,
             gradient_checkpointing: false,
             threads: 0,
@@ -242,6 +252,17 @@ impl Default for OptimSection {
 }
 
 impl TrainConfig {
+    /// The base's quantization (`quantize`, `quant_group_size`), checked.
+    pub fn quant_scheme(&self) -> Result<Option<QuantScheme>> {
+        match (&self.quantize, self.quant_group_size) {
+            (None, None) => Ok(None),
+            (None, Some(g)) => bail!(
+                "field `quant_group_size` ({g}) is set without `quantize`: set quantize = \"int4\""
+            ),
+            (Some(q), g) => Ok(Some(QuantScheme::parse(q, g).context("field `quantize`")?)),
+        }
+    }
+
     /// Read TOML (`.toml`) or JSON (anything else) and validate.
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
@@ -320,7 +341,13 @@ impl TrainConfig {
                 self.dtype
             );
         }
-        parse_device(&self.device).context("field `device`")?;
+        let device = parse_device(&self.device).context("field `device`")?;
+        if let Some(scheme) = self.quant_scheme()? {
+            let kind = crate::model::kind_of(&self.dtype)?;
+            scheme
+                .check_device(device, kind)
+                .context("field `quantize`")?;
+        }
         if !matches!(self.lora.bias.as_str(), "none" | "all" | "lora_only") {
             bail!(
                 "field `lora.bias` must be none, all or lora_only, found {:?}",

@@ -99,13 +99,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
+            if e.downcast_ref::<UsageError>().is_some() || quantization_refused(&e) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
             }
         }
     }
+}
+
+/// A base that cannot be quantized as asked (a group size that does not divide a layer's
+/// width, no kernel for the device or dtype): the user's choice, so a usage error.
+fn quantization_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<loraplus_core::Error>()
+            .is_some_and(|ce| matches!(ce.root(), loraplus_core::Error::Quantization(_)))
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use loraplus_core::{BiasMode, LoraConfig, LoraModel, TargetModules};
+use loraplus_core::{BiasMode, LoraConfig, LoraModel, QuantScheme, TargetModules};
 use loraplus_data::Batch;
 use loraplus_models::{Head, LoadOptions, ModelConfig, ModelInputs, TaskModel};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, ParamGroup, Schedule, Warmup};
@@ -125,27 +125,48 @@ pub fn load_model(
         lora: Some(lc),
         seed: cfg.seed as i64,
         checkpointing: cfg.gradient_checkpointing,
+        quantize: cfg.quant_scheme()?,
         ..LoadOptions::default()
     };
     TaskModel::load(dir, &opts)
 }
 
-/// Load the model with a given adapter config (for eval and merge).
+/// Load the model with a given adapter config (for eval and merge), its base quantized when
+/// `quantize` says so.
 pub fn load_model_with_lora(
     dir: &Path,
     head: Head,
     lc: LoraConfig,
     device: Device,
     dtype: &str,
+    quantize: Option<QuantScheme>,
 ) -> Result<(Model, LoraModel)> {
     let opts = LoadOptions {
         task: head,
         dtype: kind_of(dtype)?,
         device,
         lora: Some(lc),
+        quantize,
         ..LoadOptions::default()
     };
     TaskModel::load(dir, &opts)
+}
+
+/// One line on the base's memory when it is quantized: bytes before and after, and the
+/// linears' share.
+pub fn quantization_summary(lora: &LoraModel) -> Option<String> {
+    let scheme = lora.quantization()?;
+    let b = lora.base_bytes();
+    let mib = |x: i64| x as f64 / (1 << 20) as f64;
+    Some(format!(
+        "base quantized {scheme}: {:.1} MiB -> {:.1} MiB ({:.2}x); linear weights {:.1} MiB -> {:.1} MiB ({:.2}x)",
+        mib(b.full),
+        mib(b.stored),
+        b.stored as f64 / b.full.max(1) as f64,
+        mib(b.quantizable_full),
+        mib(b.quantizable_stored),
+        b.quantizable_stored as f64 / b.quantizable_full.max(1) as f64,
+    ))
 }
 
 /// The LoRA+ AdamW with the run's groups and schedule.

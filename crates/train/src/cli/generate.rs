@@ -61,6 +61,9 @@ pub struct GenerateArgs {
     pub batch_size: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Run on a quantized base (int8 or int4), as the adapter was trained.
+    #[command(flatten)]
+    pub quant: super::QuantFlags,
     /// Base weights dtype: f32, bf16, f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -162,6 +165,22 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "--batch-size must be at least 1"
         )));
     }
+    let quantize = match &a.quant.quantize {
+        Some(q) => {
+            let scheme = loraplus_core::QuantScheme::parse(q, a.quant.quant_group_size)
+                .map_err(|e| UsageError::wrap(anyhow::Error::new(e).context("--quantize")))?;
+            scheme
+                .check_device(device, kind)
+                .map_err(|e| UsageError::wrap(e.into()))?;
+            Some(scheme)
+        }
+        None if a.quant.quant_group_size.is_some() => {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--quant-group-size is set without --quantize int4"
+            )))
+        }
+        None => None,
+    };
     let tok = LmTokenizer::from_model_dir(&a.model)?;
     let lora_cfg = match &a.adapter {
         Some(ad) => Some(
@@ -175,12 +194,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         dtype: kind,
         device,
         lora: lora_cfg,
+        quantize,
         ..loraplus_models::LoadOptions::default()
     };
     let (m, lora) = loraplus_models::TaskModel::load(&a.model, &opts)?;
     if let Some(ad) = &a.adapter {
         lora.load_adapter(&adapter_dir(ad))?;
         if a.merge {
+            lora.dequantize_base()?;
             lora.merge(true)?;
         }
     }

@@ -116,6 +116,28 @@ impl DataFlags {
     }
 }
 
+/// A quantized frozen base (see `TrainConfig::quantize`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct QuantFlags {
+    /// Store the frozen base linears quantized: int8 or int4 (weight-only).
+    #[arg(long)]
+    pub quantize: Option<String>,
+    /// int4 group size: 32, 64 (default), 128 or 256.
+    #[arg(long)]
+    pub quant_group_size: Option<i64>,
+}
+
+impl QuantFlags {
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        if let Some(q) = &self.quantize {
+            cfg.quantize = Some(q.clone());
+        }
+        if let Some(g) = self.quant_group_size {
+            cfg.quant_group_size = Some(g);
+        }
+    }
+}
+
 /// Flags that override a config file's fields.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Overrides {
@@ -138,6 +160,8 @@ pub struct Overrides {
     /// f32, bf16, f16.
     #[arg(long)]
     pub dtype: Option<String>,
+    #[command(flatten)]
+    pub quant: QuantFlags,
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long)]
@@ -198,6 +222,7 @@ impl Overrides {
             cfg.eval_limit = Some(n);
         }
         self.data.apply(cfg);
+        self.quant.apply(cfg);
     }
 }
 
@@ -259,6 +284,9 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<
     }
     if t.is_main() {
         eprintln!("{}", t.lora.summary());
+        if let Some(q) = model::quantization_summary(&t.lora) {
+            eprintln!("{q}");
+        }
     }
     let summary = t.train()?;
     if t.is_main() {
@@ -375,6 +403,9 @@ pub struct EvalArgs {
     pub predictions: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataFlags,
+    /// Evaluate on the quantized base the adapter was trained on.
+    #[command(flatten)]
+    pub quant: QuantFlags,
 }
 
 /// The adapter folder of `path`: its `adapter/` when it is a checkpoint, else itself.
@@ -427,8 +458,13 @@ fn load_with_adapter(
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
     let mdir = model::model_dir(cfg);
-    let (m, lora) = model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype)?;
+    let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
+    let (m, lora) =
+        model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype, quantize)?;
     lora.load_adapter(&adir)?;
+    if let Some(q) = model::quantization_summary(&lora) {
+        eprintln!("{q}");
+    }
     Ok((m, lora))
 }
 
@@ -452,6 +488,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(g) = &a.glue_dir {
         cfg.glue_dir = Some(g.clone());
     }
+    a.quant.apply(&mut cfg);
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg);
     }
@@ -586,6 +623,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
                 lc,
                 device,
                 &cfg.dtype,
+                cfg.quant_scheme().map_err(UsageError::wrap)?,
             )?;
             l.load_adapter(&adir)?;
             (m, l)
@@ -597,6 +635,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
                 dtype: model::kind_of(&cfg.dtype)?,
                 device,
                 lora: None,
+                quantize: cfg.quant_scheme().map_err(UsageError::wrap)?,
                 ..loraplus_models::LoadOptions::default()
             },
         )?,
@@ -622,6 +661,10 @@ pub struct MergeArgs {
     /// A checkpoint or adapter directory.
     #[arg(long)]
     pub adapter: PathBuf,
+    /// The base the adapter was trained on was quantized: merge into the same quantized base,
+    /// dequantized (the output is full precision).
+    #[command(flatten)]
+    pub quant: QuantFlags,
     /// The run's config file (task, data, model); the flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -647,9 +690,12 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         &a.data,
     )?;
     cfg.dtype = "f32".into();
+    a.quant.apply(&mut cfg);
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu)?;
+    // Adapters trained on a quantized base merge into that base, dequantized.
+    lora.dequantize_base()?;
     lora.merge(true)?;
     model::write_merged(
         &model,

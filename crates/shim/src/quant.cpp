@@ -1,0 +1,193 @@
+// Weight-only quantized linear layers for a frozen base under LoRA: quantize, dequantize, and a
+// torch::autograd::Function whose forward runs libtorch's weight-only kernels and whose backward
+// gives the input gradient, grad_x = grad_y @ dequant(W), dequantizing only this one layer.
+// Only the quantized tensors are saved for backward: no full-precision copy of the base lives
+// between forward and backward.
+//
+// Formats (the weight is [N, K] = [out, in]):
+// - int8: q int8 [N, K], symmetric per output channel, scales f32 [N] = max|w_n| / 127,
+//   w ~ q * scale (the operands of at::_weight_int8pack_mm).
+// - int4: q uint8 [N, K/2], two 4-bit values per byte, the even k in the high nibble (the input
+//   of CUDA's at::_convert_weight_to_int4pack); group-wise asymmetric over `group` consecutive
+//   k: scale = (max - min) / 15, q = round((w - min) / scale) in [0, 15], and
+//   w ~ (q - 8) * scale + zero with zero = min + 8 * scale; scales and zeros f32 [K/group, N, 2]
+//   (the layout of at::_weight_int4pack_mm's qScaleAndZeros).
+//
+// Every function returns NULL on success or a malloc'd error message (free with
+// lps_free_error). C++ exceptions never cross into Rust. New tensors are returned as
+// heap-allocated at::Tensor handles, which tch's Tensor::from_ptr takes over.
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace {
+
+constexpr int kInt8 = 1;
+constexpr int kInt4 = 2;
+
+char* dup_message(const std::string& msg) {
+  char* out = static_cast<char*>(std::malloc(msg.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, msg.c_str(), msg.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup_message(e.what());
+  } catch (...) {
+    return dup_message("unknown C++ exception");
+  }
+}
+
+void check_scheme(int scheme, int64_t group) {
+  TORCH_CHECK(scheme == kInt8 || scheme == kInt4, "unknown quantization scheme id ", scheme);
+  TORCH_CHECK(scheme != kInt4 || (group > 0 && group % 2 == 0),
+              "int4 needs an even group size, found ", group);
+}
+
+// The full-precision [N, K] weight of one layer, in `dtype`.
+at::Tensor dequantize(const at::Tensor& q, const at::Tensor& s, int scheme, int64_t group,
+                      at::ScalarType dtype) {
+  check_scheme(scheme, group);
+  if (scheme == kInt8) {
+    return (q.to(at::kFloat) * s.to(at::kFloat).unsqueeze(1)).to(dtype);
+  }
+  const int64_t n = q.size(0);
+  const int64_t k = q.size(1) * 2;
+  TORCH_CHECK(k % group == 0, "int4: in_features ", k, " is not a multiple of the group size ",
+              group);
+  at::Tensor hi = at::bitwise_right_shift(q, 4);
+  at::Tensor lo = at::bitwise_and(q, 15);
+  at::Tensor v = at::stack({hi, lo}, 2).view({n, k / group, group}).to(at::kFloat);
+  at::Tensor scale = s.select(2, 0).t().to(at::kFloat).unsqueeze(2);  // [N, K/g, 1]
+  at::Tensor zero = s.select(2, 1).t().to(at::kFloat).unsqueeze(2);
+  return ((v - 8.0) * scale + zero).view({n, k}).to(dtype);
+}
+
+// y = x @ dequant(W)^T over x's leading dimensions, without autograd.
+at::Tensor forward_kernel(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s,
+                          int scheme, int64_t group) {
+  check_scheme(scheme, group);
+  std::vector<int64_t> shape = x.sizes().vec();
+  TORCH_CHECK(!shape.empty(), "quantized linear: the input has no dimension");
+  const int64_t k = shape.back();
+  at::Tensor x2 = x.reshape({-1, k}).contiguous();
+  at::Tensor y;
+  if (scheme == kInt8) {
+    TORCH_CHECK(q.size(1) == k, "int8 linear: input width ", k, ", weight in_features ",
+                q.size(1));
+    y = at::_weight_int8pack_mm(x2, q, s.to(x.scalar_type()));
+  } else if (x.is_cuda()) {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16,
+                "int4 on CUDA runs in bfloat16 only (the _weight_int4pack_mm kernel), found ",
+                x.scalar_type());
+    TORCH_CHECK(q.size(1) * 2 == k, "int4 linear: input width ", k, ", weight in_features ",
+                q.size(1) * 2);
+    const int64_t tiles = k % 128 == 0 ? 8 : (k % 64 == 0 ? 4 : 2);
+    at::Tensor packed = at::_convert_weight_to_int4pack(q.contiguous(), tiles);
+    y = at::_weight_int4pack_mm(x2, packed, group, s.to(at::kBFloat16).contiguous());
+  } else {
+    // The CPU's int4 kernel packs differently per ISA (AVX512, AVX2, neither): dequantize this
+    // one layer and run the BLAS product.
+    TORCH_CHECK(q.size(1) * 2 == k, "int4 linear: input width ", k, ", weight in_features ",
+                q.size(1) * 2);
+    y = at::matmul(x2, dequantize(q, s, scheme, group, x.scalar_type()).t());
+  }
+  shape.back() = y.size(1);
+  return y.view(shape);
+}
+
+struct QuantLinear : public torch::autograd::Function<QuantLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& q, const at::Tensor& s, int64_t scheme,
+                            int64_t group) {
+    ctx->save_for_backward({q, s});
+    ctx->saved_data["scheme"] = scheme;
+    ctx->saved_data["group"] = group;
+    return forward_kernel(x, q, s, static_cast<int>(scheme), group);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      auto saved = ctx->get_saved_variables();
+      const auto scheme = static_cast<int>(ctx->saved_data["scheme"].toInt());
+      const int64_t group = ctx->saved_data["group"].toInt();
+      const at::Tensor& g = grads[0];
+      grad_x = at::matmul(g, dequantize(saved[0], saved[1], scheme, group, g.scalar_type()));
+    }
+    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+void lps_free_error(char* msg) { std::free(msg); }
+
+char* lps_quantize(const at::Tensor* w, int scheme, int64_t group, at::Tensor** q_out,
+                   at::Tensor** s_out) {
+  return guarded([&] {
+    check_scheme(scheme, group);
+    TORCH_CHECK(w->dim() == 2, "quantize: expected an [out, in] weight, found ", w->sizes());
+    at::NoGradGuard no_grad;
+    at::Tensor wf = w->detach().to(at::kFloat);
+    const int64_t n = wf.size(0);
+    const int64_t k = wf.size(1);
+    at::Tensor q;
+    at::Tensor s;
+    if (scheme == kInt8) {
+      s = wf.abs().amax({1}).div(127.0);
+      at::Tensor safe = at::where(s > 0, s, at::ones_like(s));
+      q = at::round(wf / safe.unsqueeze(1)).clamp(-127, 127).to(at::kChar);
+    } else {
+      TORCH_CHECK(k % group == 0, "int4: in_features ", k,
+                  " is not a multiple of the group size ", group);
+      at::Tensor g = wf.view({n, k / group, group});
+      at::Tensor mn = std::get<0>(g.min(2, /*keepdim=*/true));
+      at::Tensor mx = std::get<0>(g.max(2, /*keepdim=*/true));
+      at::Tensor scale = ((mx - mn) / 15.0).clamp_min(1e-6);
+      at::Tensor v = at::round((g - mn) / scale).clamp(0, 15).to(at::kByte).view({n, k / 2, 2});
+      q = at::bitwise_or(at::bitwise_left_shift(v.select(2, 0), 4), v.select(2, 1)).contiguous();
+      at::Tensor zero = mn + 8.0 * scale;
+      // [N, K/g, 2] -> [K/g, N, 2]
+      s = at::cat({scale, zero}, 2).transpose(0, 1).contiguous();
+    }
+    *q_out = new at::Tensor(q.contiguous());
+    *s_out = new at::Tensor(s.contiguous());
+  });
+}
+
+char* lps_dequantize(const at::Tensor* q, const at::Tensor* s, int scheme, int64_t group,
+                     at::Tensor** out) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    *out = new at::Tensor(dequantize(*q, *s, scheme, group, at::kFloat));
+  });
+}
+
+char* lps_quant_linear(const at::Tensor* x, const at::Tensor* q, const at::Tensor* s, int scheme,
+                       int64_t group, at::Tensor** out) {
+  return guarded([&] {
+    check_scheme(scheme, group);
+    *out = new at::Tensor(QuantLinear::apply(*x, *q, *s, static_cast<int64_t>(scheme), group));
+  });
+}
+
+}  // extern "C"
