@@ -17,6 +17,7 @@ SCHEMES=${SCHEMES:-"int8 int4"}
 cargo build --release -q -p loraplus-train --bin loraplus
 BIN=target/release/loraplus
 OUT=${OUT:-$(mktemp -d -t loraplus-quant.XXXXXX)}
+mkdir -p "$OUT"
 steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
 run() {  # run NAME [flags...]

@@ -19,7 +19,9 @@
 //! `--peak` (time a large matmul in that dtype on that device instead: the measured peak for
 //! the MFU), `--peak-size N`, `--breakdown` (also time the forward, the backward and the
 //! optimizer separately), `--default-allocator` (leave glibc's malloc settings alone instead
-//! of `model::tune_cpu_allocator`). Prints one line of `key=value` fields, the format
+//! of `model::tune_cpu_allocator`), `--quantize int8|int4` and `--quant-group-size N` (the
+//! frozen base linears stored quantized, issue #14; the line then also gives the base's bytes
+//! as stored and in full precision). Prints one line of `key=value` fields, the format
 //! `benches/step_ref.py` prints too.
 
 use std::path::PathBuf;
@@ -55,6 +57,8 @@ struct Args {
     default_allocator: bool,
     device: Device,
     dtype: Kind,
+    quantize: Option<String>,
+    quant_group_size: Option<i64>,
 }
 
 fn parse() -> Result<Args> {
@@ -73,6 +77,8 @@ fn parse() -> Result<Args> {
         default_allocator: false,
         device: Device::Cpu,
         dtype: Kind::Float,
+        quantize: None,
+        quant_group_size: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +99,8 @@ fn parse() -> Result<Args> {
             "--ratio" => a.ratio = value.parse().map_err(|e| bad(&e))?,
             "--model" => a.model = PathBuf::from(value),
             "--peak-size" => a.peak_size = value.parse().map_err(|e| bad(&e))?,
+            "--quantize" => a.quantize = Some(value),
+            "--quant-group-size" => a.quant_group_size = Some(value.parse().map_err(|e| bad(&e))?),
             "--device" => {
                 a.device = match value.as_str() {
                     "cpu" => Device::Cpu,
@@ -109,7 +117,7 @@ fn parse() -> Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown --default-allocator --device --dtype)"
+                "unknown flag {other} (known: --batch --seq --steps --warmup --threads --ratio --model --peak --peak-size --breakdown --default-allocator --device --dtype --quantize --quant-group-size)"
             ),
         }
     }
@@ -321,9 +329,23 @@ fn main() -> Result<()> {
         seed: 0,
         dtype: a.dtype,
         device: a.device,
+        quantize: match &a.quantize {
+            Some(q) => Some(loraplus_core::QuantScheme::parse(q, a.quant_group_size)?),
+            None => None,
+        },
         ..Default::default()
     };
     let (model, lora) = TaskModel::load(&a.model, &opts)?;
+    let bytes = lora.base_bytes();
+    let mib = |b: i64| b as f64 / (1 << 20) as f64;
+    let quant = format!(
+        " quantize={} base_mib={:.1} base_full_mib={:.1} linear_weights_mib={:.1} linear_weights_full_mib={:.1}",
+        a.quantize.as_deref().unwrap_or("none"),
+        mib(bytes.stored),
+        mib(bytes.full),
+        mib(bytes.quantizable_stored),
+        mib(bytes.quantizable_full)
+    );
     let cfg = LoraPlusConfig {
         lr: LR,
         ratio: a.ratio,
@@ -406,7 +428,7 @@ fn main() -> Result<()> {
         String::new()
     };
     println!(
-        "impl=loraplus model={} device={:?} dtype={:?} batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4} tuned_allocator={tuned}{breakdown}",
+        "impl=loraplus model={} device={:?} dtype={:?} batch={} seq={} threads={} steps={} median_ms={:.2} min_ms={:.2} samples_per_s={:.3} step_gflop={:.3} executed_gflop={:.3} achieved_gflops={:.2} rss_loaded_mib={:.1} peak_rss_mib={:.1} last_loss={:.4} tuned_allocator={tuned}{breakdown}{quant}",
         mc.model_type(),
         a.device,
         a.dtype,
