@@ -79,6 +79,32 @@ for shape in $SHAPES; do
     done
 done
 
+# A quantized base (issue #14), on the Llama-7B shape: loraplus with a bf16 base against its
+# int4 (group 64) and int8 bases, and PEFT on a bitsandbytes NF4 base (QLoRA), when
+# bitsandbytes imports. QUANT=0 skips this part.
+if [ "${QUANT:-1}" = 1 ] && [[ " $SHAPES " == *" llama-7b "* ]]; then
+    dir="$WORK/llama-7b"
+    read -r b s <<<"$(case_for llama-7b)"
+    echo "== quantized base: llama-7b, batch $b x $s tokens, $DTYPE on $DEVICE"
+    for q in int4 int8; do
+        line=$(run_sampled "$BIN" --model "$dir" --device "$DEVICE" --dtype "$DTYPE" --batch "$b" --seq "$s" --steps 10 --warmup 3 --quantize "$q")
+        echo "$line"; echo "shape=quant-$q $line" >>"$log"
+    done
+    if $PY -c 'import bitsandbytes' 2>/dev/null; then
+        line=$(run_sampled $PY "$here/step_ref.py" --model "$dir" --device "$DEVICE" --dtype "$DTYPE" --batch "$b" --seq "$s" --steps 10 --warmup 3 --quantize nf4)
+        echo "$line"; echo "shape=quant-nf4 $line" >>"$log"
+    else
+        echo "bitsandbytes does not import here: no PEFT + NF4 reference"
+    fi
+    printf '%-12s %12s %10s\n' base samples_s mem_MiB
+    for k in "llama-7b impl=loraplus" "quant-int4 impl=loraplus" "quant-int8 impl=loraplus" "llama-7b impl=torch" "quant-nf4 impl=torch"; do
+        set -- $k
+        sps=$(grep "^shape=$1 $2" "$log" | field samples_per_s | median)
+        mem=$(grep "^shape=$1 $2" "$log" | field device_mem_mib | median)
+        printf '%-12s %12s %10s\n' "$1/${2#impl=}" "$sps" "$(awk -v m="$mem" -v i="$idle" 'BEGIN { if (m == "nan" || m == "") print "-"; else print m - i }')"
+    done
+fi
+
 peak=$(grep '^impl=loraplus matmul' "$log" | field peak_gflops | sort -g | tail -1)
 echo
 echo "== summary: median over $ROUNDS rounds; memory = peak device memory in use minus the $idle MiB before; MFU = executed matmul FLOPs / step time / measured $DTYPE matmul peak ($peak GFLOP/s)"

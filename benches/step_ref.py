@@ -11,7 +11,11 @@ Prints one line of key=value fields, as the Rust side does.
 
 usage: python benches/step_ref.py [--batch 32] [--seq 128] [--steps 10] [--warmup 2]
                                   [--threads N] [--ratio 16] [--model DIR] [--device cpu|cuda]
-                                  [--dtype f32|bf16|f16] [--peak] [--breakdown]
+                                  [--dtype f32|bf16|f16] [--peak] [--breakdown] [--quantize nf4]
+
+--quantize nf4 (CUDA, needs bitsandbytes): QLoRA's base, the frozen linears in bitsandbytes NF4
+(compute in --dtype, double quantization off), loaded through transformers'
+BitsAndBytesConfig; the counterpart of the Rust side's --quantize int4 (benches/gpu_bench.sh).
 """
 import argparse
 import os
@@ -80,6 +84,7 @@ def main():
     p.add_argument("--breakdown", action="store_true", help="also time forward, backward and optimizer")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
+    p.add_argument("--quantize", choices=["nf4"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
@@ -92,8 +97,16 @@ def main():
     logging.set_verbosity_error()
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(a.model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        a.model, num_labels=2, attn_implementation="sdpa", dtype=dtype).to(device)
+    if a.quantize == "nf4":
+        from transformers import BitsAndBytesConfig
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                 bnb_4bit_use_double_quant=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            a.model, num_labels=2, attn_implementation="sdpa", dtype=dtype, quantization_config=bnb,
+            device_map={"": device})
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            a.model, num_labels=2, attn_implementation="sdpa", dtype=dtype).to(device)
     targets, heads = LORA_MODULES[config.model_type]
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets, modules_to_save=heads,
                      fan_in_fan_out=config.model_type == "gpt2")
@@ -143,7 +156,7 @@ def main():
         breakdown = f" forward_ms={med[0]:.2f} backward_ms={med[1]:.2f} optimizer_ms={med[2]:.3f}"
     median = times[len(times) // 2]
     print(f"impl=torch model={config.model_type} device={a.device} dtype={a.dtype} "
-          f"batch={a.batch} seq={a.seq} threads={torch.get_num_threads()} steps={a.steps} "
+          f"quantize={a.quantize or 'none'} batch={a.batch} seq={a.seq} threads={torch.get_num_threads()} steps={a.steps} "
           f"median_ms={median * 1e3:.2f} min_ms={times[0] * 1e3:.2f} samples_per_s={a.batch / median:.3f} "
           f"rss_loaded_mib={rss_loaded:.1f} peak_rss_mib={peak_rss_mib():.1f} last_loss={loss.item():.4f}{breakdown}")
 

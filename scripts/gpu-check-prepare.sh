@@ -13,7 +13,7 @@ cp target/release/loraplus target/release/examples/train_step_bench target/relea
 cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim 2>/dev/null \
   | python3 -c '
 import json, sys
-wanted = {"adapters", "optimizer"}
+wanted = {"adapters", "optimizer", "quantized_base"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted:
@@ -63,8 +63,14 @@ if ! python3 -c 'import peft' 2>/dev/null; then
   python3 -m pip install -q --no-deps --target /tmp/loraplus-pylib wheels/*.whl \
     && export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The quantized-base part of gpu_bench.sh compares with PEFT on a bitsandbytes NF4 base when
+# bitsandbytes imports (its wheel is too large to carry: installed only where pip reaches it).
+python3 -c 'import bitsandbytes' 2>/dev/null \
+  || timeout 60 python3 -m pip install -q --target /tmp/loraplus-pylib bitsandbytes 2>/dev/null \
+  || echo "bitsandbytes not installable here"
+export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
 BIN="$PWD/bin/train_step_bench" ROUNDS=${ROUNDS:-2} LLAMA_LAYERS=${LLAMA_LAYERS:-2} \
-  timeout 420 bash ../benches/gpu_bench.sh || status=1
+  timeout 480 bash ../benches/gpu_bench.sh || status=1
 echo "== CUDA bf16 SFT step (Llama-7B-shaped layers, padded and packed) against transformers + PEFT (benches/sft.sh)"
 BIN="$PWD/bin/sft_step_bench" PY=python3 DEVICE=cuda DTYPE=bf16 SHAPE=llama-7b LAYERS=2 DOCS=64 \
   SEQ=2048 BATCH=8 ROUNDS=1 timeout 300 bash ../benches/sft.sh || status=1

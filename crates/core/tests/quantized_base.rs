@@ -267,3 +267,82 @@ fn a_group_size_that_does_not_divide_the_width_names_the_layer() {
     assert!(matches!(e.root(), Error::Quantization(_)), "{e}");
     assert!(format!("{}", e.chain()).contains("proj"), "{}", e.chain());
 }
+
+/// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
+/// `LORAPLUS_REQUIRE_CUDA=1` (set by `gpu-check/run.sh`), which makes that a failure.
+fn cuda_present() -> bool {
+    if tch::Cuda::is_available() {
+        return true;
+    }
+    let required = std::env::var("LORAPLUS_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "LORAPLUS_REQUIRE_CUDA=1 but libtorch sees no CUDA device"
+    );
+    eprintln!("skipped: no CUDA device (LORAPLUS_REQUIRE_CUDA=1 makes this a failure)");
+    false
+}
+
+/// On a CUDA machine (`make gpu-check`): the quantized linear on CUDA, through libtorch's
+/// weight-only kernels (int8 up to 16 rows; int4 in bf16 up to 16 rows) and the dequantizing
+/// path (more rows, or int4 in f32), gives `x @ dequant(W)^T` and autograd's input gradient,
+/// element by element, and quantizing on CUDA gives the CPU's values.
+#[test]
+fn cuda_quantized_linear_matches_the_dequantized_weight() {
+    if !cuda_present() {
+        return;
+    }
+    let dev = Device::Cuda(0);
+    tch::manual_seed(31);
+    let w = Tensor::randn([256, 512], F32);
+    for scheme in [QuantScheme::Int8, QuantScheme::Int4 { group_size: 64 }] {
+        let cpu = loraplus_core::QuantizedWeight::quantize("w", &w, scheme).unwrap();
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let qw = loraplus_core::QuantizedWeight::quantize(
+                "w",
+                &w.to_device(dev).to_kind(kind),
+                scheme,
+            )
+            .unwrap();
+            let dq = qw.dequantize().unwrap();
+            if kind == Kind::Float {
+                let d = f64::try_from(
+                    (dq.to_device(Device::Cpu) - cpu.dequantize().unwrap())
+                        .abs()
+                        .max(),
+                )
+                .unwrap();
+                assert!(
+                    d < 1e-6,
+                    "{scheme}: CUDA quantization differs from the CPU's by {d:e}"
+                );
+            }
+            for rows in [1, 8, 16, 64] {
+                let x = Tensor::randn([rows, 512], (kind, dev)).set_requires_grad(true);
+                let g = Tensor::randn([rows, 256], (kind, dev));
+                let y = qw.forward(&x);
+                (&y * &g).sum(Kind::Float).backward();
+                let gx = x.grad().copy();
+                let mut xg = x.grad();
+                let _ = xg.zero_();
+                let want = x.linear::<&Tensor>(&dq, None);
+                (&want * &g).sum(Kind::Float).backward();
+                let rel = |a: &Tensor, b: &Tensor| {
+                    f64::try_from((a - b).abs().max()).unwrap()
+                        / f64::try_from(b.abs().max()).unwrap()
+                };
+                let tol = if kind == Kind::Float { 1e-5 } else { 2e-2 };
+                let (fy, fg) = (rel(&y, &want), rel(&gx, &x.grad()));
+                eprintln!("{scheme} {kind:?} rows {rows}: forward {fy:e}, input gradient {fg:e}");
+                assert!(
+                    fy < tol,
+                    "{scheme} {kind:?} rows {rows}: forward off by {fy:e}"
+                );
+                assert!(
+                    fg < tol,
+                    "{scheme} {kind:?} rows {rows}: input gradient off by {fg:e}"
+                );
+            }
+        }
+    }
+}
