@@ -265,7 +265,7 @@ fn a_group_size_that_does_not_divide_the_width_names_the_layer() {
         )
         .unwrap_err();
     assert!(matches!(e.root(), Error::Quantization(_)), "{e}");
-    assert!(format!("{}", e.chain()).contains("proj"), "{}", e.chain());
+    assert!(e.chain().contains("proj"), "{}", e.chain());
 }
 
 /// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
