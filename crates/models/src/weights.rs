@@ -227,6 +227,22 @@ impl Weights {
         let target = if is_float { self.kind } else { src_kind };
         let t = tensor_from_bytes(bytes, &found, src_kind, target, self.device)
             .with_context(|| format!("{}: loading tensor {key}", shard.path.display()))?;
+        // The tensor owns a copy: drop the file's pages from this process, so that loading
+        // never holds the whole file and the whole model at once (peak memory ~ the model, not
+        // file + model; a quantized base never holds the full-precision file).
+        #[cfg(unix)]
+        {
+            // SAFETY: a read-only file mapping: MADV_DONTNEED only evicts its pages from this
+            // process, a later read faults them in again from the file; no borrow of the
+            // mapped bytes outlives the copy above.
+            let _ = unsafe {
+                shard.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    shard.data_start + start,
+                    end - start,
+                )
+            };
+        }
         self.used.borrow_mut().insert(key);
         Ok(Some(t))
     }

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -59,23 +60,29 @@ void check_scheme(int scheme, int64_t group) {
               "int4 needs an even group size, found ", group);
 }
 
-// The full-precision [N, K] weight of one layer, in `dtype`.
+// The full-precision [N, K] weight of one layer, in `dtype`. This runs for every quantized
+// linear in every forward and backward, and is memory-bound: in-place vectorised passes over
+// one fresh f32 tensor (ATen's mixed-dtype arithmetic takes a slower, casting loop; measured on
+// the CPU for [11008, 4096]: int8 0.24 s against 0.35 s, int4 0.44 s against 0.72 s for a
+// gather + addcmul).
 at::Tensor dequantize(const at::Tensor& q, const at::Tensor& s, int scheme, int64_t group,
                       at::ScalarType dtype) {
   check_scheme(scheme, group);
   if (scheme == kInt8) {
-    return (q.to(at::kFloat) * s.to(at::kFloat).unsqueeze(1)).to(dtype);
+    return q.to(at::kFloat).mul_(s.to(at::kFloat).unsqueeze(1)).to(dtype);
   }
   const int64_t n = q.size(0);
   const int64_t k = q.size(1) * 2;
   TORCH_CHECK(k % group == 0, "int4: in_features ", k, " is not a multiple of the group size ",
               group);
-  at::Tensor hi = at::bitwise_right_shift(q, 4);
-  at::Tensor lo = at::bitwise_and(q, 15);
-  at::Tensor v = at::stack({hi, lo}, 2).view({n, k / group, group}).to(at::kFloat);
-  at::Tensor scale = s.select(2, 0).t().to(at::kFloat).unsqueeze(2);  // [N, K/g, 1]
-  at::Tensor zero = s.select(2, 1).t().to(at::kFloat).unsqueeze(2);
-  return ((v - 8.0) * scale + zero).view({n, k}).to(dtype);
+  // The even k sits in the high nibble: [N, K/2, 2] -> [N, K/g, g].
+  at::Tensor v = at::stack({at::bitwise_right_shift(q, 4), at::bitwise_and(q, 15)}, 2)
+                     .view({n, k / group, group})
+                     .to(at::kFloat);
+  at::Tensor scale = s.select(2, 0).t().to(at::kFloat).contiguous().unsqueeze(2);  // [N, K/g, 1]
+  at::Tensor zero = s.select(2, 1).t().to(at::kFloat).contiguous().unsqueeze(2);
+  // (v - 8) * scale + zero = v * scale + (zero - 8 * scale)
+  return v.mul_(scale).add_(zero - 8.0 * scale).view({n, k}).to(dtype);
 }
 
 // y = x @ dequant(W)^T over x's leading dimensions, without autograd. (The CPU's int4 kernel
