@@ -274,6 +274,12 @@ pub fn sdpa(
     let p = if train { dropout_p } else { 0.0 };
     let (hq, hkv) = (q.size()[1], k.size()[1]);
     let gqa = hq != hkv;
+    if gqa && q.device() != Device::Cpu {
+        // On CUDA the memory-efficient kernel takes a mask but not `enable_gqa`: with both,
+        // libtorch falls back to the math kernel, which materialises every score (what
+        // transformers' `use_gqa_in_sdpa` avoids the same way). Repeat the key/value heads.
+        return sdpa_repeated_kv(q, k, v, mask, p, scale);
+    }
     if p == 0.0 || q.device() != Device::Cpu || q.kind() != Kind::Float {
         return Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, scale, gqa);
     }
@@ -295,9 +301,67 @@ pub fn sdpa(
     loraplus_core::dropout::dropout(&probs, p, true).matmul(&v)
 }
 
+/// [`sdpa`] for grouped-query attention with each key/value head repeated for its queries,
+/// so that a masked call can use the fused kernels that do not take `enable_gqa`.
+fn sdpa_repeated_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    p: f64,
+    scale: Option<f64>,
+) -> Tensor {
+    let rep = q.size()[1] / k.size()[1];
+    let k = k.repeat_interleave_self_int(rep, 1, None);
+    let v = v.repeat_interleave_self_int(rep, 1, None);
+    Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), p, false, scale, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The repeated-heads call (CUDA's path for masked GQA) gives `enable_gqa`'s values and
+    /// gradients.
+    #[test]
+    fn repeated_kv_heads_equal_enable_gqa() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, 8, 5, 16], opts).set_requires_grad(true);
+        let k = Tensor::randn([2, 2, 5, 16], opts).set_requires_grad(true);
+        let v = Tensor::randn([2, 2, 5, 16], opts).set_requires_grad(true);
+        let mask =
+            causal_padding_mask(&Tensor::from_slice2(&[[1i64, 1, 1, 1, 1], [0, 0, 1, 1, 1]]));
+        let mut outs = Vec::new();
+        for repeated in [false, true] {
+            let y = if repeated {
+                sdpa_repeated_kv(&q, &k, &v, &mask, 0.0, None)
+            } else {
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(&mask),
+                    0.0,
+                    false,
+                    None,
+                    true,
+                )
+            };
+            y.square().sum(Kind::Float).backward();
+            let grads: Vec<Tensor> = [&q, &k, &v].iter().map(|t| t.grad().copy()).collect();
+            for t in [&q, &k, &v] {
+                let mut g = t.grad();
+                let _ = g.zero_();
+            }
+            outs.push((y.detach(), grads));
+        }
+        let d = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(d(&outs[0].0, &outs[1].0) < 1e-5);
+        for (a, b) in outs[0].1.iter().zip(&outs[1].1) {
+            assert!(d(a, b) < 1e-4, "gradient off by {}", d(a, b));
+        }
+    }
 
     fn rows(t: &Tensor) -> Vec<Vec<i64>> {
         Vec::<Vec<i64>>::try_from(&t.to_kind(Kind::Int64)).unwrap()
