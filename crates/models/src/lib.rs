@@ -1,4 +1,4 @@
-//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral and Gemma loaded straight
+//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral, Gemma and Phi-3 loaded straight
 //! from HuggingFace safetensors checkpoints, with every layer handed to a
 //! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
 //! names users already write. One file per architecture, registered by `model_type` in the
@@ -47,6 +47,7 @@ architectures! {
     "qwen2" => qwen2,
     "mistral" => mistral,
     "gemma" => gemma,
+    "phi3" => phi3,
 }
 
 pub use arch::Architecture;
