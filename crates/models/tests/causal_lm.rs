@@ -1,6 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head) and Mistral (sliding
-//! window), Gemma and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
+//! window), Gemma, Gemma 2 (soft-capping, alternating sliding window) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
 //! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
@@ -132,6 +132,13 @@ fn gemma_sft_matches_peft() {
     sft_parity("gemma");
 }
 
+/// Layer 0 with a window of 4, shorter than the rows and the packed documents' span; attention
+/// scores and logits soft-capped.
+#[test]
+fn gemma2_sft_sliding_softcap_matches_peft() {
+    sft_parity("gemma2");
+}
+
 /// Rows of 9 tokens past original_max_position_embeddings (8): the long factors; the packed
 /// rows' positions stay below: the short ones.
 #[test]
@@ -240,6 +247,13 @@ fn mistral_greedy_generation_sliding_window_matches_transformers() {
 #[test]
 fn gemma_greedy_generation_matches_transformers() {
     generation_parity("gemma");
+}
+
+/// Prompts and generated tokens reach past layer 0's window of 4 (the step mask of that layer
+/// only keeps each query to the window).
+#[test]
+fn gemma2_greedy_generation_matches_transformers() {
+    generation_parity("gemma2");
 }
 
 /// Prompts of 7 positions, 8 new tokens: the sequence crosses original_max_position_embeddings
