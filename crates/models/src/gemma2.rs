@@ -436,6 +436,17 @@ mod tests {
         format!("{:#}", parse(json).expect_err("should be refused"))
     }
 
+    /// transformers' defaults (Gemma 2 2B); PEFT's targets.
+    #[test]
+    fn defaults_follow_transformers() {
+        let a = parse(serde_json::json!({"model_type": "gemma2"})).unwrap();
+        let c = a.as_any().downcast_ref::<Gemma2Config>().unwrap();
+        assert_eq!((c.head_dim, c.num_kv_heads(), c.sliding_window), (256, 4, Some(4096)));
+        assert_eq!(c.query_pre_attn_scalar, 256.0);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(a.recommended_lora_modules().0, ["q_proj", "v_proj"]);
+    }
+
     #[test]
     fn layer_types_default_to_even_layers_sliding_and_are_checked() {
         let c: Gemma2Config = serde_json::from_value(serde_json::json!({

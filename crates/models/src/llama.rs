@@ -5,7 +5,10 @@
 //! (keys stored after rotation).
 //!
 //! The layers are described by a [`DecoderSpec`], so that the Llama family (Qwen2: q/k/v
-//! biases; Mistral: sliding-window attention) reuses them from its own file.
+//! biases; Mistral: sliding-window attention; Gemma) reuses them from its own file; a relative
+//! whose layers differ (Phi-3's fused projections, Gemma 2's norms and soft-capping) keeps the
+//! embeddings, rotary tables, masks, final norm and heads and brings its own [`Block`]s
+//! ([`DecoderSpec::build_with`], [`LlamaBackbone::load_with`]).
 
 
 use anyhow::{bail, Context, Result};

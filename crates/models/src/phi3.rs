@@ -369,6 +369,17 @@ mod tests {
         format!("{:#}", parse(json).expect_err("should be refused"))
     }
 
+    /// transformers' defaults (Phi-3-mini); the fused attention projection is the target.
+    #[test]
+    fn defaults_follow_transformers() {
+        let a = parse(serde_json::json!({"model_type": "phi3"})).unwrap();
+        let c = a.as_any().downcast_ref::<Phi3Config>().unwrap();
+        assert_eq!((c.head_dim(), c.num_kv_heads()), (96, 32));
+        assert_eq!((a.pad_token_id(), c.rms_norm_eps), (Some(32000), 1e-5));
+        assert_eq!(c.rope().unwrap().dim, 96);
+        assert_eq!(a.recommended_lora_modules().0, ["qkv_proj"]);
+    }
+
     #[test]
     fn rope_types_are_standardized_as_transformers_does() {
         let c: Phi3Config = serde_json::from_value(serde_json::json!({
