@@ -127,6 +127,27 @@ impl LayerCtx {
         }
     }
 
+    /// [`Self::query_mask`] with each query kept to the keys of the last `window` positions of
+    /// its row, itself included ([`sliding_window`]): for an architecture whose layers differ in
+    /// window (Gemma 2). The query rows of [`Self::queries`] are located through their flat
+    /// index (`b * T + t`, through [`Self::packed`] when packed).
+    pub fn windowed_query_mask(&self, window: i64) -> Tensor {
+        match &self.queries {
+            None => sliding_window(&self.mask, window),
+            Some(q) => {
+                let flat = match &self.packed {
+                    Some(index) => index.index_select(0, &q.rows),
+                    None => q.rows.shallow_clone(),
+                };
+                let t = self.seq;
+                let at = flat.remainder(t).view([-1, 1]);
+                let keys = Tensor::arange(t, (Kind::Int64, flat.device())).view([1, t]);
+                let band = keys.gt_tensor(&(at - window));
+                q.mask.logical_and(&band.view([-1, 1, 1, t]))
+            }
+        }
+    }
+
     /// The rotary tables of the queries and of the keys.
     pub fn query_rope(&self) -> Option<(&Tensor, &Tensor)> {
         match &self.queries {

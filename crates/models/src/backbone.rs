@@ -57,6 +57,13 @@ pub trait Backbone {
     fn rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
         None
     }
+    /// The sequence width (padding included) at which generation drops every layer's key-value
+    /// cache and runs the whole sequence again: Phi-3 with LongRoPE, whose rotary factors change
+    /// past `original_max_position_embeddings` (transformers' `Phi3ForCausalLM` does the same
+    /// when the input first reaches that length + 1). `None`: the cache stays valid.
+    fn cache_stale_at(&self) -> Option<i64> {
+        None
+    }
     fn num_layers(&self) -> usize;
     fn layer(&self, i: usize) -> &dyn Block;
     /// After the last layer (GPT-2 `ln_f`, Llama `norm`; nothing for BERT).

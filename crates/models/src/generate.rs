@@ -283,8 +283,13 @@ impl TaskModel {
         let mut done = vec![false; prompts.len()];
         let ones = Tensor::ones([b, 1], (Kind::Int64, device));
         for step in 0..cfg.max_new_tokens {
+            let width = ids.size()[1];
+            if self.backbone.cache_stale_at() == Some(width) {
+                // The rotary tables changed with the length: keys cached so far are stale.
+                caches.iter_mut().for_each(|c| *c = None);
+            }
             let logits = if cfg.use_cache {
-                let (input, pos) = if step == 0 {
+                let (input, pos) = if caches.iter().all(Option::is_none) {
                     (ids.shallow_clone(), positions.shallow_clone())
                 } else {
                     let t = ids.size()[1];

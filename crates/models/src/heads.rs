@@ -42,8 +42,26 @@ pub enum TaskHead {
         score: LoraLinear,
         pad_token_id: Option<i64>,
     },
-    /// `lm_head` on every position (tied to the input embeddings when the config says so).
-    Lm { lm_head: LoraLinear },
+    /// `lm_head` on every position (tied to the input embeddings when the config says so),
+    /// its logits soft-capped to `(-c, c)` as `c * tanh(logits / c)` when `softcap` is `Some(c)`
+    /// (Gemma 2's `final_logit_softcapping`).
+    Lm {
+        lm_head: LoraLinear,
+        softcap: Option<f64>,
+    },
+}
+
+/// `c * tanh(x / c)`: `x` squashed into `(-c, c)` (Gemma 2's logit soft-capping).
+pub fn soft_cap(x: &Tensor, c: f64) -> Tensor {
+    (x / c).tanh() * c
+}
+
+fn lm_logits(lm_head: &LoraLinear, softcap: Option<f64>, x: &Tensor, train: bool) -> Tensor {
+    let logits = lm_head.forward_t(x, train);
+    match softcap {
+        Some(c) => soft_cap(&logits, c),
+        None => logits,
+    }
 }
 
 impl TaskHead {
@@ -68,7 +86,7 @@ impl TaskHead {
         match self {
             TaskHead::FirstToken(h) => h.forward_read(rows, train),
             TaskHead::LastToken { score, .. } => score.forward_t(rows, train),
-            TaskHead::Lm { lm_head } => lm_head.forward_t(rows, train),
+            TaskHead::Lm { lm_head, softcap } => lm_logits(lm_head, *softcap, rows, train),
         }
     }
 
@@ -94,7 +112,7 @@ impl TaskHead {
                 let last = hidden.gather(1, &gather, false).squeeze_dim(1);
                 score.forward_t(&last, train)
             }
-            TaskHead::Lm { lm_head } => lm_head.forward_t(hidden, train),
+            TaskHead::Lm { lm_head, softcap } => lm_logits(lm_head, *softcap, hidden, train),
         }
     }
 }
@@ -142,12 +160,16 @@ pub fn decoder_head(
             } else {
                 LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
             };
-            Ok(TaskHead::Lm { lm_head })
+            Ok(TaskHead::Lm {
+                lm_head,
+                softcap: None,
+            })
         }
         Head::CausalLm => {
             let vocab = embeddings.size()[0];
             Ok(TaskHead::Lm {
                 lm_head: ld.linear("lm_head", hidden, vocab, false, WeightLayout::OutIn)?,
+                softcap: None,
             })
         }
     }

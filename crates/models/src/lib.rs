@@ -1,5 +1,5 @@
-//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral and Gemma loaded straight
-//! from HuggingFace safetensors checkpoints, with every layer handed to a
+//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral, Gemma, Gemma 2 and
+//! Phi-3 loaded straight from HuggingFace safetensors checkpoints, with every layer handed to a
 //! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
 //! names users already write. One file per architecture, registered by `model_type` in the
 //! `architectures!` list below ([`registry`]); RoPE scaling in [`rope`].
@@ -47,6 +47,8 @@ architectures! {
     "qwen2" => qwen2,
     "mistral" => mistral,
     "gemma" => gemma,
+    "gemma2" => gemma2,
+    "phi3" => phi3,
 }
 
 pub use arch::Architecture;

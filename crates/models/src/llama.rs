@@ -5,7 +5,10 @@
 //! (keys stored after rotation).
 //!
 //! The layers are described by a [`DecoderSpec`], so that the Llama family (Qwen2: q/k/v
-//! biases; Mistral: sliding-window attention) reuses them from its own file.
+//! biases; Mistral: sliding-window attention; Gemma) reuses them from its own file; a relative
+//! whose layers differ (Phi-3's fused projections, Gemma 2's norms and soft-capping) keeps the
+//! embeddings, rotary tables, masks, final norm and heads and brings its own [`Block`]s
+//! ([`DecoderSpec::build_with`], [`LlamaBackbone::load_with`]).
 
 
 use anyhow::{bail, Context, Result};
@@ -175,10 +178,33 @@ pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
 
 /// `impl Architecture` for a Llama-family config (`$ty` with Llama's field names and a
 /// `spec()` giving its [`DecoderSpec`]): everything but `model_type` is read from the fields or
-/// the spec, and the recommended LoRA targets are the attention's q/v projections (PEFT's
-/// default for these model types), the score head saved for classification.
+/// the spec. By default the recommended LoRA targets are the attention's q/v projections
+/// (PEFT's default for these model types) and the model is [`DecoderSpec::build`]; a relative
+/// with layers of its own names its `targets` and the method that builds it (`build`, with
+/// [`crate::arch::Architecture::build`]'s signature). The score head is saved for
+/// classification.
 macro_rules! llama_family_architecture {
     ($ty:ty, $model_type:literal) => {
+        impl $ty {
+            fn build_from_spec(
+                &self,
+                ld: &mut $crate::backbone::Loader,
+                task: $crate::heads::Head,
+            ) -> anyhow::Result<(
+                Box<dyn $crate::backbone::Backbone + Send>,
+                $crate::heads::TaskHead,
+            )> {
+                self.spec()?.build(ld, task)
+            }
+        }
+        $crate::llama::llama_family_architecture!(
+            $ty,
+            $model_type,
+            targets: ["q_proj", "v_proj"],
+            build: build_from_spec
+        );
+    };
+    ($ty:ty, $model_type:literal, targets: [$($target:literal),*], build: $build:ident) => {
         impl $crate::arch::Architecture for $ty {
             fn model_type(&self) -> &'static str {
                 $model_type
@@ -211,7 +237,7 @@ macro_rules! llama_family_architecture {
                 &self.common
             }
             fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>) {
-                (vec!["q_proj", "v_proj"], vec!["score"])
+                (vec![$($target),*], vec!["score"])
             }
             fn head_specs(&self, task: $crate::heads::Head) -> Vec<$crate::backbone::FreshLinear> {
                 // `parse` checked the spec: it cannot fail here.
@@ -225,7 +251,7 @@ macro_rules! llama_family_architecture {
                 Box<dyn $crate::backbone::Backbone + Send>,
                 $crate::heads::TaskHead,
             )> {
-                self.spec()?.build(ld, task)
+                self.$build(ld, task)
             }
             fn as_any(&self) -> &dyn std::any::Any {
                 self
@@ -303,7 +329,18 @@ impl DecoderSpec {
 
     /// The backbone (`model.*`) and the head of `task`.
     pub fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
-        let bb = LlamaBackbone::load(ld, self)?;
+        self.build_with(ld, task, |ld, prefix, _| LlamaLayer::load(ld, prefix, self))
+    }
+
+    /// [`Self::build`] with layer `i` loaded by `layer(ld, "model.layers.{i}", i)` (a relative's
+    /// own layers on Llama's embeddings, rotary tables, masks, final norm and heads).
+    pub fn build_with<L: Block + Send + 'static>(
+        &self,
+        ld: &mut Loader,
+        task: Head,
+        layer: impl FnMut(&mut Loader, &str, i64) -> Result<L>,
+    ) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
+        let bb = LlamaBackbone::load_with(ld, self, layer)?;
         let head = decoder_head(
             ld,
             task,
@@ -402,14 +439,25 @@ impl LlamaLayer {
 }
 
 /// `cat(-x2, x1)` over the last dimension.
-fn rotate_half(x: &Tensor) -> Tensor {
+pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size().last().copied().unwrap_or(0) / 2;
     let parts = x.split(half, -1);
     Tensor::cat(&[parts[1].neg(), parts[0].shallow_clone()], -1)
 }
 
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+/// `x * cos + rotate_half(x) * sin` on the first `cos.size(-1)` dimensions of `x` (all of
+/// them, or a prefix under partial rotary embeddings as Phi-3's); the rest pass unchanged.
+pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (d, rot) = (
+        x.size().last().copied().unwrap_or(0),
+        cos.size().last().copied().unwrap_or(0),
+    );
+    if rot >= d {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let head = x.narrow(-1, 0, rot);
+    let rotated = &head * cos + rotate_half(&head) * sin;
+    Tensor::cat(&[rotated, x.narrow(-1, rot, d - rot)], -1)
 }
 
 impl Block for LlamaLayer {
@@ -487,11 +535,12 @@ impl LlamaLayer {
     }
 }
 
-/// `model.{embed_tokens, layers, norm}` and the rotary frequencies.
+/// `model.{embed_tokens, layers, norm}` and the rotary frequencies. The layers are Llama's,
+/// or those of a relative that keeps the rest (Phi-3's fused projections, Gemma 2's).
 #[derive(Debug)]
-pub struct LlamaBackbone {
+pub struct LlamaBackbone<L = LlamaLayer> {
     pub embed_tokens: LoraEmbedding,
-    pub layers: Vec<LlamaLayer>,
+    pub layers: Vec<L>,
     pub norm: RmsNorm,
     /// The RoPE configuration (base, scaling).
     pub rope: RopeConfig,
@@ -502,15 +551,28 @@ pub struct LlamaBackbone {
     pub sliding_window: Option<i64>,
     /// See [`DecoderSpec::embed_scale`]: a scalar in the model dtype.
     pub embed_scale: Option<Tensor>,
+    /// See [`Backbone::cache_stale_at`] (set by Phi-3 with LongRoPE; `None` for Llama).
+    pub cache_stale_at: Option<i64>,
 }
 
 impl LlamaBackbone {
     pub fn load(ld: &mut Loader, cfg: &DecoderSpec) -> Result<Self> {
+        Self::load_with(ld, cfg, |ld, prefix, _| LlamaLayer::load(ld, prefix, cfg))
+    }
+}
+
+impl<L> LlamaBackbone<L> {
+    /// The backbone with layer `i` loaded by `layer(ld, "model.layers.{i}", i)`.
+    pub fn load_with(
+        ld: &mut Loader,
+        cfg: &DecoderSpec,
+        mut layer: impl FnMut(&mut Loader, &str, i64) -> Result<L>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let embed_tokens =
             ld.embedding("model.embed_tokens", cfg.vocab_size, h, cfg.pad_token_id)?;
         let layers = (0..cfg.num_layers)
-            .map(|i| LlamaLayer::load(ld, &format!("model.layers.{i}"), cfg))
+            .map(|i| layer(ld, &format!("model.layers.{i}"), i))
             .collect::<Result<Vec<_>>>()?;
         let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_unit_offset)?;
         let inv_freq =
@@ -527,11 +589,12 @@ impl LlamaBackbone {
                     .to_device(ld.device())
                     .to_kind(ld.kind())
             }),
+            cache_stale_at: None,
         })
     }
 }
 
-impl LlamaBackbone {
+impl<L> LlamaBackbone<L> {
     /// `(cos, sin)` of `positions` (float, any shape broadcasting to `[.., T]`), `[.., T, head_dim]`.
     /// With `dynamic` RoPE, the frequencies of the batch's length (its largest position + 1,
     /// one host read), as transformers computes them for a model that has not seen a longer
@@ -561,7 +624,7 @@ impl LlamaBackbone {
     }
 }
 
-impl Backbone for LlamaBackbone {
+impl<L: Block> Backbone for LlamaBackbone<L> {
     /// Causal + padding mask (within each document when `position_ids` are given); rotary
     /// tables for `position_ids`, else for positions `0..T` (HF's forward without position ids,
     /// also under left padding).
@@ -619,6 +682,10 @@ impl Backbone for LlamaBackbone {
             Some(scale) => h * scale,
             None => h,
         }
+    }
+
+    fn cache_stale_at(&self) -> Option<i64> {
+        self.cache_stale_at
     }
 
     fn num_layers(&self) -> usize {

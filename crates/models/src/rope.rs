@@ -1,8 +1,9 @@
 //! Rotary position embeddings as the checkpoint's `rope_parameters` (transformers 5) or
 //! `rope_scaling` + `rope_theta` (older) say: `default`, `linear`, `dynamic`, `llama3`, `yarn`
 //! and `longrope`, computed as transformers' `modeling_rope_utils.py` does (inverse frequencies
-//! in f32; YaRN's and LongRoPE's attention factor on the tables). Any other type, or an option
-//! none of these implements (`partial_rotary_factor` below 1), is refused by name.
+//! in f32; YaRN's and LongRoPE's attention factor on the tables). Any other type is refused by
+//! name, and so is `partial_rotary_factor` below 1 except for an architecture that rotates a
+//! prefix of each head ([`RopeConfig::parse_partial_rotary`]).
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
@@ -68,7 +69,8 @@ pub enum RopeScaling {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     pub theta: f64,
-    /// The rotated dimensions (the head dimension).
+    /// The rotated dimensions: the head dimension, or its first part under a partial rotary
+    /// factor ([`RopeConfig::parse_partial_rotary`]).
     pub dim: i64,
     pub scaling: RopeScaling,
 }
@@ -94,6 +96,49 @@ impl RopeConfig {
         head_dim: i64,
         max_position_embeddings: i64,
     ) -> Result<Self> {
+        Self::parse_inner(
+            model_type,
+            rope_theta,
+            rope_parameters,
+            rope_scaling,
+            head_dim,
+            max_position_embeddings,
+            false,
+        )
+    }
+
+    /// [`Self::parse`] for an architecture that rotates only the first
+    /// `int(head_dim * partial_rotary_factor)` dimensions of each head (Phi-3): the factor is
+    /// read from the parameters (in `(0, 1]`, default 1) and [`Self::dim`] is that prefix, as
+    /// transformers' `_compute_*_parameters` take it.
+    pub fn parse_partial_rotary(
+        model_type: &str,
+        rope_theta: Option<f64>,
+        rope_parameters: &Option<Value>,
+        rope_scaling: &Option<Value>,
+        head_dim: i64,
+        max_position_embeddings: i64,
+    ) -> Result<Self> {
+        Self::parse_inner(
+            model_type,
+            rope_theta,
+            rope_parameters,
+            rope_scaling,
+            head_dim,
+            max_position_embeddings,
+            true,
+        )
+    }
+
+    fn parse_inner(
+        model_type: &str,
+        rope_theta: Option<f64>,
+        rope_parameters: &Option<Value>,
+        rope_scaling: &Option<Value>,
+        head_dim: i64,
+        max_position_embeddings: i64,
+        partial_rotary: bool,
+    ) -> Result<Self> {
         let mut p = Map::new();
         for (field, v) in [
             ("rope_scaling", rope_scaling),
@@ -117,14 +162,22 @@ impl RopeConfig {
             .unwrap_or("default")
             .to_string();
         let what = |key: &str| format!("{model_type} rope_parameters (rope_type {ty:?}): {key}");
-        if let Some(f) = number(&p, "partial_rotary_factor") {
-            if f != 1.0 {
-                bail!(
-                    "{}: {f} is not supported; supported: 1.0 (every dimension rotated)",
-                    what("partial_rotary_factor")
-                );
-            }
+        let partial = number(&p, "partial_rotary_factor").unwrap_or(1.0);
+        if partial != 1.0 && !partial_rotary {
+            bail!(
+                "{}: {partial} is not supported for {model_type}; supported: 1.0 (every dimension \
+                 rotated)",
+                what("partial_rotary_factor")
+            );
         }
+        if !(partial > 0.0 && partial <= 1.0) {
+            bail!(
+                "{}: expected a number in (0, 1], found {partial}",
+                what("partial_rotary_factor")
+            );
+        }
+        // transformers: `int(head_dim * partial_rotary_factor)`.
+        let head_dim = (head_dim as f64 * partial) as i64;
         let required = |key: &str| {
             number(&p, key)
                 .ok_or_else(|| anyhow!("{} is missing (a number is required)", what(key)))
@@ -249,7 +302,8 @@ impl RopeConfig {
         };
         if head_dim % 2 != 0 || head_dim <= 0 {
             bail!(
-                "{model_type}: head_dim {head_dim} must be positive and even for rotary embeddings"
+                "{model_type}: the rotated dimensions ({head_dim}: head_dim times \
+                 partial_rotary_factor {partial}) must be positive and even for rotary embeddings"
             );
         }
         Ok(RopeConfig {

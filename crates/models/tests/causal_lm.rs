@@ -1,6 +1,7 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head) and Mistral (sliding
-//! window) and Gemma checkpoints that `tests/reference/causal_lm.py` builds
+//! window), Gemma, Gemma 2 (soft-capping, alternating sliding window) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
+//! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
 //! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
 //!   padding (with and without position ids) and packed rows (position ids restarting per
@@ -131,6 +132,20 @@ fn gemma_sft_matches_peft() {
     sft_parity("gemma");
 }
 
+/// Layer 0 with a window of 4, shorter than the rows and the packed documents' span; attention
+/// scores and logits soft-capped.
+#[test]
+fn gemma2_sft_sliding_softcap_matches_peft() {
+    sft_parity("gemma2");
+}
+
+/// Rows of 9 tokens past original_max_position_embeddings (8): the long factors; the packed
+/// rows' positions stay below: the short ones.
+#[test]
+fn phi3_sft_longrope_matches_peft() {
+    sft_parity("phi3");
+}
+
 #[test]
 fn gpt2_sft_matches_peft() {
     sft_parity("gpt2");
@@ -203,9 +218,13 @@ fn generation_parity(case: &str) {
         .generate(&prompts, &GenerationConfig::greedy(max_new, &[]))
         .unwrap();
     assert_eq!(free, rows(&e["unmerged_no_eos"]), "{case}: without EOS");
-    // One prompt alone (no padding) gives its tokens in the batch.
+    // One prompt alone (no padding) as transformers, and as in the batch, except under
+    // LongRoPE (Phi-3), whose factors switch with the batch's length.
     let alone = model.generate(&prompts[1..2], &cfg).unwrap();
-    assert_eq!(alone[0], rows(&e["unmerged"])[1], "{case}: prompt alone");
+    assert_eq!(alone, rows(&e["unmerged_alone"]), "{case}: prompt alone");
+    if case != "phi3" {
+        assert_eq!(alone[0], rows(&e["unmerged"])[1], "{case}: prompt alone");
+    }
 }
 
 #[test]
@@ -228,6 +247,21 @@ fn mistral_greedy_generation_sliding_window_matches_transformers() {
 #[test]
 fn gemma_greedy_generation_matches_transformers() {
     generation_parity("gemma");
+}
+
+/// Prompts and generated tokens reach past layer 0's window of 4 (the step mask of that layer
+/// only keeps each query to the window).
+#[test]
+fn gemma2_greedy_generation_matches_transformers() {
+    generation_parity("gemma2");
+}
+
+/// Prompts of 7 positions, 8 new tokens: the sequence crosses original_max_position_embeddings
+/// (8) while decoding, where the cached keys are dropped and the sequence run again with the
+/// long factors, as transformers' Phi-3 does.
+#[test]
+fn phi3_greedy_generation_longrope_crossing_matches_transformers() {
+    generation_parity("phi3");
 }
 
 #[test]

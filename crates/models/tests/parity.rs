@@ -1,5 +1,5 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2,
-//! Mistral and Gemma models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
+//! Mistral, Gemma, Gemma 2 and Phi-3 models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
 
@@ -35,7 +35,10 @@ fn task(case: &str) -> Head {
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
-        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" => Head::CausalLm,
+        "gemma2" => Head::SequenceClassification { num_labels: 3 },
+        "phi3" => Head::SequenceClassification { num_labels: 3 },
+        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" | "gemma2_lm"
+        | "phi3_lm" => Head::CausalLm,
         other => panic!("unknown case {other}"),
     }
 }
@@ -299,6 +302,53 @@ fn gemma_lm_lora_matches_peft() {
     lora_parity("gemma_lm");
 }
 
+/// Soft-capped attention scores, query_pre_attn_scalar, four norms per layer, the last layer
+/// sliding (window 3 < 7 positions) under right padding: the one row per sequence that layer
+/// computes (the last token, at positions 6, 3, 1) sees only its window.
+#[test]
+fn gemma2_sliding_softcap_right_padded_matches_transformers() {
+    plain_parity("gemma2");
+}
+
+/// The LM logits soft-capped as well.
+#[test]
+fn gemma2_lm_final_softcap_matches_transformers() {
+    plain_parity("gemma2_lm");
+}
+
+#[test]
+fn gemma2_lora_all_linears_matches_peft() {
+    lora_parity("gemma2");
+}
+
+#[test]
+fn gemma2_lm_lora_matches_peft() {
+    lora_parity("gemma2_lm");
+}
+
+/// Fused qkv_proj, partial rotary (1/2), a sliding window of 3 under left padding.
+#[test]
+fn phi3_partial_rotary_sliding_window_left_padded_matches_transformers() {
+    plain_parity("phi3");
+}
+
+/// LongRoPE past original_max_position_embeddings (4 < 7 positions), 3/4 of each head rotated.
+#[test]
+fn phi3_lm_longrope_partial_rotary_matches_transformers() {
+    plain_parity("phi3_lm");
+}
+
+/// One adapter on each fused layer (qkv_proj, gate_up_proj), as PEFT.
+#[test]
+fn phi3_lora_fused_projections_matches_peft() {
+    lora_parity("phi3");
+}
+
+#[test]
+fn phi3_lm_lora_longrope_matches_peft() {
+    lora_parity("phi3_lm");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -313,6 +363,10 @@ const CASES: &[&str] = &[
     "mistral_lm",
     "gemma",
     "gemma_lm",
+    "gemma2",
+    "gemma2_lm",
+    "phi3",
+    "phi3_lm",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

@@ -1,5 +1,5 @@
 //! Causal-LM fine-tuning end to end with the `loraplus` binary, on tiny random Llama and GPT-2
-//! checkpoints written by transformers (with the test tokenizer and a ChatML template): each data
+//! (and Phi-3 and Gemma 2 for the PEFT and merge round trips) checkpoints written by transformers (with the test tokenizer and a ChatML template): each data
 //! format trains; packing trains; an interrupted-and-resumed run equals an uninterrupted one
 //! bitwise; the adapter loads in PEFT (`PeftModel.from_pretrained`, CAUSAL_LM) with the same
 //! logits; `merge` writes a `*ForCausalLM` folder transformers loads with the same logits;
@@ -383,6 +383,68 @@ fn each_format_trains_on_llama_and_gpt2() {
             };
             assert_eq!(mcfg["architectures"][0], want);
         }
+    }
+}
+
+/// Phi-3 and Gemma 2, trained with their recommended LoRA targets (Phi-3: the fused
+/// `qkv_proj`): the adapter loads in PEFT with our logits, and the merged export is their
+/// `*ForCausalLM` class, which transformers loads with the same logits.
+#[test]
+fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    write_jsonl(&train, &text_rows(12));
+    let ids: Vec<Vec<i64>> = vec![(5..17).collect(), (20..32).rev().collect()];
+    let ids_path = dir.path().join("ids.json");
+    std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
+    for (model, class, targets) in [
+        ("phi3", "Phi3ForCausalLM", vec!["qkv_proj"]),
+        ("gemma2", "Gemma2ForCausalLM", vec!["q_proj", "v_proj"]),
+    ] {
+        let m = fx.model(model);
+        let out = dir.path().join(model);
+        let mut a = train_args(s(&m), s(&train), s(&train), s(&out));
+        a.extend(["--max-steps", "4"]);
+        ok(&a);
+        let adapter = out.join("adapter");
+        let acfg = loraplus_core::read_adapter_config(&adapter).unwrap();
+        let written: Vec<String> = match &acfg.target_modules {
+            Some(loraplus_core::TargetModules::List(t)) => t.clone(),
+            other => panic!("{model}: target_modules {other:?}"),
+        };
+        assert_eq!(written, targets, "{model}: recommended targets");
+        let ours = our_logits(&m, Some(&adapter), &ids);
+        let base = our_logits(&m, None, &ids);
+        assert!(
+            max_diff(&ours, &base) > 1e-4,
+            "{model}: the trained adapter changes nothing"
+        );
+        let peft_out = dir.path().join(format!("{model}-peft.safetensors"));
+        reference(&["logits", s(&m), s(&adapter), s(&ids_path), s(&peft_out)]);
+        let d = max_diff(&ours, &read_logits(&peft_out));
+        assert!(d < 1e-4, "{model}: PEFT logits differ by {d}");
+        let merged = dir.path().join(format!("{model}-merged"));
+        ok(&[
+            "merge",
+            "--task",
+            "causal-lm",
+            "--model",
+            s(&m),
+            "--adapter",
+            s(&out),
+            "--output",
+            s(&merged),
+        ]);
+        let mcfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(mcfg["architectures"][0], class, "{mcfg}");
+        let merged_out = dir.path().join(format!("{model}-merged.safetensors"));
+        reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
+        let dm = max_diff(&ours, &read_logits(&merged_out));
+        assert!(dm < 1e-4, "{model}: merged logits differ by {dm}");
+        println!("{model}: PEFT max |diff| {d:.3e}, merged (transformers) {dm:.3e}");
     }
 }
 

@@ -4,7 +4,12 @@ usage: python causal_lm.py OUT_DIR
 
 For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D; qwen2: q/k/v
 biases, tied; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
-embeddings, (1 + w) norms, GeGLU, head_dim of its own) writes under
+embeddings, (1 + w) norms, GeGLU, head_dim of its own; gemma2: soft-capped attention scores and
+logits, four norms per layer, layer 0 of 2 with a sliding window of 4 positions, shorter than the
+sequences; phi3: fused qkv_proj and gate_up_proj,
+half of each head rotated, LongRoPE with original_max_position_embeddings 8, so that the 9-token
+rows use the long factors, the packed rows the short ones, and generation crosses from short
+to long) writes under
 OUT_DIR/<case>/:
   model/                  a tiny random checkpoint (save_pretrained, safetensors)
   adapter/                a PEFT LoRA adapter with init_lora_weights=False (B != 0)
@@ -15,7 +20,8 @@ OUT_DIR/<case>/:
                           packed rows pass position_ids restarting per document and no
                           attention mask (as transformers takes packed rows).
   expected.json           prompts, eos, max_new_tokens and the new tokens of greedy
-                          generate(do_sample=False) with the adapter unmerged and merged; and
+                          generate(do_sample=False) with the adapter unmerged and merged (and
+                          of the second prompt alone, unpadded); and
                           continuation log-probability items with their reference sums.
 No download: configs are built here, weights drawn from torch.manual_seed.
 """
@@ -26,8 +32,8 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (GemmaConfig, GemmaForCausalLM, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 VOCAB = 61
 PAD = 0
@@ -55,6 +61,13 @@ def cases():
     yield "mistral", MistralForCausalLM(MistralConfig(sliding_window=4, **decoder)), dict(
         target_modules=all_linears)
     yield "gemma", GemmaForCausalLM(GemmaConfig(head_dim=16, **decoder)), dict(target_modules=all_linears)
+    gemma2 = Gemma2Config(head_dim=16, query_pre_attn_scalar=20, sliding_window=4, attn_logit_softcapping=2.0,
+                          final_logit_softcapping=3.0, **decoder)
+    yield "gemma2", Gemma2ForCausalLM(gemma2), dict(target_modules=all_linears)
+    longrope = dict(rope_type="longrope", short_factor=[1.0, 1.5], long_factor=[3.0, 9.0])
+    phi3 = Phi3Config(original_max_position_embeddings=8, partial_rotary_factor=0.5, rope_parameters=longrope,
+                      **decoder)
+    yield "phi3", Phi3ForCausalLM(phi3), dict(target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
 
 
 def loraplus_name(peft_name):
@@ -184,6 +197,7 @@ def main(out):
         expected = dict(prompts=prompts, eos=eos, max_new_tokens=MAX_NEW,
                         unmerged=generate(peft_model, prompts, eos),
                         unmerged_no_eos=free,
+                        unmerged_alone=generate(peft_model, prompts[1:2], eos),
                         items=items, logprobs=[logprob(peft_model, c, k) for c, k in items])
         merged = peft_model.merge_and_unload()
         merged.eval()

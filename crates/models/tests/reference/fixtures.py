@@ -3,7 +3,7 @@
 usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
-mistral_lm, gemma, gemma_lm) writes under OUT_DIR/<case>/:
+mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm) writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
   reference.safetensors  logits and hidden (last_hidden_state) of the plain model, eval mode
@@ -20,10 +20,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig, GemmaForCausalLM,
-                          GemmaForSequenceClassification, GPT2Config,
+                          GemmaForSequenceClassification, Gemma2Config, Gemma2ForCausalLM,
+                          Gemma2ForSequenceClassification, GPT2Config,
                           GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig,
-                          MistralForCausalLM, MistralForSequenceClassification, Qwen2Config,
+                          MistralForCausalLM, MistralForSequenceClassification, Phi3Config,
+                          Phi3ForCausalLM, Phi3ForSequenceClassification, Qwen2Config,
                           Qwen2ForCausalLM, Qwen2ForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 
@@ -140,6 +142,48 @@ def cases():
     yield dict(name="gemma_lm", model=GemmaForCausalLM(GemmaConfig(**gemma_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+
+
+    # Gemma 2: Gemma's layers with four norms each, scores scaled by query_pre_attn_scalar^-0.5
+    # (20, not head_dim 16) and soft-capped, the LM logits soft-capped, a sliding window of 3,
+    # shorter than the 7 positions: on layer 0 of 2 by default (the LM); on the last layer for
+    # the classifier, right-padded, so that the one row per sequence its last layer computes
+    # sits at several positions. Caps small enough to bind on these random weights.
+    gemma2_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                     initializer_range=0.2, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+                     query_pre_attn_scalar=20, sliding_window=3, attn_logit_softcapping=2.0,
+                     final_logit_softcapping=3.0)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="gemma2", model=Gemma2ForSequenceClassification(Gemma2Config(
+                   num_labels=3, layer_types=["full_attention", "sliding_attention"], **gemma2_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 0, 2]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="gemma2_lm", model=Gemma2ForCausalLM(Gemma2Config(**gemma2_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts each as one layer), grouped-query
+    # attention, half of each head rotated. The classifier: a sliding window of 3 positions,
+    # left padding. The LM: LongRoPE with original_max_position_embeddings 4, below the 7
+    # positions of the batch (the long factors), 3/4 of each head rotated; the top-level
+    # original_max_position_embeddings, as Phi-3 checkpoints carry it.
+    phi3_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                   initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    phi3_targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="phi3", model=Phi3ForSequenceClassification(Phi3Config(
+                   num_labels=3, sliding_window=3, partial_rotary_factor=0.5, **phi3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 1, 0]),
+               lora=dict(target_modules=phi3_targets, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    longrope = dict(rope_type="longrope", short_factor=[1.0, 1.5, 2.0], long_factor=[2.0, 5.0, 11.0])
+    yield dict(name="phi3_lm", model=Phi3ForCausalLM(Phi3Config(
+                   original_max_position_embeddings=4, partial_rotary_factor=0.75, rope_scaling=longrope,
+                   **phi3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=phi3_targets))
 
 
 def loraplus_name(peft_name):

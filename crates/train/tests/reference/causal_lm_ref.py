@@ -26,10 +26,11 @@ sys.path.insert(0, os.path.join(HERE, "../../../data/tests/reference"))
 
 
 def fixture(out):
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel,
+                              LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM)
     import tiny_tokenizer
 
-    for name in ["llama", "gpt2"]:
+    for name in ["llama", "gpt2", "phi3", "gemma2"]:
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
         tiny_tokenizer.write_tokenizer(d, template="chatml")
@@ -42,6 +43,22 @@ def fixture(out):
                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
             model = LlamaForCausalLM(cfg)
+        elif name == "phi3":
+            # Fused qkv_proj and gate_up_proj, half of each head rotated, a sliding window.
+            cfg = Phi3Config(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             partial_rotary_factor=0.5, sliding_window=8, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            model = Phi3ForCausalLM(cfg)
+        elif name == "gemma2":
+            # Soft-capping, layer 0 sliding (window 8), four norms per layer, tied head.
+            cfg = Gemma2Config(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               max_position_embeddings=256, query_pre_attn_scalar=20, sliding_window=8,
+                               attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id)
+            model = Gemma2ForCausalLM(cfg)
         else:
             cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
