@@ -16,8 +16,14 @@
 //! - Rank 0's initial adapters and head are broadcast to every rank (after a resume too).
 //! - One small all-reduce per step sums the weighted losses (the logged loss, the non-finite
 //!   check) and any rank's interrupt flag, so every rank stops at the same step.
-//! - Only rank 0 evaluates and writes checkpoints, metrics, plots and the adapter; the others
-//!   wait at a barrier. A rank that dies makes the others fail naming it (see loraplus-dist).
+//! - Evaluation is sharded by whole evaluation batches: rank r scores batches r, r + world,
+//!   ... of the single-process batch plan (file order, `eval_batch_size`), so each batch is the
+//!   very batch one process scores; the per-batch outputs (logits, loss sums and token counts,
+//!   as f64) are all-gathered, put back in batch order, and every rank computes the metrics once
+//!   from the whole set: the single-process numbers, bitwise on the CPU. Uneven shards (and
+//!   ranks with no batch) are fine.
+//! - Only rank 0 writes checkpoints, metrics, plots and the adapter; the others wait at a
+//!   barrier. A rank that dies makes the others fail naming it (see loraplus-dist).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -157,16 +163,105 @@ impl DataParallel {
         Ok((local, mine))
     }
 
+    /// Where this group's collectives take their tensors: the rank's GPU for NCCL, else the CPU.
+    pub fn comm_device(&self) -> Device {
+        match self.pg.backend() {
+            Backend::Nccl => Device::Cuda(self.local_rank),
+            Backend::Gloo => Device::Cpu,
+        }
+    }
+
     /// Element-wise sum over the ranks of a few f64 values.
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
-        let mut t = [Tensor::from_slice(values)];
+        let mut t = [Tensor::from_slice(values).to_device(self.comm_device())];
         self.pg.allreduce_sum(&mut t)?;
-        Ok(Vec::<f64>::try_from(&t[0])?)
+        Ok(Vec::<f64>::try_from(&t[0].to_device(Device::Cpu))?)
+    }
+
+    /// The outputs of all `batches` evaluation batches, in batch order, on every rank; `mine`
+    /// holds this rank's, for the batches of [`eval_shard`] in order.
+    pub fn gather_eval(&self, batches: usize, mine: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+        let expected = eval_shard(batches, self.rank, self.world).count();
+        if mine.len() != expected {
+            bail!(
+                "rank {}: {} evaluation outputs for a shard of {expected} batches (of {batches})",
+                self.rank,
+                mine.len()
+            );
+        }
+        if batches == 0 {
+            // Every rank holds the same (empty) set: nothing to gather.
+            return Ok(Vec::new());
+        }
+        let packed = Tensor::from_slice(&pack_outputs(mine)).to_device(self.comm_device());
+        let all = self.pg.allgather_rows(&packed).with_context(|| {
+            format!(
+                "gathering the evaluation outputs of {batches} batches from {} ranks",
+                self.world
+            )
+        })?;
+        let flat = Vec::<f64>::try_from(&all.to_device(Device::Cpu))?;
+        unpack_outputs(&flat, batches, self.world)
     }
 
     pub fn barrier(&self) -> Result<()> {
         Ok(self.pg.barrier()?)
     }
+}
+
+/// The evaluation batches (indices into the batch plan) that `rank` of `world` scores: every
+/// `world`-th from `rank`, as DistributedSampler strides examples, but over whole batches.
+pub fn eval_shard(batches: usize, rank: usize, world: usize) -> impl Iterator<Item = usize> {
+    (rank..batches).step_by(world.max(1))
+}
+
+/// One rank's evaluation outputs as one buffer: for each batch, its number of values, then the
+/// values.
+pub fn pack_outputs(outputs: &[Vec<f64>]) -> Vec<f64> {
+    let mut buf = Vec::with_capacity(outputs.iter().map(|o| o.len() + 1).sum());
+    for o in outputs {
+        buf.push(o.len() as f64);
+        buf.extend_from_slice(o);
+    }
+    buf
+}
+
+/// Every batch's outputs in batch order, from the [`pack_outputs`] buffers of the `world`
+/// ranks concatenated in rank order (rank r holding the batches of [`eval_shard`]).
+pub fn unpack_outputs(gathered: &[f64], batches: usize, world: usize) -> Result<Vec<Vec<f64>>> {
+    let mut out: Vec<Option<Vec<f64>>> = vec![None; batches];
+    let mut at = 0usize;
+    for rank in 0..world {
+        for b in eval_shard(batches, rank, world) {
+            let len = *gathered.get(at).with_context(|| {
+                format!(
+                    "the gathered evaluation outputs end at value {at}, before batch {b} of rank {rank} ({batches} batches, {world} ranks)"
+                )
+            })?;
+            if !(len >= 0.0 && len.fract() == 0.0) {
+                bail!("the gathered evaluation outputs hold {len} as the length of batch {b} (rank {rank})");
+            }
+            let (start, end) = (at + 1, at + 1 + len as usize);
+            let values = gathered.get(start..end).with_context(|| {
+                format!(
+                    "batch {b} of rank {rank}: {len} values past the end of the gathered evaluation outputs ({} values)",
+                    gathered.len()
+                )
+            })?;
+            out[b] = Some(values.to_vec());
+            at = end;
+        }
+    }
+    if at != gathered.len() {
+        bail!(
+            "the gathered evaluation outputs hold {} values, {at} expected for {batches} batches over {world} ranks",
+            gathered.len()
+        );
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(b, o)| o.with_context(|| format!("no rank scored evaluation batch {b}")))
+        .collect()
 }
 
 /// What a batch's mean loss averages over: target tokens of token labels (`[B, T]`, position
@@ -179,5 +274,59 @@ pub fn items(batch: &Batch) -> f64 {
             .sum(Kind::Int64)
             .int64_value(&[]) as f64,
         _ => batch.size() as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_shards_cover_every_batch_once_uneven_and_empty_shards_included() {
+        for (batches, world) in [(5, 2), (4, 2), (1, 3), (0, 2), (7, 3)] {
+            let mut seen: Vec<usize> = (0..world)
+                .flat_map(|r| eval_shard(batches, r, world))
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..batches).collect::<Vec<_>>(),
+                "{batches} over {world}"
+            );
+        }
+        assert_eq!(eval_shard(5, 0, 2).collect::<Vec<_>>(), vec![0, 2, 4]);
+        assert_eq!(eval_shard(5, 1, 2).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(eval_shard(1, 2, 3).count(), 0);
+    }
+
+    #[test]
+    fn gathered_outputs_come_back_in_batch_order() {
+        // 5 batches over 2 ranks: rank 0 scored 0, 2, 4; rank 1 scored 1, 3 (of other lengths).
+        let batch =
+            |b: usize| -> Vec<f64> { (0..b + 1).map(|i| (10 * b + i) as f64 + 0.5).collect() };
+        let rank0 = pack_outputs(&[batch(0), batch(2), batch(4)]);
+        let rank1 = pack_outputs(&[batch(1), batch(3)]);
+        let gathered: Vec<f64> = rank0.iter().chain(&rank1).copied().collect();
+        let out = unpack_outputs(&gathered, 5, 2).unwrap();
+        for (b, o) in out.iter().enumerate() {
+            assert_eq!(o, &batch(b), "batch {b}");
+        }
+        // A rank with no batch (1 batch, 3 ranks) and empty outputs.
+        let out = unpack_outputs(&pack_outputs(&[vec![]]), 1, 3).unwrap();
+        assert_eq!(out, vec![Vec::<f64>::new()]);
+    }
+
+    #[test]
+    fn malformed_gathered_outputs_are_refused_by_batch_and_rank() {
+        let e = unpack_outputs(&[1.0, 2.0], 2, 2).unwrap_err().to_string();
+        assert!(e.contains("before batch 1 of rank 1"), "{e}");
+        let e = unpack_outputs(&[3.0, 2.0], 1, 1).unwrap_err().to_string();
+        assert!(e.contains("batch 0 of rank 0"), "{e}");
+        let e = unpack_outputs(&[0.0, 0.0, 9.0], 2, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 values, 2 expected"), "{e}");
+        let e = unpack_outputs(&[1.5], 1, 1).unwrap_err().to_string();
+        assert!(e.contains("1.5 as the length"), "{e}");
     }
 }

@@ -252,7 +252,8 @@ impl Trainer {
         self.pad_id
     }
 
-    /// Evaluate on every dev split; the report of the first is the one selection uses.
+    /// Evaluate on every dev split; the report of the first is the one selection uses. Under
+    /// data parallelism every rank must call it (each scores its shard; all get every report).
     pub fn evaluate(&self) -> Result<Vec<(Split, MetricReport)>> {
         let mut out = Vec::new();
         for (split, data) in &self.dev {
@@ -264,6 +265,7 @@ impl Trainer {
                     (self.pad_id, self.padding_side),
                     &self.config,
                     self.device,
+                    self.parallel.as_ref(),
                 )?,
             ));
         }
@@ -557,17 +559,10 @@ impl Trainer {
     }
 
     fn eval_and_track(&mut self, started: Instant) -> Result<EvalRecord> {
-        // Data parallel: rank 0 evaluates and shares the main metric, so that every rank
-        // tracks the best step and early stopping alike.
-        let reports = if self.is_main() {
-            self.evaluate()?
-        } else {
-            Vec::new()
-        };
-        let mut main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
-        if let Some(dp) = &self.parallel {
-            main = dp.sum(&[if dp.is_main() { main } else { 0.0 }])?[0];
-        }
+        // Data parallel: every rank scores its shard and gets the whole set's reports, so that
+        // every rank tracks the best step and early stopping alike.
+        let reports = self.evaluate()?;
+        let main = reports.first().map(|(_, r)| r.main).unwrap_or(f64::NAN);
         let step = self.state.step;
         let higher = self.task.greater_is_better();
         let better = |new: f64, old: f64| if higher { new > old } else { new < old };
@@ -583,8 +578,7 @@ impl Trainer {
                 self.state.target_reached_at = Some(step);
             }
         }
-        let mut rec = EvalRecord::new(step, &reports, started.elapsed().as_secs_f64());
-        rec.main = main;
+        let rec = EvalRecord::new(step, &reports, started.elapsed().as_secs_f64());
         if let Some(log) = self.log.as_mut() {
             log.eval(&rec)?;
         }

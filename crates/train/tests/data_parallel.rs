@@ -3,7 +3,9 @@
 //! Llama); a run launched by torchrun and one launched by `--nproc-per-node 2` write identical
 //! checkpoints; a resumed 2-rank run equals an uninterrupted one bitwise; a killed rank makes
 //! the run fail naming it, in bounded time; Ctrl-C (SIGINT to the terminal's process group)
-//! stops a `--nproc-per-node 2` run with one resumable checkpoint and no rank left running.
+//! stops a `--nproc-per-node 2` run with one resumable checkpoint and no rank left running;
+//! a sharded evaluation (uneven shards of an odd-sized set) gives the metrics of one process
+//! on the same adapters, bitwise (MRPC, STS-B, causal LM).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -227,6 +229,165 @@ fn causal_lm_two_ranks_equal_one_rank_accumulating_the_same_rows() {
     assert!(
         d < 1e-6,
         "causal LM: 2 ranks x 4 against 1 rank x 8 (2 x 4 accumulated) differ by {d}"
+    );
+}
+
+/// The evaluation records of a run, by step.
+fn eval_records(out: &Path) -> Vec<loraplus_train::metrics_log::EvalRecord> {
+    loraplus_train::metrics_log::read(&out.join("metrics.jsonl"))
+        .unwrap()
+        .1
+}
+
+/// A 2-rank run of `cfg` (4 steps, sharded evaluations at steps 2 and 4 over 5 batches: 3 on
+/// rank 0, 2 on rank 1), then one process evaluating its step-4 checkpoint (a resume at the
+/// step budget runs only the final evaluation): the step-4 metrics must be equal, bitwise.
+fn sharded_eval_equals_one_process(dir: &Path, cfg: &Path, what: &str, metrics: &[&str]) {
+    let two = dir.join(format!("{what}-two"));
+    let mut c = bin();
+    // Warnings, and which evaluation batches each rank scores.
+    c.env("LORAPLUS_LOG", "warn,loraplus_train::task=debug")
+        .args(["train", "--config", cfg.to_str().unwrap(), "--no-progress"])
+        .args(["--nproc-per-node", "2", "--output-dir"])
+        .arg(&two);
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    ok(o, &format!("{what}: 2 ranks"));
+    for line in [
+        "rank 0: scored 3 of 5 evaluation batches",
+        "rank 1: scored 2 of 5 evaluation batches",
+    ] {
+        assert!(
+            stderr.contains(line),
+            "{what}: the evaluation was not sharded ({line:?} missing):\n{stderr}"
+        );
+    }
+    let one = dir.join(format!("{what}-one"));
+    let ck = two.join("checkpoints/step-000004");
+    let mut c = bin();
+    c.args(["train", "--config", cfg.to_str().unwrap(), "--no-progress"])
+        .arg("--output-dir")
+        .arg(&one)
+        .arg("--resume")
+        .arg(&ck);
+    ok(
+        c.output().unwrap(),
+        &format!("{what}: 1 rank on the same adapters"),
+    );
+    let sharded = eval_records(&two);
+    assert_eq!(
+        sharded.iter().map(|r| r.step).collect::<Vec<_>>(),
+        vec![2, 4],
+        "{what}"
+    );
+    let single = eval_records(&one);
+    assert_eq!(single.len(), 1, "{what}: one final evaluation");
+    let (a, b) = (&sharded[1], &single[0]);
+    assert_eq!(b.step, 4, "{what}");
+    assert_eq!(a.main_name, b.main_name, "{what}");
+    assert_eq!(
+        a.main.to_bits(),
+        b.main.to_bits(),
+        "{what}: main metric {} (2 ranks) against {} (1 rank)",
+        a.main,
+        b.main
+    );
+    assert_eq!(
+        a.metrics.len(),
+        b.metrics.len(),
+        "{what}: {a:?} against {b:?}"
+    );
+    for ((n, x), (m, y)) in a.metrics.iter().zip(&b.metrics) {
+        assert_eq!(n, m, "{what}");
+        eprintln!("{what}: {n}: 2 ranks {x}, 1 rank {y}");
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}: {n}: 2 ranks {x} against 1 rank {y}"
+        );
+    }
+    for name in metrics {
+        assert!(
+            a.metrics.iter().any(|(n, _)| n == name),
+            "{what}: no {name} in {:?}",
+            a.metrics
+        );
+    }
+}
+
+#[test]
+fn sharded_evaluation_equals_one_process_on_the_same_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    // 17 dev rows in batches of 4: 5 batches, the last of one row, split 3 / 2 over the ranks.
+    let shared = "max_seq_len = 32\nbatch_size = 8\nmax_steps = 4\ntrain_limit = 64\neval_limit = 17\neval_batch_size = 4\neval_every = 2\nlog_every = 2\nthreads = 1\n[optim]\nlr = 1e-3\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.0\n";
+    // A classification scored by F1 and accuracy, and a regression by Pearson / Spearman.
+    for (task, metrics) in [
+        ("mrpc", &["f1", "accuracy"][..]),
+        ("stsb", &["pearson", "spearmanr"][..]),
+    ] {
+        let cfg = dir.path().join(format!("{task}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "task = \"{task}\"\nmodel = \"{}\"\n{shared}",
+                model.display()
+            ),
+        )
+        .unwrap();
+        sharded_eval_equals_one_process(dir.path(), &cfg, task, metrics);
+    }
+
+    // Causal LM: 9 evaluation rows of different lengths in batches of 2 (5 batches, the last
+    // of one row): the eval loss is the token-weighted mean over the whole set.
+    let fx = dir.path().join("fx");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/causal_lm_ref.py");
+    let o = Command::new(repo().join(".venv/bin/python"))
+        .arg(&script)
+        .args(["fixture", fx.to_str().unwrap()])
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .unwrap();
+    ok(o, "causal_lm_ref.py fixture");
+    let words = [
+        "the cat",
+        "a small red dog",
+        "my old car by the sea",
+        "a tree",
+    ];
+    let rows = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                let w = words[i % 4];
+                format!(
+                    "{}\n",
+                    serde_json::json!({"prompt": format!("where is {w}?"), "completion": format!(" {w} is {}", "here ".repeat(1 + i % 5))})
+                )
+            })
+            .collect()
+    };
+    let (train_file, eval_file) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("eval.jsonl"),
+    );
+    std::fs::write(&train_file, rows(32)).unwrap();
+    std::fs::write(&eval_file, rows(9)).unwrap();
+    let cfg = dir.path().join("lm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "task = \"causal-lm\"\nmodel = \"{}\"\ntrain_file = \"{}\"\neval_file = \"{}\"\nmax_seq_len = 48\nbatch_size = 8\nmax_steps = 4\neval_batch_size = 2\neval_every = 2\nlog_every = 2\nthreads = 1\n[optim]\nlr = 2e-3\n[lora]\nr = 4\nlora_alpha = 8\nlora_dropout = 0.0\n",
+            fx.join("llama").display(),
+            train_file.display(),
+            eval_file.display()
+        ),
+    )
+    .unwrap();
+    sharded_eval_equals_one_process(
+        dir.path(),
+        &cfg,
+        "causal-lm",
+        &["eval_loss", "perplexity", "eval_tokens"],
     );
 }
 

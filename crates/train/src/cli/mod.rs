@@ -521,7 +521,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 write_predictions(&seq, &model, &evals[0].1, pad.0, &cfg, device, path)?;
             }
             for (split, data) in evals {
-                let r = task.evaluate(&model, &data, pad, &cfg, device)?;
+                let r = task.evaluate(&model, &data, pad, &cfg, device, None)?;
                 let values: Vec<String> = r
                     .values
                     .iter()

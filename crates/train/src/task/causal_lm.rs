@@ -6,13 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use loraplus_data::lm::{self, LmFormat, LmOptions, LmTokenizer, TooLong};
-use loraplus_data::{
-    DataLoader, LoaderConfig, MetricReport, PaddingSide, Position, Split, TokenizedDataset,
-};
+use loraplus_data::{Batch, MetricReport, PaddingSide, Split, TokenizedDataset};
 use loraplus_models::{Head, ModelInputs, IGNORE_INDEX};
 
 use crate::config::TrainConfig;
@@ -123,34 +121,35 @@ impl TrainTask for CausalLmTask {
         Self::padding(model_dir)
     }
 
-    fn evaluate(
+    /// `[sum of the token losses, number of target tokens]` of the batch.
+    fn eval_batch(&self, model: &Model, batch: &Batch, device: Device) -> Result<Vec<f64>> {
+        let labels = batch
+            .labels
+            .as_ref()
+            .context("a causal-LM batch without labels")?;
+        let logits = model::eval_logits(model, batch, device)?;
+        let (sum, n) = token_loss_sum(&logits, labels)?;
+        Ok(vec![sum, n as f64])
+    }
+
+    /// The mean token loss (and perplexity) over the whole set: the batches' sums added in
+    /// batch order.
+    fn eval_report(
         &self,
-        model: &Model,
-        data: &Arc<TokenizedDataset>,
-        pad: (u32, PaddingSide),
-        cfg: &TrainConfig,
-        device: Device,
+        _data: &TokenizedDataset,
+        _batches: &[Vec<usize>],
+        outputs: &[Vec<f64>],
     ) -> Result<MetricReport> {
-        let loader = DataLoader::new(
-            data.clone(),
-            pad.0,
-            LoaderConfig {
-                padding_side: pad.1,
-                ..LoaderConfig::eval(cfg.eval_batch_size)
-            },
-        )?;
-        let _guard = tch::no_grad_guard();
         let (mut sum, mut n) = (0.0f64, 0i64);
-        for batch in loader.prefetch(Position::default())? {
-            let batch = batch?;
-            let labels = batch
-                .labels
-                .as_ref()
-                .context("a causal-LM batch without labels")?;
-            let logits = model::eval_logits(model, &batch, device)?;
-            let (s, k) = token_loss_sum(&logits, labels)?;
+        for (b, out) in outputs.iter().enumerate() {
+            let [s, k] = out.as_slice() else {
+                bail!(
+                    "evaluation batch {b}: {} values, expected 2 (loss sum, target tokens)",
+                    out.len()
+                );
+            };
             sum += s;
-            n += k;
+            n += *k as i64;
         }
         anyhow::ensure!(n > 0, "the evaluation set has no target tokens");
         let loss = sum / n as f64;

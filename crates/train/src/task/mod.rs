@@ -9,6 +9,9 @@
 //! | `causal-lm` | JSONL `text` / `prompt-completion` / `messages` | `causal_lm.rs` |
 //!
 //! A new kind: a file with a type implementing [`TrainTask`], and one arm in [`from_config`].
+//! Its evaluation comes in two halves, [`TrainTask::eval_batch`] (one batch's outputs) and
+//! [`TrainTask::eval_report`] (the metrics of the whole set), so that under data parallelism
+//! the ranks score shards of the batches and the metrics are still computed once.
 
 pub mod causal_lm;
 pub mod multiple_choice;
@@ -20,11 +23,14 @@ use std::sync::Arc;
 use anyhow::Result;
 use tch::Device;
 
-use loraplus_data::{MetricReport, PaddingSide, Split, TokenizedDataset};
+use loraplus_data::{
+    Batch, DataLoader, LoaderConfig, MetricReport, PaddingSide, Position, Split, TokenizedDataset,
+};
 use loraplus_models::Head;
 
 use crate::config::TrainConfig;
 use crate::model::Model;
+use crate::parallel::{self, DataParallel};
 
 /// The tokenized data of a run.
 pub struct TaskData {
@@ -52,7 +58,22 @@ pub trait TrainTask: Send + Sync {
     ) -> Result<Vec<(Split, Arc<TokenizedDataset>)>>;
     /// The id batches of this task are padded with, and on which side.
     fn padding(&self, cfg: &TrainConfig, model_dir: &Path) -> Result<(u32, PaddingSide)>;
-    /// Score the model on one evaluation set.
+    /// Score one evaluation batch: flat f64 values (f32 logits, f64 loss sums and token counts
+    /// are exact in f64) that [`Self::eval_report`] turns into metrics. Under data parallelism
+    /// these are what the ranks exchange.
+    fn eval_batch(&self, model: &Model, batch: &Batch, device: Device) -> Result<Vec<f64>>;
+    /// The metrics of one evaluation set from every batch's [`Self::eval_batch`] outputs, in
+    /// batch order (`batches`: the dataset indices of each batch).
+    fn eval_report(
+        &self,
+        data: &TokenizedDataset,
+        batches: &[Vec<usize>],
+        outputs: &[Vec<f64>],
+    ) -> Result<MetricReport>;
+    /// Score the model on one evaluation set, in batches of `cfg.eval_batch_size` in file order.
+    /// Under data parallelism (`parallel`) each rank scores its shard of those batches
+    /// ([`parallel::eval_shard`]), the outputs are gathered, and every rank gets the metrics
+    /// of the whole set: the single-process numbers.
     fn evaluate(
         &self,
         model: &Model,
@@ -60,7 +81,37 @@ pub trait TrainTask: Send + Sync {
         pad: (u32, PaddingSide),
         cfg: &TrainConfig,
         device: Device,
-    ) -> Result<MetricReport>;
+        parallel: Option<&DataParallel>,
+    ) -> Result<MetricReport> {
+        let loader = DataLoader::new(
+            data.clone(),
+            pad.0,
+            LoaderConfig {
+                padding_side: pad.1,
+                ..LoaderConfig::eval(cfg.eval_batch_size)
+            },
+        )?;
+        let plan = loader.epoch_batches(0);
+        let (rank, world) = parallel.map_or((0, 1), |dp| (dp.rank, dp.world));
+        let mut mine = Vec::new();
+        {
+            let _guard = tch::no_grad_guard();
+            for index in parallel::eval_shard(plan.len(), rank, world) {
+                let batch = loader.build_batch(&plan[index], Position { epoch: 0, index })?;
+                mine.push(self.eval_batch(model, &batch, device)?);
+            }
+        }
+        tracing::debug!(
+            "rank {rank}: scored {} of {} evaluation batches",
+            mine.len(),
+            plan.len()
+        );
+        let outputs = match parallel {
+            Some(dp) => dp.gather_eval(plan.len(), &mine)?,
+            None => mine,
+        };
+        self.eval_report(data, &plan, &outputs)
+    }
     /// Whether a higher main metric is better (false for an eval loss).
     fn greater_is_better(&self) -> bool {
         true

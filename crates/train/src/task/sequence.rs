@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use loraplus_data::{
-    evaluate, paths, predictions_from_logits, read_csv, read_jsonl, read_split, ColumnMapping,
-    CsvOptions, DataLoader, Dataset, Encoder, Label, LoaderConfig, MetricKind, MetricReport,
-    PaddingSide, Position, ReadOptions, Split, Task, TokenizedDataset,
+    evaluate, paths, predictions_from_logits, read_csv, read_jsonl, read_split, Batch,
+    ColumnMapping, CsvOptions, DataLoader, Dataset, Encoder, Label, LoaderConfig, MetricKind,
+    MetricReport, PaddingSide, Position, ReadOptions, Split, Task, TokenizedDataset,
 };
 use loraplus_models::Head;
 
@@ -330,19 +330,43 @@ impl TrainTask for SequenceTask {
         Ok((Self::encoder(cfg, model_dir)?.pad_id(), PaddingSide::Right))
     }
 
-    fn evaluate(
+    /// The row-major logits of the batch (`[rows, classes]`, or `[rows, 1]` for a regression).
+    fn eval_batch(&self, model: &Model, batch: &Batch, device: Device) -> Result<Vec<f64>> {
+        let logits = model::eval_logits(model, batch, device)?
+            .to_device(Device::Cpu)
+            .to_kind(tch::Kind::Float);
+        let flat = Vec::<f32>::try_from(&logits.reshape([-1]))?;
+        Ok(flat.into_iter().map(f64::from).collect())
+    }
+
+    fn eval_report(
         &self,
-        model: &Model,
-        data: &Arc<TokenizedDataset>,
-        pad: (u32, PaddingSide),
-        cfg: &TrainConfig,
-        device: Device,
+        data: &TokenizedDataset,
+        batches: &[Vec<usize>],
+        outputs: &[Vec<f64>],
     ) -> Result<MetricReport> {
-        let (preds, gold) = self.predict(model, data, pad.0, cfg, device)?;
-        let gold: Vec<_> = gold
-            .into_iter()
-            .map(|g| g.context("this split has no labels to evaluate against"))
-            .collect::<Result<_>>()?;
+        // Classes, or 1 for a regression.
+        let width = self.task.num_labels();
+        let mut logits = Vec::new();
+        let mut gold = Vec::new();
+        for (b, (indices, out)) in batches.iter().zip(outputs).enumerate() {
+            if out.len() != indices.len() * width {
+                bail!(
+                    "evaluation batch {b}: {} logits for {} rows of {width}",
+                    out.len(),
+                    indices.len()
+                );
+            }
+            // f32 logits carried in f64: the cast back is exact.
+            logits.extend(out.iter().map(|&v| v as f32));
+            for &i in indices {
+                gold.push(data.labels().get(i).with_context(|| {
+                    format!("example {i} of this split has no label to evaluate against")
+                })?);
+            }
+        }
+        let logits = Tensor::f_from_slice(&logits)?.f_reshape([gold.len() as i64, width as i64])?;
+        let preds = predictions_from_logits(self.task, &logits)?;
         evaluate(self.task, &preds, &gold)
     }
 
