@@ -23,6 +23,7 @@ pub mod backbone;
 pub mod config;
 pub mod generate;
 pub mod heads;
+pub mod hub;
 pub mod registry;
 pub mod rope;
 pub mod task;
