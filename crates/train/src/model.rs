@@ -30,11 +30,23 @@ pub fn kind_of(dtype: &str) -> Result<Kind> {
     })
 }
 
-/// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
-pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
+/// The model as the run names it: the config's folder or Hub repository id, else
+/// `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
+pub fn model_ref(cfg: &TrainConfig) -> PathBuf {
     cfg.model
         .clone()
         .unwrap_or_else(loraplus_data::paths::model_dir)
+}
+
+/// The local folder of the run's model: [`model_ref`] as a folder, or a Hub repository id at
+/// `cfg.revision` fetched into the Hub cache (settings from the `HF_*` environment variables;
+/// see `loraplus_models::hub`).
+pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
+    loraplus_models::hub::resolve_model(
+        &model_ref(cfg),
+        cfg.revision.as_deref(),
+        &loraplus_models::hub::HubOptions::from_env(),
+    )
 }
 
 /// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
@@ -52,7 +64,7 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
         lora_dropout: l.lora_dropout,
         use_rslora: l.use_rslora,
         bias,
-        base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
+        base_model_name_or_path: Some(model_ref(cfg).display().to_string()),
         ..recommended
     };
     if let Some(t) = &l.target_modules {
