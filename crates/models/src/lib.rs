@@ -48,6 +48,7 @@ architectures! {
     "qwen2" => qwen2,
     "mistral" => mistral,
     "gemma" => gemma,
+    "deberta-v2" => deberta_v2,
 }
 
 pub use arch::Architecture;

@@ -35,6 +35,8 @@ fn task(case: &str) -> Head {
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
+        "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
+        "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
         "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" => Head::CausalLm,
         other => panic!("unknown case {other}"),
     }
@@ -299,6 +301,26 @@ fn gemma_lm_lora_matches_peft() {
     lora_parity("gemma_lm");
 }
 
+#[test]
+fn deberta_v2_buckets_shared_keys_matches_transformers() {
+    plain_parity("deberta_v2");
+}
+
+#[test]
+fn deberta_v2_lora_on_shared_keys_matches_peft() {
+    lora_parity("deberta_v2");
+}
+
+#[test]
+fn deberta_v2_regression_pos_projections_matches_transformers() {
+    plain_parity("deberta_v2_reg");
+}
+
+#[test]
+fn deberta_v2_regression_lora_matches_peft() {
+    lora_parity("deberta_v2_reg");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -313,6 +335,8 @@ const CASES: &[&str] = &[
     "mistral_lm",
     "gemma",
     "gemma_lm",
+    "deberta_v2",
+    "deberta_v2_reg",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both
