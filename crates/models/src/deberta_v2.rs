@@ -441,7 +441,7 @@ impl DebertaV2Layer {
                 let index = (&rel_pos + span)
                     .clamp(0, 2 * span - 1)
                     .expand([b, h, t, t], false);
-                scores = scores + c2p.gather(-1, &index, false) / scale;
+                scores += c2p.gather(-1, &index, false) / scale;
             }
             if self.p2c {
                 let proj = if self.share_att_key {
@@ -456,7 +456,7 @@ impl DebertaV2Layer {
                 let index = (-&rel_pos + span)
                     .clamp(0, 2 * span - 1)
                     .expand([b, h, t, t], false);
-                scores = scores + p2c.gather(-1, &index, false).transpose(-1, -2) / scale;
+                scores += p2c.gather(-1, &index, false).transpose(-1, -2) / scale;
             }
         }
         // transformers fills with the dtype's lowest finite value.
@@ -652,14 +652,14 @@ impl Backbone for DebertaV2Backbone {
         if let Some(pos) = &e.position {
             let t = input_ids.size()[1];
             let ids = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0);
-            x = x + pos.forward(&ids);
+            x += pos.forward(&ids);
         }
         if let Some(tt) = &e.token_type {
             let types = match token_type_ids {
                 Some(t) => tt.forward(t),
                 None => tt.forward(&input_ids.zeros_like()),
             };
-            x = x + types;
+            x += types;
         }
         if let Some(proj) = &e.embed_proj {
             x = proj.forward_t(&x, train);

@@ -77,19 +77,20 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
     Ok(lc)
 }
 
-/// The prefix of transformers' class names for a `model_type` (`bert` -> `Bert`, `gpt2` -> `GPT2`).
+/// The prefix of transformers' class names for a `model_type` (`bert` -> `Bert`, `gpt2` ->
+/// `GPT2`, `deberta-v2` -> `DebertaV2`): each `-`/`_`-separated part capitalised.
 pub fn class_prefix(model_type: &str) -> String {
     match model_type {
         "gpt2" => "GPT2".into(),
-        "roberta" => "Roberta".into(),
-        "bert" => "Bert".into(),
-        "llama" => "Llama".into(),
-        other => {
-            let mut c = other.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect())
-                .unwrap_or_default()
-        }
+        other => other
+            .split(['-', '_'])
+            .map(|part| {
+                let mut c = part.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                    .unwrap_or_default()
+            })
+            .collect(),
     }
 }
 
@@ -345,4 +346,22 @@ pub fn write_merged(
 /// The libtorch version this binary was built against.
 pub fn libtorch_version() -> &'static str {
     option_env!("LORAPLUS_LIBTORCH_VERSION").unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_prefixes_are_transformers_class_names() {
+        for (model_type, prefix) in [
+            ("bert", "Bert"),
+            ("roberta", "Roberta"),
+            ("gpt2", "GPT2"),
+            ("llama", "Llama"),
+            ("qwen2", "Qwen2"),
+            ("gemma", "Gemma"),
+            ("deberta-v2", "DebertaV2"),
+        ] {
+            assert_eq!(super::class_prefix(model_type), prefix);
+        }
+    }
 }
