@@ -3,7 +3,7 @@
 usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
-mistral_lm, gemma, gemma_lm) writes under OUT_DIR/<case>/:
+mistral_lm, gemma, gemma_lm, deberta_v2, deberta_v2_reg) writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
   reference.safetensors  logits and hidden (last_hidden_state) of the plain model, eval mode
