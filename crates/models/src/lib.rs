@@ -23,6 +23,7 @@ pub mod backbone;
 pub mod config;
 pub mod generate;
 pub mod heads;
+pub mod hub;
 pub mod registry;
 pub mod rope;
 pub mod task;
@@ -49,6 +50,7 @@ architectures! {
     "gemma" => gemma,
     "gemma2" => gemma2,
     "phi3" => phi3,
+    "deberta-v2" => deberta_v2,
 }
 
 pub use arch::Architecture;

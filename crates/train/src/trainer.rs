@@ -145,7 +145,7 @@ impl Trainer {
                 );
             }
         }
-        let mdir = model::model_dir(&config);
+        let mdir = model::model_dir(&config)?;
 
         // Data: training examples (optionally a seeded subset), evaluation set(s).
         let data = task::load_data(task.as_ref(), &config, &mdir)?;

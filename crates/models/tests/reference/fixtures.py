@@ -3,7 +3,8 @@
 usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
-mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm) writes under OUT_DIR/<case>/:
+mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm, deberta_v2, deberta_v2_reg)
+writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
   reference.safetensors  logits and hidden (last_hidden_state) of the plain model, eval mode
@@ -28,6 +29,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig
                           Phi3ForCausalLM, Phi3ForSequenceClassification, Qwen2Config,
                           Qwen2ForCausalLM, Qwen2ForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
 B, T = 3, 7
 VOCAB = 99
@@ -142,6 +144,30 @@ def cases():
     yield dict(name="gemma_lm", model=GemmaForCausalLM(GemmaConfig(**gemma_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # DeBERTa-v3: relative attention only (c2p + p2c), log buckets (4 each side, up to 8), shared
+    # content/position projections (LoRA on them reaches the relative table), normed table.
+    deberta_kw = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=37, max_position_embeddings=64, initializer_range=0.2,
+                      pad_token_id=0, relative_attention=True, pos_att_type=["p2c", "c2p"])
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="deberta_v2", backbone="deberta",
+               model=DebertaV2ForSequenceClassification(DebertaV2Config(
+                   num_labels=3, position_biased_input=False, position_buckets=4, max_relative_positions=8,
+                   share_att_key=True, norm_rel_ebd="layer_norm", **deberta_kw)),
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 0, 1]),
+               lora=dict(target_modules=["query_proj", "key_proj", "value_proj"],
+                         modules_to_save=["pooler.dense", "classifier"]))
+    # DeBERTa-v2 style regression: absolute positions too, token types, embed_proj (24 -> 32),
+    # separate pos_key_proj / pos_query_proj, relative span 5 (< T: clamped), no buckets.
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="deberta_v2_reg", backbone="deberta",
+               model=DebertaV2ForSequenceClassification(DebertaV2Config(
+                   num_labels=1, type_vocab_size=2, embedding_size=24, max_relative_positions=5,
+                   pooler_hidden_act="tanh", **{**deberta_kw, "pos_att_type": "c2p|p2c"})),
+               inputs=dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.randint(0, 2, (B, T))),
+               labels=torch.tensor([0.5, -1.0, 2.0]),
+               lora=dict(target_modules=["query_proj", "value_proj", "pos_key_proj", "dense"],
+                         modules_to_save=["classifier"]))
 
 
     # Gemma 2: Gemma's layers with four norms each, scores scaled by query_pre_attn_scalar^-0.5
@@ -220,7 +246,10 @@ def main(out):
         peft_model.save_pretrained(os.path.join(d, "adapter"))
         result = peft_model(**inputs, labels=case["labels"])
         result.loss.backward()
-        tensors = {"logits": result.logits.detach().contiguous(), "loss": result.loss.detach().reshape(1)}
+        logits = result.logits.detach()
+        if logits.dim() == 1:  # DebertaV2ForSequenceClassification flattens regression logits
+            logits = logits.unsqueeze(-1)
+        tensors = {"logits": logits.contiguous(), "loss": result.loss.detach().reshape(1)}
         for name, p in peft_model.named_parameters():
             if p.requires_grad:
                 tensors["grad." + loraplus_name(name)] = p.grad.contiguous()

@@ -17,9 +17,13 @@ use crate::model;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// The base model folder (config.json, safetensors, tokenizer.json, tokenizer_config.json).
+    /// The base model folder (config.json, safetensors, tokenizer.json, tokenizer_config.json),
+    /// or a Hub repository id (ORG/NAME) fetched into the Hub cache.
     #[arg(long)]
     pub model: PathBuf,
+    /// Revision (branch, tag or commit) of a Hub --model (default main).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// A checkpoint or adapter directory (PEFT format); none: the base model alone.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -181,7 +185,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
-    let tok = LmTokenizer::from_model_dir(&a.model)?;
+    let model_dir = loraplus_models::hub::resolve_model(
+        &a.model,
+        a.revision.as_deref(),
+        &loraplus_models::hub::HubOptions::from_env(),
+    )?;
+    let tok = LmTokenizer::from_model_dir(&model_dir)?;
     let lora_cfg = match &a.adapter {
         Some(ad) => Some(
             loraplus_core::read_adapter_config(&adapter_dir(ad))
@@ -197,7 +206,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         quantize,
         ..loraplus_models::LoadOptions::default()
     };
-    let (m, lora) = loraplus_models::TaskModel::load(&a.model, &opts)?;
+    let (m, lora) = loraplus_models::TaskModel::load(&model_dir, &opts)?;
     if let Some(ad) = &a.adapter {
         lora.load_adapter(&adapter_dir(ad))?;
         if a.merge {

@@ -147,9 +147,12 @@ pub struct Overrides {
     pub task: Option<String>,
     #[command(flatten)]
     pub data: DataFlags,
-    /// HuggingFace model folder.
+    /// HuggingFace model folder, or a Hub repository id (ORG/NAME) fetched into the Hub cache.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Revision (branch, tag or commit) of a Hub --model (default main).
+    #[arg(long)]
+    pub revision: Option<String>,
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
     #[arg(long)]
@@ -211,6 +214,9 @@ impl Overrides {
         set!(save_every => save_every);
         if let Some(m) = &self.model {
             cfg.model = Some(m.clone());
+        }
+        if let Some(r) = &self.revision {
+            cfg.revision = Some(r.clone());
         }
         if let Some(s) = self.max_steps {
             cfg.max_steps = Some(s);
@@ -377,9 +383,12 @@ pub struct EvalArgs {
     /// `{"question", "choices", "answer"}`).
     #[arg(long)]
     pub task: Option<String>,
-    /// Base model folder (default: the config's, else the default model).
+    /// Base model folder or Hub repository id (default: the config's, else the default model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Revision (branch, tag or commit) of a Hub --model (default main).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// dev or test (test writes predictions in GLUE's submission format).
     #[arg(long, default_value = "dev")]
     pub split: String,
@@ -423,6 +432,7 @@ fn eval_config(
     config: Option<&Path>,
     task: Option<&str>,
     model: Option<&Path>,
+    revision: Option<&str>,
     data: &DataFlags,
 ) -> Result<TrainConfig> {
     let mut cfg = match config {
@@ -443,6 +453,9 @@ fn eval_config(
     if let Some(m) = model {
         cfg.model = Some(m.to_path_buf());
     }
+    if let Some(r) = revision {
+        cfg.revision = Some(r.to_string());
+    }
     data.apply(&mut cfg);
     Ok(cfg)
 }
@@ -457,7 +470,7 @@ fn load_with_adapter(
     let adir = adapter_dir(adapter);
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
-    let mdir = model::model_dir(cfg);
+    let mdir = model::model_dir(cfg)?;
     let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
     let (m, lora) =
         model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype, quantize)?;
@@ -474,6 +487,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         a.config.as_deref(),
         a.task.as_deref(),
         a.model.as_deref(),
+        a.revision.as_deref(),
         &a.data,
     )?;
     if let Some(d) = &a.device {
@@ -494,7 +508,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     cfg.validate().map_err(UsageError::wrap)?;
     let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
-    let mdir = model::model_dir(&cfg);
+    let mdir = model::model_dir(&cfg)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let adapter = a.adapter.as_deref().ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(
@@ -611,7 +625,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
     })?;
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
     let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
-    let mdir = model::model_dir(cfg);
+    let mdir = model::model_dir(cfg)?;
     let (model, _lora) = match &a.adapter {
         Some(ad) => {
             let adir = adapter_dir(ad);
@@ -672,8 +686,12 @@ pub struct MergeArgs {
     /// regression or causal-lm).
     #[arg(long)]
     pub task: Option<String>,
+    /// Base model folder or Hub repository id (default: the config's, else the default model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Revision (branch, tag or commit) of a Hub --model (default main).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Output folder: model.safetensors + config.json (+ tokenizer files), loadable by transformers.
     #[arg(long)]
     pub output: PathBuf,
@@ -687,6 +705,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         a.config.as_deref(),
         a.task.as_deref(),
         a.model.as_deref(),
+        a.revision.as_deref(),
         &a.data,
     )?;
     cfg.dtype = "f32".into();
@@ -700,7 +719,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     model::write_merged(
         &model,
         &lora,
-        &model::model_dir(&cfg),
+        &model::model_dir(&cfg)?,
         task.as_ref(),
         &a.output,
     )?;
@@ -726,6 +745,10 @@ pub fn info() -> Result<()> {
         } else {
             "NOT found: run `make setup` or set LORAPLUS_MODEL_DIR"
         }
+    );
+    println!(
+        "Hugging Face Hub: {}",
+        loraplus_models::hub::HubOptions::from_env().describe()
     );
     let glue = paths::glue_dir();
     println!(
