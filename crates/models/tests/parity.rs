@@ -349,6 +349,8 @@ fn phi3_lora_fused_projections_matches_peft() {
 #[test]
 fn phi3_lm_lora_longrope_matches_peft() {
     lora_parity("phi3_lm");
+}
+
 #[test]
 fn deberta_v2_buckets_shared_keys_matches_transformers() {
     plain_parity("deberta_v2");
