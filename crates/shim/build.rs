@@ -12,6 +12,7 @@ fn main() {
     loraplus_build::link_libtorch();
     println!("cargo:rerun-if-changed=src/quant.cpp");
     println!("cargo:rerun-if-changed=src/c10d.cpp");
+    println!("cargo:rerun-if-changed=src/guard.h");
     println!("cargo:rerun-if-env-changed=LORAPLUS_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=LORAPLUS_CUDA_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");

@@ -1,6 +1,8 @@
 //! Merge/unmerge, injection into an `nn::Path` model, freezing and summaries, dtypes, and the
 //! errors a user can meet: wrong shapes, missing keys, NaN weights, bad config files.
 
+mod common;
+
 use std::path::Path;
 
 use loraplus_core::{
@@ -413,26 +415,11 @@ fn bad_config_files_are_clear_errors() {
     assert!(err.contains("lora_dropout"), "{err}");
 }
 
-/// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
-/// `LORAPLUS_REQUIRE_CUDA=1` (set by `gpu-check/run.sh`), which makes that a failure.
-fn cuda_present() -> bool {
-    if tch::Cuda::is_available() {
-        return true;
-    }
-    let required = std::env::var("LORAPLUS_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "LORAPLUS_REQUIRE_CUDA=1 but libtorch sees no CUDA device"
-    );
-    eprintln!("skipped: no CUDA device (LORAPLUS_REQUIRE_CUDA=1 makes this a failure)");
-    false
-}
-
 /// On a CUDA machine (`make gpu-check`): adapters live on the base layer's device and give the
-/// CPU's numbers. Skipped, and says so, where no GPU is present (see [`cuda_present`]).
+/// CPU's numbers. Skipped, and says so, where no GPU is present (see [`common::cuda_present`]).
 #[test]
 fn cuda_adapters_follow_the_base_device() {
-    if !cuda_present() {
+    if !common::cuda_present() {
         return;
     }
     let (_vs, fc1, _fc2, _lora) = mlp(random_config(4, 8.0, &["fc1"]));

@@ -1,6 +1,8 @@
 //! LoRA on a quantized frozen base: the adapters' gradients equal those on the dequantized
 //! base, element by element; what is quantized and what is not; merging and the byte count.
 
+mod common;
+
 use loraplus_core::{
     Error, InitLoraWeights, LoraBuilder, LoraConfig, LoraLinear, LoraModel, QuantScheme,
     WeightLayout,
@@ -268,28 +270,13 @@ fn a_group_size_that_does_not_divide_the_width_names_the_layer() {
     assert!(e.chain().contains("proj"), "{}", e.chain());
 }
 
-/// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
-/// `LORAPLUS_REQUIRE_CUDA=1` (set by `gpu-check/run.sh`), which makes that a failure.
-fn cuda_present() -> bool {
-    if tch::Cuda::is_available() {
-        return true;
-    }
-    let required = std::env::var("LORAPLUS_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "LORAPLUS_REQUIRE_CUDA=1 but libtorch sees no CUDA device"
-    );
-    eprintln!("skipped: no CUDA device (LORAPLUS_REQUIRE_CUDA=1 makes this a failure)");
-    false
-}
-
 /// On a CUDA machine (`make gpu-check`): the quantized linear on CUDA, through libtorch's
 /// weight-only kernels (int8 up to 16 rows; int4 in bf16 up to 16 rows) and the dequantizing
 /// path (more rows, or int4 in f32), gives `x @ dequant(W)^T` and autograd's input gradient,
 /// element by element, and quantizing on CUDA gives the CPU's values.
 #[test]
 fn cuda_quantized_linear_matches_the_dequantized_weight() {
-    if !cuda_present() {
+    if !common::cuda_present() {
         return;
     }
     let dev = Device::Cuda(0);

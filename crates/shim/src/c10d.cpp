@@ -22,30 +22,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "guard.h"
+
 namespace {
 
-char* dup_message(const std::string& msg) {
-  char* out = static_cast<char*>(std::malloc(msg.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg.c_str(), msg.size() + 1);
-  }
-  return out;
-}
-
-// Runs f, turning any exception into an error message (c10::Error without its C++ backtrace).
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup_message(e.what());
-  } catch (...) {
-    return dup_message("unknown C++ exception");
-  }
-}
+using loraplus_shim::dup_message;
+using loraplus_shim::guarded;
 
 void wait_work(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
   work->wait(std::chrono::milliseconds(timeout_ms));

@@ -27,32 +27,14 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "guard.h"
+
 namespace {
+
+using loraplus_shim::guarded;
 
 constexpr int kInt8 = 1;
 constexpr int kInt4 = 2;
-
-char* dup_message(const std::string& msg) {
-  char* out = static_cast<char*>(std::malloc(msg.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg.c_str(), msg.size() + 1);
-  }
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup_message(e.what());
-  } catch (...) {
-    return dup_message("unknown C++ exception");
-  }
-}
 
 void check_scheme(int scheme, int64_t group) {
   TORCH_CHECK(scheme == kInt8 || scheme == kInt4, "unknown quantization scheme id ", scheme);
