@@ -3,8 +3,9 @@
 //! format trains; packing trains; an interrupted-and-resumed run equals an uninterrupted one
 //! bitwise; the adapter loads in PEFT (`PeftModel.from_pretrained`, CAUSAL_LM) with the same
 //! logits; `merge` writes a `*ForCausalLM` folder transformers loads with the same logits;
-//! `generate` gives the same tokens merged or not, cached or not; multiple-choice scoring equals
-//! a Python reference row by row; bad files fail with the file and line.
+//! `generate` gives the same tokens merged or not, cached or not (on an int8 base too);
+//! multiple-choice scoring equals a Python reference row by row; bad files fail with the file and
+//! line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -317,6 +318,12 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     assert!(!plain.trim().is_empty());
     assert_eq!(plain, gen(&["--merge"]));
     assert_eq!(plain, gen(&["--no-cache"]));
+    // On an int8 base: decoding one row a step (libtorch's int8 kernel), the whole sequence
+    // without the cache (the dequantizing product) and the merged, dequantized base agree.
+    let int8 = gen(&["--quantize", "int8"]);
+    assert!(!int8.trim().is_empty());
+    assert_eq!(int8, gen(&["--quantize", "int8", "--no-cache"]));
+    assert_eq!(int8, gen(&["--quantize", "int8", "--merge"]));
     let sampled = gen(&[
         "--do-sample",
         "--seed",
