@@ -16,10 +16,10 @@ use serde_json::Value;
 use tch::{Kind, Tensor};
 
 use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
-use crate::attention::{extend_cache, sdpa, KvCache, LayerCtx};
+use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm};
 use crate::heads::{soft_cap, Head, TaskHead};
-use crate::llama::{apply_rope, d_rms_eps, llama_family_architecture, DecoderSpec, LlamaLayer};
+use crate::llama::{d_rms_eps, rotary_heads, llama_family_architecture, DecoderSpec, LlamaLayer};
 use crate::rope::RopeConfig;
 
 // Defaults of transformers' `Gemma2Config` (configuration_gemma2.py).
@@ -347,21 +347,7 @@ impl Gemma2Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), l.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let kv = kv.split(kv_width, -1);
-        let k = ctx.heads(&kv[0], l.kv_heads, d);
-        let v = ctx.heads(&kv[1], l.kv_heads, d);
-        let q = match ctx.query_rope() {
-            Some((cos, sin)) => apply_rope(&q, cos, sin),
-            None => q,
-        };
-        let k = match &ctx.rope {
-            Some((cos, sin)) => apply_rope(&k, cos, sin),
-            None => k,
-        };
-        let (k, v) = match cache {
-            Some(cache) => extend_cache(cache, k, v),
-            None => (k, v),
-        };
+        let (q, k, v) = rotary_heads(ctx, q, &kv, l.kv_heads, d, cache);
         let windowed;
         let mask = match self.window {
             Some(w) => {

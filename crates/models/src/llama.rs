@@ -447,6 +447,35 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
 
 /// `x * cos + rotate_half(x) * sin` on the first `cos.size(-1)` dimensions of `x` (all of
 /// them, or a prefix under partial rotary embeddings as Phi-3's); the rest pass unchanged.
+/// The decoders' step from projections to attention inputs: `kv` (`[.., 2 * kv_heads * d]`,
+/// keys then values) into heads, the rotary tables on the queries `q` (already in heads) and the
+/// keys, and the keys and values appended to `cache` when one is given (generation).
+pub(crate) fn rotary_heads(
+    ctx: &LayerCtx,
+    q: Tensor,
+    kv: &Tensor,
+    kv_heads: i64,
+    d: i64,
+    cache: Option<&mut KvCache>,
+) -> (Tensor, Tensor, Tensor) {
+    let kv = kv.split(kv_heads * d, -1);
+    let k = ctx.heads(&kv[0], kv_heads, d);
+    let v = ctx.heads(&kv[1], kv_heads, d);
+    let q = match ctx.query_rope() {
+        Some((cos, sin)) => apply_rope(&q, cos, sin),
+        None => q,
+    };
+    let k = match &ctx.rope {
+        Some((cos, sin)) => apply_rope(&k, cos, sin),
+        None => k,
+    };
+    let (k, v) = match cache {
+        Some(cache) => extend_cache(cache, k, v),
+        None => (k, v),
+    };
+    (q, k, v)
+}
+
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let (d, rot) = (
         x.size().last().copied().unwrap_or(0),
@@ -498,21 +527,7 @@ impl LlamaLayer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let kv = kv.split(kv_width, -1);
-        let k = ctx.heads(&kv[0], self.kv_heads, d);
-        let v = ctx.heads(&kv[1], self.kv_heads, d);
-        let q = match ctx.query_rope() {
-            Some((cos, sin)) => apply_rope(&q, cos, sin),
-            None => q,
-        };
-        let k = match &ctx.rope {
-            Some((cos, sin)) => apply_rope(&k, cos, sin),
-            None => k,
-        };
-        let (k, v) = match cache {
-            Some(cache) => extend_cache(cache, k, v),
-            None => (k, v),
-        };
+        let (q, k, v) = rotary_heads(ctx, q, &kv, self.kv_heads, d, cache);
         let a = sdpa(
             &q,
             &k,

@@ -16,10 +16,10 @@ use tch::Tensor;
 use loraplus_core::{LoraLinear, WeightLayout};
 
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
-use crate::attention::{extend_cache, sdpa, KvCache, LayerCtx};
+use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm};
 use crate::heads::{decoder_head, Head, TaskHead};
-use crate::llama::{apply_rope, d_silu, llama_family_architecture, DecoderSpec, LlamaBackbone};
+use crate::llama::{d_silu, rotary_heads, llama_family_architecture, DecoderSpec, LlamaBackbone};
 use crate::rope::{RopeConfig, RopeScaling};
 
 // Defaults of transformers' `Phi3Config` (configuration_phi3.py).
@@ -316,21 +316,7 @@ impl Phi3Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let kv = kv.split(kv_width, -1);
-        let k = ctx.heads(&kv[0], self.kv_heads, d);
-        let v = ctx.heads(&kv[1], self.kv_heads, d);
-        let q = match ctx.query_rope() {
-            Some((cos, sin)) => apply_rope(&q, cos, sin),
-            None => q,
-        };
-        let k = match &ctx.rope {
-            Some((cos, sin)) => apply_rope(&k, cos, sin),
-            None => k,
-        };
-        let (k, v) = match cache {
-            Some(cache) => extend_cache(cache, k, v),
-            None => (k, v),
-        };
+        let (q, k, v) = rotary_heads(ctx, q, &kv, self.kv_heads, d, cache);
         let a = sdpa(
             &q,
             &k,
