@@ -259,13 +259,7 @@ impl Default for OptimSection {
 impl TrainConfig {
     /// The base's quantization (`quantize`, `quant_group_size`), checked.
     pub fn quant_scheme(&self) -> Result<Option<QuantScheme>> {
-        match (&self.quantize, self.quant_group_size) {
-            (None, None) => Ok(None),
-            (None, Some(g)) => bail!(
-                "field `quant_group_size` ({g}) is set without `quantize`: set quantize = \"int4\""
-            ),
-            (Some(q), g) => Ok(Some(QuantScheme::parse(q, g).context("field `quantize`")?)),
-        }
+        quant_scheme(self.quantize.as_deref(), self.quant_group_size)
     }
 
     /// Read TOML (`.toml`) or JSON (anything else) and validate.
@@ -411,6 +405,22 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
             Some(Ok(n)) => Ok(tch::Device::Cuda(n)),
             _ => bail!("expected cpu, cuda or cuda:N, found {other:?}"),
         },
+    }
+}
+
+/// The base's quantization from `quantize` / `--quantize` and `quant_group_size` /
+/// `--quant-group-size`, checked: a group size needs a scheme.
+pub fn quant_scheme(
+    quantize: Option<&str>,
+    group_size: Option<i64>,
+) -> Result<Option<QuantScheme>> {
+    match (quantize, group_size) {
+        (None, None) => Ok(None),
+        (None, Some(g)) => bail!(
+            "field `quant_group_size` (--quant-group-size) is {g} without `quantize` \
+             (--quantize): set it to int4"
+        ),
+        (Some(q), g) => Ok(Some(QuantScheme::parse(q, g).context("field `quantize`")?)),
     }
 }
 

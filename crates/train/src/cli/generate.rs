@@ -169,22 +169,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "--batch-size must be at least 1"
         )));
     }
-    let quantize = match &a.quant.quantize {
-        Some(q) => {
-            let scheme = loraplus_core::QuantScheme::parse(q, a.quant.quant_group_size)
-                .map_err(|e| UsageError::wrap(anyhow::Error::new(e).context("--quantize")))?;
-            scheme
-                .check_device(device, kind)
-                .map_err(|e| UsageError::wrap(e.into()))?;
-            Some(scheme)
-        }
-        None if a.quant.quant_group_size.is_some() => {
-            return Err(UsageError::wrap(anyhow::anyhow!(
-                "--quant-group-size is set without --quantize int4"
-            )))
-        }
-        None => None,
-    };
+    let quantize =
+        crate::config::quant_scheme(a.quant.quantize.as_deref(), a.quant.quant_group_size)
+            .map_err(UsageError::wrap)?;
+    if let Some(scheme) = quantize {
+        scheme
+            .check_device(device, kind)
+            .map_err(|e| UsageError::wrap(e.into()))?;
+    }
     let model_dir = loraplus_models::hub::resolve_model(
         &a.model,
         a.revision.as_deref(),
