@@ -298,9 +298,9 @@ pub fn eval_logits(model: &Model, batch: &Batch, device: Device) -> Result<Tenso
     model.forward_inputs(&inputs, false)
 }
 
-/// A batch's model inputs on `device`: ids, mask, token types (encoders only: a decoder's
-/// tokenizer gives none, and GPT-2 would add `wte(token_type_ids)` to every position, as
-/// transformers does when they are passed), position ids (packed rows only).
+/// A batch's model inputs on `device`: ids, mask, token types (encoders only, DeBERTa's
+/// included: a decoder's tokenizer gives none, and GPT-2 would add `wte(token_type_ids)` to
+/// every position, as transformers does when they are passed), position ids (packed rows only).
 fn batch_on(
     model: &Model,
     batch: &Batch,
@@ -308,7 +308,10 @@ fn batch_on(
 ) -> (Tensor, Tensor, Option<Tensor>, Option<Tensor>) {
     let ids = batch.input_ids.to_device(device);
     let mask = batch.attention_mask.to_device(device);
-    let encoder = matches!(model.config().model_type(), "bert" | "roberta");
+    let encoder = matches!(
+        model.config().model_type(),
+        "bert" | "roberta" | "deberta-v2"
+    );
     let types = encoder.then(|| batch.token_type_ids.to_device(device));
     let positions = batch.position_ids.as_ref().map(|p| p.to_device(device));
     (ids, mask, types, positions)
