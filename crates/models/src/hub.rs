@@ -11,9 +11,12 @@
 //! What is fetched: `config.json`, the weights (`model.safetensors`, or
 //! `model.safetensors.index.json` and every shard it names) and the tokenizer and generation
 //! files that exist ([`OPTIONAL_FILES`]; one that the Hub answers 404 for is recorded under
-//! `.no_exist/COMMIT/` as huggingface_hub does). A revision whose snapshot already holds the
-//! config and the weights is used with no request at all; with `offline` set the cache is the
-//! only source.
+//! `.no_exist/COMMIT/` as huggingface_hub does). A cached snapshot that holds the config and the
+//! weights is used as it is when the revision is a commit hash (a commit never changes) or with
+//! `offline` set; for a branch or tag, one request asks the Hub which commit it names now
+//! (`/api/models/REPO/revision/REV`, its `sha`): the same commit uses the cache, a new one is
+//! downloaded into its own snapshot (the old one stays), and a Hub that cannot be reached (no
+//! connection, a 5xx) leaves the cached commit in use with a warning, as huggingface_hub does.
 
 use std::path::{Path, PathBuf};
 
@@ -207,7 +210,22 @@ pub fn snapshot(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<Path
     let cache = CachedRepo::new(&opts.cache_dir, repo_id, revision);
     if let Some(dir) = cache.snapshot_dir() {
         if has_model(&dir)? {
-            return Ok(dir);
+            if opts.offline || is_commit_hash(revision) {
+                return Ok(dir);
+            }
+            // A branch or tag may have moved since it was cached.
+            let cached = cache.commit().unwrap_or_default();
+            match current_commit(repo_id, revision, opts) {
+                Ok(now) if now == cached => return Ok(dir),
+                Ok(now) => tracing::info!(
+                    "{repo_id}: revision {revision} is now commit {now} (cached: {cached}); downloading it"
+                ),
+                Err(Fetch::Missing(e)) => {
+                    tracing::warn!("{e:#}; using the cached commit {cached}");
+                    return Ok(dir);
+                }
+                Err(Fetch::Failed(e)) => return Err(e),
+            }
         }
     }
     if opts.offline {
@@ -217,6 +235,51 @@ pub fn snapshot(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<Path
         );
     }
     download(repo_id, revision, opts)
+}
+
+fn is_commit_hash(revision: &str) -> bool {
+    revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The commit `revision` (a branch or tag) names on the Hub now. `Fetch::Missing`: the Hub could
+/// not be reached or failed (no connection, a 5xx), so the caller may keep its cached commit;
+/// `Fetch::Failed`: the Hub answered that the repository or revision is not there (or denied).
+fn current_commit(
+    repo_id: &str,
+    revision: &str,
+    opts: &HubOptions,
+) -> std::result::Result<String, Fetch> {
+    let api = client(repo_id, opts).map_err(Fetch::Failed)?;
+    let spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
+    let url = format!("{}/api/{}", opts.endpoint, spec.api_url());
+    let repo = api.repo(spec);
+    match repo.info() {
+        Ok(info) if !info.sha.is_empty() => Ok(info.sha),
+        Ok(_) => Err(Fetch::Missing(anyhow!(
+            "{repo_id}: the Hub named no commit for revision {revision} ({url})"
+        ))),
+        Err(e) => match http_status(&e) {
+            Some((status, _)) if status < 500 => {
+                match describe_error(repo_id, revision, "(revision check)", &url, opts, e) {
+                    Fetch::Missing(e) | Fetch::Failed(e) => Err(Fetch::Failed(e)),
+                }
+            }
+            _ => Err(Fetch::Missing(anyhow!(
+                "{repo_id}: could not check revision {revision} at {url}: {e}"
+            ))),
+        },
+    }
+}
+
+/// A Hub client with `opts`' endpoint, token, cache and progress setting.
+fn client(repo_id: &str, opts: &HubOptions) -> Result<hf_hub::api::sync::Api> {
+    ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+        .with_endpoint(opts.endpoint.clone())
+        .with_token(opts.token.clone())
+        .with_progress(opts.progress)
+        .with_user_agent("loraplus", env!("CARGO_PKG_VERSION"))
+        .build()
+        .map_err(|e| anyhow!("{repo_id}: setting up the Hub client: {e}"))
 }
 
 /// One repository's folder in the cache.
@@ -238,9 +301,9 @@ impl CachedRepo {
     /// The commit the revision points at in the cache: a full commit hash names itself
     /// (huggingface_hub writes no ref for it), a branch or tag is read from `refs/`.
     fn commit(&self) -> Option<String> {
-        let is_hash =
-            self.revision.len() == 40 && self.revision.chars().all(|c| c.is_ascii_hexdigit());
-        if is_hash && self.root.join("snapshots").join(&self.revision).is_dir() {
+        if is_commit_hash(&self.revision)
+            && self.root.join("snapshots").join(&self.revision).is_dir()
+        {
             return Some(self.revision.clone());
         }
         let text = std::fs::read_to_string(self.root.join("refs").join(&self.revision)).ok()?;
@@ -325,13 +388,7 @@ enum Fetch {
 /// Downloads `repo_id` at `revision` into the cache (see the module doc) and returns its
 /// snapshot folder. Files already in the snapshot are not fetched again.
 pub fn download(repo_id: &str, revision: &str, opts: &HubOptions) -> Result<PathBuf> {
-    let api = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-        .with_endpoint(opts.endpoint.clone())
-        .with_token(opts.token.clone())
-        .with_progress(opts.progress)
-        .with_user_agent("loraplus", env!("CARGO_PKG_VERSION"))
-        .build()
-        .map_err(|e| anyhow!("{repo_id}: setting up the Hub client: {e}"))?;
+    let api = client(repo_id, opts)?;
     let repo = api.repo(Repo::with_revision(
         repo_id.to_string(),
         RepoType::Model,

@@ -206,12 +206,24 @@ fn a_sharded_model_downloads_once_then_loads_from_the_cache_offline_and_with_no_
         Some(dir.clone())
     );
 
-    // Again, online: the cache answers, no request.
+    // Again, online: one request asks which commit `main` names now; it is the cached one, so
+    // nothing is fetched.
     assert_eq!(resolve_model(Path::new(repo), None, &opts).unwrap(), dir);
+    let again = server.paths();
+    assert_eq!(
+        &again[first.len()..],
+        [format!("/api/models/{repo}/revision/main")],
+        "the cached model was fetched again"
+    );
+    // A commit hash names one snapshot forever: no request at all.
+    assert_eq!(
+        resolve_model(Path::new(repo), Some(COMMIT), &opts).unwrap(),
+        dir
+    );
     assert_eq!(
         server.paths().len(),
-        first.len(),
-        "the cached model was fetched again"
+        again.len(),
+        "a cached commit was checked"
     );
 
     // Offline with the server stopped, and online with nothing listening.
@@ -320,6 +332,114 @@ fn revisions_pick_their_commit_and_the_token_reaches_the_hub() {
     let msg = err(resolve_model(Path::new(repo), Some("nope"), &opts));
     assert!(
         msg.contains("test-org/revs: revision nope not found"),
+        "{msg}"
+    );
+}
+
+/// A branch that moves on the Hub after it was cached: the next online resolution finds the new
+/// commit and downloads it (files the new snapshot already has are not asked for); offline, or
+/// with the Hub unreachable or failing, the cached commit stays in use; Python's
+/// huggingface_hub then reads `main` as the new commit.
+#[test]
+fn a_cached_branch_that_moved_on_the_hub_is_downloaded_again() {
+    let work = tempfile::tempdir().unwrap();
+    let old_src = work.path().join("old");
+    tiny_model(&old_src);
+    let new_src = work.path().join("new");
+    tch::manual_seed(8);
+    let (config, tensors) = common::tiny_llama();
+    common::write_random_checkpoint(&new_src, &config, &tensors);
+    std::fs::copy(
+        old_src.join("tokenizer_config.json"),
+        new_src.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    let repo = "test-org/moving";
+    let cache = work.path().join("cache");
+    let root = cache.join("models--test-org--moving");
+    let serve = |commit: &str, dir: &Path| {
+        let revs = BTreeMap::from([("main".to_string(), Revision::from_dir(commit, dir))]);
+        HubServer::start(BTreeMap::from([(repo.to_string(), revs)]))
+    };
+
+    let server = serve(COMMIT_V1, &old_src);
+    let old_dir = resolve_model(Path::new(repo), None, &options(&server.url, &cache)).unwrap();
+    assert_eq!(old_dir, root.join("snapshots").join(COMMIT_V1));
+    drop(server);
+
+    // The Hub is unreachable, or answers 5xx: the cached commit, with a warning.
+    let unreachable = options(&dead_endpoint(), &cache);
+    assert_eq!(
+        resolve_model(Path::new(repo), None, &unreachable).unwrap(),
+        old_dir
+    );
+
+    // main moved to COMMIT with other weights.
+    let server = serve(COMMIT, &new_src);
+    let opts = options(&server.url, &cache);
+    let offline = HubOptions {
+        offline: true,
+        ..opts.clone()
+    };
+    assert_eq!(
+        resolve_model(Path::new(repo), None, &offline).unwrap(),
+        old_dir
+    );
+    assert!(server.paths().is_empty(), "offline asked the Hub");
+    let new_dir = resolve_model(Path::new(repo), None, &opts).unwrap();
+    assert_eq!(new_dir, root.join("snapshots").join(COMMIT));
+    assert_eq!(
+        std::fs::read_to_string(root.join("refs/main")).unwrap(),
+        COMMIT
+    );
+    let paths = server.paths();
+    assert_eq!(paths[0], format!("/api/models/{repo}/revision/main"));
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.ends_with("/resolve/main/model.safetensors")),
+        "{paths:?}"
+    );
+    assert_same_logits(&logits(&new_dir), &logits(&new_src));
+    assert!(
+        (logits(&new_dir) - logits(&old_src))
+            .abs()
+            .max()
+            .double_value(&[])
+            > 0.0,
+        "the two commits have the same weights"
+    );
+    // The old snapshot stays whole (a pinned commit still loads it).
+    assert_eq!(
+        resolve_model(Path::new(repo), Some(COMMIT_V1), &opts).unwrap(),
+        old_dir
+    );
+    assert_same_logits(&logits(&old_dir), &logits(&old_src));
+    // Python reads main as the new commit.
+    let view = python_view(&cache, repo, "main", &["config.json", "model.safetensors"]);
+    assert_eq!(
+        view["snapshot"].as_str().map(PathBuf::from),
+        Some(new_dir.clone())
+    );
+    // Now current: one check, nothing fetched.
+    let before = server.paths().len();
+    assert_eq!(
+        resolve_model(Path::new(repo), None, &opts).unwrap(),
+        new_dir
+    );
+    assert_eq!(server.paths().len(), before + 1);
+
+    // The Hub answers that the repository is not there (deleted, or made private): an error
+    // naming it, not a silent fall back to the cache.
+    drop(server);
+    let empty = HubServer::start(BTreeMap::new());
+    let msg = err(resolve_model(
+        Path::new(repo),
+        None,
+        &options(&empty.url, &cache),
+    ));
+    assert!(
+        msg.contains("test-org/moving: repository not found or access denied"),
         "{msg}"
     );
 }

@@ -3,7 +3,8 @@
 //! `X-Repo-Commit`, an `ETag` (`X-Linked-Etag` with the sha256 for `*.safetensors`, as for LFS
 //! files), `Range` requests answered 206 with `Content-Range`, 404 with
 //! `X-Error-Code: EntryNotFound` for a missing file, `RevisionNotFound` for an unknown
-//! revision and 401 `RepoNotFound` for an unknown repository. Every request is logged (path and
+//! revision and 401 `RepoNotFound` for an unknown repository; and `/api/models/{repo}/revision/{rev}`
+//! with the revision's `sha` and files. Every request is logged (path and
 //! `Authorization` header). Stopped when dropped.
 #![allow(dead_code)]
 
@@ -175,6 +176,36 @@ fn serve(mut stream: TcpStream, repos: &Repos, log: &Mutex<Vec<Request>>) -> std
             Ok(())
         };
     let error = |code: &str| vec![("X-Error-Code".to_string(), code.to_string())];
+    // /api/models/{org}/{name}/revision/{revision}: the commit the revision names, and its files.
+    if let Some(rest) = target.strip_prefix("/api/models/") {
+        let Some((repo_id, rev)) = rest.split_once("/revision/") else {
+            return respond(&mut stream, "404 Not Found", &[], b"not found");
+        };
+        let Some(revs) = repos.get(repo_id) else {
+            return respond(
+                &mut stream,
+                "401 Unauthorized",
+                &error("RepoNotFound"),
+                b"Repository not found",
+            );
+        };
+        let Some(revision) = revs.get(&rev.replace("%2F", "/")) else {
+            return respond(
+                &mut stream,
+                "404 Not Found",
+                &error("RevisionNotFound"),
+                b"Invalid rev id",
+            );
+        };
+        let siblings: Vec<serde_json::Value> = revision
+            .files
+            .keys()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let body = serde_json::json!({ "sha": revision.commit, "siblings": siblings }).to_string();
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        return respond(&mut stream, "200 OK", &json, body.as_bytes());
+    }
     // /{org}/{name}/resolve/{revision}/{file} (or /{name}/resolve/...)
     let Some((repo_id, rest)) = target.trim_start_matches('/').split_once("/resolve/") else {
         return respond(&mut stream, "404 Not Found", &[], b"not found");
