@@ -33,6 +33,7 @@ pub mod lm;
 pub mod metrics;
 pub mod paths;
 pub mod reader;
+pub mod spm;
 pub mod task;
 pub mod tokenize;
 

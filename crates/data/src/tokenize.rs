@@ -388,9 +388,16 @@ impl Encoder {
         Encoder::from_bytes(&bytes, &tokenizer_json.display().to_string(), max_seq_len)
     }
 
-    /// `tokenizer.json` of a model folder.
+    /// The tokenizer of a model folder: its `tokenizer.json`, else (DeBERTa-v2/v3 checkpoints)
+    /// the one [`crate::spm::deberta_tokenizer_json`] builds from its `spm.model`.
     pub fn from_model_dir(dir: &Path, max_seq_len: usize) -> Result<Encoder> {
-        Encoder::from_file(&dir.join("tokenizer.json"), max_seq_len)
+        let json = dir.join("tokenizer.json");
+        let spm = dir.join(crate::spm::SPM_FILE);
+        if !json.exists() && spm.exists() {
+            let bytes = crate::spm::deberta_tokenizer_json(dir)?;
+            return Encoder::from_bytes(&bytes, &spm.display().to_string(), max_seq_len);
+        }
+        Encoder::from_file(&json, max_seq_len)
     }
 
     /// The tokenizer of the default model folder ([`crate::paths::model_dir`]).

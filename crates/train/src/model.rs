@@ -358,6 +358,8 @@ pub fn write_merged(
         "tokenizer_config.json",
         "vocab.txt",
         "special_tokens_map.json",
+        "spm.model",
+        "added_tokens.json",
     ] {
         let p = src.join(f);
         if p.exists() {
