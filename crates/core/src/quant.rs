@@ -375,6 +375,61 @@ mod tests {
         }
     }
 
+    /// The shim quantizes a layer a few rows at a time (to bound the memory while a base
+    /// loads): the bytes equal the formats' definitions applied to the whole weight at once,
+    /// element by element, for a weight of several chunks (1,100 rows of 4,096: chunks of 1,024
+    /// rows and a remainder), from f32, from bf16, and from a transposed view (GPT-2's layout).
+    #[test]
+    fn chunked_quantization_equals_the_whole_weight_definition() {
+        tch::manual_seed(11);
+        let (n, k) = (1100i64, 4096i64);
+        let base = Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.02;
+        let _ = base.narrow(0, 1030, 1).zero_(); // a zero row in the second chunk
+        let inputs = [
+            ("f32", base.shallow_clone()),
+            ("bf16", base.to_kind(Kind::BFloat16)),
+            ("transposed", base.tr().contiguous().tr()),
+        ];
+        for (label, w) in inputs {
+            let wf = w.to_kind(Kind::Float);
+            // int8: per row, scale = max|w| / 127, q = round(w / scale) in [-127, 127].
+            let scale = wf.abs().amax([1].as_slice(), false) / 127.0;
+            let safe = scale.where_self(&scale.gt(0.0), &scale.ones_like());
+            let want_q = (&wf / safe.unsqueeze(1))
+                .round()
+                .clamp(-127, 127)
+                .to_kind(Kind::Int8);
+            let q8 = QuantizedWeight::quantize("w", &w, QuantScheme::Int8).unwrap();
+            let (q, s) = q8.tensors();
+            assert!(q.equal(&want_q), "{label}: int8 values differ");
+            assert!(s.equal(&scale), "{label}: int8 scales differ");
+            // int4, group 64: q = round((w - min) / scale) in [0, 15], the even k in the
+            // high nibble; [K/g, N, 2] scales and zeros with zero = min + 8 scale.
+            let g = 64;
+            let groups = wf.view([n, k / g, g]);
+            let mn = groups.amin([2].as_slice(), true);
+            let mx = groups.amax([2].as_slice(), true);
+            let step = ((&mx - &mn) / 15.0).clamp_min(1e-6);
+            let v = ((&groups - &mn) / &step)
+                .round()
+                .clamp(0, 15)
+                .to_kind(Kind::Uint8)
+                .view([n, k / 2, 2]);
+            let want_q = v
+                .select(2, 0)
+                .bitwise_left_shift_tensor_scalar(4)
+                .bitwise_or_tensor(&v.select(2, 1));
+            let want_s = Tensor::cat(&[&step, &(&mn + &step * 8.0)], 2)
+                .transpose(0, 1)
+                .contiguous();
+            let q4 =
+                QuantizedWeight::quantize("w", &w, QuantScheme::Int4 { group_size: g }).unwrap();
+            let (q, s) = q4.tensors();
+            assert!(q.equal(&want_q), "{label}: int4 values differ");
+            assert!(s.equal(&want_s), "{label}: int4 scales and zeros differ");
+        }
+    }
+
     /// The forward equals `x @ dequant(W)^T`, and its input gradient autograd's through the
     /// dequantized weight, element by element (1e-5 relative in f32).
     #[test]
