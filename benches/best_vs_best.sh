@@ -6,6 +6,9 @@
 #
 #   1. the full grid: every (lr_A, ratio) cell, one seed, 250 steps
 #      (`loraplus tune --min-steps 250`, a single rung);
+#   1b. when plain LoRA's best cell is the grid's largest lr_A (an edge, not an optimum), plain
+#      LoRA alone (ratio 1) at EDGE_LRS, one seed, 250 steps, so that its best is bracketed;
+#      LoRA's pick for step 3 is the best ratio-1 cell of the grid and this extension;
 #   2. `loraplus tune` by successive halving on the same grid (rungs 28, 84, 250 steps, eta 3),
 #      its store seeded with the grid's trials: a 250-step trial is the same run in both (same
 #      config, seed and steps; the CPU runs are deterministic), so tune's pick and its cost are
@@ -21,9 +24,12 @@
 #
 #   bash benches/best_vs_best.sh                       # all four tasks, about 3 h on 2 cores
 #   TASKS="mrpc" bash benches/best_vs_best.sh          # one task
+#   STAGES="edge" TASKS="sst2" bash benches/best_vs_best.sh   # one stage (grid edge tune finals)
 #
 # env: TASKS (sst2 cola stsb mrpc: cheapest first), LRS (3e-4,1e-3,3e-3), RATIOS (1,4,8,16,32),
-#      HEAD_LR (2e-3), OUT (runs/best-vs-best), GLUE_DIR.
+#      HEAD_LR (2e-3), EDGE_LRS (1e-2,3e-2), STAGES (grid edge tune finals), OUT
+#      (runs/best-vs-best), GLUE_DIR. The finals' folders are named by their setting
+#      (final-250/lora-lr0.003-r1), so a changed pick never reuses runs of another setting.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -31,14 +37,38 @@ TASKS=${TASKS:-"sst2 cola stsb mrpc"}
 LRS=${LRS:-3e-4,1e-3,3e-3}
 RATIOS=${RATIOS:-1,4,8,16,32}
 HEAD_LR=${HEAD_LR:-2e-3}
+EDGE_LRS=${EDGE_LRS:-1e-2,3e-2}
+STAGES=${STAGES:-"grid edge tune finals"}
 OUT=${OUT:-runs/best-vs-best}
 SEEDS=1,2,3
 export GLUE_DIR=${GLUE_DIR:-$(cd "$repo/.." && pwd)/shared/glue}
 PY=.venv/bin/python
 
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
 cargo build --release -q -p loraplus-train --bin loraplus
 BIN=target/release/loraplus
 mkdir -p "$OUT"
+
+# Seed tune's store ($2) with the grid's 250-step trials ($1), no duplicates when rerun.
+seed_store() {
+    $PY - "$1" "$2" <<'PY'
+import json, os, sys
+src, dst = sys.argv[1:]
+have = set()
+if os.path.exists(dst):
+    for line in open(dst):
+        if line.strip():
+            r = json.loads(line)
+            have.add((r["lr"], r["ratio"], r["seed"], r["steps"]))
+with open(dst, "a") as f:
+    for line in open(src):
+        if line.strip():
+            r = json.loads(line)
+            if (r["lr"], r["ratio"], r["seed"], r["steps"]) not in have:
+                f.write(line if line.endswith("\n") else line + "\n")
+PY
+}
 
 # Steps of 3 epochs of min(train size, 8000) sentences at batch 32.
 long_steps() {
@@ -84,45 +114,53 @@ max_grad_norm = 1.0
 schedule = "linear"
 warmup_ratio = 0.06
 TOML
-    echo "== $task: full grid lr_A $LRS x ratio $RATIOS, 250 steps, seed 1 ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
-    "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
-        --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/grid" >"$dir/grid.log" 2>&1
-    tail -n 3 "$dir/grid.log"
+    if stage grid; then
+        echo "== $task: full grid lr_A $LRS x ratio $RATIOS, 250 steps, seed 1 ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
+        "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
+            --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/grid" >"$dir/grid.log" 2>&1
+        tail -n 3 "$dir/grid.log"
+    fi
 
-    echo "== $task: loraplus tune (successive halving, rungs 28/84/250, eta 3) ($(date +%T))"
-    mkdir -p "$dir/tune"
-    # Seed tune's store with the grid's 250-step trials (no duplicates when rerun).
-    $PY - "$dir/grid/trials.jsonl" "$dir/tune/trials.jsonl" <<'PY'
-import json, os, sys
-src, dst = sys.argv[1:]
-have = set()
-if os.path.exists(dst):
-    for line in open(dst):
-        if line.strip():
-            r = json.loads(line)
-            have.add((r["lr"], r["ratio"], r["seed"], r["steps"]))
-with open(dst, "a") as f:
-    for line in open(src):
-        if line.strip():
-            r = json.loads(line)
-            if (r["lr"], r["ratio"], r["seed"], r["steps"]) not in have:
-                f.write(line if line.endswith("\n") else line + "\n")
-PY
-    "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
-        --max-steps 250 --min-steps 28 --eta 3 --head-lr "$HEAD_LR" --output-dir "$dir/tune" >"$dir/tune.log" 2>&1
-    tail -n 2 "$dir/tune.log"
+    if stage edge; then
+        # Bracket plain LoRA's best lr_A when the grid puts it on the largest lr_A (or when
+        # there is no grid: this stage alone).
+        at_edge=yes
+        if [ -f "$dir/grid/tune_results.json" ]; then
+            at_edge=$($PY benches/best_vs_best_summary.py --lora-at-edge "$dir")
+        fi
+        if [ "$at_edge" = yes ]; then
+            echo "== $task: plain LoRA past the grid's edge, lr_A $EDGE_LRS, ratio 1, 250 steps, seed 1 ($(date +%T))"
+            "$BIN" tune --config "$cfg" --lrs "$EDGE_LRS" --ratios 1 --seeds 1 \
+                --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/edge" >"$dir/edge.log" 2>&1
+            tail -n 3 "$dir/edge.log"
+        else
+            echo "== $task: plain LoRA's best lr_A is inside the grid: no extension"
+        fi
+    fi
 
-    # Each method's best cell of the grid.
-    read -r lora_lr plus_lr plus_ratio < <($PY benches/best_vs_best_summary.py --pick "$dir/grid/tune_results.json" "$task")
+    if stage tune; then
+        echo "== $task: loraplus tune (successive halving, rungs 28/84/250, eta 3) ($(date +%T))"
+        mkdir -p "$dir/tune"
+        seed_store "$dir/grid/trials.jsonl" "$dir/tune/trials.jsonl"
+        "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
+            --max-steps 250 --min-steps 28 --eta 3 --head-lr "$HEAD_LR" --output-dir "$dir/tune" >"$dir/tune.log" 2>&1
+        tail -n 2 "$dir/tune.log"
+    fi
+
+    stage finals || continue
+    # Each method's best cell of the grid (and, for plain LoRA, of the edge extension).
+    read -r lora_lr plus_lr plus_ratio < <($PY benches/best_vs_best_summary.py --pick "$dir")
     echo "== $task: LoRA best lr_A $lora_lr; LoRA+ best lr_A $plus_lr ratio $plus_ratio; seeds $SEEDS ($(date +%T))"
     for budget in 250 long; do
         if [ $budget = long ]; then steps=$(long_steps "$task"); every=75; else steps=250; every=50; fi
         for method in lora loraplus; do
             if [ $method = lora ]; then lr=$lora_lr; ratio=1; else lr=$plus_lr; ratio=$plus_ratio; fi
+            run="$dir/final-$budget/$method-lr$lr-r$ratio"
+            mkdir -p "$dir/final-$budget"
             "$BIN" glue --config "$cfg" --tasks "$task" --ratios "$ratio" --seeds "$SEEDS" --lr "$lr" \
-                --max-steps "$steps" --eval-every "$every" --output-dir "$dir/final-$budget/$method" --reuse \
-                >"$dir/final-$budget-$method.log" 2>&1
-            echo "   $budget ($steps steps) $method: $(grep -c '' "$dir/final-$budget/$method/glue_results.md") table lines ($(date +%T))"
+                --max-steps "$steps" --eval-every "$every" --output-dir "$run" --reuse \
+                >"$run.log" 2>&1
+            echo "   $budget ($steps steps) $method: $(grep -c '' "$run/glue_results.md") table lines ($(date +%T))"
         done
     done
 done

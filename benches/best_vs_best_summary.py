@@ -1,9 +1,11 @@
 """Tables of benches/best_vs_best.sh (issue #17), in markdown on stdout.
 
     python benches/best_vs_best_summary.py runs/best-vs-best
-    python benches/best_vs_best_summary.py --pick GRID/tune_results.json TASK   # for the script
+    python benches/best_vs_best_summary.py --pick TASK_DIR          # for the script
+    python benches/best_vs_best_summary.py --lora-at-edge TASK_DIR  # for the script
 
-Per task: the full grid (dev metric after 250 steps, seed 1, every lr_A x ratio), what
+Per task: the full grid (dev metric after 250 steps, seed 1, every lr_A x ratio; plain LoRA
+alone past the grid's largest lr_A when the edge extension ran), what
 `loraplus tune` picked and at what cost, and each method at its grid-best setting over three
 seeds at 250 steps and at the longer budget: final and best dev (mean +- sample std), training
 loss of the last 50 steps, and the steps each run needs to reach plain LoRA's mean final dev.
@@ -28,6 +30,26 @@ def grid_scores(path):
     res = json.load(open(path))
     last = max(s["rung"] for s in res["scores"])
     return {(s["lr"], s["ratio"]): s["mean"] for s in res["scores"] if s["rung"] == last}
+
+
+def edge_scores(task_dir):
+    """(lr, 1.0) -> metric of plain LoRA past the grid's edge ({} when that stage did not run)."""
+    path = os.path.join(task_dir, "edge", "tune_results.json")
+    return grid_scores(path) if os.path.exists(path) else {}
+
+
+def picks(task_dir):
+    """Each method's setting for the finals: plain LoRA's best ratio-1 cell of the grid and the
+    edge extension, LoRA+'s best cell of ratios > 1; and the grid's cells."""
+    cells = grid_scores(os.path.join(task_dir, "grid", "tune_results.json"))
+    lora = best({**cells, **edge_scores(task_dir)}, lambda r: r == 1.0)
+    plus = best(cells, lambda r: r != 1.0)
+    return lora, plus, cells
+
+
+def setting_dir(lr, ratio):
+    """The finals' folder name of one setting (the script builds the same from --pick)."""
+    return f"lr{lr:g}-r{ratio:g}"
 
 
 def best(cells, keep):
@@ -93,29 +115,33 @@ def summarize(out):
         gpath = os.path.join(d, "grid", "tune_results.json")
         if not os.path.exists(gpath):
             continue
-        cells = grid_scores(gpath)
+        lora, plus, cells = picks(d)
+        edge = edge_scores(d)
         lrs = sorted({k[0] for k in cells})
         ratios = sorted({k[1] for k in cells})
-        lora = best(cells, lambda r: r == 1.0)
-        plus = best(cells, lambda r: r != 1.0)
         top = max((m, k) for k, m in cells.items() if m is not None)[1]
         lines.append(f"### {task} ({METRIC[task]})\n")
         lines.append("Full grid, dev after 250 steps, seed 1 (**bold**: each method's best):\n")
         lines.append("| lr_A \\ ratio | " + " | ".join(f"{r:g}" for r in ratios) + " |")
         lines.append("|---|" + "---|" * len(ratios))
-        for lr in lrs:
+        for lr in lrs + sorted(k[0] for k in edge):
             row = []
             for r in ratios:
-                m = cells.get((lr, r))
+                known = cells if lr in lrs else edge
+                if (lr, r) not in known:
+                    row.append("-")
+                    continue
+                m = known[(lr, r)]
                 s = "failed" if m is None else f"{m:.4f}"
                 row.append(f"**{s}**" if (lr, r) in (lora, plus) else s)
-            lines.append(f"| {lr:g} | " + " | ".join(row) + " |")
+            mark = " (LoRA only)" if lr not in lrs else ""
+            lines.append(f"| {lr:g}{mark} | " + " | ".join(row) + " |")
         lines.append("")
 
         finals = {}
         for budget in ["250", "long"]:
             for method, (lr, ratio) in [("lora", lora), ("loraplus", plus)]:
-                rs = runs(os.path.join(d, f"final-{budget}", method), task)
+                rs = runs(os.path.join(d, f"final-{budget}", f"{method}-{setting_dir(lr, ratio)}"), task)
                 if rs:
                     finals[(budget, method)] = (lr, ratio, rs)
         if finals:
@@ -156,10 +182,11 @@ def summarize(out):
             pick = (t["best_lr"], t["best_ratio"])
             pick_grid = cells.get(pick)
             best_grid = cells[top]
-            # The seed spread of the grid's best cell: its three 250-step seeds.
+            # The seed spread of the grid's best cell: its three 250-step seeds (when the finals
+            # ran that setting: tune searched the grid, not the edge extension).
             method = "lora" if top[1] == 1.0 else "loraplus"
             std = None
-            if ("250", method) in finals:
+            if ("250", method) in finals and finals[("250", method)][:2] == top:
                 std = mean_std([ev[-1][1] for ev, _ in finals[("250", method)][2].values()])[1]
             gap = None if pick_grid is None else best_grid - pick_grid
             within = "?" if (std is None or gap is None) else ("yes" if gap <= std + 1e-12 else "no")
@@ -183,9 +210,11 @@ def summarize(out):
 
 if __name__ == "__main__":
     if sys.argv[1] == "--pick":
-        cells = grid_scores(sys.argv[2])
+        lora, plus, _ = picks(sys.argv[2])
+        print(f"{lora[0]:g} {plus[0]:g} {plus[1]:g}")
+    elif sys.argv[1] == "--lora-at-edge":
+        cells = grid_scores(os.path.join(sys.argv[2], "grid", "tune_results.json"))
         lora = best(cells, lambda r: r == 1.0)
-        plus = best(cells, lambda r: r != 1.0)
-        print(lora[0], plus[0], f"{plus[1]:g}")
+        print("yes" if lora[0] == max(k[0] for k in cells) else "no")
     else:
         print(summarize(sys.argv[1]))
