@@ -10,10 +10,10 @@ rm -rf "$out" && mkdir -p "$out/bin"
 cargo build --release -p loraplus-train --bin loraplus --example train_step_bench --example sft_step_bench
 cp target/release/loraplus target/release/examples/train_step_bench target/release/examples/sft_step_bench "$out/bin/"
 # The test executables that hold CUDA tests (they skip, saying so, where no GPU is present).
-cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim 2>/dev/null \
+cargo test --release --no-run --message-format=json -p loraplus-core -p loraplus-optim -p loraplus-dist 2>/dev/null \
   | python3 -c '
 import json, sys
-wanted = {"adapters", "optimizer", "quantized_base"}
+wanted = {"adapters", "optimizer", "quantized_base", "collectives"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted:
@@ -71,6 +71,8 @@ python3 -c 'import bitsandbytes' 2>/dev/null \
 export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
 BIN="$PWD/bin/train_step_bench" ROUNDS=${ROUNDS:-2} LLAMA_LAYERS=${LLAMA_LAYERS:-2} \
   timeout 480 bash ../benches/gpu_bench.sh || status=1
+echo "== Data parallel on the GPU, bf16 (benches/dp.sh): NCCL in a group of one, Gloo with 2 ranks sharing the GPU"
+BIN="$PWD/bin/loraplus" DEVICE=cuda DTYPE=bf16 STEPS=40 ROUNDS=1 timeout 150 bash ../benches/dp.sh || status=1
 echo "== CUDA bf16 SFT step (Llama-7B-shaped layers, padded and packed) against transformers + PEFT (benches/sft.sh)"
 BIN="$PWD/bin/sft_step_bench" PY=python3 DEVICE=cuda DTYPE=bf16 SHAPE=llama-7b LAYERS=2 DOCS=64 \
   SEQ=2048 BATCH=8 ROUNDS=1 timeout 300 bash ../benches/sft.sh || status=1

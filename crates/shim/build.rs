@@ -169,7 +169,12 @@ fn nccl_includes(torch: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> {
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
     if let Some(site) = torch.parent() {
-        if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
+        let nvidia = site.join("nvidia");
+        if nvidia.is_dir() {
+            // Headers installed later (`make setup` after a requirements change) rebuild this.
+            println!("cargo:rerun-if-changed={}", nvidia.display());
+        }
+        if let Ok(entries) = std::fs::read_dir(&nvidia) {
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.path().join("include"))

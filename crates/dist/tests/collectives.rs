@@ -56,8 +56,22 @@ fn worker() {
     }
 }
 
+/// The scenario's backend and device: Gloo on the CPU unless `TEST_BACKEND` (gloo, nccl) and
+/// `TEST_DEVICE` (cpu, cuda) say otherwise (the CUDA tests).
+fn backend_and_device() -> (Backend, Device) {
+    let backend = match std::env::var("TEST_BACKEND").as_deref() {
+        Ok("nccl") => Backend::Nccl,
+        _ => Backend::Gloo,
+    };
+    let device = match std::env::var("TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    (backend, device)
+}
+
 fn group(env: &DistEnv, timeout: Duration) -> Result<ProcessGroup, String> {
-    let mut opts = ProcessGroupOptions::from_env(env, Backend::Gloo);
+    let mut opts = ProcessGroupOptions::from_env(env, backend_and_device().0);
     opts.timeout = timeout;
     ProcessGroup::new(&opts).map_err(|e| e.to_string())
 }
@@ -74,6 +88,7 @@ fn base(n: i64, kind: Kind) -> Tensor {
     Tensor::arange(n, (Kind::Int64, Device::Cpu))
         .remainder(modulus)
         .to_kind(kind)
+        .to_device(backend_and_device().1)
 }
 
 fn allreduce_scenario(env: &DistEnv) -> Result<(), String> {
@@ -131,12 +146,14 @@ fn allreduce_scenario(env: &DistEnv) -> Result<(), String> {
         return Err("mean differs".to_string());
     }
     // Max over ranks, and a refused integer mean.
-    let mut t = [Tensor::from_slice(&[env.rank as i64, -(env.rank as i64)])];
+    let dev = backend_and_device().1;
+    let mut t = [Tensor::from_slice(&[env.rank as i64, -(env.rank as i64)]).to_device(dev)];
     pg.allreduce_max(&mut t).map_err(|e| e.to_string())?;
-    if Vec::<i64>::try_from(&t[0]).map_err(|e| e.to_string())? != [w - 1, 0] {
+    if Vec::<i64>::try_from(&t[0].to_device(Device::Cpu)).map_err(|e| e.to_string())? != [w - 1, 0]
+    {
         return Err(format!("max gave {t:?}"));
     }
-    match pg.allreduce_mean(&mut [Tensor::from_slice(&[1i64])]) {
+    match pg.allreduce_mean(&mut [Tensor::from_slice(&[1i64]).to_device(dev)]) {
         Err(DistError::Tensor { problem, .. }) if problem.contains("floating-point") => {}
         other => return Err(format!("an i64 mean should be refused, got {other:?}")),
     }
@@ -286,6 +303,82 @@ fn allreduce_sums_are_exact_from_1_to_10m_elements_in_every_dtype() {
     for line in runs[0].stdout.lines().filter(|l| l.starts_with("TIMING")) {
         eprintln!("{line}");
     }
+}
+
+/// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
+/// `LORAPLUS_REQUIRE_CUDA=1` (set by `gpu-check/run.sh`), which makes that a failure.
+fn cuda_present() -> bool {
+    if tch::Cuda::is_available() {
+        return true;
+    }
+    let required = std::env::var("LORAPLUS_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "LORAPLUS_REQUIRE_CUDA=1 but libtorch sees no CUDA device"
+    );
+    eprintln!("CUDA part skipped: no CUDA device (LORAPLUS_REQUIRE_CUDA=1 makes this a failure)");
+    false
+}
+
+/// On a GPU (`make gpu-check`): NCCL with one rank (NCCL refuses two ranks on one GPU), the
+/// same exact sums, stress loop, mean, max and coalesced reduction as the Gloo test, in place on
+/// CUDA tensors. Needs a build with the NCCL path (`make setup` installs its headers).
+#[test]
+fn cuda_nccl_allreduce_is_exact_on_one_gpu() {
+    if !cuda_present() {
+        return;
+    }
+    assert!(
+        Backend::Nccl.is_built(),
+        "this build has no NCCL path: CUDA's crt/cccl headers or nccl.h were missing at build time"
+    );
+    let extra = [
+        ("TEST_BACKEND", "nccl".into()),
+        ("TEST_DEVICE", "cuda".into()),
+    ];
+    let runs = run_ranks("allreduce", 1, &extra, LIMIT);
+    assert_all_ok("nccl allreduce", &runs);
+    for line in runs[0].stdout.lines().filter(|l| l.starts_with("TIMING")) {
+        eprintln!("nccl {line}");
+    }
+}
+
+/// On a GPU: Gloo reducing CUDA tensors, two ranks sharing the one GPU.
+#[test]
+fn cuda_gloo_allreduce_of_cuda_tensors_is_exact_with_two_ranks_on_one_gpu() {
+    if !cuda_present() {
+        return;
+    }
+    let extra = [
+        ("TEST_BACKEND", "gloo".into()),
+        ("TEST_DEVICE", "cuda".into()),
+    ];
+    let runs = run_ranks("allreduce", 2, &extra, LIMIT);
+    assert_all_ok("gloo cuda allreduce", &runs);
+    for line in runs[0].stdout.lines().filter(|l| l.starts_with("TIMING")) {
+        eprintln!("gloo-cuda {line}");
+    }
+}
+
+/// Where the NCCL path is built but no GPU is present (CI), an NCCL group is refused with
+/// NCCL's reason, as an error, not a crash.
+#[test]
+fn an_nccl_group_without_a_gpu_is_an_error() {
+    if !Backend::Nccl.is_built() {
+        eprintln!("skipped: this build has no NCCL path (its headers were missing at build time)");
+        return;
+    }
+    if tch::Cuda::is_available() {
+        eprintln!("skipped: a GPU is present (the CUDA tests cover NCCL)");
+        return;
+    }
+    let mut opts = ProcessGroupOptions::new("127.0.0.1", common::free_port(), 0, 1, Backend::Nccl);
+    opts.timeout = SHORT_TIMEOUT;
+    let e = ProcessGroup::new(&opts)
+        .expect_err("NCCL without a GPU")
+        .to_string();
+    assert!(e.to_lowercase().contains("nccl"), "{e}");
+    eprintln!("{e}");
 }
 
 #[test]

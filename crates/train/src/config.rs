@@ -86,6 +86,12 @@ pub struct TrainConfig {
     /// CPU threads for libtorch (0: libtorch's default). Process-wide: applied by the `loraplus`
     /// binary, or by [`crate::trainer::apply_process_settings`] in a program of your own.
     pub threads: usize,
+    /// The data-parallel backend when a launcher starts the ranks (`--nproc-per-node`,
+    /// torchrun): `auto` (default: NCCL for CUDA where this build has it, else Gloo), `gloo`
+    /// (also with CUDA tensors, e.g. several ranks sharing one GPU) or `nccl` (CUDA only). Named
+    /// explicitly, it also builds a group of one rank (to measure the collectives' cost);
+    /// `auto` trains a world of one without a group.
+    pub dist_backend: String,
     /// Tokens per example after truncation (longest first).
     pub max_seq_len: usize,
     /// Examples per optimizer step, over all ranks: the global batch (micro-batch size x
@@ -199,6 +205,7 @@ impl Default for TrainConfig {
             tf32: true,
             gradient_checkpointing: false,
             threads: 0,
+            dist_backend: "auto".into(),
             max_seq_len: 64,
             batch_size: 32,
             grad_accum: 1,
@@ -279,6 +286,18 @@ impl TrainConfig {
 
     /// Check every value that can be wrong on its own.
     pub fn validate(&self) -> Result<()> {
+        if !matches!(self.dist_backend.as_str(), "auto" | "gloo" | "nccl") {
+            bail!(
+                "field `dist_backend` (--dist-backend) must be auto, gloo or nccl, found {:?}",
+                self.dist_backend
+            );
+        }
+        if self.dist_backend == "nccl" && !self.device.starts_with("cuda") {
+            bail!(
+                "field `dist_backend` is nccl, which reduces CUDA tensors, but `device` is {:?}: use device = \"cuda\" or dist_backend = \"gloo\"",
+                self.device
+            );
+        }
         if !crate::task::KINDS.contains(&self.task.as_str()) {
             loraplus_data::Task::from_name(&self.task).with_context(|| {
                 format!(

@@ -56,19 +56,31 @@ impl std::fmt::Debug for DataParallel {
 }
 
 impl DataParallel {
-    /// The run's group when a launcher started this process in a world of 2 or more; `None`
-    /// otherwise. `device` picks the backend (NCCL on CUDA where it is built, else Gloo).
-    pub fn from_env(device: Device, timeout: Duration) -> Result<Option<DataParallel>> {
+    /// The run's group when a launcher started this process in a world of 2 or more (or of
+    /// one, with a backend named explicitly); `None` otherwise. `backend` is the config's
+    /// `dist_backend`: `auto` picks NCCL on CUDA where it is built, else Gloo.
+    pub fn from_env(
+        device: Device,
+        backend: &str,
+        timeout: Duration,
+    ) -> Result<Option<DataParallel>> {
         if !DistEnv::is_present() {
             return Ok(None);
         }
         let env = DistEnv::from_env()?;
-        if env.world_size < 2 {
-            return Ok(None);
-        }
-        let backend = match device {
-            Device::Cuda(_) if Backend::Nccl.is_built() => Backend::Nccl,
-            _ => Backend::Gloo,
+        let backend = match (backend, device) {
+            ("auto", _) if env.world_size < 2 => return Ok(None),
+            ("auto", Device::Cuda(_)) if Backend::Nccl.is_built() => Backend::Nccl,
+            ("auto" | "gloo", _) => Backend::Gloo,
+            ("nccl", Device::Cuda(_)) if Backend::Nccl.is_built() => Backend::Nccl,
+            ("nccl", Device::Cuda(_)) => bail!(
+                "dist_backend is nccl but this build of loraplus has no NCCL path (it needs CUDA's \
+                 and NCCL's headers at build time: `make setup` installs them); use gloo"
+            ),
+            ("nccl", other) => {
+                bail!("dist_backend is nccl, which reduces CUDA tensors; the device is {other:?}")
+            }
+            (other, _) => bail!("dist_backend must be auto, gloo or nccl, found {other:?}"),
         };
         let pg = ProcessGroup::from_env(backend, timeout).with_context(|| {
             format!(
@@ -166,7 +178,9 @@ impl DataParallel {
     /// Where this group's collectives take their tensors: the rank's GPU for NCCL, else the CPU.
     pub fn comm_device(&self) -> Device {
         match self.pg.backend() {
-            Backend::Nccl => Device::Cuda(self.local_rank),
+            Backend::Nccl => {
+                Device::Cuda(self.local_rank % tch::Cuda::device_count().max(1) as usize)
+            }
             Backend::Gloo => Device::Cpu,
         }
     }

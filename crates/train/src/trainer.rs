@@ -110,10 +110,20 @@ impl Trainer {
         config.validate_for_training()?;
         let task = task::from_config(&config)?;
         let mut device = parse_device(&config.device)?;
-        let parallel = DataParallel::from_env(device, loraplus_dist::DEFAULT_TIMEOUT)?;
+        let parallel =
+            DataParallel::from_env(device, &config.dist_backend, loraplus_dist::DEFAULT_TIMEOUT)?;
         if let (Some(dp), Device::Cuda(_)) = (&parallel, device) {
-            // One GPU per rank on a node.
-            device = Device::Cuda(dp.local_rank);
+            // One GPU per rank on a node; more ranks than GPUs share them (Gloo only: NCCL
+            // refuses two ranks on one GPU).
+            let gpus = tch::Cuda::device_count().max(1) as usize;
+            device = Device::Cuda(dp.local_rank % gpus);
+            if dp.local_rank >= gpus {
+                tracing::warn!(
+                    "local rank {} shares {device:?} with local rank {} ({gpus} GPU(s) on this node)",
+                    dp.local_rank,
+                    dp.local_rank % gpus
+                );
+            }
         }
         if let Some(dp) = &parallel {
             let per_rank = config.micro_batch() / dp.world;

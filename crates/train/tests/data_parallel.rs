@@ -553,3 +553,59 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// `--dist-backend gloo` under the launcher variables of a world of one builds a group of one
+/// (to measure the collectives' cost, as `benches/dp.sh` does with NCCL on a GPU): the same
+/// adapter as a run without a group, bitwise, and the communication share logged. Bad
+/// backends are refused by name, exit 2.
+#[test]
+fn a_named_backend_builds_a_group_of_one_that_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "eval_every = 0");
+    let plain = dir.path().join("plain");
+    ok(train(&cfg, &plain, &["--max-steps", "6"]), "no group");
+    let one = dir.path().join("group-of-one");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = bin()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--no-progress"])
+        .args(["--max-steps", "6", "--dist-backend", "gloo", "--output-dir"])
+        .arg(&one)
+        .env("LORAPLUS_LOG", "info")
+        .env("RANK", "0")
+        .env("LOCAL_RANK", "0")
+        .env("WORLD_SIZE", "1")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o, "a gloo group of one");
+    assert!(log.contains("rank 0 of 1"), "{log}");
+    assert!(
+        log.contains("communication:"),
+        "no communication share logged:\n{log}"
+    );
+    let d = max_diff(&plain.join("adapter"), &one.join("adapter"));
+    assert_eq!(d, 0.0, "a group of one changed the adapter by {d}");
+
+    for (flags, expected) in [
+        (
+            vec!["--dist-backend", "mpi"],
+            "must be auto, gloo or nccl, found \"mpi\"",
+        ),
+        (
+            vec!["--dist-backend", "nccl"],
+            "nccl, which reduces CUDA tensors",
+        ),
+    ] {
+        let o = train(&cfg, &dir.path().join("bad"), &flags);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+    }
+}

@@ -167,6 +167,9 @@ pub struct Overrides {
     pub quant: QuantFlags,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Data-parallel backend: auto, gloo or nccl (see `dist_backend` in the config).
+    #[arg(long)]
+    pub dist_backend: Option<String>,
     #[arg(long)]
     pub max_steps: Option<usize>,
     #[arg(long)]
@@ -205,6 +208,7 @@ impl Overrides {
         set!(device => device);
         set!(dtype => dtype);
         set!(threads => threads);
+        set!(dist_backend => dist_backend);
         set!(epochs => epochs);
         set!(batch_size => batch_size);
         set!(max_seq_len => max_seq_len);
