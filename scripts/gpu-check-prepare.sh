@@ -34,48 +34,92 @@ mkdir -p "$out/wheels"
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine: CUDA tests, a bf16 CUDA training run with its figures, then the
-# bf16 step benchmark against transformers + PEFT (GPT-2-small, RoBERTa-base, Llama-7B layers).
+# Runs on the GPU machine, from the repository root:  bash gpu-check/run.sh
+# Parts, in this order (PARTS picks and orders them; default: the open issues' GPU parts):
+#   tests  every CUDA test, LORAPLUS_REQUIRE_CUDA=1 (a missing GPU fails them)    (#13, #14)
+#   sft    bf16 SFT step, Llama-7B-shaped layers, padded and packed, vs PEFT    (#12)
+#   dp     data parallel on the GPU: NCCL group of one, Gloo 2 ranks on one GPU (#13)
+#   quant  Llama-7B-shaped layers: bf16 vs int8 vs int4 base, PEFT bf16 and NF4 (#14)
+#   train  a short bf16 CUDA training run (MiniLM shape, random weights)
+#   bench  benches/gpu_bench.sh on GPT-2-small, RoBERTa-base and Llama-7B shapes
+# DEADLINE (seconds, default 540) bounds the whole run, under one device call's 600 s: each part
+# runs under min(its own cap, the time left), and a part with under 30 s left is skipped, saying
+# so. Every part's log is written to $OUT (the device tool's return folder) or gpu-check/out.
 set -uo pipefail
 cd "$(dirname "$0")"
+t0=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+PARTS=${PARTS:-"tests sft dp quant"}
+logs=${OUT:-$PWD/out}
+mkdir -p "$logs"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LORAPLUS_MODEL_DIR="$PWD/minilm" GLUE_DIR="$PWD/glue" LORAPLUS_CACHE_DIR="/tmp/loraplus-cache"
-# A CUDA test that finds no GPU fails here instead of skipping.
 export LORAPLUS_REQUIRE_CUDA=1
+status=0
+
+# part NAME CAP CMD...: run CMD with a timeout of min(CAP, time left), its output to the
+# terminal and to $logs/NAME.log; a failure or a timeout marks the whole run failed.
+part() {
+    local name=$1 cap=$2; shift 2
+    local left=$((DEADLINE - ($(date +%s) - t0)))
+    [ "$cap" -gt "$left" ] && cap=$left
+    if [ "$cap" -lt 30 ]; then
+        echo "== $name: SKIPPED, ${left}s left of DEADLINE=${DEADLINE}s"; status=1; return
+    fi
+    echo "== $name (at most ${cap}s; $(( $(date +%s) - t0 ))s elapsed)"
+    timeout "$cap" "$@" 2>&1 | tee "$logs/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] && echo "== $name: TIMED OUT after ${cap}s"
+    [ "$rc" -ne 0 ] && { echo "== $name: exit $rc"; status=1; }
+    return 0
+}
+
 python3 -c '
 import sys, torch
 from transformers import BertConfig, BertModel
 torch.manual_seed(0)
 BertModel(BertConfig.from_pretrained(sys.argv[1])).save_pretrained(sys.argv[1], safe_serialization=True)
 ' "$PWD/minilm"
-bin/loraplus info
-status=0
-for t in bin/test-*; do
-  echo "== $t (CUDA tests)"
-  "$t" --test-threads=1 --nocapture cuda || status=1
-  "$t" --test-threads=1 --nocapture every_device || status=1
-done
-echo "== CUDA training: MiniLM-shaped BERT (random weights) + LoRA+ on 2,000 SST-2 rows, bf16"
-bin/loraplus train --task sst2 --device cuda --dtype bf16 --max-steps 60 --batch-size 32 \
-  --eval-every 30 --output-dir /tmp/loraplus-gpu-run --no-progress || status=1
-echo "== CUDA bf16 step benchmark against transformers + PEFT (benches/gpu_bench.sh)"
+bin/loraplus info | tee "$logs/info.log"
 if ! python3 -c 'import peft' 2>/dev/null; then
-  python3 -m pip install -q --no-deps --target /tmp/loraplus-pylib wheels/*.whl \
-    && export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -m pip install -q --no-deps --target /tmp/loraplus-pylib wheels/*.whl
 fi
-# The quantized-base part of gpu_bench.sh compares with PEFT on a bitsandbytes NF4 base when
-# bitsandbytes imports (its wheel is too large to carry: installed only where pip reaches it).
-python3 -c 'import bitsandbytes' 2>/dev/null \
-  || timeout 60 python3 -m pip install -q --target /tmp/loraplus-pylib bitsandbytes 2>/dev/null \
-  || echo "bitsandbytes not installable here"
+# bitsandbytes (for quant's PEFT + NF4 reference) is installed only where pip reaches PyPI
+# at once (the device machine has no network: no retries, a short timeout).
+if [[ " $PARTS " == *" quant "* ]]; then
+  python3 -c 'import bitsandbytes' 2>/dev/null \
+    || timeout 30 python3 -m pip install -q --retries 0 --timeout 5 --target /tmp/loraplus-pylib bitsandbytes 2>/dev/null \
+    || echo "bitsandbytes not installable here: no PEFT + NF4 reference"
+fi
 export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
-BIN="$PWD/bin/train_step_bench" ROUNDS=${ROUNDS:-2} LLAMA_LAYERS=${LLAMA_LAYERS:-2} \
-  timeout 480 bash ../benches/gpu_bench.sh || status=1
-echo "== Data parallel on the GPU, bf16 (benches/dp.sh): NCCL in a group of one, Gloo with 2 ranks sharing the GPU"
-BIN="$PWD/bin/loraplus" DEVICE=cuda DTYPE=bf16 STEPS=40 ROUNDS=1 timeout 150 bash ../benches/dp.sh || status=1
-echo "== CUDA bf16 SFT step (Llama-7B-shaped layers, padded and packed) against transformers + PEFT (benches/sft.sh)"
-BIN="$PWD/bin/sft_step_bench" PY=python3 DEVICE=cuda DTYPE=bf16 SHAPE=llama-7b LAYERS=2 DOCS=64 \
-  SEQ=2048 BATCH=8 ROUNDS=1 timeout 300 bash ../benches/sft.sh || status=1
+
+cuda_tests() {
+    local rc=0 t
+    for t in bin/test-*; do
+        echo "-- $t"
+        "$t" --test-threads=1 --nocapture cuda || rc=1
+        "$t" --test-threads=1 --nocapture every_device || rc=1
+    done
+    return $rc
+}
+export -f cuda_tests
+
+for p in $PARTS; do
+    case $p in
+        tests) part tests 120 bash -c cuda_tests ;;
+        sft) part sft 200 env BIN="$PWD/bin/sft_step_bench" PY=python3 DEVICE=cuda DTYPE=bf16 \
+                 SHAPE=llama-7b LAYERS=2 DOCS=64 SEQ=2048 BATCH=8 ROUNDS=2 bash ../benches/sft.sh ;;
+        dp) part dp 150 env BIN="$PWD/bin/loraplus" DEVICE=cuda DTYPE=bf16 STEPS=40 ROUNDS=1 bash ../benches/dp.sh ;;
+        quant) part quant 240 env BIN="$PWD/bin/train_step_bench" SHAPES=llama-7b ROUNDS=1 LLAMA_LAYERS=2 \
+                   bash ../benches/gpu_bench.sh ;;
+        train) part train 90 bin/loraplus train --task sst2 --device cuda --dtype bf16 --max-steps 60 \
+                   --batch-size 32 --eval-every 30 --output-dir /tmp/loraplus-gpu-run --no-progress ;;
+        bench) part bench 300 env BIN="$PWD/bin/train_step_bench" ROUNDS=2 LLAMA_LAYERS=2 QUANT=0 \
+                   bash ../benches/gpu_bench.sh ;;
+        *) echo "unknown part '$p' (known: tests sft dp quant train bench)"; status=1 ;;
+    esac
+done
+echo "== done in $(( $(date +%s) - t0 ))s, status $status; logs in $logs"
 exit $status
 RUN
 chmod +x "$out/run.sh"
