@@ -8,7 +8,9 @@
 #      (`loraplus tune --min-steps 250`, a single rung);
 #   1b. when plain LoRA's best cell is the grid's largest lr_A (an edge, not an optimum), plain
 #      LoRA alone (ratio 1) at EDGE_LRS, one seed, 250 steps, so that its best is bracketed;
-#      LoRA's pick for step 3 is the best ratio-1 cell of the grid and this extension;
+#      LoRA's pick for step 3 is the best ratio-1 cell of the grid and this extension; and
+#      likewise when LoRA+'s best cell is the grid's smallest lr_A, LoRA+ alone (ratios > 1) at
+#      EDGE_LRS_PLUS, so that LoRA+ is bracketed too;
 #   2. `loraplus tune` by successive halving on the same grid (rungs 28, 84, 250 steps, eta 3),
 #      its store seeded with the grid's trials: a 250-step trial is the same run in both (same
 #      config, seed and steps; the CPU runs are deterministic), so tune's pick and its cost are
@@ -27,7 +29,7 @@
 #   STAGES="edge" TASKS="sst2" bash benches/best_vs_best.sh   # one stage (grid edge tune finals)
 #
 # env: TASKS (sst2 cola stsb mrpc: cheapest first), LRS (3e-4,1e-3,3e-3), RATIOS (1,4,8,16,32),
-#      HEAD_LR (2e-3), EDGE_LRS (1e-2,3e-2), STAGES (grid edge tune finals), OUT
+#      HEAD_LR (2e-3), EDGE_LRS (1e-2,3e-2), EDGE_LRS_PLUS (1e-4), STAGES (grid edge tune finals), OUT
 #      (runs/best-vs-best), GLUE_DIR. The finals' folders are named by their setting
 #      (final-250/lora-lr0.003-r1), so a changed pick never reuses runs of another setting.
 set -euo pipefail
@@ -38,6 +40,7 @@ LRS=${LRS:-3e-4,1e-3,3e-3}
 RATIOS=${RATIOS:-1,4,8,16,32}
 HEAD_LR=${HEAD_LR:-2e-3}
 EDGE_LRS=${EDGE_LRS:-1e-2,3e-2}
+EDGE_LRS_PLUS=${EDGE_LRS_PLUS:-1e-4}
 STAGES=${STAGES:-"grid edge tune finals"}
 OUT=${OUT:-runs/best-vs-best}
 SEEDS=1,2,3
@@ -136,6 +139,20 @@ TOML
         else
             echo "== $task: plain LoRA's best lr_A is inside the grid: no extension"
         fi
+        # The same for LoRA+ below the grid's smallest lr_A (its ratios stay the grid's, > 1).
+        at_edge=yes
+        if [ -f "$dir/grid/tune_results.json" ]; then
+            at_edge=$($PY benches/best_vs_best_summary.py --plus-at-edge "$dir")
+        fi
+        if [ "$at_edge" = yes ]; then
+            plus_ratios=$(echo "$RATIOS" | tr ',' '\n' | awk '$1 > 1' | paste -sd,)
+            echo "== $task: LoRA+ below the grid's edge, lr_A $EDGE_LRS_PLUS, ratios $plus_ratios, 250 steps, seed 1 ($(date +%T))"
+            "$BIN" tune --config "$cfg" --lrs "$EDGE_LRS_PLUS" --ratios "$plus_ratios" --seeds 1 \
+                --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/edge-plus" >"$dir/edge-plus.log" 2>&1
+            tail -n 3 "$dir/edge-plus.log"
+        else
+            echo "== $task: LoRA+'s best lr_A is inside the grid: no extension"
+        fi
     fi
 
     if stage tune; then
@@ -148,7 +165,7 @@ TOML
     fi
 
     stage finals || continue
-    # Each method's best cell of the grid (and, for plain LoRA, of the edge extension).
+    # Each method's best cell of the grid and of its edge extension.
     read -r lora_lr plus_lr plus_ratio < <($PY benches/best_vs_best_summary.py --pick "$dir")
     echo "== $task: LoRA best lr_A $lora_lr; LoRA+ best lr_A $plus_lr ratio $plus_ratio; seeds $SEEDS ($(date +%T))"
     for budget in 250 long; do

@@ -3,9 +3,10 @@
     python benches/best_vs_best_summary.py runs/best-vs-best
     python benches/best_vs_best_summary.py --pick TASK_DIR          # for the script
     python benches/best_vs_best_summary.py --lora-at-edge TASK_DIR  # for the script
+    python benches/best_vs_best_summary.py --plus-at-edge TASK_DIR  # for the script
 
 Per task: the full grid (dev metric after 250 steps, seed 1, every lr_A x ratio; plain LoRA
-alone past the grid's largest lr_A when the edge extension ran), what
+alone past the grid's largest lr_A, LoRA+ alone below its smallest, when those extensions ran), what
 `loraplus tune` picked and at what cost, and each method at its grid-best setting over three
 seeds at 250 steps and at the longer budget: final and best dev (mean +- sample std), training
 loss of the last 50 steps, and the steps each run needs to reach plain LoRA's mean final dev.
@@ -32,18 +33,20 @@ def grid_scores(path):
     return {(s["lr"], s["ratio"]): s["mean"] for s in res["scores"] if s["rung"] == last}
 
 
-def edge_scores(task_dir):
-    """(lr, 1.0) -> metric of plain LoRA past the grid's edge ({} when that stage did not run)."""
-    path = os.path.join(task_dir, "edge", "tune_results.json")
+def edge_scores(task_dir, name="edge"):
+    """(lr, ratio) -> metric past the grid's edge: `edge` for plain LoRA above the largest lr_A,
+    `edge-plus` for LoRA+ below the smallest ({} when that stage did not run)."""
+    path = os.path.join(task_dir, name, "tune_results.json")
     return grid_scores(path) if os.path.exists(path) else {}
 
 
 def picks(task_dir):
-    """Each method's setting for the finals: plain LoRA's best ratio-1 cell of the grid and the
-    edge extension, LoRA+'s best cell of ratios > 1; and the grid's cells."""
+    """Each method's setting for the finals: plain LoRA's best ratio-1 cell of the grid and its
+    edge extension, LoRA+'s best cell of ratios > 1 of the grid and its edge extension; and the
+    grid's cells."""
     cells = grid_scores(os.path.join(task_dir, "grid", "tune_results.json"))
     lora = best({**cells, **edge_scores(task_dir)}, lambda r: r == 1.0)
-    plus = best(cells, lambda r: r != 1.0)
+    plus = best({**cells, **edge_scores(task_dir, "edge-plus")}, lambda r: r != 1.0)
     return lora, plus, cells
 
 
@@ -117,6 +120,7 @@ def summarize(out):
             continue
         lora, plus, cells = picks(d)
         edge = edge_scores(d)
+        edge_plus = edge_scores(d, "edge-plus")
         lrs = sorted({k[0] for k in cells})
         ratios = sorted({k[1] for k in cells})
         top = max((m, k) for k, m in cells.items() if m is not None)[1]
@@ -124,17 +128,19 @@ def summarize(out):
         lines.append("Full grid, dev after 250 steps, seed 1 (**bold**: each method's best):\n")
         lines.append("| lr_A \\ ratio | " + " | ".join(f"{r:g}" for r in ratios) + " |")
         lines.append("|---|" + "---|" * len(ratios))
-        for lr in lrs + sorted(k[0] for k in edge):
+        below = sorted({k[0] for k in edge_plus} - set(lrs))
+        above = sorted({k[0] for k in edge} - set(lrs))
+        for lr in below + lrs + above:
             row = []
             for r in ratios:
-                known = cells if lr in lrs else edge
+                known = cells if lr in lrs else edge if lr in above else edge_plus
                 if (lr, r) not in known:
                     row.append("-")
                     continue
                 m = known[(lr, r)]
                 s = "failed" if m is None else f"{m:.4f}"
                 row.append(f"**{s}**" if (lr, r) in (lora, plus) else s)
-            mark = " (LoRA only)" if lr not in lrs else ""
+            mark = " (LoRA only)" if lr in above else " (LoRA+ only)" if lr in below else ""
             lines.append(f"| {lr:g}{mark} | " + " | ".join(row) + " |")
         lines.append("")
 
@@ -216,5 +222,9 @@ if __name__ == "__main__":
         cells = grid_scores(os.path.join(sys.argv[2], "grid", "tune_results.json"))
         lora = best(cells, lambda r: r == 1.0)
         print("yes" if lora[0] == max(k[0] for k in cells) else "no")
+    elif sys.argv[1] == "--plus-at-edge":
+        cells = grid_scores(os.path.join(sys.argv[2], "grid", "tune_results.json"))
+        plus = best(cells, lambda r: r != 1.0)
+        print("yes" if plus[0] == min(k[0] for k in cells) else "no")
     else:
         print(summarize(sys.argv[1]))
