@@ -435,22 +435,32 @@ mod tests {
     #[test]
     fn forward_and_input_gradient_match_the_dequantized_weight() {
         tch::manual_seed(5);
-        let w = Tensor::randn([48, 128], (Kind::Float, Device::Cpu));
-        // One row runs int8 through libtorch's kernel, more rows dequantize for the product.
+        // One row runs int8 through libtorch's kernel; up to 512 input rows (1024 in backward)
+        // dequantize 128 weight rows at a time (300 out-features: blocks of 128, 128 and 44),
+        // more rows the whole layer (2 x 600: whole forward, blocked backward; 1200: both whole).
+        let int4 = QuantScheme::Int4 { group_size: 32 };
         let cases = [
-            (QuantScheme::Int8, vec![3, 5]),
-            (QuantScheme::Int8, vec![1]),
-            (QuantScheme::Int4 { group_size: 32 }, vec![3, 5]),
-            (QuantScheme::Int4 { group_size: 32 }, vec![1]),
+            (QuantScheme::Int8, 48, vec![3, 5]),
+            (QuantScheme::Int8, 48, vec![1]),
+            (QuantScheme::Int8, 300, vec![3, 5]),
+            (QuantScheme::Int8, 300, vec![2, 600]),
+            (QuantScheme::Int8, 300, vec![1200]),
+            (int4, 48, vec![3, 5]),
+            (int4, 48, vec![1]),
+            (int4, 300, vec![3, 5]),
+            (int4, 300, vec![1]),
+            (int4, 300, vec![2, 600]),
+            (int4, 300, vec![1200]),
         ];
-        for (scheme, lead) in cases {
+        for (scheme, out, lead) in cases {
+            let w = Tensor::randn([out, 128], (Kind::Float, Device::Cpu));
             let qw = QuantizedWeight::quantize("w", &w, scheme).unwrap();
             let dq = qw.dequantize().unwrap();
             let shape = |last: i64| [lead.as_slice(), &[last]].concat();
             let x = Tensor::randn(shape(128), (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let g = Tensor::randn(shape(48), (Kind::Float, Device::Cpu));
+            let g = Tensor::randn(shape(out), (Kind::Float, Device::Cpu));
             let y = qw.forward(&x);
-            assert_eq!(y.size(), shape(48));
+            assert_eq!(y.size(), shape(out));
             (&y * &g).sum(Kind::Float).backward();
             let gx = x.grad().copy();
             let mut xg = x.grad();
@@ -461,12 +471,12 @@ mod tests {
             let rel = |a: &Tensor, b: &Tensor| max_abs(&(a - b)) / max_abs(b);
             assert!(
                 rel(&y, &want) < 1e-5,
-                "{scheme}: forward {:e}",
+                "{scheme} [{out}, 128] x {lead:?}: forward {:e}",
                 rel(&y, &want)
             );
             assert!(
                 rel(&gx, &want_gx) < 1e-5,
-                "{scheme}: input gradient {:e}",
+                "{scheme} [{out}, 128] x {lead:?}: input gradient {:e}",
                 rel(&gx, &want_gx)
             );
             // Without grad mode nothing is recorded; an input that needs no gradient gets none.

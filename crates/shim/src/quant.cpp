@@ -68,6 +68,28 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& s, int scheme, int6
   return v.mul_(scale).add_(zero - 8.0 * scale).view({n, k}).to(dtype);
 }
 
+// Rows of the weight dequantized at a time on the CPU when the input is short enough: there the
+// whole layer's dequantized copy (written to memory, then read back by the product) costs more
+// than the product, whereas a block of 128 weight rows stays in the cache between its
+// dequantization and its product. Measured with libtorch 2.11 on 2 idle cores, an [11008, 4096]
+// int8 weight, whole layer against blocks: 256 input rows 135 -> 102 ms forward, 135 -> 99 ms
+// backward; 512 rows 210 -> 197 / 201 -> 167; 1024 rows 362 -> 404 / 356 -> 300; 2048 rows
+// 628 -> 799 / 605 -> 607. Hence blocks up to 512 input rows forward, 1024 backward.
+constexpr int64_t kBlockRows = 128;
+constexpr int64_t kBlockedMaxRowsForward = 512;
+constexpr int64_t kBlockedMaxRowsBackward = 1024;
+
+bool blocked(const at::Tensor& x2, int64_t max_rows) {
+  return !x2.is_cuda() && x2.size(0) <= max_rows;
+}
+
+// Weight rows [r0, r0 + len) of one layer, dequantized: int8 scales are [N], int4's [K/g, N, 2].
+at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& s, int scheme, int64_t group,
+                           int64_t r0, int64_t len, at::ScalarType dtype) {
+  const at::Tensor rows = s.dim() == 1 ? s.narrow(0, r0, len) : s.narrow(1, r0, len);
+  return dequantize(q.narrow(0, r0, len), rows, scheme, group, dtype);
+}
+
 // y = x @ dequant(W)^T over x's leading dimensions, without autograd. (The CPU's int4 kernel
 // packs differently per ISA, AVX512, AVX2 or neither, so int4 on the CPU always dequantizes.)
 at::Tensor forward_kernel(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s,
@@ -91,6 +113,15 @@ at::Tensor forward_kernel(const at::Tensor& x, const at::Tensor& q, const at::Te
     const int64_t tiles = k % 128 == 0 ? 8 : (k % 64 == 0 ? 4 : 2);
     at::Tensor packed = at::_convert_weight_to_int4pack(q.contiguous(), tiles);
     y = at::_weight_int4pack_mm(x2, packed, group, s.to(at::kBFloat16).contiguous());
+  } else if (blocked(x2, kBlockedMaxRowsForward)) {
+    const int64_t n = q.size(0);
+    y = at::empty({rows, n}, x2.options());
+    for (int64_t r0 = 0; r0 < n; r0 += kBlockRows) {
+      const int64_t len = std::min(kBlockRows, n - r0);
+      at::Tensor w = dequantize_rows(q, s, scheme, group, r0, len, x.scalar_type());
+      at::Tensor out = y.narrow(1, r0, len);
+      at::mm_out(out, x2, w.t());
+    }
   } else {
     y = at::matmul(x2, dequantize(q, s, scheme, group, x.scalar_type()).t());
   }
@@ -116,7 +147,25 @@ struct QuantLinear : public torch::autograd::Function<QuantLinear> {
       const auto scheme = static_cast<int>(ctx->saved_data["scheme"].toInt());
       const int64_t group = ctx->saved_data["group"].toInt();
       const at::Tensor& g = grads[0];
-      grad_x = at::matmul(g, dequantize(saved[0], saved[1], scheme, group, g.scalar_type()));
+      const at::Tensor& q = saved[0];
+      const at::Tensor& s = saved[1];
+      const int64_t n = q.size(0);
+      at::Tensor g2 = g.reshape({-1, n});
+      if (blocked(g2, kBlockedMaxRowsBackward)) {
+        // grad_x = sum over row blocks of g[:, block] @ dequant(W[block]).
+        const int64_t k = scheme == kInt8 ? q.size(1) : q.size(1) * 2;
+        at::Tensor gx = at::zeros({g2.size(0), k}, g2.options());
+        for (int64_t r0 = 0; r0 < n; r0 += kBlockRows) {
+          const int64_t len = std::min(kBlockRows, n - r0);
+          gx.addmm_(g2.narrow(1, r0, len),
+                    dequantize_rows(q, s, scheme, group, r0, len, g.scalar_type()));
+        }
+        std::vector<int64_t> shape = g.sizes().vec();
+        shape.back() = k;
+        grad_x = gx.view(shape);
+      } else {
+        grad_x = at::matmul(g, dequantize(q, s, scheme, group, g.scalar_type()));
+      }
     }
     return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
