@@ -1,8 +1,6 @@
 //! Merge/unmerge, injection into an `nn::Path` model, freezing and summaries, dtypes, and the
 //! errors a user can meet: wrong shapes, missing keys, NaN weights, bad config files.
 
-mod common;
-
 use std::path::Path;
 
 use loraplus_core::{
@@ -416,10 +414,10 @@ fn bad_config_files_are_clear_errors() {
 }
 
 /// On a CUDA machine (`make gpu-check`): adapters live on the base layer's device and give the
-/// CPU's numbers. Skipped, and says so, where no GPU is present (see [`common::cuda_present`]).
+/// CPU's numbers. Skipped, and says so, where no GPU is present (see [`loraplus_testing::cuda_present`]).
 #[test]
 fn cuda_adapters_follow_the_base_device() {
-    if !common::cuda_present() {
+    if !loraplus_testing::cuda_present() {
         return;
     }
     let (_vs, fc1, _fc2, _lora) = mlp(random_config(4, 8.0, &["fc1"]));

@@ -1,8 +1,6 @@
 //! LoRA on a quantized frozen base: the adapters' gradients equal those on the dequantized
 //! base, element by element; what is quantized and what is not; merging and the byte count.
 
-mod common;
-
 use loraplus_core::{
     Error, InitLoraWeights, LoraBuilder, LoraConfig, LoraLinear, LoraModel, QuantScheme,
     WeightLayout,
@@ -276,7 +274,7 @@ fn a_group_size_that_does_not_divide_the_width_names_the_layer() {
 /// element by element, and quantizing on CUDA gives the CPU's values.
 #[test]
 fn cuda_quantized_linear_matches_the_dequantized_weight() {
-    if !common::cuda_present() {
+    if !loraplus_testing::cuda_present() {
         return;
     }
     let dev = Device::Cuda(0);

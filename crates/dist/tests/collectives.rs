@@ -12,6 +12,7 @@ use common::{assert_all_ok, run_ranks, RankRun, SCENARIO};
 use loraplus_dist::{
     launch_local, Backend, DistEnv, DistError, LocalLaunch, ProcessGroup, ProcessGroupOptions,
 };
+use loraplus_testing::cuda_present;
 use tch::{Device, Kind, Tensor};
 
 /// Collective timeout of the healthy scenarios: generous, only a failed test ever waits it.
@@ -303,21 +304,6 @@ fn allreduce_sums_are_exact_from_1_to_10m_elements_in_every_dtype() {
     for line in runs[0].stdout.lines().filter(|l| l.starts_with("TIMING")) {
         eprintln!("{line}");
     }
-}
-
-/// Is a CUDA device present? Without one a CUDA test skips (and says so), unless
-/// `LORAPLUS_REQUIRE_CUDA=1` (set by `gpu-check/run.sh`), which makes that a failure.
-fn cuda_present() -> bool {
-    if tch::Cuda::is_available() {
-        return true;
-    }
-    let required = std::env::var("LORAPLUS_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "LORAPLUS_REQUIRE_CUDA=1 but libtorch sees no CUDA device"
-    );
-    eprintln!("CUDA part skipped: no CUDA device (LORAPLUS_REQUIRE_CUDA=1 makes this a failure)");
-    false
 }
 
 /// On a GPU (`make gpu-check`): NCCL with one rank (NCCL refuses two ranks on one GPU), the

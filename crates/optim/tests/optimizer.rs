@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use common::*;
 use loraplus_core::{LoraBuilder, ParamRole, TrainableParam};
 use loraplus_optim::{LoraPlusAdamW, LoraPlusConfig, ParamGroup, Schedule, UpdateKernel, Warmup};
+use loraplus_testing::cuda_present;
 use tch::{Device, Kind, Tensor};
 
 fn every_group() -> ModelSpec {
