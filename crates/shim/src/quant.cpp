@@ -43,6 +43,11 @@ void check_scheme(int scheme, int64_t group) {
               "int4 needs an even group size, found ", group);
 }
 
+// K, the weight's in_features: int4 packs two values per byte.
+int64_t in_features(const at::Tensor& q, int scheme) {
+  return scheme == kInt8 ? q.size(1) : q.size(1) * 2;
+}
+
 // The full-precision [N, K] weight of one layer, in `dtype`. This runs for every quantized
 // linear in every forward and backward, and is memory-bound: in-place vectorised passes over
 // one fresh f32 tensor (ATen's mixed-dtype arithmetic takes a slower, casting loop; measured on
@@ -55,7 +60,7 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& s, int scheme, int6
     return q.to(at::kFloat).mul_(s.to(at::kFloat).unsqueeze(1)).to(dtype);
   }
   const int64_t n = q.size(0);
-  const int64_t k = q.size(1) * 2;
+  const int64_t k = in_features(q, scheme);
   TORCH_CHECK(k % group == 0, "int4: in_features ", k, " is not a multiple of the group size ",
               group);
   // The even k sits in the high nibble: [N, K/2, 2] -> [N, K/g, g].
@@ -68,25 +73,26 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& s, int scheme, int6
   return v.mul_(scale).add_(zero - 8.0 * scale).view({n, k}).to(dtype);
 }
 
-// Rows of the weight dequantized at a time on the CPU when the input is short enough: there the
+// Weight rows dequantized at a time. On the CPU, for an input short enough, 128: there the
 // whole layer's dequantized copy (written to memory, then read back by the product) costs more
 // than the product, whereas a block of 128 weight rows stays in the cache between its
 // dequantization and its product. Measured with libtorch 2.11 on 2 idle cores, an [11008, 4096]
 // int8 weight, whole layer against blocks: 256 input rows 135 -> 102 ms forward, 135 -> 99 ms
 // backward; 512 rows 210 -> 197 / 201 -> 167; 1024 rows 362 -> 404 / 356 -> 300; 2048 rows
-// 628 -> 799 / 605 -> 607. Hence blocks up to 512 input rows forward, 1024 backward.
+// 628 -> 799 / 605 -> 607. Hence blocks up to 512 input rows forward, 1024 backward. Otherwise
+// (longer inputs, CUDA) one block: the whole layer.
 constexpr int64_t kBlockRows = 128;
 constexpr int64_t kBlockedMaxRowsForward = 512;
 constexpr int64_t kBlockedMaxRowsBackward = 1024;
 
-bool blocked(const at::Tensor& x2, int64_t max_rows) {
-  return !x2.is_cuda() && x2.size(0) <= max_rows;
+int64_t block_rows(const at::Tensor& input2d, int64_t blocked_max_rows, int64_t n) {
+  return !input2d.is_cuda() && input2d.size(0) <= blocked_max_rows ? kBlockRows : n;
 }
 
 // Weight rows [r0, r0 + len) of one layer, dequantized: int8 scales are [N], int4's [K/g, N, 2].
 at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& s, int scheme, int64_t group,
                            int64_t r0, int64_t len, at::ScalarType dtype) {
-  const at::Tensor rows = s.dim() == 1 ? s.narrow(0, r0, len) : s.narrow(1, r0, len);
+  const at::Tensor rows = scheme == kInt8 ? s.narrow(0, r0, len) : s.narrow(1, r0, len);
   return dequantize(q.narrow(0, r0, len), rows, scheme, group, dtype);
 }
 
@@ -99,7 +105,7 @@ at::Tensor forward_kernel(const at::Tensor& x, const at::Tensor& q, const at::Te
   TORCH_CHECK(!shape.empty(), "quantized linear: the input has no dimension");
   const int64_t k = shape.back();
   at::Tensor x2 = x.reshape({-1, k}).contiguous();
-  const int64_t width = scheme == kInt8 ? q.size(1) : q.size(1) * 2;
+  const int64_t width = in_features(q, scheme);
   TORCH_CHECK(width == k, "quantized linear: input width ", k, ", weight in_features ", width);
   // libtorch's weight-only kernels are built for decoding (a few rows: memory-bound); a
   // training batch runs far faster as a BLAS product on this one layer, dequantized (measured
@@ -113,17 +119,16 @@ at::Tensor forward_kernel(const at::Tensor& x, const at::Tensor& q, const at::Te
     const int64_t tiles = k % 128 == 0 ? 8 : (k % 64 == 0 ? 4 : 2);
     at::Tensor packed = at::_convert_weight_to_int4pack(q.contiguous(), tiles);
     y = at::_weight_int4pack_mm(x2, packed, group, s.to(at::kBFloat16).contiguous());
-  } else if (blocked(x2, kBlockedMaxRowsForward)) {
+  } else {
     const int64_t n = q.size(0);
+    const int64_t block = block_rows(x2, kBlockedMaxRowsForward, n);
     y = at::empty({rows, n}, x2.options());
-    for (int64_t r0 = 0; r0 < n; r0 += kBlockRows) {
-      const int64_t len = std::min(kBlockRows, n - r0);
+    for (int64_t r0 = 0; r0 < n; r0 += block) {
+      const int64_t len = std::min(block, n - r0);
       at::Tensor w = dequantize_rows(q, s, scheme, group, r0, len, x.scalar_type());
       at::Tensor out = y.narrow(1, r0, len);
       at::mm_out(out, x2, w.t());
     }
-  } else {
-    y = at::matmul(x2, dequantize(q, s, scheme, group, x.scalar_type()).t());
   }
   shape.back() = y.size(1);
   return y.view(shape);
@@ -151,21 +156,25 @@ struct QuantLinear : public torch::autograd::Function<QuantLinear> {
       const at::Tensor& s = saved[1];
       const int64_t n = q.size(0);
       at::Tensor g2 = g.reshape({-1, n});
-      if (blocked(g2, kBlockedMaxRowsBackward)) {
-        // grad_x = sum over row blocks of g[:, block] @ dequant(W[block]).
-        const int64_t k = scheme == kInt8 ? q.size(1) : q.size(1) * 2;
-        at::Tensor gx = at::zeros({g2.size(0), k}, g2.options());
-        for (int64_t r0 = 0; r0 < n; r0 += kBlockRows) {
-          const int64_t len = std::min(kBlockRows, n - r0);
-          gx.addmm_(g2.narrow(1, r0, len),
-                    dequantize_rows(q, s, scheme, group, r0, len, g.scalar_type()));
+      const int64_t block = block_rows(g2, kBlockedMaxRowsBackward, n);
+      // grad_x = sum over row blocks of g[:, block] @ dequant(W[block]).
+      const int64_t k = in_features(q, scheme);
+      at::Tensor gx;
+      for (int64_t r0 = 0; r0 < n; r0 += block) {
+        const int64_t len = std::min(block, n - r0);
+        at::Tensor w = dequantize_rows(q, s, scheme, group, r0, len, g.scalar_type());
+        if (r0 == 0) {
+          gx = at::mm(g2.narrow(1, r0, len), w);
+        } else {
+          gx.addmm_(g2.narrow(1, r0, len), w);
         }
-        std::vector<int64_t> shape = g.sizes().vec();
-        shape.back() = k;
-        grad_x = gx.view(shape);
-      } else {
-        grad_x = at::matmul(g, dequantize(q, s, scheme, group, g.scalar_type()));
       }
+      if (!gx.defined()) {  // a layer without outputs
+        gx = at::zeros({g2.size(0), k}, g2.options());
+      }
+      std::vector<int64_t> shape = g.sizes().vec();
+      shape.back() = k;
+      grad_x = gx.view(shape);
     }
     return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
