@@ -53,6 +53,14 @@ cargo build --release -q -p loraplus-train --bin loraplus
 BIN=target/release/loraplus
 mkdir -p "$OUT"
 
+# cells TASK_DIR FOLDER LRS RATIOS: every (lr_A, ratio) cell, one seed, 250 steps (a single
+# rung of `loraplus tune`), into TASK_DIR/FOLDER; finished cells are reused.
+cells() {
+    "$BIN" tune --config "$1/config.toml" --lrs "$3" --ratios "$4" --seeds 1 \
+        --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$1/$2" >"$1/$2.log" 2>&1
+    tail -n 3 "$1/$2.log"
+}
+
 # Seed tune's store ($2) with the grid's 250-step trials ($1), no duplicates when rerun.
 seed_store() {
     $PY - "$1" "$2" <<'PY'
@@ -119,40 +127,31 @@ warmup_ratio = 0.06
 TOML
     if stage grid; then
         echo "== $task: full grid lr_A $LRS x ratio $RATIOS, 250 steps, seed 1 ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
-        "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
-            --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/grid" >"$dir/grid.log" 2>&1
-        tail -n 3 "$dir/grid.log"
+        cells "$dir" grid "$LRS" "$RATIOS"
     fi
 
     if stage edge; then
-        # Bracket plain LoRA's best lr_A when the grid puts it on the largest lr_A (or when
-        # there is no grid: this stage alone).
-        at_edge=yes
-        if [ -f "$dir/grid/tune_results.json" ]; then
-            at_edge=$($PY benches/best_vs_best_summary.py --lora-at-edge "$dir")
-        fi
-        if [ "$at_edge" = yes ]; then
-            echo "== $task: plain LoRA past the grid's edge, lr_A $EDGE_LRS, ratio 1, 250 steps, seed 1 ($(date +%T))"
-            "$BIN" tune --config "$cfg" --lrs "$EDGE_LRS" --ratios 1 --seeds 1 \
-                --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/edge" >"$dir/edge.log" 2>&1
-            tail -n 3 "$dir/edge.log"
-        else
-            echo "== $task: plain LoRA's best lr_A is inside the grid: no extension"
-        fi
-        # The same for LoRA+ below the grid's smallest lr_A (its ratios stay the grid's, > 1).
-        at_edge=yes
-        if [ -f "$dir/grid/tune_results.json" ]; then
-            at_edge=$($PY benches/best_vs_best_summary.py --plus-at-edge "$dir")
-        fi
-        if [ "$at_edge" = yes ]; then
-            plus_ratios=$(echo "$RATIOS" | tr ',' '\n' | awk '$1 > 1' | paste -sd,)
-            echo "== $task: LoRA+ below the grid's edge, lr_A $EDGE_LRS_PLUS, ratios $plus_ratios, 250 steps, seed 1 ($(date +%T))"
-            "$BIN" tune --config "$cfg" --lrs "$EDGE_LRS_PLUS" --ratios "$plus_ratios" --seeds 1 \
-                --max-steps 250 --min-steps 250 --head-lr "$HEAD_LR" --output-dir "$dir/edge-plus" >"$dir/edge-plus.log" 2>&1
-            tail -n 3 "$dir/edge-plus.log"
-        else
-            echo "== $task: LoRA+'s best lr_A is inside the grid: no extension"
-        fi
+        # Bracket each method's best lr_A when the grid puts it on the grid's edge (or when there
+        # is no grid: this stage alone): plain LoRA above the largest lr_A, LoRA+ below the
+        # smallest (its ratios stay the grid's, > 1).
+        plus_ratios=$(echo "$RATIOS" | tr ',' '\n' | awk '$1 > 1' | paste -sd,)
+        for method in lora loraplus; do
+            if [ $method = lora ]; then
+                name="plain LoRA" folder=edge lrs=$EDGE_LRS ratios=1 where="past"
+            else
+                name="LoRA+" folder=edge-plus lrs=$EDGE_LRS_PLUS ratios=$plus_ratios where="below"
+            fi
+            at_edge=yes
+            if [ -f "$dir/grid/tune_results.json" ]; then
+                at_edge=$($PY benches/best_vs_best_summary.py --at-edge $method "$dir")
+            fi
+            if [ "$at_edge" = yes ]; then
+                echo "== $task: $name $where the grid's edge, lr_A $lrs, ratios $ratios, 250 steps, seed 1 ($(date +%T))"
+                cells "$dir" $folder "$lrs" "$ratios"
+            else
+                echo "== $task: $name's best lr_A is inside the grid: no extension"
+            fi
+        done
     fi
 
     if stage tune; then

@@ -2,8 +2,7 @@
 
     python benches/best_vs_best_summary.py runs/best-vs-best
     python benches/best_vs_best_summary.py --pick TASK_DIR          # for the script
-    python benches/best_vs_best_summary.py --lora-at-edge TASK_DIR  # for the script
-    python benches/best_vs_best_summary.py --plus-at-edge TASK_DIR  # for the script
+    python benches/best_vs_best_summary.py --at-edge lora|loraplus TASK_DIR  # for the script
 
 Per task: the full grid (dev metric after 250 steps, seed 1, every lr_A x ratio; plain LoRA
 alone past the grid's largest lr_A, LoRA+ alone below its smallest, when those extensions ran), what
@@ -218,13 +217,14 @@ if __name__ == "__main__":
     if sys.argv[1] == "--pick":
         lora, plus, _ = picks(sys.argv[2])
         print(f"{lora[0]:g} {plus[0]:g} {plus[1]:g}")
-    elif sys.argv[1] == "--lora-at-edge":
-        cells = grid_scores(os.path.join(sys.argv[2], "grid", "tune_results.json"))
-        lora = best(cells, lambda r: r == 1.0)
-        print("yes" if lora[0] == max(k[0] for k in cells) else "no")
-    elif sys.argv[1] == "--plus-at-edge":
-        cells = grid_scores(os.path.join(sys.argv[2], "grid", "tune_results.json"))
-        plus = best(cells, lambda r: r != 1.0)
-        print("yes" if plus[0] == min(k[0] for k in cells) else "no")
+    elif sys.argv[1] == "--at-edge":
+        # Plain LoRA's best cell on the grid's largest lr_A, or LoRA+'s on its smallest.
+        method, task_dir = sys.argv[2:4]
+        cells = grid_scores(os.path.join(task_dir, "grid", "tune_results.json"))
+        if method == "lora":
+            at, edge = best(cells, lambda r: r == 1.0)[0], max(k[0] for k in cells)
+        else:
+            at, edge = best(cells, lambda r: r != 1.0)[0], min(k[0] for k in cells)
+        print("yes" if at == edge else "no")
     else:
         print(summarize(sys.argv[1]))
