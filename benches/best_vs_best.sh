@@ -14,7 +14,8 @@
 #   2. `loraplus tune` by successive halving on the same grid (rungs 28, 84, 250 steps, eta 3),
 #      its store seeded with the grid's trials: a 250-step trial is the same run in both (same
 #      config, seed and steps; the CPU runs are deterministic), so tune's pick and its cost are
-#      what a fresh search gives, and only its short rungs train;
+#      what a fresh search gives, and only its short rungs train; twice, its short rungs ranked
+#      by the eval loss (folder tune) and by the metric (the default, folder tune-metric);
 #   3. each method at its grid-best setting (LoRA: ratio 1; LoRA+: ratios 2^2..2^5), seeds
 #      1, 2, 3, at 250 steps and at a longer budget (3 epochs of the training subset: SST-2 and
 #      CoLA 750 steps, MRPC 344, STS-B 539; all under the issue's 2,000), dev every 50 / 75 steps.
@@ -66,6 +67,8 @@ seed_store() {
     $PY - "$1" "$2" <<'PY'
 import json, os, sys
 src, dst = sys.argv[1:]
+if not os.path.exists(src):
+    sys.exit(0)
 have = set()
 if os.path.exists(dst):
     for line in open(dst):
@@ -155,12 +158,22 @@ TOML
     fi
 
     if stage tune; then
-        echo "== $task: loraplus tune (successive halving, rungs 28/84/250, eta 3) ($(date +%T))"
-        mkdir -p "$dir/tune"
-        seed_store "$dir/grid/trials.jsonl" "$dir/tune/trials.jsonl"
-        "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
-            --max-steps 250 --min-steps 28 --eta 3 --head-lr "$HEAD_LR" --output-dir "$dir/tune" >"$dir/tune.log" 2>&1
-        tail -n 2 "$dir/tune.log"
+        # Twice: short rungs ranked by the eval loss (folder tune) and by the metric (the
+        # default, folder tune-metric). Each store is seeded with the grid's 250-step trials, the
+        # second also with the first's trials (same config, seed and steps: the same runs), so
+        # the second search trains only the cells the first did not reach.
+        for rank in loss metric; do
+            folder=tune
+            [ $rank = metric ] && folder=tune-metric
+            echo "== $task: loraplus tune (successive halving, rungs 28/84/250, eta 3, short rungs ranked by the $rank) ($(date +%T))"
+            mkdir -p "$dir/$folder"
+            seed_store "$dir/grid/trials.jsonl" "$dir/$folder/trials.jsonl"
+            [ $rank = metric ] && seed_store "$dir/tune/trials.jsonl" "$dir/$folder/trials.jsonl"
+            "$BIN" tune --config "$cfg" --lrs "$LRS" --ratios "$RATIOS" --seeds 1 \
+                --max-steps 250 --min-steps 28 --eta 3 --early-rank $rank --head-lr "$HEAD_LR" \
+                --output-dir "$dir/$folder" >"$dir/$folder.log" 2>&1
+            tail -n 2 "$dir/$folder.log"
+        done
     fi
 
     stage finals || continue

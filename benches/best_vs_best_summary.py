@@ -9,7 +9,8 @@ alone past the grid's largest lr_A, LoRA+ alone below its smallest, when those e
 `loraplus tune` picked and at what cost, and each method at its grid-best setting over three
 seeds at 250 steps and at the longer budget: final and best dev (mean +- sample std), training
 loss of the last 50 steps, and the steps each run needs to reach plain LoRA's mean final dev.
-Then one line per task on the tune's pick: within one seed-std of the grid's best or not.
+Then one line per task and way of ranking tune's short rungs (eval loss, metric) on its pick:
+within one seed-std of the grid's best or not.
 """
 import json
 import math
@@ -181,8 +182,12 @@ def summarize(out):
                     )
             lines.append("")
 
-        tpath = os.path.join(d, "tune", "tune_results.json")
-        if os.path.exists(tpath):
+        # The tune ranked its short rungs by the eval loss (folder tune) and by the metric
+        # (tune-metric, the default).
+        for folder, ranked in [("tune", "loss"), ("tune-metric", "metric")]:
+            tpath = os.path.join(d, folder, "tune_results.json")
+            if not os.path.exists(tpath):
+                continue
             t = json.load(open(tpath))
             pick = (t["best_lr"], t["best_ratio"])
             pick_grid = cells.get(pick)
@@ -196,7 +201,7 @@ def summarize(out):
             gap = None if pick_grid is None else best_grid - pick_grid
             within = "?" if (std is None or gap is None) else ("yes" if gap <= std + 1e-12 else "no")
             tune_lines.append(
-                f"| {task} | lr {pick[0]:g}, ratio {pick[1]:g} ({num(pick_grid)}) "
+                f"| {task} | {ranked} | lr {pick[0]:g}, ratio {pick[1]:g} ({num(pick_grid)}) "
                 f"| lr {top[0]:g}, ratio {top[1]:g} ({best_grid:.4f}) | {num(gap)} "
                 f"| {'-' if std is None else f'{std:.4f}'} | {within} "
                 f"| {100 * t['cost_fraction']:.0f}% ({len(t['trials'])} trials) |"
@@ -204,10 +209,10 @@ def summarize(out):
     if tune_lines:
         lines.append("### `loraplus tune` against the full grid (250 steps)\n")
         lines.append(
-            "| task | tune's pick (its grid value) | grid's best | gap | seed std of the best cell "
-            "| within one std | cost (steps, of the full grid) |"
+            "| task | short rungs ranked by | tune's pick (its grid value) | grid's best | gap "
+            "| seed std of the best cell | within one std | cost (steps, of the full grid) |"
         )
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         lines.extend(tune_lines)
         lines.append("")
     return "\n".join(lines)

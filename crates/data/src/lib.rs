@@ -43,7 +43,9 @@ pub use batch::{
 };
 pub use chat_template::{ChatTemplate, Message};
 pub use lm::{LmFormat, LmOptions, LmStats, LmTokenizer, TooLong};
-pub use metrics::{evaluate, evaluate_mnli, predictions_from_logits, MetricReport};
+pub use metrics::{
+    eval_loss, evaluate, evaluate_mnli, predictions_from_logits, MetricReport, EVAL_LOSS,
+};
 pub use reader::{
     read_csv, read_jsonl, read_split, ColumnMapping, CsvOptions, Dataset, Example, Label,
     LabelKind, ReadOptions,

@@ -170,6 +170,10 @@ pub struct MetricReport {
     pub main_name: String,
     /// The value to select checkpoints by; higher is better.
     pub main: f64,
+    /// The training objective on the set, per example ([`eval_loss`]; a causal LM's token
+    /// loss), when the caller had the model outputs. Never part of `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
 }
 
 impl MetricReport {
@@ -190,6 +194,15 @@ impl MetricReport {
             values,
             main_name,
             main,
+            loss: None,
+        }
+    }
+
+    /// The same report with its evaluation loss.
+    pub fn with_loss(self, loss: f64) -> MetricReport {
+        MetricReport {
+            loss: Some(loss),
+            ..self
         }
     }
 
@@ -207,6 +220,9 @@ impl std::fmt::Display for MetricReport {
         }
         if self.values.len() > 1 {
             write!(f, " ({}={:.4})", self.main_name, self.main)?;
+        }
+        if let (Some(l), false) = (self.loss, self.values.contains_key(EVAL_LOSS)) {
+            write!(f, " {EVAL_LOSS}={l:.4}")?;
         }
         Ok(())
     }
@@ -290,6 +306,48 @@ pub fn evaluate_mnli(
     values.insert("accuracy".to_string(), m.main);
     values.insert("accuracy_mm".to_string(), mm.main);
     Ok(MetricReport::new(task, values))
+}
+
+/// The name of the evaluation loss among metrics (HF Trainer's `eval_loss`).
+pub const EVAL_LOSS: &str = "eval_loss";
+
+/// The training objective on an evaluation set, averaged over its examples (HF Trainer's
+/// `eval_loss` for a sequence-classification model): cross-entropy of `[B, C]` logits against
+/// the classes, or the squared error of `[B]` / `[B, 1]` scores for a regression. Computed in
+/// f64. Unlike accuracy, F1 or MCC it moves while every prediction is still the majority
+/// class, so it can rank short runs that the metric cannot tell apart.
+pub fn eval_loss(task: Task, logits: &Tensor, gold: &[Label]) -> Result<f64> {
+    let logits = logits.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?;
+    let size = logits.size();
+    let rows = size.first().copied().unwrap_or(0) as usize;
+    check_lengths(task.name, rows, gold.len())?;
+    let per_example = if task.is_regression() {
+        let flat = match size.as_slice() {
+            [_] => logits,
+            [_, 1] => logits.f_squeeze_dim(1)?,
+            _ => bail!("{task}: regression outputs must be [B] or [B, 1], got {size:?}"),
+        };
+        let target = Tensor::f_from_slice(&scores(task, "label", gold)?)?;
+        (flat - target).f_square()?
+    } else {
+        match size.as_slice() {
+            [_, c] if *c == task.num_labels() as i64 => {}
+            _ => bail!(
+                "{task}: logits must be [B, {}], got {size:?}",
+                task.num_labels()
+            ),
+        }
+        let classes: Vec<i64> = classes(task, "label", gold)?
+            .into_iter()
+            .map(|c| c as i64)
+            .collect();
+        let index = Tensor::f_from_slice(&classes)?.f_unsqueeze(1)?;
+        logits
+            .f_log_softmax(1, Kind::Double)?
+            .f_gather(1, &index, false)?
+            .f_neg()?
+    };
+    Ok(per_example.f_mean(Kind::Double)?.f_double_value(&[])?)
 }
 
 /// Model outputs to predictions: argmax over classes (`[B, C]` logits), or the score itself for
@@ -413,5 +471,49 @@ mod tests {
             predictions_from_logits(r, &out).unwrap(),
             vec![Label::Score(1.5), Label::Score(2.5)]
         );
+    }
+
+    #[test]
+    fn eval_loss_is_the_training_objective_per_example() {
+        let sst2 = Task::from_name("sst2").unwrap();
+        // Row by row: ln(1 + e^-2) for a right call at margin 2, ln 2 at a tie, ln(1 + e^3).
+        let logits = Tensor::from_slice(&[1.0f32, -1.0, 0.5, 0.5, 2.0, -1.0]).reshape([3, 2]);
+        let gold = [Label::Class(0), Label::Class(1), Label::Class(1)];
+        let want = ((1.0 + (-2.0f64).exp()).ln() + 2f64.ln() + (1.0 + 3f64.exp()).ln()) / 3.0;
+        let got = eval_loss(sst2, &logits, &gold).unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        // libtorch's own cross-entropy (the trainer's loss) agrees.
+        let ce = logits
+            .to_kind(Kind::Double)
+            .cross_entropy_loss::<Tensor>(
+                &Tensor::from_slice(&[0i64, 1, 1]),
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )
+            .double_value(&[]);
+        assert!((got - ce).abs() < 1e-12, "{got} vs {ce}");
+        // A regression: mean squared error, [B] or [B, 1].
+        let stsb = Task::from_name("stsb").unwrap();
+        let gold = [Label::Score(1.0), Label::Score(4.5)];
+        let scores = Tensor::from_slice(&[1.5f32, 2.5]);
+        let want = (0.25 + 4.0) / 2.0;
+        assert!((eval_loss(stsb, &scores, &gold).unwrap() - want).abs() < 1e-12);
+        let got = eval_loss(stsb, &scores.reshape([2, 1]), &gold).unwrap();
+        assert!((got - want).abs() < 1e-12);
+        // Mismatches are errors that say what was expected.
+        let e = eval_loss(sst2, &logits, &[Label::Class(0)]).unwrap_err();
+        assert!(e.to_string().contains("3 predictions for 1 labels"), "{e}");
+        let e = eval_loss(sst2, &logits.reshape([2, 3]), &gold).unwrap_err();
+        assert!(e.to_string().contains("[B, 2]"), "{e}");
+        let e = eval_loss(stsb, &logits.narrow(0, 0, 2), &gold).unwrap_err();
+        assert!(e.to_string().contains("[B] or [B, 1]"), "{e}");
+        // The report keeps the loss beside its metrics, out of the main value.
+        let r = evaluate(sst2, &[Label::Class(0)], &[Label::Class(0)])
+            .unwrap()
+            .with_loss(0.25);
+        assert_eq!((r.main, r.loss), (1.0, Some(0.25)));
+        assert!(r.to_string().ends_with("eval_loss=0.2500"), "{r}");
     }
 }

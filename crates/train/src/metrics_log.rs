@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use loraplus_data::{MetricReport, Split};
+use loraplus_data::{MetricReport, Split, EVAL_LOSS};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -32,6 +32,10 @@ pub struct EvalRecord {
     pub main: f64,
     pub main_name: String,
     pub metrics: Vec<(String, f64)>,
+    /// The training objective on the first (selecting) split, per example; absent in files
+    /// written before it was logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
     pub elapsed_s: f64,
 }
 
@@ -49,25 +53,30 @@ impl EvalRecord {
                 metrics.push((key, *v));
             }
         }
-        let (main, main_name) = reports
+        let (main, main_name, loss) = reports
             .first()
-            .map(|(_, r)| (r.main, r.main_name.clone()))
-            .unwrap_or((f64::NAN, String::new()));
+            .map(|(_, r)| (r.main, r.main_name.clone(), r.loss))
+            .unwrap_or((f64::NAN, String::new(), None));
         EvalRecord {
             step,
             main,
             main_name,
             metrics,
+            loss,
             elapsed_s,
         }
     }
 
     pub fn describe(&self) -> String {
-        self.metrics
+        let mut parts: Vec<String> = self
+            .metrics
             .iter()
             .map(|(k, v)| format!("{k} {v:.4}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        if let (Some(l), false) = (self.loss, self.metrics.iter().any(|(k, _)| k == EVAL_LOSS)) {
+            parts.push(format!("{EVAL_LOSS} {l:.4}"));
+        }
+        parts.join(", ")
     }
 }
 

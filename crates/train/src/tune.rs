@@ -4,6 +4,13 @@
 //! next rung runs the better `1/eta` of the cells for `eta` times the steps, up to the full
 //! budget. A cell's score at a rung is its metric averaged over the seeds; a trial that fails
 //! (diverges, NaN) is recorded as failed and its cell ranks last, never stopping the search.
+//!
+//! Which number ranks the cells of a short rung is [`EarlyRank`]: the metric (the default) or
+//! the evaluation loss (the training objective on the dev set; the last rung is always ranked
+//! by the metric). Accuracy, F1 and MCC are step functions of the logits and stay flat while
+//! a classifier still predicts the majority class; the loss moves. Measured on MRPC
+//! (docs/RESULTS.md 3b) the loss did not rank a 28-step rung better: it favours the cells that
+//! move fastest, which overshoot later. What worked there was a longer first rung.
 //! Finished trials are kept in a JSON Lines file and reused, so an interrupted search resumes.
 //!
 //! The trial itself is a closure: `loraplus tune` trains a [`crate::Trainer`] per trial; the
@@ -31,6 +38,45 @@ pub struct TuneGrid {
     pub min_steps: usize,
     /// Keep the best `1/eta` of the cells at each rung, which then run `eta` times longer (>= 2).
     pub eta: usize,
+    /// What ranks the cells of the rungs before the last (the last is always ranked by the metric).
+    #[serde(default)]
+    pub early_rank: EarlyRank,
+}
+
+/// What ranks the cells of the rungs before the last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyRank {
+    /// The task's main metric, as at the last rung.
+    #[default]
+    Metric,
+    /// The evaluation loss (lower is better); the metric where a trial has no loss.
+    Loss,
+}
+
+impl EarlyRank {
+    pub fn name(self) -> &'static str {
+        match self {
+            EarlyRank::Loss => "loss",
+            EarlyRank::Metric => "metric",
+        }
+    }
+}
+
+/// What a trial measured at its end: the main metric and, where the task has one, the
+/// evaluation loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialScores {
+    pub metric: f64,
+    pub loss: Option<f64>,
+}
+
+impl From<f64> for TrialScores {
+    /// A metric alone (no loss).
+    fn from(metric: f64) -> TrialScores {
+        TrialScores { metric, loss: None }
+    }
 }
 
 impl TuneGrid {
@@ -111,8 +157,12 @@ impl Trial {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    /// The main metric at the end of the trial.
-    Done { metric: f64 },
+    /// The main metric at the end of the trial, and the evaluation loss where there is one.
+    Done {
+        metric: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss: Option<f64>,
+    },
     /// Diverged, NaN, or an error: why.
     Failed { reason: String },
 }
@@ -141,6 +191,11 @@ pub struct CellScore {
     pub mean: Option<f64>,
     /// Sample standard deviation over the seeds (0 for one seed).
     pub std: f64,
+    /// Mean evaluation loss over the seeds; `None` when a seed failed or had none.
+    pub loss: Option<f64>,
+    /// What ranked the cells of this rung (`loss` or `metric`); the best of the last rung is
+    /// always chosen by the metric.
+    pub ranked_by: EarlyRank,
 }
 
 /// The result of a search.
@@ -234,11 +289,11 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Run the search: `run` is called for every trial not in `store` (with the rung index for
 /// progress); its errors are recorded as failed trials. `greater_is_better` orders the metric.
-pub fn successive_halving(
+pub fn successive_halving<S: Into<TrialScores>>(
     grid: &TuneGrid,
     greater_is_better: bool,
     store: &mut TrialStore,
-    mut run: impl FnMut(&Trial, usize) -> Result<f64>,
+    mut run: impl FnMut(&Trial, usize) -> Result<S>,
 ) -> Result<TuneResult> {
     grid.validate()?;
     let rungs = grid.rungs();
@@ -249,9 +304,11 @@ pub fn successive_halving(
     let mut steps_run = 0usize;
     let better = |a: f64, b: f64| if greater_is_better { a > b } else { a < b };
     for (rung, &steps) in rungs.iter().enumerate() {
-        let mut ranked = Vec::with_capacity(alive.len());
+        let last_rung = rung + 1 == rungs.len();
+        let mut rung_scores = Vec::with_capacity(alive.len());
         for &(lr, ratio) in &alive {
             let mut values = Vec::new();
+            let mut losses = Vec::new();
             let mut failed = false;
             for &seed in &grid.seeds {
                 let t = Trial {
@@ -264,10 +321,12 @@ pub fn successive_halving(
                     Some(r) => r.clone(),
                     None => {
                         let started = std::time::Instant::now();
-                        let outcome = match run(&t, rung) {
-                            Ok(m) if m.is_finite() => Outcome::Done { metric: m },
-                            Ok(m) => Outcome::Failed {
-                                reason: format!("the metric is {m}"),
+                        let outcome = match run(&t, rung).map(Into::into) {
+                            Ok(TrialScores { metric, loss }) if metric.is_finite() => {
+                                Outcome::Done { metric, loss }
+                            }
+                            Ok(TrialScores { metric, .. }) => Outcome::Failed {
+                                reason: format!("the metric is {metric}"),
                             },
                             Err(e) => Outcome::Failed {
                                 reason: format!("{e:#}"),
@@ -289,7 +348,10 @@ pub fn successive_halving(
                     }
                 };
                 match &record.outcome {
-                    Outcome::Done { metric } => values.push(*metric),
+                    Outcome::Done { metric, loss } => {
+                        values.push(*metric);
+                        losses.extend(loss.filter(|l| l.is_finite()));
+                    }
                     Outcome::Failed { reason } => {
                         tracing::info!("trial {} failed: {reason}", t.key());
                         failed = true;
@@ -303,29 +365,55 @@ pub fn successive_halving(
                 let (m, s) = mean_std(&values);
                 (Some(m), s)
             };
-            scores.push(CellScore {
+            let loss = (!failed && !losses.is_empty() && losses.len() == values.len())
+                .then(|| mean_std(&losses).0);
+            rung_scores.push(CellScore {
                 lr,
                 ratio,
                 rung,
                 steps,
                 mean,
                 std,
+                loss,
+                ranked_by: EarlyRank::Metric,
             });
-            ranked.push(((lr, ratio), mean));
         }
+        // By the loss only where every cell that did not fail has one.
+        let by_loss = !last_rung
+            && grid.early_rank == EarlyRank::Loss
+            && rung_scores
+                .iter()
+                .all(|c| c.mean.is_none() || c.loss.is_some());
+        if !last_rung && grid.early_rank == EarlyRank::Loss && !by_loss {
+            tracing::warn!(
+                "rung {rung}: some trials have no evaluation loss; this rung is ranked by the metric"
+            );
+        }
+        let key = |c: &CellScore| if by_loss { c.mean.and(c.loss) } else { c.mean };
+        let lower_first = by_loss || !greater_is_better;
         // Best first; failed cells last; ties keep grid order (stable sort).
-        ranked.sort_by(|a, b| match (a.1, b.1) {
-            (Some(x), Some(y)) if better(x, y) => std::cmp::Ordering::Less,
-            (Some(x), Some(y)) if better(y, x) => std::cmp::Ordering::Greater,
+        let mut ranked: Vec<&CellScore> = rung_scores.iter().collect();
+        ranked.sort_by(|a, b| match (key(a), key(b)) {
+            (Some(x), Some(y)) if lower_first => x.total_cmp(&y),
+            (Some(x), Some(y)) => y.total_cmp(&x),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             _ => std::cmp::Ordering::Equal,
         });
-        if rung + 1 == rungs.len() {
+        let next: Vec<(f64, f64)> = ranked.iter().map(|c| (c.lr, c.ratio)).collect();
+        scores.extend(rung_scores.into_iter().map(|c| CellScore {
+            ranked_by: if by_loss {
+                EarlyRank::Loss
+            } else {
+                EarlyRank::Metric
+            },
+            ..c
+        }));
+        if last_rung {
             break;
         }
         let keep = alive.len().div_ceil(grid.eta).max(1);
-        alive = ranked.iter().take(keep).map(|c| c.0).collect();
+        alive = next.into_iter().take(keep).collect();
     }
     let last = *rungs.last().unwrap_or(&grid.max_steps);
     let best = scores
@@ -352,24 +440,26 @@ pub fn successive_halving(
 
 /// A markdown table of every cell's score at every rung.
 pub fn table(result: &TuneResult) -> String {
-    let mut md = String::from("| lr_A | ratio | lr_B | rung | steps | metric (mean ± std over seeds) |\n|---|---|---|---|---|---|\n");
+    let mut md = String::from("| lr_A | ratio | lr_B | rung | steps | metric (mean ± std over seeds) | eval loss | ranked by |\n|---|---|---|---|---|---|---|---|\n");
     for s in &result.scores {
         let m = match s.mean {
             Some(m) => format!("{m:.4} ± {:.4}", s.std),
             None => "failed".into(),
         };
+        let loss = s.loss.map_or("-".into(), |l| format!("{l:.4}"));
         let mark = if s.lr == result.best_lr && s.ratio == result.best_ratio && s.mean.is_some() {
             " (best)"
         } else {
             ""
         };
         md.push_str(&format!(
-            "| {:e} | {} | {:e} | {} | {} | {m}{mark} |\n",
+            "| {:e} | {} | {:e} | {} | {} | {m}{mark} | {loss} | {} |\n",
             s.lr,
             s.ratio,
             s.lr * s.ratio,
             s.rung,
-            s.steps
+            s.steps,
+            s.ranked_by.name()
         ));
     }
     md
@@ -387,6 +477,7 @@ mod tests {
             max_steps: 40,
             min_steps: 10,
             eta: 2,
+            early_rank: EarlyRank::Loss,
         }
     }
 
@@ -494,6 +585,7 @@ mod tests {
             max_steps: 80,
             min_steps: 10,
             eta: 3,
+            early_rank: EarlyRank::Metric,
         };
         let train = |t: &Trial| p.train(t.lr, t.lr * t.ratio, t.steps, t.seed);
         // The full grid at the full budget.
@@ -542,5 +634,117 @@ mod tests {
             "{}",
             r.cost_fraction
         );
+    }
+
+    /// A classification grid as MRPC's: before the full budget every cell still predicts
+    /// the majority class, its metric is the majority score plus a few examples' worth of
+    /// noise unrelated to the cell's quality, while the loss already orders the cells; at the
+    /// full budget the metric is the cell's quality. `quality` peaks at lr 1e-3, ratio 1.
+    fn flat_early(t: &Trial, max_steps: usize) -> TrialScores {
+        let quality = 0.85 - (t.lr.log10() + 3.0).powi(2) * 0.02 - t.ratio.log2() * 0.01;
+        if t.steps < max_steps {
+            // The noise favours large ratios, the opposite of the quality.
+            let noise = 0.002 * t.ratio.log2() + 0.001 * (t.lr * 1e4).sin();
+            TrialScores {
+                metric: 0.748 + noise,
+                loss: Some(0.7 - 0.2 * quality * t.steps as f64 / max_steps as f64),
+            }
+        } else {
+            TrialScores {
+                metric: quality,
+                loss: Some(0.7 - 0.2 * quality),
+            }
+        }
+    }
+
+    #[test]
+    fn short_rungs_ranked_by_the_loss_keep_the_best_cell_where_the_metric_is_flat() {
+        let g = grid(&[1e-4, 3e-4, 1e-3, 3e-3], &[1.0, 4.0, 16.0, 32.0]);
+        let by_loss = successive_halving(&g, true, &mut TrialStore::in_memory(), |t, _| {
+            Ok(flat_early(t, g.max_steps))
+        })
+        .unwrap();
+        assert_eq!((by_loss.best_lr, by_loss.best_ratio), (1e-3, 1.0));
+        assert!((by_loss.best_metric - 0.85).abs() < 1e-12);
+        for s in &by_loss.scores {
+            let want = if s.steps < g.max_steps {
+                EarlyRank::Loss
+            } else {
+                EarlyRank::Metric
+            };
+            assert_eq!(s.ranked_by, want, "{s:?}");
+            assert!(s.loss.is_some(), "{s:?}");
+        }
+        // Ranked by the flat metric, the first rung keeps the noise's favourites and the
+        // best cell never reaches the full budget.
+        let g = TuneGrid {
+            early_rank: EarlyRank::Metric,
+            ..g
+        };
+        let by_metric = successive_halving(&g, true, &mut TrialStore::in_memory(), |t, _| {
+            Ok(flat_early(t, g.max_steps))
+        })
+        .unwrap();
+        assert!(by_metric.best_ratio >= 16.0, "{by_metric:?}");
+        assert!(by_metric.best_metric <= by_loss.best_metric - 0.04 + 1e-12);
+        assert!(by_metric
+            .scores
+            .iter()
+            .all(|s| s.ranked_by == EarlyRank::Metric));
+        // The table says what ranked each rung and shows the loss.
+        let md = table(&by_loss);
+        assert!(md
+            .lines()
+            .next()
+            .unwrap()
+            .contains("| eval loss | ranked by |"));
+        assert!(md
+            .lines()
+            .any(|l| l.contains("| 0 | 10 |") && l.ends_with("| loss |")));
+        assert!(md
+            .lines()
+            .any(|l| l.contains("(best)") && l.ends_with("| metric |")));
+    }
+
+    #[test]
+    fn a_rung_with_a_trial_without_loss_is_ranked_by_the_metric() {
+        // A store written before losses were kept: its trials have none.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trials.jsonl");
+        std::fs::write(
+            &path,
+            "{\"lr\":0.001,\"ratio\":1.0,\"seed\":1,\"steps\":10,\"rung\":0,\"status\":\"done\",\"metric\":0.5,\"seconds\":1.0}\n",
+        )
+        .unwrap();
+        let mut store = TrialStore::open(&path).unwrap();
+        let g = grid(&[1e-3, 1e-2], &[1.0]);
+        let g = TuneGrid {
+            seeds: vec![1],
+            ..g
+        };
+        let r = successive_halving(&g, true, &mut store, |t, _| {
+            Ok(TrialScores {
+                metric: 0.6,
+                loss: Some(t.lr),
+            })
+        })
+        .unwrap();
+        // Rung 0 falls back to the metric: 0.6 (lr 1e-2) beats the stored 0.5 (lr 1e-3),
+        // where the loss would have kept lr 1e-3.
+        assert_eq!(r.best_lr, 1e-2);
+        assert!(r
+            .scores
+            .iter()
+            .filter(|s| s.rung == 0)
+            .all(|s| s.ranked_by == EarlyRank::Metric));
+        assert_eq!(r.trials_run, 1 + 1 + 1);
+        // New records keep their loss; the old one reads back without.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().nth(1).unwrap().contains("\"loss\":0.01"),
+            "{text}"
+        );
+        let store = TrialStore::open(&path).unwrap();
+        assert_eq!(store.done.len(), 4);
     }
 }

@@ -46,6 +46,8 @@ fn tune_writes_the_table_config_and_heatmaps_and_reuses_trials() {
         "1,16",
         "--min-steps",
         "2",
+        "--early-rank",
+        "loss",
         "--head-lr",
         "1e-3",
         "--output-dir",
@@ -70,6 +72,52 @@ fn tune_writes_the_table_config_and_heatmaps_and_reuses_trials() {
     }
     let md = std::fs::read_to_string(out.join("tune_results.md")).unwrap();
     assert!(md.contains("(best)"), "{md}");
+    // Rung 0 is ranked by the eval loss: the two cells of rung 1 are its two lowest losses.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tune_results.json")).unwrap())
+            .unwrap();
+    let scores = json["scores"].as_array().unwrap();
+    let cell = |s: &serde_json::Value| (s["lr"].as_f64().unwrap(), s["ratio"].as_f64().unwrap());
+    let mut rung0: Vec<&serde_json::Value> = scores.iter().filter(|s| s["rung"] == 0).collect();
+    assert_eq!(rung0.len(), 4, "{json}");
+    assert!(rung0.iter().all(|s| s["ranked_by"] == "loss"), "{json}");
+    rung0.sort_by(|a, b| {
+        a["loss"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&b["loss"].as_f64().unwrap())
+    });
+    let mut kept: Vec<(f64, f64)> = rung0[..2].iter().map(|s| cell(s)).collect();
+    let mut rung1: Vec<(f64, f64)> = scores
+        .iter()
+        .filter(|s| s["rung"] == 1)
+        .map(|s| {
+            assert_eq!(s["ranked_by"], "metric", "{s}");
+            cell(s)
+        })
+        .collect();
+    kept.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rung1.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(kept, rung1, "{json}");
+    // Each trial's loss is the one its own run logged at its final evaluation.
+    for t in json["trials"].as_array().unwrap() {
+        let key = format!(
+            "lr-{}_ratio-{}_seed-{}_steps-{}",
+            t["lr"].as_f64().unwrap(),
+            t["ratio"].as_f64().unwrap(),
+            t["seed"],
+            t["steps"]
+        );
+        let log = std::fs::read_to_string(out.join("trials").join(&key).join("metrics.jsonl"))
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let last_eval: serde_json::Value = log
+            .lines()
+            .rfind(|l| l.contains("\"kind\":\"eval\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap();
+        assert_eq!(t["loss"], last_eval["loss"], "{key}");
+        assert!(t["loss"].as_f64().unwrap() > 0.0, "{key}");
+    }
     // The chosen config trains as it is, with the head lr held fixed.
     let best = std::fs::read_to_string(out.join("best.toml")).unwrap();
     assert!(best.contains("head_lr = 0.001"), "{best}");
@@ -106,6 +154,7 @@ fn bad_grids_exit_2_with_a_message() {
         ("--lrs", "-1e-3", "positive"),
         ("--ratios", "16,-2", "--ratios"),
         ("--eta", "1", "--eta"),
+        ("--early-rank", "accuracy", "--early-rank"),
     ] {
         let o = run(&["tune", "--config", &cfg, &format!("{flag}={value}")]);
         assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", text(&o));

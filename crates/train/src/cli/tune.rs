@@ -12,7 +12,7 @@ use crate::config::TrainConfig;
 use crate::plots::{heatmap, Cell, HeatmapSpec};
 use crate::task;
 use crate::trainer::Trainer;
-use crate::tune::{successive_halving, table, TrialStore, TuneGrid};
+use crate::tune::{successive_halving, table, EarlyRank, TrialScores, TrialStore, TuneGrid};
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
@@ -35,6 +35,12 @@ pub struct TuneArgs {
     /// Keep the best 1/eta of the cells at each rung; they then run eta times longer.
     #[arg(long, default_value_t = 2)]
     pub eta: usize,
+    /// What ranks the cells of the rungs before the last: the metric, or the evaluation loss
+    /// (it moves while accuracy-like metrics are still flat at the majority class; on MRPC it
+    /// ranked a 28-step rung worse, docs/RESULTS.md 3b). The last rung is always ranked by the
+    /// metric.
+    #[arg(long, value_enum, default_value_t = EarlyRank::Metric)]
+    pub early_rank: EarlyRank,
     /// The head's learning rate, the same in every trial (default: the config's head_lr, else
     /// its lr).
     #[arg(long)]
@@ -65,6 +71,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         max_steps,
         min_steps: a.min_steps.unwrap_or((max_steps / 4).max(1)),
         eta: a.eta,
+        early_rank: a.early_rank,
     };
     grid.validate().map_err(UsageError::wrap)?;
     if let Some(h) = a.head_lr {
@@ -89,11 +96,12 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     let rungs = grid.rungs();
     let cells = grid.cells().len();
     eprintln!(
-        "tune: {} cells x {} seed(s), rungs of {:?} steps (eta {}), head lr {head_lr}",
+        "tune: {} cells x {} seed(s), rungs of {:?} steps (eta {}, rungs before the last ranked by the {}), head lr {head_lr}",
         cells,
         grid.seeds.len(),
         rungs,
-        grid.eta
+        grid.eta,
+        grid.early_rank.name()
     );
     let mut n = 0usize;
     let result = successive_halving(&grid, greater_is_better, &mut store, |t, rung| {
@@ -111,15 +119,20 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         let mut trainer = Trainer::new(cfg, None)?;
         trainer.show_progress = false;
         let s = trainer.train()?;
-        let m = s
+        let e = s
             .final_eval
-            .map(|e| e.main)
             .context("the trial has no evaluation: the task needs an eval set")?;
+        let loss = e
+            .loss
+            .map_or(String::new(), |l| format!(" (eval loss {l:.4})"));
         eprintln!(
-            "[{n}] rung {rung}: lr {:e} ratio {} seed {} {} steps -> {m:.4}",
-            t.lr, t.ratio, t.seed, t.steps
+            "[{n}] rung {rung}: lr {:e} ratio {} seed {} {} steps -> {:.4}{loss}",
+            t.lr, t.ratio, t.seed, t.steps, e.main
         );
-        Ok(m)
+        Ok(TrialScores {
+            metric: e.main,
+            loss: e.loss,
+        })
     })?;
     let md = table(&result);
     std::fs::write(root.join("tune_results.md"), &md)?;

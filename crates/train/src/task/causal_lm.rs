@@ -17,8 +17,8 @@ use crate::config::TrainConfig;
 use crate::model::{self, Model};
 use crate::task::TrainTask;
 
-/// The name of the main metric of a causal-LM evaluation (lower is better).
-pub const EVAL_LOSS: &str = "eval_loss";
+/// The main metric of a causal-LM evaluation (lower is better): its token loss.
+pub use loraplus_data::EVAL_LOSS;
 
 /// A causal-LM task over the user's JSONL files.
 #[derive(Debug, Clone)]
@@ -165,6 +165,7 @@ impl TrainTask for CausalLmTask {
             values,
             main_name: EVAL_LOSS.into(),
             main: loss,
+            loss: Some(loss),
         })
     }
 

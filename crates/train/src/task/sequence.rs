@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Tensor};
 
 use loraplus_data::{
-    evaluate, paths, predictions_from_logits, read_csv, read_jsonl, read_split, Batch,
+    eval_loss, evaluate, paths, predictions_from_logits, read_csv, read_jsonl, read_split, Batch,
     ColumnMapping, CsvOptions, DataLoader, Dataset, Encoder, Label, LoaderConfig, MetricKind,
     MetricReport, PaddingSide, Position, ReadOptions, Split, Task, TokenizedDataset,
 };
@@ -367,7 +367,8 @@ impl TrainTask for SequenceTask {
         }
         let logits = Tensor::f_from_slice(&logits)?.f_reshape([gold.len() as i64, width as i64])?;
         let preds = predictions_from_logits(self.task, &logits)?;
-        evaluate(self.task, &preds, &gold)
+        let loss = eval_loss(self.task, &logits, &gold)?;
+        Ok(evaluate(self.task, &preds, &gold)?.with_loss(loss))
     }
 
     fn merged_architecture(&self, model_type: &str) -> String {
