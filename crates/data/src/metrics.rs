@@ -308,6 +308,24 @@ pub fn evaluate_mnli(
     Ok(MetricReport::new(task, values))
 }
 
+/// Model outputs of the shape the task gives: `[B]` scores of a regression (`[B, 1]` squeezed),
+/// or `[B, C]` logits of a C-class task; any other shape is an error naming the expected one.
+fn checked_outputs(task: Task, logits: Tensor) -> Result<Tensor> {
+    let size = logits.size();
+    match size.as_slice() {
+        [_] if task.is_regression() => Ok(logits),
+        [_, 1] if task.is_regression() => Ok(logits.f_squeeze_dim(1)?),
+        _ if task.is_regression() => {
+            bail!("{task}: regression outputs must be [B] or [B, 1], got {size:?}")
+        }
+        [_, c] if *c == task.num_labels() as i64 => Ok(logits),
+        _ => bail!(
+            "{task}: logits must be [B, {}], got {size:?}",
+            task.num_labels()
+        ),
+    }
+}
+
 /// The name of the evaluation loss among metrics (HF Trainer's `eval_loss`).
 pub const EVAL_LOSS: &str = "eval_loss";
 
@@ -322,21 +340,11 @@ pub fn eval_loss(task: Task, logits: &Tensor, gold: &[Label]) -> Result<f64> {
     let rows = size.first().copied().unwrap_or(0) as usize;
     check_lengths(task.name, rows, gold.len())?;
     let per_example = if task.is_regression() {
-        let flat = match size.as_slice() {
-            [_] => logits,
-            [_, 1] => logits.f_squeeze_dim(1)?,
-            _ => bail!("{task}: regression outputs must be [B] or [B, 1], got {size:?}"),
-        };
+        let flat = checked_outputs(task, logits)?;
         let target = Tensor::f_from_slice(&scores(task, "label", gold)?)?;
         (flat - target).f_square()?
     } else {
-        match size.as_slice() {
-            [_, c] if *c == task.num_labels() as i64 => {}
-            _ => bail!(
-                "{task}: logits must be [B, {}], got {size:?}",
-                task.num_labels()
-            ),
-        }
+        let logits = checked_outputs(task, logits)?;
         let classes: Vec<i64> = classes(task, "label", gold)?
             .into_iter()
             .map(|c| c as i64)
@@ -354,23 +362,12 @@ pub fn eval_loss(task: Task, logits: &Tensor, gold: &[Label]) -> Result<f64> {
 /// regression (`[B, 1]` or `[B]`).
 pub fn predictions_from_logits(task: Task, logits: &Tensor) -> Result<Vec<Label>> {
     let logits = logits.f_to_device(Device::Cpu)?;
-    let size = logits.size();
     if task.is_regression() {
-        let flat = match size.as_slice() {
-            [_] => logits,
-            [_, 1] => logits.f_squeeze_dim(1)?,
-            _ => bail!("{task}: regression outputs must be [B] or [B, 1], got {size:?}"),
-        };
+        let flat = checked_outputs(task, logits)?;
         let v = Vec::<f32>::try_from(&flat.f_to_kind(Kind::Float)?)?;
         Ok(v.into_iter().map(Label::Score).collect())
     } else {
-        match size.as_slice() {
-            [_, c] if *c == task.num_labels() as i64 => {}
-            _ => bail!(
-                "{task}: logits must be [B, {}], got {size:?}",
-                task.num_labels()
-            ),
-        }
+        let logits = checked_outputs(task, logits)?;
         let arg = logits.f_argmax(1, false)?;
         let v = Vec::<i64>::try_from(&arg)?;
         Ok(v.into_iter().map(|c| Label::Class(c as usize)).collect())
