@@ -379,15 +379,23 @@ pub fn successive_halving<S: Into<TrialScores>>(
             });
         }
         // By the loss only where every cell that did not fail has one.
-        let by_loss = !last_rung
-            && grid.early_rank == EarlyRank::Loss
+        let wants_loss = !last_rung && grid.early_rank == EarlyRank::Loss;
+        let by_loss = wants_loss
             && rung_scores
                 .iter()
                 .all(|c| c.mean.is_none() || c.loss.is_some());
-        if !last_rung && grid.early_rank == EarlyRank::Loss && !by_loss {
+        if wants_loss && !by_loss {
             tracing::warn!(
                 "rung {rung}: some trials have no evaluation loss; this rung is ranked by the metric"
             );
+        }
+        let ranked_by = if by_loss {
+            EarlyRank::Loss
+        } else {
+            EarlyRank::Metric
+        };
+        for c in &mut rung_scores {
+            c.ranked_by = ranked_by;
         }
         let key = |c: &CellScore| if by_loss { c.mean.and(c.loss) } else { c.mean };
         let lower_first = by_loss || !greater_is_better;
@@ -400,20 +408,13 @@ pub fn successive_halving<S: Into<TrialScores>>(
             (None, Some(_)) => std::cmp::Ordering::Greater,
             _ => std::cmp::Ordering::Equal,
         });
-        let next: Vec<(f64, f64)> = ranked.iter().map(|c| (c.lr, c.ratio)).collect();
-        scores.extend(rung_scores.into_iter().map(|c| CellScore {
-            ranked_by: if by_loss {
-                EarlyRank::Loss
-            } else {
-                EarlyRank::Metric
-            },
-            ..c
-        }));
+        let keep = alive.len().div_ceil(grid.eta).max(1);
+        let next: Vec<(f64, f64)> = ranked.iter().take(keep).map(|c| (c.lr, c.ratio)).collect();
+        scores.extend(rung_scores);
         if last_rung {
             break;
         }
-        let keep = alive.len().div_ceil(grid.eta).max(1);
-        alive = next.into_iter().take(keep).collect();
+        alive = next;
     }
     let last = *rungs.last().unwrap_or(&grid.max_steps);
     let best = scores
