@@ -402,9 +402,15 @@ impl Trainer {
                     // gradient contribution is zero.
                     continue;
                 }
-                // Gradients are averaged over the ranks: scale each by ranks x share.
-                let loss =
-                    model::train_micro_step(&self.model, &batch, self.device, ranks * share)?;
+                // Gradients are averaged over the ranks: scale each by ranks x share (and, in
+                // f16, by the loss scale, which `unscale` divides out before the step).
+                let loss_scale = scaler.as_ref().map_or(1.0, |sc| sc.scale());
+                let loss = model::train_micro_step(
+                    &self.model,
+                    &batch,
+                    self.device,
+                    ranks * share * loss_scale,
+                )?;
                 step_loss += loss * share;
             }
             if let Some(dp) = &self.parallel {
