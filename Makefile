@@ -48,7 +48,7 @@ lint: setup
 	$(CARGO) clippy -p loraplus-train --lib --no-default-features -- -D warnings
 
 train: setup
-	$(CARGO) run --release -p loraplus-train --bin loraplus -- train --config data/presets/minilm-sst2.toml
+	$(CARGO) run --release -p loraplus-train --bin loraplus -- train --config data/presets/minilm-sst2.toml --overwrite-output-dir
 
 bench: setup
 	bash benches/run.sh

@@ -23,7 +23,7 @@ steps=()
 run() {  # run NAME [flags...]
     local name=$1; shift
     /usr/bin/time -f "peak_rss_kib=%M" "$BIN" train --config data/presets/minilm-sst2.toml \
-        --no-progress --output-dir "$OUT/$name" "${steps[@]}" "$@" \
+        --no-progress --overwrite-output-dir --output-dir "$OUT/$name" "${steps[@]}" "$@" \
         >"$OUT/$name.out" 2>"$OUT/$name.err"
     local acc secs rss base
     acc=$(sed -nE 's/^dev: .*accuracy ([0-9.]+).*/\1/p' "$OUT/$name.out" | tail -1)

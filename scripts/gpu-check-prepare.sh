@@ -113,7 +113,7 @@ for p in $PARTS; do
         quant) part quant 240 env BIN="$PWD/bin/train_step_bench" SHAPES=llama-7b ROUNDS=1 LLAMA_LAYERS=2 \
                    bash ../benches/gpu_bench.sh ;;
         train) part train 90 bin/loraplus train --task sst2 --device cuda --dtype bf16 --max-steps 60 \
-                   --batch-size 32 --eval-every 30 --output-dir /tmp/loraplus-gpu-run --no-progress ;;
+                   --batch-size 32 --eval-every 30 --output-dir /tmp/loraplus-gpu-run --overwrite-output-dir --no-progress ;;
         bench) part bench 300 env BIN="$PWD/bin/train_step_bench" ROUNDS=2 LLAMA_LAYERS=2 QUANT=0 \
                    bash ../benches/gpu_bench.sh ;;
         *) echo "unknown part '$p' (known: tests sft dp quant train bench)"; status=1 ;;

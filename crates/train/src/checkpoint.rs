@@ -124,6 +124,63 @@ pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> R
     Ok(())
 }
 
+/// A fresh run (no `--resume`) asked to write into an output directory that holds an earlier
+/// run's checkpoints: they would be mixed with the new run's (pruning keeps the highest step
+/// numbers, so the old ones would outlive the new ones, and `--resume` would find them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputDirInUse {
+    pub output_dir: PathBuf,
+    /// The newest checkpoint there.
+    pub newest: PathBuf,
+}
+
+impl std::fmt::Display for OutputDirInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.output_dir.display();
+        write!(
+            f,
+            "{d} holds checkpoints of an earlier run (newest: {}): resume it with --resume {d}, start over with --overwrite-output-dir (overwrite_output_dir = true: removes them), or choose another --output-dir",
+            self.newest.display()
+        )
+    }
+}
+
+impl std::error::Error for OutputDirInUse {}
+
+/// Before a fresh run: refuse an output directory with checkpoints ([`OutputDirInUse`]), or,
+/// with `overwrite`, remove what an earlier run left there for a later step to find (its
+/// checkpoints, its best and final adapters; the metrics file is truncated when opened).
+pub fn prepare_fresh(output_dir: &Path, overwrite: bool) -> Result<()> {
+    let found = list(output_dir)?;
+    if overwrite {
+        for dir in [
+            checkpoints_dir(output_dir),
+            output_dir.join(crate::trainer::BEST_ADAPTER_DIR),
+            output_dir.join(crate::trainer::FINAL_ADAPTER_DIR),
+        ] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        if let Some((step, _)) = found.last() {
+            tracing::info!(
+                "{}: removed an earlier run's checkpoints (newest at step {step})",
+                output_dir.display()
+            );
+        }
+        return Ok(());
+    }
+    match found.last() {
+        Some((_, newest)) => Err(OutputDirInUse {
+            output_dir: output_dir.to_path_buf(),
+            newest: newest.clone(),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// Resolve `--resume PATH`: a checkpoint directory, or an output directory (its newest
 /// checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {

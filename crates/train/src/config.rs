@@ -59,6 +59,10 @@ pub struct TrainConfig {
     pub glue_dir: Option<PathBuf>,
     /// Where checkpoints, metrics and plots go.
     pub output_dir: PathBuf,
+    /// A fresh run (not `--resume`) into an `output_dir` that holds an earlier run's
+    /// checkpoints: `false` (default) refuses; `true` removes them (and its best and final
+    /// adapters) first.
+    pub overwrite_output_dir: bool,
     /// Seed of everything: head initialisation, adapter initialisation, data order, dropout.
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
@@ -197,6 +201,7 @@ impl Default for TrainConfig {
             revision: None,
             glue_dir: None,
             output_dir: PathBuf::from("runs/minilm-sst2"),
+            overwrite_output_dir: false,
             seed: 42,
             device: "cpu".into(),
             dtype: "f32".into(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use loraplus_train::checkpoint::OutputDirInUse;
 use loraplus_train::cli::{self, UsageError};
 use loraplus_train::config::TrainConfig;
 
@@ -48,6 +49,10 @@ struct TrainArgs {
     /// Continue from a checkpoint directory (or an output directory's newest checkpoint).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start over in an output directory that holds an earlier run's checkpoints (they are
+    /// removed); without it such a directory is refused unless --resume continues it.
+    #[arg(long)]
+    overwrite_output_dir: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -80,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => TrainConfig::default(),
             };
             a.overrides.apply(&mut cfg);
+            cfg.overwrite_output_dir |= a.overwrite_output_dir;
             cfg.validate_for_training().map_err(UsageError::wrap)?;
             loraplus_train::apply_process_settings(&cfg, !a.default_allocator)?;
             cli::train(cfg, a.resume.as_deref(), !a.no_progress)
@@ -106,7 +112,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() || quantization_refused(&e) {
+            if e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<OutputDirInUse>().is_some()
+                || quantization_refused(&e)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

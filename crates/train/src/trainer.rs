@@ -26,6 +26,8 @@ use crate::metrics_log::{EvalRecord, MetricsLog, TrainRecord};
 
 /// `<output_dir>/best_adapter`: the adapter of the best evaluation so far (PEFT format).
 pub const BEST_ADAPTER_DIR: &str = "best_adapter";
+/// `<output_dir>/adapter`: the adapter at the end of the run.
+pub const FINAL_ADAPTER_DIR: &str = "adapter";
 
 /// What a callback may ask of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,10 @@ impl Trainer {
             config: config.clone(),
         };
         let mut optimizer = optimizer;
+        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        if resume.is_none() && main {
+            checkpoint::prepare_fresh(&config.output_dir, config.overwrite_output_dir)?;
+        }
         if let Some(path) = resume {
             let dir = checkpoint::resolve(path)?;
             let saved = checkpoint::read_state(&dir)?;
@@ -214,7 +220,6 @@ impl Trainer {
             dp.broadcast_params(&lora)?;
             dp.attach(&mut optimizer);
         }
-        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
         let log = if main {
             Some(MetricsLog::open(&config.output_dir, resume.is_some())?)
         } else {
@@ -546,7 +551,7 @@ impl Trainer {
         if self.state.best_step == Some(self.state.step) {
             self.save_adapter(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
         }
-        let adapter_dir = self.config.output_dir.join("adapter");
+        let adapter_dir = self.config.output_dir.join(FINAL_ADAPTER_DIR);
         self.save_adapter(&adapter_dir)?;
         if let Some(dp) = &self.parallel {
             let total = started.elapsed().as_secs_f64();

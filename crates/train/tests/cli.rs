@@ -443,3 +443,71 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
         }
     }
 }
+
+/// A fresh run into an output directory with an earlier run's checkpoints is refused (exit 2,
+/// naming the directory and the ways out): pruning keeps the highest step numbers, so the
+/// earlier run's step 8 would outlive the new run's step 2 and `--resume` would find it. With
+/// `--overwrite-output-dir` the new run starts over: only its own checkpoint is left, and its
+/// best adapter is its own.
+#[test]
+fn a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "eval_every = 4");
+    let cfg = cfg.to_str().unwrap();
+    let out = dir.path().join("out");
+    let o = run(&["train", "--config", cfg, "--no-progress"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let steps = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(steps(&out).contains(&"step-000008".to_string()));
+    assert!(out.join("best_adapter").exists());
+
+    let o = run(&[
+        "train",
+        "--config",
+        cfg,
+        "--no-progress",
+        "--max-steps",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    for needle in [
+        out.to_str().unwrap(),
+        "step-000008",
+        "--resume",
+        "--overwrite-output-dir",
+    ] {
+        assert!(e.contains(needle), "{needle} not in: {e}");
+    }
+    assert!(
+        steps(&out).contains(&"step-000008".to_string()),
+        "nothing removed"
+    );
+
+    let o = run(&[
+        "train",
+        "--config",
+        cfg,
+        "--no-progress",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--overwrite-output-dir",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(steps(&out), ["step-000002"]);
+    // Its only evaluation is the final one: its best adapter is its final adapter, not the
+    // earlier run's.
+    assert_eq!(
+        std::fs::read(out.join("best_adapter/adapter_model.safetensors")).unwrap(),
+        adapter_bytes(&out)
+    );
+}

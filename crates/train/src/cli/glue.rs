@@ -79,6 +79,8 @@ pub fn glue(a: GlueArgs) -> Result<()> {
                 cfg.seed = seed;
                 cfg.optim.loraplus_ratio = ratio;
                 cfg.output_dir = out.clone();
+                // The run's folder is the experiment's: an unfinished run starts over.
+                cfg.overwrite_output_dir = true;
                 cfg.validate_for_training().map_err(UsageError::wrap)?;
                 let metrics = out.join(metrics_log::METRICS_FILE);
                 let finished = out

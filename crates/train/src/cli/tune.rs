@@ -92,6 +92,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     let greater_is_better = task::from_config(&base)
         .map_err(UsageError::wrap)?
         .greater_is_better();
+    check_same_search(&root, &base, head_lr)?;
     let mut store = TrialStore::open(&root.join("trials.jsonl"))?;
     let rungs = grid.rungs();
     let cells = grid.cells().len();
@@ -116,6 +117,8 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         cfg.save_every = 0;
         cfg.early_stopping_patience = None;
         cfg.output_dir = root.join("trials").join(t.key());
+        // A trial's folder is the search's: an interrupted trial starts over.
+        cfg.overwrite_output_dir = true;
         let mut trainer = Trainer::new(cfg, None)?;
         trainer.show_progress = false;
         let s = trainer.train()?;
@@ -215,4 +218,135 @@ fn min_gap(values: impl Iterator<Item = f64>) -> f64 {
         .map(|w| w[1] - w[0])
         .reduce(f64::min)
         .unwrap_or(1.0)
+}
+
+/// The file in a search's folder that names what its trials were run with.
+pub const SEARCH_FILE: &str = "search_config.json";
+
+/// What makes two trials with the same (lr, ratio, seed, steps) the same run: the base config
+/// with the head's lr as the search sets it, and without what each trial sets or what does not
+/// change the numbers (where it writes, how often it logs, how many threads).
+fn search_identity(base: &TrainConfig, head_lr: f64) -> Result<serde_json::Value> {
+    let mut c = base.clone();
+    let plain = TrainConfig::default();
+    c.optim.lr = plain.optim.lr;
+    c.optim.loraplus_ratio = plain.optim.loraplus_ratio;
+    c.optim.head_lr = Some(head_lr);
+    c.seed = plain.seed;
+    c.max_steps = None;
+    c.output_dir = plain.output_dir.clone();
+    c.overwrite_output_dir = false;
+    c.eval_every = 0;
+    c.save_every = 0;
+    c.early_stopping_patience = None;
+    c.log_every = plain.log_every;
+    c.keep_last = plain.keep_last;
+    c.threads = plain.threads;
+    Ok(serde_json::to_value(&c)?)
+}
+
+/// A search's folder keeps the trials of one base config: the first search writes
+/// [`SEARCH_FILE`]; a later one with another config (another task, model, data, batch, [lora],
+/// head lr...) is refused, naming what differs, instead of reusing trials of another search.
+fn check_same_search(root: &std::path::Path, base: &TrainConfig, head_lr: f64) -> Result<()> {
+    let path = root.join(SEARCH_FILE);
+    let now = search_identity(base, head_lr)?;
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let before: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not the JSON a search writes", path.display()))?;
+        let mut diffs = Vec::new();
+        json_diffs("", &before, &now, &mut diffs);
+        if !diffs.is_empty() {
+            let shown: Vec<&String> = diffs.iter().take(6).collect();
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "{} holds the trials of a search with another config ({}{}): choose another --output-dir, or remove {} to start that search over",
+                root.display(),
+                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "),
+                if diffs.len() > shown.len() { "; ..." } else { "" },
+                root.display()
+            )));
+        }
+    } else {
+        if root.join("trials.jsonl").exists() {
+            tracing::warn!(
+                "{}: trials of a search from before {SEARCH_FILE} was written; they are reused as this config's",
+                root.display()
+            );
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&now)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every key (dotted path) whose value differs between `a` (the earlier search) and `b`.
+fn json_diffs(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                json_diffs(
+                    &path,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{at}: {a} then, {b} now")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_folder_refuses_another_config_and_names_the_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sst2 = TrainConfig {
+            task: "sst2".into(),
+            ..TrainConfig::default()
+        };
+        check_same_search(dir.path(), &sst2, 1e-3).unwrap();
+        // What a trial sets, and what does not change the numbers, is not the search's identity.
+        sst2.optim.lr = 0.5;
+        sst2.seed = 7;
+        sst2.max_steps = Some(9);
+        sst2.log_every = 1;
+        sst2.threads = 3;
+        sst2.output_dir = "elsewhere".into();
+        check_same_search(dir.path(), &sst2, 1e-3).unwrap();
+
+        let mrpc = TrainConfig {
+            task: "mrpc".into(),
+            ..sst2.clone()
+        };
+        let e = check_same_search(dir.path(), &mrpc, 1e-3).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some());
+        let msg = format!("{e:#}");
+        assert!(msg.contains("task: \"sst2\" then, \"mrpc\" now"), "{msg}");
+        assert!(msg.contains("--output-dir"), "{msg}");
+
+        let e = check_same_search(dir.path(), &sst2, 2e-3).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("optim.head_lr: 0.001 then, 0.002 now"),
+            "{e:#}"
+        );
+        let mut r16 = sst2.clone();
+        r16.lora.r = 16;
+        let e = check_same_search(dir.path(), &r16, 1e-3).unwrap_err();
+        assert!(format!("{e:#}").contains("lora.r: 8 then, 16 now"), "{e:#}");
+    }
 }
