@@ -192,6 +192,37 @@ impl LoraPlusAdamW {
         &self.config
     }
 
+    /// Replace the hyper-parameters and the schedule, keeping the state (moments, step count):
+    /// what a resumed run with changed settings does (a lower lr after a divergence, a longer
+    /// schedule for more steps). The groups stay as they were built: `head_lr` cannot be set
+    /// or unset (the head is its own group only with it), nor `amsgrad` changed.
+    pub fn set_hyper_params(&mut self, config: &LoraPlusConfig, schedule: Schedule) -> Result<()> {
+        config.validate()?;
+        schedule.validate()?;
+        if config.head_lr.is_some() != self.config.head_lr.is_some() {
+            bail!(
+                "head_lr {:?} where the optimizer was built with {:?}: a separate head lr changes the groups; set it in both or in neither",
+                config.head_lr,
+                self.config.head_lr
+            );
+        }
+        if config.amsgrad != self.config.amsgrad {
+            bail!(
+                "amsgrad {} where the optimizer was built with {}: it changes the state kept",
+                config.amsgrad,
+                self.config.amsgrad
+            );
+        }
+        self.config = *config;
+        self.schedule = schedule;
+        for b in &mut self.buckets {
+            let (lr, wd) = b.group.hyper_params(config);
+            b.base_lr = lr;
+            b.weight_decay = wd;
+        }
+        Ok(())
+    }
+
     /// The learning-rate schedule.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule

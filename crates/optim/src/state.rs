@@ -286,16 +286,18 @@ impl LoraPlusAdamW {
                 plan.push((bi, what, t));
             }
         }
+        // The saved hyper-parameters and schedule replace the current ones, as PyTorch's
+        // `load_state_dict` does; `set_hyper_params` afterwards keeps the caller's instead.
         if meta.config != self.config {
-            tracing::warn!(
-                "optimizer state: using the saved hyper-parameters {:?} instead of {:?}",
+            tracing::debug!(
+                "optimizer state: the saved hyper-parameters {:?} replace {:?}",
                 meta.config,
                 self.config
             );
         }
         if meta.schedule != self.schedule {
-            tracing::warn!(
-                "optimizer state: using the saved schedule {:?} instead of {:?}",
+            tracing::debug!(
+                "optimizer state: the saved schedule {:?} replaces {:?}",
                 meta.schedule,
                 self.schedule
             );

@@ -181,6 +181,69 @@ pub fn prepare_fresh(output_dir: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
+/// The settings a resumed run must share with its checkpoint: what the data stream (its
+/// order and the saved position in it), the model and the adapters are made of. Everything else
+/// (the optimizer's settings and schedule, the step budget, evaluation, logging, the device)
+/// may change on resume and takes this run's value.
+pub const RESUME_FIXED: &[&str] = &[
+    "task",
+    "train_file",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "labels",
+    "format",
+    "packing",
+    "too_long",
+    "model",
+    "revision",
+    "seed",
+    "dtype",
+    "quantize",
+    "quant_group_size",
+    "max_seq_len",
+    "batch_size",
+    "grad_accum",
+    "train_limit",
+    "bucket_multiplier",
+    "lora",
+];
+
+/// A `--resume` whose config differs from the checkpoint's where it must not (see
+/// [`RESUME_FIXED`]), or that has nothing left to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumeMismatch {
+    pub checkpoint: PathBuf,
+    /// One line per difference: `batch_size: 32 in the checkpoint, 16 now`.
+    pub fields: Vec<String>,
+}
+
+impl std::fmt::Display for ResumeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot resume from {}: {}. Resume with the checkpoint's settings (its config is in {}), or start a new run",
+            self.checkpoint.display(),
+            self.fields.join("; "),
+            self.checkpoint.join(TRAINER_STATE).display()
+        )
+    }
+}
+
+impl std::error::Error for ResumeMismatch {}
+
+/// The [`RESUME_FIXED`] settings that differ between the checkpoint's config and this run's.
+pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
+    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    Ok(RESUME_FIXED
+        .iter()
+        .filter_map(|k| {
+            let (x, y) = (&a[*k], &b[*k]);
+            (x != y).then(|| format!("{k}: {x} in the checkpoint, {y} now"))
+        })
+        .collect())
+}
+
 /// Resolve `--resume PATH`: a checkpoint directory, or an output directory (its newest
 /// checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {

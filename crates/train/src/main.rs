@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use loraplus_train::checkpoint::OutputDirInUse;
+use loraplus_train::checkpoint::{OutputDirInUse, ResumeMismatch};
 use loraplus_train::cli::{self, UsageError};
 use loraplus_train::config::TrainConfig;
 
@@ -114,6 +114,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<OutputDirInUse>().is_some()
+                || e.downcast_ref::<ResumeMismatch>().is_some()
                 || quantization_refused(&e)
             {
                 ExitCode::from(2)

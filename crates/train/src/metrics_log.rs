@@ -29,8 +29,11 @@ pub struct TrainRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalRecord {
     pub step: usize,
+    /// JSON has no NaN: a non-finite value is written `null` and read back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub main: f64,
     pub main_name: String,
+    #[serde(deserialize_with = "nan_if_null_values")]
     pub metrics: Vec<(String, f64)>,
     /// The training objective on the first (selecting) split, per example; absent in files
     /// written before it was logged.
@@ -78,6 +81,19 @@ impl EvalRecord {
         }
         parts.join(", ")
     }
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nan_if_null_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, f64)>, D::Error> {
+    Ok(Vec::<(String, Option<f64>)>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,4 +156,29 @@ pub fn read(path: &Path) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
         }
     }
     Ok((train, eval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_evaluation_is_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path(), false).unwrap();
+        let rec = EvalRecord {
+            step: 4,
+            main: f64::NAN,
+            main_name: "eval_loss".into(),
+            metrics: vec![("eval_loss".into(), f64::NAN), ("other".into(), 0.5)],
+            loss: None,
+            elapsed_s: 1.0,
+        };
+        log.eval(&rec).unwrap();
+        let (_, eval) = read(&dir.path().join(METRICS_FILE)).unwrap();
+        assert_eq!(eval.len(), 1);
+        assert!(eval[0].main.is_nan());
+        assert!(eval[0].metrics[0].1.is_nan());
+        assert_eq!(eval[0].metrics[1], ("other".to_string(), 0.5));
+    }
 }

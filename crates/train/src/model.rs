@@ -258,6 +258,26 @@ impl Optimizer {
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         self.0.load(dir)
     }
+
+    /// Restore a checkpoint's optimizer state (moments, step count) and keep this run's
+    /// hyper-parameters and schedule (a resumed run may lower the lr or train longer); returns
+    /// what they change from the checkpoint's, if anything.
+    pub fn load_keeping_settings(&mut self, dir: &Path) -> Result<Option<String>> {
+        let (config, schedule) = (*self.0.config(), *self.0.schedule());
+        self.0.load(dir)?;
+        let (saved, saved_schedule) = (*self.0.config(), *self.0.schedule());
+        self.0
+            .set_hyper_params(&config, schedule)
+            .context("this run's [optim] against the checkpoint's optimizer")?;
+        let mut changed = Vec::new();
+        if saved != config {
+            changed.push(format!("{saved:?} -> {config:?}"));
+        }
+        if saved_schedule != schedule {
+            changed.push(format!("schedule {saved_schedule:?} -> {schedule:?}"));
+        }
+        Ok((!changed.is_empty()).then(|| changed.join("; ")))
+    }
 }
 
 pub fn optimizer_summary(opt: &Optimizer) -> String {

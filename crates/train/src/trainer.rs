@@ -201,15 +201,32 @@ impl Trainer {
         if let Some(path) = resume {
             let dir = checkpoint::resolve(path)?;
             let saved = checkpoint::read_state(&dir)?;
-            if saved.config.task != config.task || saved.config.lora != config.lora {
-                bail!(
-                    "{}: the checkpoint was written by a run with another task or [lora] section; resume with its config ({})",
-                    dir.display(),
-                    dir.join(checkpoint::TRAINER_STATE).display()
-                );
+            let differ = checkpoint::resume_conflicts(&saved.config, &config)?;
+            if !differ.is_empty() {
+                return Err(checkpoint::ResumeMismatch {
+                    checkpoint: dir.clone(),
+                    fields: differ,
+                }
+                .into());
+            }
+            // At the budget exactly, the run only evaluates and writes its adapter; past it,
+            // this run asks for fewer steps than were trained.
+            if saved.step > total_steps {
+                return Err(checkpoint::ResumeMismatch {
+                    checkpoint: dir.clone(),
+                    fields: vec![format!(
+                        "the checkpoint is at step {}, past this run's end at step {total_steps} (max_steps / epochs)",
+                        saved.step
+                    )],
+                }
+                .into());
             }
             lora.load_adapter(&dir.join(ADAPTER_DIR))?;
-            optimizer.load(&dir.join(OPTIMIZER_DIR))?;
+            if let Some(changed) = optimizer.load_keeping_settings(&dir.join(OPTIMIZER_DIR))? {
+                tracing::info!(
+                    "resume: this run's optimizer settings replace the checkpoint's: {changed}"
+                );
+            }
             state = TrainerState {
                 config: config.clone(),
                 ..saved
@@ -443,8 +460,9 @@ impl Trainer {
                     self.optimizer.zero_grad()?;
                     let dir = self.save_checkpoint()?;
                     bail!(
-                        "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}. Try a lower lr or loraplus_ratio, or a smaller max_grad_norm.",
+                        "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}: resume from it (--resume {}) with a lower lr or loraplus_ratio, or a smaller max_grad_norm",
                         self.state.step + 1,
+                        dir.display(),
                         dir.display()
                     );
                 }
@@ -461,11 +479,22 @@ impl Trainer {
                 // The only host read of the loss: once per log interval.
                 let loss = window_loss.double_value(&[]) / window_steps as f64;
                 if !loss.is_finite() {
-                    let dir = self.save_checkpoint()?;
+                    // The optimizer has already stepped on the non-finite gradients (the loss is
+                    // read once per log interval off the CPU): this state is not saved, so the
+                    // newest checkpoint stays the last good one.
+                    let advice = match checkpoint::list(&cfg.output_dir)?.pop() {
+                        Some((s, d)) => format!(
+                            "the newest checkpoint, from step {s}, is in {}: resume from it (--resume {}) with a lower lr or loraplus_ratio",
+                            d.display(),
+                            d.display()
+                        ),
+                        None => String::from(
+                            "no checkpoint was written before it (save_every): start over with a lower lr or loraplus_ratio",
+                        ),
+                    };
                     bail!(
-                        "the training loss became non-finite between steps {} and {step}; state saved in {}. Try a lower lr or loraplus_ratio.",
+                        "the training loss became non-finite between steps {} and {step}; {advice}",
                         step + 1 - window_steps,
-                        dir.display()
                     );
                 }
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
@@ -587,7 +616,8 @@ impl Trainer {
         let step = self.state.step;
         let higher = self.task.greater_is_better();
         let better = |new: f64, old: f64| if higher { new > old } else { new < old };
-        if self.state.best_metric.is_none_or(|b| better(main, b)) {
+        // A non-finite metric (a diverged model) is never the best.
+        if main.is_finite() && self.state.best_metric.is_none_or(|b| better(main, b)) {
             self.state.best_metric = Some(main);
             self.state.best_step = Some(step);
             self.state.evals_since_best = 0;
