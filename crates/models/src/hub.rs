@@ -32,13 +32,21 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub const DEFAULT_REVISION: &str = "main";
 /// The model's configuration: always required.
 pub const CONFIG_FILE: &str = "config.json";
-/// Files fetched when the repository has them: tokenizer, chat template, generation defaults.
+/// Files fetched when the repository has them, and copied into a merged model: the tokenizer
+/// in every form transformers reads (fast, WordPiece / BPE vocabularies, SentencePiece models
+/// such as DeBERTa-v3's `spm.model`, added tokens), the chat template, generation defaults.
 pub const OPTIONAL_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spm.model",
+    "tokenizer.model",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
 ];
 

@@ -373,14 +373,7 @@ pub fn write_merged(
         &out.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
     )?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "special_tokens_map.json",
-        "spm.model",
-        "added_tokens.json",
-    ] {
+    for f in loraplus_models::hub::OPTIONAL_FILES {
         let p = src.join(f);
         if p.exists() {
             std::fs::copy(&p, out.join(f)).with_context(|| format!("copying {}", p.display()))?;

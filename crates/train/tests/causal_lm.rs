@@ -292,6 +292,19 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
         serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(mcfg["architectures"][0], "LlamaForCausalLM", "{mcfg}");
+    // The tokenizer, chat template and generation defaults travel with the merged model.
+    let mut carried = 0;
+    for f in loraplus_models::hub::OPTIONAL_FILES {
+        if llama.join(f).exists() {
+            carried += 1;
+            assert_eq!(
+                std::fs::read(llama.join(f)).unwrap(),
+                std::fs::read(merged.join(f)).unwrap_or_default(),
+                "{f} not copied into the merged model"
+            );
+        }
+    }
+    assert!(carried >= 2, "the fixture has a tokenizer and its config");
     let merged_out = dir.path().join("merged.safetensors");
     reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
     let d = max_diff(&ours, &read_logits(&merged_out));

@@ -312,6 +312,42 @@ fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
         merged.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Where merge may not write: a folder with files (without --overwrite), the adapter's
+    // folder, the base model's folder (here the merged model as a base: the real default model
+    // is never put at risk by a test). Refused before anything is read or written.
+    let adapter = dir.path().join("out/adapter");
+    let (adapter, merged_s) = (adapter.to_str().unwrap(), merged.to_str().unwrap());
+    let before = std::fs::read(merged.join("model.safetensors")).unwrap();
+    for (extra, needle) in [
+        (vec!["--output", merged_s], "already holds files"),
+        (vec!["--output", adapter], "the adapter's folder"),
+        (
+            vec!["--model", merged_s, "--output", merged_s, "--overwrite"],
+            "the base model's folder",
+        ),
+    ] {
+        let mut args = vec!["merge", "--adapter", adapter, "--task", "sst2"];
+        args.extend(&extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{extra:?}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert!(!Path::new(adapter).join("model.safetensors").exists());
+    let o = run(&[
+        "merge",
+        "--adapter",
+        adapter,
+        "--task",
+        "sst2",
+        "--output",
+        merged_s,
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "--overwrite: {}", stderr(&o));
     let preds_path = dir.path().join("ours.jsonl");
     let o = run(&[
         "eval",

@@ -697,10 +697,53 @@ pub struct MergeArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// Output folder: model.safetensors + config.json (+ tokenizer files), loadable by transformers.
+    /// A new or empty folder, never the base model's or the adapter's.
     #[arg(long)]
     pub output: PathBuf,
+    /// Write into an --output folder that already holds files (they are replaced).
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub data: DataFlags,
+}
+
+/// Where `merge` may write: not the base model's folder nor the adapter's (the files it reads),
+/// and, unless `overwrite`, not a folder that holds files already.
+fn check_merge_output(output: &Path, model: &Path, adapter: &Path, overwrite: bool) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    for (what, dir) in [
+        ("the base model's folder", model),
+        ("the adapter's folder", adapter),
+    ] {
+        if same(output, dir) {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--output {} is {what}: merge reads it; choose a new folder",
+                output.display()
+            )));
+        }
+    }
+    if output.exists() {
+        if !output.is_dir() {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--output {} is a file, not a folder",
+                output.display()
+            )));
+        }
+        let holds_files = std::fs::read_dir(output)
+            .with_context(|| format!("reading {}", output.display()))?
+            .next()
+            .is_some();
+        if holds_files && !overwrite {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--output {} already holds files: choose a new or empty folder, or pass --overwrite to replace them",
+                output.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `loraplus merge`.
@@ -716,17 +759,13 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     a.quant.apply(&mut cfg);
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
+    let mdir = model::model_dir(&cfg)?;
+    check_merge_output(&a.output, &mdir, &a.adapter, a.overwrite)?;
     let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu)?;
     // Adapters trained on a quantized base merge into that base, dequantized.
     lora.dequantize_base()?;
     lora.merge(true)?;
-    model::write_merged(
-        &model,
-        &lora,
-        &model::model_dir(&cfg)?,
-        task.as_ref(),
-        &a.output,
-    )?;
+    model::write_merged(&model, &lora, &mdir, task.as_ref(), &a.output)?;
     println!("merged model written to {}", a.output.display());
     Ok(())
 }
