@@ -129,7 +129,9 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// Stop when the dev metric has not improved for this many evaluations.
     pub early_stopping_patience: Option<usize>,
-    /// Stop once the main dev metric reaches this value (steps-to-target in `glue` runs).
+    /// The first evaluation step at which the main dev metric reaches this value is recorded
+    /// (`target_reached_at` in the run's summary; steps-to-target in `glue` runs); the run goes
+    /// on to its budget (use `early_stopping_patience` to stop early).
     pub target_metric: Option<f64>,
     /// The LoRA adapter.
     pub lora: LoraSection,
@@ -398,6 +400,67 @@ impl TrainConfig {
                 self.optim.max_grad_norm
             );
         }
+        self.validate_numbers()
+    }
+
+    /// Numbers whose nonsense values would otherwise fail late (when the optimizer or the data
+    /// is built, as a runtime error naming no field) or not at all.
+    fn validate_numbers(&self) -> Result<()> {
+        let o = &self.optim;
+        for (name, v) in [
+            ("optim.loraplus_ratio (--ratio)", o.loraplus_ratio),
+            ("optim.eps", o.eps),
+            ("lora.lora_alpha", self.lora.lora_alpha),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("field `{name}` must be a positive number, found {v}");
+            }
+        }
+        // Learning rates may be 0 (a frozen group), as in PyTorch.
+        let mut non_negative = vec![
+            ("optim.lr (--lr)", o.lr),
+            ("optim.lr_embedding", o.lr_embedding),
+            ("optim.weight_decay", o.weight_decay),
+        ];
+        if let Some(h) = o.head_lr {
+            non_negative.push(("optim.head_lr", h));
+        }
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("field `{name}` must be a number >= 0, found {v}");
+            }
+        }
+        for (name, v) in [
+            ("optim.beta1", o.beta1),
+            ("optim.beta2", o.beta2),
+            ("lora.lora_dropout", self.lora.lora_dropout),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("field `{name}` must be in [0, 1), found {v}");
+            }
+        }
+        for (name, v) in [
+            ("max_steps (--max-steps)", self.max_steps),
+            ("train_limit (--train-limit)", self.train_limit),
+            ("eval_limit (--eval-limit)", self.eval_limit),
+            ("early_stopping_patience", self.early_stopping_patience),
+        ] {
+            if v == Some(0) {
+                bail!("field `{name}` must be at least 1, found 0 (leave it out for no limit)");
+            }
+        }
+        if self.threads > MAX_THREADS {
+            bail!(
+                "field `threads` (--threads) is {}, more than {MAX_THREADS}: give the number of CPU threads to use (0: libtorch's default)",
+                self.threads
+            );
+        }
+        if let Some(labels) = &self.labels {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+                bail!("field `labels` (--labels) lists {dup:?} twice: {labels:?}");
+            }
+        }
         Ok(())
     }
 
@@ -419,6 +482,9 @@ impl TrainConfig {
         self.batch_size / self.grad_accum
     }
 }
+
+/// More CPU threads than any machine has cores for: a typo, not a setting.
+pub const MAX_THREADS: usize = 4096;
 
 /// `cpu`, `cuda`, `cuda:N` into a tch device.
 pub fn parse_device(s: &str) -> Result<tch::Device> {
@@ -494,7 +560,61 @@ mod tests {
     }
 
     #[test]
+    fn nonsense_numbers_name_the_field() {
+        type Change = Box<dyn Fn(&mut TrainConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("optim.lr", Box::new(|c| c.optim.lr = -1e-3)),
+            ("optim.lr", Box::new(|c| c.optim.lr = f64::NAN)),
+            (
+                "optim.loraplus_ratio",
+                Box::new(|c| c.optim.loraplus_ratio = 0.0),
+            ),
+            ("optim.head_lr", Box::new(|c| c.optim.head_lr = Some(-1.0))),
+            ("optim.eps", Box::new(|c| c.optim.eps = -1.0)),
+            (
+                "optim.weight_decay",
+                Box::new(|c| c.optim.weight_decay = -1.0),
+            ),
+            (
+                "optim.lr_embedding",
+                Box::new(|c| c.optim.lr_embedding = f64::INFINITY),
+            ),
+            ("optim.beta1", Box::new(|c| c.optim.beta1 = 1.5)),
+            ("optim.beta2", Box::new(|c| c.optim.beta2 = 1.0)),
+            ("lora.lora_dropout", Box::new(|c| c.lora.lora_dropout = 1.5)),
+            (
+                "lora.lora_dropout",
+                Box::new(|c| c.lora.lora_dropout = -0.5),
+            ),
+            ("lora.lora_alpha", Box::new(|c| c.lora.lora_alpha = 0.0)),
+            ("max_steps", Box::new(|c| c.max_steps = Some(0))),
+            ("train_limit", Box::new(|c| c.train_limit = Some(0))),
+            ("eval_limit", Box::new(|c| c.eval_limit = Some(0))),
+            (
+                "early_stopping_patience",
+                Box::new(|c| c.early_stopping_patience = Some(0)),
+            ),
+            ("threads", Box::new(|c| c.threads = 100_000)),
+            (
+                "lists \"pos\" twice",
+                Box::new(|c| c.labels = Some(vec!["pos".into(), "neg".into(), "pos".into()])),
+            ),
+        ];
+        for (needle, change) in cases {
+            let mut cfg = TrainConfig::default();
+            change(&mut cfg);
+            let err = format!("{:#}", cfg.validate().unwrap_err());
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults_validate() {
         TrainConfig::default().validate().unwrap();
+        // A learning rate of 0 freezes a group, as PyTorch allows.
+        let mut frozen = TrainConfig::default();
+        frozen.optim.lr = 0.0;
+        frozen.optim.head_lr = Some(0.0);
+        frozen.validate().unwrap();
     }
 }

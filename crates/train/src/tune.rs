@@ -89,9 +89,22 @@ impl TuneGrid {
             if let Some(v) = list.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
                 bail!("--{name}: every value must be a positive number, found {v}");
             }
+            if let Some(v) = first_repeat(list) {
+                bail!("--{name}: {v} is listed twice");
+            }
         }
         if self.seeds.is_empty() {
             bail!("--seeds: the list is empty; give at least one seed");
+        }
+        if let Some(v) = first_repeat(&self.seeds) {
+            bail!("--seeds: {v} is listed twice");
+        }
+        if self.lrs.len() * self.ratios.len() < 2 {
+            bail!(
+                "the grid has one cell (lr {:?} x ratio {:?}): nothing to search; give more --lrs or --ratios, or train it with `loraplus train`",
+                self.lrs,
+                self.ratios
+            );
         }
         if self.max_steps == 0 || self.min_steps == 0 {
             bail!(
@@ -132,6 +145,14 @@ impl TuneGrid {
             .flat_map(|&lr| self.ratios.iter().map(move |&r| (lr, r)))
             .collect()
     }
+}
+
+/// The first value of `v` that appears again later in it.
+pub(crate) fn first_repeat<T: PartialEq>(v: &[T]) -> Option<&T> {
+    v.iter()
+        .enumerate()
+        .find(|(i, x)| v[..*i].contains(x))
+        .map(|(_, x)| x)
 }
 
 /// One trial to run.
@@ -504,6 +525,19 @@ mod tests {
         );
         let e = grid(&[1e-3], &[-2.0]).validate().unwrap_err().to_string();
         assert!(e.contains("--ratios") && e.contains("-2"), "{e}");
+        let e = grid(&[1e-3, 3e-3], &[4.0, 1.0, 4.0])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ratios: 4 is listed twice"), "{e}");
+        let g = TuneGrid {
+            seeds: vec![1, 2, 1],
+            ..grid(&[1e-3], &[1.0, 4.0])
+        };
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("--seeds: 1 is listed twice"), "{e}");
+        let e = grid(&[1e-3], &[4.0]).validate().unwrap_err().to_string();
+        assert!(e.contains("one cell"), "{e}");
     }
 
     /// A planted grid: the metric (a loss) of each cell is its planted value plus noise that

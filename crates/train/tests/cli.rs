@@ -53,6 +53,11 @@ fn config_errors_exit_2_with_a_clear_message() {
         ("batch_size = \"big\"\n", "batch_size"),
         ("task = \"sst3\"\n", "sst3"),
         ("[optim]\nratio = 2.0\n", "loraplus_ratio"),
+        ("[optim]\nlr = -1e-3\n", "optim.lr"),
+        ("[optim]\nloraplus_ratio = 0.0\n", "optim.loraplus_ratio"),
+        ("[lora]\nlora_dropout = 1.5\n", "lora.lora_dropout"),
+        ("max_steps = 0\n", "max_steps"),
+        ("threads = 100000\n", "threads"),
     ];
     for (text, needle) in cases {
         let p = dir.path().join("bad.toml");
@@ -545,5 +550,170 @@ fn a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrite() {
     assert_eq!(
         std::fs::read(out.join("best_adapter/adapter_model.safetensors")).unwrap(),
         adapter_bytes(&out)
+    );
+}
+
+/// `glue` and `tune` check what every run will need before the first one trains: a typo in
+/// the last task, a repeated ratio, missing GLUE data, or a search with nothing to score on
+/// stop at once (exit 2), with nothing trained.
+#[test]
+fn glue_and_tune_refuse_bad_grids_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g");
+    let out_s = out.to_str().unwrap();
+    let small = [
+        "--max-steps",
+        "2",
+        "--train-limit",
+        "8",
+        "--eval-limit",
+        "8",
+    ];
+    for (args, needle) in [
+        (vec!["--tasks", "sst2,mrcp", "--ratios", "1"], "mrcp"),
+        (vec!["--tasks", "sst2,,", "--ratios", "1"], "empty name"),
+        (
+            vec!["--tasks", "sst2", "--ratios", "1,1"],
+            "lists 1.0 twice",
+        ),
+        (
+            vec!["--tasks", "sst2", "--ratios", "0"],
+            "optim.loraplus_ratio",
+        ),
+        (vec!["--tasks", "sst2"], "missing"),
+    ] {
+        let mut a = vec!["glue", "--seeds", "1", "--output-dir", out_s];
+        a.extend(&small);
+        a.extend(&args);
+        let mut c = bin();
+        if needle == "missing" {
+            c.env("GLUE_DIR", "/nonexistent/glue");
+        }
+        let o = c.args(&a).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        assert!(!out.join("sst2").exists(), "{args:?}: a run was trained");
+    }
+    let csv = dir.path().join("train.csv");
+    std::fs::write(&csv, "sentence,label\ngood,pos\nbad,neg\n").unwrap();
+    let o = run(&[
+        "tune",
+        "--task",
+        "classification",
+        "--train-file",
+        csv.to_str().unwrap(),
+        "--lrs",
+        "1e-4",
+        "--ratios",
+        "1,2",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        dir.path().join("t").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("eval_file"), "{}", stderr(&o));
+    assert!(!dir.path().join("t/trials").exists(), "a trial was trained");
+}
+
+/// A classification adapter keeps its class names (`label_names.json`), so `eval` numbers an
+/// eval file's classes as training did: a file holding only "pos" rows is scored with pos = 1
+/// (as with `--labels neg,pos`), where reading the classes from that file alone would fail or
+/// renumber them. Another label list or task is refused (exit 2).
+#[test]
+fn eval_numbers_classes_as_training_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let words = [
+        "good", "bad", "fine", "awful", "great", "poor", "nice", "dull",
+    ];
+    let mut train = String::from("text,label\n");
+    for (i, w) in words.iter().cycle().take(32).enumerate() {
+        train += &format!(
+            "a {w} film {i},{}\n",
+            if i % 2 == 0 { "pos" } else { "neg" }
+        );
+    }
+    std::fs::write(p("train.csv"), &train).unwrap();
+    let only_pos: String = std::iter::once("text,label\n".to_string())
+        .chain((0..6).map(|i| format!("a {} film,pos\n", words[2 * i % 8])))
+        .collect();
+    std::fs::write(p("pos.csv"), only_pos).unwrap();
+    let o = run(&[
+        "train",
+        "--task",
+        "classification",
+        "--train-file",
+        &p("train.csv"),
+        "--eval-file",
+        &p("train.csv"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-seq-len",
+        "16",
+        "--output-dir",
+        &p("out"),
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names = std::fs::read_to_string(dir.path().join("out/adapter/label_names.json")).unwrap();
+    assert!(
+        names.contains("\"neg\"") && names.contains("\"pos\""),
+        "{names}"
+    );
+    let (adapter, pos) = (p("out/adapter"), p("pos.csv"));
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--adapter",
+            &adapter,
+            "--task",
+            "classification",
+            "--eval-file",
+            &pos,
+        ];
+        a.extend(extra);
+        run(&a)
+    };
+    let implied = eval(&[]);
+    assert!(implied.status.success(), "{}", stderr(&implied));
+    let given = eval(&["--labels", "neg,pos"]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    let line = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.contains("accuracy"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        !line(&implied).is_empty(),
+        "{}",
+        String::from_utf8_lossy(&implied.stdout)
+    );
+    assert_eq!(line(&implied), line(&given));
+    let o = eval(&["--labels", "pos,neg"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("differ from the classes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "eval",
+        "--adapter",
+        &p("out/adapter"),
+        "--task",
+        "regression",
+        "--eval-file",
+        &p("pos.csv"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("trained for task \"classification\""),
+        "{}",
+        stderr(&o)
     );
 }

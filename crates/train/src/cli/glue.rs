@@ -37,6 +37,77 @@ pub struct GlueArgs {
     pub overrides: Overrides,
 }
 
+/// Everything the grid's runs will need, checked before the first one trains (a typo in the
+/// last task would otherwise stop the grid after the others have run): no empty or repeated
+/// task, ratio or seed; every run's config valid; each task's training and dev data present.
+fn preflight(a: &GlueArgs, base: &TrainConfig) -> Result<()> {
+    fn once<T: PartialEq + std::fmt::Debug>(what: &str, v: &[T]) -> Result<()> {
+        if v.is_empty() {
+            anyhow::bail!("--{what} is empty");
+        }
+        if let Some(x) = crate::tune::first_repeat(v) {
+            anyhow::bail!("--{what} lists {x:?} twice: {v:?}");
+        }
+        Ok(())
+    }
+    if let Some(i) = a.tasks.iter().position(|t| t.trim().is_empty()) {
+        anyhow::bail!(
+            "--tasks has an empty name at position {}: {:?}",
+            i + 1,
+            a.tasks
+        );
+    }
+    once("tasks", &a.tasks)?;
+    once("ratios", &a.ratios)?;
+    once("seeds", &a.seeds)?;
+    for task in &a.tasks {
+        for &ratio in &a.ratios {
+            let mut cfg = base.clone();
+            cfg.task = task.clone();
+            cfg.optim.loraplus_ratio = ratio;
+            cfg.validate_for_training()
+                .with_context(|| format!("task {task}, ratio {ratio}"))?;
+        }
+        let mut cfg = base.clone();
+        cfg.task = task.clone();
+        if matches!(task.as_str(), "causal-lm" | "multiple-choice") {
+            anyhow::bail!(
+                "task {task}: `glue` compares classifiers and regressors; train a causal LM with `loraplus train`"
+            );
+        }
+        crate::task::from_config(&cfg).with_context(|| format!("task {task}"))?;
+        if crate::task::KINDS.contains(&task.as_str()) {
+            if cfg.eval_file.is_none() {
+                anyhow::bail!(
+                    "task {task}: set `eval_file` (--eval-file): every run is scored on it"
+                );
+            }
+            for f in [&cfg.train_file, &cfg.eval_file].into_iter().flatten() {
+                if !f.is_file() {
+                    anyhow::bail!("task {task}: {} does not exist", f.display());
+                }
+            }
+        } else {
+            let t = loraplus_data::Task::from_name(task)?;
+            let glue_dir = cfg
+                .glue_dir
+                .clone()
+                .unwrap_or_else(loraplus_data::paths::glue_dir);
+            for split in std::iter::once(loraplus_data::Split::Train).chain(t.dev_splits()) {
+                let (path, _) = loraplus_data::reader::split_path(&glue_dir, t, split)?;
+                if !path.is_file() {
+                    anyhow::bail!(
+                        "task {task}: its {split} file {} is missing (GLUE data from glue_dir / $GLUE_DIR: {})",
+                        path.display(),
+                        glue_dir.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 struct GlueRun {
     task: String,
@@ -64,6 +135,7 @@ pub fn glue(a: GlueArgs) -> Result<()> {
         .output_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/glue"));
+    preflight(&a, &base).map_err(UsageError::wrap)?;
     let mut runs = Vec::new();
     for task in &a.tasks {
         let mut loss_series = Vec::new();

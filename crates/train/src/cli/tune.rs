@@ -59,6 +59,12 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     };
     a.overrides.apply(&mut base);
     base.validate_for_training().map_err(UsageError::wrap)?;
+    if task::KINDS.contains(&base.task.as_str()) && base.eval_file.is_none() {
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "task {:?}: tune scores every trial on the eval set: set `eval_file` (--eval-file)",
+            base.task
+        )));
+    }
     let max_steps = base.max_steps.ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(
             "--max-steps (or max_steps in the config) is required: the budget of the last rung"
