@@ -170,6 +170,12 @@ pub struct TokenizedDataset {
 }
 
 impl TokenizedDataset {
+    /// The largest token id of every example (`None` when there are no tokens): checked against
+    /// the model's vocabulary before a run, as an id past it would fail inside the embedding.
+    pub fn max_input_id(&self) -> Option<u32> {
+        self.input_ids.iter().copied().max()
+    }
+
     /// Build from per-example `(input_ids, token_type_ids)`, e.g. in tests or for ids made
     /// elsewhere. Each pair must have equal lengths; `labels` must be `None` or one per example.
     pub fn from_examples(examples: Vec<(Vec<u32>, Vec<u32>)>, labels: Labels) -> Result<Self> {

@@ -125,7 +125,7 @@ impl LlamaConfig {
 
     pub fn head_dim(&self) -> i64 {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The RoPE base, from `rope_parameters` (transformers 5) or `rope_theta` (older).

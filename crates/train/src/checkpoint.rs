@@ -239,9 +239,52 @@ pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<St
         .iter()
         .filter_map(|k| {
             let (x, y) = (&a[*k], &b[*k]);
-            (x != y).then(|| format!("{k}: {x} in the checkpoint, {y} now"))
+            // Checkpoints from before discovered labels were recorded have none.
+            let unrecorded = *k == "labels" && x.is_null();
+            (x != y && !unrecorded).then(|| format!("{k}: {x} in the checkpoint, {y} now"))
         })
         .collect())
+}
+
+/// Beside a classification adapter: the task and its class names in id order, so that `eval`
+/// and `merge` number the classes as training did (an eval file alone may hold fewer classes,
+/// or list them in another order).
+pub const LABELS_FILE: &str = "label_names.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelNames {
+    pub task: String,
+    pub labels: Vec<String>,
+}
+
+/// Write [`LABELS_FILE`] into `adapter_dir` for a classification run on the user's files.
+pub fn write_label_names(adapter_dir: &Path, config: &TrainConfig) -> Result<()> {
+    if let (true, Some(labels)) = (config.task == "classification", &config.labels) {
+        let names = LabelNames {
+            task: config.task.clone(),
+            labels: labels.clone(),
+        };
+        let path = adapter_dir.join(LABELS_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(&names)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// [`LABELS_FILE`] of `adapter_dir`, when there is one.
+pub fn read_label_names(adapter_dir: &Path) -> Result<Option<LabelNames>> {
+    let path = adapter_dir.join(LABELS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"task\": ..., \"labels\": [...]}}",
+            path.display()
+        )
+    })?))
 }
 
 /// Resolve `--resume PATH`: a checkpoint directory, or an output directory (its newest

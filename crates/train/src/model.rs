@@ -382,6 +382,32 @@ pub fn write_merged(
     Ok(())
 }
 
+/// Token ids the tokenizer gave (and the padding id) must be rows of the model's embedding: a
+/// tokenizer with tokens the model lacks (added tokens without resized embeddings, another
+/// model's tokenizer) is refused here, naming the id and the vocabulary size, instead of
+/// failing inside the embedding lookup.
+pub fn check_token_ids(
+    model: &Model,
+    pad_id: u32,
+    sets: &[(&str, &loraplus_data::TokenizedDataset)],
+) -> Result<()> {
+    let vocab = model.config().vocab_size();
+    let too_big = |id: u32| i64::from(id) >= vocab;
+    for (what, data) in sets {
+        if let Some(id) = data.max_input_id().filter(|&id| too_big(id)) {
+            bail!(
+                "the {what} holds token id {id}, outside the model's vocabulary of {vocab} (config.json vocab_size): is the tokenizer the model's own, or were tokens added without resizing the embeddings?"
+            );
+        }
+    }
+    if too_big(pad_id) {
+        bail!(
+            "the padding id {pad_id} is outside the model's vocabulary of {vocab} (config.json vocab_size): set a pad token the model has (tokenizer.json padding / pad_token)"
+        );
+    }
+    Ok(())
+}
+
 /// The libtorch version this binary was built against.
 pub fn libtorch_version() -> &'static str {
     option_env!("LORAPLUS_LIBTORCH_VERSION").unwrap_or("unknown")

@@ -108,8 +108,15 @@ pub fn apply_process_settings(config: &TrainConfig, allocator: bool) -> Result<(
 impl Trainer {
     /// Build everything a run needs; `resume` continues from a checkpoint (or an output
     /// directory's newest checkpoint).
-    pub fn new(config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
+    pub fn new(mut config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         config.validate_for_training()?;
+        // Classes read from the training file are recorded (checkpoints, label_names.json), so
+        // that evaluation numbers them as training did.
+        if config.task == "classification" && config.labels.is_none() {
+            if let Some(f) = config.train_file.as_ref().or(config.eval_file.as_ref()) {
+                config.labels = Some(task::sequence::discover_labels(f, &config.label_column)?);
+            }
+        }
         let task = task::from_config(&config)?;
         let mut device = parse_device(&config.device)?;
         let parallel =
@@ -182,6 +189,9 @@ impl Trainer {
         // Model and adapters, seeded.
         tch::manual_seed(config.seed as i64);
         let (model, lora) = model::load_model(&config, task.head(), &mdir, device)?;
+        let mut sets = vec![("training data", train_loader.data().as_ref())];
+        sets.extend(dev.iter().map(|(_, d)| ("evaluation data", d.as_ref())));
+        model::check_token_ids(&model, pad_id, &sets)?;
         let optimizer = model::build_optimizer(&config, &lora, total_steps)?;
 
         let mut state = TrainerState {
@@ -316,6 +326,7 @@ impl Trainer {
             let opt = &self.optimizer;
             let dir = checkpoint::save(&self.config.output_dir, &self.state, |tmp| {
                 lora.save_pretrained(&tmp.join(ADAPTER_DIR))?;
+                checkpoint::write_label_names(&tmp.join(ADAPTER_DIR), &self.config)?;
                 opt.save(&tmp.join(OPTIMIZER_DIR))
             })?;
             checkpoint::prune(
@@ -338,6 +349,7 @@ impl Trainer {
     fn save_adapter(&self, dir: &Path) -> Result<()> {
         if self.is_main() {
             self.lora.save_pretrained(dir)?;
+            checkpoint::write_label_names(dir, &self.config)?;
         }
         if let Some(dp) = &self.parallel {
             dp.barrier().context("waiting for rank 0's adapter")?;

@@ -135,7 +135,8 @@ impl Fingerprint {
 
 pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-pub(crate) fn strip_bom(bytes: &[u8]) -> &[u8] {
+/// `bytes` without a leading UTF-8 byte-order mark (as editors on Windows write one).
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 

@@ -431,6 +431,38 @@ pub fn adapter_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// A classification adapter's class names (`label_names.json`, written by training) become
+/// the config's, so an eval file is scored with training's class ids; a different task or
+/// label list is refused.
+fn apply_label_names(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()> {
+    let Some(adapter) = adapter else {
+        return Ok(());
+    };
+    let Some(names) = crate::checkpoint::read_label_names(&adapter_dir(adapter))? else {
+        return Ok(());
+    };
+    if cfg.task != names.task {
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "{} was trained for task {:?} (its {}), not {:?}",
+            adapter.display(),
+            names.task,
+            crate::checkpoint::LABELS_FILE,
+            cfg.task
+        )));
+    }
+    match &cfg.labels {
+        Some(l) if *l != names.labels => Err(UsageError::wrap(anyhow::anyhow!(
+            "--labels {l:?} differ from the classes {:?} the adapter was trained with ({}): leave --labels out",
+            names.labels,
+            crate::checkpoint::LABELS_FILE
+        ))),
+        _ => {
+            cfg.labels = Some(names.labels);
+            Ok(())
+        }
+    }
+}
+
 /// The config of an `eval` or `merge`: the file's (or defaults sized for evaluation), with flags.
 fn eval_config(
     config: Option<&Path>,
@@ -510,6 +542,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg);
     }
+    apply_label_names(&mut cfg, a.adapter.as_deref())?;
     cfg.validate().map_err(UsageError::wrap)?;
     let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
@@ -530,6 +563,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                     task.name()
                 )));
             }
+            let sets: Vec<_> = evals
+                .iter()
+                .map(|(_, d)| ("evaluation data", d.as_ref()))
+                .collect();
+            model::check_token_ids(&model, pad.0, &sets)?;
             if let Some(path) = &a.predictions {
                 let seq = SequenceTask::from_config(&cfg).map_err(|_| {
                     UsageError::wrap(anyhow::anyhow!(
@@ -757,6 +795,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     )?;
     cfg.dtype = "f32".into();
     a.quant.apply(&mut cfg);
+    apply_label_names(&mut cfg, Some(&a.adapter))?;
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;

@@ -86,6 +86,7 @@ pub fn discover_labels(path: &Path, column: &str) -> Result<Vec<String>> {
             let text =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
+            let text = loraplus_data::reader::strip_bom(&text);
             for (i, line) in text.split(|&b| b == b'\n').enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -118,7 +119,11 @@ pub fn discover_labels(path: &Path, column: &str) -> Result<Vec<String>> {
             .map(|e| e.text_a)
             .collect(),
     };
-    let distinct: BTreeSet<String> = values.into_iter().collect();
+    if values.is_empty() {
+        bail!("{}: no rows, so no labels to learn", path.display());
+    }
+    // The readers compare labels trimmed (`text, pos` is the label "pos").
+    let distinct: BTreeSet<String> = values.into_iter().map(|v| v.trim().to_string()).collect();
     let mut labels: Vec<String> = distinct.into_iter().collect();
     if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
         labels.sort_by_key(|l| l.parse::<i64>().unwrap_or(0));
@@ -404,5 +409,31 @@ impl TrainTask for SequenceTask {
             "single_label_classification"
         };
         obj.insert("problem_type".into(), problem.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovered_labels_are_the_values_the_readers_compare() {
+        let dir = tempfile::tempdir().unwrap();
+        // `text, pos`: the label is "pos", as the reader trims it.
+        let csv = dir.path().join("spaced.csv");
+        std::fs::write(&csv, "text,label\ngood, pos\nbad, neg\nfine,pos\n").unwrap();
+        assert_eq!(discover_labels(&csv, "label").unwrap(), ["neg", "pos"]);
+        // A byte-order mark, as read_jsonl accepts.
+        let jsonl = dir.path().join("bom.jsonl");
+        std::fs::write(
+            &jsonl,
+            b"\xEF\xBB\xBF{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n",
+        )
+        .unwrap();
+        assert_eq!(discover_labels(&jsonl, "label").unwrap(), ["0", "1"]);
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = format!("{:#}", discover_labels(&empty, "label").unwrap_err());
+        assert!(e.contains("empty.jsonl") && e.contains("no rows"), "{e}");
     }
 }

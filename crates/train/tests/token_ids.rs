@@ -1,0 +1,74 @@
+//! A tokenizer that gives ids the model has no embedding rows for (an added token without
+//! resized embeddings) is refused before training, naming the id and the vocabulary size,
+//! instead of failing inside the embedding lookup. Real MiniLM, its tokenizer with one token
+//! added past the vocabulary.
+
+use loraplus_train::{TrainConfig, Trainer};
+
+#[test]
+fn ids_outside_the_vocabulary_are_refused_with_the_id_and_the_size() {
+    let minilm = loraplus_data::paths::model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        if minilm.join(f).exists() {
+            std::os::unix::fs::symlink(minilm.join(f), model.join(f)).unwrap();
+        }
+    }
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("tokenizer.json")).unwrap())
+            .unwrap();
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 30522, "content": "<new>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    std::fs::write(model.join("tokenizer.json"), tok.to_string()).unwrap();
+
+    let rows = |with_new: bool| {
+        let mut s = String::from("text,label\n");
+        for i in 0..8 {
+            let t = if with_new && i == 5 {
+                "fine <new>"
+            } else {
+                "fine"
+            };
+            s += &format!("{t} {i},{}\n", ["neg", "pos"][i % 2]);
+        }
+        s
+    };
+    let (train, dev) = (dir.path().join("train.csv"), dir.path().join("dev.csv"));
+    let cfg = |train_has_new: bool| {
+        std::fs::write(&train, rows(train_has_new)).unwrap();
+        std::fs::write(&dev, rows(!train_has_new)).unwrap();
+        let mut c = TrainConfig {
+            task: "classification".into(),
+            model: Some(model.clone()),
+            train_file: Some(train.clone()),
+            eval_file: Some(dev.clone()),
+            text_column: "text".into(),
+            output_dir: dir.path().join("out"),
+            overwrite_output_dir: true,
+            max_seq_len: 16,
+            batch_size: 4,
+            max_steps: Some(1),
+            ..TrainConfig::default()
+        };
+        c.lora.r = 2;
+        c
+    };
+    for (train_has_new, what) in [(true, "training data"), (false, "evaluation data")] {
+        let e = match Trainer::new(cfg(train_has_new), None) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains(&format!("the {what} holds token id 30522"))
+                && e.contains("vocabulary of 30522"),
+            "{what}: {e}"
+        );
+    }
+}
