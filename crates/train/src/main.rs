@@ -68,6 +68,13 @@ struct TrainArgs {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Train(a) = &cli.command {
+        if a.nproc_per_node == 0 {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--nproc-per-node must be at least 1, found 0"
+            )));
+        }
+    }
     match cli.command {
         Command::Train(a) if a.nproc_per_node > 1 && !loraplus_dist::DistEnv::is_present() => {
             // A Hub model is fetched once here, not by every rank at once.
@@ -76,6 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => TrainConfig::default(),
             };
             a.overrides.apply(&mut cfg);
+            // A bad config is refused once here, not by every rank.
+            cfg.validate_for_training().map_err(UsageError::wrap)?;
             loraplus_train::model::model_dir(&cfg)?;
             cli::launch_ranks(a.nproc_per_node)
         }

@@ -75,6 +75,18 @@ fn config_errors_exit_2_with_a_clear_message() {
     assert!(stderr(&o).contains("nope"));
     let o = run(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+    // Data parallel on this node: the launcher refuses a bad config or rank count itself.
+    let o = run(&["train", "--nproc-per-node", "2", "--batch-size", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("batch_size"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("rank"),
+        "no rank started: {}",
+        stderr(&o)
+    );
+    let o = run(&["train", "--nproc-per-node", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--nproc-per-node"), "{}", stderr(&o));
 }
 
 #[test]

@@ -324,10 +324,10 @@ fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
         println!("best dev main metric: {b:.4} at step {at}");
     }
     println!("adapter: {}", s.adapter_dir.display());
-    println!(
-        "best adapter: {}",
-        s.output_dir.join(trainer::BEST_ADAPTER_DIR).display()
-    );
+    let best = s.output_dir.join(trainer::BEST_ADAPTER_DIR);
+    if best.exists() {
+        println!("best adapter: {}", best.display());
+    }
     println!(
         "metrics: {}",
         s.output_dir.join(metrics_log::METRICS_FILE).display()
