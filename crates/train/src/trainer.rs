@@ -134,6 +134,30 @@ impl Trainer {
                 );
             }
         }
+        // The output folder of a fresh run, or the checkpoint of a resumed one, is checked
+        // before data and model load.
+        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        let resumed = match resume {
+            None => {
+                if main {
+                    checkpoint::prepare_fresh(&config.output_dir, config.overwrite_output_dir)?;
+                }
+                None
+            }
+            Some(path) => {
+                let dir = checkpoint::resolve(path)?;
+                let saved = checkpoint::read_state(&dir)?;
+                let differ = checkpoint::resume_conflicts(&saved.config, &config)?;
+                if !differ.is_empty() {
+                    return Err(checkpoint::ResumeMismatch {
+                        checkpoint: dir,
+                        fields: differ,
+                    }
+                    .into());
+                }
+                Some((dir, saved))
+            }
+        };
         if let Some(dp) = &parallel {
             let per_rank = config.micro_batch() / dp.world;
             if per_rank == 0 || !config.micro_batch().is_multiple_of(dp.world) {
@@ -204,26 +228,12 @@ impl Trainer {
             config: config.clone(),
         };
         let mut optimizer = optimizer;
-        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
-        if resume.is_none() && main {
-            checkpoint::prepare_fresh(&config.output_dir, config.overwrite_output_dir)?;
-        }
-        if let Some(path) = resume {
-            let dir = checkpoint::resolve(path)?;
-            let saved = checkpoint::read_state(&dir)?;
-            let differ = checkpoint::resume_conflicts(&saved.config, &config)?;
-            if !differ.is_empty() {
-                return Err(checkpoint::ResumeMismatch {
-                    checkpoint: dir.clone(),
-                    fields: differ,
-                }
-                .into());
-            }
+        if let Some((dir, saved)) = resumed {
             // At the budget exactly, the run only evaluates and writes its adapter; past it,
             // this run asks for fewer steps than were trained.
             if saved.step > total_steps {
                 return Err(checkpoint::ResumeMismatch {
-                    checkpoint: dir.clone(),
+                    checkpoint: dir,
                     fields: vec![format!(
                         "the checkpoint is at step {}, past this run's end at step {total_steps} (max_steps / epochs)",
                         saved.step
