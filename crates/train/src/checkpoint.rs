@@ -195,6 +195,7 @@ pub const RESUME_FIXED: &[&str] = &[
     "format",
     "packing",
     "too_long",
+    "skip_malformed",
     "model",
     "revision",
     "seed",

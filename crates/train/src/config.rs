@@ -47,6 +47,10 @@ pub struct TrainConfig {
     /// `causal-lm`: an example with no target token left after truncation to `max_seq_len` is
     /// `skip`ped (counted and reported; default) or an `error`.
     pub too_long: String,
+    /// Classification / regression / GLUE: a malformed row (a missing column, an unknown
+    /// label, a score that is not a number) is skipped and counted in a warning naming the
+    /// first ones, instead of failing the run with its line number. Default false.
+    pub skip_malformed: bool,
     /// HuggingFace model folder (config.json, model.safetensors, tokenizer.json), or a Hub
     /// repository id (`Qwen/Qwen2.5-0.5B`) downloaded into the Hub cache shared with Python
     /// (`HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`). Default: the
@@ -199,6 +203,7 @@ impl Default for TrainConfig {
             format: None,
             packing: false,
             too_long: "skip".into(),
+            skip_malformed: false,
             model: None,
             revision: None,
             glue_dir: None,

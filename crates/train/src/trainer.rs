@@ -114,7 +114,11 @@ impl Trainer {
         // that evaluation numbers them as training did.
         if config.task == "classification" && config.labels.is_none() {
             if let Some(f) = config.train_file.as_ref().or(config.eval_file.as_ref()) {
-                config.labels = Some(task::sequence::discover_labels(f, &config.label_column)?);
+                config.labels = Some(task::sequence::discover_labels(
+                    f,
+                    &config.label_column,
+                    task::sequence::read_options(&config),
+                )?);
             }
         }
         let task = task::from_config(&config)?;

@@ -729,3 +729,55 @@ fn eval_numbers_classes_as_training_did() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_malformed_row_fails_naming_its_line_unless_skip_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let mut train = String::from("text,label\n");
+    for i in 0..16 {
+        train += &format!("film {i},{}\n", if i % 2 == 0 { "pos" } else { "neg" });
+        if i == 5 {
+            train += "a row without its label\n";
+        }
+    }
+    std::fs::write(p("train.csv"), &train).unwrap();
+    let csv = p("train.csv");
+    let train_with = |extra: &[&str], out: &str| {
+        let out = p(out);
+        let mut a = vec![
+            "train",
+            "--task",
+            "classification",
+            "--train-file",
+            &csv,
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-seq-len",
+            "8",
+            "--output-dir",
+            &out,
+            "--no-progress",
+        ];
+        a.extend(extra);
+        run(&a)
+    };
+    let o = train_with(&[], "strict");
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("train.csv") && e.contains("line 8") && e.contains("skip_malformed"),
+        "{e}"
+    );
+    let o = train_with(&["--skip-malformed"], "skip");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("skipped 1 malformed row(s) of 17"), "{e}");
+    let names = std::fs::read_to_string(dir.path().join("skip/adapter/label_names.json")).unwrap();
+    assert!(
+        names.contains("\"neg\"") && names.contains("\"pos\""),
+        "{names}"
+    );
+}

@@ -194,7 +194,7 @@ impl<'a> RowSink<'a> {
                 self.skipped.push(SkippedRow { line, reason });
             }
             Err(reason) => bail!(
-                "{}: line {line}: {reason} (pass skip_malformed to skip such rows)",
+                "{}: line {line}: {reason} (skip_malformed skips such rows)",
                 self.origin
             ),
         }

@@ -81,6 +81,10 @@ pub struct DataFlags {
     /// causal-lm: pack short examples into rows of max_seq_len tokens.
     #[arg(long)]
     pub packing: bool,
+    /// Skip malformed rows of a classification / regression / GLUE file (counted in a
+    /// warning) instead of failing.
+    #[arg(long)]
+    pub skip_malformed: bool,
 }
 
 impl DataFlags {
@@ -109,6 +113,9 @@ impl DataFlags {
         }
         if let Some(f) = &self.format {
             cfg.format = Some(f.clone());
+        }
+        if self.skip_malformed {
+            cfg.skip_malformed = true;
         }
         if self.packing {
             cfg.packing = true;

@@ -68,19 +68,62 @@ impl FileFormat {
     }
 }
 
+/// How strictly the readers take rows (`skip_malformed`).
+pub fn read_options(cfg: &TrainConfig) -> ReadOptions {
+    ReadOptions {
+        skip_malformed: cfg.skip_malformed,
+    }
+}
+
 /// Read one of the user's files through `mapping`.
-pub fn read_user_file(path: &Path, mapping: &ColumnMapping) -> Result<Dataset> {
-    let opts = ReadOptions::default();
-    match FileFormat::of(path)? {
-        FileFormat::Csv => read_csv(path, mapping, CsvOptions::default(), opts),
-        FileFormat::Tsv => read_csv(path, mapping, CsvOptions { delimiter: b'\t' }, opts),
-        FileFormat::Jsonl => read_jsonl(path, mapping, opts),
+pub fn read_user_file(path: &Path, mapping: &ColumnMapping, opts: ReadOptions) -> Result<Dataset> {
+    let ds = match FileFormat::of(path)? {
+        FileFormat::Csv => read_csv(path, mapping, CsvOptions::default(), opts)?,
+        FileFormat::Tsv => read_csv(path, mapping, CsvOptions { delimiter: b'\t' }, opts)?,
+        FileFormat::Jsonl => read_jsonl(path, mapping, opts)?,
+    };
+    warn_skipped(&path.display().to_string(), &ds);
+    Ok(ds)
+}
+
+/// Rows skipped under `skip_malformed`: how many, and the first few with their reasons.
+fn warn_skipped(origin: &str, ds: &Dataset) {
+    if ds.skipped.is_empty() {
+        return;
+    }
+    let first: Vec<String> = ds
+        .skipped
+        .iter()
+        .take(3)
+        .map(|r| format!("line {}: {}", r.line, r.reason))
+        .collect();
+    tracing::warn!(
+        "{origin}: skipped {} malformed row(s) of {} (skip_malformed); first: {}",
+        ds.skipped.len(),
+        ds.skipped.len() + ds.len(),
+        first.join("; ")
+    );
+}
+
+/// The label of one JSON line, or why it has none.
+fn json_label(line: &[u8], column: &str) -> std::result::Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    match v.get(column) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(serde_json::Value::Bool(b)) => Ok(b.to_string()),
+        Some(other) => Err(format!(
+            "field {column:?} is {other}, expected a label (string, number or boolean)"
+        )),
+        None => Err(format!("missing field {column:?} (the label column)")),
     }
 }
 
 /// The distinct values of the label column of `path`, as text, sorted (numerically when every
-/// value is an integer, so integer labels 0..n-1 keep their ids).
-pub fn discover_labels(path: &Path, column: &str) -> Result<Vec<String>> {
+/// value is an integer, so integer labels 0..n-1 keep their ids). With `opts.skip_malformed`,
+/// rows without a usable label are left out.
+pub fn discover_labels(path: &Path, column: &str, opts: ReadOptions) -> Result<Vec<String>> {
     let values: Vec<String> = match FileFormat::of(path)? {
         FileFormat::Jsonl => {
             let text =
@@ -91,29 +134,19 @@ pub fn discover_labels(path: &Path, column: &str) -> Result<Vec<String>> {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_slice(line).with_context(|| {
-                    format!("{}: line {}: not valid JSON", path.display(), i + 1)
-                })?;
-                let label = match v.get(column) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Number(n)) => n.to_string(),
-                    Some(serde_json::Value::Bool(b)) => b.to_string(),
-                    Some(other) => bail!(
-                        "{}: line {}: field {column:?} is {other}, expected a label (string, number or boolean)",
+                match json_label(line, column) {
+                    Ok(label) => out.push(label),
+                    Err(_) if opts.skip_malformed => {}
+                    Err(reason) => bail!(
+                        "{}: line {}: {reason} (skip_malformed skips such rows)",
                         path.display(),
                         i + 1
                     ),
-                    None => bail!(
-                        "{}: line {}: missing field {column:?} (the label column)",
-                        path.display(),
-                        i + 1
-                    ),
-                };
-                out.push(label);
+                }
             }
             out
         }
-        _ => read_user_file(path, &ColumnMapping::single(column))?
+        _ => read_user_file(path, &ColumnMapping::single(column), opts)?
             .examples
             .into_iter()
             .map(|e| e.text_a)
@@ -179,7 +212,7 @@ impl SequenceTask {
                 let from = train.as_ref().or(eval.as_ref()).context(
                     "task = \"classification\" needs `train_file` (or `eval_file`) to read the labels from, or `labels`",
                 )?;
-                discover_labels(from, &cfg.label_column)?
+                discover_labels(from, &cfg.label_column, read_options(cfg))?
             }
         };
         let metric = metric_of(cfg.metric.as_deref(), regression)?;
@@ -222,7 +255,9 @@ impl SequenceTask {
         let encoder = Self::encoder(cfg, model_dir)?;
         let ds = match &self.source {
             Source::Glue { glue_dir } => {
-                read_split(glue_dir, self.task, split, ReadOptions::default())?
+                let ds = read_split(glue_dir, self.task, split, read_options(cfg))?;
+                warn_skipped(&format!("{} {split:?}", self.task.name), &ds);
+                ds
             }
             Source::Files {
                 train,
@@ -235,7 +270,7 @@ impl SequenceTask {
                         .context("field `train_file` is required to train on your own data")?,
                     _ => eval.as_ref().context("field `eval_file` is not set")?,
                 };
-                read_user_file(path, mapping)?
+                read_user_file(path, mapping, read_options(cfg))?
             }
         };
         Self::tokenize(&ds, &encoder)
@@ -422,7 +457,10 @@ mod tests {
         // `text, pos`: the label is "pos", as the reader trims it.
         let csv = dir.path().join("spaced.csv");
         std::fs::write(&csv, "text,label\ngood, pos\nbad, neg\nfine,pos\n").unwrap();
-        assert_eq!(discover_labels(&csv, "label").unwrap(), ["neg", "pos"]);
+        assert_eq!(
+            discover_labels(&csv, "label", ReadOptions::default()).unwrap(),
+            ["neg", "pos"]
+        );
         // A byte-order mark, as read_jsonl accepts.
         let jsonl = dir.path().join("bom.jsonl");
         std::fs::write(
@@ -430,10 +468,54 @@ mod tests {
             b"\xEF\xBB\xBF{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n",
         )
         .unwrap();
-        assert_eq!(discover_labels(&jsonl, "label").unwrap(), ["0", "1"]);
+        assert_eq!(
+            discover_labels(&jsonl, "label", ReadOptions::default()).unwrap(),
+            ["0", "1"]
+        );
         let empty = dir.path().join("empty.jsonl");
         std::fs::write(&empty, "\n").unwrap();
-        let e = format!("{:#}", discover_labels(&empty, "label").unwrap_err());
+        let e = format!(
+            "{:#}",
+            discover_labels(&empty, "label", ReadOptions::default()).unwrap_err()
+        );
         assert!(e.contains("empty.jsonl") && e.contains("no rows"), "{e}");
+    }
+
+    #[test]
+    fn skip_malformed_leaves_bad_rows_out_and_strict_reading_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, "text,label\ngood,pos\nno label here\nbad,neg\n").unwrap();
+        let jsonl = dir.path().join("t.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"b\"}\n{\"text\": \"c\", \"label\": \"neg\"}\n",
+        )
+        .unwrap();
+        let skip = ReadOptions {
+            skip_malformed: true,
+        };
+        for (path, line) in [(&csv, "line 3"), (&jsonl, "line 2")] {
+            let e = format!(
+                "{:#}",
+                discover_labels(path, "label", ReadOptions::default()).unwrap_err()
+            );
+            assert!(e.contains(line) && e.contains("skip_malformed"), "{e}");
+            assert_eq!(
+                discover_labels(path, "label", skip).unwrap(),
+                ["neg", "pos"]
+            );
+            let mapping = ColumnMapping::single("text").with_classes("label", &["neg", "pos"]);
+            let e = format!(
+                "{:#}",
+                read_user_file(path, &mapping, ReadOptions::default()).unwrap_err()
+            );
+            assert!(e.contains(line) && e.contains("skip_malformed"), "{e}");
+            let ds = read_user_file(path, &mapping, skip).unwrap();
+            let texts: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
+            assert_eq!(texts.len(), 2, "{texts:?}");
+            assert_eq!(ds.skipped.len(), 1);
+            assert_eq!(ds.skipped[0].line, if path == &csv { 3 } else { 2 });
+        }
     }
 }
