@@ -335,6 +335,7 @@ impl TrainConfig {
                 self.task
             );
         }
+        self.check_task_fields()?;
         if !matches!(self.too_long.as_str(), "skip" | "error") {
             bail!(
                 "field `too_long` must be skip or error, found {:?}",
@@ -479,6 +480,62 @@ impl TrainConfig {
                 self.task
             );
         }
+        for (field, path) in [
+            ("train_file", &self.train_file),
+            ("eval_file", &self.eval_file),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    let what = if p.is_dir() { "a folder" } else { "not found" };
+                    bail!(
+                        "field `{field}` (--{}): {} is {what}; expected a .csv, .tsv or .jsonl file",
+                        field.replace('_', "-"),
+                        p.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fields that only some tasks read are refused on the others, where they would be
+    /// silently ignored.
+    fn check_task_fields(&self) -> Result<()> {
+        let set = [
+            ("train_file", self.train_file.is_some()),
+            ("eval_file", self.eval_file.is_some()),
+            ("labels", self.labels.is_some()),
+            ("metric", self.metric.is_some()),
+            ("skip_malformed", self.skip_malformed),
+        ];
+        let unread: &[&str] = match self.task.as_str() {
+            "classification" => &[],
+            "regression" => &["labels"],
+            "causal-lm" => &["labels", "metric", "skip_malformed"],
+            // A GLUE task reads its own files, classes and metric from `glue_dir`.
+            _ => &["train_file", "eval_file", "labels", "metric"],
+        };
+        let given: Vec<&str> = set
+            .iter()
+            .filter(|(k, on)| *on && unread.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+        if !given.is_empty() {
+            let hint = if crate::task::KINDS.contains(&self.task.as_str()) {
+                "they are for task = \"classification\""
+            } else {
+                "a GLUE task reads its files, classes and metric from `glue_dir`; your own files take task = \"classification\", \"regression\" or \"causal-lm\""
+            };
+            bail!(
+                "task {:?} does not read {}: {hint}",
+                self.task,
+                given
+                    .iter()
+                    .map(|k| format!("`{k}` (--{})", k.replace('_', "-")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Ok(())
     }
 
@@ -602,7 +659,37 @@ mod tests {
             ("threads", Box::new(|c| c.threads = 100_000)),
             (
                 "lists \"pos\" twice",
-                Box::new(|c| c.labels = Some(vec!["pos".into(), "neg".into(), "pos".into()])),
+                Box::new(|c| {
+                    c.task = "classification".into();
+                    c.labels = Some(vec!["pos".into(), "neg".into(), "pos".into()])
+                }),
+            ),
+            // Fields a task would silently ignore.
+            (
+                "task \"sst2\" does not read `train_file` (--train-file), `metric` (--metric)",
+                Box::new(|c| {
+                    c.train_file = Some("t.csv".into());
+                    c.metric = Some("f1".into())
+                }),
+            ),
+            (
+                "does not read `labels` (--labels)",
+                Box::new(|c| c.labels = Some(vec!["a".into()])),
+            ),
+            (
+                "task \"causal-lm\" does not read `metric` (--metric), `skip_malformed`",
+                Box::new(|c| {
+                    c.task = "causal-lm".into();
+                    c.metric = Some("accuracy".into());
+                    c.skip_malformed = true
+                }),
+            ),
+            (
+                "task \"regression\" does not read `labels`",
+                Box::new(|c| {
+                    c.task = "regression".into();
+                    c.labels = Some(vec!["a".into()])
+                }),
             ),
         ];
         for (needle, change) in cases {
@@ -611,6 +698,37 @@ mod tests {
             let err = format!("{:#}", cfg.validate().unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn training_needs_its_data_files_to_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train.csv");
+        std::fs::write(&train, "text,label\na,pos\n").unwrap();
+        let mut cfg = TrainConfig {
+            task: "classification".into(),
+            train_file: Some(train),
+            ..TrainConfig::default()
+        };
+        cfg.validate_for_training().unwrap();
+        cfg.eval_file = Some(dir.path().join("dev.csv"));
+        let e = format!("{:#}", cfg.validate_for_training().unwrap_err());
+        assert!(
+            e.contains("`eval_file` (--eval-file)") && e.contains("dev.csv is not found"),
+            "{e}"
+        );
+        cfg.eval_file = None;
+        cfg.train_file = Some(dir.path().to_path_buf());
+        let e = format!("{:#}", cfg.validate_for_training().unwrap_err());
+        assert!(
+            e.contains("`train_file` (--train-file)") && e.contains("is a folder"),
+            "{e}"
+        );
+        // Regression takes its metric's name (pearson or spearman, both reported).
+        cfg.task = "regression".into();
+        cfg.train_file = None;
+        cfg.metric = Some("spearman".into());
+        cfg.validate().unwrap();
     }
 
     #[test]

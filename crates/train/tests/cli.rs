@@ -87,6 +87,74 @@ fn config_errors_exit_2_with_a_clear_message() {
     let o = run(&["train", "--nproc-per-node", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--nproc-per-node"), "{}", stderr(&o));
+    // Flags the command would ignore, and data files that are not there: exit 2 before any
+    // model loads, naming the flag.
+    let missing = dir.path().join("missing.csv");
+    let missing = missing.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let flag_cases: &[(&[&str], &str)] = &[
+        (
+            &["train", "--task", "sst2", "--metric", "f1"],
+            "task \"sst2\" does not read `metric` (--metric)",
+        ),
+        (
+            &["train", "--task", "sst2", "--train-file", missing],
+            "does not read `train_file` (--train-file)",
+        ),
+        (
+            &["train", "--task", "classification", "--train-file", missing],
+            "missing.csv is not found",
+        ),
+        (
+            &["train", "--task", "classification", "--train-file", folder],
+            "is a folder",
+        ),
+        (
+            &[
+                "train",
+                "--task",
+                "causal-lm",
+                "--train-file",
+                missing,
+                "--labels",
+                "a,b",
+            ],
+            "does not read `labels` (--labels)",
+        ),
+        (
+            &["eval", "--task", "sst2", "--split", "test", "--limit", "3"],
+            "--limit and --predictions are for --split dev",
+        ),
+        (
+            &["eval", "--task", "sst2", "--output", "x.tsv"],
+            "--output is where --split test",
+        ),
+        (
+            &["eval", "--task", "sst2", "--split", "train"],
+            "--split must be dev or test",
+        ),
+        (
+            &[
+                "generate",
+                "--model",
+                folder,
+                "--prompt",
+                "hi",
+                "--temperature",
+                "0.5",
+            ],
+            "--do-sample",
+        ),
+        (
+            &["generate", "--model", folder, "--prompt", "hi", "--merge"],
+            "--adapter",
+        ),
+    ];
+    for (args, needle) in flag_cases {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

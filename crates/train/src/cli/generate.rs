@@ -28,7 +28,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Merge the adapter into the base weights before generating (same tokens, faster).
-    #[arg(long)]
+    #[arg(long, requires = "adapter")]
     pub merge: bool,
     /// One prompt.
     #[arg(long, conflicts_with = "input")]
@@ -48,12 +48,14 @@ pub struct GenerateArgs {
     /// Sample instead of greedy decoding.
     #[arg(long)]
     pub do_sample: bool,
-    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TEMPERATURE)]
+    /// Sampling temperature (with --do-sample).
+    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TEMPERATURE)]
     pub temperature: f64,
-    /// 0: off.
-    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TOP_K)]
+    /// Sample among the k most likely tokens (with --do-sample; 0: off).
+    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_K)]
     pub top_k: usize,
-    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p (with --do-sample).
+    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
     pub top_p: f64,
     #[arg(long)]
     pub seed: Option<u64>,

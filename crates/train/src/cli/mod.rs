@@ -524,8 +524,23 @@ fn load_with_adapter(
     Ok((m, lora))
 }
 
+/// Flags that only one `--split` reads are refused on the other, where they would be ignored.
+fn check_split_flags(a: &EvalArgs) -> Result<()> {
+    match a.split.as_str() {
+        "test" if a.limit.is_some() || a.predictions.is_some() => bail!(
+            "--limit and --predictions are for --split dev: a GLUE test submission has a prediction for every test row (written to --output)"
+        ),
+        "dev" if a.output.is_some() => bail!(
+            "--output is where --split test writes its submission file; on the dev split, --predictions writes every row's prediction"
+        ),
+        "dev" | "test" => Ok(()),
+        other => bail!("--split must be dev or test, found {other:?}"),
+    }
+}
+
 /// `loraplus eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
+    check_split_flags(&a).map_err(UsageError::wrap)?;
     let mut cfg = eval_config(
         a.config.as_deref(),
         a.task.as_deref(),
