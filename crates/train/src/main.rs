@@ -119,11 +119,15 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The run said what it saved; a shell reads 130 as "stopped by an interrupt".
+        Err(e) if e.downcast_ref::<cli::Interrupted>().is_some() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<OutputDirInUse>().is_some()
                 || e.downcast_ref::<ResumeMismatch>().is_some()
+                || e.downcast_ref::<loraplus_train::model::ModelNotFound>()
+                    .is_some()
                 || quantization_refused(&e)
             {
                 ExitCode::from(2)

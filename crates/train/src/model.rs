@@ -42,12 +42,48 @@ pub fn model_ref(cfg: &TrainConfig) -> PathBuf {
 /// `cfg.revision` fetched into the Hub cache (settings from the `HF_*` environment variables;
 /// see `loraplus_models::hub`).
 pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
+    if cfg.model.is_none() {
+        let default = model_ref(cfg);
+        if !default.is_dir() {
+            return Err(anyhow::Error::new(ModelNotFound(format!(
+                "no model given (--model, or `model` in the config) and the default model is not there: {} (`make setup` installs it as .venv/minilm in the repository, found from the current folder {} or its parents; ${} names another folder)",
+                default.display(),
+                std::env::current_dir().unwrap_or_default().display(),
+                loraplus_data::paths::MODEL_DIR_ENV
+            ))));
+        }
+    }
+    let model = model_ref(cfg);
+    if !model.is_dir() && !loraplus_models::hub::is_repo_id(&model.to_string_lossy()) {
+        let what = if model.exists() {
+            "is a file, not a model folder"
+        } else {
+            "does not exist"
+        };
+        return Err(anyhow::Error::new(ModelNotFound(format!(
+            "--model {} {what} (a folder with config.json, model.safetensors and tokenizer.json, or a Hub repository id such as Qwen/Qwen2.5-0.5B)",
+            model.display()
+        ))));
+    }
     loraplus_models::hub::resolve_model(
         &model_ref(cfg),
         cfg.revision.as_deref(),
         &loraplus_models::hub::HubOptions::from_env(),
     )
 }
+
+/// The run's model is not a folder here, and cannot be a Hub repository id either (the
+/// `loraplus` binary exits 2: the user's input).
+#[derive(Debug)]
+pub struct ModelNotFound(pub String);
+
+impl std::fmt::Display for ModelNotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModelNotFound {}
 
 /// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
 /// GPT-2's fan_in_fan_out) with the run's `[lora]` section on top.

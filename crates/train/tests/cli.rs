@@ -135,6 +135,18 @@ fn config_errors_exit_2_with_a_clear_message() {
         ),
         (
             &[
+                "eval",
+                "--task",
+                "multiple-choice",
+                "--eval-file",
+                missing,
+                "--split",
+                "test",
+            ],
+            "not for multiple-choice",
+        ),
+        (
+            &[
                 "generate",
                 "--model",
                 folder,
@@ -155,6 +167,45 @@ fn config_errors_exit_2_with_a_clear_message() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
+    // A model that is not there: exit 2 naming it, before the run's folder is made.
+    let out_dir = dir.path().join("run");
+    let out_dir = out_dir.to_str().unwrap();
+    let no_model = dir.path().join("no-model");
+    let no_model = no_model.to_str().unwrap();
+    let o = run(&[
+        "train",
+        "--task",
+        "sst2",
+        "--model",
+        no_model,
+        "--output-dir",
+        out_dir,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("--model {no_model} does not exist")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !Path::new(out_dir).exists(),
+        "no run folder for a bad model"
+    );
+    let o = bin()
+        .env("LORAPLUS_MODEL_DIR", no_model)
+        .args(["train", "--task", "sst2", "--output-dir", out_dir])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the default model is not there") && stderr(&o).contains(no_model),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !Path::new(out_dir).exists(),
+        "no run folder for a bad model"
+    );
 }
 
 #[test]

@@ -35,6 +35,19 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A run stopped by SIGINT / SIGTERM after its checkpoint (or a launcher whose ranks were):
+/// the `loraplus` binary exits 130, as a shell expects of an interrupted command.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 impl UsageError {
     pub fn wrap(e: anyhow::Error) -> anyhow::Error {
         anyhow::Error::new(UsageError(e))
@@ -278,7 +291,7 @@ pub fn launch_ranks(n: usize) -> Result<()> {
     );
     match loraplus_dist::launch_local(&launch) {
         Ok(()) => Ok(()),
-        Err(_) if interrupted.load(Ordering::SeqCst) => std::process::exit(130),
+        Err(_) if interrupted.load(Ordering::SeqCst) => Err(Interrupted.into()),
         Err(e) => Err(e.into()),
     }
 }
@@ -314,7 +327,7 @@ pub fn train(cfg: TrainConfig, resume: Option<&Path>, progress: bool) -> Result<
         print_summary(&summary, &plots);
     }
     if t.interrupt_flag().load(Ordering::Relaxed) {
-        std::process::exit(130);
+        return Err(Interrupted.into());
     }
     Ok(())
 }
@@ -403,7 +416,8 @@ pub struct EvalArgs {
     /// dev or test (test writes predictions in GLUE's submission format).
     #[arg(long, default_value = "dev")]
     pub split: String,
-    /// Where test predictions go (default `<TASK>.tsv` in the current folder).
+    /// Where `--split test` writes its GLUE submission (default `<TASK>.tsv` in the current
+    /// folder); for multiple-choice, the per-row scores (JSON).
     #[arg(long)]
     pub output: Option<PathBuf>,
     #[arg(long)]
@@ -524,14 +538,23 @@ fn load_with_adapter(
     Ok((m, lora))
 }
 
-/// Flags that only one `--split` reads are refused on the other, where they would be ignored.
-fn check_split_flags(a: &EvalArgs) -> Result<()> {
+/// Flags that only one `--split` (or only multiple-choice) reads are refused where they would be
+/// ignored.
+fn check_split_flags(a: &EvalArgs, task: &str) -> Result<()> {
+    if task == "multiple-choice" {
+        if a.split != "dev" || a.limit.is_some() || a.predictions.is_some() {
+            bail!(
+                "--split, --limit and --predictions are not for multiple-choice: it scores every row of --eval-file (--output gets the per-row scores)"
+            );
+        }
+        return Ok(());
+    }
     match a.split.as_str() {
         "test" if a.limit.is_some() || a.predictions.is_some() => bail!(
             "--limit and --predictions are for --split dev: a GLUE test submission has a prediction for every test row (written to --output)"
         ),
         "dev" if a.output.is_some() => bail!(
-            "--output is where --split test writes its submission file; on the dev split, --predictions writes every row's prediction"
+            "--output is where --split test writes its submission file (and multiple-choice its per-row scores); on the dev split, --predictions writes every row's prediction"
         ),
         "dev" | "test" => Ok(()),
         other => bail!("--split must be dev or test, found {other:?}"),
@@ -540,7 +563,6 @@ fn check_split_flags(a: &EvalArgs) -> Result<()> {
 
 /// `loraplus eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    check_split_flags(&a).map_err(UsageError::wrap)?;
     let mut cfg = eval_config(
         a.config.as_deref(),
         a.task.as_deref(),
@@ -561,6 +583,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         cfg.glue_dir = Some(g.clone());
     }
     a.quant.apply(&mut cfg);
+    check_split_flags(&a, &cfg.task).map_err(UsageError::wrap)?;
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg);
     }
