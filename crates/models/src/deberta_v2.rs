@@ -358,7 +358,13 @@ pub fn relative_positions(
         &Tensor::from(mid - 1).to_device(device),
     );
     let abs_f = abs_pos.to_kind(Kind::Float);
-    let denom = (((max_position - 1) as f64 / mid as f64) as f32).ln() as f64;
+    // Both logarithms in libtorch, the denominator as a 0-d f32 tensor, as transformers does: at
+    // abs_pos = max_position - 1 the quotient must be exactly 1 (a libm `ln` for the
+    // denominator differs from libtorch's vectorized log in the last bit on some CPUs, and the
+    // ceil then moves that position to the next bucket).
+    let denom = Tensor::from(((max_position - 1) as f64 / mid as f64) as f32)
+        .to_device(device)
+        .log();
     let log_pos = ((abs_f / mid as f64).log() / denom * (mid - 1) as f64).ceil() + mid as f64;
     let bucket = rel
         .to_kind(Kind::Float)
@@ -732,6 +738,14 @@ mod tests {
         assert_eq!(row, vec![0, -1, -2, -3, -3, -3, -3, -3, -4]);
         let col: Vec<i64> = Vec::try_from(rel.select(1, 0)).unwrap();
         assert_eq!(col, vec![0, 1, 2, 3, 3, 3, 3, 3, 4]);
+        // DeBERTa-v3's buckets (256, 512); position 511 is where the log quotient is exactly 1.
+        let rel = relative_positions(520, 256, 512, tch::Device::Cpu);
+        let row: Vec<i64> = Vec::try_from(rel.get(0)).unwrap();
+        let at: Vec<i64> = [0, 127, 128, 129, 200, 300, 511, 512, 519]
+            .iter()
+            .map(|&k| row[k])
+            .collect();
+        assert_eq!(at, vec![0, -127, -128, -129, -169, -207, -255, -256, -257]);
         let plain = relative_positions(3, -1, 8, tch::Device::Cpu);
         let flat: Vec<i64> = Vec::try_from(plain.reshape([-1])).unwrap();
         assert_eq!(flat, vec![0, -1, -2, 1, 0, -1, 2, 1, 0]);
