@@ -272,9 +272,19 @@ fn shape_hint(role: ParamRole, want: &[i64]) -> String {
     }
 }
 
-/// Read `dir/adapter_config.json`.
+/// Read `dir/adapter_config.json`. A saved adapter names the modules it adapts: a config
+/// without `target_modules` (which PEFT resolves before it saves) is refused.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
-    LoraConfig::from_file(dir.join(ADAPTER_CONFIG))
+    let path = dir.join(ADAPTER_CONFIG);
+    let cfg = LoraConfig::from_file(&path)?;
+    if cfg.target_modules.is_none() {
+        return Err(Error::BadConfigValue(format!(
+            "{}: no target_modules; a saved adapter names the modules it adapts (PEFT writes \
+             them), e.g. \"target_modules\": [\"query\", \"value\"]",
+            path.display()
+        )));
+    }
+    Ok(cfg)
 }
 
 /// The adapter directory's weight file path.

@@ -411,6 +411,12 @@ fn bad_config_files_are_clear_errors() {
     std::fs::write(&path, r#"{"lora_dropout": 1.5}"#).unwrap();
     let err = read_adapter_config(dir.path()).unwrap_err().chain();
     assert!(err.contains("lora_dropout"), "{err}");
+    std::fs::write(&path, "{}").unwrap();
+    let e = read_adapter_config(dir.path()).unwrap_err();
+    assert!(
+        matches!(e.root(), loraplus_core::Error::BadConfigValue(m) if m.contains("no target_modules") && m.contains(ADAPTER_CONFIG)),
+        "{e:?}"
+    );
 }
 
 /// On a CUDA machine (`make gpu-check`): adapters live on the base layer's device and give the

@@ -618,8 +618,16 @@ pub fn parse_lm_jsonl(
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (f, record) =
-            parse_row(raw, format).map_err(|reason| anyhow!("{origin}: line {line}: {reason}"))?;
+        let (f, record) = parse_row(raw, format).map_err(|reason| {
+            // A first line that is not JSON: most likely a CSV/TSV file given to causal-lm.
+            let hint = if rows.is_empty() && reason.starts_with("not valid JSON") {
+                "; causal-LM data is JSON Lines, one object per line: {\"text\"}, \
+                 {\"prompt\", \"completion\"} or {\"messages\"}"
+            } else {
+                ""
+            };
+            anyhow!("{origin}: line {line}: {reason}{hint}")
+        })?;
         format = Some(f);
         rows.push(LmRow { line, record });
     }
@@ -923,6 +931,11 @@ mod tests {
                 &["line 2", "expected a JSON object, found an array"],
             ),
             (b"{\"text\": \"a\"\n", None, &["line 1", "not valid JSON"]),
+            (
+                b"text,label\nhello,1\n",
+                None,
+                &["line 1", "not valid JSON", "causal-LM data is JSON Lines"],
+            ),
             (
                 b"{\"messages\": \"hi\"}",
                 None,

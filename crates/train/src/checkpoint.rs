@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -294,14 +294,35 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(TRAINER_STATE).exists() {
         return Ok(path.to_path_buf());
     }
-    match list(path)?.pop() {
-        Some((_, p)) => Ok(p),
-        None => bail!(
-            "{}: neither a checkpoint (no {TRAINER_STATE}) nor an output directory with checkpoints",
-            path.display()
-        ),
+    let problem = if !path.exists() {
+        "does not exist".to_string()
+    } else if !path.is_dir() {
+        "is a file, not a checkpoint or output directory".to_string()
+    } else {
+        match list(path)?.pop() {
+            Some((_, p)) => return Ok(p),
+            None => format!(
+                "is neither a checkpoint (no {TRAINER_STATE}) nor an output directory with checkpoints"
+            ),
+        }
+    };
+    Err(anyhow::Error::new(NoCheckpoint(format!(
+        "--resume {} {problem}",
+        path.display()
+    ))))
+}
+
+/// `--resume` names no checkpoint (the `loraplus` binary exits 2: the user's input).
+#[derive(Debug)]
+pub struct NoCheckpoint(pub String);
+
+impl std::fmt::Display for NoCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for NoCheckpoint {}
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);
@@ -353,7 +374,7 @@ mod tests {
     fn a_failed_write_leaves_the_previous_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), &state(5), |_| Ok(())).unwrap();
-        let err = save(dir.path(), &state(6), |_| bail!("disk full"));
+        let err = save(dir.path(), &state(6), |_| anyhow::bail!("disk full"));
         assert!(err.is_err());
         let latest = resolve(dir.path()).unwrap();
         assert_eq!(read_state(&latest).unwrap().step, 5);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use loraplus_train::checkpoint::{OutputDirInUse, ResumeMismatch};
+use loraplus_train::checkpoint::{NoCheckpoint, OutputDirInUse, ResumeMismatch};
 use loraplus_train::cli::{self, UsageError};
 use loraplus_train::config::TrainConfig;
 
@@ -126,7 +126,8 @@ fn main() -> ExitCode {
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<OutputDirInUse>().is_some()
                 || e.downcast_ref::<ResumeMismatch>().is_some()
-                || e.downcast_ref::<loraplus_train::model::ModelNotFound>()
+                || e.downcast_ref::<NoCheckpoint>().is_some()
+                || e.downcast_ref::<loraplus_train::model::UnusableModel>()
                     .is_some()
                 || quantization_refused(&e)
             {

@@ -45,7 +45,7 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
     if cfg.model.is_none() {
         let default = model_ref(cfg);
         if !default.is_dir() {
-            return Err(anyhow::Error::new(ModelNotFound(format!(
+            return Err(anyhow::Error::new(UnusableModel(format!(
                 "no model given (--model, or `model` in the config) and the default model is not there: {} (`make setup` installs it as .venv/minilm in the repository, found from the current folder {} or its parents; ${} names another folder)",
                 default.display(),
                 std::env::current_dir().unwrap_or_default().display(),
@@ -60,7 +60,7 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
         } else {
             "does not exist"
         };
-        return Err(anyhow::Error::new(ModelNotFound(format!(
+        return Err(anyhow::Error::new(UnusableModel(format!(
             "--model {} {what} (a folder with config.json, model.safetensors and tokenizer.json, or a Hub repository id such as Qwen/Qwen2.5-0.5B)",
             model.display()
         ))));
@@ -72,18 +72,35 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
     )
 }
 
-/// The run's model is not a folder here, and cannot be a Hub repository id either (the
-/// `loraplus` binary exits 2: the user's input).
+/// The run's model is not a folder here and cannot be a Hub repository id either, or it is not
+/// the kind the task needs (an encoder given to a causal-LM task). The `loraplus` binary exits
+/// 2: the user's input.
 #[derive(Debug)]
-pub struct ModelNotFound(pub String);
+pub struct UnusableModel(pub String);
 
-impl std::fmt::Display for ModelNotFound {
+impl std::fmt::Display for UnusableModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ModelNotFound {}
+impl std::error::Error for UnusableModel {}
+
+/// The tokenizer of a decoder for causal-LM work (training, scoring, generation): an encoder's
+/// folder is refused by its `model_type` before its tokenizer is asked for an EOS token.
+pub fn decoder_tokenizer(model_dir: &Path) -> Result<loraplus_data::lm::LmTokenizer> {
+    let config = model_dir.join("config.json");
+    let mc = loraplus_models::ModelConfig::from_file(&config)?;
+    if !mc.arch().causal_lm() {
+        return Err(anyhow::Error::new(UnusableModel(format!(
+            "{} is {} (an encoder): causal-LM training, multiple-choice scoring and generation need a decoder ({})",
+            model_dir.display(),
+            mc.model_type(),
+            loraplus_models::registry::causal_lm_model_types().join(", ")
+        ))));
+    }
+    loraplus_data::lm::LmTokenizer::from_model_dir(model_dir)
+}
 
 /// The LoRA config of a run: the architecture's recommended config (targets, heads to save,
 /// GPT-2's fan_in_fan_out) with the run's `[lora]` section on top.

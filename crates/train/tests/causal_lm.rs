@@ -566,5 +566,33 @@ fn bad_causal_lm_files_fail_with_the_file_and_line() {
         assert!(err.contains(needle), "{name}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // CSV given to causal-lm: the JSON error says what the format is.
+    let csv = dir.path().join("data.csv");
+    std::fs::write(&csv, "text,label\nhello there,1\n").unwrap();
+    let out = dir.path().join("out-csv");
+    let mut a = train_args(s(&llama), s(&csv), s(&csv), s(&out));
+    a.extend(["--max-steps", "1"]);
+    let o = bin(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("data.csv: line 1: not valid JSON")
+            && err.contains("causal-LM data is JSON Lines"),
+        "{err}"
+    );
+    // An encoder given to causal-lm: exit 2 naming the model type, before the data is read.
+    let minilm = repo().join(".venv/minilm");
+    let jsonl = dir.path().join("text.jsonl");
+    write_jsonl(&jsonl, &text_rows(4));
+    let mut a = train_args(s(&minilm), s(&jsonl), s(&jsonl), s(&out));
+    a.extend(["--max-steps", "1"]);
+    let o = bin(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is bert (an encoder)"), "{err}");
+    let o = bin(&["generate", "--model", s(&minilm), "--prompt", "hi"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is bert (an encoder)"), "{err}");
     let _ = Device::Cpu;
 }

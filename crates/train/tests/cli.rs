@@ -134,6 +134,14 @@ fn config_errors_exit_2_with_a_clear_message() {
             "--split must be dev or test",
         ),
         (
+            &["glue", "--tasks", "sst2", "--seed", "3", "--ratio", "4"],
+            "glue sweeps lists and does not read --ratio (give --ratios), --seed (give --seeds)",
+        ),
+        (
+            &["tune", "--task", "sst2", "--lr", "1e-3"],
+            "tune sweeps lists and does not read --lr (give --lrs)",
+        ),
+        (
             &[
                 "eval",
                 "--task",
@@ -206,6 +214,21 @@ fn config_errors_exit_2_with_a_clear_message() {
         !Path::new(out_dir).exists(),
         "no run folder for a bad model"
     );
+    // --resume naming nothing resumable.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (path, needle) in [
+        (no_model, "does not exist"),
+        (empty.to_str().unwrap(), "is neither a checkpoint"),
+    ] {
+        let o = run(&["train", "--task", "sst2", "--resume", path]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("--resume {path} {needle}")),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

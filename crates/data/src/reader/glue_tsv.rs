@@ -121,6 +121,8 @@ pub fn read_split(glue_dir: &Path, task: Task, split: Split, opts: ReadOptions) 
                 glue_dir.display(),
                 task.folder
             )
+        } else if glue_dir.exists() {
+            format!("{} is a file, not a folder", glue_dir.display())
         } else {
             format!("{} does not exist", glue_dir.display())
         };
@@ -254,6 +256,27 @@ mod tests {
         assert_eq!(ds.skipped.len(), 2);
         assert_eq!(ds.skipped[0].line, 3);
         assert_eq!(ds.skipped[1].line, 4);
+    }
+
+    #[test]
+    fn a_missing_glue_folder_says_what_is_there_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |glue: &Path| {
+            read_split(glue, task("sst2"), Split::Train, ReadOptions::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let err = read(&dir.path().join("nothere"));
+        assert!(err.contains("nothere does not exist"), "{err}");
+        let file = dir.path().join("glue.tsv");
+        std::fs::write(&file, "x").unwrap();
+        let err = read(&file);
+        assert!(err.contains("glue.tsv is a file, not a folder"), "{err}");
+        let err = read(dir.path());
+        assert!(err.contains("exists but has no SST-2 folder"), "{err}");
+        std::fs::create_dir(dir.path().join("SST-2")).unwrap();
+        let err = read(dir.path());
+        assert!(err.contains("train.tsv"), "{err}");
     }
 
     #[test]

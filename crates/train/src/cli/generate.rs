@@ -184,7 +184,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         a.revision.as_deref(),
         &loraplus_models::hub::HubOptions::from_env(),
     )?;
-    let tok = LmTokenizer::from_model_dir(&model_dir)?;
+    let tok = crate::model::decoder_tokenizer(&model_dir)?;
     let lora_cfg = match &a.adapter {
         Some(ad) => Some(
             loraplus_core::read_adapter_config(&adapter_dir(ad))

@@ -57,6 +57,15 @@ fn preflight(a: &GlueArgs, base: &TrainConfig) -> Result<()> {
             a.tasks
         );
     }
+    let o = &a.overrides;
+    super::refuse_swept(
+        "glue",
+        &[
+            ("--task", o.task.is_some(), "--tasks"),
+            ("--ratio", o.ratio.is_some(), "--ratios"),
+            ("--seed", o.seed.is_some(), "--seeds"),
+        ],
+    )?;
     once("tasks", &a.tasks)?;
     once("ratios", &a.ratios)?;
     once("seeds", &a.seeds)?;

@@ -158,6 +158,24 @@ impl QuantFlags {
     }
 }
 
+/// A sweep (`glue`, `tune`) reads lists in place of some single-run flags: those flags, when
+/// given, are refused (they would be ignored), naming the list to use. `flags`: (flag, given,
+/// the sweep's list flag).
+fn refuse_swept(cmd: &str, flags: &[(&str, bool, &str)]) -> Result<()> {
+    let given: Vec<String> = flags
+        .iter()
+        .filter(|(_, given, _)| *given)
+        .map(|(flag, _, list)| format!("{flag} (give {list})"))
+        .collect();
+    if !given.is_empty() {
+        bail!(
+            "loraplus {cmd} sweeps lists and does not read {}",
+            given.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Flags that override a config file's fields.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Overrides {
@@ -713,6 +731,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
     let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(cfg)?;
+    let tok = model::decoder_tokenizer(&mdir)?;
     let (model, _lora) = match &a.adapter {
         Some(ad) => {
             let adir = adapter_dir(ad);
@@ -741,7 +760,6 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
             },
         )?,
     };
-    let tok = loraplus_data::lm::LmTokenizer::from_model_dir(&mdir)?;
     let report = multiple_choice::evaluate(&model, &tok, &path, cfg.eval_batch_size)?;
     println!(
         "multiple-choice {} ({} questions): accuracy {:.4}, accuracy_norm {:.4}",

@@ -53,6 +53,16 @@ pub struct TuneArgs {
 
 /// `loraplus tune`.
 pub fn tune(a: TuneArgs) -> Result<()> {
+    let o = &a.overrides;
+    super::refuse_swept(
+        "tune",
+        &[
+            ("--lr", o.lr.is_some(), "--lrs"),
+            ("--ratio", o.ratio.is_some(), "--ratios"),
+            ("--seed", o.seed.is_some(), "--seeds"),
+        ],
+    )
+    .map_err(UsageError::wrap)?;
     let mut base = match &a.config {
         Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
         None => TrainConfig::default(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use loraplus_data::lm::{self, LmFormat, LmOptions, LmTokenizer, TooLong};
+use loraplus_data::lm::{self, LmFormat, LmOptions, TooLong};
 use loraplus_data::{Batch, MetricReport, PaddingSide, Split, TokenizedDataset};
 use loraplus_models::{Head, ModelInputs, IGNORE_INDEX};
 
@@ -54,7 +54,7 @@ impl CausalLmTask {
     }
 
     fn load(&self, path: &Path, model_dir: &Path, packing: bool) -> Result<Arc<TokenizedDataset>> {
-        let tok = LmTokenizer::from_model_dir(model_dir)?;
+        let tok = crate::model::decoder_tokenizer(model_dir)?;
         let opts = LmOptions {
             packing,
             ..self.options.clone()
@@ -66,7 +66,7 @@ impl CausalLmTask {
 
     /// The padding of this task's batches: the tokenizer's pad id (EOS when it has none) and side.
     pub fn padding(model_dir: &Path) -> Result<(u32, PaddingSide)> {
-        let tok = LmTokenizer::from_model_dir(model_dir)?;
+        let tok = crate::model::decoder_tokenizer(model_dir)?;
         Ok((tok.pad_id(), tok.padding_side()))
     }
 }
