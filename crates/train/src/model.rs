@@ -86,6 +86,26 @@ impl std::fmt::Display for UnusableModel {
 
 impl std::error::Error for UnusableModel {}
 
+/// The id that classification and regression batches are padded with: the model config's
+/// `pad_token_id` where it names a row of the vocabulary, else the tokenizer's pad id. The
+/// decoders' score head reads the rightmost token that is not `pad_token_id` (as transformers
+/// does) and RoBERTa counts positions from it, so padding with any other id (a tokenizer.json
+/// without padding falls back to 0) would move both.
+pub fn batch_pad_id(model_dir: &Path, tokenizer_pad: u32) -> Result<u32> {
+    let mc = ModelConfig::from_file(model_dir.join("config.json"))?;
+    Ok(match mc.pad_token_id() {
+        Some(p) if (0..mc.vocab_size()).contains(&p) => {
+            if p != i64::from(tokenizer_pad) {
+                tracing::debug!(
+                    "padding with config.json's pad_token_id {p} (the tokenizer's is {tokenizer_pad})"
+                );
+            }
+            p as u32
+        }
+        _ => tokenizer_pad,
+    })
+}
+
 /// The tokenizer of a decoder for causal-LM work (training, scoring, generation): an encoder's
 /// folder is refused by its `model_type` before its tokenizer is asked for an EOS token.
 pub fn decoder_tokenizer(model_dir: &Path) -> Result<loraplus_data::lm::LmTokenizer> {

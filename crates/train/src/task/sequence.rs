@@ -367,7 +367,11 @@ impl TrainTask for SequenceTask {
     }
 
     fn padding(&self, cfg: &TrainConfig, model_dir: &Path) -> Result<(u32, PaddingSide)> {
-        Ok((Self::encoder(cfg, model_dir)?.pad_id(), PaddingSide::Right))
+        let tokenizer_pad = Self::encoder(cfg, model_dir)?.pad_id();
+        Ok((
+            crate::model::batch_pad_id(model_dir, tokenizer_pad)?,
+            PaddingSide::Right,
+        ))
     }
 
     /// The row-major logits of the batch (`[rows, classes]`, or `[rows, 1]` for a regression).
@@ -479,6 +483,34 @@ mod tests {
             discover_labels(&empty, "label", ReadOptions::default()).unwrap_err()
         );
         assert!(e.contains("empty.jsonl") && e.contains("no rows"), "{e}");
+    }
+
+    /// Batches pad with config.json's pad_token_id (what the decoders' score head skips and
+    /// RoBERTa's positions count from) where it is a token of the vocabulary, else with the
+    /// tokenizer's (MiniLM's tokenizer.json pads with 0).
+    #[test]
+    fn batches_pad_with_the_configs_pad_token_id() {
+        let minilm = paths::model_dir();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(minilm.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+                .unwrap();
+        let cfg = TrainConfig {
+            task: "sst2".into(),
+            ..TrainConfig::default()
+        };
+        let task = SequenceTask::from_config(&cfg).unwrap();
+        for (pad, want) in [
+            (serde_json::json!(3), 3),
+            (serde_json::json!(null), 0),
+            (serde_json::json!(10_000_000), 0),
+        ] {
+            config["pad_token_id"] = pad.clone();
+            std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+            let (id, side) = task.padding(&cfg, dir.path()).unwrap();
+            assert_eq!((id, side), (want, PaddingSide::Right), "pad_token_id {pad}");
+        }
     }
 
     #[test]
