@@ -80,6 +80,10 @@ pub struct LoadOptions {
     /// Store every frozen linear of the base quantized (int8 or int4 weight-only; the head in
     /// `modules_to_save`, embeddings and norms stay as loaded). See `loraplus_core::quant`.
     pub quantize: Option<QuantScheme>,
+    /// An adapter will be loaded on top (eval, merge, generate): the head layers the checkpoint
+    /// lacks come from its `modules_to_save`, so their fresh initialisation is logged at debug
+    /// level, not announced.
+    pub heads_from_adapter: bool,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +98,7 @@ impl Default for LoadOptions {
             checkpointing: false,
             sparse_compute: true,
             quantize: None,
+            heads_from_adapter: false,
         }
     }
 }
@@ -254,11 +259,15 @@ impl TaskModel {
         let specs = config.arch().head_specs(opts.task);
         let initialised = ld.init_missing(&specs, config.initializer_range())?;
         for m in &initialised {
-            tracing::info!(
-                "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
-                config.initializer_range(),
-                opts.seed
-            );
+            if opts.heads_from_adapter {
+                tracing::debug!("{m}: not in the checkpoint; the adapter's copy replaces it");
+            } else {
+                tracing::info!(
+                    "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
+                    config.initializer_range(),
+                    opts.seed
+                );
+            }
         }
         let (backbone, head) = config.arch().build(&mut ld, opts.task)?;
         if matches!(

@@ -217,7 +217,8 @@ pub fn load_model(
     TaskModel::load(dir, &opts)
 }
 
-/// Load the model with a given adapter config (for eval and merge), its base quantized when
+/// Load the model for a given adapter (eval and merge: the heads the checkpoint lacks come
+/// from the adapter, whose weights the caller loads next), its base quantized when
 /// `quantize` says so.
 pub fn load_model_with_lora(
     dir: &Path,
@@ -233,9 +234,29 @@ pub fn load_model_with_lora(
         device,
         lora: Some(lc),
         quantize,
+        heads_from_adapter: true,
         ..LoadOptions::default()
     };
-    TaskModel::load(dir, &opts)
+    let (model, lora) = TaskModel::load(dir, &opts)?;
+    let uncovered: Vec<&str> = model
+        .initialised_modules()
+        .iter()
+        .filter(|m| {
+            let prefix = format!("{m}.");
+            !lora
+                .trainable_params()
+                .iter()
+                .any(|p| p.name.starts_with(&prefix))
+        })
+        .map(String::as_str)
+        .collect();
+    if !uncovered.is_empty() {
+        tracing::warn!(
+            "{}: neither in the checkpoint nor in the adapter's modules_to_save: its weights are random, so are the predictions (an adapter trained for this task saves its head)",
+            uncovered.join(", ")
+        );
+    }
+    Ok((model, lora))
 }
 
 /// One line on the base's memory when it is quantized: bytes before and after, and the

@@ -428,6 +428,40 @@ fn eval_of_a_peft_written_adapter_matches_peft() {
         assert_eq!(row["prediction"], *p, "row {i}");
         assert_close_row(i, &row["logits"], l);
     }
+    assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
+    // The same adapter without its head (no modules_to_save): the classifier is random, and
+    // eval says so.
+    let headless = dir.path().join("headless");
+    std::fs::create_dir(&headless).unwrap();
+    let adapter = dir.path().join("adapter");
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["modules_to_save"] = serde_json::Value::Null;
+    std::fs::write(headless.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(adapter.join("adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| !k.contains("classifier") && !k.contains("pooler"))
+            .collect();
+    tch::Tensor::write_safetensors(&tensors, headless.join("adapter_model.safetensors")).unwrap();
+    let o = run(&[
+        "eval",
+        "--adapter",
+        headless.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--limit",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("classifier: neither in the checkpoint nor in the adapter"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn read_predictions(path: &Path) -> Vec<serde_json::Value> {

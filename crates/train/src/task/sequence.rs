@@ -492,7 +492,11 @@ mod tests {
     fn batches_pad_with_the_configs_pad_token_id() {
         let minilm = paths::model_dir();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(minilm.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::copy(
+            minilm.join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
                 .unwrap();
