@@ -238,12 +238,10 @@ pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<St
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
     Ok(RESUME_FIXED
         .iter()
-        .filter_map(|k| {
-            let (x, y) = (&a[*k], &b[*k]);
-            // Checkpoints from before discovered labels were recorded have none.
-            let unrecorded = *k == "labels" && x.is_null();
-            (x != y && !unrecorded).then(|| format!("{k}: {x} in the checkpoint, {y} now"))
-        })
+        // Checkpoints from before discovered labels were recorded have none.
+        .filter(|k| !(**k == "labels" && a[**k].is_null()))
+        .flat_map(|k| crate::config::json_diffs(k, &a[*k], &b[*k]))
+        .map(|(k, x, y)| format!("{k}: {x} in the checkpoint, {y} now"))
         .collect())
 }
 

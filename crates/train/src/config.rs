@@ -576,9 +576,59 @@ pub fn quant_scheme(
     }
 }
 
+/// Every key (dotted path under `at`) whose value differs between `a` and `b`, with both values,
+/// in key order; a key one side lacks counts as null. Objects are compared key by key, any
+/// other values whole.
+pub fn json_diffs(
+    at: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    json_diffs(
+                        &path,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                    )
+                })
+                .collect()
+        }
+        _ if a != b => vec![(at.to_string(), a.clone(), b.clone())],
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_diffs_name_nested_keys_and_both_values() {
+        let a = serde_json::json!({"task": "sst2", "lora": {"r": 4, "lora_alpha": 8}, "x": 1});
+        let b = serde_json::json!({"task": "sst2", "lora": {"r": 8, "lora_alpha": 8}, "y": [1]});
+        let d: Vec<String> = json_diffs("", &a, &b)
+            .into_iter()
+            .map(|(k, x, y)| format!("{k}: {x} -> {y}"))
+            .collect();
+        assert_eq!(d, ["lora.r: 4 -> 8", "x: 1 -> null", "y: null -> [1]"]);
+        assert!(json_diffs("lora", &a["lora"], &a["lora"]).is_empty());
+        assert_eq!(
+            json_diffs("seed", &serde_json::json!(1), &serde_json::json!(2))[0].0,
+            "seed"
+        );
+    }
 
     #[test]
     fn unknown_keys_list_the_valid_ones() {

@@ -70,7 +70,11 @@ fn resume_takes_new_optimizer_settings_and_refuses_new_data_settings() {
             Box::new(|c| c.seed = 7),
             "seed: 42 in the checkpoint, 7 now",
         ),
-        ("rank", Box::new(|c| c.lora.r = 8), "lora: {"),
+        (
+            "rank",
+            Box::new(|c| c.lora.r = 8),
+            "lora.r: 4 in the checkpoint, 8 now",
+        ),
         (
             "train limit",
             Box::new(|c| c.train_limit = Some(32)),

@@ -272,8 +272,10 @@ fn check_same_search(root: &std::path::Path, base: &TrainConfig, head_lr: f64) -
             .with_context(|| format!("reading {}", path.display()))?;
         let before: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not the JSON a search writes", path.display()))?;
-        let mut diffs = Vec::new();
-        json_diffs("", &before, &now, &mut diffs);
+        let diffs: Vec<String> = crate::config::json_diffs("", &before, &now)
+            .into_iter()
+            .map(|(k, a, b)| format!("{k}: {a} then, {b} now"))
+            .collect();
         if !diffs.is_empty() {
             let shown: Vec<&String> = diffs.iter().take(6).collect();
             return Err(UsageError::wrap(anyhow::anyhow!(
@@ -295,33 +297,6 @@ fn check_same_search(root: &std::path::Path, base: &TrainConfig, head_lr: f64) -
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// Every key (dotted path) whose value differs between `a` (the earlier search) and `b`.
-fn json_diffs(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                json_diffs(
-                    &path,
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                    out,
-                );
-            }
-        }
-        _ if a != b => out.push(format!("{at}: {a} then, {b} now")),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
