@@ -30,7 +30,8 @@
 #   STAGES="edge" TASKS="sst2" bash benches/best_vs_best.sh   # one stage (grid edge tune finals)
 #
 # env: TASKS (sst2 cola stsb mrpc: cheapest first), LRS (3e-4,1e-3,3e-3), RATIOS (1,4,8,16,32),
-#      HEAD_LR (2e-3), EDGE_LRS (1e-2,3e-2), EDGE_LRS_PLUS (1e-4), STAGES (grid edge tune finals), OUT
+#      HEAD_LR (2e-3), EDGE_LRS (1e-2,3e-2), EDGE_LRS_PLUS (1e-4), STAGES (grid edge tune finals),
+#      RANKS (the tune stage's rankings of the short rungs: loss metric), OUT
 #      (runs/best-vs-best), GLUE_DIR. The finals' folders are named by their setting
 #      (final-250/lora-lr0.003-r1), so a changed pick never reuses runs of another setting.
 set -euo pipefail
@@ -43,6 +44,7 @@ HEAD_LR=${HEAD_LR:-2e-3}
 EDGE_LRS=${EDGE_LRS:-1e-2,3e-2}
 EDGE_LRS_PLUS=${EDGE_LRS_PLUS:-1e-4}
 STAGES=${STAGES:-"grid edge tune finals"}
+RANKS=${RANKS:-"loss metric"}
 OUT=${OUT:-runs/best-vs-best}
 SEEDS=1,2,3
 export GLUE_DIR=${GLUE_DIR:-$(cd "$repo/.." && pwd)/shared/glue}
@@ -162,7 +164,7 @@ TOML
         # default, folder tune-metric). Each store is seeded with the grid's 250-step trials, the
         # second also with the first's trials (same config, seed and steps: the same runs), so
         # the second search trains only the cells the first did not reach.
-        for rank in loss metric; do
+        for rank in $RANKS; do
             folder=tune
             [ $rank = metric ] && folder=tune-metric
             echo "== $task: loraplus tune (successive halving, rungs 28/84/250, eta 3, short rungs ranked by the $rank) ($(date +%T))"

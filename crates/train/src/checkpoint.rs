@@ -127,25 +127,17 @@ pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> R
 /// A fresh run (no `--resume`) asked to write into an output directory that holds an earlier
 /// run's checkpoints: they would be mixed with the new run's (pruning keeps the highest step
 /// numbers, so the old ones would outlive the new ones, and `--resume` would find them).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "{d} holds checkpoints of an earlier run (newest: {n}): resume it with --resume {d}, start over with --overwrite-output-dir (overwrite_output_dir = true: removes them), or choose another --output-dir",
+    d = .output_dir.display(),
+    n = .newest.display()
+)]
 pub struct OutputDirInUse {
     pub output_dir: PathBuf,
     /// The newest checkpoint there.
     pub newest: PathBuf,
 }
-
-impl std::fmt::Display for OutputDirInUse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let d = self.output_dir.display();
-        write!(
-            f,
-            "{d} holds checkpoints of an earlier run (newest: {}): resume it with --resume {d}, start over with --overwrite-output-dir (overwrite_output_dir = true: removes them), or choose another --output-dir",
-            self.newest.display()
-        )
-    }
-}
-
-impl std::error::Error for OutputDirInUse {}
 
 /// Before a fresh run: refuse an output directory with checkpoints ([`OutputDirInUse`]), or,
 /// with `overwrite`, remove what an earlier run left there for a later step to find (its
@@ -212,26 +204,18 @@ pub const RESUME_FIXED: &[&str] = &[
 
 /// A `--resume` whose config differs from the checkpoint's where it must not (see
 /// [`RESUME_FIXED`]), or that has nothing left to train.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "cannot resume from {}: {}. Resume with the checkpoint's settings (its config is in {}), or start a new run",
+    .checkpoint.display(),
+    .fields.join("; "),
+    .checkpoint.join(TRAINER_STATE).display()
+)]
 pub struct ResumeMismatch {
     pub checkpoint: PathBuf,
     /// One line per difference: `batch_size: 32 in the checkpoint, 16 now`.
     pub fields: Vec<String>,
 }
-
-impl std::fmt::Display for ResumeMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot resume from {}: {}. Resume with the checkpoint's settings (its config is in {}), or start a new run",
-            self.checkpoint.display(),
-            self.fields.join("; "),
-            self.checkpoint.join(TRAINER_STATE).display()
-        )
-    }
-}
-
-impl std::error::Error for ResumeMismatch {}
 
 /// The [`RESUME_FIXED`] settings that differ between the checkpoint's config and this run's.
 pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
@@ -311,16 +295,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 }
 
 /// `--resume` names no checkpoint (the `loraplus` binary exits 2: the user's input).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct NoCheckpoint(pub String);
-
-impl std::fmt::Display for NoCheckpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NoCheckpoint {}
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE);

@@ -75,16 +75,9 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
 /// The run's model is not a folder here and cannot be a Hub repository id either, or it is not
 /// the kind the task needs (an encoder given to a causal-LM task). The `loraplus` binary exits
 /// 2: the user's input.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UnusableModel(pub String);
-
-impl std::fmt::Display for UnusableModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UnusableModel {}
 
 /// The id that classification and regression batches are padded with: the model config's
 /// `pad_token_id` where it names a row of the vocabulary, else the tokenizer's pad id. The

@@ -24,29 +24,15 @@ pub use glue::{glue, GlueArgs};
 pub use tune::{tune, TuneArgs};
 
 /// A user error (bad flag, config or input file): exit code 2.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
 pub struct UsageError(pub anyhow::Error);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 /// A run stopped by SIGINT / SIGTERM after its checkpoint (or a launcher whose ranks were):
 /// the `loraplus` binary exits 130, as a shell expects of an interrupted command.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
 pub struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 impl UsageError {
     pub fn wrap(e: anyhow::Error) -> anyhow::Error {
