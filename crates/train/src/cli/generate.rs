@@ -43,6 +43,7 @@ pub struct GenerateArgs {
     /// Render the prompt as a user turn with the model's chat template (generation prompt added).
     #[arg(long)]
     pub chat: bool,
+    /// Tokens generated at most per prompt (fewer where an EOS token comes first).
     #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// Sample instead of greedy decoding.
@@ -57,6 +58,7 @@ pub struct GenerateArgs {
     /// Nucleus sampling: the smallest set of tokens whose probability reaches p (with --do-sample).
     #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
     pub top_p: f64,
+    /// Seed of the sampler (with --do-sample): the same seed gives the same text.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Recompute the whole sequence at every step instead of keeping keys and values.
@@ -65,6 +67,7 @@ pub struct GenerateArgs {
     /// Prompts generated together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Run on a quantized base (int8 or int4), as the adapter was trained.

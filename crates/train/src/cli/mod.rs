@@ -177,8 +177,10 @@ pub struct Overrides {
     /// Revision (branch, tag or commit) of a Hub --model (default main).
     #[arg(long)]
     pub revision: Option<String>,
+    /// Where checkpoints, metrics, plots and the adapter go.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
+    /// Seed of everything: head and adapter initialisation, data order, dropout.
     #[arg(long)]
     pub seed: Option<u64>,
     /// cpu, cuda, cuda:N.
@@ -189,30 +191,40 @@ pub struct Overrides {
     pub dtype: Option<String>,
     #[command(flatten)]
     pub quant: QuantFlags,
+    /// CPU threads for libtorch (0: libtorch's default).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Data-parallel backend: auto, gloo or nccl (see `dist_backend` in the config).
     #[arg(long)]
     pub dist_backend: Option<String>,
+    /// Stop after this many optimizer steps (overrides --epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Training epochs (may be fractional).
     #[arg(long)]
     pub epochs: Option<f64>,
+    /// Examples per optimizer step, all ranks and accumulation steps together.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Tokens per example after truncation.
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// Learning rate of the A matrices (B's is lr x ratio).
     #[arg(long)]
     pub lr: Option<f64>,
     /// LoRA+ ratio (1 = plain LoRA).
     #[arg(long)]
     pub ratio: Option<f64>,
+    /// Use only the first N training examples (after shuffling with the seed).
     #[arg(long)]
     pub train_limit: Option<usize>,
+    /// Evaluate on only the first N dev examples.
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Evaluate every N optimizer steps (0: only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Write a checkpoint every N optimizer steps (0: at the end and on interruption only).
     #[arg(long)]
     pub save_every: Option<usize>,
 }
@@ -424,12 +436,16 @@ pub struct EvalArgs {
     /// folder); for multiple-choice, the per-row scores (JSON).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// cpu, cuda, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Tokens per example after truncation (default: the config's).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// Examples per evaluation batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// GLUE data folder (default $GLUE_DIR, else ../shared/glue).
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
     /// Evaluate on the first N examples only.
