@@ -214,6 +214,38 @@ fn config_errors_exit_2_with_a_clear_message() {
         !Path::new(out_dir).exists(),
         "no run folder for a bad model"
     );
+    // --adapter naming no adapter: what the folder is instead.
+    let unfinished = dir.path().join("unfinished");
+    let step = unfinished.join("checkpoints/step-000004");
+    std::fs::create_dir_all(&step).unwrap();
+    std::fs::write(step.join("trainer_state.json"), "{}").unwrap();
+    let unfinished = unfinished.to_str().unwrap();
+    let adapter_cases = [
+        (no_model.to_string(), "does not exist".to_string()),
+        (
+            unfinished.to_string(),
+            format!("holds no adapter yet (an unfinished run): pass a checkpoint, e.g. its newest {unfinished}/checkpoints/step-000004"),
+        ),
+        (
+            step.join("trainer_state.json").to_str().unwrap().to_string(),
+            "is a file".to_string(),
+        ),
+    ];
+    for (path, needle) in &adapter_cases {
+        for cmd in ["eval", "merge"] {
+            let mut args = vec![cmd, "--task", "sst2", "--adapter", path];
+            if cmd == "merge" {
+                args.extend(["--output", out_dir]);
+            }
+            let o = run(&args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&format!("--adapter {path} {needle}")),
+                "{args:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
     // --resume naming nothing resumable.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

@@ -188,11 +188,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         &loraplus_models::hub::HubOptions::from_env(),
     )?;
     let tok = crate::model::decoder_tokenizer(&model_dir)?;
-    let lora_cfg = match &a.adapter {
-        Some(ad) => Some(
-            loraplus_core::read_adapter_config(&adapter_dir(ad))
-                .map_err(|e| UsageError::wrap(e.into()))?,
-        ),
+    let adapter = a.adapter.as_deref().map(adapter_dir).transpose()?;
+    let lora_cfg = match &adapter {
+        Some(ad) => {
+            Some(loraplus_core::read_adapter_config(ad).map_err(|e| UsageError::wrap(e.into()))?)
+        }
         None => None,
     };
     let opts = loraplus_models::LoadOptions {
@@ -204,8 +204,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ..loraplus_models::LoadOptions::default()
     };
     let (m, lora) = loraplus_models::TaskModel::load(&model_dir, &opts)?;
-    if let Some(ad) = &a.adapter {
-        lora.load_adapter(&adapter_dir(ad))?;
+    if let Some(ad) = &adapter {
+        lora.load_adapter(ad)?;
         if a.merge {
             lora.dequantize_base()?;
             lora.merge(true)?;

@@ -462,14 +462,37 @@ pub struct EvalArgs {
     pub quant: QuantFlags,
 }
 
-/// The adapter folder of `path`: its `adapter/` when it is a checkpoint, else itself.
-pub fn adapter_dir(path: &Path) -> PathBuf {
+/// The adapter folder of `--adapter path`: its `adapter/` when it is a checkpoint or a finished
+/// run's output folder, else itself when it holds an adapter config. Anything else is the
+/// user's error (exit 2), naming what the folder is: missing, a file, or an unfinished run
+/// (with its newest checkpoint to pass instead).
+pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
+    let config = loraplus_core::ADAPTER_CONFIG;
     let inner = path.join(crate::checkpoint::ADAPTER_DIR);
-    if inner.join(loraplus_core::ADAPTER_CONFIG).exists() {
-        inner
-    } else {
-        path.to_path_buf()
+    if inner.join(config).exists() {
+        return Ok(inner);
     }
+    if path.join(config).exists() {
+        return Ok(path.to_path_buf());
+    }
+    let problem = if !path.exists() {
+        "does not exist".to_string()
+    } else if !path.is_dir() {
+        "is a file, not an adapter folder".to_string()
+    } else if let Some((_, newest)) = crate::checkpoint::list(path)?.pop() {
+        format!(
+            "holds no adapter yet (an unfinished run): pass a checkpoint, e.g. its newest {}",
+            newest.display()
+        )
+    } else {
+        format!(
+            "holds no {config}: expected an adapter folder (PEFT format), a checkpoint or a finished run's output folder"
+        )
+    };
+    Err(UsageError::wrap(anyhow::anyhow!(
+        "--adapter {} {problem}",
+        path.display()
+    )))
 }
 
 /// A classification adapter's class names (`label_names.json`, written by training) become
@@ -479,7 +502,7 @@ fn apply_label_names(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()
     let Some(adapter) = adapter else {
         return Ok(());
     };
-    let Some(names) = crate::checkpoint::read_label_names(&adapter_dir(adapter))? else {
+    let Some(names) = crate::checkpoint::read_label_names(&adapter_dir(adapter)?)? else {
         return Ok(());
     };
     if cfg.task != names.task {
@@ -544,7 +567,7 @@ fn load_with_adapter(
     adapter: &Path,
     device: tch::Device,
 ) -> Result<(model::Model, loraplus_core::LoraModel)> {
-    let adir = adapter_dir(adapter);
+    let adir = adapter_dir(adapter)?;
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
     let mdir = model::model_dir(cfg)?;
@@ -736,7 +759,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
     let tok = model::decoder_tokenizer(&mdir)?;
     let (model, _lora) = match &a.adapter {
         Some(ad) => {
-            let adir = adapter_dir(ad);
+            let adir = adapter_dir(ad)?;
             let lc = loraplus_core::read_adapter_config(&adir)
                 .map_err(|e| UsageError::wrap(e.into()))?;
             let (m, l) = model::load_model_with_lora(
