@@ -49,6 +49,50 @@ pub struct TrainableParam {
     pub role: ParamRole,
 }
 
+/// Module names for a message, compact at any depth: layer indices folded
+/// (`encoder.layer.{i}.attention.self.query (6)`), then the distinct last name parts that
+/// `target_modules` usually lists (`query, key, value, dense`).
+fn module_summary(names: &[String]) -> String {
+    let mut patterns: Vec<(String, usize)> = Vec::new();
+    let mut leaves: Vec<&str> = Vec::new();
+    for name in names {
+        let pattern = name
+            .split('.')
+            .map(|part| {
+                if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                    "{i}"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        match patterns.iter_mut().find(|(p, _)| *p == pattern) {
+            Some((_, n)) => *n += 1,
+            None => patterns.push((pattern, 1)),
+        }
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        if !leaves.contains(&leaf) {
+            leaves.push(leaf);
+        }
+    }
+    let listed: Vec<String> = patterns
+        .iter()
+        .map(|(p, n)| {
+            if *n > 1 {
+                format!("{p} ({n})")
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    format!(
+        "{}; by last name part: {}",
+        listed.join(", "),
+        leaves.join(", ")
+    )
+}
+
 /// What kind of module a registered parameter belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModuleKind {
@@ -462,7 +506,7 @@ impl LoraBuilder {
                 return Err(Error::NoTargetModule(format!(
                     "target_modules {} matches no module{saved}; modules that can take an adapter: {}",
                     serde_json::to_string(&cfg.target_modules).unwrap_or_default(),
-                    names.join(", ")
+                    module_summary(&names)
                 )));
             }
             if let Some(list) = &cfg.modules_to_save {
@@ -758,3 +802,29 @@ impl LoraModel {
 
 /// The prefix PEFT puts before every key of `adapter_model.safetensors`.
 pub const PEFT_PREFIX: &str = "base_model.model.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_summaries_fold_layer_indices() {
+        let names: Vec<String> = [
+            "bert.embeddings.word_embeddings",
+            "bert.encoder.layer.0.attention.self.query",
+            "bert.encoder.layer.0.output.dense",
+            "bert.encoder.layer.1.attention.self.query",
+            "bert.encoder.layer.1.output.dense",
+            "classifier",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            module_summary(&names),
+            "bert.embeddings.word_embeddings, bert.encoder.layer.{i}.attention.self.query (2), \
+             bert.encoder.layer.{i}.output.dense (2), classifier; by last name part: \
+             word_embeddings, query, dense, classifier"
+        );
+    }
+}

@@ -129,7 +129,7 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<NoCheckpoint>().is_some()
                 || e.downcast_ref::<loraplus_train::model::UnusableModel>()
                     .is_some()
-                || quantization_refused(&e)
+                || core_config_refused(&e)
             {
                 ExitCode::from(2)
             } else {
@@ -139,12 +139,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// A base that cannot be quantized as asked (a group size that does not divide a layer's
-/// width, no kernel for the device or dtype): the user's choice, so a usage error.
-fn quantization_refused(e: &anyhow::Error) -> bool {
+/// What loraplus-core refuses in the user's LoRA settings: a `target_modules` that matches no
+/// module, a value out of range, a PEFT option it does not implement, a base that cannot be
+/// quantized as asked (a group size that does not divide a layer's width, no kernel for the
+/// device or dtype). The user's choice, so a usage error.
+fn core_config_refused(e: &anyhow::Error) -> bool {
+    use loraplus_core::Error as E;
     e.chain().any(|c| {
-        c.downcast_ref::<loraplus_core::Error>()
-            .is_some_and(|ce| matches!(ce.root(), loraplus_core::Error::Quantization(_)))
+        c.downcast_ref::<E>().is_some_and(|ce| {
+            matches!(
+                ce.root(),
+                E::Quantization(_)
+                    | E::NoTargetModule(_)
+                    | E::BadConfigValue(_)
+                    | E::UnsupportedPeftOption { .. }
+            )
+        })
     })
 }
 

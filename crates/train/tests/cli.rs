@@ -246,6 +246,23 @@ fn config_errors_exit_2_with_a_clear_message() {
             );
         }
     }
+    // LoRA settings loraplus-core refuses: exit 2 with its message.
+    let bad_lora = dir.path().join("bad-lora.toml");
+    std::fs::write(
+        &bad_lora,
+        format!(
+            "task = \"sst2\"\noutput_dir = \"{out_dir}\"\nmax_steps = 1\ntrain_limit = 16\neval_limit = 16\nmax_seq_len = 16\n[lora]\ntarget_modules = [\"q_proj\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = run(&["train", "--config", bad_lora.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("target_modules [\"q_proj\"] matches no module")
+            && stderr(&o).contains("bert.encoder.layer.{i}.attention.self.query (6)"),
+        "{}",
+        stderr(&o)
+    );
     // --resume naming nothing resumable.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
