@@ -134,6 +134,17 @@ fn config_errors_exit_2_with_a_clear_message() {
             "--split must be dev or test",
         ),
         (
+            &[
+                "eval",
+                "--task",
+                "causal-lm",
+                "--eval-file",
+                missing,
+                "--packing",
+            ],
+            "--packing is for training",
+        ),
+        (
             &["glue", "--tasks", "sst2", "--seed", "3", "--ratio", "4"],
             "glue sweeps lists and does not read --ratio (give --ratios), --seed (give --seeds)",
         ),

@@ -581,9 +581,12 @@ fn load_with_adapter(
     Ok((m, lora))
 }
 
-/// Flags that only one `--split` (or only multiple-choice) reads are refused where they would be
-/// ignored.
-fn check_split_flags(a: &EvalArgs, task: &str) -> Result<()> {
+/// Flags eval would ignore are refused: `--packing` (training only), and those that only one
+/// `--split` (or only multiple-choice) reads.
+fn check_eval_flags(a: &EvalArgs, task: &str) -> Result<()> {
+    if a.data.packing {
+        bail!("--packing is for training: evaluation scores every example in a row of its own");
+    }
     if task == "multiple-choice" {
         if a.split != "dev" || a.limit.is_some() || a.predictions.is_some() {
             bail!(
@@ -626,7 +629,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         cfg.glue_dir = Some(g.clone());
     }
     a.quant.apply(&mut cfg);
-    check_split_flags(&a, &cfg.task).map_err(UsageError::wrap)?;
+    check_eval_flags(&a, &cfg.task).map_err(UsageError::wrap)?;
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg);
     }
