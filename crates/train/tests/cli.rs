@@ -180,6 +180,12 @@ fn config_errors_exit_2_with_a_clear_message() {
             &["generate", "--model", folder, "--prompt", "hi", "--merge"],
             "--adapter",
         ),
+        (
+            &[
+                "generate", "--model", folder, "--prompt", "hi", "--seed", "3",
+            ],
+            "--do-sample",
+        ),
     ];
     for (args, needle) in flag_cases {
         let o = run(args);

@@ -59,7 +59,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
     pub top_p: f64,
     /// Seed of the sampler (with --do-sample): the same seed gives the same text.
-    #[arg(long)]
+    #[arg(long, requires = "do_sample")]
     pub seed: Option<u64>,
     /// Recompute the whole sequence at every step instead of keeping keys and values.
     #[arg(long)]
