@@ -199,7 +199,8 @@ fn bad_options_are_refused() {
     let msg = load_err(dir.path(), &opts);
     assert!(
         msg.contains("matches no module")
-            && msg.contains("bert.encoder.layer.0.attention.self.query"),
+            && msg.contains("bert.encoder.layer.{i}.attention.self.query (2)")
+            && msg.contains("by last name part: position_embeddings, token_type_embeddings, word_embeddings, dense, key, query, value"),
         "{msg}"
     );
 }
