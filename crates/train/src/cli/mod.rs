@@ -630,6 +630,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     a.quant.apply(&mut cfg);
     check_eval_flags(&a, &cfg.task).map_err(UsageError::wrap)?;
+    // Flags before files: an unknown scheme is named before any adapter path is read.
+    cfg.quant_scheme().map_err(UsageError::wrap)?;
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg);
     }
@@ -886,6 +888,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     )?;
     cfg.dtype = "f32".into();
     a.quant.apply(&mut cfg);
+    cfg.quant_scheme().map_err(UsageError::wrap)?;
     apply_label_names(&mut cfg, Some(&a.adapter))?;
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
