@@ -468,6 +468,103 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
     }
 }
 
+/// A decoder classifier (Llama, score head) evaluated on rows of different lengths: its logits
+/// equal transformers + PEFT's, row by row. The fixture's tokenizer.json declares no padding and
+/// its config's pad_token_id is 2, so batches must pad with 2 for the head to read each row's
+/// last real token, as transformers does (padding with 0 read a padding position).
+#[test]
+fn llama_classifier_logits_equal_peft_on_padded_batches() {
+    let fx = Fixture::new();
+    let llama = fx.model("llama");
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            let t = TOPICS[i % 6];
+            let text = match i % 3 {
+                0 => t.to_string(),
+                1 => format!("{t} runs over the hill"),
+                _ => format!(
+                    "{t} sleeps under the tree and {} runs home",
+                    TOPICS[(i + 1) % 6]
+                ),
+            };
+            serde_json::json!({"text": text, "label": if i % 2 == 0 { "pos" } else { "neg" }})
+        })
+        .collect();
+    let data = dir.path().join("rows.jsonl");
+    write_jsonl(&data, &rows);
+    let out = dir.path().join("run");
+    ok(&[
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        s(&llama),
+        "--train-file",
+        s(&data),
+        "--eval-file",
+        s(&data),
+        "--output-dir",
+        s(&out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]);
+    let preds = dir.path().join("ours.jsonl");
+    ok(&[
+        "eval",
+        "--task",
+        "classification",
+        "--model",
+        s(&llama),
+        "--adapter",
+        s(&out),
+        "--eval-file",
+        s(&data),
+        "--predictions",
+        s(&preds),
+    ]);
+    let theirs_path = dir.path().join("theirs.json");
+    reference(&[
+        "seqcls",
+        s(&llama),
+        s(&out.join("adapter")),
+        s(&data),
+        s(&theirs_path),
+    ]);
+    let theirs: Vec<Vec<f64>> =
+        serde_json::from_str(&std::fs::read_to_string(&theirs_path).unwrap()).unwrap();
+    let ours: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ours.len(), rows.len());
+    assert_eq!(theirs.len(), rows.len());
+    // Classes are numbered in sorted order ("neg", "pos"), as PEFT's label ids here.
+    for (i, (row, t)) in ours.iter().zip(&theirs).enumerate() {
+        let l: Vec<f64> = row["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(l.len(), 2, "row {i}");
+        for (a, b) in l.iter().zip(t) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "row {i}: ours {l:?}, PEFT {t:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn multiple_choice_accuracy_equals_the_python_reference() {
     let fx = Fixture::new();

@@ -12,6 +12,10 @@ usage:
   causal_lm_ref.py mc MODEL_DIR ADAPTER_DIR|- MC_JSONL OUT.json
       lm-eval-harness style log-likelihood scores of each choice (no special tokens; context =
       question, continuation = " " + choice, split at the question's tokens).
+  causal_lm_ref.py seqcls MODEL_DIR ADAPTER_DIR ROWS_JSONL OUT.json
+      logits of AutoModelForSequenceClassification (2 labels) + the adapter on the "text" of
+      every row, all rows in one batch padded on the right by the tokenizer (its pad token,
+      the config's pad_token_id), as a user of transformers evaluates.
 No download: configs are built here, weights drawn from torch.manual_seed.
 """
 import json
@@ -112,6 +116,23 @@ def mc(model_dir, adapter, path, out):
     json.dump(result, open(out, "w"))
 
 
+def seqcls(model_dir, adapter, path, out):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2,
+                                                               torch_dtype=torch.float32)
+    assert tok.pad_token_id == model.config.pad_token_id
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    texts = [json.loads(l)["text"] for l in open(path) if l.strip()]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    assert (enc["attention_mask"] == 0).any(), "rows of one length: nothing padded"
+    with torch.no_grad():
+        lg = model(**enc).logits
+    json.dump(lg.tolist(), open(out, "w"))
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "fixture":
@@ -122,6 +143,8 @@ def main():
         logits(load(sys.argv[2], "-"), sys.argv[3], sys.argv[4])
     elif cmd == "mc":
         mc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif cmd == "seqcls":
+        seqcls(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         raise SystemExit(f"unknown command {cmd}")
 
