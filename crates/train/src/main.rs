@@ -127,6 +127,7 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<OutputDirInUse>().is_some()
                 || e.downcast_ref::<ResumeMismatch>().is_some()
                 || e.downcast_ref::<NoCheckpoint>().is_some()
+                || e.downcast_ref::<loraplus_train::task::BadData>().is_some()
                 || e.downcast_ref::<loraplus_train::model::UnusableModel>()
                     .is_some()
                 || core_config_refused(&e)

@@ -114,14 +114,17 @@ impl Trainer {
         // that evaluation numbers them as training did.
         if config.task == "classification" && config.labels.is_none() {
             if let Some(f) = config.train_file.as_ref().or(config.eval_file.as_ref()) {
-                config.labels = Some(task::sequence::discover_labels(
-                    f,
-                    &config.label_column,
-                    task::sequence::read_options(&config),
-                )?);
+                config.labels = Some(
+                    task::sequence::discover_labels(
+                        f,
+                        &config.label_column,
+                        task::sequence::read_options(&config),
+                    )
+                    .map_err(task::bad_data)?,
+                );
             }
         }
-        let task = task::from_config(&config)?;
+        let task = task::from_config(&config).map_err(task::bad_data)?;
         let mut device = parse_device(&config.device)?;
         let parallel =
             DataParallel::from_env(device, &config.dist_backend, loraplus_dist::DEFAULT_TIMEOUT)?;

@@ -649,7 +649,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let pad = task.padding(&cfg, &mdir)?;
     match a.split.as_str() {
         "dev" => {
-            let evals = task::limit_evals(task.load_evals(&cfg, &mdir)?, a.limit)?;
+            let evals = task::limit_evals(
+                task.load_evals(&cfg, &mdir).map_err(task::bad_data)?,
+                a.limit,
+            )
+            .map_err(task::bad_data)?;
             if evals.is_empty() {
                 return Err(UsageError::wrap(anyhow::anyhow!(
                     "nothing to evaluate: give --eval-file (task {})",

@@ -134,14 +134,45 @@ pub fn from_config(cfg: &TrainConfig) -> Result<Box<dyn TrainTask>> {
     }
 }
 
-/// All of a run's data: training set (a seeded subset with `train_limit`), evaluation sets (the
-/// first `eval_limit` rows of each), padding.
-pub fn load_data(task: &dyn TrainTask, cfg: &TrainConfig, model_dir: &Path) -> Result<TaskData> {
-    let mut train = task.load_train(cfg, model_dir)?;
-    if let Some(n) = cfg.train_limit {
-        train = Arc::new(subset(&train, n, cfg.seed)?);
+/// The run's data or task settings refused: a file's content (a missing column, an unknown
+/// label, a row that is not JSON, no rows), a label list with one class, or a subset or
+/// tokenizer setting that does not fit the data. The user's input (the `loraplus` binary exits
+/// 2); the message names the file and line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct BadData(pub anyhow::Error);
+
+/// `e` as [`BadData`], unless the system failed (an I/O error other than a missing or
+/// unreadable-as-text file: a full disk, a permission, a device error), which stays as it is.
+pub fn bad_data(e: anyhow::Error) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let system = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            !matches!(
+                io.kind(),
+                ErrorKind::NotFound | ErrorKind::InvalidData | ErrorKind::IsADirectory
+            )
+        })
+    });
+    if system || e.downcast_ref::<BadData>().is_some() {
+        e
+    } else {
+        anyhow::Error::new(BadData(e))
     }
-    let evals = limit_evals(task.load_evals(cfg, model_dir)?, cfg.eval_limit)?;
+}
+
+/// All of a run's data: training set (a seeded subset with `train_limit`), evaluation sets (the
+/// first `eval_limit` rows of each), padding. Errors of the data itself are [`BadData`].
+pub fn load_data(task: &dyn TrainTask, cfg: &TrainConfig, model_dir: &Path) -> Result<TaskData> {
+    let mut train = task.load_train(cfg, model_dir).map_err(bad_data)?;
+    if let Some(n) = cfg.train_limit {
+        train = Arc::new(subset(&train, n, cfg.seed).map_err(bad_data)?);
+    }
+    let evals = limit_evals(
+        task.load_evals(cfg, model_dir).map_err(bad_data)?,
+        cfg.eval_limit,
+    )
+    .map_err(bad_data)?;
     let (pad_id, padding_side) = task.padding(cfg, model_dir)?;
     Ok(TaskData {
         train,
@@ -193,4 +224,26 @@ pub fn subset(data: &TokenizedDataset, n: usize, seed: u64) -> Result<TokenizedD
 pub fn first_n(data: &TokenizedDataset, n: usize) -> Result<TokenizedDataset> {
     let idx: Vec<usize> = (0..n.min(data.len())).collect();
     data.select(&idx)
+}
+
+#[cfg(test)]
+mod bad_data_tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_are_bad_data_and_system_failures_are_not() {
+        let is_bad = |e: anyhow::Error| bad_data(e).downcast_ref::<BadData>().is_some();
+        assert!(is_bad(anyhow::anyhow!("t.csv: line 3: no column \"text\"")));
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert!(is_bad(anyhow::Error::new(missing).context("reading t.csv")));
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        assert!(!is_bad(
+            anyhow::Error::new(full).context("writing the cache")
+        ));
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        assert!(!is_bad(anyhow::Error::new(denied)));
+        // Wrapped once: the message is the chain, unchanged.
+        let e = bad_data(bad_data(anyhow::anyhow!("inner").context("outer")));
+        assert_eq!(format!("{e:#}"), "outer: inner");
+    }
 }
