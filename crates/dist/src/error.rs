@@ -71,9 +71,19 @@ pub enum DistError {
         /// Which peer rank(s) stopped, as far as the store's heartbeats tell.
         peers: String,
     },
-    /// A rank started by [`crate::launch_local`] could not start, or ended badly.
+    /// A rank started by [`crate::launch_local`] could not start, or the launcher failed.
     #[error("launcher: {0}")]
     Launch(String),
+    /// A rank started by [`crate::launch_local`] ended badly (the others were stopped).
+    #[error("launcher: rank {rank} of {nproc} {detail}")]
+    RankFailed {
+        rank: usize,
+        nproc: usize,
+        /// Its exit status, `None` when a signal ended it.
+        code: Option<i32>,
+        /// How it ended, and what became of the other ranks.
+        detail: String,
+    },
 }
 
 /// `Result` with [`DistError`].

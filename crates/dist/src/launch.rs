@@ -132,12 +132,17 @@ pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
         if let Some((rank, status, _)) = failure.filter(|f| f.2.elapsed() > cfg.grace) {
             let left: Vec<String> = children.iter().map(|(r, _)| r.to_string()).collect();
             stop(&mut children);
-            return Err(DistError::Launch(format!(
-                "rank {rank} {}; rank(s) {} still running {:?} later were stopped",
-                describe(status),
-                left.join(", "),
-                cfg.grace
-            )));
+            return Err(DistError::RankFailed {
+                rank,
+                nproc: cfg.nproc,
+                code: status.code(),
+                detail: format!(
+                    "{}; rank(s) {} still running {:?} later were stopped",
+                    describe(status),
+                    left.join(", "),
+                    cfg.grace
+                ),
+            });
         }
         if !children.is_empty() {
             std::thread::sleep(POLL);
@@ -145,11 +150,12 @@ pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
     }
     match failure {
         None => Ok(()),
-        Some((rank, status, _)) => Err(DistError::Launch(format!(
-            "rank {rank} of {} {}",
-            cfg.nproc,
-            describe(status)
-        ))),
+        Some((rank, status, _)) => Err(DistError::RankFailed {
+            rank,
+            nproc: cfg.nproc,
+            code: status.code(),
+            detail: describe(status),
+        }),
     }
 }
 

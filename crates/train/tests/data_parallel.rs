@@ -609,3 +609,28 @@ fn a_named_backend_builds_a_group_of_one_that_changes_nothing() {
         assert!(err.contains(expected), "{flags:?}: {err}");
     }
 }
+
+/// The ranks refuse the user's data (a column the file lacks): the launcher exits 2 as they do,
+/// and the message names the file.
+#[test]
+fn ranks_refusing_the_data_make_the_launcher_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("train.csv");
+    std::fs::write(&csv, "sentence,label\ngood,pos\nbad,neg\n").unwrap();
+    let o = bin()
+        .args(["train", "--nproc-per-node", "2", "--task", "classification"])
+        .arg("--train-file")
+        .arg(&csv)
+        .arg("--output-dir")
+        .arg(dir.path().join("run"))
+        .args(["--max-steps", "1", "--no-progress"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("train.csv: line 1: the header has no column \"text\""),
+        "{err}"
+    );
+    assert!(err.contains("exited with status 2"), "{err}");
+}

@@ -308,6 +308,10 @@ pub fn launch_ranks(n: usize) -> Result<()> {
     match loraplus_dist::launch_local(&launch) {
         Ok(()) => Ok(()),
         Err(_) if interrupted.load(Ordering::SeqCst) => Err(Interrupted.into()),
+        // A rank refused the user's input (it printed why): so does the launcher.
+        Err(e @ loraplus_dist::DistError::RankFailed { code: Some(2), .. }) => {
+            Err(UsageError::wrap(e.into()))
+        }
         Err(e) => Err(e.into()),
     }
 }
