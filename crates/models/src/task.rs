@@ -80,9 +80,9 @@ pub struct LoadOptions {
     /// Store every frozen linear of the base quantized (int8 or int4 weight-only; the head in
     /// `modules_to_save`, embeddings and norms stay as loaded). See `loraplus_core::quant`.
     pub quantize: Option<QuantScheme>,
-    /// An adapter will be loaded on top (eval, merge, generate): the head layers the checkpoint
-    /// lacks come from its `modules_to_save`, so their fresh initialisation is logged at debug
-    /// level, not announced.
+    /// An adapter will be loaded on top (eval, merge, generate): a head layer the checkpoint
+    /// lacks comes from its `modules_to_save` (its fresh initialisation is logged at debug
+    /// level), or, when `lora.modules_to_save` does not cover it, stays random (a warning).
     pub heads_from_adapter: bool,
 }
 
@@ -258,17 +258,6 @@ impl TaskModel {
         let mut ld = Loader::new(w, &mut builder);
         let specs = config.arch().head_specs(opts.task);
         let initialised = ld.init_missing(&specs, config.initializer_range())?;
-        for m in &initialised {
-            if opts.heads_from_adapter {
-                tracing::debug!("{m}: not in the checkpoint; the adapter's copy replaces it");
-            } else {
-                tracing::info!(
-                    "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
-                    config.initializer_range(),
-                    opts.seed
-                );
-            }
-        }
         let (backbone, head) = config.arch().build(&mut ld, opts.task)?;
         if matches!(
             head,
@@ -283,6 +272,27 @@ impl TaskModel {
             );
         }
         let lora = builder.finish()?;
+        for m in &initialised {
+            let prefix = format!("{m}.");
+            let saved = || {
+                lora.trainable_params()
+                    .iter()
+                    .any(|p| p.name.starts_with(&prefix))
+            };
+            if !opts.heads_from_adapter {
+                tracing::info!(
+                    "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
+                    config.initializer_range(),
+                    opts.seed
+                );
+            } else if saved() {
+                tracing::debug!("{m}: not in the checkpoint; the adapter's copy replaces it");
+            } else {
+                tracing::warn!(
+                    "{m}: neither in the checkpoint nor in the adapter's modules_to_save: its weights are random, so are the predictions (an adapter trained for this task saves its head)"
+                );
+            }
+        }
         let unused = w.unused();
         if !unused.is_empty() {
             tracing::warn!(

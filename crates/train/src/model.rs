@@ -42,31 +42,34 @@ pub fn model_ref(cfg: &TrainConfig) -> PathBuf {
 /// `cfg.revision` fetched into the Hub cache (settings from the `HF_*` environment variables;
 /// see `loraplus_models::hub`).
 pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
-    if cfg.model.is_none() {
-        let default = model_ref(cfg);
-        if !default.is_dir() {
-            return Err(anyhow::Error::new(UnusableModel(format!(
-                "no model given (--model, or `model` in the config) and the default model is not there: {} (`make setup` installs it as .venv/minilm in the repository, found from the current folder {} or its parents; ${} names another folder)",
-                default.display(),
-                std::env::current_dir().unwrap_or_default().display(),
-                loraplus_data::paths::MODEL_DIR_ENV
-            ))));
-        }
-    }
     let model = model_ref(cfg);
-    if !model.is_dir() && !loraplus_models::hub::is_repo_id(&model.to_string_lossy()) {
+    let refused = if model.is_dir() {
+        None
+    } else if cfg.model.is_none() {
+        Some(format!(
+            "no model given (--model, or `model` in the config) and the default model is not there: {} (`make setup` installs it as .venv/minilm in the repository, found from the current folder {} or its parents; ${} names another folder)",
+            model.display(),
+            std::env::current_dir().unwrap_or_default().display(),
+            loraplus_data::paths::MODEL_DIR_ENV
+        ))
+    } else if !loraplus_models::hub::is_repo_id(&model.to_string_lossy()) {
         let what = if model.exists() {
             "is a file, not a model folder"
         } else {
             "does not exist"
         };
-        return Err(anyhow::Error::new(UnusableModel(format!(
+        Some(format!(
             "--model {} {what} (a folder with config.json, model.safetensors and tokenizer.json, or a Hub repository id such as Qwen/Qwen2.5-0.5B)",
             model.display()
-        ))));
+        ))
+    } else {
+        None
+    };
+    if let Some(msg) = refused {
+        return Err(anyhow::Error::new(UnusableModel(msg)));
     }
     loraplus_models::hub::resolve_model(
-        &model_ref(cfg),
+        &model,
         cfg.revision.as_deref(),
         &loraplus_models::hub::HubOptions::from_env(),
     )
@@ -103,7 +106,7 @@ pub fn batch_pad_id(model_dir: &Path, tokenizer_pad: u32) -> Result<u32> {
 /// folder is refused by its `model_type` before its tokenizer is asked for an EOS token.
 pub fn decoder_tokenizer(model_dir: &Path) -> Result<loraplus_data::lm::LmTokenizer> {
     let config = model_dir.join("config.json");
-    let mc = loraplus_models::ModelConfig::from_file(&config)?;
+    let mc = ModelConfig::from_file(&config)?;
     if !mc.arch().causal_lm() {
         return Err(anyhow::Error::new(UnusableModel(format!(
             "{} is {} (an encoder): causal-LM training, multiple-choice scoring and generation need a decoder ({})",
@@ -230,26 +233,7 @@ pub fn load_model_with_lora(
         heads_from_adapter: true,
         ..LoadOptions::default()
     };
-    let (model, lora) = TaskModel::load(dir, &opts)?;
-    let uncovered: Vec<&str> = model
-        .initialised_modules()
-        .iter()
-        .filter(|m| {
-            let prefix = format!("{m}.");
-            !lora
-                .trainable_params()
-                .iter()
-                .any(|p| p.name.starts_with(&prefix))
-        })
-        .map(String::as_str)
-        .collect();
-    if !uncovered.is_empty() {
-        tracing::warn!(
-            "{}: neither in the checkpoint nor in the adapter's modules_to_save: its weights are random, so are the predictions (an adapter trained for this task saves its head)",
-            uncovered.join(", ")
-        );
-    }
-    Ok((model, lora))
+    TaskModel::load(dir, &opts)
 }
 
 /// One line on the base's memory when it is quantized: bytes before and after, and the
