@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu-check
+BNB_VERSION=${BNB_VERSION:-0.50.2}
 rm -rf "$out" && mkdir -p "$out/bin"
 
 cargo build --release -p loraplus-train --bin loraplus --example train_step_bench --example sft_step_bench
@@ -31,6 +32,11 @@ cp "${GLUE_DIR:-../shared/glue}/SST-2/dev.tsv" "$out/glue/SST-2/dev.tsv"
 mkdir -p "$out/wheels"
 .venv/bin/pip download -q --no-deps -d "$out/wheels" \
   "$(grep -i '^peft==' requirements.txt)" "accelerate==$(.venv/bin/python -c 'import accelerate; print(accelerate.__version__)')"
+# bitsandbytes for quant's PEFT + NF4 reference (QLoRA): the GPU machine cannot reach PyPI, so
+# it travels installed, with only its CPU and CUDA 13 kernels (the torch there is CUDA 13): the
+# wheel's other CUDA / ROCm / XPU builds are 115 MB and would not fit the transfer.
+.venv/bin/pip install -q --no-deps --target "$out/pylib" "bitsandbytes==$BNB_VERSION"
+find "$out/pylib/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' ! -name '*_cuda13*.so' -delete
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -84,14 +90,13 @@ bin/loraplus info | tee "$logs/info.log"
 if ! python3 -c 'import peft' 2>/dev/null; then
   python3 -m pip install -q --no-deps --target /tmp/loraplus-pylib wheels/*.whl
 fi
-# bitsandbytes (for quant's PEFT + NF4 reference) is installed only where pip reaches PyPI
-# at once (the device machine has no network: no retries, a short timeout).
-if [[ " $PARTS " == *" quant "* ]]; then
-  python3 -c 'import bitsandbytes' 2>/dev/null \
-    || timeout 30 python3 -m pip install -q --retries 0 --timeout 5 --target /tmp/loraplus-pylib bitsandbytes 2>/dev/null \
-    || echo "bitsandbytes not installable here: no PEFT + NF4 reference"
-fi
 export PYTHONPATH="/tmp/loraplus-pylib${PYTHONPATH:+:$PYTHONPATH}"
+# bitsandbytes (quant's PEFT + NF4 reference): the machine's own if it has one, else the copy
+# carried in pylib/ (CPU and CUDA 13 kernels only).
+if ! python3 -c 'import bitsandbytes' 2>/dev/null; then
+  export PYTHONPATH="$PYTHONPATH:$PWD/pylib"
+fi
+python3 -c 'import bitsandbytes as b, torch; print("bitsandbytes", b.__version__, "torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -1
 
 cuda_tests() {
     local rc=0 t
