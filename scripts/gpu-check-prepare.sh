@@ -41,11 +41,11 @@ find "$out/pylib/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' !
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root:  bash gpu-check/run.sh
-# Parts, in this order (PARTS picks and orders them; default: the open issues' GPU parts):
+# Parts, in this order (PARTS picks and orders them; default: the open issues' GPU parts, then sft):
 #   tests  every CUDA test, LORAPLUS_REQUIRE_CUDA=1 (a missing GPU fails them)    (#13, #14)
-#   sft    bf16 SFT step, Llama-7B-shaped layers, padded and packed, vs PEFT    (#12)
 #   dp     data parallel on the GPU: NCCL group of one, Gloo 2 ranks on one GPU (#13)
 #   quant  Llama-7B-shaped layers: bf16 vs int8 vs int4 base, PEFT bf16 and NF4 (#14)
+#   sft    bf16 SFT step, Llama-7B-shaped layers, padded and packed, vs PEFT    (#12)
 #   train  a short bf16 CUDA training run (MiniLM shape, random weights)
 #   bench  benches/gpu_bench.sh on GPT-2-small, RoBERTa-base and Llama-7B shapes
 # DEADLINE (seconds, default 540) bounds the whole run, under one device call's 600 s: each part
@@ -55,7 +55,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 t0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-PARTS=${PARTS:-"tests sft dp quant"}
+PARTS=${PARTS:-"tests dp quant sft"}
 logs=${OUT:-$PWD/out}
 mkdir -p "$logs"
 export LD_LIBRARY_PATH="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -121,7 +121,7 @@ for p in $PARTS; do
                    --batch-size 32 --eval-every 30 --output-dir /tmp/loraplus-gpu-run --overwrite-output-dir --no-progress ;;
         bench) part bench 300 env BIN="$PWD/bin/train_step_bench" ROUNDS=2 LLAMA_LAYERS=2 QUANT=0 \
                    bash ../benches/gpu_bench.sh ;;
-        *) echo "unknown part '$p' (known: tests sft dp quant train bench)"; status=1 ;;
+        *) echo "unknown part '$p' (known: tests dp quant sft train bench)"; status=1 ;;
     esac
 done
 echo "== done in $(( $(date +%s) - t0 ))s, status $status; logs in $logs"
