@@ -207,7 +207,7 @@ impl LoraModel {
         let path = dir.join(ADAPTER_WEIGHTS);
         let bytes = std::fs::read(&path).io_context("reading", &path)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&path, e))?;
-        let file_name = ADAPTER_WEIGHTS;
+        let file_name = path.display().to_string();
         let mut expected = BTreeMap::new();
         for p in self.trainable_params() {
             expected.insert(self.peft_key(p), p);
@@ -223,14 +223,14 @@ impl LoraModel {
             .collect();
         if !unexpected.is_empty() {
             return Err(Error::UnexpectedTensors {
-                file: file_name.into(),
+                file: file_name.clone(),
                 keys: unexpected,
             });
         }
         let mut loaded = Vec::new();
         for (key, p) in &expected {
             let view = st.tensor(key).map_err(|_| Error::MissingTensor {
-                file: file_name.into(),
+                file: file_name.clone(),
                 key: key.clone(),
                 detail: format!("{:?}, shape {:?}", p.role, p.tensor.size()),
             })?;
@@ -242,6 +242,18 @@ impl LoraModel {
                     hint: shape_hint(p.role, &want),
                     found,
                     expected: want,
+                });
+            }
+            if !matches!(
+                view.dtype(),
+                Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16
+            ) {
+                return Err(Error::BadFile {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor {key} has dtype {:?}, expected a floating-point tensor (F32, BF16, F16 or F64)",
+                        view.dtype()
+                    ),
                 });
             }
             let t =

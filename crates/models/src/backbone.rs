@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use loraplus_core::{
@@ -87,6 +87,10 @@ pub struct Loader<'a> {
     pub b: &'a mut LoraBuilder,
     /// Parameters created (not loaded), by full name.
     fresh: HashMap<String, Tensor>,
+    /// See [`crate::LoadOptions::untie_adapted_head`].
+    pub untie_adapted_head: bool,
+    /// Set by a decoder head that untied itself from the embeddings.
+    pub untied_head: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -95,6 +99,8 @@ impl<'a> Loader<'a> {
             w,
             b,
             fresh: HashMap::new(),
+            untie_adapted_head: false,
+            untied_head: false,
         }
     }
 
@@ -118,9 +124,16 @@ impl<'a> Loader<'a> {
                 continue;
             }
             let (kind, device) = (self.kind(), self.device());
-            let weight = Tensor::empty([s.out_features, s.in_features], (Kind::Float, Device::Cpu))
-                .f_normal_(0.0, std)?
-                .f_to_device_(device, kind, false, false)?;
+            let weight =
+                Tensor::f_empty([s.out_features, s.in_features], (Kind::Float, Device::Cpu))
+                    .with_context(|| {
+                        format!(
+                            "creating {} ({} x {})",
+                            s.module, s.out_features, s.in_features
+                        )
+                    })?
+                    .f_normal_(0.0, std)?
+                    .f_to_device_(device, kind, false, false)?;
             self.fresh.insert(wname, weight);
             if s.bias {
                 let bias = Tensor::f_zeros([s.out_features], (kind, device))?;

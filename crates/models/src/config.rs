@@ -12,6 +12,7 @@ use serde_json::Value;
 use loraplus_core::LoraConfig;
 
 use crate::arch::Architecture;
+use crate::bad_checkpoint;
 use crate::heads::Head;
 use crate::registry::{lookup, supported_model_types};
 
@@ -29,15 +30,30 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Read `config.json`.
+    /// Errors in the file (missing, not JSON, unsupported or inconsistent) are
+    /// [`BadCheckpoint`](crate::BadCheckpoint)s naming it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad_checkpoint(format!(
+                    "{}: no such file (a model folder holds config.json, model.safetensors and tokenizer.json)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
         Self::from_json_str(&text).with_context(|| format!("{}", path.display()))
     }
 
-    /// Parse the text of a `config.json`, dispatching on `model_type`.
+    /// Parse the text of a `config.json`, dispatching on `model_type`. Its errors are
+    /// [`BadCheckpoint`](crate::BadCheckpoint)s.
     pub fn from_json_str(text: &str) -> Result<Self> {
+        Self::parse(text).map_err(|e| bad_checkpoint(format!("{e:#}")))
+    }
+
+    fn parse(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).context("parsing config JSON")?;
         let supported = || supported_model_types().join(", ");
         let model_type = value
@@ -51,9 +67,19 @@ impl ModelConfig {
                 supported()
             );
         };
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch: Arc::from(parse(value)?),
-        })
+        };
+        for (what, n) in [
+            ("the hidden size", config.hidden_size()),
+            ("the number of layers", config.num_layers()),
+            ("the vocabulary size", config.vocab_size()),
+        ] {
+            if n < 1 {
+                bail!("{model_type}: {what} must be at least 1, found {n}");
+            }
+        }
+        Ok(config)
     }
 
     /// The architecture behind this config.

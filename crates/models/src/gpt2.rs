@@ -167,7 +167,7 @@ impl Architecture for Gpt2Config {
             self.n_embd,
             self.pad_token_id,
             self.tie_word_embeddings,
-            &bb.wte.weight,
+            &bb.wte,
         )?;
         Ok((Box::new(bb), head))
     }

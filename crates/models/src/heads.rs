@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Reduction, Tensor};
 
-use loraplus_core::{LoraLinear, WeightLayout};
+use loraplus_core::{LoraEmbedding, LoraLinear, WeightLayout};
 
 use crate::backbone::{FreshLinear, Loader};
 
@@ -141,7 +141,7 @@ pub fn decoder_head(
     hidden: i64,
     pad_token_id: Option<i64>,
     tie: bool,
-    embeddings: &Tensor,
+    embeddings: &LoraEmbedding,
 ) -> Result<TaskHead> {
     match task {
         Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
@@ -149,12 +149,26 @@ pub fn decoder_head(
             pad_token_id,
         }),
         Head::CausalLm if tie => {
+            let named_target = ld.b.config().is_some_and(|c| c.is_target("lm_head"));
+            if ld.untie_adapted_head && (named_target || embeddings.adapter.is_some()) {
+                // Merging an update into one side of a shared table would change the other.
+                tracing::info!(
+                    "lm_head is tied to {} and an adapter is on one of them: the head gets its own copy of the table (lm_head.weight)",
+                    embeddings.name
+                );
+                let weight = tch::no_grad(|| embeddings.weight.detach().copy());
+                ld.untied_head = true;
+                return Ok(TaskHead::Lm {
+                    lm_head: ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?,
+                    softcap: None,
+                });
+            }
             // The tied head shares the embedding table; it goes through the builder only when
             // the LoRA config names it, so that it is not counted twice otherwise.
             let named =
                 ld.b.config()
                     .is_some_and(|c| c.is_target("lm_head") || c.is_module_to_save("lm_head"));
-            let weight = embeddings.shallow_clone();
+            let weight = embeddings.weight.shallow_clone();
             let lm_head = if named {
                 ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
             } else {
@@ -166,7 +180,7 @@ pub fn decoder_head(
             })
         }
         Head::CausalLm => {
-            let vocab = embeddings.size()[0];
+            let vocab = embeddings.weight.size()[0];
             Ok(TaskHead::Lm {
                 lm_head: ld.linear("lm_head", hidden, vocab, false, WeightLayout::OutIn)?,
                 softcap: None,

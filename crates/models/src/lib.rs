@@ -63,3 +63,16 @@ pub use task::{
     DEFAULT_MODEL_SUBDIR, DEFAULT_SEED, MODEL_DIR_ENV,
 };
 pub use weights::Weights;
+
+/// The model folder's files are not a checkpoint this crate can load: a `config.json` that
+/// does not parse, names an unsupported `model_type` or inconsistent sizes; safetensors that
+/// do not parse; a tensor missing, or of the wrong shape or dtype. A fault of the files given,
+/// not of the run (the `loraplus` binary exits 2). The message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCheckpoint(pub String);
+
+/// An [`anyhow::Error`] holding a [`BadCheckpoint`].
+pub(crate) fn bad_checkpoint(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadCheckpoint(msg.into()))
+}

@@ -347,7 +347,7 @@ impl DecoderSpec {
             self.hidden_size,
             self.pad_token_id,
             self.tie_word_embeddings,
-            &bb.embed_tokens.weight,
+            &bb.embed_tokens,
         )?;
         Ok((Box::new(bb), head))
     }

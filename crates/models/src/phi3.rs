@@ -228,7 +228,7 @@ impl Phi3Config {
             spec.hidden_size,
             spec.pad_token_id,
             spec.tie_word_embeddings,
-            &bb.embed_tokens.weight,
+            &bb.embed_tokens,
         )?;
         Ok((Box::new(bb), head))
     }

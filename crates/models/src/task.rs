@@ -84,6 +84,12 @@ pub struct LoadOptions {
     /// lacks comes from its `modules_to_save` (its fresh initialisation is logged at debug
     /// level), or, when `lora.modules_to_save` does not cover it, stays random (a warning).
     pub heads_from_adapter: bool,
+    /// A causal LM whose `lm_head` is tied to the input embeddings gets a head of its own (a
+    /// copy of the table) when an adapter is on either side (LoRA on `lm_head` or on the
+    /// embeddings): merging the update into one side must not change the other. For merging
+    /// (`merge`, `generate --merge`); [`TaskModel::untied_head`] says whether it happened, and
+    /// a merged checkpoint then writes `lm_head.weight` with `tie_word_embeddings: false`.
+    pub untie_adapted_head: bool,
 }
 
 impl Default for LoadOptions {
@@ -99,6 +105,7 @@ impl Default for LoadOptions {
             sparse_compute: true,
             quantize: None,
             heads_from_adapter: false,
+            untie_adapted_head: false,
         }
     }
 }
@@ -163,6 +170,7 @@ pub struct TaskModel {
     kind: Kind,
     device: Device,
     initialised: Vec<String>,
+    untied_head: bool,
     unused: Vec<String>,
 }
 
@@ -256,9 +264,11 @@ impl TaskModel {
         }
         tch::manual_seed(opts.seed);
         let mut ld = Loader::new(w, &mut builder);
+        ld.untie_adapted_head = opts.untie_adapted_head;
         let specs = config.arch().head_specs(opts.task);
         let initialised = ld.init_missing(&specs, config.initializer_range())?;
         let (backbone, head) = config.arch().build(&mut ld, opts.task)?;
+        let untied_head = ld.untied_head;
         if matches!(
             head,
             TaskHead::LastToken {
@@ -314,6 +324,7 @@ impl TaskModel {
             device: w.device(),
             initialised,
             unused,
+            untied_head,
         };
         Ok((model, lora))
     }
@@ -341,6 +352,12 @@ impl TaskModel {
     /// Modules created because the checkpoint lacks them (e.g. `bert.pooler.dense`, `classifier`).
     pub fn initialised_modules(&self) -> &[String] {
         &self.initialised
+    }
+
+    /// The tied `lm_head` was given its own copy of the embeddings at load (see
+    /// [`LoadOptions::untie_adapted_head`]): it is a separate parameter, `lm_head.weight`.
+    pub fn untied_head(&self) -> bool {
+        self.untied_head
     }
 
     /// Checkpoint tensors the model did not use.

@@ -16,6 +16,8 @@ use tch::{Device, Kind, Tensor};
 
 use loraplus_core::io::kind_of;
 
+use crate::bad_checkpoint;
+
 /// The single-file checkpoint name transformers writes.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
@@ -71,8 +73,12 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // outside what this loader supports (as for every mmap-based safetensors reader).
     let mmap = unsafe { Mmap::map(&file) }
         .with_context(|| format!("memory-mapping {}", path.display()))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+        bad_checkpoint(format!(
+            "{}: not a valid safetensors file ({e:?})",
+            path.display()
+        ))
+    })?;
     Ok(Shard {
         path: path.to_path_buf(),
         mmap,
@@ -92,10 +98,10 @@ impl Weights {
         } else if index.is_file() {
             shard_files(&index)?
         } else {
-            bail!(
+            return Err(bad_checkpoint(format!(
                 "{}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} (only safetensors checkpoints are supported)",
                 dir.display()
-            );
+            )));
         };
         Self::from_files(&files, prefix, kind, device)
     }
@@ -115,11 +121,11 @@ impl Weights {
             let shard = open_shard(path)?;
             for name in shard.metadata.tensors().keys() {
                 if let Some(j) = index.insert(name.clone(), i) {
-                    bail!(
+                    return Err(bad_checkpoint(format!(
                         "tensor {name} is in both {} and {}",
                         files[j].display(),
                         path.display()
-                    );
+                    )));
                 }
             }
             shards.push(shard);
@@ -189,11 +195,11 @@ impl Weights {
     /// device. Missing or of another shape: an error naming it.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         self.get_opt(name, shape)?.ok_or_else(|| {
-            anyhow!(
+            bad_checkpoint(format!(
                 "{}: missing tensor {name} (also looked for {})",
                 self.files(),
                 self.candidates(name)[1]
-            )
+            ))
         })
     }
 
@@ -211,20 +217,27 @@ impl Weights {
         })?;
         let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         if found != shape {
-            bail!(
+            return Err(bad_checkpoint(format!(
                 "{}: tensor {key} has shape {found:?}, expected {shape:?} (from config.json)",
                 shard.path.display()
-            );
+            )));
         }
         let src_kind = kind_of(info.dtype)
-            .with_context(|| format!("{}: tensor {key}", shard.path.display()))?;
+            .map_err(|e| bad_checkpoint(format!("{}: tensor {key}: {e}", shard.path.display())))?;
         let (start, end) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
-        let is_float = matches!(
+        // Every tensor a model asks for is a parameter (integer buffers are never asked for).
+        if !matches!(
             src_kind,
             Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-        );
-        let target = if is_float { self.kind } else { src_kind };
+        ) {
+            return Err(bad_checkpoint(format!(
+                "{}: tensor {key} has dtype {:?}, expected a floating-point weight (F32, BF16, F16 or F64)",
+                shard.path.display(),
+                info.dtype
+            )));
+        }
+        let target = self.kind;
         let base = shard.data_start + start;
         // Once a part of the tensor is copied, its file pages are dropped from this process,
         // so loading never holds the whole file and the whole model at once, nor one large
@@ -370,8 +383,12 @@ struct ShardIndex {
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let text =
         std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let idx: ShardIndex = serde_json::from_str(&text)
-        .with_context(|| format!("{}: expected {{\"weight_map\": {{..}}}}", index.display()))?;
+    let idx: ShardIndex = serde_json::from_str(&text).map_err(|e| {
+        bad_checkpoint(format!(
+            "{}: expected {{\"weight_map\": {{..}}}} ({e})",
+            index.display()
+        ))
+    })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut seen = BTreeSet::new();
     let mut files = Vec::new();
@@ -379,13 +396,19 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         if seen.insert(file.clone()) {
             let path = dir.join(file);
             if !path.is_file() {
-                bail!("{}: shard {file} does not exist", index.display());
+                return Err(bad_checkpoint(format!(
+                    "{}: shard {file} does not exist",
+                    index.display()
+                )));
             }
             files.push(path);
         }
     }
     if files.is_empty() {
-        bail!("{}: weight_map is empty", index.display());
+        return Err(bad_checkpoint(format!(
+            "{}: weight_map is empty",
+            index.display()
+        )));
     }
     Ok(files)
 }

@@ -461,7 +461,16 @@ impl TrainConfig {
                 self.threads
             );
         }
+        if self.bucket_multiplier == Some(0) {
+            bail!("field `bucket_multiplier` must be at least 1, found 0 (leave it out for the default)");
+        }
         if let Some(labels) = &self.labels {
+            if labels.len() < 2 {
+                bail!(
+                    "field `labels` (--labels) names {} label(s), {labels:?}: a classifier needs at least two (leave it out to take them from the training file)",
+                    labels.len()
+                );
+            }
             let mut seen = std::collections::HashSet::new();
             if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
                 bail!("field `labels` (--labels) lists {dup:?} twice: {labels:?}");
@@ -474,6 +483,7 @@ impl TrainConfig {
     /// that reads the user's files.
     pub fn validate_for_training(&self) -> Result<()> {
         self.validate()?;
+        usable_device(&self.device).context("field `device` (--device)")?;
         if crate::task::KINDS.contains(&self.task.as_str()) && self.train_file.is_none() {
             bail!(
                 "task {:?} trains on your own files: set `train_file` (and `eval_file` to evaluate)",
@@ -543,6 +553,20 @@ impl TrainConfig {
     pub fn micro_batch(&self) -> usize {
         self.batch_size / self.grad_accum
     }
+
+    /// Each micro-batch (the global one: `batch_size` / `grad_accum`) splits evenly into
+    /// `world` data-parallel ranks; returns the examples per rank.
+    pub fn per_rank_batch(&self, world: usize) -> Result<usize> {
+        let micro = self.micro_batch();
+        if world == 0 || micro < world || !micro.is_multiple_of(world) {
+            bail!(
+                "batch_size {} (the global batch) with grad_accum {} over {world} ranks: each micro-batch of {micro} examples must split evenly into the ranks",
+                self.batch_size,
+                self.grad_accum,
+            );
+        }
+        Ok(micro / world)
+    }
 }
 
 /// More CPU threads than any machine has cores for: a typo, not a setting.
@@ -558,6 +582,26 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
             _ => bail!("expected cpu, cuda or cuda:N, found {other:?}"),
         },
     }
+}
+
+/// [`parse_device`], refused when this process has no such device (a CUDA device that
+/// libtorch does not see).
+pub fn usable_device(s: &str) -> Result<tch::Device> {
+    let device = parse_device(s)?;
+    if let tch::Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if n as i64 >= count {
+            bail!(
+                "{s} requested, but libtorch sees {count} CUDA device(s){}",
+                if count == 0 {
+                    " (no GPU, no driver, or a CPU-only libtorch): use cpu"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(device)
 }
 
 /// The base's quantization from `quantize` / `--quantize` and `quant_group_size` /

@@ -85,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             a.overrides.apply(&mut cfg);
             // A bad config is refused once here, not by every rank.
             cfg.validate_for_training().map_err(UsageError::wrap)?;
+            cfg.per_rank_batch(a.nproc_per_node)
+                .map_err(UsageError::wrap)?;
             loraplus_train::model::model_dir(&cfg)?;
             cli::launch_ranks(a.nproc_per_node)
         }
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<loraplus_train::task::BadData>().is_some()
                 || e.downcast_ref::<loraplus_train::model::UnusableModel>()
                     .is_some()
+                || e.downcast_ref::<loraplus_models::BadCheckpoint>().is_some()
                 || core_config_refused(&e)
             {
                 ExitCode::from(2)
@@ -140,10 +143,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// What loraplus-core refuses in the user's LoRA settings: a `target_modules` that matches no
-/// module, a value out of range, a PEFT option it does not implement, a base that cannot be
-/// quantized as asked (a group size that does not divide a layer's width, no kernel for the
-/// device or dtype). The user's choice, so a usage error.
+/// What loraplus-core refuses in the user's LoRA settings or adapter files: a
+/// `target_modules` that matches no module, a value out of range, a PEFT option it does not
+/// implement, a base that cannot be quantized as asked (a group size that does not divide a
+/// layer's width, no kernel for the device or dtype), an adapter whose tensors do not fit the
+/// model (a missing, extra or misshapen key, NaN, a non-float dtype) or whose file does not
+/// parse. The user's input, so a usage error.
 fn core_config_refused(e: &anyhow::Error) -> bool {
     use loraplus_core::Error as E;
     e.chain().any(|c| {
@@ -154,6 +159,12 @@ fn core_config_refused(e: &anyhow::Error) -> bool {
                     | E::NoTargetModule(_)
                     | E::BadConfigValue(_)
                     | E::UnsupportedPeftOption { .. }
+                    | E::ShapeMismatch { .. }
+                    | E::MissingTensor { .. }
+                    | E::UnexpectedTensors { .. }
+                    | E::NonFinite(_)
+                    | E::BadFile { .. }
+                    | E::Json { .. }
             )
         })
     })

@@ -75,6 +75,20 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
     )
 }
 
+/// `max_seq_len` fits the model's position table (learned positions: BERT, RoBERTa, GPT-2,
+/// DeBERTa-v2); refused up front rather than at the first batch that long.
+pub fn check_max_seq_len(model_dir: &Path, max_seq_len: usize) -> Result<()> {
+    let mc = ModelConfig::from_file(model_dir.join("config.json"))?;
+    match mc.max_positions() {
+        Some(max) if max_seq_len as i64 > max => Err(anyhow::Error::new(UnusableModel(format!(
+            "field `max_seq_len` (--max-seq-len) is {max_seq_len}, but {} ({}) has {max} positions: use at most {max}",
+            model_dir.display(),
+            mc.model_type()
+        )))),
+        _ => Ok(()),
+    }
+}
+
 /// The run's model is not a folder here and cannot be a Hub repository id either, or it is not
 /// the kind the task needs (an encoder given to a causal-LM task). The `loraplus` binary exits
 /// 2: the user's input.
@@ -215,7 +229,8 @@ pub fn load_model(
 
 /// Load the model for a given adapter (eval and merge: the heads the checkpoint lacks come
 /// from the adapter, whose weights the caller loads next), its base quantized when
-/// `quantize` says so.
+/// `quantize` says so. `for_merge`: a tied `lm_head` gets its own table when the adapter is on
+/// it or on the embeddings ([`LoadOptions::untie_adapted_head`]).
 pub fn load_model_with_lora(
     dir: &Path,
     head: Head,
@@ -223,6 +238,7 @@ pub fn load_model_with_lora(
     device: Device,
     dtype: &str,
     quantize: Option<QuantScheme>,
+    for_merge: bool,
 ) -> Result<(Model, LoraModel)> {
     let opts = LoadOptions {
         task: head,
@@ -231,6 +247,7 @@ pub fn load_model_with_lora(
         lora: Some(lc),
         quantize,
         heads_from_adapter: true,
+        untie_adapted_head: for_merge,
         ..LoadOptions::default()
     };
     TaskModel::load(dir, &opts)
@@ -438,6 +455,14 @@ pub fn write_merged(
             serde_json::json!([task.merged_architecture(model.config().model_type())]),
         );
         obj.insert("torch_dtype".into(), "float32".into());
+        if obj.contains_key("dtype") {
+            // transformers 5 reads `dtype` before `torch_dtype`.
+            obj.insert("dtype".into(), "float32".into());
+        }
+        if model.untied_head() {
+            // The merged head differs from the merged embeddings: both are written.
+            obj.insert("tie_word_embeddings".into(), false.into());
+        }
         task.merged_config(obj);
     }
     loraplus_core::io::write_atomic(

@@ -166,16 +166,7 @@ impl Trainer {
             }
         };
         if let Some(dp) = &parallel {
-            let per_rank = config.micro_batch() / dp.world;
-            if per_rank == 0 || !config.micro_batch().is_multiple_of(dp.world) {
-                bail!(
-                    "batch_size {} (the global batch) with grad_accum {} over {} ranks: each micro-batch of {} examples must split evenly into the ranks",
-                    config.batch_size,
-                    config.grad_accum,
-                    dp.world,
-                    config.micro_batch()
-                );
-            }
+            let per_rank = config.per_rank_batch(dp.world)?;
             tracing::info!(
                 "data parallel: rank {} of {}; global batch {} = {} per rank x {} ranks x {} accumulation steps",
                 dp.rank,
@@ -196,6 +187,7 @@ impl Trainer {
             }
         }
         let mdir = model::model_dir(&config)?;
+        model::check_max_seq_len(&mdir, config.max_seq_len)?;
 
         // Data: training examples (optionally a seeded subset), evaluation set(s).
         let data = task::load_data(task.as_ref(), &config, &mdir)?;

@@ -418,15 +418,39 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
     let ids: Vec<Vec<i64>> = vec![(5..17).collect(), (20..32).rev().collect()];
     let ids_path = dir.path().join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
-    for (model, class, targets) in [
-        ("phi3", "Phi3ForCausalLM", vec!["qkv_proj"]),
-        ("gemma2", "Gemma2ForCausalLM", vec!["q_proj", "v_proj"]),
+    // Gemma 2's head is tied to its embeddings: with LoRA on both, a merge must give the head
+    // its own table (merging into the shared one changed both, silently).
+    let tied = dir.path().join("tied.toml");
+    std::fs::write(
+        &tied,
+        "[lora]\ntarget_modules = [\"q_proj\", \"v_proj\", \"embed_tokens\", \"lm_head\"]\n",
+    )
+    .unwrap();
+    for (model, class, targets, config) in [
+        ("phi3", "Phi3ForCausalLM", vec!["qkv_proj"], None),
+        (
+            "gemma2",
+            "Gemma2ForCausalLM",
+            vec!["q_proj", "v_proj"],
+            None,
+        ),
+        (
+            "gemma2",
+            "Gemma2ForCausalLM",
+            vec!["q_proj", "v_proj", "embed_tokens", "lm_head"],
+            Some(&tied),
+        ),
     ] {
         let m = fx.model(model);
-        let out = dir.path().join(model);
+        let name = format!("{model}{}", if config.is_some() { "-tied" } else { "" });
+        let out = dir.path().join(&name);
         let mut a = train_args(s(&m), s(&train), s(&train), s(&out));
         a.extend(["--max-steps", "4"]);
+        if let Some(c) = config {
+            a.extend(["--config", s(c)]);
+        }
         ok(&a);
+        let model = name.as_str();
         let adapter = out.join("adapter");
         let acfg = loraplus_core::read_adapter_config(&adapter).unwrap();
         let written: Vec<String> = match &acfg.target_modules {
@@ -464,6 +488,28 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
         reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
         let dm = max_diff(&ours, &read_logits(&merged_out));
         assert!(dm < 1e-4, "{model}: merged logits differ by {dm}");
+        if config.is_some() {
+            assert_eq!(mcfg["tie_word_embeddings"], false, "{mcfg}");
+            // In memory too: generate --merge gives the unmerged tokens.
+            let generate = |merge: bool| {
+                let mut g = vec![
+                    "generate",
+                    "--model",
+                    s(&m),
+                    "--adapter",
+                    s(&adapter),
+                    "--prompt",
+                    "hello there",
+                    "--max-new-tokens",
+                    "12",
+                ];
+                if merge {
+                    g.push("--merge");
+                }
+                ok(&g)
+            };
+            assert_eq!(generate(true), generate(false), "{model}: generate --merge");
+        }
         println!("{model}: PEFT max |diff| {d:.3e}, merged (transformers) {dm:.3e}");
     }
 }

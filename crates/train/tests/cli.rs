@@ -58,6 +58,11 @@ fn config_errors_exit_2_with_a_clear_message() {
         ("[lora]\nlora_dropout = 1.5\n", "lora.lora_dropout"),
         ("max_steps = 0\n", "max_steps"),
         ("threads = 100000\n", "threads"),
+        ("bucket_multiplier = 0\n", "bucket_multiplier"),
+        (
+            "task = \"classification\"\nlabels = []\n",
+            "a classifier needs at least two",
+        ),
     ];
     for (text, needle) in cases {
         let p = dir.path().join("bad.toml");
@@ -295,6 +300,190 @@ fn config_errors_exit_2_with_a_clear_message() {
             stderr(&o)
         );
     }
+}
+
+/// A model folder whose files are not a usable checkpoint, a device this process lacks, an
+/// adapter that does not fit the model, a max_seq_len beyond the position table, a batch the
+/// ranks cannot share: exit 2 naming the file, key or field, before any training.
+#[test]
+fn unusable_models_devices_and_adapters_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let minilm = repo().join(".venv/minilm");
+    let config = std::fs::read_to_string(minilm.join("config.json")).unwrap();
+    let model = |name: &str, config: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), config).unwrap();
+        std::fs::copy(minilm.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+        d
+    };
+    // A non-float tensor (an integer LayerNorm weight used to panic inside the forward).
+    let tensors = tch::Tensor::read_safetensors(minilm.join("model.safetensors")).unwrap();
+    let key = "encoder.layer.0.output.LayerNorm.weight";
+    let cast: Vec<(String, tch::Tensor)> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let t = if k == key {
+                t.to_kind(tch::Kind::Int64)
+            } else {
+                t
+            };
+            (k, t)
+        })
+        .collect();
+    let int_weight = model("int-weight", &config);
+    tch::Tensor::write_safetensors(&cast, int_weight.join("model.safetensors")).unwrap();
+    let not_st = model("not-safetensors", &config);
+    std::fs::write(not_st.join("model.safetensors"), b"not a checkpoint").unwrap();
+    let no_layers = model(
+        "no-layers",
+        &config.replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 0"),
+    );
+    let not_json = model("not-json", "{\"model_type\": \"bert\",");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(PathBuf, String)> = vec![
+        (
+            int_weight.clone(),
+            format!("tensor {key} has dtype I64, expected a floating-point weight"),
+        ),
+        (not_st.clone(), "not a valid safetensors file".into()),
+        (
+            no_layers.clone(),
+            "the number of layers must be at least 1, found 0".into(),
+        ),
+        (not_json.clone(), "parsing config JSON".into()),
+    ];
+    let out = dir.path().join("out");
+    for (m, needle) in &cases {
+        let o = run(&[
+            "train",
+            "--task",
+            "sst2",
+            "--model",
+            &s(m),
+            "--max-steps",
+            "1",
+            "--output-dir",
+            &s(&out),
+            "--overwrite-output-dir",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{m:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{m:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&s(m)),
+            "names the folder: {}",
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    // A device this process does not have, for every command that takes one.
+    let gpus = tch::Cuda::device_count();
+    let absent = format!("cuda:{gpus}");
+    for args in [
+        vec!["train", "--task", "sst2", "--device", &absent],
+        vec![
+            "eval",
+            "--task",
+            "sst2",
+            "--adapter",
+            "x",
+            "--device",
+            &absent,
+        ],
+        vec![
+            "generate", "--model", "x", "--prompt", "hi", "--device", &absent,
+        ],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!(
+                "{absent} requested, but libtorch sees {gpus} CUDA device(s)"
+            )),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // max_seq_len beyond BERT's 512 positions: refused before training, naming the field.
+    let o = run(&[
+        "train",
+        "--task",
+        "sst2",
+        "--max-seq-len",
+        "600",
+        "--output-dir",
+        &s(&out),
+        "--overwrite-output-dir",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("field `max_seq_len` (--max-seq-len) is 600")
+            && stderr(&o).contains("has 512 positions"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "nothing trained");
+    // A global batch the ranks cannot share: the launcher refuses it once.
+    let o = run(&[
+        "train",
+        "--task",
+        "sst2",
+        "--batch-size",
+        "3",
+        "--nproc-per-node",
+        "2",
+        "--output-dir",
+        &s(&out),
+        "--overwrite-output-dir",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("batch_size 3 (the global batch) with grad_accum 1 over 2 ranks"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("launcher: rank"),
+        "refused before any rank starts: {}",
+        stderr(&o)
+    );
+    // An adapter whose tensors do not fit (r in the config differs from the weights'): exit 2
+    // naming the file by its path.
+    let run_dir = dir.path().join("run");
+    let o = run(&[
+        "train",
+        "--config",
+        tiny_config(dir.path(), "").to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--output-dir",
+        &s(&run_dir),
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let adapter = run_dir.join("adapter");
+    let cfg_path = adapter.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["r"] = 8.into();
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let o = run(&[
+        "eval",
+        "--task",
+        "sst2",
+        "--adapter",
+        &s(&adapter),
+        "--limit",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let weights = adapter.join("adapter_model.safetensors");
+    assert!(
+        stderr(&o).contains(&format!("{}: tensor base_model.model.", weights.display()))
+            && stderr(&o).contains("expected [8, 384] (r=8, in_features=384)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

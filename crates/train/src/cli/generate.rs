@@ -12,7 +12,7 @@ use loraplus_data::lm::LmTokenizer;
 use loraplus_models::{GenerationConfig, Head};
 
 use crate::cli::{adapter_dir, UsageError};
-use crate::config::parse_device;
+use crate::config::usable_device;
 use crate::model;
 
 #[derive(Args, Debug)]
@@ -148,7 +148,9 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
 
 /// `loraplus generate`.
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let device = parse_device(&a.device).map_err(UsageError::wrap)?;
+    let device = usable_device(&a.device)
+        .context("--device")
+        .map_err(UsageError::wrap)?;
     let kind = model::kind_of(&a.dtype).map_err(UsageError::wrap)?;
     let prompts: Vec<(String, Prompt)> = match (&a.prompt, &a.input) {
         (Some(p), None) => {
@@ -201,6 +203,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         device,
         lora: lora_cfg,
         quantize,
+        untie_adapted_head: a.merge,
         ..loraplus_models::LoadOptions::default()
     };
     let (m, lora) = loraplus_models::TaskModel::load(&model_dir, &opts)?;

@@ -8,7 +8,7 @@ use clap::Args;
 
 use loraplus_data::{paths, Split};
 
-use crate::config::{parse_device, TrainConfig};
+use crate::config::{usable_device, TrainConfig};
 use crate::metrics_log;
 use crate::model;
 use crate::plots::{line_plot, Series};
@@ -570,14 +570,22 @@ fn load_with_adapter(
     task: &dyn TrainTask,
     adapter: &Path,
     device: tch::Device,
+    for_merge: bool,
 ) -> Result<(model::Model, loraplus_core::LoraModel)> {
     let adir = adapter_dir(adapter)?;
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
     let mdir = model::model_dir(cfg)?;
     let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
-    let (m, lora) =
-        model::load_model_with_lora(&mdir, task.head(), lora_cfg, device, &cfg.dtype, quantize)?;
+    let (m, lora) = model::load_model_with_lora(
+        &mdir,
+        task.head(),
+        lora_cfg,
+        device,
+        &cfg.dtype,
+        quantize,
+        for_merge,
+    )?;
     lora.load_adapter(&adir)?;
     if let Some(q) = model::quantization_summary(&lora) {
         eprintln!("{q}");
@@ -636,20 +644,23 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     check_eval_flags(&a, &cfg.task).map_err(UsageError::wrap)?;
     // Flags before files: an unknown scheme is named before any adapter path is read.
     cfg.quant_scheme().map_err(UsageError::wrap)?;
+    let device = usable_device(&cfg.device)
+        .context("--device")
+        .map_err(UsageError::wrap)?;
     if cfg.task == "multiple-choice" {
-        return eval_multiple_choice(&a, &cfg);
+        return eval_multiple_choice(&a, &cfg, device);
     }
     apply_label_names(&mut cfg, a.adapter.as_deref())?;
     cfg.validate().map_err(UsageError::wrap)?;
-    let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
+    model::check_max_seq_len(&mdir, cfg.max_seq_len)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let adapter = a.adapter.as_deref().ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(
             "--adapter is required (except for multiple-choice)"
         ))
     })?;
-    let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device)?;
+    let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device, false)?;
     let pad = task.padding(&cfg, &mdir)?;
     match a.split.as_str() {
         "dev" => {
@@ -759,7 +770,7 @@ fn write_predictions(
 
 /// `loraplus eval --task multiple-choice`: accuracy of log-likelihood scoring (lm-eval-harness'
 /// `acc` and `acc_norm`), with or without an adapter; `--output` gets the per-row scores.
-fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
+fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) -> Result<()> {
     use crate::task::multiple_choice;
     let path = cfg.eval_file.clone().ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(
@@ -767,7 +778,6 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
         ))
     })?;
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
-    let device = parse_device(&cfg.device).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(cfg)?;
     let tok = model::decoder_tokenizer(&mdir)?;
     let (model, _lora) = match &a.adapter {
@@ -782,6 +792,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig) -> Result<()> {
                 device,
                 &cfg.dtype,
                 cfg.quant_scheme().map_err(UsageError::wrap)?,
+                false,
             )?;
             l.load_adapter(&adir)?;
             (m, l)
@@ -894,6 +905,13 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         a.revision.as_deref(),
         &a.data,
     )?;
+    if cfg.device != "cpu" || cfg.dtype != "f32" {
+        tracing::info!(
+            "merging on the CPU in f32 (the config's device {:?} and dtype {:?} are for training)",
+            cfg.device,
+            cfg.dtype
+        );
+    }
     cfg.dtype = "f32".into();
     a.quant.apply(&mut cfg);
     cfg.quant_scheme().map_err(UsageError::wrap)?;
@@ -902,7 +920,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
     check_merge_output(&a.output, &mdir, &a.adapter, a.overwrite)?;
-    let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu)?;
+    let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu, true)?;
     // Adapters trained on a quantized base merge into that base, dequantized.
     lora.dequantize_base()?;
     lora.merge(true)?;
