@@ -11,7 +11,7 @@ fn tiny(dir: &std::path::Path) -> TrainConfig {
     let mut c = TrainConfig {
         task: "sst2".into(),
         output_dir: dir.to_path_buf(),
-        max_seq_len: 32,
+        max_seq_len: Some(32),
         batch_size: 8,
         max_steps: Some(6),
         train_limit: Some(128),

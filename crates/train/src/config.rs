@@ -100,8 +100,10 @@ pub struct TrainConfig {
     /// explicitly, it also builds a group of one rank (to measure the collectives' cost);
     /// `auto` trains a world of one without a group.
     pub dist_backend: String,
-    /// Tokens per example after truncation (longest first).
-    pub max_seq_len: usize,
+    /// Tokens per example after truncation (longest first). Unset: 64 for classification and
+    /// regression, and for `causal-lm` / `multiple-choice` 1024 (TRL's default), or the model's
+    /// position limit if that is smaller; the run records the value it used.
+    pub max_seq_len: Option<usize>,
     /// Examples per optimizer step, over all ranks: the global batch (micro-batch size x
     /// grad_accum, and under data parallelism each micro-batch splits evenly into the ranks:
     /// `batch_size / (grad_accum x world)` examples per rank per micro-step; the log prints
@@ -218,7 +220,7 @@ impl Default for TrainConfig {
             gradient_checkpointing: false,
             threads: 0,
             dist_backend: "auto".into(),
-            max_seq_len: 64,
+            max_seq_len: None,
             batch_size: 32,
             grad_accum: 1,
             eval_batch_size: 128,
@@ -342,8 +344,10 @@ impl TrainConfig {
                 self.too_long
             );
         }
+        if self.max_seq_len == Some(0) {
+            bail!("field `max_seq_len` (--max-seq-len) must be at least 1, found 0");
+        }
         let positive = [
-            ("max_seq_len", self.max_seq_len),
             ("batch_size", self.batch_size),
             ("grad_accum", self.grad_accum),
             ("eval_batch_size", self.eval_batch_size),
@@ -549,6 +553,21 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// `max_seq_len`, or its default for the task when unset (see the field); a run resolves
+    /// the default against its model first ([`crate::model::resolve_max_seq_len`]).
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len.unwrap_or(if self.is_lm_task() {
+            loraplus_data::lm::DEFAULT_LM_MAX_SEQ_LEN
+        } else {
+            DEFAULT_MAX_SEQ_LEN
+        })
+    }
+
+    /// A task on a causal LM's tokens (`causal-lm`, `multiple-choice`).
+    pub fn is_lm_task(&self) -> bool {
+        matches!(self.task.as_str(), "causal-lm" | "multiple-choice")
+    }
+
     /// Micro-batch size.
     pub fn micro_batch(&self) -> usize {
         self.batch_size / self.grad_accum
@@ -568,6 +587,9 @@ impl TrainConfig {
         Ok(micro / world)
     }
 }
+
+/// `max_seq_len` of classification and regression when unset: GLUE sentences are short.
+pub const DEFAULT_MAX_SEQ_LEN: usize = 64;
 
 /// More CPU threads than any machine has cores for: a typo, not a setting.
 pub const MAX_THREADS: usize = 4096;

@@ -75,17 +75,30 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
     )
 }
 
-/// `max_seq_len` fits the model's position table (learned positions: BERT, RoBERTa, GPT-2,
-/// DeBERTa-v2); refused up front rather than at the first batch that long.
-pub fn check_max_seq_len(model_dir: &Path, max_seq_len: usize) -> Result<()> {
+/// The run's `max_seq_len` for the model in `model_dir`: the config's, which must fit the
+/// model's position table (learned positions: BERT, RoBERTa, GPT-2, DeBERTa-v2; refused up
+/// front rather than at the first batch that long); unset, the task's default
+/// ([`TrainConfig::max_seq_len`]), no longer than the table.
+pub fn resolve_max_seq_len(cfg: &TrainConfig, model_dir: &Path) -> Result<usize> {
     let mc = ModelConfig::from_file(model_dir.join("config.json"))?;
-    match mc.max_positions() {
-        Some(max) if max_seq_len as i64 > max => Err(anyhow::Error::new(UnusableModel(format!(
-            "field `max_seq_len` (--max-seq-len) is {max_seq_len}, but {} ({}) has {max} positions: use at most {max}",
+    let limit = mc.max_positions();
+    match (cfg.max_seq_len, limit) {
+        (Some(n), Some(max)) if n as i64 > max => Err(anyhow::Error::new(UnusableModel(format!(
+            "field `max_seq_len` (--max-seq-len) is {n}, but {} ({}) has {max} positions: use at most {max}",
             model_dir.display(),
             mc.model_type()
         )))),
-        _ => Ok(()),
+        (Some(n), _) => Ok(n),
+        (None, _) => {
+            let default = cfg.max_seq_len();
+            let n = limit.map_or(default, |l| default.min(l.max(1) as usize));
+            tracing::info!(
+                "max_seq_len {n} (the default for task {:?}{}; --max-seq-len sets it)",
+                cfg.task,
+                if n < default { ", capped by the model's positions" } else { "" }
+            );
+            Ok(n)
+        }
     }
 }
 
@@ -524,5 +537,41 @@ mod tests {
         ] {
             assert_eq!(super::class_prefix(model_type), prefix);
         }
+    }
+
+    /// Unset, `max_seq_len` is the task's default (64, or 1024 for a causal LM) capped by a
+    /// learned position table; set, it must fit the table.
+    #[test]
+    fn max_seq_len_defaults_by_task_and_fits_the_position_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = |name: &str, config: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("config.json"), config).unwrap();
+            d
+        };
+        let gpt2 = model("gpt2", r#"{"model_type": "gpt2", "n_positions": 128}"#);
+        let llama = model("llama", r#"{"model_type": "llama"}"#);
+        let cfg = |task: &str, n: Option<usize>| crate::config::TrainConfig {
+            task: task.into(),
+            max_seq_len: n,
+            ..Default::default()
+        };
+        let resolve = |task: &str, n: Option<usize>, dir: &std::path::Path| {
+            super::resolve_max_seq_len(&cfg(task, n), dir)
+        };
+        assert_eq!(resolve("causal-lm", None, &llama).unwrap(), 1024);
+        assert_eq!(resolve("causal-lm", None, &gpt2).unwrap(), 128);
+        assert_eq!(resolve("multiple-choice", None, &llama).unwrap(), 1024);
+        assert_eq!(resolve("sst2", None, &gpt2).unwrap(), 64);
+        assert_eq!(resolve("causal-lm", Some(100), &gpt2).unwrap(), 100);
+        assert_eq!(resolve("causal-lm", Some(4096), &llama).unwrap(), 4096);
+        let e = resolve("causal-lm", Some(129), &gpt2).unwrap_err();
+        assert!(e.downcast_ref::<super::UnusableModel>().is_some(), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("field `max_seq_len` (--max-seq-len) is 129")
+                && format!("{e:#}").contains("has 128 positions"),
+            "{e:#}"
+        );
     }
 }

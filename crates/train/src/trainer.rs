@@ -124,7 +124,7 @@ impl Trainer {
                 );
             }
         }
-        let task = task::from_config(&config).map_err(task::bad_data)?;
+        let mut task = task::from_config(&config).map_err(task::bad_data)?;
         let mut device = parse_device(&config.device)?;
         let parallel =
             DataParallel::from_env(device, &config.dist_backend, loraplus_dist::DEFAULT_TIMEOUT)?;
@@ -154,6 +154,10 @@ impl Trainer {
             Some(path) => {
                 let dir = checkpoint::resolve(path)?;
                 let saved = checkpoint::read_state(&dir)?;
+                if config.max_seq_len.is_none() {
+                    // The default the checkpoint's run resolved.
+                    config.max_seq_len = saved.config.max_seq_len;
+                }
                 let differ = checkpoint::resume_conflicts(&saved.config, &config)?;
                 if !differ.is_empty() {
                     return Err(checkpoint::ResumeMismatch {
@@ -187,7 +191,11 @@ impl Trainer {
             }
         }
         let mdir = model::model_dir(&config)?;
-        model::check_max_seq_len(&mdir, config.max_seq_len)?;
+        let max_seq_len = model::resolve_max_seq_len(&config, &mdir)?;
+        if config.max_seq_len != Some(max_seq_len) {
+            config.max_seq_len = Some(max_seq_len);
+            task = task::from_config(&config).map_err(task::bad_data)?;
+        }
 
         // Data: training examples (optionally a seeded subset), evaluation set(s).
         let data = task::load_data(task.as_ref(), &config, &mdir)?;

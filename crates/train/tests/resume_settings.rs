@@ -11,7 +11,7 @@ fn config(dir: &std::path::Path) -> TrainConfig {
     let mut cfg = TrainConfig {
         task: "sst2".into(),
         output_dir: dir.to_path_buf(),
-        max_seq_len: 32,
+        max_seq_len: Some(32),
         batch_size: 8,
         max_steps: Some(3),
         train_limit: Some(64),

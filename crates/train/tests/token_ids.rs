@@ -52,7 +52,7 @@ fn ids_outside_the_vocabulary_are_refused_with_the_id_and_the_size() {
             text_column: "text".into(),
             output_dir: dir.path().join("out"),
             overwrite_output_dir: true,
-            max_seq_len: 16,
+            max_seq_len: Some(16),
             batch_size: 4,
             max_steps: Some(1),
             ..TrainConfig::default()

@@ -34,7 +34,7 @@ fn csv_quote(s: &str) -> String {
 fn tiny(out: &Path) -> TrainConfig {
     let mut c = TrainConfig {
         output_dir: out.to_path_buf(),
-        max_seq_len: 32,
+        max_seq_len: Some(32),
         batch_size: 8,
         max_steps: Some(6),
         log_every: 3,

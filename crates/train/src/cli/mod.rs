@@ -247,7 +247,6 @@ impl Overrides {
         set!(dist_backend => dist_backend);
         set!(epochs => epochs);
         set!(batch_size => batch_size);
-        set!(max_seq_len => max_seq_len);
         set!(lr => optim.lr);
         set!(ratio => optim.loraplus_ratio);
         set!(eval_every => eval_every);
@@ -260,6 +259,9 @@ impl Overrides {
         }
         if let Some(s) = self.max_steps {
             cfg.max_steps = Some(s);
+        }
+        if let Some(n) = self.max_seq_len {
+            cfg.max_seq_len = Some(n);
         }
         if let Some(n) = self.train_limit {
             cfg.train_limit = Some(n);
@@ -542,7 +544,6 @@ fn eval_config(
     let mut cfg = match config {
         Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
         None => TrainConfig {
-            max_seq_len: 128,
             eval_batch_size: 128,
             ..TrainConfig::default()
         },
@@ -553,6 +554,11 @@ fn eval_config(
         return Err(UsageError::wrap(anyhow::anyhow!(
             "--task (or --config) is required: a GLUE task, classification, regression or causal-lm"
         )));
+    }
+    if config.is_none() && !cfg.is_lm_task() {
+        // Dev sentences may run longer than the training default; a causal LM's default is
+        // its training one.
+        cfg.max_seq_len = Some(128);
     }
     if let Some(m) = model {
         cfg.model = Some(m.to_path_buf());
@@ -632,7 +638,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         cfg.device = d.clone();
     }
     if let Some(n) = a.max_seq_len {
-        cfg.max_seq_len = n;
+        cfg.max_seq_len = Some(n);
     }
     if let Some(n) = a.batch_size {
         cfg.eval_batch_size = n;
@@ -653,7 +659,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     apply_label_names(&mut cfg, a.adapter.as_deref())?;
     cfg.validate().map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
-    model::check_max_seq_len(&mdir, cfg.max_seq_len)?;
+    cfg.max_seq_len = Some(model::resolve_max_seq_len(&cfg, &mdir)?);
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let adapter = a.adapter.as_deref().ok_or_else(|| {
         UsageError::wrap(anyhow::anyhow!(

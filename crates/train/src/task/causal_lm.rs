@@ -45,7 +45,7 @@ impl CausalLmTask {
             eval: cfg.eval_file.clone(),
             options: LmOptions {
                 format,
-                max_seq_len: cfg.max_seq_len,
+                max_seq_len: cfg.max_seq_len(),
                 packing: cfg.packing,
                 too_long,
                 ..LmOptions::default()

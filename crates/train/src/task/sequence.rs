@@ -237,7 +237,7 @@ impl SequenceTask {
     }
 
     fn encoder(cfg: &TrainConfig, model_dir: &Path) -> Result<Encoder> {
-        Encoder::from_model_dir(model_dir, cfg.max_seq_len)
+        Encoder::from_model_dir(model_dir, cfg.max_seq_len())
     }
 
     fn tokenize(ds: &Dataset, encoder: &Encoder) -> Result<Arc<TokenizedDataset>> {
