@@ -142,6 +142,22 @@ impl SplitMix64 {
 }
 
 /// The token ids of a config's `eos_token_id` (an integer or a list of them).
+/// The `eos_token_id` (integer or list) of `model_dir/generation_config.json`; empty when the
+/// file or the key is absent. Chat models list their end-of-turn tokens there only (Gemma's
+/// `<end_of_turn>`, Phi-3's `<|end|>`, Llama 3's `<|eot_id|>`), and transformers' `generate`
+/// stops on them.
+pub fn generation_config_eos_ids(model_dir: &std::path::Path) -> Result<Vec<i64>> {
+    let path = model_dir.join("generation_config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| crate::bad_checkpoint(format!("{}: not JSON ({e})", path.display())))?;
+    Ok(ids_of(value.get("eos_token_id")))
+}
+
 fn ids_of(value: Option<&Value>) -> Vec<i64> {
     match value {
         Some(Value::Number(n)) => n.as_i64().into_iter().collect(),

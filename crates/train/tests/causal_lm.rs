@@ -329,6 +329,53 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     };
     let plain = gen(&[]);
     assert!(!plain.trim().is_empty());
+    // generation_config.json's eos_token_id (where chat models list their end-of-turn
+    // tokens) stops generation too: make the third generated token one.
+    let tokens_of = |model: &Path| -> Vec<i64> {
+        let out = dir.path().join("gen.jsonl");
+        ok(&[
+            "generate",
+            "--model",
+            s(model),
+            "--adapter",
+            s(&full),
+            "--chat",
+            "--prompt",
+            "tell me about the cat",
+            "--max-new-tokens",
+            "12",
+            "--output",
+            s(&out),
+        ]);
+        let row: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+        serde_json::from_value(row["tokens"].clone()).unwrap()
+    };
+    let all = tokens_of(&llama);
+    assert_eq!(all.len(), 12, "{all:?}");
+    let stop = all[2];
+    let first = all.iter().position(|&t| t == stop).unwrap();
+    let with_gc = dir.path().join("llama-gc");
+    std::fs::create_dir_all(&with_gc).unwrap();
+    for e in std::fs::read_dir(&llama).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), with_gc.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(
+        with_gc.join("generation_config.json"),
+        format!(
+            "{{\"eos_token_id\": [{}, {stop}]}}",
+            (3..).find(|t| !all.contains(t)).unwrap()
+        ),
+    )
+    .unwrap();
+    let stopped = tokens_of(&with_gc);
+    assert!(
+        all.starts_with(&stopped) && (first..=first + 1).contains(&stopped.len()),
+        "stops at token {stop} (position {first}): {stopped:?} of {all:?}"
+    );
     assert_eq!(plain, gen(&["--merge"]));
     assert_eq!(plain, gen(&["--no-cache"]));
     // On an int8 base: decoding one row a step (libtorch's int8 kernel), the whole sequence

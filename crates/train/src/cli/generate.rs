@@ -214,10 +214,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             lora.merge(true)?;
         }
     }
+    // Generation stops on any of: config.json's eos_token_id, generation_config.json's (where
+    // chat models list their end-of-turn tokens), the tokenizer's EOS.
     let mut eos = m.eos_token_ids();
-    let tok_eos = i64::from(tok.eos_id());
-    if !eos.contains(&tok_eos) {
-        eos.push(tok_eos);
+    let more = loraplus_models::generate::generation_config_eos_ids(&model_dir)?;
+    for id in more.into_iter().chain([i64::from(tok.eos_id())]) {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
     }
     let gc = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
