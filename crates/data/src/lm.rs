@@ -197,7 +197,7 @@ impl fmt::Display for LmStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows read as {}, {} skipped (nothing to learn after truncation), {} truncated; \
+            "{} rows read as {}, {} skipped (nothing to learn), {} truncated; \
              {} examples in {} rows, {} tokens, {} targets",
             self.rows_read,
             self.format.map_or("?", LmFormat::name),
@@ -489,9 +489,8 @@ pub fn assistant_spans(
         }
         spans.push((before.len(), through.len()));
     }
-    if spans.is_empty() {
-        bail!("no assistant message: nothing to learn (assistant_only_loss is on)");
-    }
+    // No assistant turn: no target token; the row is skipped (and counted) or refused as any
+    // row with nothing to learn (see `build_dataset`).
     Ok(spans)
 }
 
@@ -698,7 +697,7 @@ pub fn build_dataset(
                     opts.max_seq_len
                 )
             } else {
-                format!("nothing to learn in its {full_len} tokens")
+                format!("nothing to learn in its {full_len} tokens (no target token, e.g. no assistant turn)")
             };
             match opts.too_long {
                 TooLong::Error => bail!(
@@ -731,7 +730,7 @@ pub fn build_dataset(
     }
     if stats.rows_skipped > 0 {
         tracing::warn!(
-            "{origin}: skipped {} rows with nothing to learn within max_seq_len {} (first at line {})",
+            "{origin}: skipped {} rows with nothing to learn within max_seq_len {} (no target token, e.g. no assistant turn, or all cut by truncation; first at line {})",
             stats.rows_skipped,
             opts.max_seq_len,
             stats.skipped_lines[0]

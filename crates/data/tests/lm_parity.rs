@@ -313,6 +313,42 @@ fn messages_labels_cover_assistant_content_only() {
     assert_eq!(text, "Four.<|im_end|>\nFive, of course.<|im_end|>\n");
 }
 
+/// A conversation without an assistant turn has no target token: skipped and counted like a
+/// row truncated to nothing (it used to fail the whole file), refused with too_long = error.
+#[test]
+fn conversations_without_an_assistant_turn_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"messages": [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four."}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "system", "content": "Be brief."}]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "And three?"}, {"role": "assistant", "content": "Six."}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let tok = tokenizer("chatml");
+    let (ds, stats) = lm::load_jsonl(&path, &tok, &LmOptions::default()).unwrap();
+    assert_eq!((stats.rows_read, stats.rows_skipped), (4, 2), "{stats:?}");
+    assert_eq!(stats.skipped_lines, vec![2, 3]);
+    assert_eq!(ds.len(), 2);
+    let opts = LmOptions {
+        too_long: TooLong::Error,
+        ..LmOptions::default()
+    };
+    let err = format!("{:#}", lm::load_jsonl(&path, &tok, &opts).unwrap_err());
+    assert!(
+        err.contains("line 2") && err.contains("no assistant turn"),
+        "{err}"
+    );
+}
+
 #[test]
 fn nothing_to_learn_is_refused_on_request() {
     let fx = fixture();
