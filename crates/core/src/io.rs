@@ -176,16 +176,49 @@ fn pt_metadata() -> BTreeMap<String, String> {
 impl LoraModel {
     /// The adapter's tensors under PEFT's keys, as `adapter_model.safetensors` holds them.
     pub fn adapter_state_dict(&self) -> Vec<(String, Tensor)> {
-        self.trainable_params()
+        let mut out: Vec<(String, Tensor)> = self
+            .trainable_params()
             .iter()
             .map(|p| (self.peft_key(p), p.tensor.detach()))
-            .collect()
+            .collect();
+        // A tied table in modules_to_save, under its other name too (see `SavedTie`).
+        for tie in self.saved_ties() {
+            if let Some(p) = self.trainable_params().iter().find(|p| p.name == tie.param) {
+                out.push((
+                    format!("{PEFT_PREFIX}{}.weight", tie.alias),
+                    p.tensor.detach(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The adapter config as saved: `inference_mode`, and for a tied table in
+    /// `modules_to_save` both of its modules listed, with PEFT's `ensure_weight_tying`.
+    pub fn saved_config(&self) -> Option<LoraConfig> {
+        let mut cfg = self.config()?.clone();
+        cfg.inference_mode = true;
+        if !self.saved_ties().is_empty() {
+            let list = cfg.modules_to_save.get_or_insert_with(Vec::new);
+            for tie in self.saved_ties() {
+                let module = tie.param.strip_suffix(".weight").unwrap_or(&tie.param);
+                for name in [tie.alias.as_str(), module] {
+                    let last = name.rsplit('.').next().unwrap_or(name).to_string();
+                    if !list.contains(&last) {
+                        list.push(last);
+                    }
+                }
+            }
+            cfg.other
+                .insert("ensure_weight_tying".into(), serde_json::Value::Bool(true));
+        }
+        Some(cfg)
     }
 
     /// Save in PEFT's format: `dir/adapter_model.safetensors` and `dir/adapter_config.json`,
     /// each written atomically. `PeftModel.from_pretrained(model, dir)` loads it.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let cfg = self.config().ok_or_else(|| {
+        let cfg = self.saved_config().ok_or_else(|| {
             Error::InvalidArgument("this model has no LoRA adapter to save".into())
         })?;
         std::fs::create_dir_all(dir).io_context("creating", dir)?;
@@ -194,8 +227,6 @@ impl LoraModel {
             &self.adapter_state_dict(),
             &pt_metadata(),
         )?;
-        let mut cfg = cfg.clone();
-        cfg.inference_mode = true;
         write_atomic(&dir.join(ADAPTER_CONFIG), cfg.to_json_string()?.as_bytes())
     }
 
@@ -215,6 +246,13 @@ impl LoraModel {
         // PEFT also saves copies of modules_to_save under these infixes; they are not ours.
         let is_peft_copy =
             |k: &str| k.contains(".modules_to_save.") || k.contains(".original_module.");
+        // The other name of a tied table (see `SavedTie`): the same tensor.
+        let aliases: Vec<String> = self
+            .saved_ties()
+            .iter()
+            .map(|t| format!("{PEFT_PREFIX}{}.weight", t.alias))
+            .collect();
+        let is_peft_copy = |k: &str| is_peft_copy(k) || aliases.iter().any(|a| a == k);
         let unexpected: Vec<String> = st
             .names()
             .into_iter()

@@ -35,6 +35,7 @@ pub use io::{
 };
 pub use layers::{FusedLinears, LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 pub use model::{
-    BaseBytes, LoraBuilder, LoraModel, ParamRole, ParamSummary, TrainableParam, PEFT_PREFIX,
+    BaseBytes, LoraBuilder, LoraModel, ParamRole, ParamSummary, SavedTie, TrainableParam,
+    PEFT_PREFIX,
 };
 pub use quant::{QuantScheme, QuantizedWeight};

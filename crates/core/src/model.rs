@@ -123,6 +123,19 @@ pub struct LoraBuilder {
     adapters: Vec<AdapterEntry>,
     quant: Option<QuantScheme>,
     quantized: Vec<QuantEntry>,
+    ties: Vec<SavedTie>,
+}
+
+/// A module that shares the table of a trainable parameter: a tied input embedding and
+/// `lm_head`, one of them in `modules_to_save`. The adapter file holds the table under both
+/// names and the config lists both in `modules_to_save` with PEFT's `ensure_weight_tying`, so
+/// that PEFT trains and loads one table, as this model does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedTie {
+    /// The module sharing the table (`lm_head`, `model.embed_tokens`).
+    pub alias: String,
+    /// The trainable parameter it shares (`model.embed_tokens.weight`, `lm_head.weight`).
+    pub param: String,
 }
 
 /// A linear layer whose frozen base weight is stored quantized.
@@ -162,6 +175,7 @@ impl LoraBuilder {
             adapters: Vec::new(),
             quant: None,
             quantized: Vec::new(),
+            ties: Vec::new(),
         })
     }
 
@@ -174,6 +188,7 @@ impl LoraBuilder {
             adapters: Vec::new(),
             quant: None,
             quantized: Vec::new(),
+            ties: Vec::new(),
         }
     }
 
@@ -488,6 +503,15 @@ impl LoraBuilder {
         set.into_iter().map(String::from).collect()
     }
 
+    /// Record that module `alias` shares the table of the trainable parameter `param` (see
+    /// [`SavedTie`]); `param` must be trainable when [`Self::finish`] runs.
+    pub fn tie_saved(&mut self, alias: &str, param: &str) {
+        self.ties.push(SavedTie {
+            alias: alias.to_string(),
+            param: param.to_string(),
+        });
+    }
+
     /// Decide what trains (adapters, biases per `bias`, `modules_to_save`) and freeze the rest.
     /// A `target_modules` that selected nothing is an error listing the module names that
     /// exist; a `modules_to_save` entry that matches no module is ignored with a warning, as
@@ -518,7 +542,11 @@ impl LoraBuilder {
                     let matched = self
                         .base
                         .iter()
-                        .any(|p| cfg.is_module_to_save_by(&p.module, m));
+                        .any(|p| cfg.is_module_to_save_by(&p.module, m))
+                        || self
+                            .ties
+                            .iter()
+                            .any(|t| cfg.is_module_to_save_by(&t.alias, m));
                     if !matched {
                         let modules: BTreeSet<&str> =
                             self.base.iter().map(|p| p.module.as_str()).collect();
@@ -574,6 +602,11 @@ impl LoraBuilder {
             .iter()
             .map(|a| (a.merge.a.numel() + a.merge.b.numel()) as i64)
             .sum();
+        let ties = self
+            .ties
+            .into_iter()
+            .filter(|t| trainable.iter().any(|p: &TrainableParam| p.name == t.param))
+            .collect();
         Ok(LoraModel {
             config: self.config,
             trainable,
@@ -582,6 +615,7 @@ impl LoraBuilder {
             total_params: total_base + total_adapter,
             quant: self.quant,
             quantized: self.quantized,
+            ties,
         })
     }
 }
@@ -653,6 +687,7 @@ pub struct LoraModel {
     total_params: i64,
     quant: Option<QuantScheme>,
     quantized: Vec<QuantEntry>,
+    ties: Vec<SavedTie>,
 }
 
 /// Bytes of a model's base parameters, as loaded and as stored ([`LoraModel::base_bytes`]).
@@ -672,6 +707,11 @@ impl LoraModel {
     /// The config, or `None` for a model built by [`LoraBuilder::frozen`].
     pub fn config(&self) -> Option<&LoraConfig> {
         self.config.as_ref()
+    }
+
+    /// Modules sharing a trainable table, saved under both names (see [`SavedTie`]).
+    pub fn saved_ties(&self) -> &[SavedTie] {
+        &self.ties
     }
 
     /// Every trainable tensor with its name and role, in registration order.

@@ -164,12 +164,24 @@ pub fn decoder_head(
                 });
             }
             // The tied head shares the embedding table; it goes through the builder only when
-            // the LoRA config names it, so that it is not counted twice otherwise.
-            let named =
-                ld.b.config()
-                    .is_some_and(|c| c.is_target("lm_head") || c.is_module_to_save("lm_head"));
+            // the LoRA config names it, so that it is not counted twice otherwise. With the
+            // table in modules_to_save (under either name) it trains once, and is saved under
+            // both names for PEFT (`SavedTie`).
+            let (saved_table, saved_head) = ld.b.config().map_or((false, false), |c| {
+                (
+                    c.is_module_to_save(&embeddings.name),
+                    c.is_module_to_save("lm_head"),
+                )
+            });
             let weight = embeddings.weight.shallow_clone();
-            let lm_head = if named {
+            let lm_head = if saved_table {
+                // Trains as the embedding's parameter.
+                ld.b.tie_saved("lm_head", &format!("{}.weight", embeddings.name));
+                LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
+            } else if saved_head || named_target {
+                if saved_head {
+                    ld.b.tie_saved(&embeddings.name, "lm_head.weight");
+                }
                 ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
             } else {
                 LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)

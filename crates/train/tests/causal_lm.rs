@@ -473,6 +473,16 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
         "[lora]\ntarget_modules = [\"q_proj\", \"v_proj\", \"embed_tokens\", \"lm_head\"]\n",
     )
     .unwrap();
+    // The tied table in modules_to_save, under either name: it trains once here; PEFT must load
+    // the same model (both names saved, ensure_weight_tying).
+    let saved_head = dir.path().join("saved-head.toml");
+    std::fs::write(&saved_head, "[lora]\nmodules_to_save = [\"lm_head\"]\n").unwrap();
+    let saved_table = dir.path().join("saved-table.toml");
+    std::fs::write(
+        &saved_table,
+        "[lora]\nmodules_to_save = [\"embed_tokens\"]\n",
+    )
+    .unwrap();
     for (model, class, targets, config) in [
         ("phi3", "Phi3ForCausalLM", vec!["qkv_proj"], None),
         (
@@ -487,9 +497,27 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
             vec!["q_proj", "v_proj", "embed_tokens", "lm_head"],
             Some(&tied),
         ),
+        (
+            "gemma2",
+            "Gemma2ForCausalLM",
+            vec!["q_proj", "v_proj"],
+            Some(&saved_head),
+        ),
+        (
+            "gemma2",
+            "Gemma2ForCausalLM",
+            vec!["q_proj", "v_proj"],
+            Some(&saved_table),
+        ),
     ] {
         let m = fx.model(model);
-        let name = format!("{model}{}", if config.is_some() { "-tied" } else { "" });
+        let name = format!(
+            "{model}{}",
+            config.map_or(String::new(), |c| format!(
+                "-{}",
+                c.file_stem().unwrap().to_str().unwrap()
+            ))
+        );
         let out = dir.path().join(&name);
         let mut a = train_args(s(&m), s(&train), s(&train), s(&out));
         a.extend(["--max-steps", "4"]);
@@ -535,7 +563,33 @@ fn phi3_and_gemma2_adapters_load_in_peft_and_merges_load_in_transformers() {
         reference(&["merged", s(&merged), s(&ids_path), s(&merged_out)]);
         let dm = max_diff(&ours, &read_logits(&merged_out));
         assert!(dm < 1e-4, "{model}: merged logits differ by {dm}");
-        if config.is_some() {
+        if config.is_some_and(|c| *c != tied) {
+            let saved = adapter_tensors(&adapter);
+            let table = |k: &str| {
+                saved
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, t)| t.shallow_clone())
+                    .unwrap_or_else(|| panic!("{model}: no {k} in the adapter"))
+            };
+            let (head, emb) = (
+                table("base_model.model.lm_head.weight"),
+                table("base_model.model.model.embed_tokens.weight"),
+            );
+            assert_eq!(
+                max_diff(&head, &emb),
+                0.0,
+                "{model}: one table under both names"
+            );
+            let written: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(written["ensure_weight_tying"], true, "{written}");
+            // The merged model keeps the tie (the table trained, no update to split).
+            assert_ne!(mcfg["tie_word_embeddings"], false, "{mcfg}");
+        }
+        if config == Some(&tied) {
             assert_eq!(mcfg["tie_word_embeddings"], false, "{mcfg}");
             // In memory too: generate --merge gives the unmerged tokens.
             let generate = |merge: bool| {
