@@ -484,6 +484,23 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "{}",
         stderr(&o)
     );
+    // A classifier's adapter for a causal-LM task: refused by its task_type.
+    let merged = dir.path().join("merged");
+    let o = run(&[
+        "merge",
+        "--task",
+        "causal-lm",
+        "--adapter",
+        &s(&adapter),
+        "--output",
+        &s(&merged),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the adapter was trained for task_type SEQ_CLS (adapter_config.json), this task needs CAUSAL_LM"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -193,7 +193,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let adapter = a.adapter.as_deref().map(adapter_dir).transpose()?;
     let lora_cfg = match &adapter {
         Some(ad) => {
-            Some(loraplus_core::read_adapter_config(ad).map_err(|e| UsageError::wrap(e.into()))?)
+            let lc =
+                loraplus_core::read_adapter_config(ad).map_err(|e| UsageError::wrap(e.into()))?;
+            super::check_adapter_task(&lc, Head::CausalLm, ad)?;
+            Some(lc)
         }
         None => None,
     };

@@ -570,6 +570,33 @@ fn eval_config(
     Ok(cfg)
 }
 
+/// An adapter saved for a causal LM (`task_type` CAUSAL_LM) is refused for a classifier, and
+/// one saved for a classifier (SEQ_CLS) for a causal-LM task: its head would be missing (or
+/// random) and its layers trained for another objective.
+pub(crate) fn check_adapter_task(
+    lc: &loraplus_core::LoraConfig,
+    head: loraplus_models::Head,
+    adapter: &Path,
+) -> Result<()> {
+    use loraplus_models::Head;
+    let wanted = match head {
+        Head::CausalLm => "CAUSAL_LM",
+        Head::SequenceClassification { .. } => "SEQ_CLS",
+    };
+    match lc.task_type.as_deref() {
+        Some(t @ ("CAUSAL_LM" | "SEQ_CLS")) if t != wanted => Err(UsageError::wrap(anyhow::anyhow!(
+            "{}: the adapter was trained for task_type {t} (adapter_config.json), this task needs {wanted}: {}",
+            adapter.display(),
+            if t == "CAUSAL_LM" {
+                "pass --task causal-lm (or multiple-choice)"
+            } else {
+                "pass the classification or regression task it was trained on"
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Load the base model with an adapter from `adapter` (a checkpoint or adapter folder).
 fn load_with_adapter(
     cfg: &TrainConfig,
@@ -581,6 +608,7 @@ fn load_with_adapter(
     let adir = adapter_dir(adapter)?;
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
+    check_adapter_task(&lora_cfg, task.head(), &adir)?;
     let mdir = model::model_dir(cfg)?;
     let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
     let (m, lora) = model::load_model_with_lora(
@@ -791,6 +819,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
             let adir = adapter_dir(ad)?;
             let lc = loraplus_core::read_adapter_config(&adir)
                 .map_err(|e| UsageError::wrap(e.into()))?;
+            check_adapter_task(&lc, loraplus_models::Head::CausalLm, &adir)?;
             let (m, l) = model::load_model_with_lora(
                 &mdir,
                 loraplus_models::Head::CausalLm,
