@@ -295,6 +295,11 @@ impl TaskModel {
                     config.initializer_range(),
                     opts.seed
                 );
+                if opts.lora.is_some() && !saved() {
+                    tracing::warn!(
+                        "{m}: initialised at random and frozen (modules_to_save does not list it): its outputs stay random; list it in modules_to_save to train it"
+                    );
+                }
             } else if saved() {
                 tracing::debug!("{m}: not in the checkpoint; the adapter's copy replaces it");
             } else {

@@ -487,6 +487,22 @@ impl TrainConfig {
     /// that reads the user's files.
     pub fn validate_for_training(&self) -> Result<()> {
         self.validate()?;
+        if crate::task::KINDS.contains(&self.task.as_str()) && self.eval_file.is_none() {
+            for (field, set) in [
+                (
+                    "early_stopping_patience",
+                    self.early_stopping_patience.is_some(),
+                ),
+                ("target_metric", self.target_metric.is_some()),
+            ] {
+                if set {
+                    bail!(
+                        "field `{field}` needs evaluation data: task {:?} evaluates on `eval_file` (--eval-file), which is not set",
+                        self.task
+                    );
+                }
+            }
+        }
         usable_device(&self.device).context("field `device` (--device)")?;
         if crate::task::KINDS.contains(&self.task.as_str()) && self.train_file.is_none() {
             bail!(

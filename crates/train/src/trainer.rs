@@ -223,6 +223,11 @@ impl Trainer {
         let mut sets = vec![("training data", train_loader.data().as_ref())];
         sets.extend(dev.iter().map(|(_, d)| ("evaluation data", d.as_ref())));
         model::check_token_ids(&model, pad_id, &sets)?;
+        if let Some(w) = config.optim.warmup_steps.filter(|&w| w >= total_steps) {
+            tracing::warn!(
+                "optim.warmup_steps {w} >= the run's {total_steps} steps: the learning rate never reaches optim.lr"
+            );
+        }
         let optimizer = model::build_optimizer(&config, &lora, total_steps)?;
 
         let mut state = TrainerState {

@@ -60,6 +60,10 @@ fn config_errors_exit_2_with_a_clear_message() {
         ("threads = 100000\n", "threads"),
         ("bucket_multiplier = 0\n", "bucket_multiplier"),
         (
+            "task = \"classification\"\ntrain_file = \"x.csv\"\nearly_stopping_patience = 2\n",
+            "field `early_stopping_patience` needs evaluation data",
+        ),
+        (
             "task = \"classification\"\nlabels = []\n",
             "a classifier needs at least two",
         ),
@@ -481,6 +485,44 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
     assert!(
         stderr(&o).contains(&format!("{}: tensor base_model.model.", weights.display()))
             && stderr(&o).contains("expected [8, 384] (r=8, in_features=384)"),
+        "{}",
+        stderr(&o)
+    );
+    // A head the checkpoint lacks, left out of modules_to_save: random and frozen, said so.
+    let o = run(&[
+        "train",
+        "--config",
+        tiny_config(dir.path(), "").to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--output-dir",
+        &s(&dir.path().join("frozen-head")),
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("random and frozen"), "{}", stderr(&o));
+    let frozen = dir.path().join("frozen.toml");
+    std::fs::write(
+        &frozen,
+        std::fs::read_to_string(tiny_config(dir.path(), "")).unwrap() + "modules_to_save = []\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "train",
+        "--config",
+        &s(&frozen),
+        "--max-steps",
+        "1",
+        "--output-dir",
+        &s(&dir.path().join("frozen-head")),
+        "--overwrite-output-dir",
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "classifier: initialised at random and frozen (modules_to_save does not list it)"
+        ),
         "{}",
         stderr(&o)
     );
