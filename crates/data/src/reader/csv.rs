@@ -22,9 +22,17 @@ impl Default for CsvOptions {
 }
 
 fn csv_column(headers: &[String], name: &str, origin: &str) -> Result<usize> {
-    match headers.iter().position(|h| h == name) {
-        Some(i) => Ok(i),
-        None => bail!("{origin}: line 1: the header has no column {name:?}; it has {headers:?}"),
+    let mut at = headers.iter().enumerate().filter(|(_, h)| *h == name);
+    match (at.next(), at.next()) {
+        (Some((i, _)), None) => Ok(i),
+        (Some((i, _)), Some((j, _))) => bail!(
+            "{origin}: line 1: the header names column {name:?} twice (fields {} and {}): rename one",
+            i + 1,
+            j + 1
+        ),
+        (None, _) => {
+            bail!("{origin}: line 1: the header has no column {name:?}; it has {headers:?}")
+        }
     }
 }
 
@@ -70,6 +78,9 @@ pub fn parse_csv(
     };
     let mut sink = RowSink::new(origin, opts);
     let mut record = ::csv::ByteRecord::new();
+    // TSV rows holding a field that spans lines: a quote opened a field (RFC 4180), most
+    // likely by accident in a TSV, and the lines up to the closing quote became one row.
+    let mut multi_line: Vec<usize> = Vec::new();
     loop {
         let more = rdr
             .read_byte_record(&mut record)
@@ -97,7 +108,19 @@ pub fn parse_csv(
                 )
             })
         };
+        if csv_opts.delimiter == b'\t' && record.iter().any(|f| f.contains(&b'\n')) {
+            multi_line.push(line);
+        }
         let row = (|| {
+            if record.len() > headers.len()
+                && record.iter().skip(headers.len()).any(|f| !f.is_empty())
+            {
+                return Err(format!(
+                    "the row has {} fields, the header {} (a delimiter inside an unquoted field?)",
+                    record.len(),
+                    headers.len()
+                ));
+            }
             let text_a = field(col_a, &mapping.text_a)?.to_string();
             let text_b = match (col_b, &mapping.text_b) {
                 (Some(i), Some(n)) => Some(field(i, n)?.to_string()),
@@ -114,6 +137,12 @@ pub fn parse_csv(
             })
         })();
         sink.push(line, row)?;
+    }
+    if let Some(first) = multi_line.first() {
+        tracing::warn!(
+            "{origin}: {} row(s) hold a quoted field spanning several lines (first at line {first}): a \" at the start of a field opens a quoted field that runs to the next \", so those lines became one example; remove the quote or quote the field",
+            multi_line.len()
+        );
     }
     sink.finish(fingerprint)
 }
@@ -208,5 +237,36 @@ mod tests {
             ReadOptions::default()
         )
         .is_err());
+    }
+
+    /// A row with more fields than the header (an unquoted comma in the text) is malformed,
+    /// not read from its first fields; empty trailing fields are fine. A used column named
+    /// twice in the header is refused.
+    #[test]
+    fn extra_fields_and_duplicate_columns_are_refused() {
+        let m = ColumnMapping::single("text").with_classes("label", &["neg", "pos"]);
+        let read = |text: &str| {
+            parse_csv(
+                text.as_bytes(),
+                "c.csv",
+                &m,
+                CsvOptions::default(),
+                ReadOptions::default(),
+            )
+        };
+        let err = format!(
+            "{:#}",
+            read("label,text\npos,hello, world and more\n").unwrap_err()
+        );
+        assert!(
+            err.contains("line 2") && err.contains("the row has 3 fields, the header 2"),
+            "{err}"
+        );
+        assert_eq!(read("label,text\npos,hello,,\n").unwrap().len(), 1);
+        let err = format!("{:#}", read("text,label,text\na,pos,b\n").unwrap_err());
+        assert!(
+            err.contains("names column \"text\" twice (fields 1 and 3)"),
+            "{err}"
+        );
     }
 }
