@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use loraplus_train::checkpoint::{NoCheckpoint, OutputDirInUse, ResumeMismatch};
 use loraplus_train::cli::{self, UsageError};
@@ -110,9 +110,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The command line, every flag that takes a value reading `-1` as that value (`--lr -1` is
+/// then refused by name as a negative rate, not as an unknown argument `-1`).
+fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|sc| {
+        sc.mut_args(|a| {
+            if a.get_action().takes_values() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        })
+    })
+}
+
 fn main() -> ExitCode {
     cli::init_tracing();
-    let cli = match Cli::try_parse() {
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -177,5 +194,21 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+        super::command().debug_assert();
+    }
+
+    /// A negative number is the value of the flag before it.
+    #[test]
+    fn negative_numbers_are_flag_values() {
+        let m = super::command()
+            .try_get_matches_from(["loraplus", "train", "--lr", "-1", "--threads", "2"])
+            .unwrap();
+        let (_, sub) = m.subcommand().unwrap();
+        assert_eq!(sub.get_one::<f64>("lr"), Some(&-1.0));
+        let e = super::command()
+            .try_get_matches_from(["loraplus", "train", "--threads", "-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--threads"), "{e}");
     }
 }
