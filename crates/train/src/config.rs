@@ -487,6 +487,12 @@ impl TrainConfig {
     /// that reads the user's files.
     pub fn validate_for_training(&self) -> Result<()> {
         self.validate()?;
+        if self.output_dir.exists() && !self.output_dir.is_dir() {
+            bail!(
+                "field `output_dir` (--output-dir): {} is a file, not a folder",
+                self.output_dir.display()
+            );
+        }
         if crate::task::KINDS.contains(&self.task.as_str()) && self.eval_file.is_none() {
             for (field, set) in [
                 (

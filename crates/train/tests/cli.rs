@@ -101,7 +101,18 @@ fn config_errors_exit_2_with_a_clear_message() {
     let missing = dir.path().join("missing.csv");
     let missing = missing.to_str().unwrap();
     let folder = dir.path().to_str().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let a_file = a_file.to_str().unwrap();
     let flag_cases: &[(&[&str], &str)] = &[
+        (
+            &["eval", "--task", "sst2", "--limit", "0"],
+            "--limit must be at least 1, found 0",
+        ),
+        (
+            &["train", "--task", "sst2", "--output-dir", a_file],
+            "is a file, not a folder",
+        ),
         (
             &["train", "--task", "sst2", "--metric", "f1"],
             "task \"sst2\" does not read `metric` (--metric)",

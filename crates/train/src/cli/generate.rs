@@ -243,6 +243,16 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|(_, p)| encode(&tok, p))
         .collect::<Result<_>>()?;
+    if let Some(i) = ids.iter().position(Vec::is_empty) {
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "{} encodes to no tokens (and the tokenizer adds no BOS): give some text",
+            if a.prompt.is_some() {
+                "--prompt".to_string()
+            } else {
+                format!("prompt {} of --input", i + 1)
+            }
+        )));
+    }
     let mut outputs = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(a.batch_size) {
         outputs.extend(m.generate(chunk, &gc)?);

@@ -630,6 +630,9 @@ fn load_with_adapter(
 /// Flags eval would ignore are refused: `--packing` (training only), and those that only one
 /// `--split` (or only multiple-choice) reads.
 fn check_eval_flags(a: &EvalArgs, task: &str) -> Result<()> {
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1, found 0 (leave it out to evaluate every row)");
+    }
     if a.data.packing {
         bail!("--packing is for training: evaluation scores every example in a row of its own");
     }
