@@ -218,12 +218,28 @@ pub struct ResumeMismatch {
 }
 
 /// The [`RESUME_FIXED`] settings that differ between the checkpoint's config and this run's.
+/// Paths of files name them the same when they are the same file: `./data.jsonl`,
+/// `data.jsonl` and `../here/data.jsonl`, `models/llama/` and `models/llama`.
 pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    let same_path = |k: &str| {
+        let (Some(x), Some(y)) = (a[k].as_str(), b[k].as_str()) else {
+            return false;
+        };
+        let lexical = |p: &str| {
+            Path::new(p)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect::<PathBuf>()
+        };
+        let canonical = |p: &str| std::fs::canonicalize(p).ok();
+        lexical(x) == lexical(y) || canonical(x).is_some_and(|c| Some(c) == canonical(y))
+    };
     Ok(RESUME_FIXED
         .iter()
         // Checkpoints from before discovered labels were recorded have none.
         .filter(|k| !(**k == "labels" && a[**k].is_null()))
+        .filter(|k| !(matches!(**k, "train_file" | "model") && same_path(k)))
         .flat_map(|k| crate::config::json_diffs(k, &a[*k], &b[*k]))
         .map(|(k, x, y)| format!("{k}: {x} in the checkpoint, {y} now"))
         .collect())
@@ -309,6 +325,35 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same file named two ways is the same setting; another file is not.
+    #[test]
+    fn resume_compares_paths_as_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data.jsonl");
+        std::fs::write(&data, "{}").unwrap();
+        let other = dir.path().join("other.jsonl");
+        std::fs::write(&other, "{}").unwrap();
+        let with = |train: &str, model: &str| TrainConfig {
+            train_file: Some(PathBuf::from(train)),
+            model: Some(PathBuf::from(model)),
+            ..TrainConfig::default()
+        };
+        let d = data.to_str().unwrap();
+        let dotted = format!("{}/./data.jsonl", dir.path().display());
+        let up = format!(
+            "{}/../{}/data.jsonl",
+            dir.path().display(),
+            dir.path().file_name().unwrap().to_str().unwrap()
+        );
+        let saved = with(d, "models/llama");
+        for same in [with(&dotted, "./models/llama/"), with(&up, "models/llama")] {
+            assert!(resume_conflicts(&saved, &same).unwrap().is_empty());
+        }
+        let differ =
+            resume_conflicts(&saved, &with(other.to_str().unwrap(), "models/qwen")).unwrap();
+        assert_eq!(differ.len(), 2, "{differ:?}");
+    }
 
     fn state(step: usize) -> TrainerState {
         TrainerState {
