@@ -386,8 +386,7 @@ impl Encoder {
     pub fn from_file(tokenizer_json: &Path, max_seq_len: usize) -> Result<Encoder> {
         let bytes = std::fs::read(tokenizer_json).with_context(|| {
             format!(
-                "reading the tokenizer {} (set LORAPLUS_MODEL_DIR to a folder with tokenizer.json, \
-                 or run `make setup`)",
+                "reading the tokenizer {} (a model folder holds tokenizer.json beside config.json)",
                 tokenizer_json.display()
             )
         })?;

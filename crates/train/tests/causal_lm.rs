@@ -230,6 +230,31 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     let losses = eval_losses(&full);
     assert_eq!(losses.len(), 2, "{losses:?}");
     assert!(losses[1] < losses[0], "eval loss goes down: {losses:?}");
+    // eval without --model takes the base the adapter records (not the default encoder), and
+    // with the run's max_seq_len gives the run's last evaluation.
+    let eval = |model: Option<&Path>| {
+        let mut e = vec![
+            "eval",
+            "--task",
+            "causal-lm",
+            "--adapter",
+            s(&full),
+            "--eval-file",
+            s(&dev),
+            "--max-seq-len",
+            "64",
+        ];
+        if let Some(m) = model {
+            e.extend(["--model", s(m)]);
+        }
+        ok(&e)
+    };
+    let named = eval(Some(&llama));
+    assert_eq!(eval(None), named);
+    assert!(
+        named.contains(&format!("eval_loss {:.4}", losses[1])),
+        "{named} vs {losses:?}"
+    );
 
     // Resumed from step 4 in a fresh process: the same adapter, bitwise.
     let resumed = dir.path().join("resumed");

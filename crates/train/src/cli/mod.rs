@@ -504,10 +504,29 @@ pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
 /// A classification adapter's class names (`label_names.json`, written by training) become
 /// the config's, so an eval file is scored with training's class ids; a different task or
 /// label list is refused.
+/// Without `--model` (or `model` in the config), the base the adapter records
+/// (`base_model_name_or_path`) when that is a folder here, as PEFT's `AutoPeftModel` does;
+/// else the default model.
+fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
+    if cfg.model.is_some() {
+        return;
+    }
+    let Ok(lc) = loraplus_core::read_adapter_config(adapter) else {
+        return;
+    };
+    if let Some(base) = lc.base_model_name_or_path.filter(|b| Path::new(b).is_dir()) {
+        tracing::info!(
+            "model: {base} (the adapter's base_model_name_or_path; --model names another)"
+        );
+        cfg.model = Some(PathBuf::from(base));
+    }
+}
+
 fn apply_label_names(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()> {
     let Some(adapter) = adapter else {
         return Ok(());
     };
+    model_from_adapter(cfg, &adapter_dir(adapter)?);
     let Some(names) = crate::checkpoint::read_label_names(&adapter_dir(adapter)?)? else {
         return Ok(());
     };
@@ -698,7 +717,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         ))
     })?;
     let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device, false)?;
-    let pad = task.padding(&cfg, &mdir)?;
+    let pad = task.padding(&cfg, &mdir).map_err(task::bad_data)?;
     match a.split.as_str() {
         "dev" => {
             let evals = task::limit_evals(
@@ -815,6 +834,11 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
         ))
     })?;
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
+    let mut cfg = cfg.clone();
+    if let Some(ad) = &a.adapter {
+        model_from_adapter(&mut cfg, &adapter_dir(ad)?);
+    }
+    let cfg = &cfg;
     let mdir = model::model_dir(cfg)?;
     let tok = model::decoder_tokenizer(&mdir)?;
     let (model, _lora) = match &a.adapter {

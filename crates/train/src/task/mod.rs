@@ -173,7 +173,7 @@ pub fn load_data(task: &dyn TrainTask, cfg: &TrainConfig, model_dir: &Path) -> R
         cfg.eval_limit,
     )
     .map_err(bad_data)?;
-    let (pad_id, padding_side) = task.padding(cfg, model_dir)?;
+    let (pad_id, padding_side) = task.padding(cfg, model_dir).map_err(bad_data)?;
     Ok(TaskData {
         train,
         evals,
