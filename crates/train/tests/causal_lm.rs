@@ -251,6 +251,28 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     };
     let named = eval(Some(&llama));
     assert_eq!(eval(None), named);
+    // On another base: exit 2, pointing at the base the adapter records.
+    let gemma2 = fx.model("gemma2");
+    let o = bin(&[
+        "eval",
+        "--task",
+        "causal-lm",
+        "--adapter",
+        s(&full),
+        "--eval-file",
+        s(&dev),
+        "--model",
+        s(&gemma2),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the adapter records base model {}",
+            llama.display()
+        )),
+        "{err}"
+    );
     assert!(
         named.contains(&format!("eval_loss {:.4}", losses[1])),
         "{named} vs {losses:?}"

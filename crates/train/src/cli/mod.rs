@@ -628,6 +628,7 @@ fn load_with_adapter(
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
     check_adapter_task(&lora_cfg, task.head(), &adir)?;
+    let base = lora_cfg.base_model_name_or_path.clone();
     let mdir = model::model_dir(cfg)?;
     let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
     let (m, lora) = model::load_model_with_lora(
@@ -639,7 +640,21 @@ fn load_with_adapter(
         quantize,
         for_merge,
     )?;
-    lora.load_adapter(&adir)?;
+    lora.load_adapter(&adir).map_err(|e| {
+        let e = anyhow::Error::from(e);
+        let same = |b: &str| {
+            Path::new(b) == mdir
+                || std::fs::canonicalize(b).ok() == std::fs::canonicalize(&mdir).ok()
+        };
+        match base.as_deref() {
+            // A likely cause: the adapter was trained on another base.
+            Some(b) if !same(b) => e.context(format!(
+                "the adapter records base model {b} (base_model_name_or_path); the model here is {}",
+                mdir.display()
+            )),
+            _ => e,
+        }
+    })?;
     if let Some(q) = model::quantization_summary(&lora) {
         eprintln!("{q}");
     }
