@@ -251,6 +251,23 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     };
     let named = eval(Some(&llama));
     assert_eq!(eval(None), named);
+    // The base alone (no --adapter): its loss, above the trained adapter's.
+    let base = ok(&[
+        "eval",
+        "--task",
+        "causal-lm",
+        "--model",
+        s(&llama),
+        "--eval-file",
+        s(&dev),
+        "--max-seq-len",
+        "64",
+    ]);
+    let loss_of = |out: &str| -> f64 {
+        let at = out.find("eval_loss ").unwrap() + "eval_loss ".len();
+        out[at..].split(',').next().unwrap().trim().parse().unwrap()
+    };
+    assert!(loss_of(&base) > loss_of(&named) + 0.01, "{base} vs {named}");
     // On another base: exit 2, pointing at the base the adapter records.
     let gemma2 = fx.model("gemma2");
     let o = bin(&[

@@ -726,12 +726,26 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mdir = model::model_dir(&cfg)?;
     cfg.max_seq_len = Some(model::resolve_max_seq_len(&cfg, &mdir)?);
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
-    let adapter = a.adapter.as_deref().ok_or_else(|| {
-        UsageError::wrap(anyhow::anyhow!(
-            "--adapter is required (except for multiple-choice)"
-        ))
-    })?;
-    let (model, _lora) = load_with_adapter(&cfg, task.as_ref(), adapter, device, false)?;
+    let model = match a.adapter.as_deref() {
+        Some(adapter) => load_with_adapter(&cfg, task.as_ref(), adapter, device, false)?.0,
+        // The base alone: its loss and perplexity, to compare an adapter with.
+        None if task.head() == loraplus_models::Head::CausalLm => {
+            let opts = loraplus_models::LoadOptions {
+                task: loraplus_models::Head::CausalLm,
+                dtype: model::kind_of(&cfg.dtype).map_err(UsageError::wrap)?,
+                device,
+                quantize: cfg.quant_scheme().map_err(UsageError::wrap)?,
+                ..loraplus_models::LoadOptions::default()
+            };
+            loraplus_models::TaskModel::load(&mdir, &opts)?.0
+        }
+        None => {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "--adapter is required for task {} (its head is trained); causal-lm and multiple-choice also evaluate the base alone",
+                task.name()
+            )))
+        }
+    };
     let pad = task.padding(&cfg, &mdir).map_err(task::bad_data)?;
     match a.split.as_str() {
         "dev" => {
