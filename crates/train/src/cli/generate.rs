@@ -36,7 +36,8 @@ pub struct GenerateArgs {
     /// A JSONL file of prompts: `{"prompt": ...}` or, with --chat, `{"messages": [...]}` too.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Where JSONL results go (`{"prompt", "completion"}` per row); default: standard output
+    /// Where JSONL results go (each input row's `prompt` or `messages`, with `completion` and
+    /// `tokens`); default: standard output
     /// (the completion only, for --prompt).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -84,7 +85,9 @@ enum Prompt {
     Chat(Vec<Message>),
 }
 
-fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
+/// Each prompt with the input field it came from (`{"prompt": ..}` or `{"messages": ..}`),
+/// echoed in the output rows.
+fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(serde_json::Value, Prompt)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -107,7 +110,7 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
             } else {
                 Prompt::Text(p.to_string())
             };
-            out.push((p.to_string(), prompt));
+            out.push((serde_json::json!({"prompt": p}), prompt));
         } else if let Some(m) = v.get("messages") {
             if !chat {
                 bail!("{}: a \"messages\" row needs --chat", at());
@@ -118,7 +121,7 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(String, Prompt)>> {
                     at()
                 )
             })?;
-            out.push((serde_json::to_string(m)?, Prompt::Chat(msgs)));
+            out.push((serde_json::json!({"messages": m}), Prompt::Chat(msgs)));
         } else {
             bail!(
                 "{}: expected a \"prompt\" (or, with --chat, \"messages\") field",
@@ -152,7 +155,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .context("--device")
         .map_err(UsageError::wrap)?;
     let kind = model::kind_of(&a.dtype).map_err(UsageError::wrap)?;
-    let prompts: Vec<(String, Prompt)> = match (&a.prompt, &a.input) {
+    let prompts: Vec<(serde_json::Value, Prompt)> = match (&a.prompt, &a.input) {
         (Some(p), None) => {
             let prompt = if a.chat {
                 Prompt::Chat(vec![Message {
@@ -162,7 +165,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             } else {
                 Prompt::Text(p.clone())
             };
-            vec![(p.clone(), prompt)]
+            vec![(serde_json::json!({"prompt": p}), prompt)]
         }
         (None, Some(path)) => read_prompts(path, a.chat).map_err(UsageError::wrap)?,
         _ => {
@@ -263,7 +266,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    for ((prompt, _), new) in prompts.iter().zip(&outputs) {
+    for ((echo, _), new) in prompts.iter().zip(&outputs) {
         let new_u32: Vec<u32> = new.iter().map(|&t| t as u32).collect();
         let text = tok
             .tokenizer()
@@ -272,7 +275,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         if a.prompt.is_some() && a.output.is_none() {
             writeln!(sink, "{text}")?;
         } else {
-            let row = serde_json::json!({"prompt": prompt, "completion": text, "tokens": new});
+            let mut row = echo.clone();
+            row["completion"] = text.into();
+            row["tokens"] = serde_json::json!(new);
             writeln!(sink, "{row}")?;
         }
     }
