@@ -661,6 +661,21 @@ fn load_with_adapter(
     Ok((m, lora))
 }
 
+/// `path` can be written (before minutes of predictions are computed for it): opened for
+/// appending, and removed again when this made it.
+fn check_writable(path: &Path) -> Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("--output {} cannot be written", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// Flags eval would ignore are refused: `--packing` (training only), and those that only one
 /// `--split` (or only multiple-choice) reads.
 fn check_eval_flags(a: &EvalArgs, task: &str) -> Result<()> {
@@ -800,12 +815,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                     "--split test writes GLUE submission files: only for GLUE tasks"
                 )));
             }
-            let data = seq.load_split(&cfg, &mdir, Split::Test)?;
-            let (preds, _) = seq.predict(&model, &data, pad.0, &cfg, device)?;
             let out = a
                 .output
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.tsv", seq.task.name)));
+            check_writable(&out)?;
+            let data = seq.load_split(&cfg, &mdir, Split::Test)?;
+            let (preds, _) = seq.predict(&model, &data, pad.0, &cfg, device)?;
             let mut text = String::from("index\tprediction\n");
             for (i, p) in preds.iter().enumerate() {
                 text.push_str(&format!("{i}\t{}\n", seq.label_text(p)));
