@@ -174,7 +174,7 @@ impl ModelSource {
         if model.is_dir() {
             if let Some(r) = revision {
                 bail!(
-                    "--revision {r} is for Hub repository ids, but {} is a local folder",
+                    "revision {r} (--revision, or `revision` in the config) is for Hub repository ids, but {} is a local folder",
                     model.display()
                 );
             }
@@ -195,7 +195,7 @@ impl ModelSource {
         }
         let revision = revision.unwrap_or(DEFAULT_REVISION);
         if revision.is_empty() {
-            bail!("--revision is empty: give a branch, tag or commit (default {DEFAULT_REVISION})");
+            bail!("revision (--revision, or `revision` in the config) is empty: give a branch, tag or commit (default {DEFAULT_REVISION})");
         }
         Ok(ModelSource::Hub {
             repo_id: id.into_owned(),
@@ -654,7 +654,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("--revision v1 is for Hub repository ids"),
+            msg.contains(
+                "revision v1 (--revision, or `revision` in the config) is for Hub repository ids"
+            ),
             "{msg}"
         );
         assert_eq!(

@@ -210,7 +210,9 @@ fn a_hub_id_downloads_with_the_hf_variables_then_runs_offline() {
     let o = run(&args, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--revision v1 is for Hub repository ids"),
+        err.contains(
+            "revision v1 (--revision, or `revision` in the config) is for Hub repository ids"
+        ),
         "{err}"
     );
 }
