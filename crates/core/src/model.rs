@@ -124,6 +124,7 @@ pub struct LoraBuilder {
     quant: Option<QuantScheme>,
     quantized: Vec<QuantEntry>,
     ties: Vec<SavedTie>,
+    warned_rank: bool,
 }
 
 /// A module that shares the table of a trainable parameter: a tied input embedding and
@@ -176,6 +177,7 @@ impl LoraBuilder {
             quant: None,
             quantized: Vec::new(),
             ties: Vec::new(),
+            warned_rank: false,
         })
     }
 
@@ -189,6 +191,7 @@ impl LoraBuilder {
             quant: None,
             quantized: Vec::new(),
             ties: Vec::new(),
+            warned_rank: false,
         }
     }
 
@@ -325,6 +328,15 @@ impl LoraBuilder {
                 tracing::warn!("{name}: fan_in_fan_out is set but the layer is [out, in]; ignoring it as PEFT does");
             }
             let (fin, fout) = (layer.in_features(), layer.out_features());
+            if r as i64 > fin.min(fout) && !self.warned_rank {
+                // PEFT allows it; the update B A cannot have a rank above the layer's width, so
+                // the extra rank only costs memory (a huge r can exhaust it).
+                tracing::warn!(
+                    "{name}: r {r} exceeds the layer's width min({fin}, {fout}) = {}; B A cannot have a higher rank (said once)",
+                    fin.min(fout)
+                );
+                self.warned_rank = true;
+            }
             let opts = (self.adapter_kind, layer.weight.device());
             let (a, b) = init_linear(r as i64, fin, fout, init, opts);
             let merged = self.record_adapter(

@@ -537,6 +537,34 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "{}",
         stderr(&o)
     );
+    // r above a layer's width: said once (MiniLM's layers are 384 wide).
+    let wide = dir.path().join("wide.toml");
+    std::fs::write(
+        &wide,
+        std::fs::read_to_string(tiny_config(dir.path(), ""))
+            .unwrap()
+            .replace("r = 4", "r = 400"),
+    )
+    .unwrap();
+    let o = run(&[
+        "train",
+        "--config",
+        &s(&wide),
+        "--max-steps",
+        "1",
+        "--output-dir",
+        &s(&dir.path().join("wide")),
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o)
+            .matches("r 400 exceeds the layer's width min(384, 384) = 384")
+            .count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
     // A classifier's adapter for a causal-LM task: refused by its task_type.
     let merged = dir.path().join("merged");
     let o = run(&[
