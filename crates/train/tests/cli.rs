@@ -499,6 +499,22 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "{}",
         stderr(&o)
     );
+    // An SST-2 run's adapter on MRPC (two classes too): refused by the task its run recorded.
+    let o = run(&[
+        "eval",
+        "--task",
+        "mrpc",
+        "--adapter",
+        &s(&run_dir),
+        "--limit",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was trained on sst2 (its run's trainer_state.json), not mrpc"),
+        "{}",
+        stderr(&o)
+    );
     // A head the checkpoint lacks, left out of modules_to_save: random and frozen, said so.
     let o = run(&[
         "train",

@@ -522,12 +522,43 @@ fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
     }
 }
 
+/// A GLUE task's adapter evaluated on another GLUE task (an SST-2 adapter on MRPC: the same
+/// two classes, so nothing else would notice) is refused, by the task its run recorded
+/// (`trainer_state.json` of the checkpoint, or of the run's newest checkpoint).
+fn check_glue_task(cfg: &TrainConfig, adir: &Path) -> Result<()> {
+    let state = if adir.join(crate::checkpoint::TRAINER_STATE).is_file() {
+        Some(adir.to_path_buf())
+    } else {
+        adir.parent()
+            .and_then(|run| crate::checkpoint::list(run).ok())
+            .and_then(|found| found.last().map(|(_, dir)| dir.clone()))
+    };
+    let Some(recorded) = state
+        .and_then(|dir| crate::checkpoint::read_state(&dir).ok())
+        .map(|s| s.config.task)
+    else {
+        return Ok(());
+    };
+    let glue = |t: &str| loraplus_data::Task::from_name(t).is_ok();
+    if recorded != cfg.task && glue(&recorded) && glue(&cfg.task) {
+        return Err(UsageError::wrap(anyhow::anyhow!(
+            "{} was trained on {recorded} (its run's {}), not {}: pass --task {recorded}",
+            adir.display(),
+            crate::checkpoint::TRAINER_STATE,
+            cfg.task
+        )));
+    }
+    Ok(())
+}
+
 fn apply_label_names(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()> {
     let Some(adapter) = adapter else {
         return Ok(());
     };
-    model_from_adapter(cfg, &adapter_dir(adapter)?);
-    let Some(names) = crate::checkpoint::read_label_names(&adapter_dir(adapter)?)? else {
+    let adir = adapter_dir(adapter)?;
+    model_from_adapter(cfg, &adir);
+    check_glue_task(cfg, &adir)?;
+    let Some(names) = crate::checkpoint::read_label_names(&adir)? else {
         return Ok(());
     };
     if cfg.task != names.task {
