@@ -553,6 +553,20 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "{}",
         stderr(&o)
     );
+    // eval without --task: the task the adapter's run recorded.
+    let o = run(&[
+        "eval",
+        "--adapter",
+        &s(&dir.path().join("frozen-head")),
+        "--limit",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("SST-2 Dev (4 examples)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // r above a layer's width: said once (MiniLM's layers are 384 wide).
     let wide = dir.path().join("wide.toml");
     std::fs::write(

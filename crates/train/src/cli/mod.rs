@@ -522,10 +522,9 @@ fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
     }
 }
 
-/// A GLUE task's adapter evaluated on another GLUE task (an SST-2 adapter on MRPC: the same
-/// two classes, so nothing else would notice) is refused, by the task its run recorded
-/// (`trainer_state.json` of the checkpoint, or of the run's newest checkpoint).
-fn check_glue_task(cfg: &TrainConfig, adir: &Path) -> Result<()> {
+/// The task the adapter's run trained (`trainer_state.json` of the checkpoint `adir`, or of
+/// the newest checkpoint of the run `adir` is the adapter of), if recorded.
+fn recorded_task(adir: &Path) -> Option<String> {
     let state = if adir.join(crate::checkpoint::TRAINER_STATE).is_file() {
         Some(adir.to_path_buf())
     } else {
@@ -533,10 +532,32 @@ fn check_glue_task(cfg: &TrainConfig, adir: &Path) -> Result<()> {
             .and_then(|run| crate::checkpoint::list(run).ok())
             .and_then(|found| found.last().map(|(_, dir)| dir.clone()))
     };
-    let Some(recorded) = state
+    state
         .and_then(|dir| crate::checkpoint::read_state(&dir).ok())
         .map(|s| s.config.task)
-    else {
+}
+
+/// `--task`, else (without `--config`) the task the adapter's run recorded.
+fn task_or_recorded(
+    task: Option<&str>,
+    config: Option<&Path>,
+    adapter: Option<&Path>,
+) -> Option<String> {
+    task.map(str::to_string).or_else(|| {
+        let adir = adapter
+            .filter(|_| config.is_none())
+            .and_then(|a| adapter_dir(a).ok())?;
+        let t = recorded_task(&adir)?;
+        tracing::info!("task {t} (recorded by the adapter's run; --task names another)");
+        Some(t)
+    })
+}
+
+/// A GLUE task's adapter evaluated on another GLUE task (an SST-2 adapter on MRPC: the same
+/// two classes, so nothing else would notice) is refused, by the task its run recorded
+/// (`trainer_state.json` of the checkpoint, or of the run's newest checkpoint).
+fn check_glue_task(cfg: &TrainConfig, adir: &Path) -> Result<()> {
+    let Some(recorded) = recorded_task(adir) else {
         return Ok(());
     };
     let glue = |t: &str| loraplus_data::Task::from_name(t).is_ok();
@@ -602,7 +623,7 @@ fn eval_config(
         cfg.task = t.to_string();
     } else if config.is_none() {
         return Err(UsageError::wrap(anyhow::anyhow!(
-            "--task (or --config) is required: a GLUE task, classification, regression or causal-lm"
+            "--task (or --config) is required: a GLUE task, classification, regression or causal-lm (an adapter of a loraplus run brings its own)"
         )));
     }
     if config.is_none() && !cfg.is_lm_task() {
@@ -738,9 +759,10 @@ fn check_eval_flags(a: &EvalArgs, task: &str) -> Result<()> {
 
 /// `loraplus eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
+    let task = task_or_recorded(a.task.as_deref(), a.config.as_deref(), a.adapter.as_deref());
     let mut cfg = eval_config(
         a.config.as_deref(),
-        a.task.as_deref(),
+        task.as_deref(),
         a.model.as_deref(),
         a.revision.as_deref(),
         &a.data,
@@ -1036,9 +1058,10 @@ fn check_merge_output(output: &Path, model: &Path, adapter: &Path, overwrite: bo
 
 /// `loraplus merge`.
 pub fn merge(a: MergeArgs) -> Result<()> {
+    let task = task_or_recorded(a.task.as_deref(), a.config.as_deref(), Some(&a.adapter));
     let mut cfg = eval_config(
         a.config.as_deref(),
-        a.task.as_deref(),
+        task.as_deref(),
         a.model.as_deref(),
         a.revision.as_deref(),
         &a.data,
