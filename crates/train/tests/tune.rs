@@ -50,6 +50,8 @@ fn tune_writes_the_table_config_and_heatmaps_and_reuses_trials() {
         "loss",
         "--head-lr",
         "1e-3",
+        "--seeds",
+        "7",
         "--output-dir",
         out.to_str().unwrap(),
     ];
@@ -118,20 +120,34 @@ fn tune_writes_the_table_config_and_heatmaps_and_reuses_trials() {
         assert_eq!(t["loss"], last_eval["loss"], "{key}");
         assert!(t["loss"].as_f64().unwrap() > 0.0, "{key}");
     }
-    // The chosen config trains as it is, with the head lr held fixed.
+    // The chosen config trains as it is (the trials' seed, the head lr held fixed) to the
+    // metric tune reported.
     let best = std::fs::read_to_string(out.join("best.toml")).unwrap();
     assert!(best.contains("head_lr = 0.001"), "{best}");
+    assert!(best.contains("seed = 7"), "{best}");
     let o = run(&[
         "train",
         "--config",
         out.join("best.toml").to_str().unwrap(),
-        "--max-steps",
-        "1",
         "--no-progress",
         "--output-dir",
         dir.path().join("best-run").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    let reported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tune_results.json")).unwrap())
+            .unwrap();
+    let retrained: serde_json::Value =
+        std::fs::read_to_string(dir.path().join("best-run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .rfind(|l| l.contains("\"kind\":\"eval\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap();
+    assert_eq!(
+        retrained["main"], reported["best_metric"],
+        "{retrained} vs {reported}"
+    );
 
     // Again: every trial reused, nothing trained.
     let o = run(&args);

@@ -164,11 +164,22 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     best.optim.loraplus_ratio = result.best_ratio;
     best.optim.head_lr = Some(head_lr);
     best.output_dir = root.join("best");
+    // With one seed, the trials' own: training this config reproduces the reported metric.
+    let seeds = match grid.seeds.as_slice() {
+        [one] => {
+            best.seed = *one;
+            String::new()
+        }
+        many => format!(
+            " (the mean over seeds {many:?}; this config trains with seed {})",
+            best.seed
+        ),
+    };
     let best_path = root.join("best.toml");
     std::fs::write(
         &best_path,
         format!(
-            "# Chosen by `loraplus tune` ({} trials, {:.0}% of the full grid's steps): lr {:e}, ratio {}, metric {:.4}\n{}",
+            "# Chosen by `loraplus tune` ({} trials, {:.0}% of the full grid's steps): lr {:e}, ratio {}, metric {:.4}{seeds}\n{}",
             result.trials.len(),
             100.0 * result.cost_fraction,
             result.best_lr,
