@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{DistError, Result};
@@ -34,6 +36,13 @@ pub struct LocalLaunch {
     /// After the first rank fails, how long the others get to fail on their own (their
     /// collectives notice the dead peer) before they are stopped.
     pub grace: Duration,
+    /// Interrupts the launcher received (its caller's SIGINT/SIGTERM handler counts them):
+    /// each new one is passed to every rank as a SIGINT. With it, the ranks run in a process
+    /// group of their own, so that a terminal's Ctrl-C reaches them once, through the
+    /// launcher, and a signal sent to the launcher alone (`kill`, `timeout`, a scheduler)
+    /// reaches them too; they get SIGTERM if the launcher dies. `None`: the ranks share the
+    /// launcher's process group and its terminal's signals.
+    pub interrupts: Option<Arc<AtomicUsize>>,
 }
 
 impl LocalLaunch {
@@ -48,15 +57,16 @@ impl LocalLaunch {
             log_dir: None,
             env: Vec::new(),
             grace: Duration::from_secs(30),
+            interrupts: None,
         }
     }
 }
 
 /// Starts the ranks (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` =
 /// loopback, `MASTER_PORT`), waits for all of them, and fails naming the first rank that
-/// exited non-zero or was killed. A Ctrl-C in the terminal reaches every rank (one process
-/// group); the caller should catch it too (the CLI's handler) so that the launcher stays to
-/// collect them.
+/// exited non-zero or was killed. Interrupts: see [`LocalLaunch::interrupts`] (without it, a
+/// Ctrl-C in the terminal reaches every rank, one process group, and the caller should catch
+/// it too so that the launcher stays to collect them).
 pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
     if cfg.nproc == 0 {
         return Err(DistError::Launch("nproc is 0, expected >= 1".to_string()));
@@ -79,6 +89,17 @@ pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
         cmd.envs(cfg.env.iter().map(|(k, v)| (k, v)));
         if let Some(threads) = cfg.threads_per_rank {
             cmd.env("OMP_NUM_THREADS", threads.to_string());
+        }
+        if cfg.interrupts.is_some() {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            // SAFETY: prctl is async-signal-safe; it only sets this child's death signal.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
         }
         if let Some(dir) = &cfg.log_dir {
             let path = dir.join(format!("rank{rank}.log"));
@@ -111,7 +132,17 @@ pub fn launch_local(cfg: &LocalLaunch) -> Result<()> {
     }
     // The first rank that failed, how, and when.
     let mut failure: Option<(usize, ExitStatus, Instant)> = None;
+    let mut forwarded = 0;
     while !children.is_empty() {
+        if let Some(n) = cfg.interrupts.as_ref().map(|c| c.load(Ordering::SeqCst)) {
+            while forwarded < n {
+                for (_, child) in children.iter() {
+                    // SAFETY: our own child, by pid.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+                }
+                forwarded += 1;
+            }
+        }
         let mut i = 0;
         while i < children.len() {
             match children[i].1.try_wait() {

@@ -492,14 +492,31 @@ fn processes_marked(marker: &str) -> Vec<i32> {
 
 #[test]
 fn ctrl_c_stops_every_rank_with_one_resumable_checkpoint() {
+    interrupt_stops_every_rank(Signal::CtrlC, true);
+}
+
+/// `kill`, `timeout` and schedulers signal the launcher alone: it passes the interrupt on (the
+/// ranks trained to the end, exit 0, before).
+#[test]
+fn sigterm_to_the_launcher_alone_stops_every_rank_with_a_checkpoint() {
+    interrupt_stops_every_rank(Signal::TermToLauncher, false);
+}
+
+enum Signal {
+    /// As a terminal does: SIGINT to the launcher's whole process group.
+    CtrlC,
+    /// SIGTERM to the launcher's pid only.
+    TermToLauncher,
+}
+
+fn interrupt_stops_every_rank(signal: Signal, resume: bool) {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let model = minilm_without_dropout(dir.path());
     let cfg = glue_config(dir.path(), &model, "");
     let out = dir.path().join("out");
-    let marker = format!("ctrl-c-{}", std::process::id());
-    // As a terminal does: the launcher leads its own process group, and Ctrl-C sends SIGINT to
-    // the whole group (the launcher and both ranks).
+    let marker = format!("interrupt-{}-{}", std::process::id(), resume);
+    // The launcher leads its own process group, as a terminal's foreground job.
     let mut launcher = launch_until_training(&cfg, &out, |c| {
         c.env("LORAPLUS_TEST_MARK", &marker).process_group(0);
     });
@@ -509,8 +526,13 @@ fn ctrl_c_stops_every_rank_with_one_resumable_checkpoint() {
         "expected the launcher and two ranks to be running"
     );
     let interrupted = Instant::now();
-    let pgid = i32::try_from(launcher.id()).unwrap();
-    assert_eq!(unsafe { libc_kill(-pgid, 2) }, 0, "SIGINT to the group");
+    let pid = i32::try_from(launcher.id()).unwrap();
+    match signal {
+        Signal::CtrlC => assert_eq!(unsafe { libc_kill(-pid, 2) }, 0, "SIGINT to the group"),
+        Signal::TermToLauncher => {
+            assert_eq!(unsafe { libc_kill(pid, 15) }, 0, "SIGTERM to the launcher")
+        }
+    }
     let status = launcher.wait().unwrap();
     let waited = interrupted.elapsed();
     let mut err = String::new();
@@ -528,6 +550,9 @@ fn ctrl_c_stops_every_rank_with_one_resumable_checkpoint() {
     );
     let (step, path) = ckpts[0].clone();
     assert!(step >= 1, "checkpoint at step {step}");
+    if !resume {
+        return;
+    }
     // The checkpoint resumes under the same 2-rank launch for one more step.
     let resumed = dir.path().join("resumed");
     let until = (step + 1).to_string();

@@ -293,15 +293,21 @@ pub fn launch_ranks(n: usize) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mut launch = loraplus_dist::LocalLaunch::new(program, args, n);
     launch.threads_per_rank = Some((cores / n).max(1));
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = interrupted.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        eprintln!("interrupt: the ranks finish their step and write a checkpoint");
+    // Ctrl-C or SIGTERM to the launcher reaches every rank through it (a second one stops the
+    // ranks without a checkpoint, as in a single process).
+    let interrupts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = interrupts.clone();
+    match ctrlc::set_handler(move || {
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("interrupt: the ranks finish their step and write a checkpoint");
+        } else {
+            eprintln!("second interrupt: the ranks exit without a checkpoint");
+        }
     }) {
-        tracing::warn!(
+        Ok(()) => launch.interrupts = Some(interrupts.clone()),
+        Err(e) => tracing::warn!(
             "Ctrl-C handler not installed ({e}): an interrupt stops the launcher at once"
-        );
+        ),
     }
     eprintln!(
         "starting {n} ranks on this node ({} CPU threads each)",
@@ -309,7 +315,7 @@ pub fn launch_ranks(n: usize) -> Result<()> {
     );
     match loraplus_dist::launch_local(&launch) {
         Ok(()) => Ok(()),
-        Err(_) if interrupted.load(Ordering::SeqCst) => Err(Interrupted.into()),
+        Err(_) if interrupts.load(Ordering::SeqCst) > 0 => Err(Interrupted.into()),
         // A rank refused the user's input (it printed why): so does the launcher.
         Err(e @ loraplus_dist::DistError::RankFailed { code: Some(2), .. }) => {
             Err(UsageError::wrap(e.into()))
