@@ -181,15 +181,6 @@ impl Trainer {
                 config.grad_accum
             );
         }
-        if let Device::Cuda(n) = device {
-            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
-                bail!(
-                    "device {} requested but libtorch sees {} CUDA device(s)",
-                    config.device,
-                    tch::Cuda::device_count()
-                );
-            }
-        }
         let mdir = model::model_dir(&config)?;
         let max_seq_len = model::resolve_max_seq_len(&config, &mdir)?;
         if config.max_seq_len != Some(max_seq_len) {

@@ -12,8 +12,8 @@ use crate::config::{usable_device, TrainConfig};
 use crate::metrics_log;
 use crate::model;
 use crate::plots::{line_plot, Series};
+use crate::task;
 use crate::task::sequence::SequenceTask;
-use crate::task::{self, TrainTask};
 use crate::trainer::{self, RunSummary, Trainer};
 
 pub mod generate;
@@ -507,9 +507,6 @@ pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// A classification adapter's class names (`label_names.json`, written by training) become
-/// the config's, so an eval file is scored with training's class ids; a different task or
-/// label list is refused.
 /// Without `--model` (or `model` in the config), the base the adapter records
 /// (`base_model_name_or_path`) when that is a folder here, as PEFT's `AutoPeftModel` does;
 /// else the default model.
@@ -531,16 +528,13 @@ fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
 /// The task the adapter's run trained (`trainer_state.json` of the checkpoint `adir`, or of
 /// the newest checkpoint of the run `adir` is the adapter of), if recorded.
 fn recorded_task(adir: &Path) -> Option<String> {
-    let state = if adir.join(crate::checkpoint::TRAINER_STATE).is_file() {
-        Some(adir.to_path_buf())
+    let run = if adir.join(crate::checkpoint::TRAINER_STATE).is_file() {
+        adir
     } else {
-        adir.parent()
-            .and_then(|run| crate::checkpoint::list(run).ok())
-            .and_then(|found| found.last().map(|(_, dir)| dir.clone()))
+        adir.parent()?
     };
-    state
-        .and_then(|dir| crate::checkpoint::read_state(&dir).ok())
-        .map(|s| s.config.task)
+    let checkpoint = crate::checkpoint::resolve(run).ok()?;
+    Some(crate::checkpoint::read_state(&checkpoint).ok()?.config.task)
 }
 
 /// `--task`, else (without `--config`) the task the adapter's run recorded.
@@ -578,7 +572,12 @@ fn check_glue_task(cfg: &TrainConfig, adir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn apply_label_names(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()> {
+/// What the adapter (and the run that trained it) settles for `eval` and `merge`: the base
+/// model when none is given ([`model_from_adapter`]), a GLUE task that must match
+/// ([`check_glue_task`]), and a classification adapter's class names (`label_names.json`,
+/// written by training), which become the config's, so an eval file is scored with training's
+/// class ids; a different task or label list is refused.
+fn apply_adapter_run(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()> {
     let Some(adapter) = adapter else {
         return Ok(());
     };
@@ -674,10 +673,12 @@ pub(crate) fn check_adapter_task(
     }
 }
 
-/// Load the base model with an adapter from `adapter` (a checkpoint or adapter folder).
+/// Load the base model in `mdir` with an adapter from `adapter` (a checkpoint or adapter
+/// folder) for the head `head`; `for_merge`: see [`model::load_model_with_lora`].
 fn load_with_adapter(
     cfg: &TrainConfig,
-    task: &dyn TrainTask,
+    mdir: &Path,
+    head: loraplus_models::Head,
     adapter: &Path,
     device: tch::Device,
     for_merge: bool,
@@ -685,24 +686,17 @@ fn load_with_adapter(
     let adir = adapter_dir(adapter)?;
     let lora_cfg =
         loraplus_core::read_adapter_config(&adir).map_err(|e| UsageError::wrap(e.into()))?;
-    check_adapter_task(&lora_cfg, task.head(), &adir)?;
+    check_adapter_task(&lora_cfg, head, &adir)?;
     let base = lora_cfg.base_model_name_or_path.clone();
-    let mdir = model::model_dir(cfg)?;
     let quantize = cfg.quant_scheme().map_err(UsageError::wrap)?;
     let (m, lora) = model::load_model_with_lora(
-        &mdir,
-        task.head(),
-        lora_cfg,
-        device,
-        &cfg.dtype,
-        quantize,
-        for_merge,
+        mdir, head, lora_cfg, device, &cfg.dtype, quantize, for_merge,
     )?;
     lora.load_adapter(&adir).map_err(|e| {
         let e = anyhow::Error::from(e);
         let same = |b: &str| {
             Path::new(b) == mdir
-                || std::fs::canonicalize(b).ok() == std::fs::canonicalize(&mdir).ok()
+                || std::fs::canonicalize(b).ok() == std::fs::canonicalize(mdir).ok()
         };
         match base.as_deref() {
             // A likely cause: the adapter was trained on another base.
@@ -717,6 +711,23 @@ fn load_with_adapter(
         eprintln!("{q}");
     }
     Ok((m, lora))
+}
+
+/// The base model in `mdir` alone, for `head`: what eval scores without an adapter.
+fn load_base(
+    cfg: &TrainConfig,
+    mdir: &Path,
+    head: loraplus_models::Head,
+    device: tch::Device,
+) -> Result<model::Model> {
+    let opts = loraplus_models::LoadOptions {
+        task: head,
+        dtype: model::kind_of(&cfg.dtype).map_err(UsageError::wrap)?,
+        device,
+        quantize: cfg.quant_scheme().map_err(UsageError::wrap)?,
+        ..loraplus_models::LoadOptions::default()
+    };
+    Ok(loraplus_models::TaskModel::load(mdir, &opts)?.0)
 }
 
 /// `path` can be written (before minutes of predictions are computed for it): opened for
@@ -795,23 +806,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if cfg.task == "multiple-choice" {
         return eval_multiple_choice(&a, &cfg, device);
     }
-    apply_label_names(&mut cfg, a.adapter.as_deref())?;
+    apply_adapter_run(&mut cfg, a.adapter.as_deref())?;
     cfg.validate().map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
     cfg.max_seq_len = Some(model::resolve_max_seq_len(&cfg, &mdir)?);
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let model = match a.adapter.as_deref() {
-        Some(adapter) => load_with_adapter(&cfg, task.as_ref(), adapter, device, false)?.0,
+        Some(adapter) => load_with_adapter(&cfg, &mdir, task.head(), adapter, device, false)?.0,
         // The base alone: its loss and perplexity, to compare an adapter with.
         None if task.head() == loraplus_models::Head::CausalLm => {
-            let opts = loraplus_models::LoadOptions {
-                task: loraplus_models::Head::CausalLm,
-                dtype: model::kind_of(&cfg.dtype).map_err(UsageError::wrap)?,
-                device,
-                quantize: cfg.quant_scheme().map_err(UsageError::wrap)?,
-                ..loraplus_models::LoadOptions::default()
-            };
-            loraplus_models::TaskModel::load(&mdir, &opts)?.0
+            load_base(&cfg, &mdir, task.head(), device)?
         }
         None => {
             return Err(UsageError::wrap(anyhow::anyhow!(
@@ -945,35 +949,10 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
     let cfg = &cfg;
     let mdir = model::model_dir(cfg)?;
     let tok = model::decoder_tokenizer(&mdir)?;
-    let (model, _lora) = match &a.adapter {
-        Some(ad) => {
-            let adir = adapter_dir(ad)?;
-            let lc = loraplus_core::read_adapter_config(&adir)
-                .map_err(|e| UsageError::wrap(e.into()))?;
-            check_adapter_task(&lc, loraplus_models::Head::CausalLm, &adir)?;
-            let (m, l) = model::load_model_with_lora(
-                &mdir,
-                loraplus_models::Head::CausalLm,
-                lc,
-                device,
-                &cfg.dtype,
-                cfg.quant_scheme().map_err(UsageError::wrap)?,
-                false,
-            )?;
-            l.load_adapter(&adir)?;
-            (m, l)
-        }
-        None => loraplus_models::TaskModel::load(
-            &mdir,
-            &loraplus_models::LoadOptions {
-                task: loraplus_models::Head::CausalLm,
-                dtype: model::kind_of(&cfg.dtype)?,
-                device,
-                lora: None,
-                quantize: cfg.quant_scheme().map_err(UsageError::wrap)?,
-                ..loraplus_models::LoadOptions::default()
-            },
-        )?,
+    let head = loraplus_models::Head::CausalLm;
+    let model = match &a.adapter {
+        Some(ad) => load_with_adapter(cfg, &mdir, head, ad, device, false)?.0,
+        None => load_base(cfg, &mdir, head, device)?,
     };
     let report = multiple_choice::evaluate(&model, &tok, &path, cfg.eval_batch_size)?;
     println!(
@@ -1082,12 +1061,13 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     cfg.dtype = "f32".into();
     a.quant.apply(&mut cfg);
     cfg.quant_scheme().map_err(UsageError::wrap)?;
-    apply_label_names(&mut cfg, Some(&a.adapter))?;
+    apply_adapter_run(&mut cfg, Some(&a.adapter))?;
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
     let mdir = model::model_dir(&cfg)?;
     check_merge_output(&a.output, &mdir, &a.adapter, a.overwrite)?;
-    let (model, lora) = load_with_adapter(&cfg, task.as_ref(), &a.adapter, tch::Device::Cpu, true)?;
+    let (model, lora) =
+        load_with_adapter(&cfg, &mdir, task.head(), &a.adapter, tch::Device::Cpu, true)?;
     // Adapters trained on a quantized base merge into that base, dequantized.
     lora.dequantize_base()?;
     lora.merge(true)?;
