@@ -50,6 +50,10 @@ pub fn parse_csv(
         .has_headers(true)
         .flexible(true)
         .from_reader(strip_bom(bytes));
+    // Line numbers come from byte offsets: the reader's own count goes wrong with CRLF line
+    // endings (and its offset may point at the previous line's `\n`).
+    let body = strip_bom(bytes);
+    let (mut counted_to, mut line_at) = (0usize, 1usize);
     let headers: Vec<String> = rdr
         .byte_headers()
         .with_context(|| format!("{origin}: line 1: reading the CSV header"))?
@@ -88,7 +92,20 @@ pub fn parse_csv(
         if !more {
             break;
         }
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let mut start = record
+            .position()
+            .map_or(counted_to, |p| (p.byte() as usize).min(body.len()));
+        while body.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            start += 1;
+        }
+        if start >= counted_to {
+            line_at += body[counted_to..start]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            counted_to = start;
+        }
+        let line = line_at;
         if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
             continue; // a blank line
         }
@@ -221,6 +238,21 @@ mod tests {
         assert_eq!(ds.len(), 2);
         assert_eq!(ds.skipped.len(), 1);
         assert_eq!(ds.skipped[0].line, 3);
+        // The same lines counted the same with CRLF endings, a BOM, a quoted field across two
+        // lines and a blank line before the bad row.
+        let ds = parse_csv(
+            "\u{feff}text,score\r\n\"a\r\nb\",1\r\n\r\nc\r\nd,2.5\r\ne\r\n".as_bytes(),
+            "c.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions {
+                skip_malformed: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(ds.len(), 2);
+        let lines: Vec<usize> = ds.skipped.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [5, 7]);
         assert!(parse_csv(
             b"",
             "c.csv",
