@@ -46,8 +46,10 @@ pub struct GenerationConfig {
     /// Sampling only: keep the smallest set of highest-probability tokens whose probability
     /// exceeds `top_p`, at least one; in (0, 1], 1.0 (default) turns it off.
     pub top_p: f64,
-    /// Seed of the sampler's own generator: the same seed gives the same tokens (on a given
-    /// device). `None` (default): drawn from torch's global generator.
+    /// Seed of the sampler's own generators, one per prompt, each drawn from the seed and the
+    /// prompt's row: the same seed gives the same tokens (on a given device), and a prompt's
+    /// draws do not depend on the others in its batch (see [`Self::starting_at_row`] to split
+    /// a list into batches). `None` (default): drawn from torch's global generator.
     pub seed: Option<u64>,
     /// A row stops after producing one of these (included in its output). Empty (default): no
     /// stop token; [`TaskModel::eos_token_ids`] has the checkpoint's.
@@ -83,6 +85,19 @@ impl GenerationConfig {
             max_new_tokens,
             eos_token_ids: eos_token_ids.to_vec(),
             ..Default::default()
+        }
+    }
+
+    /// This config for the prompts of a list from its row `first` on: with a seed, each
+    /// prompt then draws what it draws at its place in one call over the whole list, so
+    /// splitting the list into batches of any size samples the same tokens (up to the last
+    /// bits of the logits, which padding to other lengths can change).
+    pub fn starting_at_row(&self, first: usize) -> Self {
+        GenerationConfig {
+            seed: self
+                .seed
+                .map(|s| s.wrapping_add((first as u64).wrapping_mul(SplitMix64::ROW_STRIDE))),
+            ..self.clone()
         }
     }
 
@@ -125,6 +140,16 @@ struct SplitMix64(u64);
 
 impl SplitMix64 {
     const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    /// Row `i` of a call seeded `s` starts from the mix of `s + i * ROW_STRIDE`: linear
+    /// before the mix, so a call seeded `s + k * ROW_STRIDE` gives its row `j` the generator
+    /// of row `k + j` ([`GenerationConfig::starting_at_row`]).
+    const ROW_STRIDE: u64 = 0xD1B5_4A32_D192_ED03;
+
+    /// The generator of row `row` of a call seeded `seed`.
+    fn for_row(seed: u64, row: usize) -> SplitMix64 {
+        let start = seed.wrapping_add((row as u64).wrapping_mul(Self::ROW_STRIDE));
+        SplitMix64(SplitMix64(start).next_u64())
+    }
 
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(Self::GAMMA);
@@ -174,7 +199,8 @@ fn generation_positions(mask: &Tensor) -> Tensor {
 /// Where [`TaskModel::generate`] draws its next tokens from.
 enum Chooser {
     Greedy,
-    Sample(SplitMix64),
+    /// One generator per row.
+    Sample(Vec<SplitMix64>),
 }
 
 impl TaskModel {
@@ -261,7 +287,11 @@ impl TaskModel {
                     None => Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))
                         .int64_value(&[0]) as u64,
                 };
-            Chooser::Sample(SplitMix64(seed))
+            Chooser::Sample(
+                (0..prompts.len())
+                    .map(|row| SplitMix64::for_row(seed, row))
+                    .collect(),
+            )
         } else {
             Chooser::Greedy
         };
@@ -386,9 +416,9 @@ impl TaskModel {
         cfg: &GenerationConfig,
         chooser: &mut Chooser,
     ) -> Result<Tensor> {
-        let rng = match chooser {
+        let rngs = match chooser {
             Chooser::Greedy => return Ok(logits.argmax(-1, false)),
-            Chooser::Sample(rng) => rng,
+            Chooser::Sample(rngs) => rngs,
         };
         let vocab = logits.size()[1];
         // HF's processors, in its order: temperature, top-k, top-p.
@@ -420,7 +450,7 @@ impl TaskModel {
         // probability exceeds u * total (tokens of zero probability are never chosen).
         let cdf = scores.softmax(-1, Kind::Float).cumsum(-1, Kind::Double);
         let b = logits.size()[0];
-        let u: Vec<f64> = (0..b).map(|_| rng.next_f64()).collect();
+        let u: Vec<f64> = rngs.iter_mut().map(SplitMix64::next_f64).collect();
         let total = cdf.narrow(1, vocab - 1, 1);
         let target = Tensor::from_slice(&u)
             .to_device(logits.device())

@@ -307,6 +307,23 @@ fn seeded_sampling_is_reproducible() {
     // Top-k and top-p restrict the tokens drawn: each sampled token is among the k best.
     let b = sample(3, true, 3, 0.9);
     assert_eq!(b, sample(3, false, 3, 0.9));
+    // Each prompt alone, told its row, draws what it drew in the batch; rows differ otherwise.
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        do_sample: true,
+        temperature: 1.5,
+        top_k: 0,
+        seed: Some(11),
+        ..Default::default()
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = model
+            .generate(std::slice::from_ref(p), &cfg.starting_at_row(i))
+            .unwrap();
+        assert_eq!(alone[0], a[i], "prompt {i} alone");
+    }
+    let first_alone = model.generate(&prompts[1..2], &cfg).unwrap();
+    assert_ne!(first_alone[0], a[1], "row 0's draws gave row 1's tokens");
     println!("sampled {a:?}, top-k/top-p {b:?}, greedy {greedy:?}");
 }
 

@@ -469,6 +469,35 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
             "0.9"
         ])
     );
+    // Several prompts: a seeded sample does not depend on how they are batched.
+    let input = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"tell me about the cat\"}\n{\"prompt\": \"the dog\"}\n{\"prompt\": \"a longer prompt about birds, trees and the sea\"}\n",
+    )
+    .unwrap();
+    let batched = |n: &str| {
+        ok(&[
+            "generate",
+            "--model",
+            s(&llama),
+            "--adapter",
+            s(&full),
+            "--input",
+            s(&input),
+            "--max-new-tokens",
+            "8",
+            "--do-sample",
+            "--seed",
+            "7",
+            "--batch-size",
+            n,
+        ])
+    };
+    let one = batched("1");
+    assert_eq!(one.lines().count(), 3, "{one}");
+    assert_eq!(one, batched("2"));
+    assert_eq!(one, batched("3"));
 }
 
 #[test]

@@ -59,7 +59,8 @@ pub struct GenerateArgs {
     /// Nucleus sampling: the smallest set of tokens whose probability reaches p (with --do-sample).
     #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
     pub top_p: f64,
-    /// Seed of the sampler (with --do-sample): the same seed gives the same text.
+    /// Seed of the sampler (with --do-sample): the same seed gives the same text, whatever
+    /// --batch-size.
     #[arg(long, requires = "do_sample")]
     pub seed: Option<u64>,
     /// Recompute the whole sequence at every step instead of keeping keys and values.
@@ -257,8 +258,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         )));
     }
     let mut outputs = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(a.batch_size) {
-        outputs.extend(m.generate(chunk, &gc)?);
+    for (k, chunk) in ids.chunks(a.batch_size).enumerate() {
+        // Seeded sampling draws the same for a prompt whatever --batch-size.
+        outputs.extend(m.generate(chunk, &gc.starting_at_row(k * a.batch_size))?);
     }
     let mut sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(
