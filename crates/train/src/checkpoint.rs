@@ -34,7 +34,25 @@ pub struct TrainerState {
     pub evals_since_best: usize,
     /// The first step at which the target metric was reached.
     pub target_reached_at: Option<usize>,
+    /// The steps since the last logged one, whose mean loss the next log line reports.
+    #[serde(default, skip_serializing_if = "LossWindow::is_empty")]
+    pub loss_window: LossWindow,
     pub config: TrainConfig,
+}
+
+/// The training loss summed over the steps since the last log line (the f32 the run
+/// accumulates, exactly), and how many: a resumed run's first log line averages the same
+/// steps as an uninterrupted run's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossWindow {
+    pub sum: f64,
+    pub steps: usize,
+}
+
+impl LossWindow {
+    pub fn is_empty(&self) -> bool {
+        self.steps == 0
+    }
 }
 
 /// `<output_dir>/checkpoints`.
@@ -221,6 +239,51 @@ pub struct ResumeMismatch {
 /// Paths of files name them the same when they are the same file: `./data.jsonl`,
 /// `data.jsonl` and `../here/data.jsonl`, `models/llama/` and `models/llama`.
 pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
+    Ok(conflicts(saved, now, |k| RESUME_FIXED.contains(&k))?
+        .into_iter()
+        .map(|(k, x, y)| format!("{k}: {x} in the checkpoint, {y} now"))
+        .collect())
+}
+
+/// Settings that do not change what a run learns or reports: where its files go and how the
+/// work is spread over threads, processes and devices (a run moved from one machine to
+/// another), the GLUE folder (the same data moved), and how often the loss is logged.
+pub const REUSE_IGNORED: &[&str] = &[
+    "output_dir",
+    "overwrite_output_dir",
+    "glue_dir",
+    "device",
+    "threads",
+    "dist_backend",
+    "gradient_checkpointing",
+    "save_every",
+    "keep_last",
+    "log_every",
+];
+
+/// Where a finished run's config (`saved`, from its checkpoint) differs from the one that
+/// would train it now (`now`), outside [`REUSE_IGNORED`]: `loraplus glue --reuse` takes its
+/// results only when there is nothing. Settings `now` leaves to the run (`max_seq_len`, the
+/// classes of `labels`) are compared only when given.
+pub fn reuse_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
+    let resolved_by_run = |k: &str| {
+        (k == "max_seq_len" && now.max_seq_len.is_none()) || (k == "labels" && now.labels.is_none())
+    };
+    Ok(conflicts(saved, now, |k| {
+        !REUSE_IGNORED.contains(&k) && !resolved_by_run(k)
+    })?
+    .into_iter()
+    .map(|(k, x, y)| format!("{k}: {x} then, {y} now"))
+    .collect())
+}
+
+/// The top-level settings named by `compare` that differ between `saved` and `now`, nested
+/// keys spelled out (`lora.r`); paths of files compared as files.
+fn conflicts(
+    saved: &TrainConfig,
+    now: &TrainConfig,
+    compare: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, serde_json::Value, serde_json::Value)>> {
     let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
     let same_path = |k: &str| {
         let (Some(x), Some(y)) = (a[k].as_str(), b[k].as_str()) else {
@@ -235,13 +298,21 @@ pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<St
         let canonical = |p: &str| std::fs::canonicalize(p).ok();
         lexical(x) == lexical(y) || canonical(x).is_some_and(|c| Some(c) == canonical(y))
     };
-    Ok(RESUME_FIXED
-        .iter()
+    let mut keys: Vec<&String> = match (&a, &b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            x.keys().chain(y.keys()).collect()
+        }
+        _ => Vec::new(),
+    };
+    keys.sort();
+    keys.dedup();
+    Ok(keys
+        .into_iter()
+        .filter(|k| compare(k))
         // Checkpoints from before discovered labels were recorded have none.
-        .filter(|k| !(**k == "labels" && a[**k].is_null()))
-        .filter(|k| !(matches!(**k, "train_file" | "model") && same_path(k)))
-        .flat_map(|k| crate::config::json_diffs(k, &a[*k], &b[*k]))
-        .map(|(k, x, y)| format!("{k}: {x} in the checkpoint, {y} now"))
+        .filter(|k| !(*k == "labels" && a[*k].is_null()))
+        .filter(|k| !(matches!(k.as_str(), "train_file" | "eval_file" | "model") && same_path(k)))
+        .flat_map(|k| crate::config::json_diffs(k, &a[k], &b[k]))
         .collect())
 }
 
@@ -366,6 +437,7 @@ mod tests {
             best_step: None,
             evals_since_best: 0,
             target_reached_at: None,
+            loss_window: LossWindow::default(),
             config: TrainConfig::default(),
         }
     }

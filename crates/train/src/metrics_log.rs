@@ -125,6 +125,36 @@ impl MetricsLog {
         Ok(MetricsLog { path, file })
     }
 
+    /// Open `<output_dir>/metrics.jsonl` for a run resumed at `step`, to append to it: the
+    /// records of later steps (left by the run after its checkpoint, or by an abandoned
+    /// continuation of it) are dropped first, so the file reads as one run, and so are
+    /// evaluations at `step` itself when the resumed run `reevaluates` there (resumed at its
+    /// end, it only evaluates). A line that does not parse (cut off by a kill) is dropped too.
+    pub fn resume(output_dir: &Path, step: usize, reevaluates: bool) -> Result<MetricsLog> {
+        let path = output_dir.join(METRICS_FILE);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let keep = |line: &str| match serde_json::from_str::<Record>(line) {
+                Ok(Record::Train(t)) => t.step <= step,
+                Ok(Record::Eval(e)) => e.step < step || (e.step == step && !reevaluates),
+                Err(_) => false,
+            };
+            let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+            if kept.len() != text.lines().count() {
+                let tmp = output_dir.join(format!(".{METRICS_FILE}.tmp"));
+                let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+                std::fs::write(&tmp, body)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .with_context(|| format!("rewriting {}", path.display()))?;
+                tracing::info!(
+                    "{}: dropped {} record(s) past the checkpoint's step {step}",
+                    path.display(),
+                    text.lines().count() - kept.len()
+                );
+            }
+        }
+        MetricsLog::open(output_dir, true)
+    }
+
     fn write(&mut self, r: &Record) -> Result<()> {
         let line = serde_json::to_string(r)?;
         writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))
@@ -180,5 +210,50 @@ mod tests {
         assert!(eval[0].main.is_nan());
         assert!(eval[0].metrics[0].1.is_nan());
         assert_eq!(eval[0].metrics[1], ("other".to_string(), 0.5));
+    }
+
+    /// Resuming at step 4 keeps the records through step 4 (and the evaluation at 4 only when
+    /// the run does not evaluate there again); a cut-off last line goes too.
+    #[test]
+    fn resume_drops_the_records_past_the_checkpoint() {
+        let train = |step| TrainRecord {
+            step,
+            epoch: 0,
+            loss: step as f64,
+            lr_a: 1e-3,
+            lr_b: 1e-2,
+            grad_norm: None,
+            samples_per_s: 1.0,
+            elapsed_s: 1.0,
+        };
+        let eval = |step| EvalRecord {
+            step,
+            main: 0.5,
+            main_name: "accuracy".into(),
+            metrics: vec![("accuracy".into(), 0.5)],
+            loss: Some(0.7),
+            elapsed_s: 1.0,
+        };
+        let steps = |reevaluates| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = MetricsLog::open(dir.path(), false).unwrap();
+            for s in [2, 4, 6] {
+                log.train(&train(s)).unwrap();
+                log.eval(&eval(s)).unwrap();
+            }
+            drop(log);
+            let path = dir.path().join(METRICS_FILE);
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            text.push_str("{\"kind\":\"train\",\"st");
+            std::fs::write(&path, text).unwrap();
+            let mut log = MetricsLog::resume(dir.path(), 4, reevaluates).unwrap();
+            log.train(&train(5)).unwrap();
+            let (t, e) = read(&path).unwrap();
+            let t: Vec<usize> = t.iter().map(|r| r.step).collect();
+            let e: Vec<usize> = e.iter().map(|r| r.step).collect();
+            (t, e)
+        };
+        assert_eq!(steps(false), (vec![2, 4, 5], vec![2, 4]));
+        assert_eq!(steps(true), (vec![2, 4, 5], vec![2]));
     }
 }

@@ -228,6 +228,7 @@ impl Trainer {
             best_step: None,
             evals_since_best: 0,
             target_reached_at: None,
+            loss_window: checkpoint::LossWindow::default(),
             config: config.clone(),
         };
         let mut optimizer = optimizer;
@@ -260,10 +261,14 @@ impl Trainer {
             dp.broadcast_params(&lora)?;
             dp.attach(&mut optimizer);
         }
-        let log = if main {
-            Some(MetricsLog::open(&config.output_dir, resume.is_some())?)
-        } else {
-            None
+        let log = match (main, resume) {
+            (false, _) => None,
+            (true, None) => Some(MetricsLog::open(&config.output_dir, false)?),
+            (true, Some(_)) => Some(MetricsLog::resume(
+                &config.output_dir,
+                state.step,
+                state.step == total_steps,
+            )?),
         };
         Ok(Trainer {
             config,
@@ -333,6 +338,18 @@ impl Trainer {
         self.parallel.as_ref().is_none_or(DataParallel::is_main)
     }
 
+    /// The loss window goes into the next checkpoint (read off the device only then).
+    fn keep_window(&mut self, loss: &Tensor, steps: usize) {
+        self.state.loss_window = checkpoint::LossWindow {
+            sum: if steps == 0 {
+                0.0
+            } else {
+                loss.double_value(&[])
+            },
+            steps,
+        };
+    }
+
     fn save_checkpoint(&self) -> Result<PathBuf> {
         let dir = if self.is_main() {
             let lora = &self.lora;
@@ -377,8 +394,10 @@ impl Trainer {
         let accum = cfg.grad_accum;
         let bar = crate::progress::bar(self.total_steps, self.state.step, self.show_progress);
         let mut stopped_because = String::from("reached the step budget");
-        let mut window_loss = Tensor::zeros([], (Kind::Float, self.device));
-        let mut window_steps = 0usize;
+        // A resumed run continues the window its checkpoint saved.
+        let mut window_loss =
+            Tensor::from(self.state.loss_window.sum as f32).to_device(self.device);
+        let mut window_steps = self.state.loss_window.steps;
         let mut window_samples = 0usize;
         let mut window_start = Instant::now();
         let mut last_eval: Option<EvalRecord> = None;
@@ -483,6 +502,7 @@ impl Trainer {
                 let v = step_loss.double_value(&[]);
                 if !v.is_finite() {
                     self.optimizer.zero_grad()?;
+                    self.keep_window(&window_loss, window_steps);
                     let dir = self.save_checkpoint()?;
                     bail!(
                         "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}: resume from it (--resume {}) with a lower lr or loraplus_ratio, or a smaller max_grad_norm",
@@ -566,6 +586,7 @@ impl Trainer {
                 }
                 last_eval = Some(rec);
                 if self.state.best_step == Some(step) {
+                    self.keep_window(&window_loss, window_steps);
                     self.save_checkpoint()?;
                     self.save_adapter(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;
                 }
@@ -583,6 +604,7 @@ impl Trainer {
             }
             if cfg.save_every > 0 && step.is_multiple_of(cfg.save_every) && step < self.total_steps
             {
+                self.keep_window(&window_loss, window_steps);
                 self.save_checkpoint()?;
             }
         }
@@ -601,6 +623,7 @@ impl Trainer {
             }
             Some(rec)
         };
+        self.keep_window(&window_loss, window_steps);
         let ckpt = self.save_checkpoint()?;
         if self.state.best_step == Some(self.state.step) {
             self.save_adapter(&self.config.output_dir.join(BEST_ADAPTER_DIR))?;

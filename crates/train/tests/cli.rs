@@ -32,6 +32,12 @@ fn stderr(o: &Output) -> String {
 }
 
 /// A tiny budget: 8 steps of 8 sentences of at most 32 tokens, evaluated on 32 dev sentences.
+/// `o` exited 2 (the user's input refused) and its error output holds `needle`.
+fn refused(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
 fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join("tiny.toml");
     std::fs::write(
@@ -226,12 +232,7 @@ fn config_errors_exit_2_with_a_clear_message() {
         "--output-dir",
         out_dir,
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains(&format!("--model {no_model} does not exist")),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, &format!("--model {no_model} does not exist"));
     assert!(
         !Path::new(out_dir).exists(),
         "no run folder for a bad model"
@@ -451,11 +452,9 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         &s(&out),
         "--overwrite-output-dir",
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("batch_size 3 (the global batch) with grad_accum 1 over 2 ranks"),
-        "{}",
-        stderr(&o)
+    refused(
+        &o,
+        "batch_size 3 (the global batch) with grad_accum 1 over 2 ranks",
     );
     assert!(
         !stderr(&o).contains("launcher: rank"),
@@ -509,11 +508,9 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "--limit",
         "4",
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("was trained on sst2 (its run's trainer_state.json), not mrpc"),
-        "{}",
-        stderr(&o)
+    refused(
+        &o,
+        "was trained on sst2 (its run's trainer_state.json), not mrpc",
     );
     // A head the checkpoint lacks, left out of modules_to_save: random and frozen, said so.
     let o = run(&[
@@ -606,12 +603,7 @@ fn unusable_models_devices_and_adapters_exit_2_naming_them() {
         "--output",
         &s(&merged),
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("the adapter was trained for task_type SEQ_CLS (adapter_config.json), this task needs CAUSAL_LM"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "the adapter was trained for task_type SEQ_CLS (adapter_config.json), this task needs CAUSAL_LM");
 }
 
 #[test]
@@ -1054,6 +1046,103 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
             assert_eq!(a[key], b[key], "{key}");
         }
     }
+
+    // A run trained with other settings is not taken as this grid's: refused before anything
+    // trains, naming the run and each difference; where and how the runs execute may change.
+    let o = run(&[&args[..], &["--reuse", "--max-steps", "4", "--lr", "0.001"]].concat());
+    refused(&o, "max_steps: 3 then, 4 now");
+    let err = stderr(&o);
+    assert!(
+        err.contains("sst2/ratio-1/seed-1") && err.contains("optim.lr: 0.0002 then, 0.001 now"),
+        "{err}"
+    );
+    assert!(!err.contains("reusing"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&adapter).unwrap().modified().unwrap(),
+        modified
+    );
+    let o = run(&[
+        &args[..],
+        &["--reuse", "--threads", "2", "--save-every", "7"],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("reusing").count(), 4, "{}", stderr(&o));
+}
+
+/// `metrics.jsonl` without what varies from run to run (timings).
+fn metric_records(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("elapsed_s");
+            o.remove("samples_per_s");
+            v
+        })
+        .collect()
+}
+
+/// Resumed from a checkpoint between two log lines (step 3, logging every 2 steps), and from
+/// an older checkpoint than the newest, a run writes the uninterrupted run's metrics record for
+/// record: its first log line averages steps 3 and 4 (the checkpoint keeps the window's loss),
+/// and the records the abandoned steps left are dropped. Resumed at its end, it evaluates once
+/// more and the file still holds one final evaluation.
+#[test]
+fn resume_from_an_older_checkpoint_rewrites_the_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "save_every = 3\nkeep_last = 5\neval_every = 3");
+    let cfg = cfg.to_str().unwrap();
+    let out = dir.path().join("out");
+    let o = run(&["train", "--config", cfg, "--no-progress"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let straight = metric_records(&out);
+    let steps: Vec<(String, u64)> = straight
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["step"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let at = |k: &str, s: u64| (k.to_string(), s);
+    assert_eq!(
+        steps,
+        [
+            at("train", 2),
+            at("eval", 3),
+            at("train", 4),
+            at("train", 6),
+            at("eval", 6),
+            at("train", 8),
+            at("eval", 8)
+        ]
+    );
+    let adapter = adapter_bytes(&out);
+    let step3 = out.join("checkpoints/step-000003");
+    let window = std::fs::read_to_string(step3.join("trainer_state.json")).unwrap();
+    assert!(window.contains("\"loss_window\""), "{window}");
+    for from in [step3.as_path(), out.as_path()] {
+        let o = run(&[
+            "train",
+            "--config",
+            cfg,
+            "--no-progress",
+            "--resume",
+            from.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            metric_records(&out),
+            straight,
+            "resumed from {}",
+            from.display()
+        );
+        assert_eq!(adapter_bytes(&out), adapter);
+    }
 }
 
 /// A fresh run into an output directory with an earlier run's checkpoints is refused (exit 2,
@@ -1191,6 +1280,61 @@ fn glue_and_tune_refuse_bad_grids_before_training() {
 /// eval file's classes as training did: a file holding only "pos" rows is scored with pos = 1
 /// (as with `--labels neg,pos`), where reading the classes from that file alone would fail or
 /// renumber them. Another label list or task is refused (exit 2).
+/// `eval` of a run's adapter truncates as the run did (its recorded `max_seq_len`, not eval's
+/// default of 128), so it prints the numbers the run logged; `--max-seq-len` still chooses.
+#[test]
+fn eval_of_a_runs_adapter_truncates_as_the_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "");
+    let out = dir.path().join("out");
+    let o = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--max-seq-len",
+        "8",
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, evals) = loraplus_train::metrics_log::read(&out.join("metrics.jsonl")).unwrap();
+    let logged = evals.last().unwrap().main;
+    let adapter = out.join("adapter");
+    let predictions = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let mut args = vec![
+            "eval",
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--limit",
+            "32",
+            "--predictions",
+            path.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        )
+    };
+    let (stdout, recorded) = predictions("recorded.jsonl", &[]);
+    assert!(
+        stdout.contains(&format!("accuracy {logged:.4}")),
+        "logged accuracy {logged}: {stdout}"
+    );
+    let (_, given) = predictions("given.jsonl", &["--max-seq-len", "8"]);
+    assert_eq!(recorded, given);
+    let (_, longer) = predictions("longer.jsonl", &["--max-seq-len", "128"]);
+    assert_eq!(recorded.lines().count(), longer.lines().count());
+    assert!(
+        recorded.lines().zip(longer.lines()).any(|(a, b)| a != b),
+        "sentences cut at 8 tokens and at 128 score the same"
+    );
+}
+
 #[test]
 fn eval_numbers_classes_as_training_did() {
     let dir = tempfile::tempdir().unwrap();
@@ -1266,12 +1410,7 @@ fn eval_numbers_classes_as_training_did() {
     );
     assert_eq!(line(&implied), line(&given));
     let o = eval(&["--labels", "pos,neg"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("differ from the classes"),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "differ from the classes");
     let o = run(&[
         "eval",
         "--adapter",
@@ -1281,12 +1420,7 @@ fn eval_numbers_classes_as_training_did() {
         "--eval-file",
         &p("pos.csv"),
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("trained for task \"classification\""),
-        "{}",
-        stderr(&o)
-    );
+    refused(&o, "trained for task \"classification\"");
 }
 
 #[test]

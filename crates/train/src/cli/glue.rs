@@ -1,17 +1,18 @@
 //! `loraplus glue`: the LoRA-against-LoRA+ experiment driver (tasks x ratios x seeds on one
 //! budget), with its table and overlaid plots.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use crate::checkpoint;
 use crate::cli::{Overrides, UsageError};
 use crate::config::TrainConfig;
 use crate::metrics_log;
 use crate::plots::{line_plot, Series};
-use crate::trainer::Trainer;
+use crate::trainer::{Trainer, FINAL_ADAPTER_DIR};
 
 #[derive(Args, Debug)]
 pub struct GlueArgs {
@@ -37,10 +38,58 @@ pub struct GlueArgs {
     pub overrides: Overrides,
 }
 
+/// The config of the grid's run (task, ratio, seed), in its folder under `root`.
+fn run_config(base: &TrainConfig, root: &Path, task: &str, ratio: f64, seed: u64) -> TrainConfig {
+    let mut cfg = base.clone();
+    cfg.task = task.to_string();
+    cfg.seed = seed;
+    cfg.optim.loraplus_ratio = ratio;
+    cfg.output_dir = root
+        .join(task)
+        .join(format!("ratio-{ratio}"))
+        .join(format!("seed-{seed}"));
+    // The run's folder is the experiment's: an unfinished run starts over.
+    cfg.overwrite_output_dir = true;
+    cfg
+}
+
+/// A run that finished: its final adapter and its metrics are in its folder.
+fn finished(out: &Path) -> bool {
+    out.join(FINAL_ADAPTER_DIR)
+        .join(loraplus_core::ADAPTER_CONFIG)
+        .exists()
+        && out.join(metrics_log::METRICS_FILE).exists()
+}
+
+/// A finished run that `--reuse` would take must have been trained with the settings the grid
+/// would train it with now (its config is in its newest checkpoint): otherwise the table would
+/// mix budgets, learning rates or models without a word.
+fn check_reusable(cfg: &TrainConfig) -> Result<()> {
+    let out = &cfg.output_dir;
+    let ckpt = checkpoint::resolve(out).with_context(|| {
+        format!(
+            "--reuse: {} has an adapter and metrics but no checkpoint to tell what trained them: remove the folder to train the run again",
+            out.display()
+        )
+    })?;
+    let saved = checkpoint::read_state(&ckpt)?;
+    let differ = checkpoint::reuse_conflicts(&saved.config, cfg)?;
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "--reuse: {} was trained with other settings ({}): {}. Pass the settings it was trained with, remove the folder to train it again, or leave --reuse out to train every run again",
+            out.display(),
+            ckpt.join(checkpoint::TRAINER_STATE).display(),
+            differ.join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// Everything the grid's runs will need, checked before the first one trains (a typo in the
 /// last task would otherwise stop the grid after the others have run): no empty or repeated
-/// task, ratio or seed; every run's config valid; each task's training and dev data present.
-fn preflight(a: &GlueArgs, base: &TrainConfig) -> Result<()> {
+/// task, ratio or seed; every run's config valid; each task's training and dev data present;
+/// with `--reuse`, every finished run trained as it would be now.
+fn preflight(a: &GlueArgs, base: &TrainConfig, root: &Path) -> Result<()> {
     fn once<T: PartialEq + std::fmt::Debug>(what: &str, v: &[T]) -> Result<()> {
         if v.is_empty() {
             anyhow::bail!("--{what} is empty");
@@ -71,11 +120,14 @@ fn preflight(a: &GlueArgs, base: &TrainConfig) -> Result<()> {
     once("seeds", &a.seeds)?;
     for task in &a.tasks {
         for &ratio in &a.ratios {
-            let mut cfg = base.clone();
-            cfg.task = task.clone();
-            cfg.optim.loraplus_ratio = ratio;
-            cfg.validate_for_training()
-                .with_context(|| format!("task {task}, ratio {ratio}"))?;
+            for &seed in &a.seeds {
+                let cfg = run_config(base, root, task, ratio, seed);
+                cfg.validate_for_training()
+                    .with_context(|| format!("task {task}, ratio {ratio}"))?;
+                if a.reuse && finished(&cfg.output_dir) {
+                    check_reusable(&cfg)?;
+                }
+            }
         }
         let mut cfg = base.clone();
         cfg.task = task.clone();
@@ -144,32 +196,17 @@ pub fn glue(a: GlueArgs) -> Result<()> {
         .output_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/glue"));
-    preflight(&a, &base).map_err(UsageError::wrap)?;
+    preflight(&a, &base, &root).map_err(UsageError::wrap)?;
     let mut runs = Vec::new();
     for task in &a.tasks {
         let mut loss_series = Vec::new();
         let mut dev_series = Vec::new();
         for (ratio_index, &ratio) in a.ratios.iter().enumerate() {
             for &seed in &a.seeds {
-                let out = root
-                    .join(task)
-                    .join(format!("ratio-{ratio}"))
-                    .join(format!("seed-{seed}"));
-                let mut cfg = base.clone();
-                cfg.task = task.clone();
-                cfg.seed = seed;
-                cfg.optim.loraplus_ratio = ratio;
-                cfg.output_dir = out.clone();
-                // The run's folder is the experiment's: an unfinished run starts over.
-                cfg.overwrite_output_dir = true;
-                cfg.validate_for_training().map_err(UsageError::wrap)?;
+                let cfg = run_config(&base, &root, task, ratio, seed);
+                let out = cfg.output_dir.clone();
                 let metrics = out.join(metrics_log::METRICS_FILE);
-                let finished = out
-                    .join("adapter")
-                    .join(loraplus_core::ADAPTER_CONFIG)
-                    .exists()
-                    && metrics.exists();
-                let summary = if a.reuse && finished {
+                let summary = if a.reuse && finished(&out) {
                     eprintln!(
                         "== {task} ratio {ratio} seed {seed}: reusing {}",
                         out.display()

@@ -451,7 +451,8 @@ pub struct EvalArgs {
     /// cpu, cuda, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
-    /// Tokens per example after truncation (default: the config's).
+    /// Tokens per example after truncation (default: the config's; without --config, the
+    /// adapter's run's, else 128, or a causal LM's training default).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     /// Examples per evaluation batch.
@@ -525,16 +526,34 @@ fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
     }
 }
 
-/// The task the adapter's run trained (`trainer_state.json` of the checkpoint `adir`, or of
-/// the newest checkpoint of the run `adir` is the adapter of), if recorded.
-fn recorded_task(adir: &Path) -> Option<String> {
+/// The config of the run that trained the adapter `adir` (`trainer_state.json` of the
+/// checkpoint `adir`, or of the newest checkpoint of the run `adir` is the adapter of), if
+/// recorded.
+fn recorded_config(adir: &Path) -> Option<TrainConfig> {
     let run = if adir.join(crate::checkpoint::TRAINER_STATE).is_file() {
         adir
     } else {
         adir.parent()?
     };
     let checkpoint = crate::checkpoint::resolve(run).ok()?;
-    Some(crate::checkpoint::read_state(&checkpoint).ok()?.config.task)
+    Some(crate::checkpoint::read_state(&checkpoint).ok()?.config)
+}
+
+/// The task the adapter's run trained, if recorded ([`recorded_config`]).
+fn recorded_task(adir: &Path) -> Option<String> {
+    recorded_config(adir).map(|c| c.task)
+}
+
+/// Without `--max-seq-len` or `--config`, eval truncates as the adapter's run did (its
+/// recorded `max_seq_len`), so a checkpoint's scores are the ones its run logged.
+fn recorded_max_seq_len(cfg: &mut TrainConfig, adapter: &Path) {
+    let Some(run) = adapter_dir(adapter).ok().and_then(|a| recorded_config(&a)) else {
+        return;
+    };
+    if let (true, Some(n)) = (run.task == cfg.task, run.max_seq_len) {
+        tracing::info!("max_seq_len {n} (the adapter's run's; --max-seq-len sets another)");
+        cfg.max_seq_len = Some(n);
+    }
 }
 
 /// `--task`, else (without `--config`) the task the adapter's run recorded.
@@ -787,8 +806,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(d) = &a.device {
         cfg.device = d.clone();
     }
-    if let Some(n) = a.max_seq_len {
-        cfg.max_seq_len = Some(n);
+    match (a.max_seq_len, &a.adapter) {
+        (Some(n), _) => cfg.max_seq_len = Some(n),
+        (None, Some(adapter)) if a.config.is_none() => recorded_max_seq_len(&mut cfg, adapter),
+        _ => {}
     }
     if let Some(n) = a.batch_size {
         cfg.eval_batch_size = n;
