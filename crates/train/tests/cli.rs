@@ -925,6 +925,9 @@ fn merge_writes_a_model_transformers_loads_with_the_same_predictions() {
         "sst2",
         "--limit",
         "64",
+        // transformers' truncation below (the run trained at 32).
+        "--max-seq-len",
+        "128",
         "--predictions",
         preds_path.to_str().unwrap(),
     ]);

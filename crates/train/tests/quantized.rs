@@ -121,6 +121,9 @@ fn eval_logits(dir: &Path, adapter: &Path, n: usize, quant: &[&str], name: &str)
         "sst2",
         "--limit",
         &n,
+        // The reference's truncation (the run trained at 32).
+        "--max-seq-len",
+        "128",
         "--predictions",
         path.to_str().unwrap(),
     ];
@@ -204,6 +207,38 @@ fn an_int8_trained_adapter_loads_in_peft_and_merges_from_the_dequantized_base() 
     let adapter = dir.path().join("out/adapter");
     let base = repo().join(".venv/minilm");
     let n = 48;
+
+    // Evaluated without --quantize, the run's quantized base is pointed out.
+    let o = run(&[
+        "eval",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--limit",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "trained on the base quantized int8; this evaluates it on the full-precision base"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "eval",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--limit",
+        "4",
+        "--quantize",
+        "int8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("full-precision base"),
+        "{}",
+        stderr(&o)
+    );
 
     // On the full-precision base: loraplus and PEFT agree row by row.
     let ours_full = eval_logits(dir.path(), &adapter, n, &[], "full");

@@ -544,15 +544,25 @@ fn recorded_task(adir: &Path) -> Option<String> {
     recorded_config(adir).map(|c| c.task)
 }
 
-/// Without `--max-seq-len` or `--config`, eval truncates as the adapter's run did (its
-/// recorded `max_seq_len`), so a checkpoint's scores are the ones its run logged.
-fn recorded_max_seq_len(cfg: &mut TrainConfig, adapter: &Path) {
+/// Eval of an adapter whose run is recorded, without `--config`: without `--max-seq-len` it
+/// truncates as the run did (its `max_seq_len`), so a checkpoint's scores are the ones its run
+/// logged; a run on a quantized base evaluated without `--quantize` is said to score the
+/// full-precision base.
+fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
     let Some(run) = adapter_dir(adapter).ok().and_then(|a| recorded_config(&a)) else {
         return;
     };
-    if let (true, Some(n)) = (run.task == cfg.task, run.max_seq_len) {
+    if run.task != cfg.task {
+        return;
+    }
+    if let (None, Some(n)) = (a.max_seq_len, run.max_seq_len) {
         tracing::info!("max_seq_len {n} (the adapter's run's; --max-seq-len sets another)");
         cfg.max_seq_len = Some(n);
+    }
+    if let (None, Some(q)) = (&a.quant.quantize, &run.quantize) {
+        tracing::warn!(
+            "the adapter's run trained on the base quantized {q}; this evaluates it on the full-precision base (--quantize {q} gives the run's numbers)"
+        );
     }
 }
 
@@ -806,10 +816,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(d) = &a.device {
         cfg.device = d.clone();
     }
-    match (a.max_seq_len, &a.adapter) {
-        (Some(n), _) => cfg.max_seq_len = Some(n),
-        (None, Some(adapter)) if a.config.is_none() => recorded_max_seq_len(&mut cfg, adapter),
-        _ => {}
+    if let Some(n) = a.max_seq_len {
+        cfg.max_seq_len = Some(n);
+    }
+    if let (Some(adapter), None) = (&a.adapter, &a.config) {
+        eval_as_the_run(&mut cfg, &a, adapter);
     }
     if let Some(n) = a.batch_size {
         cfg.eval_batch_size = n;
