@@ -636,6 +636,18 @@ pub fn parse_lm_jsonl(
     }
 }
 
+/// The format the first row of a causal-LM JSONL file says (`None`: no row, or a first row
+/// that is not an object with a known key).
+pub fn detect_jsonl_format(path: &Path) -> Result<Option<LmFormat>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let first = numbered_lines(strip_bom(&bytes))
+        .map(|(_, raw)| raw)
+        .find(|raw| !raw.iter().all(u8::is_ascii_whitespace));
+    Ok(first
+        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+        .and_then(|v| v.as_object().and_then(LmFormat::detect)))
+}
+
 /// Read a causal-LM JSONL file and prepare it: see [`build_dataset`].
 pub fn load_jsonl(
     path: &Path,

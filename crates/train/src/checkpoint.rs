@@ -142,6 +142,84 @@ pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> R
     Ok(())
 }
 
+/// A run resumed from an older checkpoint than the newest in its output directory abandons the
+/// steps after it: their checkpoints are removed (`--resume <output_dir>` would take the newest,
+/// and pruning, which keeps the highest steps, would remove this run's instead), and so are the
+/// adapters they wrote: `best_adapter` goes back to the resumed state's best (copied from the
+/// best step's checkpoint; removed when there is none) and the final adapter is removed until
+/// this run writes its own. Returns the abandoned steps (none: nothing is touched).
+pub fn abandon_after(
+    output_dir: &Path,
+    resumed: &Path,
+    state: &TrainerState,
+) -> Result<Vec<usize>> {
+    let root = checkpoints_dir(output_dir);
+    let same_dir = match (
+        resumed.parent().map(std::fs::canonicalize),
+        std::fs::canonicalize(&root),
+    ) {
+        (Some(Ok(a)), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same_dir {
+        return Ok(Vec::new());
+    }
+    let later: Vec<(usize, PathBuf)> = list(output_dir)?
+        .into_iter()
+        .filter(|(s, _)| *s > state.step)
+        .collect();
+    if later.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (_, path) in &later {
+        std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let best = output_dir.join(crate::trainer::BEST_ADAPTER_DIR);
+    let kept = state
+        .best_step
+        .map(|s| root.join(step_name(s)).join(ADAPTER_DIR))
+        .filter(|d| d.is_dir());
+    remove_if_present(&best)?;
+    if let Some(from) = kept {
+        copy_files(&from, &best)?;
+    }
+    remove_if_present(&output_dir.join(crate::trainer::FINAL_ADAPTER_DIR))?;
+    Ok(later.into_iter().map(|(s, _)| s).collect())
+}
+
+fn remove_if_present(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Copy the files of `from` (an adapter directory: no subdirectories) into a new `to`, through
+/// a temporary directory renamed into place.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_file_name(format!(
+        ".tmp-{}-{}",
+        to.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    remove_if_present(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let entries = std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::copy(e.path(), tmp.join(e.file_name())).with_context(|| {
+                format!("copying {} into {}", e.path().display(), tmp.display())
+            })?;
+        }
+    }
+    std::fs::rename(&tmp, to)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
+    Ok(())
+}
+
 /// A fresh run (no `--resume`) asked to write into an output directory that holds an earlier
 /// run's checkpoints: they would be mixed with the new run's (pruning keeps the highest step
 /// numbers, so the old ones would outlive the new ones, and `--resume` would find them).
@@ -239,10 +317,22 @@ pub struct ResumeMismatch {
 /// Paths of files name them the same when they are the same file: `./data.jsonl`,
 /// `data.jsonl` and `../here/data.jsonl`, `models/llama/` and `models/llama`.
 pub fn resume_conflicts(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
-    Ok(conflicts(saved, now, |k| RESUME_FIXED.contains(&k))?
+    let mut out: Vec<String> = conflicts(saved, now, |k| RESUME_FIXED.contains(&k))?
         .into_iter()
         .map(|(k, x, y)| format!("{k}: {x} in the checkpoint, {y} now"))
-        .collect())
+        .collect();
+    // Its value may change, but not whether the head has a group of its own: the saved
+    // optimizer state is laid out by group.
+    let (x, y) = (saved.optim.head_lr, now.optim.head_lr);
+    if x.is_some() != y.is_some() {
+        let show = |v: Option<f64>| v.map_or("unset".to_string(), |v| v.to_string());
+        out.push(format!(
+            "optim.head_lr: {} in the checkpoint, {} now (setting or unsetting it regroups the optimizer's state; its value may change)",
+            show(x),
+            show(y)
+        ));
+    }
+    Ok(out)
 }
 
 /// Settings that do not change what a run learns or reports: where its files go and how the

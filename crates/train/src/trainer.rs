@@ -158,6 +158,23 @@ impl Trainer {
                     // The default the checkpoint's run resolved.
                     config.max_seq_len = saved.config.max_seq_len;
                 }
+                match (&saved.config.format, &config.format) {
+                    // The checkpoint's explicit format, or detection: the same rows either way.
+                    (Some(f), None) => config.format = Some(f.clone()),
+                    (None, Some(f)) => {
+                        let detected = match &config.train_file {
+                            Some(file) if config.task == "causal-lm" => {
+                                loraplus_data::lm::detect_jsonl_format(file)
+                                    .map_err(task::bad_data)?
+                            }
+                            _ => None,
+                        };
+                        if detected.is_some_and(|d| d.name() == f) {
+                            config.format = None;
+                        }
+                    }
+                    _ => {}
+                }
                 let differ = checkpoint::resume_conflicts(&saved.config, &config)?;
                 if !differ.is_empty() {
                     return Err(checkpoint::ResumeMismatch {
@@ -256,6 +273,17 @@ impl Trainer {
                 ..saved
             };
             tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+            if main {
+                let gone = checkpoint::abandon_after(&config.output_dir, &dir, &state)?;
+                if !gone.is_empty() {
+                    tracing::warn!(
+                        "resumed from step {} of {}: removed the later checkpoints of the abandoned steps ({}) and their best and final adapters",
+                        state.step,
+                        config.output_dir.display(),
+                        gone.iter().map(|s| format!("step {s}")).collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
         }
         if let Some(dp) = &parallel {
             dp.broadcast_params(&lora)?;

@@ -295,7 +295,8 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
         "{named} vs {losses:?}"
     );
 
-    // Resumed from step 4 in a fresh process: the same adapter, bitwise.
+    // Resumed from step 4 in a fresh process: the same adapter, bitwise. Naming the format the
+    // checkpoint's run detected is the same setting.
     let resumed = dir.path().join("resumed");
     let ck = full.join("checkpoints/step-000004");
     let mut r = train_args(s(&llama), s(&train), s(&dev), s(&resumed));
@@ -307,6 +308,8 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
         "--eval-every",
         "4",
         "--packing",
+        "--format",
+        "messages",
         "--resume",
         s(&ck),
     ]);

@@ -1148,6 +1148,85 @@ fn resume_from_an_older_checkpoint_rewrites_the_same_metrics() {
     }
 }
 
+/// Resumed from an older checkpoint with other settings (fewer steps, another lr), a run
+/// abandons the steps after it: their checkpoints go (else `--resume <output_dir>` would take
+/// the abandoned step 8, and pruning, which keeps the highest steps, would remove the new run's),
+/// `best_adapter` is the best of the steps kept, and the final adapter is the new run's.
+#[test]
+fn resume_from_an_older_checkpoint_abandons_the_later_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "save_every = 3\nkeep_last = 3\neval_every = 3");
+    let cfg = cfg.to_str().unwrap();
+    let out = dir.path().join("out");
+    // At this lr the best evaluation is the last one (step 8), which the resumed run abandons.
+    let o = run(&["train", "--config", cfg, "--no-progress", "--lr", "1e-2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let best_of = |step: &str| -> u64 {
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("checkpoints/{step}/trainer_state.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        state["best_step"].as_u64().unwrap()
+    };
+    assert_eq!(best_of("step-000008"), 8);
+    let checkpoints = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(checkpoints().contains(&"step-000008".to_string()));
+    let o = run(&[
+        "train",
+        "--config",
+        cfg,
+        "--no-progress",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-9",
+        "--resume",
+        out.join("checkpoints/step-000003").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("removed the later checkpoints of the abandoned steps (step 6, step 8)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(checkpoints(), ["step-000003", "step-000004"]);
+    // lr 1e-9 changes nothing the evaluation sees: step 3 stays the best.
+    let best = best_of("step-000004");
+    assert_eq!(best, 3);
+    let bytes = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        bytes(&out.join("best_adapter"))
+            == bytes(&out.join(format!("checkpoints/step-{best:06}/adapter"))),
+        "best_adapter is not step {best}'s adapter"
+    );
+    assert!(
+        bytes(&out.join("adapter")) == bytes(&out.join("checkpoints/step-000004/adapter")),
+        "the final adapter is not step 4's"
+    );
+    // The next --resume of the output directory continues the new run.
+    let o = run(&[
+        "train",
+        "--config",
+        cfg,
+        "--no-progress",
+        "--max-steps",
+        "5",
+        "--resume",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(checkpoints(), ["step-000003", "step-000004", "step-000005"]);
+}
+
 /// A fresh run into an output directory with an earlier run's checkpoints is refused (exit 2,
 /// naming the directory and the ways out): pruning keeps the highest step numbers, so the
 /// earlier run's step 8 would outlive the new run's step 2 and `--resume` would find it. With

@@ -80,6 +80,11 @@ fn resume_takes_new_optimizer_settings_and_refuses_new_data_settings() {
             Box::new(|c| c.train_limit = Some(32)),
             "train_limit: 64 in the checkpoint, 32 now",
         ),
+        (
+            "a head lr of its own",
+            Box::new(|c| c.optim.head_lr = Some(1e-3)),
+            "optim.head_lr: unset in the checkpoint, 0.001 now",
+        ),
     ] {
         let mut c = cfg.clone();
         c.max_steps = Some(10);
