@@ -234,6 +234,31 @@ impl TaskModel {
         Ok(())
     }
 
+    /// A prompt of `len` tokens fits the model's positions, and so do `max_new_tokens` after it
+    /// where the position table is learned (GPT-2 `n_positions`; rotary positions go on past
+    /// Llama's `max_position_embeddings`, which bounds the prompt).
+    pub fn check_prompt_length(&self, len: usize, max_new_tokens: usize) -> Result<()> {
+        let Some(limit) = self.config.arch().generation_positions() else {
+            bail!("{} is not a decoder", self.config.model_type());
+        };
+        let learned = self.config.max_positions().is_some();
+        let (len, new) = (len as i64, max_new_tokens as i64);
+        if len > limit {
+            bail!(
+                "a prompt has {len} tokens, more than the {limit} positions {} supports",
+                self.config.model_type()
+            );
+        }
+        if learned && len + new > limit {
+            bail!(
+                "a prompt of {len} tokens plus max_new_tokens ({new}) exceeds the {limit} learned positions of {}; lower max_new_tokens to at most {}",
+                self.config.model_type(),
+                limit - len
+            );
+        }
+        Ok(())
+    }
+
     /// The new tokens of each prompt (token ids, unpadded): at most `cfg.max_new_tokens`,
     /// ending with the first of `cfg.eos_token_ids` when one is produced (included, as HF
     /// returns it). Prompts are decoded together, left padded; no gradient is recorded.
@@ -255,26 +280,9 @@ impl TaskModel {
             }
             self.check_token_ids(&format!("generate: prompt {i}"), p)?;
         }
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        let Some(limit) = self.config.arch().generation_positions() else {
-            bail!("generate: {} is not a decoder", self.config.model_type());
-        };
-        // A learned position table ends at `limit`; rotary positions go on.
-        let learned = self.config.max_positions().is_some();
-        if longest > limit {
-            bail!(
-                "generate: a prompt has {longest} tokens, more than the {limit} positions {} supports",
-                self.config.model_type()
-            );
-        }
-        let new = cfg.max_new_tokens as i64;
-        if learned && longest + new > limit {
-            bail!(
-                "generate: the longest prompt ({longest} tokens) plus max_new_tokens ({new}) exceeds the {limit} learned positions of {}; lower max_new_tokens to at most {}",
-                self.config.model_type(),
-                limit - longest
-            );
-        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        self.check_prompt_length(longest, cfg.max_new_tokens)
+            .map_err(|e| anyhow::anyhow!("generate: {e}"))?;
         let pad = cfg
             .pad_token_id
             .or(self.config.pad_token_id())
@@ -296,7 +304,7 @@ impl TaskModel {
             Chooser::Greedy
         };
         let _guard = tch::no_grad_guard();
-        self.decode(prompts, longest, pad, cfg, &mut chooser)
+        self.decode(prompts, longest as i64, pad, cfg, &mut chooser)
     }
 
     fn decode(

@@ -934,5 +934,37 @@ fn bad_causal_lm_files_fail_with_the_file_and_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("is bert (an encoder)"), "{err}");
+    // A prompt longer than GPT-2's 256 learned positions, or too long for max_new_tokens after
+    // it: exit 2 naming the prompt's line, before anything is generated.
+    let gpt2 = fx.model("gpt2");
+    let prompts = dir.path().join("prompts.jsonl");
+    let long = |words: usize| serde_json::json!({"prompt": "a b ".repeat(words / 2)}).to_string();
+    for (rows, needle) in [
+        (
+            format!("{}\n\n{}\n", long(4), long(300)),
+            "prompts.jsonl: line 3: a prompt has",
+        ),
+        (
+            format!("{}\n{}\n", long(250), long(4)),
+            "prompts.jsonl: line 1: a prompt of",
+        ),
+    ] {
+        std::fs::write(&prompts, rows).unwrap();
+        let o = bin(&[
+            "generate",
+            "--model",
+            s(&gpt2),
+            "--input",
+            s(&prompts),
+            "--max-new-tokens",
+            "20",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(needle) && err.contains("256") && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+    }
     let _ = Device::Cpu;
 }

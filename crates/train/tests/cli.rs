@@ -1417,6 +1417,112 @@ fn eval_of_a_runs_adapter_truncates_as_the_run_did() {
     );
 }
 
+/// `eval` of a run's adapter reads the data as the run did: its evaluation file, its column
+/// names (a pair task stays a pair task), its dtype and eval batch size, so it prints the
+/// numbers the run logged, and the same predictions as with every setting spelled out.
+#[test]
+fn eval_of_a_runs_adapter_reads_its_files_as_the_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let words = [
+        "good", "bad", "fine", "awful", "great", "poor", "nice", "dull",
+    ];
+    let rows = |n: usize, shift: usize| -> String {
+        let mut t = String::from("first,second,verdict\n");
+        for i in 0..n {
+            let (w, v) = (words[(i + shift) % 8], words[(3 * i + 1) % 8]);
+            let same = (i + shift) % 8 < 4;
+            t += &format!(
+                "a {w} film {i},it was {v},{}\n",
+                if same { "yes" } else { "no" }
+            );
+        }
+        t
+    };
+    std::fs::write(p("train.csv"), rows(48, 0)).unwrap();
+    std::fs::write(p("dev.csv"), rows(24, 5)).unwrap();
+    let out = p("out");
+    let o = run(&[
+        "train",
+        "--task",
+        "classification",
+        "--train-file",
+        &p("train.csv"),
+        "--eval-file",
+        &p("dev.csv"),
+        "--text-column",
+        "first",
+        "--text-pair-column",
+        "second",
+        "--label-column",
+        "verdict",
+        "--metric",
+        "f1",
+        "--dtype",
+        "bf16",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "5e-3",
+        "--max-seq-len",
+        "24",
+        "--output-dir",
+        &out,
+        "--threads",
+        "1",
+        "--no-progress",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, evals) =
+        loraplus_train::metrics_log::read(&Path::new(&out).join("metrics.jsonl")).unwrap();
+    let logged = evals.last().unwrap();
+    let f1 = logged.metrics.iter().find(|(k, _)| k == "f1").unwrap().1;
+    let eval = |name: &str, extra: &[&str]| {
+        let path = p(name);
+        let adapter = p("out/adapter");
+        let mut args = vec!["eval", "--adapter", &adapter, "--predictions", &path];
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        )
+    };
+    let (stdout, recorded) = eval("recorded.jsonl", &[]);
+    assert!(
+        stdout.contains(&format!("f1 {f1:.4}")) && stdout.contains("(24 examples)"),
+        "logged f1 {f1}: {stdout}"
+    );
+    let dev = p("dev.csv");
+    let (_, spelled) = eval(
+        "spelled.jsonl",
+        &[
+            "--eval-file",
+            &dev,
+            "--text-column",
+            "first",
+            "--text-pair-column",
+            "second",
+            "--label-column",
+            "verdict",
+            "--metric",
+            "f1",
+            "--dtype",
+            "bf16",
+            "--max-seq-len",
+            "24",
+        ],
+    );
+    assert_eq!(recorded, spelled);
+    // Another dtype is this eval's choice.
+    let (_, f32) = eval("f32.jsonl", &["--dtype", "f32"]);
+    assert_eq!(recorded.lines().count(), f32.lines().count());
+    assert_ne!(recorded, f32, "bf16 and f32 logits print the same");
+}
+
 #[test]
 fn eval_numbers_classes_as_training_did() {
     let dir = tempfile::tempdir().unwrap();

@@ -258,6 +258,23 @@ fn an_int8_trained_adapter_loads_in_peft_and_merges_from_the_dequantized_base() 
         "the int8 base gives exactly the f32 logits: is it quantized?"
     );
 
+    // Merged without --quantize, into the full-precision base: said.
+    let o = run(&[
+        "merge",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--output",
+        dir.path().join("merged-f32").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "trained on the base quantized int8; this merges it into the full-precision base"
+        ),
+        "{}",
+        stderr(&o)
+    );
+
     // merge --quantize int8: the dequantized base plus the adapter, in full precision;
     // transformers on it gives loraplus' logits on the quantized base.
     let merged = dir.path().join("merged");
@@ -273,6 +290,11 @@ fn an_int8_trained_adapter_loads_in_peft_and_merges_from_the_dequantized_base() 
         merged.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("full-precision base"),
+        "{}",
+        stderr(&o)
+    );
     let merged_logits = reference_logits(&merged, None, n);
     assert_rows_close(
         "transformers on the merged int8 model vs loraplus on the int8 base",

@@ -86,9 +86,9 @@ enum Prompt {
     Chat(Vec<Message>),
 }
 
-/// Each prompt with the input field it came from (`{"prompt": ..}` or `{"messages": ..}`),
-/// echoed in the output rows.
-fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(serde_json::Value, Prompt)>> {
+/// Each prompt with its line (1-based) and the input field it came from (`{"prompt": ..}` or
+/// `{"messages": ..}`, echoed in the output rows).
+fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(usize, serde_json::Value, Prompt)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -111,7 +111,7 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(serde_json::Value, Promp
             } else {
                 Prompt::Text(p.to_string())
             };
-            out.push((serde_json::json!({"prompt": p}), prompt));
+            out.push((i + 1, serde_json::json!({"prompt": p}), prompt));
         } else if let Some(m) = v.get("messages") {
             if !chat {
                 bail!("{}: a \"messages\" row needs --chat", at());
@@ -122,7 +122,11 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(serde_json::Value, Promp
                     at()
                 )
             })?;
-            out.push((serde_json::json!({"messages": m}), Prompt::Chat(msgs)));
+            out.push((
+                i + 1,
+                serde_json::json!({"messages": m}),
+                Prompt::Chat(msgs),
+            ));
         } else {
             bail!(
                 "{}: expected a \"prompt\" (or, with --chat, \"messages\") field",
@@ -156,7 +160,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .context("--device")
         .map_err(UsageError::wrap)?;
     let kind = model::kind_of(&a.dtype).map_err(UsageError::wrap)?;
-    let prompts: Vec<(serde_json::Value, Prompt)> = match (&a.prompt, &a.input) {
+    let prompts: Vec<(usize, serde_json::Value, Prompt)> = match (&a.prompt, &a.input) {
         (Some(p), None) => {
             let prompt = if a.chat {
                 Prompt::Chat(vec![Message {
@@ -166,7 +170,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             } else {
                 Prompt::Text(p.clone())
             };
-            vec![(serde_json::json!({"prompt": p}), prompt)]
+            vec![(0, serde_json::json!({"prompt": p}), prompt)]
         }
         (None, Some(path)) => read_prompts(path, a.chat).map_err(UsageError::wrap)?,
         _ => {
@@ -200,6 +204,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             let lc =
                 loraplus_core::read_adapter_config(ad).map_err(|e| UsageError::wrap(e.into()))?;
             super::check_adapter_task(&lc, Head::CausalLm, ad)?;
+            if let Some(run) = super::recorded_config(ad) {
+                super::warn_full_precision(
+                    &run,
+                    a.quant.quantize.as_deref(),
+                    "generates with it on",
+                    "generates on the base it trained on",
+                );
+            }
             Some(lc)
         }
         None => None,
@@ -245,17 +257,22 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         .map_err(UsageError::wrap)?;
     let ids: Vec<Vec<i64>> = prompts
         .iter()
-        .map(|(_, p)| encode(&tok, p))
+        .map(|(_, _, p)| encode(&tok, p))
         .collect::<Result<_>>()?;
-    if let Some(i) = ids.iter().position(Vec::is_empty) {
-        return Err(UsageError::wrap(anyhow::anyhow!(
-            "{} encodes to no tokens (and the tokenizer adds no BOS): give some text",
-            if a.prompt.is_some() {
-                "--prompt".to_string()
-            } else {
-                format!("prompt {} of --input", i + 1)
-            }
-        )));
+    // Each prompt fits the model, named by its line: before anything is generated.
+    let origin = |line: usize| match &a.input {
+        Some(path) if a.prompt.is_none() => format!("{}: line {line}", path.display()),
+        _ => "--prompt".to_string(),
+    };
+    for ((line, _, _), p) in prompts.iter().zip(&ids) {
+        if p.is_empty() {
+            return Err(UsageError::wrap(anyhow::anyhow!(
+                "{}: the prompt encodes to no tokens (and the tokenizer adds no BOS): give some text",
+                origin(*line)
+            )));
+        }
+        m.check_prompt_length(p.len(), a.max_new_tokens)
+            .map_err(|e| UsageError::wrap(anyhow::anyhow!("{}: {e}", origin(*line))))?;
     }
     let mut outputs = Vec::with_capacity(ids.len());
     for (k, chunk) in ids.chunks(a.batch_size).enumerate() {
@@ -268,7 +285,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    for ((echo, _), new) in prompts.iter().zip(&outputs) {
+    for ((_, echo, _), new) in prompts.iter().zip(&outputs) {
         let new_u32: Vec<u32> = new.iter().map(|&t| t as u32).collect();
         let text = tok
             .tokenizer()

@@ -455,9 +455,14 @@ pub struct EvalArgs {
     /// adapter's run's, else 128, or a causal LM's training default).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
-    /// Examples per evaluation batch.
+    /// Examples per evaluation batch (default: the config's; without --config, the adapter's
+    /// run's, else 128).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Weights dtype of the base: f32, bf16 or f16 (default: the config's; without --config,
+    /// the adapter's run's, else f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// GLUE data folder (default $GLUE_DIR, else ../shared/glue).
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
@@ -544,10 +549,11 @@ fn recorded_task(adir: &Path) -> Option<String> {
     recorded_config(adir).map(|c| c.task)
 }
 
-/// Eval of an adapter whose run is recorded, without `--config`: without `--max-seq-len` it
-/// truncates as the run did (its `max_seq_len`), so a checkpoint's scores are the ones its run
-/// logged; a run on a quantized base evaluated without `--quantize` is said to score the
-/// full-precision base.
+/// Eval of an adapter whose run is recorded, without `--config`, reads and scores the data as
+/// the run did, so a checkpoint's scores are the ones its run logged: what a flag does not set
+/// is the run's (its `max_seq_len`, eval batch size and dtype; its evaluation file, columns,
+/// metric and format; whether malformed rows are skipped and too-long ones refused). A run on a
+/// quantized base evaluated without `--quantize` is said to score the full-precision base.
 fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
     let Some(run) = adapter_dir(adapter).ok().and_then(|a| recorded_config(&a)) else {
         return;
@@ -555,13 +561,85 @@ fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
     if run.task != cfg.task {
         return;
     }
+    let d = &a.data;
+    let mut taken: Vec<String> = Vec::new();
+    let mut take = |what: &str, flag: &str, value: String| {
+        taken.push(format!("{what} {value} ({flag} sets another)"));
+    };
     if let (None, Some(n)) = (a.max_seq_len, run.max_seq_len) {
-        tracing::info!("max_seq_len {n} (the adapter's run's; --max-seq-len sets another)");
+        take("max_seq_len", "--max-seq-len", n.to_string());
         cfg.max_seq_len = Some(n);
     }
-    if let (None, Some(q)) = (&a.quant.quantize, &run.quantize) {
+    if a.batch_size.is_none() {
+        take(
+            "eval_batch_size",
+            "--batch-size",
+            run.eval_batch_size.to_string(),
+        );
+        cfg.eval_batch_size = run.eval_batch_size;
+    }
+    if a.dtype.is_none() && run.dtype != cfg.dtype {
+        take("dtype", "--dtype", run.dtype.clone());
+        cfg.dtype = run.dtype.clone();
+    }
+    // The run's evaluation file, where it still is (else eval asks for --eval-file).
+    if let (None, Some(f)) = (&d.eval_file, run.eval_file.as_ref().filter(|f| f.is_file())) {
+        take("eval_file", "--eval-file", f.display().to_string());
+        cfg.eval_file = Some(f.clone());
+    }
+    if d.text_column.is_none() && run.text_column != cfg.text_column {
+        take(
+            "text_column",
+            "--text-column",
+            format!("{:?}", run.text_column),
+        );
+        cfg.text_column = run.text_column.clone();
+    }
+    if let (None, Some(c)) = (&d.text_pair_column, &run.text_pair_column) {
+        take("text_pair_column", "--text-pair-column", format!("{c:?}"));
+        cfg.text_pair_column = Some(c.clone());
+    }
+    if d.label_column.is_none() && run.label_column != cfg.label_column {
+        take(
+            "label_column",
+            "--label-column",
+            format!("{:?}", run.label_column),
+        );
+        cfg.label_column = run.label_column.clone();
+    }
+    if let (None, Some(m)) = (&d.metric, &run.metric) {
+        take("metric", "--metric", m.clone());
+        cfg.metric = Some(m.clone());
+    }
+    if let (None, Some(f)) = (&d.format, &run.format) {
+        take("format", "--format", f.clone());
+        cfg.format = Some(f.clone());
+    }
+    if !d.skip_malformed && run.skip_malformed {
+        taken.push("skip_malformed".into());
+        cfg.skip_malformed = true;
+    }
+    if run.too_long != cfg.too_long {
+        taken.push(format!("too_long {}", run.too_long));
+        cfg.too_long = run.too_long.clone();
+    }
+    if !taken.is_empty() {
+        tracing::info!("as the adapter's run: {}", taken.join(", "));
+    }
+    warn_full_precision(
+        &run,
+        a.quant.quantize.as_deref(),
+        "evaluates it on",
+        "gives the run's numbers",
+    );
+}
+
+/// An adapter whose run trained on a quantized base, used without `--quantize`: said, since
+/// the full-precision base is not the one its adapters learned on.
+fn warn_full_precision(run: &TrainConfig, quantize: Option<&str>, doing: &str, flag_does: &str) {
+    if let (None, Some(q)) = (quantize, &run.quantize) {
         tracing::warn!(
-            "the adapter's run trained on the base quantized {q}; this evaluates it on the full-precision base (--quantize {q} gives the run's numbers)"
+            "the adapter's run trained on the base quantized {q}; this {doing} the full-precision base (--quantize {q} {flag_does})"
         );
     }
 }
@@ -824,6 +902,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(n) = a.batch_size {
         cfg.eval_batch_size = n;
+    }
+    if let Some(t) = &a.dtype {
+        cfg.dtype = t.clone();
     }
     if let Some(g) = &a.glue_dir {
         cfg.glue_dir = Some(g.clone());
@@ -1093,6 +1174,19 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     cfg.dtype = "f32".into();
     a.quant.apply(&mut cfg);
     cfg.quant_scheme().map_err(UsageError::wrap)?;
+    if let (None, Some(run)) = (
+        &a.config,
+        adapter_dir(&a.adapter)
+            .ok()
+            .and_then(|d| recorded_config(&d)),
+    ) {
+        warn_full_precision(
+            &run,
+            a.quant.quantize.as_deref(),
+            "merges it into",
+            "merges it into the dequantized base it trained on",
+        );
+    }
     apply_adapter_run(&mut cfg, Some(&a.adapter))?;
     cfg.validate().map_err(UsageError::wrap)?;
     let task = task::from_config(&cfg).map_err(UsageError::wrap)?;
