@@ -217,6 +217,22 @@ impl Trainer {
             drop_last: parallel.is_some(),
             ..LoaderConfig::train(config.micro_batch(), config.seed)
         };
+        if let Some(dp) = &parallel {
+            // Every micro-batch is split over the ranks, so an incomplete last one is left out.
+            let (n, b) = (train.len(), config.micro_batch());
+            if n < b {
+                return Err(task::bad_data(anyhow::anyhow!(
+                    "data parallel over {} ranks: {n} training examples make no full batch of {b} (batch_size / grad_accum); every batch is split over the ranks, and an incomplete one is left out (DistributedSampler's drop_last): lower batch_size or give more examples",
+                    dp.world
+                )));
+            }
+            if n % b != 0 && dp.is_main() {
+                tracing::warn!(
+                    "data parallel: {} of the {n} training examples make no full batch of {b} in each epoch and are left out of it (which ones changes with the epoch's order); a single process trains on them, so the two runs differ",
+                    n % b
+                );
+            }
+        }
         let train_loader = DataLoader::new(train, pad_id, loader_cfg)?;
         let micro_per_epoch = train_loader.batches_per_epoch();
         let steps_per_epoch = micro_per_epoch.div_ceil(config.grad_accum).max(1);

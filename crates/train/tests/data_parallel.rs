@@ -659,3 +659,51 @@ fn ranks_refusing_the_data_make_the_launcher_exit_2() {
     );
     assert!(err.contains("exited with status 2"), "{err}");
 }
+
+/// Every micro-batch is split over the ranks, so an incomplete last one is left out
+/// (DistributedSampler's drop_last): too few examples for one batch exit 2 saying so, and
+/// examples left out of each epoch are counted in a warning.
+#[test]
+fn data_parallel_says_what_an_incomplete_batch_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("train.csv");
+    let rows: String = (0..10)
+        .map(|i| format!("film {i},{}\n", if i % 2 == 0 { "pos" } else { "neg" }))
+        .collect();
+    std::fs::write(&csv, format!("text,label\n{rows}")).unwrap();
+    let run = |batch: &str, out: &str| {
+        bin()
+            .args(["train", "--nproc-per-node", "2", "--task", "classification"])
+            .arg("--train-file")
+            .arg(&csv)
+            .arg("--output-dir")
+            .arg(dir.path().join(out))
+            .args([
+                "--batch-size",
+                batch,
+                "--max-steps",
+                "1",
+                "--max-seq-len",
+                "8",
+            ])
+            .args(["--threads", "2", "--no-progress"])
+            .output()
+            .unwrap()
+    };
+    let o = run("16", "none");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("10 training examples make no full batch of 16"),
+        "{err}"
+    );
+    let o = run("4", "some");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o, "batch 4 of 10 examples");
+    assert_eq!(
+        err.matches("2 of the 10 training examples make no full batch of 4")
+            .count(),
+        1,
+        "said once, by rank 0: {err}"
+    );
+}

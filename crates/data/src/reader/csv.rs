@@ -125,7 +125,33 @@ pub fn parse_csv(
                 )
             })
         };
-        if csv_opts.delimiter == b'\t' && record.iter().any(|f| f.contains(&b'\n')) {
+        let spans_lines = record.iter().any(|f| f.contains(&b'\n'));
+        // A quote that opens a field and never closes takes the rest of the file into that
+        // field: the record ends at the end of the file holding an odd number of quotes.
+        if spans_lines
+            && rdr.position().byte() as usize >= body.len()
+            && body[start.min(body.len())..]
+                .iter()
+                .filter(|&&b| b == b'"')
+                .count()
+                % 2
+                == 1
+        {
+            let last = line_at
+                + body[start.min(body.len())..]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+            let last = if body.ends_with(b"\n") {
+                last - 1
+            } else {
+                last
+            };
+            bail!(
+                "{origin}: line {line}: a quoted field opened on this line is never closed: a \" at the start of a field runs to the next \", here to the end of the file, so lines {line}-{last} became one row; close the quote (a quote inside a quoted field is written \"\") or remove it"
+            );
+        }
+        if csv_opts.delimiter == b'\t' && spans_lines {
             multi_line.push(line);
         }
         let row = (|| {
@@ -197,6 +223,40 @@ mod tests {
         assert_eq!(ds.examples[0].text_b.as_deref(), Some("say \"hi\""));
         assert_eq!(ds.examples[1].text_b.as_deref(), Some("multi\nline"));
         assert_eq!(ds.examples[1].label, Some(Label::Class(0)));
+    }
+
+    /// A quote that opens a field and never closes would take every later line into that
+    /// field: refused, skip_malformed or not, naming the line it opened on and the lines lost.
+    /// A quote inside an unquoted field, and a closed quoted field over two lines, are text.
+    #[test]
+    fn an_unterminated_quote_is_refused_naming_its_line() {
+        let m = ColumnMapping::single("text").with_classes("label", &["neg", "pos"]);
+        for skip_malformed in [false, true] {
+            let opts = ReadOptions {
+                skip_malformed,
+                ..ReadOptions::default()
+            };
+            let text = "text,label\na 5\" screen,pos\n\"b unclosed,neg\nc,pos\nd,neg\n";
+            let err = parse_csv(text.as_bytes(), "q.csv", &m, CsvOptions::default(), opts)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("q.csv: line 3: a quoted field opened on this line is never closed")
+                    && err.contains("lines 3-5 became one row"),
+                "{err}"
+            );
+        }
+        let ok = "text,label\na 5\" screen,pos\n\"two\nlines\",neg\n";
+        let ds = parse_csv(
+            ok.as_bytes(),
+            "q.csv",
+            &m,
+            CsvOptions::default(),
+            ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(ds.examples[0].text_a, "a 5\" screen");
+        assert_eq!(ds.examples[1].text_a, "two\nlines");
     }
 
     #[test]
