@@ -170,6 +170,42 @@ pub struct TokenizedDataset {
 }
 
 impl TokenizedDataset {
+    /// sha256 (hex) of every example's tokens, token types, positions and labels: equal for the
+    /// same data read the same way. A resumed run compares it with its checkpoint's, whose
+    /// saved position in the data means nothing in other rows.
+    pub fn content_sha256(&self) -> String {
+        let mut h = Sha256::new();
+        let mut words = |tag: &[u8], v: &mut dyn Iterator<Item = u64>| {
+            h.update(tag);
+            let mut n = 0u64;
+            for x in v {
+                h.update(x.to_le_bytes());
+                n += 1;
+            }
+            h.update(n.to_le_bytes());
+        };
+        words(b"ids", &mut self.input_ids.iter().map(|&x| u64::from(x)));
+        words(
+            b"types",
+            &mut self.token_type_ids.iter().map(|&x| u64::from(x)),
+        );
+        words(b"offsets", &mut self.offsets.iter().map(|&x| x as u64));
+        if let Some(p) = &self.position_ids {
+            words(b"positions", &mut p.iter().map(|&x| u64::from(x)));
+        }
+        match &self.labels {
+            Labels::None => words(b"unlabeled", &mut std::iter::empty()),
+            Labels::Classes(c) => words(b"classes", &mut c.iter().map(|&x| x as u64)),
+            Labels::Scores(s) => words(b"scores", &mut s.iter().map(|&x| u64::from(x.to_bits()))),
+            Labels::Tokens(t) => {
+                for row in t {
+                    words(b"tokens", &mut row.iter().map(|&x| x as u64));
+                }
+            }
+        }
+        hex(&h.finalize())
+    }
+
     /// The largest token id of every example (`None` when there are no tokens): checked against
     /// the model's vocabulary before a run, as an id past it would fail inside the embedding.
     pub fn max_input_id(&self) -> Option<u32> {

@@ -37,6 +37,11 @@ pub struct TrainerState {
     /// The steps since the last logged one, whose mean loss the next log line reports.
     #[serde(default, skip_serializing_if = "LossWindow::is_empty")]
     pub loss_window: LossWindow,
+    /// sha256 of the tokenized training data (`TokenizedDataset::content_sha256`): a resumed
+    /// run refuses other data, where the saved position would continue in other rows. Absent
+    /// in checkpoints written before it was recorded (not compared then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_data_sha256: Option<String>,
     pub config: TrainConfig,
 }
 
@@ -528,6 +533,7 @@ mod tests {
             evals_since_best: 0,
             target_reached_at: None,
             loss_window: LossWindow::default(),
+            train_data_sha256: None,
             config: TrainConfig::default(),
         }
     }

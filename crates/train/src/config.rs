@@ -543,13 +543,32 @@ impl TrainConfig {
             ("labels", self.labels.is_some()),
             ("metric", self.metric.is_some()),
             ("skip_malformed", self.skip_malformed),
+            ("text_column", self.text_column != "text"),
+            ("text_pair_column", self.text_pair_column.is_some()),
+            ("label_column", self.label_column != "label"),
         ];
         let unread: &[&str] = match self.task.as_str() {
             "classification" => &[],
             "regression" => &["labels"],
-            "causal-lm" => &["labels", "metric", "skip_malformed"],
-            // A GLUE task reads its own files, classes and metric from `glue_dir`.
-            _ => &["train_file", "eval_file", "labels", "metric"],
+            // JSONL fields by format: text, prompt and completion, messages.
+            "causal-lm" => &[
+                "labels",
+                "metric",
+                "skip_malformed",
+                "text_column",
+                "text_pair_column",
+                "label_column",
+            ],
+            // A GLUE task reads its own files, columns, classes and metric from `glue_dir`.
+            _ => &[
+                "train_file",
+                "eval_file",
+                "labels",
+                "metric",
+                "text_column",
+                "text_pair_column",
+                "label_column",
+            ],
         };
         let given: Vec<&str> = set
             .iter()
@@ -820,6 +839,21 @@ mod tests {
                     c.task = "causal-lm".into();
                     c.metric = Some("accuracy".into());
                     c.skip_malformed = true
+                }),
+            ),
+            (
+                "task \"causal-lm\" does not read `text_column` (--text-column), `label_column` (--label-column)",
+                Box::new(|c| {
+                    c.task = "causal-lm".into();
+                    c.text_column = "body".into();
+                    c.label_column = "y".into()
+                }),
+            ),
+            (
+                "task \"mrpc\" does not read `text_pair_column` (--text-pair-column)",
+                Box::new(|c| {
+                    c.task = "mrpc".into();
+                    c.text_pair_column = Some("b".into())
                 }),
             ),
             (

@@ -152,6 +152,12 @@ impl Trainer {
                 None
             }
             Some(path) => {
+                if config.overwrite_output_dir && main {
+                    tracing::warn!(
+                        "overwrite_output_dir is ignored with --resume: the run continues, keeping what {} holds",
+                        config.output_dir.display()
+                    );
+                }
                 let dir = checkpoint::resolve(path)?;
                 let saved = checkpoint::read_state(&dir)?;
                 if config.max_seq_len.is_none() {
@@ -234,6 +240,22 @@ impl Trainer {
             }
         }
         let train_loader = DataLoader::new(train, pad_id, loader_cfg)?;
+        let train_data_sha256 = train_loader.data().content_sha256();
+        if let Some((dir, saved)) = &resumed {
+            if saved
+                .train_data_sha256
+                .as_ref()
+                .is_some_and(|s| *s != train_data_sha256)
+            {
+                return Err(checkpoint::ResumeMismatch {
+                    checkpoint: dir.clone(),
+                    fields: vec![String::from(
+                        "the training data are not the checkpoint's run's (the file's contents, or the tokenizer, changed): the saved position would continue in other rows",
+                    )],
+                }
+                .into());
+            }
+        }
         let micro_per_epoch = train_loader.batches_per_epoch();
         let steps_per_epoch = micro_per_epoch.div_ceil(config.grad_accum).max(1);
         let total_steps = match config.max_steps {
@@ -262,6 +284,7 @@ impl Trainer {
             evals_since_best: 0,
             target_reached_at: None,
             loss_window: checkpoint::LossWindow::default(),
+            train_data_sha256: Some(train_data_sha256.clone()),
             config: config.clone(),
         };
         let mut optimizer = optimizer;
@@ -286,6 +309,7 @@ impl Trainer {
             }
             state = TrainerState {
                 config: config.clone(),
+                train_data_sha256: Some(train_data_sha256),
                 ..saved
             };
             tracing::info!("resumed from {} at step {}", dir.display(), state.step);

@@ -269,9 +269,18 @@ fn config_errors_exit_2_with_a_clear_message() {
             "is a file".to_string(),
         ),
     ];
+    // With --task, and without (the task would come from the adapter's run).
     for (path, needle) in &adapter_cases {
-        for cmd in ["eval", "merge"] {
-            let mut args = vec![cmd, "--task", "sst2", "--adapter", path];
+        for (cmd, task) in [
+            ("eval", "sst2"),
+            ("merge", "sst2"),
+            ("eval", ""),
+            ("merge", ""),
+        ] {
+            let mut args = vec![cmd, "--adapter", path];
+            if !task.is_empty() {
+                args.extend(["--task", task]);
+            }
             if cmd == "merge" {
                 args.extend(["--output", out_dir]);
             }
@@ -1071,6 +1080,31 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
     .concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("reusing").count(), 4, "{}", stderr(&o));
+}
+
+/// Without --seeds, `glue` trains with the config's seed (it trained seed 42 whatever the
+/// config said).
+#[test]
+fn glue_without_seeds_takes_the_configs_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "seed = 7");
+    let out = dir.path().join("grid");
+    let o = run(&[
+        "glue",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tasks",
+        "sst2",
+        "--ratios",
+        "1",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("sst2/ratio-1/seed-7/adapter").is_dir());
+    assert!(!out.join("sst2/ratio-1/seed-42").exists());
 }
 
 /// `metrics.jsonl` without what varies from run to run (timings).

@@ -105,3 +105,46 @@ fn resume_takes_new_optimizer_settings_and_refuses_new_data_settings() {
     // At the budget exactly: accepted (the run evaluates and writes its adapter).
     assert_eq!(Trainer::new(cfg, Some(&ckpt)).unwrap().state().step, 3);
 }
+
+/// The training file changed between the checkpoint and the resume (same name, other rows):
+/// the saved position would continue in other rows, so the resume is refused. The same file
+/// resumes.
+#[test]
+fn resume_refuses_training_data_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("train.csv");
+    let rows = |word: &str| -> String {
+        let mut t = String::from("text,label\n");
+        for i in 0..32 {
+            t += &format!(
+                "a {word} film {i},{}\n",
+                if i % 2 == 0 { "pos" } else { "neg" }
+            );
+        }
+        t
+    };
+    std::fs::write(&csv, rows("fine")).unwrap();
+    let mut cfg = config(&dir.path().join("out"));
+    cfg.task = "classification".into();
+    cfg.train_file = Some(csv.clone());
+    cfg.eval_limit = None;
+    let mut t = Trainer::new(cfg.clone(), None).unwrap();
+    t.show_progress = false;
+    assert_eq!(t.train().unwrap().steps, 3);
+    let ckpt = dir.path().join("out/checkpoints/step-000003");
+    let mut more = cfg.clone();
+    more.max_steps = Some(4);
+    assert_eq!(
+        Trainer::new(more.clone(), Some(&ckpt))
+            .unwrap()
+            .state()
+            .step,
+        3
+    );
+    std::fs::write(&csv, rows("dull")).unwrap();
+    let msg = mismatch(Trainer::new(more, Some(&ckpt)));
+    assert!(
+        msg.contains("the training data are not the checkpoint's run's"),
+        "{msg}"
+    );
+}

@@ -25,8 +25,8 @@ pub struct GlueArgs {
     /// Comma-separated LoRA+ ratios; 1 is plain LoRA.
     #[arg(long, default_value = "1,16", value_delimiter = ',')]
     pub ratios: Vec<f64>,
-    /// Comma-separated seeds.
-    #[arg(long, default_value = "42", value_delimiter = ',')]
+    /// Comma-separated seeds (default: the config's seed, else 42).
+    #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Reuse finished runs (an `adapter/` and `metrics.jsonl` in the run's folder) instead of
     /// training them again: redo the tables and plots of an earlier grid, or finish a grid that
@@ -184,12 +184,15 @@ struct GlueRun {
 
 /// `loraplus glue`: every (task, ratio, seed) on the same budget; a markdown table, JSON and
 /// overlaid plots per task.
-pub fn glue(a: GlueArgs) -> Result<()> {
+pub fn glue(mut a: GlueArgs) -> Result<()> {
     let mut base = match &a.config {
         Some(p) => TrainConfig::from_file(p).map_err(UsageError::wrap)?,
         None => TrainConfig::default(),
     };
     a.overrides.apply(&mut base);
+    if a.seeds.is_empty() {
+        a.seeds = vec![base.seed];
+    }
     crate::trainer::apply_process_settings(&base, true).map_err(UsageError::wrap)?;
     let root = a
         .overrides

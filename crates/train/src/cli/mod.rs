@@ -883,6 +883,10 @@ fn check_eval_flags(a: &EvalArgs, task: &str) -> Result<()> {
 
 /// `loraplus eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
+    if let (Some(ad), None, None) = (&a.adapter, &a.task, &a.config) {
+        // What is wrong with the adapter comes before the task it would have named.
+        adapter_dir(ad)?;
+    }
     let task = task_or_recorded(a.task.as_deref(), a.config.as_deref(), a.adapter.as_deref());
     let mut cfg = eval_config(
         a.config.as_deref(),
@@ -1156,6 +1160,9 @@ fn check_merge_output(output: &Path, model: &Path, adapter: &Path, overwrite: bo
 
 /// `loraplus merge`.
 pub fn merge(a: MergeArgs) -> Result<()> {
+    if let (None, None) = (&a.task, &a.config) {
+        adapter_dir(&a.adapter)?;
+    }
     let task = task_or_recorded(a.task.as_deref(), a.config.as_deref(), Some(&a.adapter));
     let mut cfg = eval_config(
         a.config.as_deref(),

@@ -26,8 +26,9 @@ pub struct TuneArgs {
     /// LoRA+ ratios lr_B / lr_A, comma-separated (1 is plain LoRA).
     #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
     pub ratios: Vec<f64>,
-    /// Seeds of every trial (each cell's score is their mean).
-    #[arg(long, value_delimiter = ',', default_value = "42")]
+    /// Seeds of every trial (each cell's score is their mean; default: the config's seed,
+    /// else 42).
+    #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Steps of the first rung (default: max-steps / 4).
     #[arg(long)]
@@ -83,7 +84,11 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     let grid = TuneGrid {
         lrs: a.lrs.clone(),
         ratios: a.ratios.clone(),
-        seeds: a.seeds.clone(),
+        seeds: if a.seeds.is_empty() {
+            vec![base.seed]
+        } else {
+            a.seeds.clone()
+        },
         max_steps,
         min_steps: a.min_steps.unwrap_or((max_steps / 4).max(1)),
         eta: a.eta,
