@@ -1080,6 +1080,34 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
     .concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("reusing").count(), 4, "{}", stderr(&o));
+
+    // A run interrupted before its end (its final adapter and newest checkpoint gone) is
+    // resumed from the checkpoint before, and reports what the uninterrupted run did.
+    let cut = out.join("stsb/ratio-16/seed-1");
+    std::fs::remove_dir_all(cut.join("adapter")).unwrap();
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(cut.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    kept.sort();
+    assert!(kept.len() >= 2, "{kept:?}");
+    std::fs::remove_dir_all(kept.pop().unwrap()).unwrap();
+    let o = run(&[&args[..], &["--reuse"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("reusing").count(), 3, "{err}");
+    assert!(
+        err.contains(&format!("stsb ratio 16 seed 1: resuming {}", cut.display())),
+        "{err}"
+    );
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("glue_results.json")).unwrap())
+            .unwrap();
+    for (a, b) in resumed.as_array().unwrap().iter().zip(runs) {
+        for key in ["final_main", "best_main", "target_reached_at", "steps"] {
+            assert_eq!(a[key], b[key], "{key} of {a}");
+        }
+    }
 }
 
 /// Without --seeds, `glue` trains with the config's seed (it trained seed 42 whatever the

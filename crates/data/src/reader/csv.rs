@@ -232,10 +232,7 @@ mod tests {
     fn an_unterminated_quote_is_refused_naming_its_line() {
         let m = ColumnMapping::single("text").with_classes("label", &["neg", "pos"]);
         for skip_malformed in [false, true] {
-            let opts = ReadOptions {
-                skip_malformed,
-                ..ReadOptions::default()
-            };
+            let opts = ReadOptions { skip_malformed };
             let text = "text,label\na 5\" screen,pos\n\"b unclosed,neg\nc,pos\nd,neg\n";
             let err = parse_csv(text.as_bytes(), "q.csv", &m, CsvOptions::default(), opts)
                 .unwrap_err()

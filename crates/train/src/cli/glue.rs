@@ -29,8 +29,8 @@ pub struct GlueArgs {
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Reuse finished runs (an `adapter/` and `metrics.jsonl` in the run's folder) instead of
-    /// training them again: redo the tables and plots of an earlier grid, or finish a grid that
-    /// was interrupted.
+    /// training them again, and resume interrupted ones from their newest checkpoint: redo the
+    /// tables and plots of an earlier grid, or finish a grid that was interrupted.
     #[arg(long)]
     pub reuse: bool,
     /// Flags as for `train`; `--output-dir` (default runs/glue) gets `<task>/ratio-R/seed-S/`.
@@ -61,9 +61,16 @@ fn finished(out: &Path) -> bool {
         && out.join(metrics_log::METRICS_FILE).exists()
 }
 
-/// A finished run that `--reuse` would take must have been trained with the settings the grid
-/// would train it with now (its config is in its newest checkpoint): otherwise the table would
-/// mix budgets, learning rates or models without a word.
+/// A run that stopped before its end (interrupted, or killed) and left checkpoints: `--reuse`
+/// resumes it from the newest.
+fn interrupted(out: &Path) -> bool {
+    !finished(out) && checkpoint::list(out).is_ok_and(|l| !l.is_empty())
+}
+
+/// A finished run that `--reuse` would take, or an interrupted one it would resume, must have
+/// been trained with the settings the grid would train it with now (its config is in its
+/// newest checkpoint): otherwise the table would mix budgets, learning rates or models without
+/// a word.
 fn check_reusable(cfg: &TrainConfig) -> Result<()> {
     let out = &cfg.output_dir;
     let ckpt = checkpoint::resolve(out).with_context(|| {
@@ -124,7 +131,7 @@ fn preflight(a: &GlueArgs, base: &TrainConfig, root: &Path) -> Result<()> {
                 let cfg = run_config(base, root, task, ratio, seed);
                 cfg.validate_for_training()
                     .with_context(|| format!("task {task}, ratio {ratio}"))?;
-                if a.reuse && finished(&cfg.output_dir) {
+                if a.reuse && (finished(&cfg.output_dir) || interrupted(&cfg.output_dir)) {
                     check_reusable(&cfg)?;
                 }
             }
@@ -215,6 +222,13 @@ pub fn glue(mut a: GlueArgs) -> Result<()> {
                         out.display()
                     );
                     None
+                } else if a.reuse && interrupted(&out) {
+                    eprintln!(
+                        "== {task} ratio {ratio} seed {seed}: resuming {}",
+                        out.display()
+                    );
+                    let mut t = Trainer::new(cfg, Some(&out))?;
+                    Some(t.train()?)
                 } else {
                     eprintln!("== {task} ratio {ratio} seed {seed}");
                     let mut t = Trainer::new(cfg, None)?;
