@@ -175,13 +175,21 @@ impl TokenizedDataset {
     /// saved position in the data means nothing in other rows.
     pub fn content_sha256(&self) -> String {
         let mut h = Sha256::new();
+        // Little-endian u64 words through a buffer: one hasher call per 8 KiB.
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
         let mut words = |tag: &[u8], v: &mut dyn Iterator<Item = u64>| {
             h.update(tag);
             let mut n = 0u64;
             for x in v {
-                h.update(x.to_le_bytes());
+                buf.extend_from_slice(&x.to_le_bytes());
                 n += 1;
+                if buf.len() >= 8192 {
+                    h.update(&buf);
+                    buf.clear();
+                }
             }
+            h.update(&buf);
+            buf.clear();
             h.update(n.to_le_bytes());
         };
         words(b"ids", &mut self.input_ids.iter().map(|&x| u64::from(x)));
@@ -670,6 +678,45 @@ mod tests {
         )
         .is_err());
         assert!(TokenizedDataset::from_examples(vec![], Labels::None).is_err());
+    }
+
+    /// The digest a resume compares: the same rows give the same one; a token, a label, or
+    /// where one example ends and the next begins changes it.
+    #[test]
+    fn content_sha256_tells_rows_apart() {
+        let ds = |ex: Vec<(Vec<u32>, Vec<u32>)>, labels: Vec<i64>| {
+            TokenizedDataset::from_examples(ex, Labels::Classes(labels))
+                .unwrap()
+                .content_sha256()
+        };
+        let base = ds(
+            vec![(vec![1, 2, 3], vec![0; 3]), (vec![4], vec![0])],
+            vec![0, 1],
+        );
+        assert_eq!(base.len(), 64);
+        assert_eq!(
+            base,
+            ds(
+                vec![(vec![1, 2, 3], vec![0; 3]), (vec![4], vec![0])],
+                vec![0, 1]
+            )
+        );
+        for other in [
+            ds(
+                vec![(vec![1, 2, 5], vec![0; 3]), (vec![4], vec![0])],
+                vec![0, 1],
+            ),
+            ds(
+                vec![(vec![1, 2, 3], vec![0; 3]), (vec![4], vec![0])],
+                vec![1, 1],
+            ),
+            ds(
+                vec![(vec![1, 2], vec![0; 2]), (vec![3, 4], vec![0; 2])],
+                vec![0, 1],
+            ),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     #[test]
