@@ -95,6 +95,12 @@ fn early_stopping_ends_the_run() {
     let s = t.train().unwrap();
     assert_eq!(s.steps, 3, "{}", s.stopped_because);
     assert!(s.stopped_because.contains("early stopping"));
+    // The evaluation that stopped the run is the final one: not run (and logged) again.
+    let (_, evals) = loraplus::train::metrics_log::read(&dir.path().join("metrics.jsonl")).unwrap();
+    let steps: Vec<usize> = evals.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [1, 2, 3]);
+    let latest = checkpoint::resolve(dir.path()).unwrap();
+    assert_eq!(checkpoint::read_state(&latest).unwrap().evals_since_best, 2);
 }
 
 #[test]

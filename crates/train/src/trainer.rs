@@ -501,9 +501,12 @@ impl Trainer {
             // Trainer does with `num_items_in_batch`, so that accumulation and data
             // parallelism give the gradient of the whole step's mean loss.
             let mut micro = Vec::with_capacity(accum);
-            for _ in 0..accum {
+            while micro.len() < accum {
                 let batch = match batches.next() {
                     Some(b) => b?,
+                    // The epoch's last step takes what is left of it (fewer micro-batches), as
+                    // transformers' Trainer does: a step never spans two epochs.
+                    None if !micro.is_empty() => break,
                     None => {
                         // The epoch is over: the next one starts (its order depends on (seed, epoch)).
                         epoch += 1;
@@ -682,7 +685,11 @@ impl Trainer {
             Some(_) => stop_agreed,
             None => self.interrupt.load(Ordering::Relaxed),
         };
-        let final_eval = if interrupted || self.dev.is_empty() {
+        // Stopped right after an evaluation (early stopping, a callback): that one is final.
+        let evaluated_here = last_eval
+            .as_ref()
+            .is_some_and(|e| e.step == self.state.step);
+        let final_eval = if interrupted || self.dev.is_empty() || evaluated_here {
             last_eval
         } else {
             let rec = self.eval_and_track(started)?;
