@@ -74,6 +74,16 @@ pub enum Error {
     /// device or dtype, or the C++ kernels failed (the message says which layer and why).
     #[error("{0}")]
     Quantization(String),
+    /// Adapter weights saved with another config than the model was built with: the same
+    /// shapes, but another scaling (`lora_alpha`, `use_rslora`, a pattern), so loading them
+    /// would compute another update than the one trained.
+    #[error("{}: {}; build the model with this adapter's config (read_adapter_config)", path.display(), fields.join("; "))]
+    AdapterConfigMismatch {
+        /// The adapter's `adapter_config.json`.
+        path: PathBuf,
+        /// One line per difference: `lora_alpha: 16 in the file, 64 in the model`.
+        fields: Vec<String>,
+    },
     /// Reading or writing a file or folder failed.
     #[error("{action} {}", path.display())]
     Io {

@@ -230,11 +230,67 @@ impl LoraModel {
         write_atomic(&dir.join(ADAPTER_CONFIG), cfg.to_json_string()?.as_bytes())
     }
 
+    /// The scaling settings of `dir`'s `adapter_config.json` (when there is one) against this
+    /// model's config: `lora_alpha`, `use_rslora`, `rank_pattern` and `alpha_pattern`.
+    fn check_adapter_config(&self, dir: &Path) -> Result<()> {
+        let (Some(model), true) = (self.config(), dir.join(ADAPTER_CONFIG).is_file()) else {
+            return Ok(());
+        };
+        let file = LoraConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
+        let mut fields = Vec::new();
+        let mut differ = |name: &str, found: String, expected: String| {
+            if found != expected {
+                fields.push(format!(
+                    "{name}: {found} in the file, {expected} in the model"
+                ));
+            }
+        };
+        differ(
+            "lora_alpha",
+            file.lora_alpha.to_string(),
+            model.lora_alpha.to_string(),
+        );
+        differ(
+            "use_rslora",
+            file.use_rslora.to_string(),
+            model.use_rslora.to_string(),
+        );
+        differ(
+            "rank_pattern",
+            format!("{:?}", file.rank_pattern),
+            format!("{:?}", model.rank_pattern),
+        );
+        differ(
+            "alpha_pattern",
+            format!("{:?}", file.alpha_pattern),
+            format!("{:?}", model.alpha_pattern),
+        );
+        if fields.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::AdapterConfigMismatch {
+                path: dir.join(ADAPTER_CONFIG),
+                fields,
+            })
+        }
+    }
+
     /// Load adapter weights saved by PEFT or by [`Self::save_pretrained`] into this model's
     /// adapters. Every expected key must be present with the right shape and finite values;
     /// a key that this model has no place for is an error. The model must have been built with
     /// the directory's config (see [`read_adapter_config`]).
+    ///
+    /// Refused: a model whose adapters are merged ([`LoraModel::unmerge`] first: the merged
+    /// update would stay in the base), and a directory whose `adapter_config.json` scales the
+    /// update otherwise than the model's config ([`Error::AdapterConfigMismatch`]).
     pub fn load_adapter(&self, dir: &Path) -> Result<()> {
+        if self.is_merged() {
+            return Err(Error::InvalidArgument(format!(
+                "loading {}: the model's adapters are merged into its base weights; unmerge() first (the merged update would stay in the base)",
+                dir.display()
+            )));
+        }
+        self.check_adapter_config(dir)?;
         let path = dir.join(ADAPTER_WEIGHTS);
         let bytes = std::fs::read(&path).io_context("reading", &path)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&path, e))?;

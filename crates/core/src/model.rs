@@ -826,6 +826,13 @@ impl LoraModel {
         Ok(())
     }
 
+    /// Whether some adapter is merged into its base weight ([`Self::merge`]).
+    pub fn is_merged(&self) -> bool {
+        self.merges
+            .iter()
+            .any(|m| m.merged.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// Subtract the merged updates again.
     pub fn unmerge(&self) -> Result<()> {
         for m in &self.merges {

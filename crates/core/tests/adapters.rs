@@ -390,6 +390,52 @@ fn wrong_shape_missing_key_nan_and_extra_key_are_clear_errors() {
     assert!(err.contains("not a valid safetensors file"), "{err}");
 }
 
+/// Weights of the same shapes saved with another scaling (alpha, rsLoRA) are refused, naming
+/// each difference, and so is loading into a model whose adapters are merged (the merged
+/// update would stay in the base); after unmerge it loads.
+#[test]
+fn another_scaling_and_a_merged_model_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_adapter(dir.path());
+    let (_vs, _fc1, _fc2, lora) = mlp(LoraConfig {
+        use_rslora: true,
+        ..random_config(4, 64.0, &["fc1", "fc2"])
+    });
+    let err = lora.load_adapter(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err.root(),
+            loraplus_core::Error::AdapterConfigMismatch { .. }
+        ),
+        "{err:?}"
+    );
+    let msg = err.chain();
+    assert!(
+        msg.contains("lora_alpha: 8 in the file, 64 in the model")
+            && msg.contains("use_rslora: false in the file, true in the model")
+            && msg.contains(ADAPTER_CONFIG),
+        "{msg}"
+    );
+
+    let (_vs, fc1, fc2, lora) = mlp(random_config(4, 8.0, &["fc1", "fc2"]));
+    let x = Tensor::randn([3, 10], (Kind::Float, Device::Cpu));
+    lora.merge(true).unwrap();
+    let base = fc1.weight.copy();
+    let err = lora.load_adapter(dir.path()).unwrap_err();
+    assert!(
+        matches!(err.root(), loraplus_core::Error::InvalidArgument(_))
+            && err.chain().contains("unmerge() first"),
+        "{err:?}"
+    );
+    assert!(
+        fc1.weight.equal(&base),
+        "the refused load changed the model"
+    );
+    lora.unmerge().unwrap();
+    lora.load_adapter(dir.path()).unwrap();
+    let _ = run(&fc1, &fc2, &x);
+}
+
 #[test]
 fn bad_config_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

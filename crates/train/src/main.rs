@@ -181,6 +181,7 @@ fn core_config_refused(e: &anyhow::Error) -> bool {
                     | E::UnexpectedTensors { .. }
                     | E::NonFinite(_)
                     | E::BadFile { .. }
+                    | E::AdapterConfigMismatch { .. }
                     | E::Json { .. }
             )
         })
