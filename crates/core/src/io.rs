@@ -236,7 +236,7 @@ impl LoraModel {
         let (Some(model), true) = (self.config(), dir.join(ADAPTER_CONFIG).is_file()) else {
             return Ok(());
         };
-        let file = LoraConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
+        let file = LoraConfig::from_file(dir.join(ADAPTER_CONFIG))?;
         let mut fields = Vec::new();
         let mut differ = |name: &str, found: String, expected: String| {
             if found != expected {
