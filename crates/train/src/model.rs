@@ -73,6 +73,13 @@ pub fn model_dir(cfg: &TrainConfig) -> Result<PathBuf> {
         cfg.revision.as_deref(),
         &loraplus_models::hub::HubOptions::from_env(),
     )
+    .with_context(|| {
+        format!(
+            "there is no folder {} here (relative to {}), so it was taken as a Hub repository id",
+            model.display(),
+            std::env::current_dir().unwrap_or_default().display()
+        )
+    })
 }
 
 /// The run's `max_seq_len` for the model in `model_dir`: the config's, which must fit the
@@ -160,7 +167,11 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
         lora_dropout: l.lora_dropout,
         use_rslora: l.use_rslora,
         bias,
-        base_model_name_or_path: Some(model_ref(cfg).display().to_string()),
+        // A folder as an absolute path: the adapter's base is found from any folder.
+        base_model_name_or_path: Some({
+            let m = model_ref(cfg);
+            std::fs::canonicalize(&m).unwrap_or(m).display().to_string()
+        }),
         ..recommended
     };
     if let Some(t) = &l.target_modules {

@@ -110,6 +110,21 @@ impl Trainer {
     /// directory's newest checkpoint).
     pub fn new(mut config: TrainConfig, resume: Option<&Path>) -> Result<Trainer> {
         config.validate_for_training()?;
+        // The run records its files as absolute paths: its checkpoints and adapter name the
+        // same files from any folder (eval, merge, a resume started elsewhere).
+        for p in [&mut config.train_file, &mut config.eval_file] {
+            if let Some(abs) = p.as_ref().and_then(|f| std::fs::canonicalize(f).ok()) {
+                *p = Some(abs);
+            }
+        }
+        if let Some(abs) = config
+            .model
+            .as_ref()
+            .filter(|m| m.is_dir())
+            .and_then(|m| std::fs::canonicalize(m).ok())
+        {
+            config.model = Some(abs);
+        }
         // Classes read from the training file are recorded (checkpoints, label_names.json), so
         // that evaluation numbers them as training did.
         if config.task == "classification" && config.labels.is_none() {

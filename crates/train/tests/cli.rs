@@ -1585,6 +1585,83 @@ fn eval_of_a_runs_adapter_reads_its_files_as_the_run_did() {
     assert_ne!(recorded, f32, "bf16 and f32 logits print the same");
 }
 
+/// A run started in another folder with relative paths (model, data) records them as
+/// absolute ones, so `eval` of its adapter from here scores the run's base on the run's eval
+/// file (it took the default model and dropped the file, without a word). An adapter whose
+/// recorded base is not a folder here is refused (exit 2), not scored on the default model.
+#[test]
+fn a_run_with_relative_paths_is_evaluated_from_another_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let rel = dir.path().join("rel");
+    std::fs::create_dir_all(rel.join("models")).unwrap();
+    std::fs::create_dir_all(rel.join("data")).unwrap();
+    std::os::unix::fs::symlink(repo().join(".venv/minilm"), rel.join("models/m")).unwrap();
+    let words = [
+        "good", "bad", "fine", "awful", "great", "poor", "nice", "dull",
+    ];
+    let mut train = String::from("text,label\n");
+    for (i, w) in words.iter().cycle().take(32).enumerate() {
+        train += &format!(
+            "a {w} film {i},{}\n",
+            if i % 2 == 0 { "pos" } else { "neg" }
+        );
+    }
+    std::fs::write(rel.join("data/train.csv"), &train).unwrap();
+    std::fs::write(rel.join("data/dev.csv"), &train).unwrap();
+    let o = bin()
+        .current_dir(&rel)
+        .args([
+            "train",
+            "--task",
+            "classification",
+            "--model",
+            "models/m",
+            "--train-file",
+            "data/train.csv",
+            "--eval-file",
+            "data/dev.csv",
+            "--output-dir",
+            "out",
+            "--max-steps",
+            "2",
+            "--max-seq-len",
+            "16",
+            "--threads",
+            "1",
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, evals) = loraplus_train::metrics_log::read(&rel.join("out/metrics.jsonl")).unwrap();
+    let logged = evals.last().unwrap().main;
+    let adapter = rel.join("out/adapter");
+    let o = bin()
+        .current_dir(dir.path())
+        .args(["eval", "--adapter", "rel/out"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("accuracy {logged:.4}")) && out.contains("(32 examples)"),
+        "logged {logged}: {out}"
+    );
+    // A recorded base that is a path not here: refused, naming it.
+    let cfg_path = adapter.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["base_model_name_or_path"] = "models/elsewhere/m".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let o = bin()
+        .current_dir(dir.path())
+        .args(["eval", "--adapter", "rel/out"])
+        .output()
+        .unwrap();
+    refused(&o, "records its base model as models/elsewhere/m");
+    assert!(stderr(&o).contains("pass --model"), "{}", stderr(&o));
+}
+
 #[test]
 fn eval_numbers_classes_as_training_did() {
     let dir = tempfile::tempdir().unwrap();

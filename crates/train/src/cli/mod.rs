@@ -516,19 +516,31 @@ pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
 /// Without `--model` (or `model` in the config), the base the adapter records
 /// (`base_model_name_or_path`) when that is a folder here, as PEFT's `AutoPeftModel` does;
 /// else the default model.
-fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) {
+fn model_from_adapter(cfg: &mut TrainConfig, adapter: &Path) -> Result<()> {
     if cfg.model.is_some() {
-        return;
+        return Ok(());
     }
     let Ok(lc) = loraplus_core::read_adapter_config(adapter) else {
-        return;
+        return Ok(());
     };
-    if let Some(base) = lc.base_model_name_or_path.filter(|b| Path::new(b).is_dir()) {
+    let Some(base) = lc.base_model_name_or_path.filter(|b| !b.is_empty()) else {
+        return Ok(());
+    };
+    if Path::new(&base).is_dir() || loraplus_models::hub::is_repo_id(&base) {
+        // A folder here, or a Hub repository id (from the Hub cache), as PEFT's AutoPeftModel.
         tracing::info!(
             "model: {base} (the adapter's base_model_name_or_path; --model names another)"
         );
         cfg.model = Some(PathBuf::from(base));
+        return Ok(());
     }
+    // A path that is not here (a relative one recorded from another folder): the default
+    // model in its place would score another base without a word.
+    Err(UsageError::wrap(anyhow::anyhow!(
+        "the adapter {} records its base model as {base} (base_model_name_or_path), which is not a folder here (relative to {}): pass --model",
+        adapter.display(),
+        std::env::current_dir().unwrap_or_default().display()
+    )))
 }
 
 /// The config of the run that trained the adapter `adir` (`trainer_state.json` of the
@@ -583,9 +595,17 @@ fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
         cfg.dtype = run.dtype.clone();
     }
     // The run's evaluation file, where it still is (else eval asks for --eval-file).
-    if let (None, Some(f)) = (&d.eval_file, run.eval_file.as_ref().filter(|f| f.is_file())) {
-        take("eval_file", "--eval-file", f.display().to_string());
-        cfg.eval_file = Some(f.clone());
+    match (&d.eval_file, &run.eval_file) {
+        (None, Some(f)) if f.is_file() => {
+            take("eval_file", "--eval-file", f.display().to_string());
+            cfg.eval_file = Some(f.clone());
+        }
+        (None, Some(f)) => tracing::warn!(
+            "the adapter's run evaluated on {}, which is not here (relative to {}): give --eval-file",
+            f.display(),
+            std::env::current_dir().unwrap_or_default().display()
+        ),
+        _ => {}
     }
     if d.text_column.is_none() && run.text_column != cfg.text_column {
         take(
@@ -689,7 +709,7 @@ fn apply_adapter_run(cfg: &mut TrainConfig, adapter: Option<&Path>) -> Result<()
         return Ok(());
     };
     let adir = adapter_dir(adapter)?;
-    model_from_adapter(cfg, &adir);
+    model_from_adapter(cfg, &adir)?;
     check_glue_task(cfg, &adir)?;
     let Some(names) = crate::checkpoint::read_label_names(&adir)? else {
         return Ok(());
@@ -1061,7 +1081,7 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
     let mut cfg = cfg.clone();
     if let Some(ad) = &a.adapter {
-        model_from_adapter(&mut cfg, &adapter_dir(ad)?);
+        model_from_adapter(&mut cfg, &adapter_dir(ad)?)?;
     }
     let cfg = &cfg;
     let mdir = model::model_dir(cfg)?;
