@@ -32,4 +32,4 @@ pub mod tune;
 
 pub use config::TrainConfig;
 pub use task::TrainTask;
-pub use trainer::{apply_process_settings, Callback, Control, RunSummary, Trainer};
+pub use trainer::{apply_process_settings, Callback, Control, Diverged, RunSummary, Trainer};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -23,6 +23,12 @@ use crate::task::{self, TrainTask};
 use crate::checkpoint::{self, TrainerState, ADAPTER_DIR, OPTIMIZER_DIR};
 use crate::config::{parse_device, TrainConfig};
 use crate::metrics_log::{EvalRecord, MetricsLog, TrainRecord};
+
+/// The training loss became non-finite: the run stopped (the message says where its last good
+/// state is). A learning rate too high for the model, not a fault of the input files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Diverged(pub String);
 
 /// `<output_dir>/best_adapter`: the adapter of the best evaluation so far (PEFT format).
 pub const BEST_ADAPTER_DIR: &str = "best_adapter";
@@ -590,12 +596,13 @@ impl Trainer {
                     self.optimizer.zero_grad()?;
                     self.keep_window(&window_loss, window_steps);
                     let dir = self.save_checkpoint()?;
-                    bail!(
+                    return Err(Diverged(format!(
                         "the training loss became non-finite ({v}) at step {}; the last good state is saved in {}: resume from it (--resume {}) with a lower lr or loraplus_ratio, or a smaller max_grad_norm",
                         self.state.step + 1,
                         dir.display(),
                         dir.display()
-                    );
+                    ))
+                    .into());
                 }
             }
             let grad_norm = self.optimizer.clip_and_step(cfg.optim.max_grad_norm)?;
@@ -623,10 +630,11 @@ impl Trainer {
                             "no checkpoint was written before it (save_every): start over with a lower lr or loraplus_ratio",
                         ),
                     };
-                    bail!(
+                    return Err(Diverged(format!(
                         "the training loss became non-finite between steps {} and {step}; {advice}",
                         step + 1 - window_steps,
-                    );
+                    ))
+                    .into());
                 }
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                 let (lr_a, lr_b) = self.optimizer.lrs();

@@ -349,9 +349,15 @@ pub fn successive_halving<S: Into<TrialScores>>(
                             Ok(TrialScores { metric, .. }) => Outcome::Failed {
                                 reason: format!("the metric is {metric}"),
                             },
-                            Err(e) => Outcome::Failed {
-                                reason: format!("{e:#}"),
-                            },
+                            // A trial that diverges is a result of its learning rates; any
+                            // other error (the data, the model, a file) stops the search, as
+                            // it would fail every trial (and is not recorded as a result).
+                            Err(e) if e.downcast_ref::<crate::trainer::Diverged>().is_some() => {
+                                Outcome::Failed {
+                                    reason: format!("{e:#}"),
+                                }
+                            }
+                            Err(e) => return Err(e.context(format!("trial {}", t.key()))),
                         };
                         trials_run += 1;
                         steps_run += steps;
@@ -374,7 +380,7 @@ pub fn successive_halving<S: Into<TrialScores>>(
                         losses.extend(loss.filter(|l| l.is_finite()));
                     }
                     Outcome::Failed { reason } => {
-                        tracing::info!("trial {} failed: {reason}", t.key());
+                        tracing::warn!("trial {} failed: {reason}", t.key());
                         failed = true;
                     }
                 }
@@ -584,7 +590,10 @@ mod tests {
         let mut store = TrialStore::in_memory();
         let r = successive_halving(&g, true, &mut store, |t, _| {
             if t.lr * t.ratio > 1.0 {
-                bail!("the training loss became non-finite (inf) at step 3")
+                return Err(crate::trainer::Diverged(
+                    "the training loss became non-finite (inf) at step 3".into(),
+                )
+                .into());
             }
             if t.lr > 0.05 {
                 return Ok(f64::NAN);
@@ -605,6 +614,29 @@ mod tests {
             .iter()
             .any(|t| matches!(&t.outcome, Outcome::Failed { reason } if reason.contains("NaN"))));
         assert!(r.scores.iter().any(|s| s.lr == 1e-1 && s.mean.is_none()));
+    }
+
+    /// An error that is not a divergence (bad data, a missing file) stops the search, naming
+    /// the trial, and is not stored: the trial runs again once the cause is fixed.
+    #[test]
+    fn an_error_other_than_divergence_stops_the_search_unrecorded() {
+        let g = grid(&[1e-3, 1e-2], &[1.0, 16.0]);
+        let mut store = TrialStore::in_memory();
+        let e = successive_halving(&g, true, &mut store, |t, _| -> Result<f64> {
+            if t.ratio > 1.0 {
+                bail!("train.csv: line 3: unknown label \"maybe\"")
+            }
+            Ok(t.lr)
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("trial") && msg.contains("line 3"), "{msg}");
+        let r =
+            successive_halving(&g, true, &mut store, |t, _| -> Result<f64> { Ok(t.lr) }).unwrap();
+        assert!(r
+            .trials
+            .iter()
+            .all(|t| matches!(t.outcome, Outcome::Done { .. })));
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct GlueArgs {
     /// tables and plots of an earlier grid, or finish a grid that was interrupted.
     #[arg(long)]
     pub reuse: bool,
-    /// Flags as for `train`; `--output-dir` (default runs/glue) gets `<task>/ratio-R/seed-S/`.
+    /// Flags as for `train`; `--output-dir` (default: the config's `output_dir`, else runs/glue)
+    /// gets `<task>/ratio-R/seed-S/`.
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -205,6 +206,10 @@ pub fn glue(mut a: GlueArgs) -> Result<()> {
         .overrides
         .output_dir
         .clone()
+        // Else the config's own output_dir (one it sets), else runs/glue.
+        .or_else(|| {
+            (base.output_dir != TrainConfig::default().output_dir).then(|| base.output_dir.clone())
+        })
         .unwrap_or_else(|| PathBuf::from("runs/glue"));
     preflight(&a, &base, &root).map_err(UsageError::wrap)?;
     let mut runs = Vec::new();
@@ -227,6 +232,10 @@ pub fn glue(mut a: GlueArgs) -> Result<()> {
                         "== {task} ratio {ratio} seed {seed}: resuming {}",
                         out.display()
                     );
+                    let cfg = TrainConfig {
+                        overwrite_output_dir: false,
+                        ..cfg
+                    };
                     let mut t = Trainer::new(cfg, Some(&out))?;
                     Some(t.train()?)
                 } else {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sha2::Digest;
 
 use crate::cli::{Overrides, UsageError};
 use crate::config::TrainConfig;
@@ -47,7 +48,8 @@ pub struct TuneArgs {
     #[arg(long)]
     pub head_lr: Option<f64>,
     /// Flags as for `train`; `--max-steps` is the full budget of the last rung, `--output-dir`
-    /// (default runs/tune) gets `trials/`, `trials.jsonl`, the table, `best.toml` and heatmaps.
+    /// (default: the config's `output_dir`, else runs/tune) gets `trials/`, `trials.jsonl`, the
+    /// table, `best.toml` and heatmaps.
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -108,6 +110,10 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         .overrides
         .output_dir
         .clone()
+        // Else the config's own output_dir (one it sets), else runs/tune.
+        .or_else(|| {
+            (base.output_dir != TrainConfig::default().output_dir).then(|| base.output_dir.clone())
+        })
         .unwrap_or_else(|| PathBuf::from("runs/tune"));
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let greater_is_better = task::from_config(&base)
@@ -274,8 +280,30 @@ fn search_identity(base: &TrainConfig, head_lr: f64) -> Result<serde_json::Value
     c.log_every = plain.log_every;
     c.keep_last = plain.keep_last;
     c.threads = plain.threads;
-    Ok(serde_json::to_value(&c)?)
+    let mut v = serde_json::to_value(&c)?;
+    // The data files' bytes: a file edited in place is another search (its trials are not
+    // this data's results).
+    let mut data = serde_json::Map::new();
+    for (key, file) in [
+        ("train_file", &base.train_file),
+        ("eval_file", &base.eval_file),
+    ] {
+        if let Some(f) = file {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let digest: String = sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            data.insert(key.into(), digest.into());
+        }
+    }
+    v[DATA_KEY] = data.into();
+    Ok(v)
 }
+
+/// The key of the data files' sha256 in [`SEARCH_FILE`] (absent in searches written before
+/// it was: those are not compared on it).
+const DATA_KEY: &str = "data_sha256";
 
 /// A search's folder keeps the trials of one base config: the first search writes
 /// [`SEARCH_FILE`]; a later one with another config (another task, model, data, batch, [lora],
@@ -286,8 +314,11 @@ fn check_same_search(root: &std::path::Path, base: &TrainConfig, head_lr: f64) -
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let before: serde_json::Value = serde_json::from_str(&text)
+        let mut before: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not the JSON a search writes", path.display()))?;
+        if before.get(DATA_KEY).is_none() {
+            before[DATA_KEY] = now[DATA_KEY].clone();
+        }
         let diffs: Vec<String> = crate::config::json_diffs("", &before, &now)
             .into_iter()
             .map(|(k, a, b)| format!("{k}: {a} then, {b} now"))
@@ -355,5 +386,26 @@ mod tests {
         r16.lora.r = 16;
         let e = check_same_search(dir.path(), &r16, 1e-3).unwrap_err();
         assert!(format!("{e:#}").contains("lora.r: 8 then, 16 now"), "{e:#}");
+    }
+
+    /// The same data file edited in place is another search: its trials are not reused.
+    #[test]
+    fn a_search_folder_refuses_data_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("train.csv");
+        std::fs::write(&csv, "text,label\na,pos\nb,neg\n").unwrap();
+        let cfg = TrainConfig {
+            task: "classification".into(),
+            train_file: Some(csv.clone()),
+            eval_file: Some(csv.clone()),
+            ..TrainConfig::default()
+        };
+        let root = dir.path().join("search");
+        std::fs::create_dir_all(&root).unwrap();
+        check_same_search(&root, &cfg, 1e-3).unwrap();
+        check_same_search(&root, &cfg, 1e-3).unwrap();
+        std::fs::write(&csv, "text,label\na,neg\nb,pos\n").unwrap();
+        let e = check_same_search(&root, &cfg, 1e-3).unwrap_err();
+        assert!(format!("{e:#}").contains("data_sha256.train_file"), "{e:#}");
     }
 }
