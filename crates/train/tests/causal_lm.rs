@@ -813,7 +813,10 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
     let fx = Fixture::new();
     let llama = fx.model("llama");
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<serde_json::Value> = (0..8)
+    // lm-eval-harness' corner cases too: a question ending in spaces (they move to the
+    // continuation), an empty question (the prefix token is the context), choices whose
+    // characters are not bytes (acc_norm divides by characters), a long question.
+    let mut rows: Vec<serde_json::Value> = (0..8)
         .map(|i| {
             let t = TOPICS[i % 6];
             serde_json::json!({
@@ -823,58 +826,91 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
             })
         })
         .collect();
+    rows.push(
+        serde_json::json!({"question": "the sky is  ", "choices": ["blue", "green"], "answer": 0}),
+    );
+    rows.push(serde_json::json!({"question": "", "choices": ["blue sky", "grün"], "answer": 1}));
+    rows.push(serde_json::json!({"question": "où est le café ?", "choices": ["ici", "là-bas, très loin"], "answer": 1}));
+    rows.push(serde_json::json!({
+        "question": TOPICS.iter().cycle().take(40).copied().collect::<Vec<_>>().join(" "),
+        "choices": ["at home", "on the hill"],
+        "answer": 0,
+    }));
     let mc = dir.path().join("mc.jsonl");
     write_jsonl(&mc, &rows);
-    let ours = dir.path().join("ours.json");
-    let out = ok(&[
-        "eval",
-        "--task",
-        "multiple-choice",
-        "--model",
-        s(&llama),
-        "--eval-file",
-        s(&mc),
-        "--output",
-        s(&ours),
-    ]);
-    assert!(out.contains("accuracy"), "{out}");
-    let ref_out = dir.path().join("ref.json");
-    reference(&["mc", s(&llama), "-", s(&mc), s(&ref_out)]);
-    let reference: Vec<Vec<f64>> =
-        serde_json::from_str(&std::fs::read_to_string(&ref_out).unwrap()).unwrap();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
-    let mut correct = 0;
-    for (i, (r, want)) in report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&reference)
-        .enumerate()
-    {
-        let got: Vec<f64> = r["logprobs"]
+    for max_len in [None, Some("20")] {
+        let ours = dir.path().join("ours.json");
+        let mut args = vec![
+            "eval",
+            "--task",
+            "multiple-choice",
+            "--model",
+            s(&llama),
+            "--eval-file",
+            s(&mc),
+            "--output",
+            s(&ours),
+        ];
+        if let Some(m) = max_len {
+            args.extend(["--max-seq-len", m]);
+        }
+        let out = ok(&args);
+        assert!(out.contains("accuracy"), "{out}");
+        let ref_out = dir.path().join("ref.json");
+        let mut ref_args = vec!["mc", s(&llama), "-", s(&mc), s(&ref_out)];
+        ref_args.extend(max_len);
+        reference(&ref_args);
+        let reference: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&ref_out).unwrap()).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&ours).unwrap()).unwrap();
+        let (mut correct, mut correct_norm) = (0, 0);
+        let n = rows.len();
+        assert_eq!(report["rows"].as_array().unwrap().len(), n);
+        for (i, (r, want)) in report["rows"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        assert_eq!(got.len(), want.len());
-        for (c, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!((g - w).abs() < 1e-4, "row {i} choice {c}: {g} vs {w}");
-        }
-        let pred = want
-            .iter()
+            .zip(&reference)
             .enumerate()
-            .fold(
-                (0, f64::NEG_INFINITY),
-                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-            )
-            .0;
-        assert_eq!(r["prediction"].as_u64().unwrap() as usize, pred, "row {i}");
-        correct += usize::from(pred == i % 4);
+        {
+            let f = |v: &serde_json::Value| -> Vec<f64> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            };
+            let (got, want_lp) = (f(&r["logprobs"]), f(&want["logprobs"]));
+            assert_eq!(got.len(), want_lp.len());
+            for (c, (g, w)) in got.iter().zip(&want_lp).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "max_len {max_len:?} row {i} choice {c}: {g} vs {w}"
+                );
+            }
+            let pred = want_lp
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
+                .0;
+            assert_eq!(r["prediction"].as_u64().unwrap() as usize, pred, "row {i}");
+            assert_eq!(r["prediction_norm"], want["pred_norm"], "row {i}");
+            let answer = rows[i]["answer"].as_u64().unwrap() as usize;
+            correct += usize::from(pred == answer);
+            correct_norm += usize::from(want["pred_norm"].as_u64().unwrap() as usize == answer);
+        }
+        let acc = report["accuracy"].as_f64().unwrap();
+        assert!((acc - correct as f64 / n as f64).abs() < 1e-12, "{acc}");
+        let acc_norm = report["accuracy_norm"].as_f64().unwrap();
+        assert!(
+            (acc_norm - correct_norm as f64 / n as f64).abs() < 1e-12,
+            "{acc_norm}"
+        );
     }
-    let acc = report["accuracy"].as_f64().unwrap();
-    assert!((acc - correct as f64 / 8.0).abs() < 1e-12, "{acc}");
 }
 
 #[test]

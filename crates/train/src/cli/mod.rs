@@ -1070,7 +1070,8 @@ fn write_predictions(
 }
 
 /// `loraplus eval --task multiple-choice`: accuracy of log-likelihood scoring (lm-eval-harness'
-/// `acc` and `acc_norm`), with or without an adapter; `--output` gets the per-row scores.
+/// `acc` and `acc_norm`), with or without an adapter; `--output` gets the per-row scores;
+/// `--max-seq-len` bounds each sequence (the first question tokens dropped, as lm-eval does).
 fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) -> Result<()> {
     use crate::task::multiple_choice;
     let path = cfg.eval_file.clone().ok_or_else(|| {
@@ -1091,7 +1092,8 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
         Some(ad) => load_with_adapter(cfg, &mdir, head, ad, device, false)?.0,
         None => load_base(cfg, &mdir, head, device)?,
     };
-    let report = multiple_choice::evaluate(&model, &tok, &path, cfg.eval_batch_size)?;
+    let report =
+        multiple_choice::evaluate(&model, &tok, &path, cfg.eval_batch_size, cfg.max_seq_len)?;
     println!(
         "multiple-choice {} ({} questions): accuracy {:.4}, accuracy_norm {:.4}",
         path.display(),

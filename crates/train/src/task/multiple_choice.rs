@@ -1,12 +1,16 @@
 //! Multiple-choice scoring by log-likelihood, as lm-eval-harness scores MMLU-style tasks (the
 //! way the LoRA+ paper's Llama runs are evaluated): each row `{"question", "choices": [...],
 //! "answer": index}` is scored by `log p(" " + choice | question)` for every choice; the
-//! prediction is the most likely choice (`accuracy`), or the most likely per byte of the choice
-//! (`accuracy_norm`, lm-eval's `acc_norm`). An evaluation-only task.
+//! prediction is the most likely choice (`accuracy`), or the most likely per character of the
+//! choice (`accuracy_norm`, lm-eval's `acc_norm`, which divides by `len(choice)`). An
+//! evaluation-only task.
 //!
-//! Tokenization follows lm-eval-harness' defaults for causal models: no special tokens; the
-//! context is the question's tokens (the EOS token when the question is empty), the
-//! continuation the tokens of `question + " " + choice` past the question's.
+//! Tokenization follows lm-eval-harness' `HFLM` for causal models: no special tokens; spaces
+//! that end the question move to the start of the continuation; the context is the question's
+//! tokens and the continuation the tokens of `question + continuation` past them; an empty
+//! question's context is the prefix token (BOS, else EOS) and its continuation is encoded
+//! alone. A sequence longer than `max_len + 1` tokens loses its first context tokens (lm-eval
+//! keeps the last `max_length + 1`).
 
 use std::path::Path;
 
@@ -34,7 +38,7 @@ pub struct McScore {
     pub logprobs: Vec<f64>,
     /// Argmax of `logprobs` (first on ties).
     pub prediction: usize,
-    /// Argmax of `logprobs / bytes of " " + choice`.
+    /// Argmax of `logprobs / characters of the choice`.
     pub prediction_norm: usize,
     pub answer: usize,
 }
@@ -113,18 +117,23 @@ fn ids(v: Vec<u32>) -> Vec<i64> {
     v.into_iter().map(i64::from).collect()
 }
 
-/// `(context ids, continuation ids)` of one choice.
+/// `(context ids, continuation ids)` of one choice (see the module's documentation).
 pub fn encode_pair(
     tok: &LmTokenizer,
     question: &str,
     choice: &str,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
-    let continuation = format!(" {choice}");
-    let whole = ids(tok.encode(&format!("{question}{continuation}"), false)?);
-    let context = ids(tok.encode(question, false)?);
-    let (context, cont) = if context.is_empty() {
-        (vec![i64::from(tok.eos_id())], whole)
+    let trimmed = question.trim_end();
+    let continuation = format!("{} {choice}", &question[trimmed.len()..]);
+    let (context, cont) = if trimmed.is_empty() {
+        let prefix = tok.bos_id().unwrap_or(tok.eos_id());
+        (
+            vec![i64::from(prefix)],
+            ids(tok.encode(&continuation, false)?),
+        )
     } else {
+        let whole = ids(tok.encode(&format!("{trimmed}{continuation}"), false)?);
+        let context = ids(tok.encode(trimmed, false)?);
         let n = context.len().min(whole.len());
         (context, whole[n..].to_vec())
     };
@@ -132,6 +141,23 @@ pub fn encode_pair(
         bail!("the choice {choice:?} tokenizes to nothing after the question");
     }
     Ok((context, cont))
+}
+
+/// lm-eval's truncation: at most `max_len + 1` tokens of context and continuation, the first
+/// context tokens dropped; a continuation that leaves no context token is an error.
+fn truncate((context, cont): (Vec<i64>, Vec<i64>), max_len: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+    let total = context.len() + cont.len();
+    if total <= max_len + 1 {
+        return Ok((context, cont));
+    }
+    if cont.len() > max_len {
+        bail!(
+            "the choice takes {} tokens, more than the {max_len} the model reads at once (max_seq_len, or the model's positions)",
+            cont.len()
+        );
+    }
+    let drop = total - (max_len + 1);
+    Ok((context[drop..].to_vec(), cont))
 }
 
 fn argmax(v: impl Iterator<Item = f64>) -> usize {
@@ -145,19 +171,37 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
 }
 
 /// Score every row of `path` with `model`.
+/// Score every row of `path` with `model`, each sequence at most `max_len` tokens long (the
+/// first context tokens dropped beyond it; `None`: the model's positions, unbounded for rotary
+/// ones).
 pub fn evaluate(
     model: &Model,
     tok: &LmTokenizer,
     path: &Path,
     batch_size: usize,
+    max_len: Option<usize>,
 ) -> Result<McReport> {
     let rows = read_rows(path)?;
+    // lm-eval's max_length: the model's positions (n_positions, max_position_embeddings).
+    let limit = model
+        .config()
+        .arch()
+        .generation_positions()
+        .map(|p| p.max(1) as usize);
+    let max_len = match (max_len, limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut items = Vec::new();
     for r in &rows {
         for c in &r.choices {
+            let item = encode_pair(tok, &r.question, c).and_then(|it| match max_len {
+                Some(m) => truncate(it, m),
+                None => Ok(it),
+            });
             items.push(
-                encode_pair(tok, &r.question, c)
-                    .with_context(|| format!("{}: line {}", path.display(), r.line))?,
+                item.with_context(|| format!("{}: line {}", path.display(), r.line))
+                    .map_err(crate::task::bad_data)?,
             );
         }
     }
@@ -174,7 +218,7 @@ pub fn evaluate(
         let prediction_norm = argmax(
             lp.iter()
                 .zip(&r.choices)
-                .map(|(l, c)| l / (c.len() + 1) as f64),
+                .map(|(l, c)| l / c.chars().count().max(1) as f64),
         );
         out.push(McScore {
             logprobs: lp,

@@ -91,28 +91,40 @@ def logits(model, ids_json, out):
     save_file({"logits": lg.contiguous()}, out)
 
 
-def mc(model_dir, adapter, path, out):
+def mc(model_dir, adapter, path, out, max_length=None):
+    """lm-eval-harness' loglikelihood for multiple choice (HFLM: _encode_pair, prefix_token_id,
+    left truncation to max_length; acc_norm divides by len(choice) in characters)."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = load(model_dir, adapter)
+    if max_length is None:
+        max_length = model.config.max_position_embeddings
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     rows = [json.loads(l) for l in open(path) if l.strip()]
     result = []
     for r in rows:
         scores = []
         for c in r["choices"]:
-            cont = " " + c
-            whole = tok(r["question"] + cont, add_special_tokens=False)["input_ids"]
-            ctx = tok(r["question"], add_special_tokens=False)["input_ids"]
-            if not ctx:
-                ctx, cont_ids = [tok.eos_token_id], whole
+            context, cont = r["question"], " " + c
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces > 0:
+                cont = context[-n_spaces:] + cont
+                context = context[:-n_spaces]
+            if context == "":
+                ctx, cont_ids = [prefix], tok(cont, add_special_tokens=False)["input_ids"]
             else:
+                whole = tok(context + cont, add_special_tokens=False)["input_ids"]
+                ctx = tok(context, add_special_tokens=False)["input_ids"]
                 cont_ids = whole[len(ctx):]
-            seq = torch.tensor([ctx + cont_ids])
+            full = (ctx + cont_ids)[-(max_length + 1):]
+            inp = torch.tensor([full[:-1]])
             with torch.no_grad():
-                lp = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
-            s = sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont_ids))
+                lp = torch.log_softmax(model(input_ids=inp).logits[0].float(), -1)
+            start = len(full) - 1 - len(cont_ids)
+            s = sum(lp[start + i, t].item() for i, t in enumerate(cont_ids))
             scores.append(s)
-        result.append(scores)
+        norm = [s / len(c) for s, c in zip(scores, r["choices"])]
+        result.append({"logprobs": scores, "pred_norm": max(range(len(norm)), key=lambda i: (norm[i], -i))})
     json.dump(result, open(out, "w"))
 
 
@@ -142,7 +154,8 @@ def main():
     elif cmd == "merged":
         logits(load(sys.argv[2], "-"), sys.argv[3], sys.argv[4])
     elif cmd == "mc":
-        mc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+        mc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5],
+           int(sys.argv[6]) if len(sys.argv) > 6 else None)
     elif cmd == "seqcls":
         seqcls(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
