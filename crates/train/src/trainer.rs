@@ -235,6 +235,7 @@ impl Trainer {
         // Data: training examples (optionally a seeded subset), evaluation set(s).
         let data = task::load_data(task.as_ref(), &config, &mdir)?;
         let (train, dev, pad_id) = (data.train, data.evals, data.pad_id);
+        task::check_eval_sizes(&config, &dev)?;
         let padding_side = data.padding_side;
         let loader_cfg = LoaderConfig {
             bucket_multiplier: config.bucket_multiplier,

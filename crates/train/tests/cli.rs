@@ -1662,6 +1662,62 @@ fn a_run_with_relative_paths_is_evaluated_from_another_folder() {
     assert!(stderr(&o).contains("pass --model"), "{}", stderr(&o));
 }
 
+/// A regression's metric is fixed (pearson and spearman, selected by their mean): `--metric`
+/// is refused, not ignored; an evaluation set of one row is refused before training (the run
+/// trained, then failed at its first evaluation, exit 1), and so is `eval --limit 1`.
+#[test]
+fn regression_refuses_a_metric_and_an_eval_set_of_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let mut train = String::from("text,score\n");
+    for i in 0..16 {
+        train += &format!("a film {i},{}\n", i % 5);
+    }
+    std::fs::write(p("train.csv"), &train).unwrap();
+    std::fs::write(p("one.csv"), "text,score\na film,2.5\n").unwrap();
+    let args = |eval: &str, out: &str| -> Vec<String> {
+        [
+            "train",
+            "--task",
+            "regression",
+            "--train-file",
+            &p("train.csv"),
+            "--eval-file",
+            &p(eval),
+            "--label-column",
+            "score",
+            "--max-steps",
+            "2",
+            "--max-seq-len",
+            "16",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--output-dir",
+            &p(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args("one.csv", "one");
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    refused(&o, "has 1 row(s): pearson and spearman need at least 2");
+    assert!(!dir.path().join("one/checkpoints").exists(), "it trained");
+    let mut a = args("train.csv", "metric");
+    a.extend(["--metric".to_string(), "pearson".to_string()]);
+    refused(
+        &run(&a.iter().map(String::as_str).collect::<Vec<_>>()),
+        "leave `metric` out",
+    );
+    let a = args("train.csv", "ok");
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let adapter = p("ok");
+    let o = run(&["eval", "--adapter", &adapter, "--limit", "1"]);
+    refused(&o, "pearson and spearman need at least 2");
+}
+
 #[test]
 fn eval_numbers_classes_as_training_did() {
     let dir = tempfile::tempdir().unwrap();

@@ -969,6 +969,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 a.limit,
             )
             .map_err(task::bad_data)?;
+            task::check_eval_sizes(&cfg, &evals)?;
             if evals.is_empty() {
                 return Err(UsageError::wrap(anyhow::anyhow!(
                     "nothing to evaluate: give --eval-file (task {})",

@@ -182,6 +182,24 @@ pub fn load_data(task: &dyn TrainTask, cfg: &TrainConfig, model_dir: &Path) -> R
     })
 }
 
+/// Pearson and Spearman correlations (a regression, GLUE's STS-B) need two rows: an evaluation
+/// set of fewer is refused up front (else the run trains, then fails at its first evaluation).
+pub fn check_eval_sizes(cfg: &TrainConfig, evals: &[(Split, Arc<TokenizedDataset>)]) -> Result<()> {
+    let correlations = cfg.task == "regression"
+        || loraplus_data::Task::from_name(&cfg.task)
+            .is_ok_and(|t| t.spec().metric == loraplus_data::MetricKind::PearsonSpearman);
+    if !correlations {
+        return Ok(());
+    }
+    if let Some((split, d)) = evals.iter().find(|(_, d)| d.len() < 2) {
+        return Err(bad_data(anyhow::anyhow!(
+            "the {split:?} evaluation set has {} row(s): pearson and spearman need at least 2 (a larger eval file, eval_limit or --limit)",
+            d.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The first `limit` rows of each evaluation set.
 pub fn limit_evals(
     evals: Vec<(Split, Arc<TokenizedDataset>)>,

@@ -173,13 +173,13 @@ pub fn discover_labels(path: &Path, column: &str, opts: ReadOptions) -> Result<V
 
 fn metric_of(name: Option<&str>, regression: bool) -> Result<MetricKind> {
     Ok(match (name, regression) {
-        (None, true) | (Some("pearson") | Some("spearman"), true) => MetricKind::PearsonSpearman,
+        (None, true) => MetricKind::PearsonSpearman,
         (None, false) | (Some("accuracy"), false) => MetricKind::Accuracy,
         (Some("f1"), false) => MetricKind::F1Accuracy,
         (Some("matthews") | Some("mcc"), false) => MetricKind::Matthews,
-        (Some(other), true) => {
-            bail!("field `metric`: a regression is scored by pearson/spearman, found {other:?}")
-        }
+        (Some(other), true) => bail!(
+            "field `metric` ({other:?}) is for classification: a regression reports pearson and spearman, and selects checkpoints, stops early and meets target_metric by combined_score, their mean (as GLUE's STS-B); leave `metric` out"
+        ),
         (Some(other), false) => bail!(
             "field `metric` must be accuracy, f1 (binary) or matthews (binary), found {other:?}"
         ),
