@@ -462,9 +462,14 @@ impl Encoder {
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(true));
         if max_seq_len <= added {
+            let single = tokenizer
+                .get_post_processor()
+                .map_or(0, |p| p.added_tokens(false));
             bail!(
-                "max_seq_len {max_seq_len} leaves no room for text: {source} adds {added} special \
-                 tokens to a sentence pair"
+                "max_seq_len {max_seq_len} is too short: {source} adds {added} special tokens to a \
+                 sentence pair ({single} to a single sentence), and the encoder is built for both; \
+                 give at least {}",
+                added + 1
             );
         }
         // The pad id the file declares (BERT: [PAD] = 0), else the [PAD] token, else 0: padding

@@ -287,7 +287,14 @@ impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+        if let Some(e) = ext.as_deref().filter(|e| !matches!(*e, "toml" | "json")) {
+            bail!(
+                "{}: a config file is TOML (.toml) or JSON (.json), found .{e}",
+                path.display()
+            );
+        }
+        let is_toml = ext.as_deref() == Some("toml");
         let cfg: TrainConfig = if is_toml {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         } else {
@@ -310,6 +317,11 @@ impl TrainConfig {
             bail!(
                 "field `dist_backend` is nccl, which reduces CUDA tensors, but `device` is {:?}: use device = \"cuda\" or dist_backend = \"gloo\"",
                 self.device
+            );
+        }
+        if self.task == "multiple-choice" {
+            bail!(
+                "task \"multiple-choice\" is for evaluation (`loraplus eval --task multiple-choice`), not training: train the causal LM with task = \"causal-lm\""
             );
         }
         if !crate::task::KINDS.contains(&self.task.as_str()) {
@@ -367,7 +379,7 @@ impl TrainConfig {
                 self.grad_accum
             );
         }
-        if self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()) {
+        if !(self.epochs > 0.0 && self.epochs.is_finite()) {
             bail!("field `epochs` must be positive, found {}", self.epochs);
         }
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
@@ -508,6 +520,11 @@ impl TrainConfig {
                     );
                 }
             }
+        }
+        if self.early_stopping_patience.is_some() && self.eval_every == 0 {
+            bail!(
+                "field `early_stopping_patience` needs evaluations during the run: set `eval_every` (--eval-every) above 0 (0 evaluates only at the end)"
+            );
         }
         usable_device(&self.device).context("field `device` (--device)")?;
         if crate::task::KINDS.contains(&self.task.as_str()) && self.train_file.is_none() {
@@ -857,6 +874,17 @@ mod tests {
                 }),
             ),
             (
+                "field `epochs` must be positive, found -1",
+                Box::new(|c| {
+                    c.max_steps = Some(5);
+                    c.epochs = -1.0
+                }),
+            ),
+            (
+                "is for evaluation (`loraplus eval --task multiple-choice`), not training",
+                Box::new(|c| c.task = "multiple-choice".into()),
+            ),
+            (
                 "task \"regression\" does not read `labels`",
                 Box::new(|c| {
                     c.task = "regression".into();
@@ -870,6 +898,26 @@ mod tests {
             let err = format!("{:#}", cfg.validate().unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn early_stopping_needs_evaluations_and_a_config_is_toml_or_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            early_stopping_patience: Some(2),
+            eval_every: 0,
+            output_dir: dir.path().join("out"),
+            ..TrainConfig::default()
+        };
+        let err = format!("{:#}", cfg.validate_for_training().unwrap_err());
+        assert!(err.contains("set `eval_every`"), "{err}");
+        let yaml = dir.path().join("c.yaml");
+        std::fs::write(&yaml, "task: sst2\n").unwrap();
+        let err = format!("{:#}", TrainConfig::from_file(&yaml).unwrap_err());
+        assert!(
+            err.contains("TOML (.toml) or JSON (.json), found .yaml"),
+            "{err}"
+        );
     }
 
     #[test]

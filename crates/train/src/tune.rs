@@ -108,7 +108,7 @@ impl TuneGrid {
         }
         if self.max_steps == 0 || self.min_steps == 0 {
             bail!(
-                "the step budget must be at least 1 (min {}, max {})",
+                "the step budget must be at least 1: --min-steps {}, --max-steps {}",
                 self.min_steps,
                 self.max_steps
             );

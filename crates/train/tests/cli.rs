@@ -1851,6 +1851,7 @@ fn a_malformed_row_fails_naming_its_line_unless_skip_malformed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("skipped 1 malformed row(s) of 17"), "{e}");
+    assert_eq!(e.matches("skipped").count(), 1, "said once: {e}");
     let names = std::fs::read_to_string(dir.path().join("skip/adapter/label_names.json")).unwrap();
     assert!(
         names.contains("\"neg\"") && names.contains("\"pos\""),

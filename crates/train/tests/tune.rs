@@ -177,6 +177,17 @@ fn bad_grids_exit_2_with_a_message() {
         assert!(text(&o).contains(needle), "{flag} {value}: {}", text(&o));
         assert!(!text(&o).contains("panicked"), "{}", text(&o));
     }
+    // A negative value after a space is a value, not a flag: the grid's own message.
+    let o = run(&["tune", "--config", &cfg, "--lrs", "-1e-3,1e-3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("positive") && !text(&o).contains("unexpected argument"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["tune", "--config", &cfg, "--min-steps", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--min-steps 0"), "{}", text(&o));
     let o = run(&["tune", "--config", &cfg, "--lrs", ""]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = run(&["tune", "--config", &cfg, "--max-steps", "0"]);

@@ -214,15 +214,7 @@ impl<'a> RowSink<'a> {
                 None => bail!("{}: no examples (empty file or header only)", self.origin),
             }
         }
-        if !self.skipped.is_empty() {
-            tracing::warn!(
-                "{}: skipped {} malformed rows (first at line {}: {})",
-                self.origin,
-                self.skipped.len(),
-                self.skipped[0].line,
-                self.skipped[0].reason
-            );
-        }
+        // The skipped rows are the caller's to report (`Dataset::skipped`), once.
         Ok(Dataset {
             examples: self.examples,
             origin: self.origin.to_string(),

@@ -369,7 +369,14 @@ fn print_summary(s: &RunSummary, plots: &[PathBuf]) {
         println!("dev: {}", e.describe());
     }
     if let (Some(b), Some(at)) = (s.best_metric, s.best_step) {
-        println!("best dev main metric: {b:.4} at step {at}");
+        let name = s
+            .final_eval
+            .as_ref()
+            .map_or("main metric", |e| e.main_name.as_str());
+        println!("best dev {name}: {b:.4} at step {at}");
+    }
+    if let Some(at) = s.target_reached_at {
+        println!("target_metric reached at step {at}");
     }
     println!("adapter: {}", s.adapter_dir.display());
     let best = s.output_dir.join(trainer::BEST_ADAPTER_DIR);
@@ -859,13 +866,14 @@ fn load_base(
 
 /// `path` can be written (before minutes of predictions are computed for it): opened for
 /// appending, and removed again when this made it.
-fn check_writable(path: &Path) -> Result<()> {
+fn check_writable(flag: &str, path: &Path) -> Result<()> {
     let existed = path.exists();
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
-        .with_context(|| format!("--output {} cannot be written", path.display()))?;
+        .with_context(|| format!("{flag} {} cannot be written", path.display()))
+        .map_err(UsageError::wrap)?;
     if !existed {
         let _ = std::fs::remove_file(path);
     }
@@ -982,6 +990,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 .collect();
             model::check_token_ids(&model, pad.0, &sets)?;
             if let Some(path) = &a.predictions {
+                check_writable("--predictions", path)?;
                 let seq = SequenceTask::from_config(&cfg).map_err(|_| {
                     UsageError::wrap(anyhow::anyhow!(
                         "--predictions is for classification and regression tasks"
@@ -1020,7 +1029,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 .output
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.tsv", seq.task.name)));
-            check_writable(&out)?;
+            check_writable("--output", &out)?;
             let data = seq.load_split(&cfg, &mdir, Split::Test)?;
             let (preds, _) = seq.predict(&model, &data, pad.0, &cfg, device)?;
             let mut text = String::from("index\tprediction\n");
@@ -1081,6 +1090,9 @@ fn eval_multiple_choice(a: &EvalArgs, cfg: &TrainConfig, device: tch::Device) ->
         ))
     })?;
     let rows = multiple_choice::read_rows(&path).map_err(UsageError::wrap)?;
+    if let Some(out) = &a.output {
+        check_writable("--output", out)?;
+    }
     let mut cfg = cfg.clone();
     if let Some(ad) = &a.adapter {
         model_from_adapter(&mut cfg, &adapter_dir(ad)?)?;

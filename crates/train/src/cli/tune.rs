@@ -22,10 +22,20 @@ pub struct TuneArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Learning rates of the A matrices, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1e-4,3e-4,1e-3,3e-3")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1e-4,3e-4,1e-3,3e-3",
+        allow_hyphen_values = true
+    )]
     pub lrs: Vec<f64>,
     /// LoRA+ ratios lr_B / lr_A, comma-separated (1 is plain LoRA).
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4,8,16,32",
+        allow_hyphen_values = true
+    )]
     pub ratios: Vec<f64>,
     /// Seeds of every trial (each cell's score is their mean; default: the config's seed,
     /// else 42).
@@ -98,9 +108,10 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     };
     grid.validate().map_err(UsageError::wrap)?;
     if let Some(h) = a.head_lr {
-        if !(h.is_finite() && h > 0.0) {
+        // 0 freezes the head, as `head_lr = 0` does in `train`.
+        if !(h.is_finite() && h >= 0.0) {
             return Err(UsageError::wrap(anyhow::anyhow!(
-                "--head-lr must be a positive number, found {h}"
+                "--head-lr must be a number >= 0, found {h}"
             )));
         }
     }

@@ -75,15 +75,20 @@ pub fn read_options(cfg: &TrainConfig) -> ReadOptions {
     }
 }
 
-/// Read one of the user's files through `mapping`.
+/// Read one of the user's files through `mapping`; rows skipped under `skip_malformed` are
+/// warned about.
 pub fn read_user_file(path: &Path, mapping: &ColumnMapping, opts: ReadOptions) -> Result<Dataset> {
-    let ds = match FileFormat::of(path)? {
+    let ds = read_quietly(path, mapping, opts)?;
+    warn_skipped(&path.display().to_string(), &ds);
+    Ok(ds)
+}
+
+fn read_quietly(path: &Path, mapping: &ColumnMapping, opts: ReadOptions) -> Result<Dataset> {
+    Ok(match FileFormat::of(path)? {
         FileFormat::Csv => read_csv(path, mapping, CsvOptions::default(), opts)?,
         FileFormat::Tsv => read_csv(path, mapping, CsvOptions { delimiter: b'\t' }, opts)?,
         FileFormat::Jsonl => read_jsonl(path, mapping, opts)?,
-    };
-    warn_skipped(&path.display().to_string(), &ds);
-    Ok(ds)
+    })
 }
 
 /// Rows skipped under `skip_malformed`: how many, and the first few with their reasons.
@@ -146,7 +151,8 @@ pub fn discover_labels(path: &Path, column: &str, opts: ReadOptions) -> Result<V
             }
             out
         }
-        _ => read_user_file(path, &ColumnMapping::single(column), opts)?
+        // The run reads the file again and says what it skipped then.
+        _ => read_quietly(path, &ColumnMapping::single(column), opts)?
             .examples
             .into_iter()
             .map(|e| e.text_a)
