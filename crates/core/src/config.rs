@@ -308,6 +308,21 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(bad!("r must be at least 1, found 0"));
         }
+        // Far above any layer's width (the update B A has rank min(in, out) at most); beyond it
+        // the sizes overflow libtorch's int64 dimensions or no allocation can succeed.
+        const MAX_RANK: usize = 1 << 20;
+        if let Some((what, r)) = std::iter::once(("r".to_string(), self.r))
+            .chain(
+                self.rank_pattern
+                    .iter()
+                    .map(|(k, r)| (format!("rank_pattern[{k:?}]"), *r)),
+            )
+            .find(|(_, r)| *r > MAX_RANK)
+        {
+            return Err(bad!(
+                "{what} is {r}, more than {MAX_RANK}: a LoRA rank is at most the layer's width"
+            ));
+        }
         if !self.lora_alpha.is_finite() {
             return Err(bad!("lora_alpha must be finite, found {}", self.lora_alpha));
         }
@@ -507,6 +522,15 @@ mod tests {
         assert!(e.chain().contains("use_dora"));
         let e = LoraConfig::from_json_str(r#"{"r": 0}"#).unwrap_err();
         assert!(e.chain().contains("r must be"));
+        // A rank no layer has (it wrapped to a negative dimension and panicked).
+        let e = LoraConfig::from_json_str(r#"{"r": 18446744073709551615}"#).unwrap_err();
+        assert!(
+            e.chain().contains("r is 18446744073709551615, more than"),
+            "{}",
+            e.chain()
+        );
+        let e = LoraConfig::from_json_str(r#"{"rank_pattern": {"q": 1099511627776}}"#).unwrap_err();
+        assert!(e.chain().contains("rank_pattern[\"q\"]"), "{}", e.chain());
         let e = LoraConfig::from_json_str(r#"{"init_lora_weights": "pissa"}"#).unwrap_err();
         assert!(e.chain().contains("init_lora_weights"));
     }

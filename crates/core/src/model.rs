@@ -338,7 +338,11 @@ impl LoraBuilder {
                 self.warned_rank = true;
             }
             let opts = (self.adapter_kind, layer.weight.device());
-            let (a, b) = init_linear(r as i64, fin, fout, init, opts);
+            let (a, b) = init_linear(r as i64, fin, fout, init, opts).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{name}: allocating the adapter (r {r}, {fin} in, {fout} out) failed: {e}"
+                ))
+            })?;
             let merged = self.record_adapter(
                 name,
                 &layer.weight,
@@ -638,22 +642,23 @@ fn init_linear(
     fout: i64,
     init: InitLoraWeights,
     opts: (Kind, Device),
-) -> (Tensor, Tensor) {
+) -> std::result::Result<(Tensor, Tensor), tch::TchError> {
     let _guard = tch::no_grad_guard();
     // kaiming_uniform_(a = sqrt(5)) on [r, in]: bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(in).
+    // Fallible allocations: a size no memory holds is an error, not a panic.
     let kaiming = |rows: i64, fan_in: i64| {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        Tensor::empty([rows, fan_in], opts).uniform_(-bound, bound)
+        Tensor::f_empty([rows, fan_in], opts)?.f_uniform_(-bound, bound)
     };
     let (a, b) = match init {
-        InitLoraWeights::Default => (kaiming(r, fin), Tensor::zeros([fout, r], opts)),
+        InitLoraWeights::Default => (kaiming(r, fin)?, Tensor::f_zeros([fout, r], opts)?),
         InitLoraWeights::Gaussian => (
-            Tensor::empty([r, fin], opts).normal_(0.0, 1.0 / r as f64),
-            Tensor::zeros([fout, r], opts),
+            Tensor::f_empty([r, fin], opts)?.f_normal_(0.0, 1.0 / r as f64)?,
+            Tensor::f_zeros([fout, r], opts)?,
         ),
-        InitLoraWeights::Random => (kaiming(r, fin), kaiming(fout, r)),
+        InitLoraWeights::Random => (kaiming(r, fin)?, kaiming(fout, r)?),
     };
-    (a.set_requires_grad(true), b.set_requires_grad(true))
+    Ok((a.set_requires_grad(true), b.set_requires_grad(true)))
 }
 
 /// Trainable / all parameter counts, as PEFT's `print_trainable_parameters`.

@@ -254,13 +254,15 @@ pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
                 );
             }
             let target = labels.to_kind(Kind::Int64).view([-1]);
-            Ok(logits.view([-1, num_labels]).cross_entropy_loss::<Tensor>(
-                &target,
-                None,
-                Reduction::Mean,
-                IGNORE_INDEX,
-                0.0,
-            ))
+            // Fallible: a class id outside 0..num_labels is an error (a panic otherwise).
+            logits
+                .view([-1, num_labels])
+                .f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, IGNORE_INDEX, 0.0)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "classification loss: the labels must be class ids in 0..{num_labels} (or {IGNORE_INDEX}): {e}"
+                    )
+                })
         }
         Head::CausalLm => {
             let lsz = labels.size();
@@ -274,13 +276,21 @@ pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             let labels = labels.to_kind(Kind::Int64);
             let pad = Tensor::full([lsz[0], 1], IGNORE_INDEX, (Kind::Int64, labels.device()));
             let shifted = Tensor::cat(&[labels.narrow(1, 1, lsz[1] - 1), pad], 1);
-            Ok(logits.view([-1, ls[2]]).cross_entropy_loss::<Tensor>(
-                &shifted.view([-1]),
-                None,
-                Reduction::Mean,
-                IGNORE_INDEX,
-                0.0,
-            ))
+            logits
+                .view([-1, ls[2]])
+                .f_cross_entropy_loss::<Tensor>(
+                    &shifted.view([-1]),
+                    None,
+                    Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "causal-LM loss: the labels must be token ids in 0..{} (or {IGNORE_INDEX}): {e}",
+                        ls[2]
+                    )
+                })
         }
     }
 }

@@ -516,6 +516,22 @@ impl TaskModel {
                 self.device
             );
         }
+        // Ids outside the vocabulary would fail inside the embedding (a panic on the CPU, a
+        // device assert on CUDA): checked where it costs no device synchronisation.
+        if input_ids.device() == tch::Device::Cpu {
+            let (lo, hi) = (
+                input_ids.min().int64_value(&[]),
+                input_ids.max().int64_value(&[]),
+            );
+            let vocab = self.config.vocab_size();
+            if lo < 0 || hi >= vocab {
+                bail!(
+                    "input_ids: token id {} is outside the vocabulary of {vocab} ids of this {}",
+                    if lo < 0 { lo } else { hi },
+                    self.config.model_type()
+                );
+            }
+        }
         if let Some(max) = self.config.max_positions() {
             if size[1] > max {
                 bail!(

@@ -227,4 +227,22 @@ fn bad_inputs_are_errors_not_panics() {
         .forward_t(&ids.to_kind(Kind::Float), &ids.ones_like(), None, false)
         .unwrap_err();
     assert!(format!("{e:#}").contains("int64"), "{e:#}");
+    // Ids outside the vocabulary, and a class id past the labels: errors (they panicked).
+    let vocab = model.config().vocab_size();
+    for bad in [vocab, -5] {
+        let ids = tch::Tensor::ones([2, 8], (Kind::Int64, tch::Device::Cpu)) * bad;
+        let e = model
+            .forward_t(&ids, &ids.ones_like(), None, false)
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains(&format!("token id {bad} is outside the vocabulary")),
+            "{e:#}"
+        );
+    }
+    let logits = model
+        .forward_t(&ids, &ids.ones_like(), None, false)
+        .unwrap();
+    let labels = tch::Tensor::from_slice(&[0i64, 7]);
+    let e = model.loss(&logits, &labels).unwrap_err();
+    assert!(format!("{e:#}").contains("class ids in 0..2"), "{e:#}");
 }
