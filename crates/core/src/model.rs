@@ -814,8 +814,10 @@ impl LoraModel {
     }
 
     /// Add scale * B A into every adapted base weight. With `safe`, a merge that would give
-    /// NaN or Inf is refused (and nothing after it is merged). A quantized base must be
-    /// [`Self::dequantize_base`]d first.
+    /// NaN or Inf is refused, and the layers merged before it are unmerged again: the model is
+    /// as it was. A quantized base must be [`Self::dequantize_base`]d first. In bf16/f16 a
+    /// merge and unmerge round the base weights (PEFT's do too); in f32 they restore it to
+    /// float error.
     pub fn merge(&self, safe: bool) -> Result<()> {
         if let Some(e) = self.quantized.iter().find(|e| e.quant.is_active()) {
             return Err(Error::InvalidArgument(format!(
@@ -825,8 +827,13 @@ impl LoraModel {
                 e.quant.scheme()
             )));
         }
-        for m in &self.merges {
-            m.merge(safe)?;
+        for (i, m) in self.merges.iter().enumerate() {
+            if let Err(e) = m.merge(safe) {
+                for done in &self.merges[..i] {
+                    done.unmerge()?;
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -181,6 +181,18 @@ fn safe_merge_refuses_non_finite_weights() {
         fc1.weight.equal(&w_before),
         "a refused merge must leave the weight alone"
     );
+
+    // A refusal at the second layer unmerges the first again: all or nothing.
+    let (_vs, fc1, fc2, lora) = mlp(random_config(4, 8.0, &["fc1", "fc2"]));
+    let w1 = fc1.weight.copy();
+    tch::no_grad(|| {
+        let b = &fc2.adapter.as_ref().unwrap().b;
+        let _ = b.shallow_clone().fill_(f64::INFINITY);
+    });
+    assert!(lora.merge(true).is_err());
+    assert!(!fc1.is_merged() && !fc2.is_merged() && !lora.is_merged());
+    let d = (&fc1.weight - &w1).abs().max().double_value(&[]);
+    assert!(d < 1e-6, "fc1 left merged by {d}");
 }
 
 #[test]

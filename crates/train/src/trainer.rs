@@ -38,15 +38,23 @@ pub const FINAL_ADAPTER_DIR: &str = "adapter";
 /// What a callback may ask of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Go on.
     Continue,
+    /// Stop after this step: the run writes a checkpoint and its adapter, as at its end
+    /// (a stop asked at an evaluation keeps that evaluation as the final one).
     Stop,
 }
 
-/// Hooks for library users: logging, custom stopping.
+/// Hooks for library users: logging, custom stopping. Under data parallelism every rank calls
+/// its callbacks with the same records, so a callback that decides from them stops every rank
+/// at the same step; one that decides from anything else (a clock, a file) must decide alike on
+/// every rank (the interrupt flag is the way to stop from outside: the ranks agree on it).
 pub trait Callback {
+    /// After every `log_every`-th step (and the last), with the mean loss since the last one.
     fn on_log(&mut self, _record: &TrainRecord) -> Control {
         Control::Continue
     }
+    /// After every evaluation (every `eval_every` steps, and the final one).
     fn on_eval(&mut self, _record: &EvalRecord) -> Control {
         Control::Continue
     }
@@ -55,24 +63,43 @@ pub trait Callback {
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    /// Optimizer steps done, resumed ones included.
     pub steps: usize,
+    /// Why the loop ended: the step budget, early stopping, a callback, an interrupt.
     pub stopped_because: String,
+    /// The last evaluation (none without evaluation data).
     pub final_eval: Option<EvalRecord>,
+    /// The best main dev metric and the step it was reached at (`best_adapter/` holds it).
     pub best_metric: Option<f64>,
     pub best_step: Option<usize>,
+    /// The first step at which `target_metric` was reached.
     pub target_reached_at: Option<usize>,
+    /// The final adapter (PEFT format).
     pub adapter_dir: PathBuf,
     pub output_dir: PathBuf,
+    /// Wall time of [`Trainer::train`] (this process's part of a resumed run).
     pub train_seconds: f64,
 }
 
 /// A configured run: built by [`Trainer::new`], run by [`Trainer::train`].
+///
+/// `new` reads the data, loads the model with its adapters and builds the optimizer from the
+/// config; changing `config` afterwards changes nothing of that (the step budget included):
+/// build a new `Trainer`. It reads the data-parallel environment (`RANK`, `WORLD_SIZE`, ... as
+/// torchrun sets them; [`crate::parallel::DataParallel::from_env`]): with them set, the run
+/// joins that process group. It seeds libtorch's global generator (see the README's library
+/// section): runs compared number for number belong in separate processes.
 pub struct Trainer {
+    /// The run's config, as resolved by `new` (absolute file paths, `max_seq_len`, classes).
     pub config: TrainConfig,
+    /// What is trained: the task's data, head, loss and metrics.
     pub task: Box<dyn TrainTask>,
     pub device: Device,
+    /// The model with its adapters injected.
     pub model: Model,
+    /// The adapters and trained modules of `model` (save, merge, parameter groups).
     pub lora: LoraModel,
+    /// LoRA+ AdamW over `lora`'s parameters.
     pub optimizer: Optimizer,
     train_loader: DataLoader,
     dev: Vec<(Split, Arc<TokenizedDataset>)>,
@@ -86,6 +113,7 @@ pub struct Trainer {
     pub parallel: Option<DataParallel>,
     interrupt: Arc<AtomicBool>,
     callbacks: Vec<Box<dyn Callback>>,
+    /// Draw the terminal progress bar (with the `progress` feature); default true.
     pub show_progress: bool,
 }
 
