@@ -111,7 +111,9 @@ pub struct TrainConfig {
     /// (examples, or target tokens for a causal LM), so the step's gradient is that of the
     /// mean loss over the whole global batch.
     pub batch_size: usize,
-    /// Micro-batches accumulated per optimizer step.
+    /// Micro-batches accumulated per optimizer step. An epoch's last step takes what is left of
+    /// the epoch (fewer micro-batches), as transformers' Trainer does: without
+    /// `bucket_multiplier`, accumulation trains what one batch of `batch_size` does.
     pub grad_accum: usize,
     /// Examples per evaluation batch.
     pub eval_batch_size: usize,
@@ -123,7 +125,10 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     /// Evaluate on only the first N dev examples (file order), for quick evaluations.
     pub eval_limit: Option<usize>,
-    /// Length-bucketed sampling window, in batches (None: off).
+    /// Length-bucketed sampling window, in batches (None: off): each window of
+    /// `bucket_multiplier` micro-batches is sorted by length and cut into micro-batches, whose
+    /// order is then shuffled. Buckets are formed per micro-batch, so with `grad_accum` > 1 a
+    /// step gathers micro-batches of other lengths than one batch of `batch_size` would hold.
     pub bucket_multiplier: Option<usize>,
     /// Evaluate every N optimizer steps (0: only at the end).
     pub eval_every: usize,
