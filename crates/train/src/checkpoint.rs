@@ -240,6 +240,47 @@ pub struct OutputDirInUse {
     pub newest: PathBuf,
 }
 
+/// The output directory cannot be created or written (a path under a file, no permission): the
+/// user's setting (the `loraplus` binary exits 2), said before anything loads.
+#[derive(Debug, thiserror::Error)]
+#[error("output_dir (--output-dir) {}: cannot be written: {reason}", .output_dir.display())]
+pub struct UnusableOutputDir {
+    pub output_dir: PathBuf,
+    pub reason: String,
+}
+
+/// Check that `output_dir` can be made and written, without making it: a file can be written in
+/// it, or in its nearest existing ancestor ([`UnusableOutputDir`]).
+pub fn check_output_dir(output_dir: &Path) -> Result<()> {
+    let unusable = |reason: String| UnusableOutputDir {
+        output_dir: output_dir.to_path_buf(),
+        reason,
+    };
+    let base = if output_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        output_dir
+    };
+    let existing = base
+        .ancestors()
+        .find(|a| a.as_os_str().is_empty() || a.exists())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(unusable(format!("{} is a file, not a folder", existing.display())).into());
+    }
+    let probe = existing.join(format!(".loraplus-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| unusable(format!("{}: {e}", existing.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Before a fresh run: refuse an output directory with checkpoints ([`OutputDirInUse`]), or,
 /// with `overwrite`, remove what an earlier run left there for a later step to find (its
 /// checkpoints, its best and final adapters; the metrics file is truncated when opened).

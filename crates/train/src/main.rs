@@ -144,6 +144,8 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<OutputDirInUse>().is_some()
+                || e.downcast_ref::<loraplus_train::checkpoint::UnusableOutputDir>()
+                    .is_some()
                 || e.downcast_ref::<ResumeMismatch>().is_some()
                 || e.downcast_ref::<NoCheckpoint>().is_some()
                 || e.downcast_ref::<loraplus_train::task::BadData>().is_some()

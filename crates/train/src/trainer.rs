@@ -193,6 +193,9 @@ impl Trainer {
         // The output folder of a fresh run, or the checkpoint of a resumed one, is checked
         // before data and model load.
         let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        if main {
+            checkpoint::check_output_dir(&config.output_dir)?;
+        }
         let resumed = match resume {
             None => {
                 if main {

@@ -110,6 +110,7 @@ fn config_errors_exit_2_with_a_clear_message() {
     let a_file = dir.path().join("a-file");
     std::fs::write(&a_file, "x").unwrap();
     let a_file = a_file.to_str().unwrap();
+    let under_a_file = format!("{a_file}/run");
     let flag_cases: &[(&[&str], &str)] = &[
         (
             &["eval", "--task", "sst2", "--limit", "0"],
@@ -118,6 +119,11 @@ fn config_errors_exit_2_with_a_clear_message() {
         (
             &["train", "--task", "sst2", "--output-dir", a_file],
             "is a file, not a folder",
+        ),
+        // A folder under a file cannot be made: said before the data and the model load.
+        (
+            &["train", "--task", "sst2", "--output-dir", &under_a_file],
+            "cannot be written",
         ),
         (
             &["train", "--task", "sst2", "--metric", "f1"],
