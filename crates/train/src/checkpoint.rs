@@ -159,14 +159,21 @@ pub fn abandon_after(
     state: &TrainerState,
 ) -> Result<Vec<usize>> {
     let root = checkpoints_dir(output_dir);
-    let same_dir = match (
-        resumed.parent().map(std::fs::canonicalize),
-        std::fs::canonicalize(&root),
-    ) {
-        (Some(Ok(a)), Ok(b)) => a == b,
-        _ => false,
-    };
-    if !same_dir {
+    if !in_output_dir(resumed, output_dir) {
+        // Resumed from another run's folder: its best adapter comes along (this folder holds
+        // nothing of that run; see `prepare_resume_elsewhere`).
+        let best = output_dir.join(crate::trainer::BEST_ADAPTER_DIR);
+        let from = state
+            .best_step
+            .zip(resumed.parent())
+            .map(|(s, p)| p.join(step_name(s)).join(ADAPTER_DIR))
+            .filter(|d| d.is_dir());
+        if let Some(from) = from {
+            std::fs::create_dir_all(output_dir)
+                .with_context(|| format!("creating {}", output_dir.display()))?;
+            remove_if_present(&best)?;
+            copy_files(&from, &best)?;
+        }
         return Ok(Vec::new());
     }
     let later: Vec<(usize, PathBuf)> = list(output_dir)?
@@ -190,6 +197,46 @@ pub fn abandon_after(
     }
     remove_if_present(&output_dir.join(crate::trainer::FINAL_ADAPTER_DIR))?;
     Ok(later.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Whether the checkpoint `checkpoint` is one of `output_dir`'s.
+pub fn in_output_dir(checkpoint: &Path, output_dir: &Path) -> bool {
+    match (
+        checkpoint.parent().map(std::fs::canonicalize),
+        std::fs::canonicalize(checkpoints_dir(output_dir)),
+    ) {
+        (Some(Ok(a)), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A run resumed from another folder's checkpoint into `output_dir`: a folder holding an
+/// earlier run's checkpoints or metrics is refused ([`OutputDirInUse`]: the two runs would mix,
+/// and a later `--resume` would find the other run's newest checkpoint), or, with `overwrite`,
+/// cleared of them.
+pub fn prepare_resume_elsewhere(output_dir: &Path, overwrite: bool) -> Result<()> {
+    let metrics = output_dir.join(crate::metrics_log::METRICS_FILE);
+    let found = list(output_dir)?;
+    if overwrite {
+        prepare_fresh(output_dir, true)?;
+        if metrics.exists() {
+            std::fs::remove_file(&metrics)
+                .with_context(|| format!("removing {}", metrics.display()))?;
+        }
+        return Ok(());
+    }
+    let newest = match found.last() {
+        Some((_, newest)) => Some(newest.clone()),
+        None => metrics.exists().then(|| metrics.clone()),
+    };
+    match newest {
+        Some(newest) => Err(OutputDirInUse {
+            output_dir: output_dir.to_path_buf(),
+            newest,
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 fn remove_if_present(dir: &Path) -> Result<()> {

@@ -204,13 +204,18 @@ impl Trainer {
                 None
             }
             Some(path) => {
-                if config.overwrite_output_dir && main {
+                let dir = checkpoint::resolve(path)?;
+                if main && !checkpoint::in_output_dir(&dir, &config.output_dir) {
+                    checkpoint::prepare_resume_elsewhere(
+                        &config.output_dir,
+                        config.overwrite_output_dir,
+                    )?;
+                } else if config.overwrite_output_dir && main {
                     tracing::warn!(
                         "overwrite_output_dir is ignored with --resume: the run continues, keeping what {} holds",
                         config.output_dir.display()
                     );
                 }
-                let dir = checkpoint::resolve(path)?;
                 let saved = checkpoint::read_state(&dir)?;
                 if config.max_seq_len.is_none() {
                     // The default the checkpoint's run resolved.

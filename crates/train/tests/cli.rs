@@ -1293,6 +1293,55 @@ fn resume_from_an_older_checkpoint_abandons_the_later_steps() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(checkpoints(), ["step-000003", "step-000004", "step-000005"]);
+
+    // Resumed into another folder that holds an earlier run: refused (the two runs would mix),
+    // unless told to overwrite it; the resumed run's best adapter comes along.
+    let other = dir.path().join("other");
+    let o = run(&[
+        "train",
+        "--config",
+        cfg,
+        "--no-progress",
+        "--output-dir",
+        other.to_str().unwrap(),
+        "--max-steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let into_other = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--config",
+            cfg,
+            "--no-progress",
+            "--output-dir",
+            other.to_str().unwrap(),
+            "--max-steps",
+            "6",
+            "--resume",
+        ];
+        let ck = out.join("checkpoints/step-000004");
+        let ck = ck.to_str().unwrap().to_string();
+        a.push(&ck);
+        a.extend(extra);
+        run(&a)
+    };
+    refused(&into_other(&[]), "holds checkpoints of an earlier run");
+    let o = into_other(&["--overwrite-output-dir"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut in_other: Vec<String> = std::fs::read_dir(other.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    in_other.sort();
+    assert!(
+        !in_other.contains(&"step-000002".to_string())
+            && in_other.contains(&"step-000006".to_string()),
+        "{in_other:?}"
+    );
+    assert!(other
+        .join("best_adapter/adapter_model.safetensors")
+        .is_file());
 }
 
 /// A fresh run into an output directory with an earlier run's checkpoints is refused (exit 2,
