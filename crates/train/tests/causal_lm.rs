@@ -811,7 +811,6 @@ fn llama_classifier_logits_equal_peft_on_padded_batches() {
 #[test]
 fn multiple_choice_accuracy_equals_the_python_reference() {
     let fx = Fixture::new();
-    let llama = fx.model("llama");
     let dir = tempfile::tempdir().unwrap();
     // lm-eval-harness' corner cases too: a question ending in spaces (they move to the
     // continuation), an empty question (the prefix token is the context), choices whose
@@ -838,14 +837,16 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
     }));
     let mc = dir.path().join("mc.jsonl");
     write_jsonl(&mc, &rows);
-    for max_len in [None, Some("20")] {
+    // Gemma: lm-eval's HFLM encodes with BOS for that family.
+    for (name, max_len) in [("llama", None), ("llama", Some("20")), ("gemma2", None)] {
+        let model = fx.model(name);
         let ours = dir.path().join("ours.json");
         let mut args = vec![
             "eval",
             "--task",
             "multiple-choice",
             "--model",
-            s(&llama),
+            s(&model),
             "--eval-file",
             s(&mc),
             "--output",
@@ -857,7 +858,7 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
         let out = ok(&args);
         assert!(out.contains("accuracy"), "{out}");
         let ref_out = dir.path().join("ref.json");
-        let mut ref_args = vec!["mc", s(&llama), "-", s(&mc), s(&ref_out)];
+        let mut ref_args = vec!["mc", s(&model), "-", s(&mc), s(&ref_out)];
         ref_args.extend(max_len);
         reference(&ref_args);
         let reference: Vec<serde_json::Value> =
@@ -886,7 +887,7 @@ fn multiple_choice_accuracy_equals_the_python_reference() {
             for (c, (g, w)) in got.iter().zip(&want_lp).enumerate() {
                 assert!(
                     (g - w).abs() < 1e-4,
-                    "max_len {max_len:?} row {i} choice {c}: {g} vs {w}"
+                    "{name} max_len {max_len:?} row {i} choice {c}: {g} vs {w}"
                 );
             }
             let pred = want_lp

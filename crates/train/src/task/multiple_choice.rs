@@ -5,7 +5,8 @@
 //! choice (`accuracy_norm`, lm-eval's `acc_norm`, which divides by `len(choice)`). An
 //! evaluation-only task.
 //!
-//! Tokenization follows lm-eval-harness' `HFLM` for causal models: no special tokens; spaces
+//! Tokenization follows lm-eval-harness' `HFLM` for causal models: no special tokens (but for
+//! the Gemma family, whose BOS HFLM adds: the tokenizer's special tokens); spaces
 //! that end the question move to the start of the continuation; the context is the question's
 //! tokens and the continuation the tokens of `question + continuation` past them; an empty
 //! question's context is the prefix token (BOS, else EOS) and its continuation is encoded
@@ -118,10 +119,13 @@ fn ids(v: Vec<u32>) -> Vec<i64> {
 }
 
 /// `(context ids, continuation ids)` of one choice (see the module's documentation).
+/// `special`: encode with the tokenizer's special tokens (lm-eval's `add_bos_token`, which it
+/// forces for the Gemma family).
 pub fn encode_pair(
     tok: &LmTokenizer,
     question: &str,
     choice: &str,
+    special: bool,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
     let trimmed = question.trim_end();
     let continuation = format!("{} {choice}", &question[trimmed.len()..]);
@@ -129,11 +133,11 @@ pub fn encode_pair(
         let prefix = tok.bos_id().unwrap_or(tok.eos_id());
         (
             vec![i64::from(prefix)],
-            ids(tok.encode(&continuation, false)?),
+            ids(tok.encode(&continuation, special)?),
         )
     } else {
-        let whole = ids(tok.encode(&format!("{trimmed}{continuation}"), false)?);
-        let context = ids(tok.encode(trimmed, false)?);
+        let whole = ids(tok.encode(&format!("{trimmed}{continuation}"), special)?);
+        let context = ids(tok.encode(trimmed, special)?);
         let n = context.len().min(whole.len());
         (context, whole[n..].to_vec())
     };
@@ -192,10 +196,12 @@ pub fn evaluate(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // lm-eval's HFLM adds the BOS token for the Gemma family ("Gemma underperforms without it").
+    let special = model.config().model_type().contains("gemma");
     let mut items = Vec::new();
     for r in &rows {
         for c in &r.choices {
-            let item = encode_pair(tok, &r.question, c).and_then(|it| match max_len {
+            let item = encode_pair(tok, &r.question, c, special).and_then(|it| match max_len {
                 Some(m) => truncate(it, m),
                 None => Ok(it),
             });

@@ -100,6 +100,8 @@ def mc(model_dir, adapter, path, out, max_length=None):
     if max_length is None:
         max_length = model.config.max_position_embeddings
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    # HFLM forces add_bos_token for the Gemma family: tok_encode then adds special tokens.
+    special = "gemma" in getattr(model.config, "model_type", "")
     rows = [json.loads(l) for l in open(path) if l.strip()]
     result = []
     for r in rows:
@@ -111,10 +113,10 @@ def mc(model_dir, adapter, path, out, max_length=None):
                 cont = context[-n_spaces:] + cont
                 context = context[:-n_spaces]
             if context == "":
-                ctx, cont_ids = [prefix], tok(cont, add_special_tokens=False)["input_ids"]
+                ctx, cont_ids = [prefix], tok(cont, add_special_tokens=special)["input_ids"]
             else:
-                whole = tok(context + cont, add_special_tokens=False)["input_ids"]
-                ctx = tok(context, add_special_tokens=False)["input_ids"]
+                whole = tok(context + cont, add_special_tokens=special)["input_ids"]
+                ctx = tok(context, add_special_tokens=special)["input_ids"]
                 cont_ids = whole[len(ctx):]
             full = (ctx + cont_ids)[-(max_length + 1):]
             inp = torch.tensor([full[:-1]])
