@@ -294,19 +294,41 @@ fn search_identity(base: &TrainConfig, head_lr: f64) -> Result<serde_json::Value
     let mut v = serde_json::to_value(&c)?;
     // The data files' bytes: a file edited in place is another search (its trials are not
     // this data's results).
-    let mut data = serde_json::Map::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
     for (key, file) in [
         ("train_file", &base.train_file),
         ("eval_file", &base.eval_file),
     ] {
         if let Some(f) = file {
-            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            let digest: String = sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            data.insert(key.into(), digest.into());
+            files.push((key.to_string(), f.clone()));
         }
+    }
+    // A GLUE task: its train and dev files under the GLUE folder.
+    if let Ok(task) = loraplus_data::Task::from_name(&base.task) {
+        let spec = task.spec();
+        let glue = base
+            .glue_dir
+            .clone()
+            .unwrap_or_else(loraplus_data::paths::glue_dir);
+        for f in spec
+            .files
+            .iter()
+            .filter(|f| f.split != loraplus_data::Split::Test)
+        {
+            let path = glue.join(spec.folder).join(f.file);
+            if path.is_file() {
+                files.push((format!("{}/{}", spec.folder, f.file), path));
+            }
+        }
+    }
+    let mut data = serde_json::Map::new();
+    for (key, f) in files {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let digest: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        data.insert(key, digest.into());
     }
     v[DATA_KEY] = data.into();
     Ok(v)
@@ -418,5 +440,23 @@ mod tests {
         std::fs::write(&csv, "text,label\na,neg\nb,pos\n").unwrap();
         let e = check_same_search(&root, &cfg, 1e-3).unwrap_err();
         assert!(format!("{e:#}").contains("data_sha256.train_file"), "{e:#}");
+
+        // A GLUE task's files, under its glue_dir.
+        let glue = dir.path().join("glue");
+        std::fs::create_dir_all(glue.join("SST-2")).unwrap();
+        for f in ["train.tsv", "dev.tsv"] {
+            std::fs::write(glue.join("SST-2").join(f), "sentence\tlabel\ngood\t1\n").unwrap();
+        }
+        let sst2 = TrainConfig {
+            task: "sst2".into(),
+            glue_dir: Some(glue.clone()),
+            ..TrainConfig::default()
+        };
+        let root = dir.path().join("glue-search");
+        std::fs::create_dir_all(&root).unwrap();
+        check_same_search(&root, &sst2, 1e-3).unwrap();
+        std::fs::write(glue.join("SST-2/dev.tsv"), "sentence\tlabel\ngood\t0\n").unwrap();
+        let e = check_same_search(&root, &sst2, 1e-3).unwrap_err();
+        assert!(format!("{e:#}").contains("SST-2/dev.tsv"), "{e:#}");
     }
 }
