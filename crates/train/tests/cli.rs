@@ -1116,6 +1116,75 @@ fn glue_runs_lora_and_loraplus_side_by_side_from_a_json_config() {
     }
 }
 
+/// `glue --reuse` takes a finished run only if it trained on the rows the task has now: a
+/// training file edited since (labels flipped) is refused, naming the run.
+#[test]
+fn glue_reuse_refuses_a_run_trained_on_other_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let glue = dir.path().join("glue");
+    std::fs::create_dir_all(glue.join("SST-2")).unwrap();
+    let real = std::path::PathBuf::from(
+        std::env::var("GLUE_DIR").unwrap_or_else(|_| "../shared/glue".into()),
+    );
+    let real = if real.is_absolute() {
+        real
+    } else {
+        repo().join(real)
+    };
+    for (f, n) in [("train.tsv", 65), ("dev.tsv", 33)] {
+        let text = std::fs::read_to_string(real.join("SST-2").join(f)).unwrap();
+        let head: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(glue.join("SST-2").join(f), head.join("\n") + "\n").unwrap();
+    }
+    let cfg = tiny_config(dir.path(), "");
+    let out = dir.path().join("grid");
+    let run_glue = |extra: &[&str]| {
+        bin()
+            .env("GLUE_DIR", &glue)
+            .args([
+                "glue",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--tasks",
+                "sst2",
+                "--ratios",
+                "1",
+                "--seeds",
+                "1",
+                "--max-steps",
+                "1",
+                "--output-dir",
+                out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run_glue(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_glue(&["--reuse"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("reusing"), "{}", stderr(&o));
+    let train = glue.join("SST-2/train.tsv");
+    let flipped: String = std::fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = if i == 0 {
+                l.to_string()
+            } else if let Some(s) = l.strip_suffix('0') {
+                format!("{s}1")
+            } else {
+                format!("{}0", &l[..l.len() - 1])
+            };
+            l + "\n"
+        })
+        .collect();
+    std::fs::write(&train, flipped).unwrap();
+    refused(&run_glue(&["--reuse"]), "was trained on other data");
+}
+
 /// Without --seeds, `glue` trains with the config's seed (it trained seed 42 whatever the
 /// config said).
 #[test]

@@ -90,6 +90,23 @@ fn check_reusable(cfg: &TrainConfig) -> Result<()> {
             differ.join("; ")
         );
     }
+    // The same settings on other data (the task's files edited since): not this grid's result.
+    if let Some(recorded) = &saved.train_data_sha256 {
+        let mut c = cfg.clone();
+        if c.max_seq_len.is_none() {
+            c.max_seq_len = saved.config.max_seq_len;
+        }
+        let task = crate::task::from_config(&c)?;
+        let mdir = crate::model::model_dir(&c)?;
+        let data = crate::task::load_data(task.as_ref(), &c, &mdir)?;
+        if data.train.content_sha256() != *recorded {
+            anyhow::bail!(
+                "--reuse: {} was trained on other data: the task's training rows differ from the ones its checkpoint records ({}). Remove the folder to train it again, or leave --reuse out to train every run again",
+                out.display(),
+                ckpt.join(checkpoint::TRAINER_STATE).display()
+            );
+        }
+    }
     Ok(())
 }
 
