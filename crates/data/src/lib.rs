@@ -52,7 +52,7 @@ pub use reader::{
 };
 pub use task::{MetricKind, Split, Task, TaskSpec};
 pub use tokenize::{
-    CacheStatus, Encoder, Labels, LmExample, TokenizedDataset, TokenizedExample,
+    sha256_hex, CacheStatus, Encoder, Labels, LmExample, TokenizedDataset, TokenizedExample,
     DEFAULT_MAX_SEQ_LEN, IGNORE_INDEX,
 };
 

@@ -519,10 +519,9 @@ impl TaskModel {
         // Ids outside the vocabulary would fail inside the embedding (a panic on the CPU, a
         // device assert on CUDA): checked where it costs no device synchronisation.
         if input_ids.device() == tch::Device::Cpu {
-            let (lo, hi) = (
-                input_ids.min().int64_value(&[]),
-                input_ids.max().int64_value(&[]),
-            );
+            // One pass over the ids for both ends.
+            let (lo, hi) = input_ids.aminmax(None::<i64>, false);
+            let (lo, hi) = (lo.int64_value(&[]), hi.int64_value(&[]));
             let vocab = self.config.vocab_size();
             if lo < 0 || hi >= vocab {
                 bail!(

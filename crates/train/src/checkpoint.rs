@@ -147,49 +147,44 @@ pub fn prune(output_dir: &Path, keep_last: usize, keep_step: Option<usize>) -> R
     Ok(())
 }
 
-/// A run resumed from an older checkpoint than the newest in its output directory abandons the
-/// steps after it: their checkpoints are removed (`--resume <output_dir>` would take the newest,
-/// and pruning, which keeps the highest steps, would remove this run's instead), and so are the
-/// adapters they wrote: `best_adapter` goes back to the resumed state's best (copied from the
-/// best step's checkpoint; removed when there is none) and the final adapter is removed until
-/// this run writes its own. Returns the abandoned steps (none: nothing is touched).
+/// The output directory of a run resumed from `resumed` holds that state's files, and nothing
+/// of steps after it:
+/// - resumed from an older checkpoint than the newest in `output_dir`, the run abandons the
+///   steps after it: their checkpoints are removed (`--resume <output_dir>` would take the
+///   newest, and pruning, which keeps the highest steps, would remove this run's instead);
+/// - resumed from another run's folder (which holds nothing else: see
+///   [`prepare_resume_elsewhere`]), that run's best adapter comes along.
+///
+/// In both cases `best_adapter` becomes the resumed state's best (copied from the best step's
+/// checkpoint beside `resumed`; none when there is none) and the final adapter is removed until
+/// this run writes its own. Returns the abandoned steps; a plain resume touches nothing.
 pub fn abandon_after(
     output_dir: &Path,
     resumed: &Path,
     state: &TrainerState,
 ) -> Result<Vec<usize>> {
-    let root = checkpoints_dir(output_dir);
-    if !in_output_dir(resumed, output_dir) {
-        // Resumed from another run's folder: its best adapter comes along (this folder holds
-        // nothing of that run; see `prepare_resume_elsewhere`).
-        let best = output_dir.join(crate::trainer::BEST_ADAPTER_DIR);
-        let from = state
-            .best_step
-            .zip(resumed.parent())
-            .map(|(s, p)| p.join(step_name(s)).join(ADAPTER_DIR))
-            .filter(|d| d.is_dir());
-        if let Some(from) = from {
-            std::fs::create_dir_all(output_dir)
-                .with_context(|| format!("creating {}", output_dir.display()))?;
-            remove_if_present(&best)?;
-            copy_files(&from, &best)?;
-        }
-        return Ok(Vec::new());
-    }
-    let later: Vec<(usize, PathBuf)> = list(output_dir)?
-        .into_iter()
-        .filter(|(s, _)| *s > state.step)
-        .collect();
-    if later.is_empty() {
+    let here = in_output_dir(resumed, output_dir);
+    let later: Vec<(usize, PathBuf)> = if here {
+        list(output_dir)?
+            .into_iter()
+            .filter(|(s, _)| *s > state.step)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if here && later.is_empty() {
         return Ok(Vec::new());
     }
     for (_, path) in &later {
         std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
     }
+    std::fs::create_dir_all(output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
     let best = output_dir.join(crate::trainer::BEST_ADAPTER_DIR);
     let kept = state
         .best_step
-        .map(|s| root.join(step_name(s)).join(ADAPTER_DIR))
+        .zip(resumed.parent())
+        .map(|(s, root)| root.join(step_name(s)).join(ADAPTER_DIR))
         .filter(|d| d.is_dir());
     remove_if_present(&best)?;
     if let Some(from) = kept {
@@ -303,21 +298,10 @@ pub fn check_output_dir(output_dir: &Path) -> Result<()> {
         output_dir: output_dir.to_path_buf(),
         reason,
     };
-    let base = if output_dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        output_dir
-    };
-    let existing = base
+    // A relative path with no existing part is made in the working folder.
+    let existing = output_dir
         .ancestors()
-        .find(|a| a.as_os_str().is_empty() || a.exists())
-        .map(|a| {
-            if a.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                a
-            }
-        })
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
         .unwrap_or(Path::new("."));
     if !existing.is_dir() {
         return Err(unusable(format!("{} is a file, not a folder", existing.display())).into());

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::minilm_without_dropout;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -28,28 +31,6 @@ fn ok(o: Output, what: &str) {
         o.status.code(),
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-/// MiniLM with its dropout off (same weights): a 1-rank and a 2-rank run then see the same
-/// function, whatever masks each would draw.
-fn minilm_without_dropout(dir: &Path) -> PathBuf {
-    let src = repo().join(".venv/minilm");
-    let out = dir.join("minilm");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        let name = f.file_name().unwrap().to_owned();
-        if name == "config.json" {
-            let mut cfg: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-            cfg["hidden_dropout_prob"] = 0.0.into();
-            cfg["attention_probs_dropout_prob"] = 0.0.into();
-            std::fs::write(out.join(name), cfg.to_string()).unwrap();
-        } else if f.is_file() {
-            std::os::unix::fs::symlink(std::fs::canonicalize(&f).unwrap(), out.join(name)).unwrap();
-        }
-    }
-    out
 }
 
 fn glue_config(dir: &Path, model: &Path, extra: &str) -> PathBuf {

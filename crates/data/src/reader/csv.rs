@@ -128,25 +128,11 @@ pub fn parse_csv(
         let spans_lines = record.iter().any(|f| f.contains(&b'\n'));
         // A quote that opens a field and never closes takes the rest of the file into that
         // field: the record ends at the end of the file holding an odd number of quotes.
-        if spans_lines
-            && rdr.position().byte() as usize >= body.len()
-            && body[start.min(body.len())..]
-                .iter()
-                .filter(|&&b| b == b'"')
-                .count()
-                % 2
-                == 1
-        {
-            let last = line_at
-                + body[start.min(body.len())..]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
-            let last = if body.ends_with(b"\n") {
-                last - 1
-            } else {
-                last
-            };
+        let rest = &body[start.min(body.len())..];
+        let count = |byte: u8| rest.iter().filter(|&&b| b == byte).count();
+        if spans_lines && rdr.position().byte() as usize >= body.len() && count(b'"') % 2 == 1 {
+            // The record's lines, but for the file's final newline.
+            let last = line_at + count(b'\n') - usize::from(rest.ends_with(b"\n"));
             bail!(
                 "{origin}: line {line}: a quoted field opened on this line is never closed: a \" at the start of a field runs to the next \", here to the end of the file, so lines {line}-{last} became one row; close the quote (a quote inside a quoted field is written \"\") or remove it"
             );

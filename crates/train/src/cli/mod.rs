@@ -582,29 +582,37 @@ fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
     }
     let d = &a.data;
     let mut taken: Vec<String> = Vec::new();
-    let mut take = |what: &str, flag: &str, value: String| {
-        taken.push(format!("{what} {value} ({flag} sets another)"));
-    };
-    if let (None, Some(n)) = (a.max_seq_len, run.max_seq_len) {
-        take("max_seq_len", "--max-seq-len", n.to_string());
-        cfg.max_seq_len = Some(n);
+    // The run's value of a setting no flag gave (`given`), where it differs from eval's.
+    macro_rules! adopt {
+        ($given:expr, $field:ident) => {
+            if !$given && run.$field != cfg.$field {
+                taken.push(format!(
+                    "{} {}",
+                    stringify!($field),
+                    serde_json::to_string(&run.$field).unwrap_or_default()
+                ));
+                cfg.$field = run.$field.clone();
+            }
+        };
     }
-    if a.batch_size.is_none() {
-        take(
-            "eval_batch_size",
-            "--batch-size",
-            run.eval_batch_size.to_string(),
-        );
-        cfg.eval_batch_size = run.eval_batch_size;
-    }
-    if a.dtype.is_none() && run.dtype != cfg.dtype {
-        take("dtype", "--dtype", run.dtype.clone());
-        cfg.dtype = run.dtype.clone();
-    }
+    // (A checkpoint from before max_seq_len was recorded leaves eval's default.)
+    adopt!(
+        a.max_seq_len.is_some() || run.max_seq_len.is_none(),
+        max_seq_len
+    );
+    adopt!(a.batch_size.is_some(), eval_batch_size);
+    adopt!(a.dtype.is_some(), dtype);
+    adopt!(d.text_column.is_some(), text_column);
+    adopt!(d.text_pair_column.is_some(), text_pair_column);
+    adopt!(d.label_column.is_some(), label_column);
+    adopt!(d.metric.is_some(), metric);
+    adopt!(d.format.is_some(), format);
+    adopt!(d.skip_malformed, skip_malformed);
+    adopt!(false, too_long);
     // The run's evaluation file, where it still is (else eval asks for --eval-file).
     match (&d.eval_file, &run.eval_file) {
         (None, Some(f)) if f.is_file() => {
-            take("eval_file", "--eval-file", f.display().to_string());
+            taken.push(format!("eval_file {}", f.display()));
             cfg.eval_file = Some(f.clone());
         }
         (None, Some(f)) => tracing::warn!(
@@ -614,44 +622,11 @@ fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
         ),
         _ => {}
     }
-    if d.text_column.is_none() && run.text_column != cfg.text_column {
-        take(
-            "text_column",
-            "--text-column",
-            format!("{:?}", run.text_column),
-        );
-        cfg.text_column = run.text_column.clone();
-    }
-    if let (None, Some(c)) = (&d.text_pair_column, &run.text_pair_column) {
-        take("text_pair_column", "--text-pair-column", format!("{c:?}"));
-        cfg.text_pair_column = Some(c.clone());
-    }
-    if d.label_column.is_none() && run.label_column != cfg.label_column {
-        take(
-            "label_column",
-            "--label-column",
-            format!("{:?}", run.label_column),
-        );
-        cfg.label_column = run.label_column.clone();
-    }
-    if let (None, Some(m)) = (&d.metric, &run.metric) {
-        take("metric", "--metric", m.clone());
-        cfg.metric = Some(m.clone());
-    }
-    if let (None, Some(f)) = (&d.format, &run.format) {
-        take("format", "--format", f.clone());
-        cfg.format = Some(f.clone());
-    }
-    if !d.skip_malformed && run.skip_malformed {
-        taken.push("skip_malformed".into());
-        cfg.skip_malformed = true;
-    }
-    if run.too_long != cfg.too_long {
-        taken.push(format!("too_long {}", run.too_long));
-        cfg.too_long = run.too_long.clone();
-    }
     if !taken.is_empty() {
-        tracing::info!("as the adapter's run: {}", taken.join(", "));
+        tracing::info!(
+            "as the adapter's run (flags set others): {}",
+            taken.join(", ")
+        );
     }
     warn_full_precision(
         &run,

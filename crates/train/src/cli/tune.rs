@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sha2::Digest;
 
 use crate::cli::{Overrides, UsageError};
 use crate::config::TrainConfig;
@@ -324,11 +323,7 @@ fn search_identity(base: &TrainConfig, head_lr: f64) -> Result<serde_json::Value
     let mut data = serde_json::Map::new();
     for (key, f) in files {
         let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        let digest: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        data.insert(key, digest.into());
+        data.insert(key, loraplus_data::sha256_hex(&bytes).into());
     }
     v[DATA_KEY] = data.into();
     Ok(v)

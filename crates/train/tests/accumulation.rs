@@ -3,7 +3,10 @@
 //! the trainer seeds libtorch's global generator, so runs compared number for number must not
 //! share a process with other tests' runs (the harness runs tests in parallel threads).
 
-use loraplus::train::{TrainConfig, Trainer};
+mod common;
+
+use common::minilm_without_dropout;
+use loraplus_train::{TrainConfig, Trainer};
 
 fn tiny(dir: &std::path::Path) -> TrainConfig {
     let mut c = TrainConfig {
@@ -17,27 +20,6 @@ fn tiny(dir: &std::path::Path) -> TrainConfig {
     };
     c.lora.r = 4;
     c
-}
-
-/// MiniLM with its own dropout off, beside `dir` (the weights linked, not copied).
-fn minilm_without_dropout(dir: &std::path::Path) -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/minilm");
-    let out = dir.join("minilm");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        let name = f.file_name().unwrap().to_owned();
-        if name == "config.json" {
-            let mut cfg: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-            cfg["hidden_dropout_prob"] = 0.0.into();
-            cfg["attention_probs_dropout_prob"] = 0.0.into();
-            std::fs::write(out.join(name), cfg.to_string()).unwrap();
-        } else if f.is_file() {
-            std::os::unix::fs::symlink(std::fs::canonicalize(&f).unwrap(), out.join(name)).unwrap();
-        }
-    }
-    out
 }
 
 /// Accumulating 4 micro-batches of 4 trains what one batch of 16 does, across an epoch that
@@ -62,7 +44,7 @@ fn accumulation_equals_one_big_batch_across_an_uneven_epoch() {
         let mut t = Trainer::new(cfg, None).unwrap();
         t.show_progress = false;
         let s = t.train().unwrap();
-        let mut a = loraplus::core::read_safetensors(
+        let mut a = loraplus_core::read_safetensors(
             &dir.path()
                 .join(name)
                 .join("adapter/adapter_model.safetensors"),
