@@ -120,6 +120,10 @@ impl LoraLinear {
     }
 
     /// Forward over any number of leading dimensions; dropout only when `train`.
+    ///
+    /// # Panics
+    /// When libtorch refuses `x`: a last dimension other than [`Self::in_features`], or another
+    /// dtype than the weight's. [`Self::try_forward_t`] checks both and returns an error.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = self.base_forward(x);
         match self.active_adapter() {
@@ -128,9 +132,40 @@ impl LoraLinear {
         }
     }
 
-    /// The forward pass in eval mode (no dropout).
+    /// The forward pass in eval mode (no dropout). Panics as [`Self::forward_t`] does.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.forward_t(x, false)
+    }
+
+    /// [`Self::forward_t`] for an input the caller does not control: a last dimension other
+    /// than [`Self::in_features`] is [`Error::ShapeMismatch`], another dtype than the layer
+    /// computes in is [`Error::UnsupportedDtype`], instead of a panic.
+    pub fn try_forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let shape = x.size();
+        let in_features = self.in_features();
+        if shape.last() != Some(&in_features) {
+            let mut expected = shape.clone();
+            match expected.last_mut() {
+                Some(last) => *last = in_features,
+                None => expected.push(in_features),
+            }
+            return Err(Error::ShapeMismatch {
+                what: format!("the input of {}", self.name),
+                found: shape,
+                expected,
+                hint: format!(" (any leading dimensions, then in_features={in_features})"),
+            });
+        }
+        // A quantized layer's stand-in weight has the dtype it computes in too.
+        let kind = self.weight.kind();
+        if x.kind() != kind {
+            return Err(Error::UnsupportedDtype(format!(
+                "the input of {} is {:?}, the layer computes in {kind:?}",
+                self.name,
+                x.kind()
+            )));
+        }
+        Ok(self.forward_t(x, train))
     }
 
     /// Is the adapter merged into the base weight?
@@ -678,5 +713,50 @@ mod tests {
         let mut moved = layers[2].weight.shallow_clone();
         moved.set_data(&layers[2].weight.copy());
         assert!(!fused.is_fused(&refs, 0) && fused.is_fused(&refs[..2], 0));
+    }
+    /// An input of the wrong width or dtype is a typed error, naming the layer; a right one
+    /// gives `forward_t`'s values (Conv1D layout too).
+    #[test]
+    fn try_forward_checks_width_and_dtype() {
+        let (_, layers, _) = members(4.0, None);
+        let x = Tensor::randn([2, 3, 6], (Kind::Float, Device::Cpu));
+        let y = layers[0].try_forward_t(&x, false).unwrap();
+        assert_eq!(
+            f64::try_from((y - layers[0].forward_t(&x, false)).abs().max()).unwrap(),
+            0.0
+        );
+        let wide = Tensor::randn([2, 7], (Kind::Float, Device::Cpu));
+        match layers[0].try_forward_t(&wide, false) {
+            Err(Error::ShapeMismatch {
+                what,
+                found,
+                expected,
+                ..
+            }) => {
+                assert_eq!(what, "the input of q");
+                assert_eq!((found, expected), (vec![2, 7], vec![2, 6]));
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+        let scalar = Tensor::from(1.0f32);
+        assert!(matches!(
+            layers[0].try_forward_t(&scalar, false),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let double = x.to_kind(Kind::Double);
+        let err = layers[0].try_forward_t(&double, false).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedDtype(_)), "{err}");
+        assert!(
+            err.to_string().contains("the input of q is Double"),
+            "{err}"
+        );
+        let conv = LoraLinear::plain(
+            "c_attn",
+            Tensor::randn([6, 4], (Kind::Float, Device::Cpu)),
+            None,
+            WeightLayout::InOut,
+        );
+        assert_eq!(conv.try_forward_t(&x, false).unwrap().size(), [2, 3, 4]);
+        assert!(conv.try_forward_t(&wide, false).is_err());
     }
 }

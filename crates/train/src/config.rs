@@ -98,7 +98,9 @@ pub struct TrainConfig {
     /// torchrun): `auto` (default: NCCL for CUDA where this build has it, else Gloo), `gloo`
     /// (also with CUDA tensors, e.g. several ranks sharing one GPU) or `nccl` (CUDA only). Named
     /// explicitly, it also builds a group of one rank (to measure the collectives' cost);
-    /// `auto` trains a world of one without a group.
+    /// `auto` trains a world of one without a group. `none` trains alone and ignores the
+    /// launcher variables (`RANK`, `WORLD_SIZE`, ...), for a program whose environment sets them
+    /// for something else.
     pub dist_backend: String,
     /// Tokens per example after truncation (longest first). Unset: 64 for classification and
     /// regression, and for `causal-lm` / `multiple-choice` 1024 (TRL's default), or the model's
@@ -312,9 +314,12 @@ impl TrainConfig {
 
     /// Check every value that can be wrong on its own.
     pub fn validate(&self) -> Result<()> {
-        if !matches!(self.dist_backend.as_str(), "auto" | "gloo" | "nccl") {
+        if !matches!(
+            self.dist_backend.as_str(),
+            "auto" | "gloo" | "nccl" | "none"
+        ) {
             bail!(
-                "field `dist_backend` (--dist-backend) must be auto, gloo or nccl, found {:?}",
+                "field `dist_backend` (--dist-backend) must be auto, gloo, nccl or none, found {:?}",
                 self.dist_backend
             );
         }

@@ -85,6 +85,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             a.overrides.apply(&mut cfg);
             // A bad config is refused once here, not by every rank.
             cfg.validate_for_training().map_err(UsageError::wrap)?;
+            if cfg.dist_backend == "none" {
+                return Err(UsageError::wrap(anyhow::anyhow!(
+                    "--nproc-per-node {} starts ranks, but dist_backend is none (train alone):                      drop one of them",
+                    a.nproc_per_node
+                )));
+            }
             cfg.per_rank_batch(a.nproc_per_node)
                 .map_err(UsageError::wrap)?;
             loraplus_train::model::model_dir(&cfg)?;

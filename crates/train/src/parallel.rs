@@ -58,13 +58,14 @@ impl std::fmt::Debug for DataParallel {
 impl DataParallel {
     /// The run's group when a launcher started this process in a world of 2 or more (or of
     /// one, with a backend named explicitly); `None` otherwise. `backend` is the config's
-    /// `dist_backend`: `auto` picks NCCL on CUDA where it is built, else Gloo.
+    /// `dist_backend`: `auto` picks NCCL on CUDA where it is built, else Gloo; `none` gives
+    /// `None` without reading the environment.
     pub fn from_env(
         device: Device,
         backend: &str,
         timeout: Duration,
     ) -> Result<Option<DataParallel>> {
-        if !DistEnv::is_present() {
+        if backend == "none" || !DistEnv::is_present() {
             return Ok(None);
         }
         let env = DistEnv::from_env()?;
@@ -80,7 +81,9 @@ impl DataParallel {
             ("nccl", other) => {
                 bail!("dist_backend is nccl, which reduces CUDA tensors; the device is {other:?}")
             }
-            (other, _) => bail!("dist_backend must be auto, gloo or nccl, found {other:?}"),
+            (other, _) => {
+                bail!("dist_backend must be auto, gloo, nccl or none, found {other:?}")
+            }
         };
         let pg = ProcessGroup::from_env(backend, timeout).with_context(|| {
             format!(

@@ -602,7 +602,7 @@ fn a_named_backend_builds_a_group_of_one_that_changes_nothing() {
     for (flags, expected) in [
         (
             vec!["--dist-backend", "mpi"],
-            "must be auto, gloo or nccl, found \"mpi\"",
+            "must be auto, gloo, nccl or none, found \"mpi\"",
         ),
         (
             vec!["--dist-backend", "nccl"],
@@ -614,6 +614,51 @@ fn a_named_backend_builds_a_group_of_one_that_changes_nothing() {
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
         assert!(err.contains(expected), "{flags:?}: {err}");
     }
+}
+
+/// `--dist-backend none` trains alone whatever the environment says: a `RANK` set for something
+/// else (no `WORLD_SIZE`) stops a default run, not this one, whose adapter is the plain run's.
+/// Starting ranks with it is a contradiction, refused with exit 2.
+#[test]
+fn backend_none_ignores_the_launcher_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm_without_dropout(dir.path());
+    let cfg = glue_config(dir.path(), &model, "eval_every = 0");
+    let plain = dir.path().join("plain");
+    ok(train(&cfg, &plain, &["--max-steps", "3"]), "no group");
+    let with_rank = |out: &Path, extra: &[&str]| {
+        bin()
+            .args(["train", "--config", cfg.to_str().unwrap(), "--no-progress"])
+            .args(["--max-steps", "3", "--output-dir"])
+            .arg(out)
+            .args(extra)
+            .env("RANK", "3")
+            .env_remove("WORLD_SIZE")
+            .output()
+            .unwrap()
+    };
+    let o = with_rank(&dir.path().join("default"), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "RANK without WORLD_SIZE trained: {err}"
+    );
+    assert!(err.contains("WORLD_SIZE"), "{err}");
+    let alone = dir.path().join("alone");
+    ok(
+        with_rank(&alone, &["--dist-backend", "none"]),
+        "dist_backend none under RANK=3",
+    );
+    let d = max_diff(&plain.join("adapter"), &alone.join("adapter"));
+    assert_eq!(d, 0.0, "dist_backend none changed the adapter by {d}");
+    let o = train(
+        &cfg,
+        &dir.path().join("both"),
+        &["--nproc-per-node", "2", "--dist-backend", "none"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("dist_backend is none"), "{err}");
 }
 
 /// The ranks refuse the user's data (a column the file lacks): the launcher exits 2 as they do,

@@ -194,7 +194,7 @@ pub struct Overrides {
     /// CPU threads for libtorch (0: libtorch's default).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Data-parallel backend: auto, gloo or nccl (see `dist_backend` in the config).
+    /// Data-parallel backend: auto, gloo, nccl or none (see `dist_backend` in the config).
     #[arg(long)]
     pub dist_backend: Option<String>,
     /// Stop after this many optimizer steps (overrides --epochs).
