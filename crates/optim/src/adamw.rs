@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::error::Error;
 use anyhow::{anyhow, bail, Context, Result};
 use loraplus_core::{ParamRole, TrainableParam};
 use tch::{Device, Kind, Tensor};
@@ -121,28 +122,32 @@ impl LoraPlusAdamW {
         let mut seen = HashSet::new();
         for (name, tensor, role) in params {
             if !tensor.defined() {
-                bail!("{name}: the tensor is undefined");
+                bail!(Error::BadParams(format!("{name}: the tensor is undefined")));
             }
             let kind = tensor.kind();
             if !matches!(
                 kind,
                 Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
             ) {
-                bail!("{name}: dtype {kind:?} cannot be trained (f32, f64, f16 or bf16 only)");
+                bail!(Error::BadParams(format!(
+                    "{name}: dtype {kind:?} cannot be trained (f32, f64, f16 or bf16 only)"
+                )));
             }
             if !tensor.requires_grad() {
-                bail!("{name} ({role:?}) does not require grad: only trainable tensors can be optimized");
+                bail!(Error::BadParams(format!("{name} ({role:?}) does not require grad: only trainable tensors can be optimized")));
             }
             let d = tensor.device();
             match device {
                 None => device = Some((d, name.clone())),
                 Some((first, ref first_name)) if first != d => {
-                    bail!("{name} is on {d:?} but {first_name} is on {first:?}: all trained tensors must be on one device")
+                    bail!(Error::BadParams(format!("{name} is on {d:?} but {first_name} is on {first:?}: all trained tensors must be on one device")))
                 }
                 _ => {}
             }
             if tensor.numel() > 0 && !seen.insert(tensor.data_ptr() as usize) {
-                bail!("{name}: the same tensor is listed twice");
+                bail!(Error::BadParams(format!(
+                    "{name}: the same tensor is listed twice"
+                )));
             }
             let group = ParamGroup::of(role, tensor.dim(), separate_head);
             inputs.push(Input {
@@ -153,7 +158,7 @@ impl LoraPlusAdamW {
             });
         }
         let Some((device, _)) = device else {
-            bail!("the parameter set is empty: nothing to optimize (does the LoRA config target any module?)");
+            bail!(Error::BadParams("the parameter set is empty: nothing to optimize (does the LoRA config target any module?)".into()));
         };
         let cfg = *config;
         let (arenas, buckets, slots) =
@@ -200,18 +205,17 @@ impl LoraPlusAdamW {
         config.validate()?;
         schedule.validate()?;
         if config.head_lr.is_some() != self.config.head_lr.is_some() {
-            bail!(
+            bail!(Error::BadConfig(format!(
                 "head_lr {:?} where the optimizer was built with {:?}: a separate head lr changes the groups; set it in both or in neither",
                 config.head_lr,
                 self.config.head_lr
-            );
+            )));
         }
         if config.amsgrad != self.config.amsgrad {
-            bail!(
+            bail!(Error::BadConfig(format!(
                 "amsgrad {} where the optimizer was built with {}: it changes the state kept",
-                config.amsgrad,
-                self.config.amsgrad
-            );
+                config.amsgrad, self.config.amsgrad
+            )));
         }
         self.config = *config;
         self.schedule = schedule;
@@ -388,7 +392,9 @@ impl LoraPlusAdamW {
     /// clipping, as a 0-dim f32 tensor on the device.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor> {
         if !(max_norm.is_finite() && max_norm >= 0.0) {
-            bail!("max_norm = {max_norm}: the clipping threshold must be a finite number >= 0");
+            bail!(Error::BadConfig(format!(
+                "max_norm = {max_norm}: the clipping threshold must be a finite number >= 0"
+            )));
         }
         self.sync_grads()?;
         let total = self.total_norm()?;

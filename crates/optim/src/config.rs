@@ -1,5 +1,6 @@
 //! `LoraPlusConfig`: the optimizer's hyper-parameters, with their defaults and their checks.
 
+use crate::error::Error;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,9 @@ impl Default for LoraPlusConfig {
 
 fn check_lr(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v < 0.0 {
-        bail!("{name} = {v}: a learning rate must be a finite number >= 0");
+        bail!(Error::BadConfig(format!(
+            "{name} = {v}: a learning rate must be a finite number >= 0"
+        )));
     }
     Ok(())
 }
@@ -74,26 +77,29 @@ impl LoraPlusConfig {
             check_lr("head_lr", h)?;
         }
         if !(self.ratio.is_finite() && self.ratio > 0.0) {
-            bail!(
+            bail!(Error::BadConfig(format!(
                 "ratio = {}: the LoRA+ ratio lr_B / lr_A must be a finite number > 0 (1 is plain LoRA, the paper uses 16)",
                 self.ratio
-            );
+            )));
         }
         check_lr("lr * ratio", self.lr * self.ratio)?;
         let (b1, b2) = self.betas;
         for (name, b) in [("betas.0 (beta1)", b1), ("betas.1 (beta2)", b2)] {
             if !(0.0..1.0).contains(&b) {
-                bail!("{name} = {b}: must be in [0, 1)");
+                bail!(Error::BadConfig(format!("{name} = {b}: must be in [0, 1)")));
             }
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
-            bail!("eps = {}: must be a finite number >= 0", self.eps);
+            bail!(Error::BadConfig(format!(
+                "eps = {}: must be a finite number >= 0",
+                self.eps
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!(
+            bail!(Error::BadConfig(format!(
                 "weight_decay = {}: must be a finite number >= 0",
                 self.weight_decay
-            );
+            )));
         }
         Ok(())
     }

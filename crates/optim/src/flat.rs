@@ -20,6 +20,7 @@
 //! pointer per tensor on the host (no device work) and repeats whenever a gradient or a
 //! parameter was replaced behind the optimizer's back (e.g. a backward with `create_graph`).
 
+use crate::error::Error;
 use anyhow::{bail, Context, Result};
 use loraplus_core::ParamRole;
 use tch::{Device, Kind, Tensor};
@@ -270,12 +271,12 @@ pub(crate) fn adopt(
             continue;
         }
         if grad.size() != slot.shape {
-            bail!(
+            bail!(Error::ShapeChanged(format!(
                 "{}: gradient has shape {:?}, the parameter {:?}",
                 slot.name,
                 grad.size(),
                 slot.shape
-            );
+            )));
         }
         if copy_grads {
             slot.grad_view
@@ -315,12 +316,12 @@ fn take_written_values(slot: &Slot, master: &Tensor) -> Result<()> {
 /// its current values back into the arena (and the master copy) and point it at its slice.
 fn readopt_param(slot: &mut Slot, bucket: &mut Bucket) -> Result<()> {
     if slot.param.size() != slot.shape {
-        bail!(
+        bail!(Error::ShapeChanged(format!(
             "{}: the parameter now has shape {:?}, it had {:?} when the optimizer was built",
             slot.name,
             slot.param.size(),
             slot.shape
-        );
+        )));
     }
     tracing::debug!(
         "{}: parameter storage was replaced; copying it back into the flat buffer",

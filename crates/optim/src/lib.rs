@@ -8,10 +8,12 @@
 //! - [`Schedule`]: constant, linear and cosine with warmup, as `transformers` computes them.
 //! - [`OptimizerState`]: `optimizer.safetensors` + `optimizer.json` for resuming.
 //! - [`flat`]: how parameters and gradients become views of flat buffers.
+//! - [`Error`]: the refusals, as variants to match (the root of the `anyhow::Error`s returned).
 #![warn(missing_docs)]
 
 pub mod adamw;
 pub mod config;
+pub mod error;
 pub mod flat;
 pub mod groups;
 pub mod kernel;
@@ -21,6 +23,7 @@ pub mod state;
 
 pub use adamw::{GradHook, LoraPlusAdamW};
 pub use config::LoraPlusConfig;
+pub use error::Error;
 pub use groups::{GroupSummary, OptimizerSummary, ParamGroup, TensorSummary};
 pub use kernel::UpdateKernel;
 pub use schedule::{Schedule, Warmup, DEFAULT_NUM_CYCLES};

@@ -5,6 +5,7 @@
 //! step. The `n`-th optimizer step (1-based) uses `factor(n - 1)`, as `LambdaLR` does when the
 //! scheduler steps after the optimizer.
 
+use crate::error::Error;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -100,17 +101,23 @@ impl Schedule {
                 num_cycles,
             } => {
                 if !num_cycles.is_finite() {
-                    bail!("cosine schedule: num_cycles = {num_cycles} must be finite");
+                    bail!(Error::BadConfig(format!(
+                        "cosine schedule: num_cycles = {num_cycles} must be finite"
+                    )));
                 }
                 (warmup, total_steps)
             }
         };
         if total == 0 && !matches!(self, Schedule::ConstantWithWarmup { .. }) {
-            bail!("{self:?}: total_steps must be at least 1");
+            bail!(Error::BadConfig(format!(
+                "{self:?}: total_steps must be at least 1"
+            )));
         }
         if let Warmup::Ratio(r) = warmup {
             if !(0.0..=1.0).contains(&r) {
-                bail!("warmup ratio {r} must be in [0, 1]");
+                bail!(Error::BadConfig(format!(
+                    "warmup ratio {r} must be in [0, 1]"
+                )));
             }
         }
         Ok(())

@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::Error;
+use anyhow::{bail, Context, Result};
 use loraplus_core::io::{tensor_from_view, write_atomic, write_safetensors};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
@@ -112,32 +113,40 @@ impl OptimizerState {
         let meta: StateMeta = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a loraplus optimizer state", meta_path.display()))?;
         if meta.format != FORMAT || meta.version != VERSION {
-            bail!(
+            bail!(Error::BadState(format!(
                 "{}: format {:?} version {}, expected {FORMAT:?} version {VERSION}",
                 meta_path.display(),
                 meta.format,
                 meta.version
-            );
+            )));
         }
         let path = dir.join(STATE_TENSORS_FILE);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::BadState(format!(
+                "{}: not a valid safetensors file: {e}",
+                path.display()
+            ))
+        })?;
         let saved_step = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(STEP_KEY).cloned());
         if saved_step.as_deref() != Some(meta.step.to_string().as_str()) {
-            bail!(
+            bail!(Error::BadState(format!(
                 "{} is from step {}, {} from step {}: the two files come from different saves",
                 path.display(),
                 saved_step.as_deref().unwrap_or("?"),
                 STATE_META_FILE,
                 meta.step
-            );
+            )));
         }
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::BadState(format!(
+                "{}: not a valid safetensors file: {e}",
+                path.display()
+            ))
+        })?;
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
             let t = tensor_from_view(&view)
@@ -243,11 +252,10 @@ impl LoraPlusAdamW {
     pub fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()> {
         let meta = &state.meta;
         if meta.format != FORMAT || meta.version != VERSION {
-            bail!(
+            bail!(Error::BadState(format!(
                 "optimizer state has format {:?} version {}, expected {FORMAT:?} version {VERSION}",
-                meta.format,
-                meta.version
-            );
+                meta.format, meta.version
+            )));
         }
         meta.config
             .validate()
@@ -271,17 +279,17 @@ impl LoraPlusAdamW {
             }
             for what in want {
                 let k = key(b.group, b.kind, what);
-                let t = tensors
-                    .get(k.as_str())
-                    .ok_or_else(|| anyhow!("optimizer state: tensor {k} is missing"))?;
+                let t = tensors.get(k.as_str()).ok_or_else(|| {
+                    Error::BadState(format!("optimizer state: tensor {k} is missing"))
+                })?;
                 if t.size() != [b.numel] || t.kind() != ck {
-                    bail!(
+                    bail!(Error::BadState(format!(
                         "optimizer state: tensor {k} is {:?} {:?}, expected [{}] {}",
                         t.size(),
                         t.kind(),
                         b.numel,
                         kind_name(ck)
-                    );
+                    )));
                 }
                 plan.push((bi, what, t));
             }
@@ -355,11 +363,11 @@ impl LoraPlusAdamW {
             " (was it saved from a different model or adapter config?)".to_string()
         };
         if let Some(i) = (0..a.len().min(b.len())).find(|&i| a[i] != b[i]) {
-            bail!(
+            bail!(Error::BadState(format!(
                 "optimizer state does not match this model: trained tensor {i} is {} in the state but {} here{hint}",
                 a[i],
                 b[i]
-            );
+            )));
         }
         if a.len() != b.len() {
             let extra = if a.len() > b.len() {
@@ -367,19 +375,18 @@ impl LoraPlusAdamW {
             } else {
                 format!("this model also has {}", b[a.len()])
             };
-            bail!(
+            bail!(Error::BadState(format!(
                 "optimizer state does not match this model: {} trained tensors in the state, {} here; {extra}{hint}",
                 a.len(),
                 b.len()
-            );
+            )));
         }
         for bm in &meta.buckets {
             if ParamGroup::from_name(&bm.group).is_none() || kind_from_name(&bm.dtype).is_none() {
-                bail!(
+                bail!(Error::BadState(format!(
                     "optimizer state: unknown group {:?} or dtype {:?}",
-                    bm.group,
-                    bm.dtype
-                );
+                    bm.group, bm.dtype
+                )));
             }
         }
         Ok(())

@@ -249,7 +249,7 @@ fn state_from_another_model_is_refused() {
     let base = load_map(&d.join("base.safetensors"));
     let (_t, lora) = Toy::build(&base, &small);
     let mut opt = LoraPlusAdamW::new(lora.trainable_params(), &config(), schedule()).unwrap();
-    let e = format!("{:#}", opt.load(&state_dir).unwrap_err());
+    let e = refusal(opt.load(&state_dir));
     assert!(
         e.contains("does not match this model") && e.contains("l2.lora_A.weight"),
         "{e}"
@@ -271,7 +271,7 @@ fn state_from_another_model_is_refused() {
         })
         .collect();
     let mut opt = LoraPlusAdamW::from_tensors(params, &config(), schedule()).unwrap();
-    let e = format!("{:#}", opt.load(&state_dir).unwrap_err());
+    let e = refusal(opt.load(&state_dir));
     assert!(
         e.contains("l2.lora_B.weight [8, 4]") && e.contains("[8, 8]"),
         "{e}"
@@ -285,7 +285,7 @@ fn state_from_another_model_is_refused() {
         ..config()
     };
     let mut opt = LoraPlusAdamW::new(lora.trainable_params(), &cfg, schedule()).unwrap();
-    let e = format!("{:#}", opt.load(&state_dir).unwrap_err());
+    let e = refusal(opt.load(&state_dir));
     assert!(e.contains("head_lr"), "{e}");
 
     // The JSON and the tensors of different saves.
@@ -302,6 +302,19 @@ fn state_from_another_model_is_refused() {
     let later = d.join("later");
     opt.save(&later).unwrap();
     std::fs::copy(state_dir.join(STATE_META_FILE), later.join(STATE_META_FILE)).unwrap();
-    let e = format!("{:#}", OptimizerState::load(&later).unwrap_err());
+    let e = refusal(OptimizerState::load(&later));
     assert!(e.contains("different saves"), "{e}");
+}
+
+/// A refused load: its message, checked to be a typed [`loraplus_optim::Error::BadState`].
+fn refusal<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+    let e = r.unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<loraplus_optim::Error>(),
+            Some(loraplus_optim::Error::BadState(_))
+        ),
+        "not a BadState refusal: {e:#}"
+    );
+    format!("{e:#}")
 }
