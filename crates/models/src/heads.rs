@@ -6,7 +6,7 @@
 //! `lm_head` ([`decoder_head`], [`decoder_head_specs`]); an encoder whose classifier reads the
 //! first token brings its own layers as a [`FirstTokenHead`].
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::{Kind, Reduction, Tensor};
 
 use loraplus_core::{LoraEmbedding, LoraLinear, WeightLayout};
@@ -230,28 +230,28 @@ pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     match head {
         Head::SequenceClassification { num_labels: 1 } => {
             if labels.numel() != ls[0] as usize {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "regression labels: expected {} values, found shape {:?}",
                     ls[0],
                     labels.size()
-                );
+                )));
             }
             let target = labels.to_kind(Kind::Float).view([-1]);
             Ok(logits.view([-1]).mse_loss(&target, Reduction::Mean))
         }
         Head::SequenceClassification { num_labels } => {
             if labels.is_floating_point() || labels.kind() == Kind::Bool {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "classification labels must be integer class ids, found {:?}",
                     labels.kind()
-                );
+                )));
             }
             if labels.numel() != ls[0] as usize {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "classification labels: expected {} values, found shape {:?}",
                     ls[0],
                     labels.size()
-                );
+                )));
             }
             let target = labels.to_kind(Kind::Int64).view([-1]);
             // Fallible: a class id outside 0..num_labels is an error (a panic otherwise).
@@ -259,19 +259,19 @@ pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
                 .view([-1, num_labels])
                 .f_cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, IGNORE_INDEX, 0.0)
                 .map_err(|e| {
-                    anyhow::anyhow!(
+                    crate::bad_input(format!(
                         "classification loss: the labels must be class ids in 0..{num_labels} (or {IGNORE_INDEX}): {e}"
-                    )
+                    ))
                 })
         }
         Head::CausalLm => {
             let lsz = labels.size();
             if lsz.len() != 2 || ls.len() != 3 || lsz[..] != ls[..2] {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "causal-LM labels: expected shape [{}, {}], found {lsz:?}",
                     ls[0],
                     ls.get(1).copied().unwrap_or(0)
-                );
+                )));
             }
             let labels = labels.to_kind(Kind::Int64);
             let pad = Tensor::full([lsz[0], 1], IGNORE_INDEX, (Kind::Int64, labels.device()));
@@ -286,10 +286,10 @@ pub fn loss(head: Head, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
                     0.0,
                 )
                 .map_err(|e| {
-                    anyhow::anyhow!(
+                    crate::bad_input(format!(
                         "causal-LM loss: the labels must be token ids in 0..{} (or {IGNORE_INDEX}): {e}",
                         ls[2]
-                    )
+                    ))
                 })
         }
     }

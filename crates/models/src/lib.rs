@@ -72,6 +72,20 @@ pub use weights::Weights;
 #[error("{0}")]
 pub struct BadCheckpoint(pub String);
 
+/// The inputs of a forward pass or a loss do not fit the model: `input_ids` of another shape,
+/// dtype or device, token ids outside the vocabulary, a sequence longer than the model's
+/// positions, position ids out of range, labels of the wrong shape or class ids out of range.
+/// A fault of the caller's tensors, not of the model; the message names the input, what was
+/// found and what is expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// An [`anyhow::Error`] holding a [`BadInput`].
+pub(crate) fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
 /// An [`anyhow::Error`] holding a [`BadCheckpoint`].
 pub(crate) fn bad_checkpoint(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadCheckpoint(msg.into()))

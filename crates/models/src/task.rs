@@ -476,13 +476,15 @@ impl TaskModel {
             (x.input_ids, x.attention_mask, x.token_type_ids);
         let size = input_ids.size();
         if size.len() != 2 || size[0] < 1 || size[1] < 1 {
-            bail!("input_ids: expected shape [batch, seq_len], found {size:?}");
+            return Err(crate::bad_input(format!(
+                "input_ids: expected shape [batch, seq_len], found {size:?}"
+            )));
         }
         if !matches!(input_ids.kind(), Kind::Int64) {
-            bail!(
+            return Err(crate::bad_input(format!(
                 "input_ids: expected int64 token ids, found {:?}",
                 input_ids.kind()
-            );
+            )));
         }
         for (name, t) in [
             ("attention_mask", Some(attention_mask)),
@@ -491,30 +493,33 @@ impl TaskModel {
         ] {
             let Some(t) = t else { continue };
             if t.size() != size {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "{name}: shape {:?} differs from input_ids {size:?}",
                     t.size()
-                );
+                )));
             }
             if t.device() != self.device {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "{name} is on {:?}, the model on {:?}",
                     t.device(),
                     self.device
-                );
+                )));
             }
         }
         if let Some(tt) = token_type_ids {
             if tt.kind() != Kind::Int64 {
-                bail!("token_type_ids: expected int64, found {:?}", tt.kind());
+                return Err(crate::bad_input(format!(
+                    "token_type_ids: expected int64, found {:?}",
+                    tt.kind()
+                )));
             }
         }
         if input_ids.device() != self.device {
-            bail!(
+            return Err(crate::bad_input(format!(
                 "input_ids are on {:?}, the model on {:?}",
                 input_ids.device(),
                 self.device
-            );
+            )));
         }
         // Ids outside the vocabulary would fail inside the embedding (a panic on the CPU, a
         // device assert on CUDA): checked where it costs no device synchronisation.
@@ -524,21 +529,21 @@ impl TaskModel {
             let (lo, hi) = (lo.int64_value(&[]), hi.int64_value(&[]));
             let vocab = self.config.vocab_size();
             if lo < 0 || hi >= vocab {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "input_ids: token id {} is outside the vocabulary of {vocab} ids of this {}",
                     if lo < 0 { lo } else { hi },
                     self.config.model_type()
-                );
+                )));
             }
         }
         if let Some(max) = self.config.max_positions() {
             if size[1] > max {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "sequence length {} exceeds the {} positions {} supports",
                     size[1],
                     max,
                     self.config.model_type()
-                );
+                )));
             }
         }
         if let Some(pos) = x.position_ids {
@@ -550,27 +555,32 @@ impl TaskModel {
     /// Position ids: causal LM only, int64, within `0..max_positions` (one host read).
     fn check_position_ids(&self, pos: &Tensor) -> Result<()> {
         if self.task != Head::CausalLm {
-            bail!(
+            return Err(crate::bad_input(format!(
                 "position_ids are taken by the causal-LM head only; this {} model has a {:?} head (pass None)",
                 self.config.model_type(),
                 self.task
-            );
+            )));
         }
         if pos.kind() != Kind::Int64 {
-            bail!("position_ids: expected int64, found {:?}", pos.kind());
+            return Err(crate::bad_input(format!(
+                "position_ids: expected int64, found {:?}",
+                pos.kind()
+            )));
         }
         let range = Tensor::stack(&[pos.min(), pos.max()], 0);
         let range = Vec::<i64>::try_from(&range).context("reading position_ids' range")?;
         let (lo, hi) = (range[0], range[1]);
         if lo < 0 {
-            bail!("position_ids: expected values >= 0, found {lo}");
+            return Err(crate::bad_input(format!(
+                "position_ids: expected values >= 0, found {lo}"
+            )));
         }
         if let Some(max) = self.config.max_positions() {
             if hi >= max {
-                bail!(
+                return Err(crate::bad_input(format!(
                     "position_ids: found {hi}, but {} has {max} positions (0..{max})",
                     self.config.model_type()
-                );
+                )));
             }
         }
         Ok(())

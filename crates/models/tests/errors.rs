@@ -205,6 +205,15 @@ fn bad_options_are_refused() {
     );
 }
 
+/// `e`'s message, checked to be a typed [`loraplus_models::BadInput`].
+fn bad_input(e: &anyhow::Error) -> String {
+    assert!(
+        e.downcast_ref::<loraplus_models::BadInput>().is_some(),
+        "not a BadInput: {e:#}"
+    );
+    format!("{e:#}")
+}
+
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,19 +223,19 @@ fn bad_inputs_are_errors_not_panics() {
     let mask = ids.ones_like();
     let e = model.forward_t(&ids, &mask, None, false).unwrap_err();
     assert!(
-        format!("{e:#}").contains("sequence length 40 exceeds the 32 positions bert supports"),
+        bad_input(&e).contains("sequence length 40 exceeds the 32 positions bert supports"),
         "{e:#}"
     );
     let ids = ids.narrow(1, 0, 8);
     let e = model.forward_t(&ids, &mask, None, false).unwrap_err();
     assert!(
-        format!("{e:#}").contains("attention_mask: shape [2, 40] differs from input_ids [2, 8]"),
+        bad_input(&e).contains("attention_mask: shape [2, 40] differs from input_ids [2, 8]"),
         "{e:#}"
     );
     let e = model
         .forward_t(&ids.to_kind(Kind::Float), &ids.ones_like(), None, false)
         .unwrap_err();
-    assert!(format!("{e:#}").contains("int64"), "{e:#}");
+    assert!(bad_input(&e).contains("int64"), "{e:#}");
     // Ids outside the vocabulary, and a class id past the labels: errors (they panicked).
     let vocab = model.config().vocab_size();
     for bad in [vocab, -5] {
@@ -235,7 +244,7 @@ fn bad_inputs_are_errors_not_panics() {
             .forward_t(&ids, &ids.ones_like(), None, false)
             .unwrap_err();
         assert!(
-            format!("{e:#}").contains(&format!("token id {bad} is outside the vocabulary")),
+            bad_input(&e).contains(&format!("token id {bad} is outside the vocabulary")),
             "{e:#}"
         );
     }
@@ -244,5 +253,5 @@ fn bad_inputs_are_errors_not_panics() {
         .unwrap();
     let labels = tch::Tensor::from_slice(&[0i64, 7]);
     let e = model.loss(&logits, &labels).unwrap_err();
-    assert!(format!("{e:#}").contains("class ids in 0..2"), "{e:#}");
+    assert!(bad_input(&e).contains("class ids in 0..2"), "{e:#}");
 }
