@@ -395,6 +395,10 @@ pub struct DebertaV2Layer {
     pub rel_norm: Option<(Tensor, Tensor, f64)>,
     pub c2p: bool,
     pub p2c: bool,
+    /// The scores are divided by `sqrt(head_dim * scale_factor)`, `scale_factor` being 1 plus
+    /// one for each of `c2p` and `p2c` in `pos_att_type`, whether `relative_attention` is on or
+    /// not (as transformers counts them).
+    pub scale_factor: i64,
     pub share_att_key: bool,
     pub att_span: i64,
     pub position_buckets: i64,
@@ -414,8 +418,7 @@ impl DebertaV2Layer {
         let k = self.heads_of(&self.key.forward_t(x, train));
         let v = self.heads_of(&self.value.forward_t(x, train));
         let d = q.size()[3];
-        let factor = 1 + self.c2p as i64 + self.p2c as i64;
-        let scale = ((d * factor) as f32).sqrt() as f64;
+        let scale = ((d * self.scale_factor) as f32).sqrt() as f64;
         let mut scores = q.matmul(&(k.transpose(-1, -2) / scale));
         if let Some(rel) = &self.rel {
             let t = x.size()[1];
@@ -619,6 +622,7 @@ impl DebertaV2Backbone {
                 }),
                 c2p: rel && c2p,
                 p2c: rel && p2c,
+                scale_factor: 1 + c2p as i64 + p2c as i64,
                 share_att_key: cfg.share_att_key,
                 att_span: span,
                 position_buckets: cfg.position_buckets,

@@ -1,6 +1,6 @@
 //! Gemma: the Llama decoder ([`crate::llama`]'s layers) with embeddings scaled by
 //! `sqrt(hidden_size)`, RMSNorm scaling by `1 + weight` (in f32), a GeGLU MLP (tanh GELU,
-//! `hidden_act`) and a `head_dim` of its own (256, not hidden_size / heads); the LM head is tied
+//! `hidden_act`; the legacy `"gelu"` of the official configs means it too) and a `head_dim` of its own (256, not hidden_size / heads); the LM head is tied
 //! to the embeddings by default. Bidirectional attention (`use_bidirectional_attention`) is
 //! refused.
 
@@ -81,6 +81,10 @@ pub struct GemmaConfig {
     pub rope_parameters: Option<Value>,
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// The pretraining context at the top level, as some configs have it: for llama3 and yarn
+    /// RoPE it wins over `rope_parameters`' own (transformers' `standardize_rope_params`).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -92,6 +96,15 @@ pub struct GemmaConfig {
 }
 
 impl GemmaConfig {
+    /// `hidden_act`, with the official releases' legacy `"gelu"` read as the tanh
+    /// approximation it stands for (transformers' `GemmaConfig` rewrites it the same way).
+    pub fn activation(&self) -> &str {
+        match self.hidden_act.as_str() {
+            "gelu" => "gelu_pytorch_tanh",
+            other => other,
+        }
+    }
+
     pub fn num_kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -110,7 +123,7 @@ impl GemmaConfig {
             heads: self.num_attention_heads,
             kv_heads: self.num_kv_heads(),
             head_dim: self.head_dim,
-            act: Activation::parse(&self.hidden_act).context("gemma hidden_act")?,
+            act: Activation::parse(self.activation()).context("gemma hidden_act")?,
             rms_norm_eps: self.rms_norm_eps,
             qkv_bias: self.attention_bias,
             o_bias: self.attention_bias,
@@ -119,7 +132,10 @@ impl GemmaConfig {
             rope: RopeConfig::parse(
                 "gemma",
                 self.rope_theta,
-                &self.rope_parameters,
+                &crate::rope::with_top_level_original(
+                    &self.rope_parameters,
+                    self.original_max_position_embeddings,
+                ),
                 &self.rope_scaling,
                 self.head_dim,
                 self.max_position_embeddings,

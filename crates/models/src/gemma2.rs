@@ -109,6 +109,10 @@ pub struct Gemma2Config {
     pub rope_parameters: Option<Value>,
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// The pretraining context at the top level, as some configs have it: for llama3 and yarn
+    /// RoPE it wins over `rope_parameters`' own (transformers' `standardize_rope_params`).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -225,7 +229,10 @@ impl Gemma2Config {
             rope: RopeConfig::parse(
                 "gemma2",
                 self.rope_theta,
-                &self.rope_parameters,
+                &crate::rope::with_top_level_original(
+                    &self.rope_parameters,
+                    self.original_max_position_embeddings,
+                ),
                 &self.rope_scaling,
                 self.head_dim,
                 self.max_position_embeddings,

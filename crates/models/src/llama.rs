@@ -108,6 +108,10 @@ pub struct LlamaConfig {
     /// transformers < 5: RoPE scaling (`null` for plain RoPE).
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// The pretraining context at the top level, as some configs have it: for llama3 and yarn
+    /// RoPE it wins over `rope_parameters`' own (transformers' `standardize_rope_params`).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
@@ -153,7 +157,10 @@ impl LlamaConfig {
             rope: RopeConfig::parse(
                 "llama",
                 self.rope_theta,
-                &self.rope_parameters,
+                &crate::rope::with_top_level_original(
+                    &self.rope_parameters,
+                    self.original_max_position_embeddings,
+                ),
                 &self.rope_scaling,
                 self.head_dim(),
                 self.max_position_embeddings,

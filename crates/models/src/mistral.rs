@@ -75,6 +75,10 @@ pub struct MistralConfig {
     pub rope_parameters: Option<Value>,
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// The pretraining context at the top level, as some configs have it: for llama3 and yarn
+    /// RoPE it wins over `rope_parameters`' own (transformers' `standardize_rope_params`).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     /// `null`: full causal attention.
     #[serde(default = "mistral_window")]
     pub sliding_window: Option<i64>,
@@ -114,7 +118,10 @@ impl MistralConfig {
             rope: RopeConfig::parse(
                 "mistral",
                 self.rope_theta,
-                &self.rope_parameters,
+                &crate::rope::with_top_level_original(
+                    &self.rope_parameters,
+                    self.original_max_position_embeddings,
+                ),
                 &self.rope_scaling,
                 self.head_dim(),
                 self.max_position_embeddings,

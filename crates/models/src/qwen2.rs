@@ -68,6 +68,10 @@ pub struct Qwen2Config {
     pub rope_parameters: Option<Value>,
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// The pretraining context at the top level, as some configs have it: for llama3 and yarn
+    /// RoPE it wins over `rope_parameters`' own (transformers' `standardize_rope_params`).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub use_sliding_window: bool,
     /// Per layer, `"full_attention"` or `"sliding_attention"` (transformers 5).
@@ -120,7 +124,10 @@ impl Qwen2Config {
             rope: RopeConfig::parse(
                 "qwen2",
                 self.rope_theta,
-                &self.rope_parameters,
+                &crate::rope::with_top_level_original(
+                    &self.rope_parameters,
+                    self.original_max_position_embeddings,
+                ),
                 &self.rope_scaling,
                 self.head_dim(),
                 self.max_position_embeddings,

@@ -80,6 +80,26 @@ fn one_minus(x: &Tensor) -> Tensor {
     x.ones_like() - x
 }
 
+/// `rope_parameters` with a config's top-level `original_max_position_embeddings` put in, over
+/// its own: transformers' `standardize_rope_params` gives the top-level field priority (for the
+/// types that read it: llama3, yarn, longrope; the others ignore it).
+pub fn with_top_level_original(
+    rope_parameters: &Option<Value>,
+    original_max_position_embeddings: Option<i64>,
+) -> Option<Value> {
+    let Some(top) = original_max_position_embeddings else {
+        return rope_parameters.clone();
+    };
+    let mut p = match rope_parameters {
+        Some(Value::Object(m)) => m.clone(),
+        // Not an object: left for `RopeConfig::parse` to refuse.
+        Some(other) if !other.is_null() => return Some(other.clone()),
+        _ => Map::new(),
+    };
+    p.insert("original_max_position_embeddings".into(), top.into());
+    Some(Value::Object(p))
+}
+
 fn number(p: &Map<String, Value>, key: &str) -> Option<f64> {
     p.get(key).and_then(Value::as_f64)
 }

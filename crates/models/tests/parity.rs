@@ -41,6 +41,7 @@ fn task(case: &str) -> Head {
         | "phi3_lm" => Head::CausalLm,
         "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
         "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
+        "deberta_v2_norel" => Head::SequenceClassification { num_labels: 2 },
         other => panic!("unknown case {other}"),
     }
 }
@@ -371,6 +372,18 @@ fn deberta_v2_regression_lora_matches_peft() {
     lora_parity("deberta_v2_reg");
 }
 
+/// `relative_attention` off with `pos_att_type` set still scales the scores by
+/// `sqrt(3 * head_dim)`, as transformers does.
+#[test]
+fn deberta_v2_without_relative_attention_matches_transformers() {
+    plain_parity("deberta_v2_norel");
+}
+
+#[test]
+fn deberta_v2_without_relative_attention_lora_matches_peft() {
+    lora_parity("deberta_v2_norel");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -391,6 +404,7 @@ const CASES: &[&str] = &[
     "phi3_lm",
     "deberta_v2",
     "deberta_v2_reg",
+    "deberta_v2_norel",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

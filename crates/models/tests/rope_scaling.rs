@@ -77,3 +77,24 @@ fn yarn_rope_matches_transformers() {
 fn longrope_short_and_long_factors_match_transformers() {
     parity("longrope");
 }
+
+/// A top-level `original_max_position_embeddings` wins over `rope_parameters`' own, as
+/// transformers' `standardize_rope_params` has it (the value read decides which frequencies
+/// llama3 scales).
+#[test]
+fn llama3_top_level_original_max_positions_win() {
+    parity("llama3_top_level");
+}
+
+/// ... and stands in for a missing one (yarn's factor and ramp depend on it).
+#[test]
+fn yarn_top_level_original_max_positions_are_read() {
+    parity("yarn_top_level");
+}
+
+/// A Gemma config with the official releases' `hidden_act: "gelu"` computes the tanh GELU, as
+/// transformers reads it.
+#[test]
+fn gemma_legacy_gelu_is_the_tanh_approximation() {
+    parity("gemma_legacy_gelu");
+}

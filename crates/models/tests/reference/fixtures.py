@@ -3,7 +3,8 @@
 usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
-mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm, deberta_v2, deberta_v2_reg)
+mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm, deberta_v2, deberta_v2_reg,
+deberta_v2_norel)
 writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
@@ -168,6 +169,14 @@ def cases():
                labels=torch.tensor([0.5, -1.0, 2.0]),
                lora=dict(target_modules=["query_proj", "value_proj", "pos_key_proj", "dense"],
                          modules_to_save=["classifier"]))
+    # DeBERTa with relative attention off but pos_att_type set: no position scores, yet the
+    # content scores are still divided by sqrt(3 * head_dim), as transformers counts the types.
+    ids, mask = ids_and_mask(lengths, pad=0, low=1)
+    yield dict(name="deberta_v2_norel", backbone="deberta",
+               model=DebertaV2ForSequenceClassification(DebertaV2Config(
+                   num_labels=2, **{**deberta_kw, "relative_attention": False})),
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 0, 1]),
+               lora=dict(target_modules=["query_proj", "value_proj"], modules_to_save=["classifier"]))
 
 
     # Gemma 2: Gemma's layers with four norms each, scores scaled by query_pre_attn_scalar^-0.5

@@ -12,6 +12,12 @@ ones, and the default attention factor from max_position_embeddings 64), and:
   inputs.safetensors    input_ids, attention_mask (right padding)
   reference.safetensors logits of the model, eval mode
   expected.json         prompts and the new tokens of greedy generate (KV cache)
+Cases whose config.json is edited after saving, read as transformers reads it (the
+reference comes from the model reloaded from the edited folder):
+  llama3_top_level, yarn_top_level: a top-level original_max_position_embeddings (16), which
+    transformers' standardize_rope_params puts over rope_parameters' own (32) or in its place;
+  gemma_legacy_gelu: a Gemma with the official releases' hidden_act "gelu", which GemmaConfig
+    reads as the tanh approximation (weights scaled up so the two GELUs differ past 1e-4).
 No download: configs are built here, weights drawn from torch.manual_seed.
 """
 import json
@@ -20,7 +26,7 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 61
 PAD = 0
@@ -34,7 +40,29 @@ CASES = {
     "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
     "longrope": dict(rope_type="longrope", short_factor=[1.0, 1.25, 1.5, 2.0],
                      long_factor=[1.5, 3.0, 7.0, 16.0], original_max_position_embeddings=6),
+    "llama3_top_level": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=32),
+    "yarn_top_level": dict(rope_type="yarn", factor=4.0),
+    "gemma_legacy_gelu": dict(rope_type="default"),
 }
+
+
+def edit_config(name, path):
+    """The config.json edits of the cases read as transformers reads them."""
+    with open(path) as f:
+        c = json.load(f)
+    if name.endswith("_top_level"):
+        c["original_max_position_embeddings"] = 16
+        c["rope_parameters"].pop("original_max_position_embeddings", None)
+        if name == "llama3_top_level":
+            c["rope_parameters"]["original_max_position_embeddings"] = 32
+    elif name == "gemma_legacy_gelu":
+        c["hidden_act"] = "gelu"
+    else:
+        return False
+    with open(path, "w") as f:
+        json.dump(c, f, indent=1)
+    return True
 
 
 def main(out):
@@ -43,16 +71,21 @@ def main(out):
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
         max_pos = {"dynamic": 6, "llama3": 128}.get(name, 64)
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
-                          initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-                          tie_word_embeddings=False, rope_parameters=dict(rope_theta=10000.0, **params))
-        model = LlamaForCausalLM(cfg)
+        sizes = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
+                     initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+                     tie_word_embeddings=False, rope_parameters=dict(rope_theta=10000.0, **params))
+        if name == "gemma_legacy_gelu":
+            model = GemmaForCausalLM(GemmaConfig(head_dim=8, hidden_act="gelu_pytorch_tanh", **sizes))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**sizes))
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.1)
+                p.add_(torch.randn_like(p) * (0.6 if name == "gemma_legacy_gelu" else 0.1))
         model.eval()
         model.save_pretrained(os.path.join(d, "model"), safe_serialization=True)
+        if edit_config(name, os.path.join(d, "model", "config.json")):
+            model = AutoModelForCausalLM.from_pretrained(os.path.join(d, "model")).eval()
         lengths = [9, 5, 3]
         ids = torch.randint(3, VOCAB, (len(lengths), max(lengths)))
         mask = torch.zeros_like(ids)
@@ -71,7 +104,7 @@ def main(out):
             p_ids[i, width - len(p):] = torch.tensor(p)
             p_mask[i, width - len(p):] = 1
         # A fresh model: dynamic RoPE keeps state across calls in transformers.
-        fresh = LlamaForCausalLM.from_pretrained(os.path.join(d, "model")).eval()
+        fresh = AutoModelForCausalLM.from_pretrained(os.path.join(d, "model")).eval()
         with torch.no_grad():
             out_ids = fresh.generate(input_ids=p_ids, attention_mask=p_mask, do_sample=False,
                                      max_new_tokens=MAX_NEW, eos_token_id=None, pad_token_id=PAD)
