@@ -20,6 +20,11 @@ pub enum WeightLayout {
     InOut,
 }
 
+/// The last dimension of `x` (0 for a scalar).
+fn shape_last(x: &Tensor) -> i64 {
+    x.size().last().copied().unwrap_or(0)
+}
+
 /// The low-rank update of one linear layer.
 #[derive(Debug)]
 pub struct LinearAdapter {
@@ -102,13 +107,19 @@ impl LoraLinear {
         }
         match self.layout {
             WeightLayout::OutIn => x.linear(&self.weight, self.bias.as_ref()),
-            WeightLayout::InOut => {
-                let y = x.matmul(&self.weight);
-                match &self.bias {
-                    Some(b) => y + b,
-                    None => y,
+            // As transformers' Conv1D: one `addmm` over the flattened leading dimensions (in
+            // bf16/f16 a matmul then an add rounds twice).
+            WeightLayout::InOut => match &self.bias {
+                Some(b) if x.dim() >= 1 => {
+                    let mut shape = x.size();
+                    let n = shape.len();
+                    shape[n - 1] = self.weight.size()[1];
+                    b.addmm(&x.reshape([-1, shape_last(x)]), &self.weight)
+                        .view(shape.as_slice())
                 }
-            }
+                Some(b) => x.matmul(&self.weight) + b,
+                None => x.matmul(&self.weight),
+            },
         }
     }
 

@@ -220,6 +220,11 @@ impl TokenizedDataset {
         self.input_ids.iter().copied().max()
     }
 
+    /// The largest token type id (segment) of any example, `None` when empty.
+    pub fn max_token_type_id(&self) -> Option<u32> {
+        self.token_type_ids.iter().copied().max()
+    }
+
     /// Build from per-example `(input_ids, token_type_ids)`, e.g. in tests or for ids made
     /// elsewhere. Each pair must have equal lengths; `labels` must be `None` or one per example.
     pub fn from_examples(examples: Vec<(Vec<u32>, Vec<u32>)>, labels: Labels) -> Result<Self> {

@@ -37,6 +37,11 @@ pub trait Architecture: Debug + Send + Sync + 'static {
     /// `(LoRA targets, classification head modules)`: the attention projections the LoRA
     /// papers adapt, and the head layers (new for a pretrained backbone) trained in full.
     fn recommended_lora_modules(&self) -> (Vec<&'static str>, Vec<&'static str>);
+    /// The token types whose embeddings the model adds (`type_vocab_size`), when it reads
+    /// `token_type_ids`; `None` when it ignores them.
+    fn type_vocab_size(&self) -> Option<i64> {
+        None
+    }
     /// Whether the weights are stored `[in, out]` (GPT-2's Conv1D): PEFT's `fan_in_fan_out`.
     fn fan_in_fan_out(&self) -> bool {
         false

@@ -166,6 +166,9 @@ impl Architecture for BertConfig {
     fn initializer_range(&self) -> f64 {
         self.initializer_range
     }
+    fn type_vocab_size(&self) -> Option<i64> {
+        Some(self.type_vocab_size)
+    }
     fn max_positions(&self) -> Option<i64> {
         Some(self.max_position_embeddings)
     }

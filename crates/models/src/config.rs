@@ -127,6 +127,11 @@ impl ModelConfig {
         self.arch.max_positions()
     }
 
+    /// See [`Architecture::type_vocab_size`].
+    pub fn type_vocab_size(&self) -> Option<i64> {
+        self.arch.type_vocab_size()
+    }
+
     pub fn common(&self) -> &CommonConfig {
         self.arch.common()
     }

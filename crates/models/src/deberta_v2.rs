@@ -266,6 +266,9 @@ impl Architecture for DebertaV2Config {
         self.initializer_range
     }
     /// The absolute table when the input adds it; relative positions alone have no limit.
+    fn type_vocab_size(&self) -> Option<i64> {
+        (self.type_vocab_size > 0).then_some(self.type_vocab_size)
+    }
     fn max_positions(&self) -> Option<i64> {
         self.position_biased_input
             .then_some(self.max_position_embeddings)

@@ -133,6 +133,27 @@ pub fn decoder_head_specs(task: Head, hidden: i64, vocab: i64, tie: bool) -> Vec
     }]
 }
 
+/// Whether the checkpoint holds an `lm_head.weight` with other values than the embedding table
+/// although the config ties the two: transformers 5 then leaves them untied (with a warning),
+/// and so does this (the head untied, as [`Loader::untied_head`] records).
+fn stored_head_differs(ld: &mut Loader, embeddings: &LoraEmbedding) -> Result<bool> {
+    if !ld.w.contains("lm_head.weight") {
+        return Ok(false);
+    }
+    let stored = ld.w.get("lm_head.weight", &embeddings.weight.size())?;
+    if stored.equal(&embeddings.weight) {
+        return Ok(false);
+    }
+    tracing::warn!(
+        "config.json ties lm_head to {}, but {} holds an lm_head.weight with other values: \
+         it is used, untied, as transformers does (set tie_word_embeddings to false to say so)",
+        embeddings.name,
+        ld.w.files()
+    );
+    ld.untied_head = true;
+    Ok(true)
+}
+
 /// A decoder's head: `score` on the last token (sequence classification) or `lm_head` (causal
 /// LM, tied to `embeddings` when `tie`).
 pub fn decoder_head(
@@ -143,6 +164,7 @@ pub fn decoder_head(
     tie: bool,
     embeddings: &LoraEmbedding,
 ) -> Result<TaskHead> {
+    let tie = tie && !(task == Head::CausalLm && stored_head_differs(ld, embeddings)?);
     match task {
         Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
             score: ld.linear("score", hidden, num_labels, false, WeightLayout::OutIn)?,

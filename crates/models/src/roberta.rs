@@ -64,6 +64,9 @@ impl Architecture for RobertaConfig {
         self.initializer_range
     }
     /// Positions start after `padding_idx`.
+    fn type_vocab_size(&self) -> Option<i64> {
+        Some(self.type_vocab_size)
+    }
     fn max_positions(&self) -> Option<i64> {
         Some(self.max_position_embeddings - self.pad_token_id.unwrap_or(ROBERTA_PAD_TOKEN_ID) - 1)
     }

@@ -513,6 +513,20 @@ impl TaskModel {
                     tt.kind()
                 )));
             }
+            // As the token ids below: a type past the table fails inside the embedding.
+            let types = self.config.type_vocab_size();
+            if let (Some(types), tch::Device::Cpu, true) = (types, tt.device(), tt.numel() > 0) {
+                let (lo, hi) = tt.aminmax(None::<i64>, false);
+                let (lo, hi) = (lo.int64_value(&[]), hi.int64_value(&[]));
+                if lo < 0 || hi >= types {
+                    return Err(crate::bad_input(format!(
+                        "token_type_ids: type id {} is outside the type_vocab_size of {types} of \
+                         this {} (a pair of texts needs 2)",
+                        if lo < 0 { lo } else { hi },
+                        self.config.model_type()
+                    )));
+                }
+            }
         }
         if input_ids.device() != self.device {
             return Err(crate::bad_input(format!(
@@ -523,7 +537,7 @@ impl TaskModel {
         }
         // Ids outside the vocabulary would fail inside the embedding (a panic on the CPU, a
         // device assert on CUDA): checked where it costs no device synchronisation.
-        if input_ids.device() == tch::Device::Cpu {
+        if input_ids.device() == tch::Device::Cpu && input_ids.numel() > 0 {
             // One pass over the ids for both ends.
             let (lo, hi) = input_ids.aminmax(None::<i64>, false);
             let (lo, hi) = (lo.int64_value(&[]), hi.int64_value(&[]));

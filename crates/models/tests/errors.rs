@@ -255,3 +255,33 @@ fn bad_inputs_are_errors_not_panics() {
     let e = model.loss(&logits, &labels).unwrap_err();
     assert!(bad_input(&e).contains("class ids in 0..2"), "{e:#}");
 }
+
+/// Token type ids past `type_vocab_size` (a pair given to a model with one type) are a typed
+/// error naming the size (it panicked in the embedding); DeBERTa with `type_vocab_size` 0
+/// ignores them, as transformers does, so nothing is checked there.
+#[test]
+fn token_types_past_the_table_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |cfg, tensors| {
+        cfg["type_vocab_size"] = 1.into();
+        for (name, shape) in tensors.iter_mut() {
+            if name.ends_with("token_type_embeddings.weight") {
+                shape[0] = 1;
+            }
+        }
+    });
+    let (model, _) = TaskModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    let ids = tch::Tensor::ones([2, 6], (Kind::Int64, tch::Device::Cpu));
+    let ok = model.forward_t(&ids, &ids.ones_like(), Some(&ids.zeros_like()), false);
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let pairs = ids
+        .zeros_like()
+        .index_fill(1, &tch::Tensor::from_slice(&[4i64, 5]), 1);
+    let e = model
+        .forward_t(&ids, &ids.ones_like(), Some(&pairs), false)
+        .unwrap_err();
+    assert!(
+        bad_input(&e).contains("type id 1 is outside the type_vocab_size of 1 of this bert"),
+        "{e:#}"
+    );
+}

@@ -2,7 +2,9 @@
 //! Llama checkpoints that `tests/reference/rope.py` builds: logits under right padding (f32,
 //! CPU, 1e-4) and greedy generation with the KV cache, token for token (dynamic RoPE's
 //! frequencies change as the sequence grows past `max_position_embeddings`, LongRoPE's past
-//! `original_max_position_embeddings`).
+//! `original_max_position_embeddings`). The same harness checks configs read as transformers reads
+//! them: a top-level `original_max_position_embeddings`, Gemma's legacy `hidden_act: "gelu"`,
+//! and a tied config whose checkpoint holds an `lm_head.weight` of its own.
 
 mod common;
 
@@ -97,4 +99,11 @@ fn yarn_top_level_original_max_positions_are_read() {
 #[test]
 fn gemma_legacy_gelu_is_the_tanh_approximation() {
     parity("gemma_legacy_gelu");
+}
+
+/// A config that ties `lm_head` to the embeddings, and a checkpoint whose `lm_head.weight` has
+/// other values: the stored head is used, as transformers 5 does.
+#[test]
+fn a_stored_lm_head_unlike_the_tied_table_is_used() {
+    parity("tied_stray_lm_head");
 }

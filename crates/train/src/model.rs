@@ -505,7 +505,8 @@ pub fn write_merged(
 /// Token ids the tokenizer gave (and the padding id) must be rows of the model's embedding: a
 /// tokenizer with tokens the model lacks (added tokens without resized embeddings, another
 /// model's tokenizer) is refused here, naming the id and the vocabulary size, instead of
-/// failing inside the embedding lookup.
+/// failing inside the embedding lookup. So are token type ids past `type_vocab_size` (pairs
+/// given to a model with one type). Refusals are [`crate::task::BadData`].
 pub fn check_token_ids(
     model: &Model,
     pad_id: u32,
@@ -513,17 +514,25 @@ pub fn check_token_ids(
 ) -> Result<()> {
     let vocab = model.config().vocab_size();
     let too_big = |id: u32| i64::from(id) >= vocab;
+    let types = model.config().type_vocab_size();
     for (what, data) in sets {
         if let Some(id) = data.max_input_id().filter(|&id| too_big(id)) {
-            bail!(
+            return Err(crate::task::bad_data(anyhow::anyhow!(
                 "the {what} holds token id {id}, outside the model's vocabulary of {vocab} (config.json vocab_size): is the tokenizer the model's own, or were tokens added without resizing the embeddings?"
-            );
+            )));
+        }
+        if let (Some(types), Some(t)) = (types, data.max_token_type_id()) {
+            if i64::from(t) >= types {
+                return Err(crate::task::bad_data(anyhow::anyhow!(
+                    "the {what} holds token type id {t} (the second text of a pair), but this model has type_vocab_size {types} (config.json): give it single texts, or use a model trained on pairs"
+                )));
+            }
         }
     }
     if too_big(pad_id) {
-        bail!(
+        return Err(crate::task::bad_data(anyhow::anyhow!(
             "the padding id {pad_id} is outside the model's vocabulary of {vocab} (config.json vocab_size): set a pad token the model has (tokenizer.json padding / pad_token)"
-        );
+        )));
     }
     Ok(())
 }

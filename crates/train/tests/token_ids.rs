@@ -72,3 +72,77 @@ fn ids_outside_the_vocabulary_are_refused_with_the_id_and_the_size() {
         );
     }
 }
+
+/// Pairs of texts (token type 1 for the second) given to a model with `type_vocab_size` 1 are
+/// refused before training as bad data, naming the type id and the size (it panicked inside the
+/// embedding). MiniLM with its type table cut to one row.
+#[test]
+fn pairs_for_a_model_with_one_token_type_are_refused() {
+    let minilm = loraplus_data::paths::model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        if minilm.join(f).exists() {
+            std::os::unix::fs::symlink(minilm.join(f), model.join(f)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+            .unwrap();
+    config["type_vocab_size"] = 1.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(minilm.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let t = if k.ends_with("token_type_embeddings.weight") {
+                    t.narrow(0, 0, 1)
+                } else {
+                    t
+                };
+                (k, t)
+            })
+            .collect();
+    tch::Tensor::write_safetensors(&tensors, model.join("model.safetensors")).unwrap();
+
+    let data = dir.path().join("pairs.csv");
+    let mut rows = String::from("a,b,label\n");
+    for i in 0..8 {
+        rows += &format!("fine {i},also fine,{}\n", ["neg", "pos"][i % 2]);
+    }
+    std::fs::write(&data, rows).unwrap();
+    let cfg = |pairs: bool| {
+        let mut c = TrainConfig {
+            task: "classification".into(),
+            model: Some(model.clone()),
+            train_file: Some(data.clone()),
+            text_column: "a".into(),
+            text_pair_column: pairs.then(|| "b".into()),
+            output_dir: dir.path().join(if pairs { "pairs" } else { "single" }),
+            max_seq_len: Some(16),
+            batch_size: 4,
+            max_steps: Some(1),
+            eval_every: 0,
+            ..TrainConfig::default()
+        };
+        c.lora.r = 2;
+        c
+    };
+    // Single texts train on the one type.
+    Trainer::new(cfg(false), None).unwrap().train().unwrap();
+    let e = match Trainer::new(cfg(true), None) {
+        Ok(_) => panic!("pairs accepted by a model with one token type"),
+        Err(e) => e,
+    };
+    assert!(
+        e.downcast_ref::<loraplus_train::task::BadData>().is_some(),
+        "not BadData: {e:#}"
+    );
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("the training data holds token type id 1") && e.contains("type_vocab_size 1"),
+        "{e}"
+    );
+}

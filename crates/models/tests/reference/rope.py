@@ -17,7 +17,9 @@ reference comes from the model reloaded from the edited folder):
   llama3_top_level, yarn_top_level: a top-level original_max_position_embeddings (16), which
     transformers' standardize_rope_params puts over rope_parameters' own (32) or in its place;
   gemma_legacy_gelu: a Gemma with the official releases' hidden_act "gelu", which GemmaConfig
-    reads as the tanh approximation (weights scaled up so the two GELUs differ past 1e-4).
+    reads as the tanh approximation (weights scaled up so the two GELUs differ past 1e-4);
+  tied_stray_lm_head: tie_word_embeddings true, but the file holds an lm_head.weight of its
+    own, which transformers 5 uses, untied.
 No download: configs are built here, weights drawn from torch.manual_seed.
 """
 import json
@@ -25,7 +27,7 @@ import os
 import sys
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 61
@@ -44,6 +46,7 @@ CASES = {
                              original_max_position_embeddings=32),
     "yarn_top_level": dict(rope_type="yarn", factor=4.0),
     "gemma_legacy_gelu": dict(rope_type="default"),
+    "tied_stray_lm_head": dict(rope_type="default"),
 }
 
 
@@ -58,6 +61,12 @@ def edit_config(name, path):
             c["rope_parameters"]["original_max_position_embeddings"] = 32
     elif name == "gemma_legacy_gelu":
         c["hidden_act"] = "gelu"
+    elif name == "tied_stray_lm_head":
+        weights = os.path.join(os.path.dirname(path), "model.safetensors")
+        tensors = load_file(weights)
+        table = tensors["model.embed_tokens.weight"]
+        tensors["lm_head.weight"] = table + torch.randn_like(table) * 0.2
+        save_file(tensors, weights, metadata={"format": "pt"})
     else:
         return False
     with open(path, "w") as f:
@@ -74,7 +83,8 @@ def main(out):
         sizes = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
                      initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-                     tie_word_embeddings=False, rope_parameters=dict(rope_theta=10000.0, **params))
+                     tie_word_embeddings=name == "tied_stray_lm_head",
+                     rope_parameters=dict(rope_theta=10000.0, **params))
         if name == "gemma_legacy_gelu":
             model = GemmaForCausalLM(GemmaConfig(head_dim=8, hidden_act="gelu_pytorch_tanh", **sizes))
         else:
