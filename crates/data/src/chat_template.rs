@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The name the template is registered under in its environment.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -33,22 +33,85 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// The special tokens `transformers` passes to a chat template (its `special_tokens_map`).
 const SPECIAL_TOKEN_KEYS: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
 
-/// One turn of a conversation, as in HF's `messages` lists.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One turn of a conversation, as in HF's `messages` lists: its `role`, and every key of the turn
+/// as given (`content`, `tool_calls`, `reasoning_content`, `name`, `tool_call_id`, ...), which
+/// the template sees unchanged and in their order, as `apply_chat_template` passes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// `system`, `user`, `assistant`, ... (the template decides which it accepts).
-    pub role: String,
-    pub content: String,
+    role: String,
+    /// The whole turn, `role` included.
+    fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
+    /// `{"role": role, "content": content}`.
     pub fn new(role: &str, content: &str) -> Message {
+        let mut fields = serde_json::Map::new();
+        fields.insert("role".into(), role.into());
+        fields.insert("content".into(), content.into());
         Message {
             role: role.to_string(),
-            content: content.to_string(),
+            fields,
         }
     }
+
+    /// A turn from its JSON object, which must have a string `role`; the other keys are the
+    /// template's to read. The error says what is wrong (the caller adds where).
+    pub fn from_object(
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<Message, String> {
+        let role = match fields.get("role") {
+            Some(serde_json::Value::String(r)) => r.clone(),
+            Some(v) => {
+                return Err(format!(
+                    "role is {}, expected a string",
+                    crate::reader::json_type(v)
+                ))
+            }
+            None => return Err("has no \"role\"".into()),
+        };
+        Ok(Message { role, fields })
+    }
+
+    /// `system`, `user`, `assistant`, `tool`, ... (the template decides which it accepts).
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The text of the turn, when its `content` is a string.
+    pub fn content(&self) -> Option<&str> {
+        self.fields
+            .get("content")
+            .and_then(serde_json::Value::as_str)
+    }
+
+    /// Any key of the turn (`tool_calls`, ...).
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.fields.get(key)
+    }
 }
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.fields.serialize(s)
+    }
+}
+
+/// What a conversation gives its template besides the messages, as `apply_chat_template`'s
+/// arguments: `tools` (JSON schemas of the functions the model may call; `None` renders as
+/// `none`) and other template variables (TRL's `chat_template_kwargs`, e.g. `enable_thinking`),
+/// which override the special tokens of the same name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChatExtras {
+    /// `tools=`: a list of JSON schemas.
+    pub tools: Option<serde_json::Value>,
+    /// Further variables of the template.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Template variables `apply_chat_template` sets itself, which `chat_template_kwargs` cannot.
+pub const RESERVED_TEMPLATE_VARIABLES: [&str; 4] =
+    ["messages", "tools", "documents", "add_generation_prompt"];
 
 /// A compiled chat template with the special tokens it is rendered with.
 pub struct ChatTemplate {
@@ -206,6 +269,18 @@ impl ChatTemplate {
     /// assistant turn. Same text as `tokenizer.apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=...)`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, &ChatExtras::default(), add_generation_prompt)
+    }
+
+    /// [`Self::render`] with `tools` and template variables (`apply_chat_template(messages,
+    /// tools=..., **kwargs)`). `documents` is `none`, as when `apply_chat_template` is not given
+    /// any.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        extras: &ChatExtras,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -215,7 +290,23 @@ impl ChatTemplate {
             .iter()
             .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
             .collect();
+        for (k, v) in &extras.kwargs {
+            if RESERVED_TEMPLATE_VARIABLES.contains(&k.as_str()) {
+                bail!(
+                    "chat_template_kwargs cannot set {k:?}, which the template gets from the row"
+                );
+            }
+            ctx.insert(k.as_str(), Value::from_serialize(v));
+        }
         ctx.insert("messages", Value::from_serialize(messages));
+        ctx.insert(
+            "tools",
+            extras
+                .tools
+                .as_ref()
+                .map_or(Value::from(()), Value::from_serialize),
+        );
+        ctx.insert("documents", Value::from(()));
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
         template.render(ctx).map_err(|e| {
             anyhow!(

@@ -41,7 +41,7 @@ pub use batch::{
     padding_fraction, Batch, BatchIter, DataLoader, LoaderConfig, Padding, PaddingSide, Position,
     PrefetchIter,
 };
-pub use chat_template::{ChatTemplate, Message};
+pub use chat_template::{ChatExtras, ChatTemplate, Message};
 pub use lm::{LmFormat, LmOptions, LmStats, LmTokenizer, TooLong};
 pub use metrics::{
     eval_loss, evaluate, evaluate_mnli, predictions_from_logits, MetricReport, EVAL_LOSS,

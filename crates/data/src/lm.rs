@@ -10,7 +10,10 @@
 //!   `len(prompt tokens)` tokens of the second are not targets, the rest are. (TRL's rule; when
 //!   the prompt's tokens are not a prefix of the whole's, a boundary merge, the row is counted
 //!   in [`LmStats::prompt_prefix_mismatches`] and a warning is logged, as TRL does.)
-//! - `messages`: `{"messages": [{"role": ..., "content": ...}, ...]}`. Rendered by the model's
+//! - `messages`: `{"messages": [{"role": ..., "content": ...}, ...]}`, optionally with `tools`
+//!   (JSON schemas) and `chat_template_kwargs` (template variables), TRL's columns. Every key of
+//!   a turn reaches the template as given (`tool_calls`, whose turn may have a null or no
+//!   `content`, `reasoning_content`, `name`, ...). Rendered by the model's
 //!   chat template ([`ChatTemplate`]) and tokenized WITHOUT adding special tokens (the template
 //!   writes BOS itself, so it is never doubled); no EOS is appended. With
 //!   [`LmOptions::assistant_only_loss`] (default) the targets are the tokens of the assistant
@@ -47,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::batch::PaddingSide;
-use crate::chat_template::{read_json, token_content, ChatTemplate, Message};
+use crate::chat_template::{read_json, token_content, ChatExtras, ChatTemplate, Message};
 use crate::reader::{numbered_lines, strip_bom, utf8_line};
 use crate::tokenize::{LmExample, TokenizedDataset, IGNORE_INDEX};
 
@@ -215,8 +218,15 @@ impl fmt::Display for LmStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LmRecord {
     Text(String),
-    PromptCompletion { prompt: String, completion: String },
-    Messages(Vec<Message>),
+    PromptCompletion {
+        prompt: String,
+        completion: String,
+    },
+    /// A conversation, with the row's `tools` and `chat_template_kwargs`.
+    Messages {
+        messages: Vec<Message>,
+        extras: ChatExtras,
+    },
 }
 
 impl LmRecord {
@@ -224,7 +234,7 @@ impl LmRecord {
         match self {
             LmRecord::Text(_) => LmFormat::Text,
             LmRecord::PromptCompletion { .. } => LmFormat::PromptCompletion,
-            LmRecord::Messages(_) => LmFormat::Messages,
+            LmRecord::Messages { .. } => LmFormat::Messages,
         }
     }
 }
@@ -422,7 +432,7 @@ impl LmTokenizer {
                     .collect();
                 Ok((example(ids, labels), prefix_ok))
             }
-            LmRecord::Messages(messages) => {
+            LmRecord::Messages { messages, extras } => {
                 let template =
                     self.chat_template
                         .as_ref()
@@ -433,10 +443,10 @@ impl LmTokenizer {
                                 self.source
                             ),
                         })?;
-                let text = template.render(messages, false)?;
+                let text = template.render_with(messages, extras, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let spans = if assistant_only_loss {
-                    assistant_spans(template, messages, &text)?
+                    assistant_spans(template, messages, extras, &text)?
                 } else {
                     vec![(0, text.len())]
                 };
@@ -469,15 +479,16 @@ fn example(input_ids: Vec<u32>, labels: Vec<i64>) -> LmExample {
 pub fn assistant_spans(
     template: &ChatTemplate,
     messages: &[Message],
+    extras: &ChatExtras,
     full: &str,
 ) -> Result<ByteSpans> {
     let mut spans = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        if m.role != "assistant" {
+        if m.role() != "assistant" {
             continue;
         }
-        let before = template.render(&messages[..i], true)?;
-        let through = template.render(&messages[..=i], false)?;
+        let before = template.render_with(&messages[..i], extras, true)?;
+        let through = template.render_with(&messages[..=i], extras, false)?;
         if !full.starts_with(&through) || !through.starts_with(&before) {
             bail!(
                 "the chat template of {} does not render the conversation up to message {} as a \
@@ -516,9 +527,13 @@ fn string_field(
     }
 }
 
-fn messages_field(
+/// The `messages` of a row, with its `tools` and `chat_template_kwargs` (TRL's columns); the
+/// error says what is wrong (the caller adds the file and line). Each turn needs a string
+/// `role` and a string `content`, which may be null or absent in a turn with `tool_calls`; any
+/// other key goes to the template as it is.
+pub fn parse_conversation(
     obj: &serde_json::Map<String, serde_json::Value>,
-) -> std::result::Result<Vec<Message>, String> {
+) -> std::result::Result<(Vec<Message>, ChatExtras), String> {
     let list = match obj.get("messages") {
         Some(serde_json::Value::Array(a)) => a,
         Some(v) => {
@@ -532,7 +547,8 @@ fn messages_field(
     if list.is_empty() {
         return Err("field \"messages\" is an empty list".into());
     }
-    list.iter()
+    let messages = list
+        .iter()
         .enumerate()
         .map(|(i, m)| {
             let Some(o) = m.as_object() else {
@@ -541,20 +557,71 @@ fn messages_field(
                     json_kind(m)
                 ));
             };
-            let field = |k: &str| match o.get(k) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(v) => Err(format!(
-                    "messages[{i}].{k} is {}, expected a string",
-                    json_kind(v)
-                )),
-                None => Err(format!("messages[{i}] has no {k:?}")),
-            };
-            Ok(Message {
-                role: field("role")?,
-                content: field("content")?,
-            })
+            let calls_tools = o.get("tool_calls").is_some_and(|c| !c.is_null());
+            match o.get("content") {
+                Some(serde_json::Value::String(_)) => {}
+                None | Some(serde_json::Value::Null) if calls_tools => {}
+                Some(serde_json::Value::Array(_)) => {
+                    return Err(format!(
+                        "messages[{i}].content is an array (content parts), expected a string: \
+                         give the turn's text as one string"
+                    ))
+                }
+                Some(v) => {
+                    return Err(format!(
+                        "messages[{i}].content is {}, expected a string",
+                        json_kind(v)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "messages[{i}] has no \"content\" (only a turn with \"tool_calls\" may \
+                         go without)"
+                    ))
+                }
+            }
+            Message::from_object(o.clone()).map_err(|e| format!("messages[{i}] {e}"))
         })
-        .collect()
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let tools = match obj.get("tools") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(t @ serde_json::Value::Array(items)) => {
+            if let Some(k) = items.iter().position(|t| !t.is_object()) {
+                return Err(format!(
+                    "tools[{k}] is {}, expected an object (a JSON schema)",
+                    json_kind(&items[k])
+                ));
+            }
+            Some(t.clone())
+        }
+        Some(v) => {
+            return Err(format!(
+                "field \"tools\" is {}, expected a list of JSON schemas",
+                json_kind(v)
+            ))
+        }
+    };
+    let kwargs = match obj.get("chat_template_kwargs") {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(o)) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| crate::chat_template::RESERVED_TEMPLATE_VARIABLES.contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "chat_template_kwargs cannot set {k:?}, which the template gets from the row"
+                ));
+            }
+            o.clone()
+        }
+        Some(v) => {
+            return Err(format!(
+                "field \"chat_template_kwargs\" is {}, expected an object",
+                json_kind(v)
+            ))
+        }
+    };
+    Ok((messages, ChatExtras { tools, kwargs }))
 }
 
 fn parse_row(
@@ -600,7 +667,10 @@ fn parse_row(
             }
             LmRecord::PromptCompletion { prompt, completion }
         }
-        LmFormat::Messages => LmRecord::Messages(messages_field(&obj)?),
+        LmFormat::Messages => {
+            let (messages, extras) = parse_conversation(&obj)?;
+            LmRecord::Messages { messages, extras }
+        }
     };
     Ok((format, record))
 }
@@ -886,7 +956,10 @@ mod tests {
         assert_eq!(f, LmFormat::Messages);
         assert_eq!(
             rows[0].record,
-            LmRecord::Messages(vec![Message::new("user", "q")])
+            LmRecord::Messages {
+                messages: vec![Message::new("user", "q")],
+                extras: ChatExtras::default()
+            }
         );
     }
 

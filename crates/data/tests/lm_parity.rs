@@ -1,7 +1,9 @@
 //! Causal-LM data equals what `transformers` gives: one run of `reference/lm_ref.py` writes
-//! tiny tokenizers (reference/tiny_tokenizer.py) with four chat templates (Llama-2 with a
+//! tiny tokenizers (reference/tiny_tokenizer.py) with five chat templates (Llama-2 with a
 //! system prompt and `raise_exception`, Zephyr, ChatML with a generation prompt, one with
-//! `tojson` and Python string methods), the data files, and the expected values:
+//! `tojson` and Python string methods, one with a row's `tools`, `tool_calls` with null or
+//! absent content, `tool` turns, `reasoning_content` and `chat_template_kwargs`), the data
+//! files, and the expected values:
 //! - chat templates: `apply_chat_template` text and token ids, with and without the generation
 //!   prompt, and the `raise_exception` path (both sides fail, ours naming template and message);
 //! - each format (text, prompt-completion, messages), truncated and packed: token ids, labels
@@ -15,15 +17,16 @@ use std::sync::{Arc, OnceLock};
 
 use loraplus_data::lm::{self, LmRecord};
 use loraplus_data::{
-    ChatTemplate, DataLoader, Labels, LmOptions, LmTokenizer, LoaderConfig, Message, PaddingSide,
-    Position, TooLong, IGNORE_INDEX,
+    ChatExtras, ChatTemplate, DataLoader, Labels, LmOptions, LmTokenizer, LoaderConfig, Message,
+    PaddingSide, Position, TooLong, IGNORE_INDEX,
 };
 use serde_json::Value;
 
 struct Fixture {
     dir: PathBuf,
     reference: Value,
-    conversations: Vec<Vec<Message>>,
+    /// Rows: messages with their tools and template variables.
+    conversations: Vec<(Vec<Message>, ChatExtras)>,
 }
 
 fn python() -> PathBuf {
@@ -54,7 +57,12 @@ fn fixture() -> &'static Fixture {
             serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
         };
         let reference = read("ref.json");
-        let conversations = serde_json::from_value(read("conversations.json")).unwrap();
+        let conversations = read("conversations.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| lm::parse_conversation(row.as_object().unwrap()).unwrap())
+            .collect();
         Fixture {
             dir,
             reference,
@@ -87,7 +95,23 @@ fn i64s(v: &Value) -> Vec<i64> {
 fn chat_templates_render_like_transformers() {
     let fx = fixture();
     let entries = fx.reference["chat"].as_array().unwrap();
-    assert_eq!(entries.len(), 4 * fx.conversations.len() * 2);
+    // Every template renders the rows without tools; only "tools" renders those with them.
+    let with_tools = fx
+        .conversations
+        .iter()
+        .filter(|(m, x)| {
+            *x != ChatExtras::default()
+                || m.iter().any(|m| {
+                    m.role() == "tool"
+                        || m.get("tool_calls").is_some()
+                        || m.get("reasoning_content").is_some()
+                })
+        })
+        .count();
+    assert_eq!(with_tools, 4);
+    let plain = fx.conversations.len() - with_tools;
+    assert_eq!(entries.len(), (5 * plain + with_tools) * 2);
+    assert!(entries.iter().any(|e| e["template"] == "tools"));
     let mut errors = 0;
     for e in entries {
         let name = e["template"].as_str().unwrap();
@@ -99,7 +123,7 @@ fn chat_templates_render_like_transformers() {
             "{name}, conversation {}, generation prompt {gen}",
             e["conversation"]
         );
-        let got = template.render(conv, gen);
+        let got = template.render_with(&conv.0, &conv.1, gen);
         if let Some(msg) = e["error"].as_str() {
             errors += 1;
             let err = format!("{:#}", got.expect_err(&case));
@@ -166,7 +190,10 @@ fn tokenizer_without_pad_or_with_a_broken_template() {
     assert!(tok.chat_template().is_none());
     let rows = vec![lm::LmRow {
         line: 3,
-        record: LmRecord::Messages(vec![Message::new("user", "a")]),
+        record: LmRecord::Messages {
+            messages: vec![Message::new("user", "a")],
+            extras: Default::default(),
+        },
     }];
     let err = format!(
         "{:#}",
@@ -377,7 +404,10 @@ fn nothing_to_learn_is_refused_on_request() {
     // A messages row with a template that raises names the line and the template message.
     let rows = vec![lm::LmRow {
         line: 7,
-        record: LmRecord::Messages(vec![Message::new("user", "a"), Message::new("user", "b")]),
+        record: LmRecord::Messages {
+            messages: vec![Message::new("user", "a"), Message::new("user", "b")],
+            extras: Default::default(),
+        },
     }];
     let err = format!(
         "{:#}",

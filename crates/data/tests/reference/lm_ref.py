@@ -5,7 +5,8 @@
 writes into FIXTURE_DIR one tiny tokenizer per chat template (tiny_tokenizer.py), the data files
 data/*.jsonl, conversations.json, and ref.json with, computed by `transformers`:
 - "chat": for each template, conversation and add_generation_prompt, the text and token ids of
-  `apply_chat_template` (or the error it raised);
+  `apply_chat_template` (or the error it raised); the rows with tools, tool calls, reasoning and
+  template variables (TOOL_ROWS) with the "tools" template only;
 - "cases": for each case (model, data file, max_seq_len, packing, assistant_only_loss), the rows
   of the dataset (input_ids, labels, position_ids) and the counts of skipped / truncated rows.
 
@@ -94,7 +95,46 @@ RENDER_ONLY = [
     ],
 ]
 
-TEMPLATES = {"llama2": "right", "zephyr": "right", "chatml": "left", "tojson": "right"}
+# Rows with tools, tool calls (content null or absent), tool turns, reasoning and template
+# variables (TRL's `tools` and `chat_template_kwargs` columns), for the "tools" template.
+TOOL_ROWS = [
+    {
+        "messages": [
+            {"role": "system", "content": "You can look up the weather."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}}
+            ]},
+            {"role": "tool", "name": "get_weather", "content": "{\"temp\": 21}"},
+            {"role": "assistant", "content": "It is 21 degrees in Paris."},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "description": "The weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                           "required": ["city"]}}}],
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "reasoning_content": "Two and two make four.", "content": "Four."},
+        ],
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "And two plus three?"},
+            {"role": "assistant", "reasoning_content": "Not shown.", "content": "Five."},
+        ],
+        "chat_template_kwargs": {"enable_thinking": False},
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Call it."},
+            {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "ping", "arguments": {}}}]},
+        ],
+    },
+]
+
+TEMPLATES = {"llama2": "right", "zephyr": "right", "chatml": "left", "tojson": "right", "tools": "right"}
 
 # (name, model, data file, max_seq_len, packing, assistant_only_loss)
 CASES = [
@@ -109,20 +149,27 @@ CASES = [
     ("messages_chatml_short", "chatml", "messages.jsonl", 72, False, True),
     ("messages_chatml_packed", "chatml", "messages.jsonl", 120, True, True),
     ("messages_all_tokens", "zephyr", "messages.jsonl", 256, False, False),
+    ("messages_tools", "tools", "tools.jsonl", 512, False, True),
+    ("messages_tools_all_tokens", "tools", "tools.jsonl", 512, False, False),
 ]
+
+
+def template_args(row):
+    """What `apply_chat_template` takes from a row besides its messages (TRL's columns)."""
+    return dict(tools=row.get("tools"), **row.get("chat_template_kwargs", {}))
 
 
 def with_eos(text, eos):
     return text if text.endswith(eos) else text + eos
 
 
-def assistant_spans(tok, messages, full):
+def assistant_spans(tok, messages, full, args):
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **args)
+        through = tok.apply_chat_template(messages[: i + 1], tokenize=False, **args)
         assert full.startswith(through) and through.startswith(before), (before, through, full)
         spans.append((len(before), len(through)))
     return spans
@@ -131,12 +178,12 @@ def assistant_spans(tok, messages, full):
 def tokenize_row(tok, row, assistant_only):
     eos = tok.eos_token
     if "messages" in row:
-        messages = row["messages"]
-        full = tok.apply_chat_template(messages, tokenize=False)
-        ids = list(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        messages, args = row["messages"], template_args(row)
+        full = tok.apply_chat_template(messages, tokenize=False, **args)
+        ids = list(tok.apply_chat_template(messages, tokenize=True, return_dict=True, **args)["input_ids"])
         enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
         assert list(enc["input_ids"]) == ids
-        spans = assistant_spans(tok, messages, full) if assistant_only else [(0, len(full))]
+        spans = assistant_spans(tok, messages, full, args) if assistant_only else [(0, len(full))]
         labels = [
             i if any(a <= start < b for a, b in spans) else IGNORE
             for i, (start, _) in zip(ids, enc["offset_mapping"])
@@ -212,10 +259,12 @@ def main():
         "text.jsonl": [{"text": t} for t in TEXTS],
         "pc.jsonl": [{"prompt": p, "completion": c} for p, c in PROMPT_COMPLETIONS],
         "messages.jsonl": [{"messages": m} for m in CONVERSATIONS],
+        "tools.jsonl": TOOL_ROWS,
     }
     for fname, rows in files.items():
         write_jsonl(os.path.join(data, fname), rows)
-    conversations = CONVERSATIONS + RENDER_ONLY
+    # Rows ({"messages", "tools", "chat_template_kwargs"}); the tool rows only for "tools".
+    conversations = [{"messages": m} for m in CONVERSATIONS + RENDER_ONLY] + TOOL_ROWS
     with open(os.path.join(root, "conversations.json"), "w") as f:
         json.dump(conversations, f, ensure_ascii=False)
 
@@ -223,14 +272,19 @@ def main():
     chat = []
     for name, tok in toks.items():
         for ci, conv in enumerate(conversations):
+            if conv in TOOL_ROWS and name != "tools":
+                continue
             for gen in (False, True):
                 entry = {"template": name, "conversation": ci, "add_generation_prompt": gen}
+                args = template_args(conv)
                 try:
-                    entry["text"] = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
+                    entry["text"] = tok.apply_chat_template(
+                        conv["messages"], tokenize=False, add_generation_prompt=gen, **args
+                    )
                     entry["ids"] = list(
-                        tok.apply_chat_template(conv, tokenize=True, return_dict=True, add_generation_prompt=gen)[
-                            "input_ids"
-                        ]
+                        tok.apply_chat_template(
+                            conv["messages"], tokenize=True, return_dict=True, add_generation_prompt=gen, **args
+                        )["input_ids"]
                     )
                 except Exception as e:  # noqa: BLE001 - the message is what is compared
                     entry["error"] = str(e)

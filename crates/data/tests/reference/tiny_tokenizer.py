@@ -89,6 +89,36 @@ TEMPLATES = {
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
+    # Tools and tool calls (ChatML-like): the row's `tools` as JSON in a system block (`tools is
+    # not none`), an assistant turn's `tool_calls` (content null or absent) and
+    # `reasoning_content`, `tool` turns, and a template variable (`enable_thinking`) that rows
+    # set through `chat_template_kwargs`.
+    "tools": """{%- if tools is not none %}
+<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+{% endif %}# Tools
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}<|im_end|>
+{% elif messages[0].role == 'system' %}
+<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for m in messages %}
+{% if m.role != 'system' %}
+<|im_start|>{{ m.role }}
+{% if m.reasoning_content is defined and m.reasoning_content and (enable_thinking is not defined or enable_thinking) %}
+<think>{{ m.reasoning_content }}</think>
+{% endif %}
+{% if m.content %}{{ m.content }}{% endif %}
+{% if m.tool_calls is defined and m.tool_calls %}
+{% for call in m.tool_calls %}<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}
+{% endif %}
+<|im_end|>
+{% endif %}
+{% endfor %}
+{%- if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}""",
     # Messages as JSON (Python's separators), and Python string methods.
     "tojson": (
         "{% for m in messages %}{{ m | tojson }}\n"

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use loraplus_data::chat_template::Message;
+use loraplus_data::chat_template::{ChatExtras, Message};
 use loraplus_data::lm::LmTokenizer;
 use loraplus_models::{GenerationConfig, Head};
 
@@ -83,7 +83,8 @@ pub struct GenerateArgs {
 /// One prompt: plain text or a conversation.
 enum Prompt {
     Text(String),
-    Chat(Vec<Message>),
+    /// A conversation, with the row's `tools` and `chat_template_kwargs`.
+    Chat(Vec<Message>, ChatExtras),
 }
 
 /// Each prompt with its line (1-based) and the input field it came from (`{"prompt": ..}` or
@@ -104,10 +105,7 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(usize, serde_json::Value
                 .as_str()
                 .with_context(|| format!("{}: field \"prompt\" must be a string", at()))?;
             let prompt = if chat {
-                Prompt::Chat(vec![Message {
-                    role: "user".into(),
-                    content: p.to_string(),
-                }])
+                Prompt::Chat(vec![Message::new("user", p)], ChatExtras::default())
             } else {
                 Prompt::Text(p.to_string())
             };
@@ -116,16 +114,15 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(usize, serde_json::Value
             if !chat {
                 bail!("{}: a \"messages\" row needs --chat", at());
             }
-            let msgs: Vec<Message> = serde_json::from_value(m.clone()).with_context(|| {
-                format!(
-                    "{}: \"messages\" must be a list of {{\"role\", \"content\"}}",
-                    at()
-                )
-            })?;
+            let obj = v
+                .as_object()
+                .with_context(|| format!("{}: expected an object", at()))?;
+            let (msgs, extras) = loraplus_data::lm::parse_conversation(obj)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
             out.push((
                 i + 1,
                 serde_json::json!({"messages": m}),
-                Prompt::Chat(msgs),
+                Prompt::Chat(msgs, extras),
             ));
         } else {
             bail!(
@@ -143,12 +140,12 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(usize, serde_json::Value
 fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
     let ids = match p {
         Prompt::Text(t) => tok.encode(t, true)?,
-        Prompt::Chat(m) => {
+        Prompt::Chat(m, extras) => {
             let template = tok
                 .chat_template()
                 .context("--chat: the model's tokenizer_config.json has no chat_template")?;
             // The rendered template already holds its special tokens: none added again.
-            tok.encode(&template.render(m, true)?, false)?
+            tok.encode(&template.render_with(m, extras, true)?, false)?
         }
     };
     Ok(ids.into_iter().map(i64::from).collect())
@@ -163,10 +160,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let prompts: Vec<(usize, serde_json::Value, Prompt)> = match (&a.prompt, &a.input) {
         (Some(p), None) => {
             let prompt = if a.chat {
-                Prompt::Chat(vec![Message {
-                    role: "user".into(),
-                    content: p.clone(),
-                }])
+                Prompt::Chat(vec![Message::new("user", p)], ChatExtras::default())
             } else {
                 Prompt::Text(p.clone())
             };
