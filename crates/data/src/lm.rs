@@ -6,10 +6,11 @@
 //!   when it does not already end with it, is tokenized with the special tokens of the
 //!   tokenizer's post-processor (BOS for Llama); every token is a target.
 //! - `prompt-completion`: `{"prompt": ..., "completion": ...}`. `prompt` and `prompt +
-//!   completion (+ EOS as above)` are tokenized each with special tokens; the first
-//!   `len(prompt tokens)` tokens of the second are not targets, the rest are. (TRL's rule; when
-//!   the prompt's tokens are not a prefix of the whole's, a boundary merge, the row is counted
-//!   in [`LmStats::prompt_prefix_mismatches`] and a warning is logged, as TRL does.)
+//!   completion (+ EOS as above)` are tokenized each with special tokens; the tokens the two
+//!   have in common at the start are not targets, the rest are (TRL's `common_prefix_length`).
+//!   When the prompt's tokens are not all a prefix of the whole's (a token merges across the
+//!   boundary, e.g. a prompt ending in a space), the merged token is a target, and the row is
+//!   counted in [`LmStats::prompt_prefix_mismatches`] with a warning, as TRL does.
 //! - `messages`: `{"messages": [{"role": ..., "content": ...}, ...]}`, optionally with `tools`
 //!   (JSON schemas) and `chat_template_kwargs` (template variables), TRL's columns. Every key of
 //!   a turn reaches the template as given (`tool_calls`, whose turn may have a null or no
@@ -418,12 +419,19 @@ impl LmTokenizer {
             LmRecord::PromptCompletion { prompt, completion } => {
                 let prompt_ids = self.encode(prompt, true)?;
                 let ids = self.encode(&self.with_eos(&format!("{prompt}{completion}")), true)?;
-                let prefix_ok = ids.starts_with(&prompt_ids);
+                // The completion starts where the two tokenizations diverge (TRL's
+                // `common_prefix_length`): a token merged across the boundary is a target.
+                let prompt_len = prompt_ids
+                    .iter()
+                    .zip(&ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let prefix_ok = prompt_len == prompt_ids.len();
                 let labels = ids
                     .iter()
                     .enumerate()
                     .map(|(t, &i)| {
-                        if t < prompt_ids.len() {
+                        if t < prompt_len {
                             IGNORE_INDEX
                         } else {
                             i64::from(i)
@@ -799,7 +807,9 @@ pub fn build_dataset(
     if stats.prompt_prefix_mismatches > 0 {
         tracing::warn!(
             "{origin}: in {} rows the prompt's tokens are not a prefix of prompt + completion's \
-             (a token merges across the boundary); the first len(prompt tokens) are masked, as TRL does",
+             (a token merges across the boundary): the completion starts where they diverge, as in \
+             TRL, so the model trains on a context that differs from the prompt alone; end prompts on a \
+             token boundary (e.g. no trailing space) to avoid it",
             stats.prompt_prefix_mismatches
         );
     }

@@ -14,7 +14,8 @@ The rules, as TRL's `SFTTrainer._prepare_dataset` (trl/trainer/sft_trainer.py) w
 assistant-turn rule of loraplus (crates/data/src/lm.rs):
 - text: tokenizer(text + eos unless it ends with eos); every token a target;
 - prompt-completion: p = tokenizer(prompt), ids = tokenizer(prompt + completion + eos unless
-  it ends with eos); the first len(p) tokens are not targets;
+  it ends with eos); the tokens p and ids share at the start are not targets (TRL's
+  common_prefix_length: a token merged across the boundary is a target);
 - messages: ids = apply_chat_template(messages, tokenize=True); a token is a target when its
   first character lies in an assistant turn: between render(messages[:i],
   add_generation_prompt=True) and render(messages[:i+1]) for each assistant message i;
@@ -54,6 +55,8 @@ PROMPT_COMPLETIONS = [
     # A prompt longer than the cases' max_seq_len: nothing left to learn after truncation.
     (" ".join(["Summarize the following text in a few words."] * 12), " Weather."),
     ("Is the earth round?", " Yes."),
+    # A prompt ending in a space: " the" is one token of prompt + completion, not of the prompt.
+    ("Tell me about ", "the sea."),
 ]
 
 CONVERSATIONS = [
@@ -192,7 +195,10 @@ def tokenize_row(tok, row, assistant_only):
     if "prompt" in row:
         prompt_ids = tok(row["prompt"])["input_ids"]
         ids = tok(with_eos(row["prompt"] + row["completion"], eos))["input_ids"]
-        labels = [IGNORE if t < len(prompt_ids) else i for t, i in enumerate(ids)]
+        prompt_len = 0  # TRL's common_prefix_length
+        while prompt_len < min(len(prompt_ids), len(ids)) and prompt_ids[prompt_len] == ids[prompt_len]:
+            prompt_len += 1
+        labels = [IGNORE if t < prompt_len else i for t, i in enumerate(ids)]
         return ids, labels
     ids = tok(with_eos(row["text"], eos))["input_ids"]
     return ids, list(ids)
