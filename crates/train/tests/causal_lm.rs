@@ -547,6 +547,41 @@ fn each_format_trains_on_llama_and_gpt2() {
             assert_eq!(mcfg["architectures"][0], want);
         }
     }
+    // A tokenizer that pads on the left (for generation) does not shift GPT-2's learned
+    // positions in training and evaluation batches: they pad on the right, as TRL's collator,
+    // so an example's loss does not depend on the batch it is in.
+    let left = dir.path().join("gpt2-left");
+    std::fs::create_dir(&left).unwrap();
+    for e in std::fs::read_dir(fx.model("gpt2")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), left.join(e.file_name())).unwrap();
+    }
+    let cfg_path = left.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    tc["padding_side"] = "left".into();
+    std::fs::write(&cfg_path, tc.to_string()).unwrap();
+    let text = dir.path().join("text.jsonl");
+    let loss = |batch: &str| -> f64 {
+        let out = ok(&[
+            "eval",
+            "--task",
+            "causal-lm",
+            "--model",
+            s(&left),
+            "--eval-file",
+            s(&text),
+            "--batch-size",
+            batch,
+        ]);
+        let at = out.find("eval_loss ").unwrap() + "eval_loss ".len();
+        out[at..].split(',').next().unwrap().trim().parse().unwrap()
+    };
+    let (one, four) = (loss("1"), loss("4"));
+    assert!(
+        (one - four).abs() <= 1e-4 * one.abs(),
+        "gpt2, left-padding tokenizer: eval_loss {one} one by one, {four} in batches of 4"
+    );
 }
 
 /// Phi-3 and Gemma 2, trained with their recommended LoRA targets (Phi-3: the fused

@@ -64,10 +64,13 @@ impl CausalLmTask {
         Ok(Arc::new(ds))
     }
 
-    /// The padding of this task's batches: the tokenizer's pad id (EOS when it has none) and side.
+    /// The padding of this task's training and evaluation batches: the tokenizer's pad id (EOS
+    /// when it has none), on the right whatever the tokenizer's `padding_side` (which is for
+    /// generation), as TRL's collator pads: on the left, a model with learned positions (GPT-2)
+    /// would see each example's positions shifted by its batch's padding.
     pub fn padding(model_dir: &Path) -> Result<(u32, PaddingSide)> {
         let tok = crate::model::decoder_tokenizer(model_dir)?;
-        Ok((tok.pad_id(), tok.padding_side()))
+        Ok((tok.pad_id(), PaddingSide::Right))
     }
 }
 
