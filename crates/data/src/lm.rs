@@ -21,8 +21,9 @@
 //!   turns: for assistant message `i`, the turn is the text between the rendering of messages
 //!   `0..i` with `add_generation_prompt=true` and the rendering of messages `0..=i` without it
 //!   (its content and the template's end-of-turn text, e.g. `</s>` or `<|im_end|>\n`); both
-//!   renderings must be prefixes of the whole conversation's, else the row is an error. A
-//!   token is a target when its first character lies inside an assistant turn.
+//!   renderings must be prefixes of the whole conversation's (the second less the EOS token
+//!   when the template closes every conversation with it, as Phi-3's), else the row is an
+//!   error. A token is a target when its first character lies inside an assistant turn.
 //!
 //! Labels follow HF: `labels[t]` is the token at `t` itself or [`IGNORE_INDEX`]; the model
 //! shifts them (position 0 is never predicted). Rows are cut to [`LmOptions::max_seq_len`]
@@ -154,9 +155,13 @@ pub struct LmOptions {
     pub packing: bool,
     /// Rows with no target left after truncation. Default skip.
     pub too_long: TooLong,
-    /// `messages` rows: loss on assistant turns only. Default true; false puts the loss on
-    /// every token of the conversation (TRL's `assistant_only_loss=False`).
+    /// `messages` rows: loss on assistant turns only. Default true (TRL's default is false);
+    /// false puts the loss on every token of the conversation (TRL's
+    /// `assistant_only_loss=False`).
     pub assistant_only_loss: bool,
+    /// `prompt-completion` rows: loss on the completion only. Default true (TRL's default);
+    /// false puts it on the prompt's tokens too.
+    pub completion_only_loss: bool,
 }
 
 impl Default for LmOptions {
@@ -167,6 +172,7 @@ impl Default for LmOptions {
             packing: false,
             too_long: TooLong::Skip,
             assistant_only_loss: true,
+            completion_only_loss: true,
         }
     }
 }
@@ -403,13 +409,15 @@ impl LmTokenizer {
         }
     }
 
-    /// Token ids and labels of one record, before truncation. The second value is false when a
+    /// Token ids and labels of one record, before truncation, under `opts`'
+    /// `assistant_only_loss` and `completion_only_loss`. The second value is false when a
     /// prompt's tokens are not a prefix of the prompt + completion tokens.
     pub fn tokenize_record(
         &self,
         record: &LmRecord,
-        assistant_only_loss: bool,
+        opts: &LmOptions,
     ) -> Result<(LmExample, bool)> {
+        let assistant_only_loss = opts.assistant_only_loss;
         match record {
             LmRecord::Text(text) => {
                 let ids = self.encode(&self.with_eos(text), true)?;
@@ -427,6 +435,11 @@ impl LmTokenizer {
                     .take_while(|(a, b)| a == b)
                     .count();
                 let prefix_ok = prompt_len == prompt_ids.len();
+                let prompt_len = if opts.completion_only_loss {
+                    prompt_len
+                } else {
+                    0
+                };
                 let labels = ids
                     .iter()
                     .enumerate()
@@ -497,20 +510,39 @@ pub fn assistant_spans(
         }
         let before = template.render_with(&messages[..i], extras, true)?;
         let through = template.render_with(&messages[..=i], extras, false)?;
-        if !full.starts_with(&through) || !through.starts_with(&before) {
+        let eos = template
+            .special_tokens()
+            .get("eos_token")
+            .map(String::as_str);
+        let end = turn_end(&through, full, eos).filter(|&end| through[..end].starts_with(&before));
+        let Some(end) = end else {
             bail!(
                 "the chat template of {} does not render the conversation up to message {} as a \
-                 prefix of the whole conversation, so the assistant turn cannot be located; \
-                 train on every token (assistant_only_loss = false) or use another template",
+                 prefix of the whole conversation (it renders earlier turns differently, e.g. \
+                 drops their reasoning), so the assistant turn cannot be located; train on every \
+                 token (assistant_only_loss = false, --assistant-only-loss false) or use another \
+                 template",
                 template.origin(),
                 i + 1
             );
-        }
-        spans.push((before.len(), through.len()));
+        };
+        spans.push((before.len(), end));
     }
     // No assistant turn: no target token; the row is skipped (and counted) or refused as any
     // row with nothing to learn (see `build_dataset`).
     Ok(spans)
+}
+
+/// Where the turn that `through` (the rendering of the conversation up to it) ends in `full`:
+/// `through` itself when it is a prefix of `full`; else, for a template that closes every
+/// conversation with the EOS token (Phi-3's, which the longer conversation puts at its own
+/// end), `through` less that EOS when the rest is a prefix. `None` otherwise.
+fn turn_end(through: &str, full: &str, eos: Option<&str>) -> Option<usize> {
+    if full.starts_with(through) {
+        return Some(through.len());
+    }
+    let body = through.strip_suffix(eos.filter(|e| !e.is_empty())?)?;
+    (full.starts_with(body) && full.ends_with(eos?)).then_some(body.len())
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -759,7 +791,7 @@ pub fn build_dataset(
     let tokenized: Vec<(LmExample, bool)> = rows
         .par_iter()
         .map(|r| {
-            tok.tokenize_record(&r.record, opts.assistant_only_loss)
+            tok.tokenize_record(&r.record, opts)
                 .with_context(|| format!("{origin}: line {}", r.line))
         })
         .collect::<Result<_>>()?;
@@ -814,10 +846,44 @@ pub fn build_dataset(
         );
     }
     if kept.is_empty() {
+        // Conversations without an assistant turn are the usual cause: say so, with the roles.
+        let no_assistant: Vec<&LmRow> = rows
+            .iter()
+            .filter(|r| match &r.record {
+                LmRecord::Messages { messages, .. } => {
+                    opts.assistant_only_loss && messages.iter().all(|m| m.role() != "assistant")
+                }
+                _ => false,
+            })
+            .collect();
+        if !no_assistant.is_empty() {
+            let mut roles: Vec<&str> = no_assistant
+                .iter()
+                .flat_map(|r| match &r.record {
+                    LmRecord::Messages { messages, .. } => {
+                        messages.iter().map(Message::role).collect::<Vec<_>>()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect();
+            roles.sort_unstable();
+            roles.dedup();
+            bail!(
+                "{origin}: no example left: {} of the {} rows (first at line {}) have no assistant \
+                 turn (role \"assistant\"; roles found: {}), and the loss is on assistant turns \
+                 (assistant_only_loss)",
+                no_assistant.len(),
+                stats.rows_read,
+                no_assistant[0].line,
+                roles.join(", ")
+            );
+        }
         bail!(
-            "{origin}: no example left: all {} rows have nothing to learn within max_seq_len {}",
+            "{origin}: no example left: all {} rows have nothing to learn within max_seq_len {} \
+             (first at line {})",
             stats.rows_read,
-            opts.max_seq_len
+            opts.max_seq_len,
+            stats.skipped_lines.first().copied().unwrap_or(1)
         );
     }
     if stats.rows_skipped > 0 {
@@ -926,6 +992,61 @@ mod tests {
         assert!("chat".parse::<LmFormat>().is_err());
         let json = serde_json::to_string(&LmFormat::PromptCompletion).unwrap();
         assert_eq!(json, "\"prompt-completion\"");
+    }
+
+    /// A template that closes every conversation with EOS (Phi-3's) has its assistant turns
+    /// found, each up to its own end (the EOS only in the last); one that renders an earlier
+    /// turn otherwise than as the last (drops its reasoning, as Qwen3's) is refused, naming
+    /// the setting that trains on every token.
+    #[test]
+    fn assistant_turns_under_a_closing_tail_and_a_rewriting_template() {
+        let special = BTreeMap::from([("eos_token".to_string(), "<eos>".to_string())]);
+        let phi3 = ChatTemplate::new(
+            "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n{% endfor %}\
+             {% if add_generation_prompt %}<|assistant|>\n{% else %}{{ eos_token }}{% endif %}",
+            "phi3-like",
+            special.clone(),
+        )
+        .unwrap();
+        let conv = vec![
+            Message::new("user", "q1"),
+            Message::new("assistant", "a1"),
+            Message::new("user", "q2"),
+            Message::new("assistant", "a2"),
+        ];
+        let extras = ChatExtras::default();
+        let full = phi3.render(&conv, false).unwrap();
+        let spans = assistant_spans(&phi3, &conv, &extras, &full).unwrap();
+        let turns: Vec<&str> = spans.iter().map(|&(a, b)| &full[a..b]).collect();
+        assert_eq!(turns, ["a1<|end|>\n", "a2<|end|>\n<eos>"]);
+
+        let rewriting = ChatTemplate::new(
+            "{% for m in messages %}<|{{ m.role }}|>\n{% if loop.last and m.reasoning_content is defined %}\
+             <think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|end|>\n{% endfor %}\
+             {% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+            "qwen3-like",
+            special,
+        )
+        .unwrap();
+        let mut a1 = serde_json::Map::new();
+        a1.insert("role".into(), "assistant".into());
+        a1.insert("content".into(), "a1".into());
+        a1.insert("reasoning_content".into(), "r1".into());
+        let conv = vec![
+            Message::new("user", "q1"),
+            Message::from_object(a1).unwrap(),
+            Message::new("user", "q2"),
+            Message::new("assistant", "a2"),
+        ];
+        let full = rewriting.render(&conv, false).unwrap();
+        let err = format!(
+            "{:#}",
+            assistant_spans(&rewriting, &conv, &extras, &full).unwrap_err()
+        );
+        assert!(
+            err.contains("up to message 2") && err.contains("--assistant-only-loss false"),
+            "{err}"
+        );
     }
 
     fn parse_err(text: &[u8], format: Option<LmFormat>) -> String {

@@ -374,6 +374,56 @@ fn conversations_without_an_assistant_turn_are_skipped_and_counted() {
         err.contains("line 2") && err.contains("no assistant turn"),
         "{err}"
     );
+    // A file where no row has one (a misspelt role) says so, with the roles it has.
+    let typo = dir.path().join("typo.jsonl");
+    std::fs::write(
+        &typo,
+        r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistent", "content": "Hello"}]}"#,
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        lm::load_jsonl(&typo, &tok, &LmOptions::default()).unwrap_err()
+    );
+    assert!(
+        err.contains("1 of the 1 rows (first at line 1) have no assistant turn")
+            && err.contains("roles found: assistent, user"),
+        "{err}"
+    );
+    // Trained on every token, they have something to learn.
+    let all = LmOptions {
+        assistant_only_loss: false,
+        ..LmOptions::default()
+    };
+    let (ds, _) = lm::load_jsonl(&typo, &tok, &all).unwrap();
+    assert_eq!(ds.len(), 1);
+}
+
+/// `completion_only_loss = false` puts the loss on the prompt's tokens too (every token after
+/// the first, as a text row).
+#[test]
+fn completion_only_loss_off_trains_the_prompt_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pc.jsonl");
+    std::fs::write(
+        &path,
+        r#"{"prompt": "What is two plus two?", "completion": " Four."}"#,
+    )
+    .unwrap();
+    let tok = tokenizer("llama2");
+    let opts = |completion_only_loss| LmOptions {
+        completion_only_loss,
+        ..LmOptions::default()
+    };
+    let (only, _) = lm::load_jsonl(&path, &tok, &opts(true)).unwrap();
+    let (all, _) = lm::load_jsonl(&path, &tok, &opts(false)).unwrap();
+    let n = all.get(0).input_ids.len();
+    assert_eq!(all.num_target_tokens(), n - 1);
+    assert!(
+        only.num_target_tokens() < n - 5,
+        "{}",
+        only.num_target_tokens()
+    );
 }
 
 #[test]

@@ -359,6 +359,8 @@ pub const RESUME_FIXED: &[&str] = &[
     "labels",
     "format",
     "packing",
+    "assistant_only_loss",
+    "completion_only_loss",
     "too_long",
     "skip_malformed",
     "model",

@@ -44,6 +44,14 @@ pub struct TrainConfig {
     /// block-diagonal causal mask built from the positions), so packing changes speed, not what
     /// each example sees; its first token is not a target.
     pub packing: bool,
+    /// `causal-lm`, `messages` rows: the loss is on the assistant turns only (default true;
+    /// TRL's default is false); false puts it on every token of the conversation, for templates
+    /// whose assistant turns cannot be located (they render earlier turns otherwise than as the
+    /// last, as Qwen3's drops their reasoning).
+    pub assistant_only_loss: bool,
+    /// `causal-lm`, `prompt-completion` rows: the loss is on the completion only (default true,
+    /// TRL's); false puts it on the prompt's tokens too.
+    pub completion_only_loss: bool,
     /// `causal-lm`: an example with no target token left after truncation to `max_seq_len` is
     /// `skip`ped (counted and reported; default) or an `error`.
     pub too_long: String,
@@ -211,6 +219,8 @@ impl Default for TrainConfig {
             metric: None,
             format: None,
             packing: false,
+            assistant_only_loss: true,
+            completion_only_loss: true,
             too_long: "skip".into(),
             skip_malformed: false,
             model: None,
@@ -353,11 +363,17 @@ impl TrainConfig {
                 );
             }
         }
-        if self.packing && self.task != "causal-lm" {
-            bail!(
-                "field `packing` is for task = \"causal-lm\", the task is {:?}",
-                self.task
-            );
+        for (field, set) in [
+            ("packing", self.packing),
+            ("assistant_only_loss", !self.assistant_only_loss),
+            ("completion_only_loss", !self.completion_only_loss),
+        ] {
+            if set && self.task != "causal-lm" {
+                bail!(
+                    "field `{field}` is for task = \"causal-lm\", the task is {:?}",
+                    self.task
+                );
+            }
         }
         self.check_task_fields()?;
         if !matches!(self.too_long.as_str(), "skip" | "error") {

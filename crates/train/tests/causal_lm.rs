@@ -992,6 +992,41 @@ fn bad_causal_lm_files_fail_with_the_file_and_line() {
             && err.contains("causal-LM data is JSON Lines"),
         "{err}"
     );
+    // Conversations without an assistant turn (a misspelt role): exit 2 saying so; trained on
+    // every token (--assistant-only-loss false) they train. The setting is causal-lm's only.
+    let typo = dir.path().join("typo.jsonl");
+    let row = serde_json::json!({"messages": [
+        {"role": "user", "content": "the cat sat"}, {"role": "assistent", "content": "on the mat"}]});
+    write_jsonl(&typo, &[row.clone(), row]);
+    let out_typo = dir.path().join("out-typo");
+    let mut a = train_args(s(&llama), s(&typo), s(&typo), s(&out_typo));
+    a.extend(["--max-steps", "1"]);
+    let o = bin(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("have no assistant turn") && err.contains("roles found: assistent, user"),
+        "{err}"
+    );
+    a.extend(["--assistant-only-loss", "false"]);
+    ok(&a);
+    let o = bin(&[
+        "train",
+        "--task",
+        "sst2",
+        "--assistant-only-loss",
+        "false",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        s(&dir.path().join("out-sst2")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`assistant_only_loss` is for task = \"causal-lm\""),
+        "{err}"
+    );
     // An encoder given to causal-lm: exit 2 naming the model type, before the data is read.
     let minilm = repo().join(".venv/minilm");
     let jsonl = dir.path().join("text.jsonl");

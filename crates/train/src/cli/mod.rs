@@ -80,6 +80,14 @@ pub struct DataFlags {
     /// causal-lm: pack short examples into rows of max_seq_len tokens.
     #[arg(long)]
     pub packing: bool,
+    /// causal-lm, messages rows: loss on assistant turns only (true, default) or on every token
+    /// (false).
+    #[arg(long, value_name = "BOOL")]
+    pub assistant_only_loss: Option<bool>,
+    /// causal-lm, prompt-completion rows: loss on the completion only (true, default) or on the
+    /// prompt too (false).
+    #[arg(long, value_name = "BOOL")]
+    pub completion_only_loss: Option<bool>,
     /// Skip malformed rows of a classification / regression / GLUE file (counted in a
     /// warning) instead of failing.
     #[arg(long)]
@@ -118,6 +126,12 @@ impl DataFlags {
         }
         if self.packing {
             cfg.packing = true;
+        }
+        if let Some(b) = self.assistant_only_loss {
+            cfg.assistant_only_loss = b;
+        }
+        if let Some(b) = self.completion_only_loss {
+            cfg.completion_only_loss = b;
         }
     }
 }
@@ -609,6 +623,8 @@ fn eval_as_the_run(cfg: &mut TrainConfig, a: &EvalArgs, adapter: &Path) {
     adopt!(d.format.is_some(), format);
     adopt!(d.skip_malformed, skip_malformed);
     adopt!(false, too_long);
+    adopt!(d.assistant_only_loss.is_some(), assistant_only_loss);
+    adopt!(d.completion_only_loss.is_some(), completion_only_loss);
     // The run's evaluation file, where it still is (else eval asks for --eval-file).
     match (&d.eval_file, &run.eval_file) {
         (None, Some(f)) if f.is_file() => {

@@ -48,7 +48,8 @@ impl CausalLmTask {
                 max_seq_len: cfg.max_seq_len(),
                 packing: cfg.packing,
                 too_long,
-                ..LmOptions::default()
+                assistant_only_loss: cfg.assistant_only_loss,
+                completion_only_loss: cfg.completion_only_loss,
             },
         })
     }
