@@ -214,8 +214,11 @@ const IGNORED_KEYS: &[&str] = &[
     "megatron_core",
     "peft_version",
     "qalora_group_size",
-    "ensure_weight_tying",
 ];
+
+/// PEFT keys kept in [`LoraConfig::other`] and read from there (see
+/// [`LoraConfig::ties_saved_tables`]).
+const READ_FROM_OTHER: &[&str] = &["ensure_weight_tying"];
 
 /// PEFT features that this crate does not implement: accepted when unset (null, false, empty),
 /// refused with an error otherwise.
@@ -294,7 +297,9 @@ impl LoraConfig {
         self.other
             .keys()
             .filter(|k| {
-                !IGNORED_KEYS.contains(&k.as_str()) && !UNSUPPORTED_KEYS.contains(&k.as_str())
+                !IGNORED_KEYS.contains(&k.as_str())
+                    && !READ_FROM_OTHER.contains(&k.as_str())
+                    && !UNSUPPORTED_KEYS.contains(&k.as_str())
             })
             .cloned()
             .collect()
@@ -391,6 +396,24 @@ impl LoraConfig {
             .iter()
             .flatten()
             .any(|m| self.is_module_to_save_by(name, m))
+    }
+
+    /// Whether a tied embedding table and `lm_head` stay one table when one of them is in
+    /// `modules_to_save`, as PEFT decides: `ensure_weight_tying` is true and an entry names
+    /// `embed_tokens` or `lm_head` (PEFT's `EMBEDDING_LAYER_NAMES`; GPT-2's `wte` is not one).
+    /// Otherwise the listed module gets its own copy and the other keeps the base table.
+    pub fn ties_saved_tables(&self) -> bool {
+        let ensure = self
+            .other
+            .get("ensure_weight_tying")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        ensure
+            && self
+                .modules_to_save
+                .iter()
+                .flatten()
+                .any(|m| matches!(m.rsplit('.').next(), Some("embed_tokens") | Some("lm_head")))
     }
 
     /// Does the single `modules_to_save` entry `entry` select `name` (see

@@ -211,6 +211,9 @@ impl LoraModel {
             }
             cfg.other
                 .insert("ensure_weight_tying".into(), serde_json::Value::Bool(true));
+        } else if cfg.other.get("ensure_weight_tying") == Some(&serde_json::Value::Bool(true)) {
+            // Nothing tied here (an untied model, or no tied module listed): PEFT would warn.
+            cfg.other.remove("ensure_weight_tying");
         }
         Some(cfg)
     }

@@ -187,16 +187,52 @@ pub fn decoder_head(
             }
             // The tied head shares the embedding table; it goes through the builder only when
             // the LoRA config names it, so that it is not counted twice otherwise. With the
-            // table in modules_to_save (under either name) it trains once, and is saved under
-            // both names for PEFT (`SavedTie`).
-            let (saved_table, saved_head) = ld.b.config().map_or((false, false), |c| {
-                (
-                    c.is_module_to_save(&embeddings.name),
-                    c.is_module_to_save("lm_head"),
-                )
-            });
+            // table in modules_to_save (under either name) and PEFT's `ensure_weight_tying`, it
+            // trains once, and is saved under both names for PEFT (`SavedTie`); without it, as
+            // in PEFT, the listed module gets its own copy and the other keeps the base table.
+            let (saved_table, saved_head, one_table) =
+                ld.b.config().map_or((false, false, false), |c| {
+                    (
+                        c.is_module_to_save(&embeddings.name),
+                        c.is_module_to_save("lm_head"),
+                        c.ties_saved_tables(),
+                    )
+                });
+            if (saved_table || saved_head) && !one_table {
+                tracing::info!(
+                    "lm_head is tied to {} and {} in modules_to_save without ensure_weight_tying: \
+                     as in PEFT, it gets its own copy of the table, the other keeps the base's",
+                    embeddings.name,
+                    if saved_head {
+                        "lm_head is"
+                    } else {
+                        "the table is"
+                    }
+                );
+                let weight = tch::no_grad(|| embeddings.weight.detach().copy());
+                ld.untied_head = true;
+                let lm_head = if saved_head || named_target {
+                    ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
+                } else {
+                    LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
+                };
+                return Ok(TaskHead::Lm {
+                    lm_head,
+                    softcap: None,
+                });
+            }
             let weight = embeddings.weight.shallow_clone();
             let lm_head = if saved_table {
+                if named_target {
+                    return Err(loraplus_core::Error::BadConfigValue(format!(
+                        "lm_head is a LoRA target, and the table it is tied to ({}) is in \
+                         modules_to_save with ensure_weight_tying: the head would be trained both \
+                         ways (PEFT cannot load such an adapter); drop lm_head from \
+                         target_modules, or the table from modules_to_save",
+                        embeddings.name
+                    ))
+                    .into());
+                }
                 // Trains as the embedding's parameter.
                 ld.b.tie_saved("lm_head", &format!("{}.weight", embeddings.name));
                 LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)

@@ -37,8 +37,15 @@ fn task(case: &str) -> Head {
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
         "phi3" => Head::SequenceClassification { num_labels: 3 },
-        "gpt2_lm" | "llama_lm" | "qwen2_lm" | "mistral_lm" | "gemma_lm" | "gemma2_lm"
-        | "phi3_lm" => Head::CausalLm,
+        "gpt2_lm"
+        | "llama_lm"
+        | "qwen2_lm"
+        | "mistral_lm"
+        | "gemma_lm"
+        | "gemma2_lm"
+        | "phi3_lm"
+        | "qwen2_lm_saved_table"
+        | "qwen2_lm_saved_table_tied" => Head::CausalLm,
         "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
         "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
         "deberta_v2_norel" => Head::SequenceClassification { num_labels: 2 },
@@ -384,6 +391,22 @@ fn deberta_v2_without_relative_attention_lora_matches_peft() {
     lora_parity("deberta_v2_norel");
 }
 
+/// A tied table in modules_to_save without PEFT's ensure_weight_tying: the embedding's own
+/// copy is trained and lm_head keeps the base table, as PEFT does (both sides used the saved
+/// table before).
+#[test]
+fn qwen2_saved_table_without_tying_matches_peft() {
+    plain_parity("qwen2_lm_saved_table");
+    lora_parity("qwen2_lm_saved_table");
+}
+
+/// ... and with it, one table on both sides, trained once.
+#[test]
+fn qwen2_saved_table_with_tying_matches_peft() {
+    plain_parity("qwen2_lm_saved_table_tied");
+    lora_parity("qwen2_lm_saved_table_tied");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -405,6 +428,8 @@ const CASES: &[&str] = &[
     "deberta_v2",
     "deberta_v2_reg",
     "deberta_v2_norel",
+    "qwen2_lm_saved_table",
+    "qwen2_lm_saved_table_tied",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

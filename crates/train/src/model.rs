@@ -180,6 +180,10 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
     if let Some(m) = &l.modules_to_save {
         lc.modules_to_save = (!m.is_empty()).then(|| m.clone());
     }
+    // A tied table in modules_to_save trains as one table on both sides (PEFT's
+    // ensure_weight_tying; written to the adapter only where the model ties them).
+    lc.other
+        .insert("ensure_weight_tying".into(), serde_json::Value::Bool(true));
     lc.validate().context("section [lora]")?;
     Ok(lc)
 }

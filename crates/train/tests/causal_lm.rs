@@ -70,6 +70,15 @@ const TOPICS: [&str; 6] = [
     "a tall tree",
 ];
 
+/// A small text file in `dir` (written once).
+fn jsonl_ok(dir: &tempfile::TempDir) -> PathBuf {
+    let p = dir.path().join("ok.jsonl");
+    if !p.exists() {
+        write_jsonl(&p, &text_rows(4));
+    }
+    p
+}
+
 fn write_jsonl(path: &Path, rows: &[serde_json::Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(path, text).unwrap();
@@ -1025,6 +1034,25 @@ fn bad_causal_lm_files_fail_with_the_file_and_line() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("`assistant_only_loss` is for task = \"causal-lm\""),
+        "{err}"
+    );
+    // LoRA on a tied lm_head whose table is also in modules_to_save (tied, as loraplus trains
+    // it): the head would be trained both ways, and PEFT cannot load such an adapter. Exit 2.
+    let gemma2 = fx.model("gemma2");
+    let both = dir.path().join("both.toml");
+    std::fs::write(
+        &both,
+        "[lora]\ntarget_modules = [\"q_proj\", \"lm_head\"]\nmodules_to_save = [\"embed_tokens\"]\n",
+    )
+    .unwrap();
+    let (ok_file, out_both) = (jsonl_ok(&dir), dir.path().join("out-both"));
+    let mut a = train_args(s(&gemma2), s(&ok_file), s(&ok_file), s(&out_both));
+    a.extend(["--config", s(&both), "--max-steps", "1"]);
+    let o = bin(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lm_head is a LoRA target, and the table it is tied to (model.embed_tokens)"),
         "{err}"
     );
     // An encoder given to causal-lm: exit 2 naming the model type, before the data is read.

@@ -4,7 +4,7 @@ usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
 mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm, deberta_v2, deberta_v2_reg,
-deberta_v2_norel)
+deberta_v2_norel, qwen2_lm_saved_table, qwen2_lm_saved_table_tied)
 writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
@@ -121,6 +121,16 @@ def cases():
     yield dict(name="qwen2_lm", model=Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **qwen_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # Qwen2 with tied embeddings and the table in modules_to_save: without ensure_weight_tying
+    # PEFT gives the embedding its own (trained) copy and lm_head keeps the base table; with it,
+    # one table serves both. The saved copies are perturbed so that the two differ.
+    for tie_case, ensure in (("qwen2_lm_saved_table", False), ("qwen2_lm_saved_table_tied", True)):
+        ids, mask = ids_and_mask(lengths, pad=0, low=3)
+        yield dict(name=tie_case, model=Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **qwen_kw)),
+                   backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+                   labels=ids.masked_fill(mask == 0, -100), perturb_saved=True,
+                   lora=dict(target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens"],
+                             ensure_weight_tying=ensure))
     # Mistral: a sliding window of 3 positions, shorter than the sequences (7).
     mistral_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -251,6 +261,11 @@ def main(out):
         lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
         lora.update(case["lora"])
         peft_model = get_peft_model(model, LoraConfig(**lora))
+        if case.get("perturb_saved"):
+            with torch.no_grad():
+                for name, p in peft_model.named_parameters():
+                    if "modules_to_save" in name:
+                        p.add_(torch.randn_like(p) * 0.3)
         peft_model.eval()
         peft_model.save_pretrained(os.path.join(d, "adapter"))
         result = peft_model(**inputs, labels=case["labels"])
