@@ -312,10 +312,20 @@ impl LoraModel {
             .map(|t| format!("{PEFT_PREFIX}{}.weight", t.alias))
             .collect();
         let is_peft_copy = |k: &str| is_peft_copy(k) || aliases.iter().any(|a| a == k);
+        // The base of an adapted embedding or lm_head, which PEFT saves with the adapter
+        // (`save_embedding_layers`, "auto" when such a layer is a target) and loads into the
+        // base: so does this.
+        let base_layers: BTreeMap<String, &crate::layers::MergeHandle> = self
+            .merge_handles()
+            .iter()
+            .map(|m| (format!("{PEFT_PREFIX}{}.base_layer.weight", m.name), m))
+            .collect();
         let unexpected: Vec<String> = st
             .names()
             .into_iter()
-            .filter(|k| !expected.contains_key(*k) && !is_peft_copy(k))
+            .filter(|k| {
+                !expected.contains_key(*k) && !is_peft_copy(k) && !base_layers.contains_key(*k)
+            })
             .cloned()
             .collect();
         if !unexpected.is_empty() {
@@ -363,9 +373,39 @@ impl LoraModel {
             }
             loaded.push((p, t));
         }
+        let mut bases = Vec::new();
+        for (key, m) in &base_layers {
+            let Ok(view) = st.tensor(key) else { continue };
+            if self.is_quantized_module(&m.name) {
+                return Err(Error::InvalidArgument(format!(
+                    "{file_name}: tensor {key} replaces the base of {}, which is quantized here: \
+                     load this adapter on the full-precision base",
+                    m.name
+                )));
+            }
+            let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let want = m.weight.size();
+            if found != want {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{file_name}: tensor {key}"),
+                    hint: format!(
+                        " (the base weight of {}; a resized vocabulary is not supported)",
+                        m.name
+                    ),
+                    found,
+                    expected: want,
+                });
+            }
+            let t =
+                tensor_from_view(&view).with_context(|| format!("{file_name}: tensor {key}"))?;
+            bases.push((m, t));
+        }
         let _guard = tch::no_grad_guard();
         for (p, t) in loaded {
             p.tensor.shallow_clone().f_copy_(&t)?;
+        }
+        for (m, t) in bases {
+            m.weight.shallow_clone().f_copy_(&t)?;
         }
         Ok(())
     }

@@ -721,6 +721,16 @@ pub struct BaseBytes {
 }
 
 impl LoraModel {
+    /// What each adapter merges into: its module's base weight, A, B and scale.
+    pub(crate) fn merge_handles(&self) -> &[MergeHandle] {
+        &self.merges
+    }
+
+    /// Whether the base of `module` is stored quantized.
+    pub(crate) fn is_quantized_module(&self, module: &str) -> bool {
+        self.quantized.iter().any(|q| q.module == module)
+    }
+
     /// The config, or `None` for a model built by [`LoraBuilder::frozen`].
     pub fn config(&self) -> Option<&LoraConfig> {
         self.config.as_ref()

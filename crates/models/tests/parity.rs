@@ -45,7 +45,8 @@ fn task(case: &str) -> Head {
         | "gemma2_lm"
         | "phi3_lm"
         | "qwen2_lm_saved_table"
-        | "qwen2_lm_saved_table_tied" => Head::CausalLm,
+        | "qwen2_lm_saved_table_tied"
+        | "llama_lm_embedding_layers" => Head::CausalLm,
         "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
         "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
         "deberta_v2_norel" => Head::SequenceClassification { num_labels: 2 },
@@ -407,6 +408,13 @@ fn qwen2_saved_table_with_tying_matches_peft() {
     lora_parity("qwen2_lm_saved_table_tied");
 }
 
+/// LoRA on the embedding and lm_head: the adapter holds their base layers too (PEFT's
+/// `save_embedding_layers`), which load into the base as PEFT loads them (they were refused).
+#[test]
+fn llama_embedding_layers_saved_with_the_adapter_load_as_in_peft() {
+    lora_parity("llama_lm_embedding_layers");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -430,6 +438,7 @@ const CASES: &[&str] = &[
     "deberta_v2_norel",
     "qwen2_lm_saved_table",
     "qwen2_lm_saved_table_tied",
+    "llama_lm_embedding_layers",
 ];
 
 /// Every registered `model_type` has a transformers checkpoint among the cases, for both

@@ -4,7 +4,8 @@ usage: python fixtures.py OUT_DIR
 
 For each case (bert, roberta, gpt2, gpt2_lm, llama, llama_lm, qwen2, qwen2_lm, mistral,
 mistral_lm, gemma, gemma_lm, gemma2, gemma2_lm, phi3, phi3_lm, deberta_v2, deberta_v2_reg,
-deberta_v2_norel, qwen2_lm_saved_table, qwen2_lm_saved_table_tied)
+deberta_v2_norel, qwen2_lm_saved_table, qwen2_lm_saved_table_tied,
+llama_lm_embedding_layers)
 writes under OUT_DIR/<case>/:
   model/               a tiny random checkpoint (save_pretrained, safetensors; llama sharded)
   inputs.safetensors   input_ids, attention_mask, labels (and token_type_ids for bert)
@@ -121,6 +122,13 @@ def cases():
     yield dict(name="qwen2_lm", model=Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **qwen_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # LoRA on the embedding and lm_head: PEFT saves their base layers too (save_embedding_layers
+    # "auto", as for a resized vocabulary) and loads them into the base; they are perturbed after
+    # the checkpoint was written, so the values only match when the adapter's base layers load.
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="llama_lm_embedding_layers", model=LlamaForCausalLM(llama_lm_cfg), backbone="model",
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=ids.masked_fill(mask == 0, -100),
+               perturb_base_layers=True, lora=dict(target_modules=["q_proj", "embed_tokens", "lm_head"]))
     # Qwen2 with tied embeddings and the table in modules_to_save: without ensure_weight_tying
     # PEFT gives the embedding its own (trained) copy and lm_head keeps the base table; with it,
     # one table serves both. The saved copies are perturbed so that the two differ.
@@ -261,6 +269,11 @@ def main(out):
         lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
         lora.update(case["lora"])
         peft_model = get_peft_model(model, LoraConfig(**lora))
+        if case.get("perturb_base_layers"):
+            with torch.no_grad():
+                for name, p in peft_model.named_parameters():
+                    if "base_layer" in name and ("embed_tokens" in name or "lm_head" in name):
+                        p.add_(torch.randn_like(p) * 0.3)
         if case.get("perturb_saved"):
             with torch.no_grad():
                 for name, p in peft_model.named_parameters():
