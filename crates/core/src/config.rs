@@ -93,6 +93,11 @@ impl LayerIndices {
             LayerIndices::Many(v) => v.contains(&i),
         }
     }
+
+    /// An empty list (which PEFT reads as no filter).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, LayerIndices::Many(v) if v.is_empty())
+    }
 }
 
 fn default_peft_type() -> String {
@@ -346,8 +351,30 @@ impl LoraConfig {
         for k in self.alpha_pattern.keys() {
             Regex::new(k).map_err(|e| bad!("alpha_pattern key {k:?} is not a regex: {e}"))?;
         }
-        if let Some(TargetModules::Regex(re)) = &self.target_modules {
-            Regex::new(re).map_err(|e| bad!("target_modules regex {re:?} is invalid: {e}"))?;
+        if matches!(self.target_modules, Some(TargetModules::Regex(_))) {
+            for (field, set) in [
+                ("layers_to_transform", self.layers_to_transform.is_some()),
+                (
+                    "layers_pattern",
+                    self.layers_pattern.as_ref().is_some_and(|p| !is_unset(p)),
+                ),
+            ] {
+                if set {
+                    return Err(bad!(
+                        "{field} cannot be used when target_modules is a regex (PEFT refuses it too): list the modules, or put the layers in the regex"
+                    ));
+                }
+            }
+        }
+        for (field, modules) in [
+            ("target_modules", &self.target_modules),
+            ("exclude_modules", &self.exclude_modules),
+        ] {
+            if let Some(TargetModules::Regex(re)) = modules {
+                Regex::new(re).map_err(|e| {
+                    bad!("{field} regex {re:?} is invalid here (Rust's regex syntax: no look-around or backreferences): {e}")
+                })?;
+            }
         }
         for key in UNSUPPORTED_KEYS {
             if let Some(v) = self.other.get(*key) {
@@ -378,12 +405,20 @@ impl LoraConfig {
         {
             return false;
         }
+        // As PEFT: the layer filter applies to list entries matched as a suffix, not to a
+        // module named in full nor to a regex `target_modules`; an empty list filters nothing.
+        let filtered = match &self.target_modules {
+            Some(TargetModules::List(list)) => !list.iter().any(|t| t == name),
+            _ => false,
+        };
         match &self.layers_to_transform {
-            None => true,
-            Some(indices) => match layer_index(name, self.layers_pattern.as_ref()) {
-                Some(i) => indices.contains(i),
-                None => false,
-            },
+            Some(indices) if filtered && !indices.is_empty() => {
+                match layer_index(name, self.layers_pattern.as_ref()) {
+                    Some(i) => indices.contains(i),
+                    None => false,
+                }
+            }
+            _ => true,
         }
     }
 
@@ -510,11 +545,31 @@ mod tests {
         c.target_modules = Some(TargetModules::Regex(r".*\.(query|key)".into()));
         assert!(c.is_target("a.b.query"));
         assert!(!c.is_target("a.b.query.x"));
+        // A regex with a layer filter is refused, as PEFT refuses it.
         c.layers_to_transform = Some(LayerIndices::Many(vec![1]));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("layers_to_transform cannot be used"), "{e}");
+        // Listed names: the filter applies to suffix matches, not to a module named in full.
+        c.target_modules = Some(TargetModules::List(vec![
+            "query".into(),
+            "enc.layer.0.key".into(),
+        ]));
+        c.validate().unwrap();
         assert!(c.is_target("enc.layer.1.query"));
         assert!(!c.is_target("enc.layer.0.query"));
+        assert!(c.is_target("enc.layer.0.key"));
         c.exclude_modules = Some(TargetModules::List(vec!["layer.1.query".into()]));
         assert!(!c.is_target("enc.layer.1.query"));
+        // An empty list filters nothing.
+        c.layers_to_transform = Some(LayerIndices::Many(vec![]));
+        assert!(c.is_target("enc.layer.0.query"));
+        // An exclude regex Rust cannot compile is refused, not ignored.
+        c.exclude_modules = Some(TargetModules::Regex(r"^(?!.*layer\.0).*query$".into()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("exclude_modules regex") && e.contains("look-around"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -295,6 +295,17 @@ impl LoraModel {
         }
         self.check_adapter_config(dir)?;
         let path = dir.join(ADAPTER_WEIGHTS);
+        let pickle = dir.join("adapter_model.bin");
+        if !path.exists() && pickle.exists() {
+            return Err(Error::BadFile {
+                path: pickle,
+                message: format!(
+                    "a pickled PyTorch adapter (PEFT's save_pretrained with \
+                     safe_serialization=False); loraplus reads {ADAPTER_WEIGHTS} only: re-save it \
+                     with safe_serialization=True"
+                ),
+            });
+        }
         let bytes = std::fs::read(&path).io_context("reading", &path)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(&path, e))?;
         let file_name = path.display().to_string();
@@ -377,7 +388,7 @@ impl LoraModel {
         for (key, m) in &base_layers {
             let Ok(view) = st.tensor(key) else { continue };
             if self.is_quantized_module(&m.name) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Quantization(format!(
                     "{file_name}: tensor {key} replaces the base of {}, which is quantized here: \
                      load this adapter on the full-precision base",
                     m.name

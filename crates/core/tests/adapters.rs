@@ -400,6 +400,23 @@ fn wrong_shape_missing_key_nan_and_extra_key_are_clear_errors() {
     std::fs::write(dir.path().join(ADAPTER_WEIGHTS), b"not a safetensors file").unwrap();
     let err = lora.load_adapter(dir.path()).unwrap_err().chain();
     assert!(err.contains("not a valid safetensors file"), "{err}");
+
+    // PEFT's safe_serialization=False: a pickle, named as such.
+    std::fs::rename(
+        dir.path().join(ADAPTER_WEIGHTS),
+        dir.path().join("adapter_model.bin"),
+    )
+    .unwrap();
+    let err = lora.load_adapter(dir.path()).unwrap_err();
+    assert!(
+        matches!(err.root(), loraplus_core::Error::BadFile { .. }),
+        "{err:?}"
+    );
+    let err = err.chain();
+    assert!(
+        err.contains("adapter_model.bin") && err.contains("safe_serialization=True"),
+        "{err}"
+    );
 }
 
 /// Weights of the same shapes saved with another scaling (alpha, rsLoRA) are refused, naming
