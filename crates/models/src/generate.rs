@@ -27,6 +27,8 @@ pub const DEFAULT_TEMPERATURE: f64 = 1.0;
 pub const DEFAULT_TOP_K: usize = 50;
 /// transformers' `GenerationConfig.top_p` default (1.0: off).
 pub const DEFAULT_TOP_P: f64 = 1.0;
+/// transformers' `GenerationConfig.repetition_penalty` default (1.0: off).
+pub const DEFAULT_REPETITION_PENALTY: f64 = 1.0;
 
 /// How [`TaskModel::generate`] decodes; field names and defaults are transformers'
 /// `GenerationConfig`'s, but for `eos_token_ids` (HF's `eos_token_id`, here always a list) and
@@ -60,6 +62,12 @@ pub struct GenerationConfig {
     /// Keep each layer's keys and values (default); `false` recomputes the whole sequence at
     /// every step, with the same tokens.
     pub use_cache: bool,
+    /// HF's `RepetitionPenaltyLogitsProcessor`, greedy or sampled, before the other
+    /// processors: the logit of every token already in the row (its prompt and what it
+    /// generated) is divided by it where positive, multiplied where negative. 1.0 (default):
+    /// off. The row's own tokens only: HF's batched `generate` also penalises the left
+    /// padding's pad id, so this equals HF on each prompt alone.
+    pub repetition_penalty: f64,
 }
 
 impl Default for GenerationConfig {
@@ -74,6 +82,7 @@ impl Default for GenerationConfig {
             eos_token_ids: Vec::new(),
             pad_token_id: None,
             use_cache: true,
+            repetition_penalty: DEFAULT_REPETITION_PENALTY,
         }
     }
 }
@@ -110,6 +119,12 @@ impl GenerationConfig {
             bail!(
                 "generation config: temperature must be a number > 0 when do_sample is true, found {} (for greedy decoding set do_sample = false)",
                 self.temperature
+            );
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            bail!(
+                "generation config: repetition_penalty must be a number > 0 (1.0: off), found {}",
+                self.repetition_penalty
             );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -166,7 +181,77 @@ impl SplitMix64 {
     }
 }
 
-/// The token ids of a config's `eos_token_id` (an integer or a list of them).
+/// The decoding settings a checkpoint's `generation_config.json` gives, which transformers'
+/// `generate` uses unless the call overrides them; `None` where the file (or the key) is absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    /// `max_new_tokens`.
+    pub max_new_tokens: Option<usize>,
+    /// `do_sample`.
+    pub do_sample: Option<bool>,
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_k`.
+    pub top_k: Option<usize>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `repetition_penalty`.
+    pub repetition_penalty: Option<f64>,
+}
+
+impl GenerationDefaults {
+    /// Read from `model_dir/generation_config.json`; a key of the wrong type is an error naming
+    /// it (the file is the checkpoint's fault).
+    pub fn from_model_dir(model_dir: &std::path::Path) -> Result<GenerationDefaults> {
+        let path = model_dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(GenerationDefaults::default())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| crate::bad_checkpoint(format!("{}: not JSON ({e})", path.display())))?;
+        let wrong = |key: &str, what: &str| {
+            crate::bad_checkpoint(format!(
+                "{}: {key} is {}, expected {what}",
+                path.display(),
+                value[key]
+            ))
+        };
+        let number = |key: &str| -> Result<Option<f64>> {
+            match value.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong(key, "a number")),
+            }
+        };
+        let count = |key: &str| -> Result<Option<usize>> {
+            match value.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| wrong(key, "an integer >= 0")),
+            }
+        };
+        Ok(GenerationDefaults {
+            max_new_tokens: count("max_new_tokens")?,
+            do_sample: match value.get("do_sample") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_bool()
+                        .ok_or_else(|| wrong("do_sample", "true or false"))?,
+                ),
+            },
+            temperature: number("temperature")?,
+            top_k: count("top_k")?,
+            top_p: number("top_p")?,
+            repetition_penalty: number("repetition_penalty")?,
+        })
+    }
+}
+
 /// The `eos_token_id` (integer or list) of `model_dir/generation_config.json`; empty when the
 /// file or the key is absent. Chat models list their end-of-turn tokens there only (Gemma's
 /// `<end_of_turn>`, Phi-3's `<|end|>`, Llama 3's `<|eot_id|>`), and transformers' `generate`
@@ -332,6 +417,17 @@ impl TaskModel {
             .view([b, longest])
             .to_device(device);
         let mut positions = generation_positions(&mask);
+        // The tokens each row holds, for the repetition penalty: [B, vocab] (a padding id
+        // counts only where the prompt itself has it).
+        let mut seen = if cfg.repetition_penalty != DEFAULT_REPETITION_PENALTY {
+            let vocab = self.config.vocab_size();
+            // Counts of each id's real occurrences (padding adds 0).
+            let held =
+                Tensor::zeros([b, vocab], (Kind::Int64, device)).f_scatter_add(1, &ids, &mask)?;
+            Some(held.gt(0))
+        } else {
+            None
+        };
         let mut caches: Vec<KvCache> = (0..self.backbone.num_layers()).map(|_| None).collect();
         let mut out: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
         let mut done = vec![false; prompts.len()];
@@ -356,6 +452,15 @@ impl TaskModel {
                 let t = ids.size()[1];
                 self.last_logits(&ids, &positions, self.backbone.step_mask(&mask, t), None)?
             };
+            let logits = match &seen {
+                Some(held) => {
+                    let p = cfg.repetition_penalty;
+                    // where(logit < 0, logit * p, logit / p), on the row's tokens only.
+                    let penalized = (&logits * p).where_self(&logits.lt(0.0), &(&logits / p));
+                    penalized.where_self(held, &logits)
+                }
+                None => logits,
+            };
             let next = self.choose(&logits, cfg, chooser)?;
             let next_host = Vec::<i64>::try_from(&next).context("reading the next tokens")?;
             let next_host: Vec<i64> = next_host
@@ -375,6 +480,14 @@ impl TaskModel {
             let next = Tensor::from_slice(&next_host)
                 .view([b, 1])
                 .to_device(device);
+            if let Some(held) = &mut seen {
+                // A stopped row's pad is not one of its tokens.
+                let live = Tensor::from_slice(&done.iter().map(|d| !d).collect::<Vec<bool>>())
+                    .view([b, 1])
+                    .to_device(device);
+                let was = held.gather(1, &next, false);
+                let _ = held.scatter_(1, &next, &was.logical_or(&live));
+            }
             let last_pos = positions.narrow(1, positions.size()[1] - 1, 1);
             ids = Tensor::cat(&[ids, next], 1);
             mask = Tensor::cat(&[&mask, &ones], 1);

@@ -220,6 +220,41 @@ fn generation_parity(case: &str) {
     assert_eq!(free, rows(&e["unmerged_no_eos"]), "{case}: without EOS");
     // One prompt alone (no padding) as transformers, and as in the batch, except under
     // LongRoPE (Phi-3), whose factors switch with the batch's length.
+    // The repetition penalty, each prompt as transformers gives it alone, in one batch here.
+    let penalized = GenerationConfig {
+        repetition_penalty: e["repetition_penalty"].as_f64().unwrap(),
+        ..GenerationConfig::greedy(max_new, &[])
+    };
+    let want = rows(&e["unmerged_repetition_penalty"]);
+    assert_ne!(
+        want,
+        rows(&e["unmerged_no_eos"]),
+        "{case}: the penalty changes nothing"
+    );
+    for use_cache in [true, false] {
+        let cfg = GenerationConfig {
+            use_cache,
+            ..penalized.clone()
+        };
+        // LongRoPE (Phi-3) switches its factors with the batch's length: one prompt at a time.
+        let got: Vec<Vec<i64>> = if case == "phi3" {
+            prompts
+                .iter()
+                .map(|p| {
+                    model
+                        .generate(std::slice::from_ref(p), &cfg)
+                        .unwrap()
+                        .remove(0)
+                })
+                .collect()
+        } else {
+            model.generate(&prompts, &cfg).unwrap()
+        };
+        assert_eq!(
+            got, want,
+            "{case}: repetition penalty, use_cache={use_cache}"
+        );
+    }
     let alone = model.generate(&prompts[1..2], &cfg).unwrap();
     assert_eq!(alone, rows(&e["unmerged_alone"]), "{case}: prompt alone");
     if case != "phi3" {

@@ -452,6 +452,50 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
         all.starts_with(&stopped) && (first..=first + 1).contains(&stopped.len()),
         "stops at token {stop} (position {first}): {stopped:?} of {all:?}"
     );
+    // The decoding settings of generation_config.json apply unless a flag says otherwise (as
+    // in transformers' generate): a repetition penalty and max_new_tokens from the file equal
+    // the same flags given.
+    let tokens_with = |model: &Path, extra: &[&str]| -> Vec<i64> {
+        let out = dir.path().join("gen-settings.jsonl");
+        let mut g = vec![
+            "generate",
+            "--model",
+            s(model),
+            "--adapter",
+            s(&full),
+            "--chat",
+            "--prompt",
+            "tell me about the cat",
+            "--output",
+            s(&out),
+        ];
+        g.extend_from_slice(extra);
+        ok(&g);
+        let row: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+        serde_json::from_value(row["tokens"].clone()).unwrap()
+    };
+    std::fs::write(
+        with_gc.join("generation_config.json"),
+        "{\"max_new_tokens\": 6, \"repetition_penalty\": 3.0, \"do_sample\": false}",
+    )
+    .unwrap();
+    let from_file = tokens_with(&with_gc, &[]);
+    let flags = tokens_with(
+        &llama,
+        &["--max-new-tokens", "6", "--repetition-penalty", "3"],
+    );
+    assert_eq!(from_file, flags);
+    assert_eq!(from_file.len(), 6, "{from_file:?}");
+    assert_ne!(from_file, all[..6], "the penalty changed nothing");
+    assert_eq!(
+        tokens_with(
+            &with_gc,
+            &["--repetition-penalty", "1", "--max-new-tokens", "12"]
+        ),
+        all,
+        "flags override the file"
+    );
     assert_eq!(plain, gen(&["--merge"]));
     assert_eq!(plain, gen(&["--no-cache"]));
     // On an int8 base: decoding one row a step (libtorch's int8 kernel), the whole sequence

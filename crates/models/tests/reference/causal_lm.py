@@ -137,7 +137,11 @@ def new_tokens(out, prompt_width, eos):
     return rows
 
 
-def generate(model, prompts, eos):
+# Strong enough to change the greedy tokens of these tiny models.
+REPETITION_PENALTY = 3.0
+
+
+def generate(model, prompts, eos, **kw):
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), PAD)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -146,7 +150,7 @@ def generate(model, prompts, eos):
         mask[i, width - len(p):] = 1
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW,
-                             eos_token_id=eos if eos else None, pad_token_id=PAD)
+                             eos_token_id=eos if eos else None, pad_token_id=PAD, **kw)
     return new_tokens(out, width, eos)
 
 
@@ -198,6 +202,11 @@ def main(out):
                         unmerged=generate(peft_model, prompts, eos),
                         unmerged_no_eos=free,
                         unmerged_alone=generate(peft_model, prompts[1:2], eos),
+                        # Each prompt alone (HF's batched generate penalises the padding too).
+                        repetition_penalty=REPETITION_PENALTY,
+                        unmerged_repetition_penalty=[
+                            generate(peft_model, [p], [], repetition_penalty=REPETITION_PENALTY)[0] for p in prompts
+                        ],
                         items=items, logprobs=[logprob(peft_model, c, k) for c, k in items])
         merged = peft_model.merge_and_unload()
         merged.eval()

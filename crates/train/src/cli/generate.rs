@@ -44,24 +44,31 @@ pub struct GenerateArgs {
     /// Render the prompt as a user turn with the model's chat template (generation prompt added).
     #[arg(long)]
     pub chat: bool,
-    /// Tokens generated at most per prompt (fewer where an EOS token comes first).
-    #[arg(long, default_value_t = loraplus_models::generate::DEFAULT_MAX_NEW_TOKENS)]
-    pub max_new_tokens: usize,
-    /// Sample instead of greedy decoding.
+    /// Tokens generated at most per prompt (fewer where an EOS token comes first). Default: the
+    /// model's generation_config.json, else 20. Decoding settings not given here come from that
+    /// file as in transformers' generate, else transformers' defaults.
     #[arg(long)]
-    pub do_sample: bool,
-    /// Sampling temperature (with --do-sample).
-    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TEMPERATURE)]
-    pub temperature: f64,
-    /// Sample among the k most likely tokens (with --do-sample; 0: off).
-    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_K)]
-    pub top_k: usize,
-    /// Nucleus sampling: the smallest set of tokens whose probability reaches p (with --do-sample).
-    #[arg(long, requires = "do_sample", default_value_t = loraplus_models::generate::DEFAULT_TOP_P)]
-    pub top_p: f64,
-    /// Seed of the sampler (with --do-sample): the same seed gives the same text, whatever
+    pub max_new_tokens: Option<usize>,
+    /// Sample instead of greedy decoding (`--do-sample false`: greedy whatever
+    /// generation_config.json says).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub do_sample: Option<bool>,
+    /// Sampling temperature (default 1.0).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sample among the k most likely tokens (0: off; default 50).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p (default 1.0: off).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Divide (multiply, if negative) the logits of tokens already in the row by this, greedy or
+    /// sampled (default 1.0: off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
+    /// Seed of the sampler (when sampling): the same seed gives the same text, whatever
     /// --batch-size.
-    #[arg(long, requires = "do_sample")]
+    #[arg(long)]
     pub seed: Option<u64>,
     /// Recompute the whole sequence at every step instead of keeping keys and values.
     #[arg(long)]
@@ -151,6 +158,80 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
     Ok(ids.into_iter().map(i64::from).collect())
 }
 
+/// The decoding settings: the flags given, else the model's generation_config.json (as
+/// transformers' `generate` takes them), else transformers' defaults. Sampling flags under
+/// greedy decoding are refused (they would do nothing).
+fn decoding(
+    a: &GenerateArgs,
+    model_dir: &Path,
+    eos_token_ids: Vec<i64>,
+    pad: i64,
+) -> Result<GenerationConfig> {
+    use loraplus_models::generate as g;
+    let file = g::GenerationDefaults::from_model_dir(model_dir)?;
+    let mut from_file = Vec::new();
+    macro_rules! pick {
+        ($field:ident, $default:expr) => {
+            match (a.$field, file.$field) {
+                (Some(v), _) => v,
+                (None, Some(v)) => {
+                    from_file.push(format!("{} {v}", stringify!($field)));
+                    v
+                }
+                (None, None) => $default,
+            }
+        };
+    }
+    let gc = GenerationConfig {
+        max_new_tokens: pick!(max_new_tokens, g::DEFAULT_MAX_NEW_TOKENS),
+        do_sample: pick!(do_sample, false),
+        temperature: pick!(temperature, g::DEFAULT_TEMPERATURE),
+        top_k: pick!(top_k, g::DEFAULT_TOP_K),
+        top_p: pick!(top_p, g::DEFAULT_TOP_P),
+        repetition_penalty: pick!(repetition_penalty, g::DEFAULT_REPETITION_PENALTY),
+        seed: a.seed,
+        eos_token_ids,
+        pad_token_id: Some(pad),
+        use_cache: !a.no_cache,
+    };
+    if !from_file.is_empty() {
+        eprintln!(
+            "from {}: {} (flags override them)",
+            model_dir.join("generation_config.json").display(),
+            from_file.join(", ")
+        );
+    }
+    refuse_unused_sampling_flags(a, file.do_sample)?;
+    Ok(gc)
+}
+
+/// Sampling flags (`--temperature`, `--top-k`, `--top-p`, `--seed`) when decoding is greedy
+/// (no `--do-sample`, and generation_config.json's `do_sample` is not true): refused, as they
+/// would do nothing.
+fn refuse_unused_sampling_flags(a: &GenerateArgs, file_do_sample: Option<bool>) -> Result<()> {
+    if a.do_sample.or(file_do_sample).unwrap_or(false) {
+        return Ok(());
+    }
+    let given: Vec<&str> = [
+        ("--temperature", a.temperature.is_some()),
+        ("--top-k", a.top_k.is_some()),
+        ("--top-p", a.top_p.is_some()),
+        ("--seed", a.seed.is_some()),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(f, _)| *f)
+    .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError::wrap(anyhow::anyhow!(
+        "{} {} for sampling, and decoding is greedy: add --do-sample",
+        given.join(", "),
+        if given.len() == 1 { "is" } else { "are" }
+    )))
+}
+
 /// `loraplus generate`.
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let device = usable_device(&a.device)
@@ -178,6 +259,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "--batch-size must be at least 1"
         )));
     }
+    // Before anything loads, where a local folder can say whether its generation_config.json
+    // samples (a Hub model is checked again once fetched).
+    let local = if a.model.is_dir() {
+        loraplus_models::generate::GenerationDefaults::from_model_dir(&a.model).unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    refuse_unused_sampling_flags(&a, local.do_sample)?;
     let quantize =
         crate::config::quant_scheme(a.quant.quantize.as_deref(), a.quant.quant_group_size)
             .map_err(UsageError::wrap)?;
@@ -236,17 +325,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             eos.push(id);
         }
     }
-    let gc = GenerationConfig {
-        max_new_tokens: a.max_new_tokens,
-        do_sample: a.do_sample,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-        eos_token_ids: eos,
-        pad_token_id: Some(i64::from(tok.pad_id())),
-        use_cache: !a.no_cache,
-    };
+    let gc = decoding(&a, &model_dir, eos, i64::from(tok.pad_id()))?;
     gc.validate(m.config().vocab_size())
         .map_err(UsageError::wrap)?;
     let ids: Vec<Vec<i64>> = prompts
@@ -265,7 +344,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                 origin(*line)
             )));
         }
-        m.check_prompt_length(p.len(), a.max_new_tokens)
+        m.check_prompt_length(p.len(), gc.max_new_tokens)
             .map_err(|e| UsageError::wrap(anyhow::anyhow!("{}: {e}", origin(*line))))?;
     }
     let mut outputs = Vec::with_capacity(ids.len());
