@@ -6,7 +6,9 @@
 //! string, or a list of `{name, template}` of which `default` is used). It is rendered with
 //! `minijinja` set up like `transformers`' sandboxed Jinja environment:
 //! - `trim_blocks` and `lstrip_blocks` on, `break`/`continue` in loops, and Python's string and
-//!   dict methods (`.strip()`, `.startswith()`, `.items()`, ...) from `minijinja-contrib`;
+//!   dict methods (`.strip()`, `.startswith()`, `.items()`, ...) from `minijinja-contrib`
+//!   (`.isspace()` false on the empty string, as in Python), with its `truncate` and `wordcount`
+//!   filters;
 //! - globals: `messages`, `add_generation_prompt`, the special tokens of the tokenizer config
 //!   (`bos_token`, `eos_token`, `pad_token`, `unk_token`), `raise_exception(msg)` (fails the
 //!   render with `msg`) and `strftime_now(fmt)` (the local time, formatted);
@@ -194,7 +196,10 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_methods);
+        env.set_formatter(python_formatter);
+        env.add_filter("truncate", minijinja_contrib::filters::truncate);
+        env.add_filter("wordcount", minijinja_contrib::filters::wordcount);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -317,6 +322,38 @@ impl ChatTemplate {
             )
         })
     }
+}
+
+/// Values printed as Python's Jinja prints them: `True`/`False`, and `None` for none (a tool
+/// call's null `content` printed by a template shows as `None` in transformers too); the rest
+/// as minijinja prints it (no autoescape in chat templates).
+fn python_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &Value,
+) -> Result<(), JinjaError> {
+    match value.kind() {
+        ValueKind::Bool => out.write_str(if value.is_true() { "True" } else { "False" })?,
+        ValueKind::None => out.write_str("None")?,
+        _ => minijinja::escape_formatter(out, state, value)?,
+    }
+    Ok(())
+}
+
+/// Python's methods on values (`minijinja-contrib`'s pycompat), with `str.isspace()` as Python
+/// has it: false for the empty string.
+fn python_methods(
+    state: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, JinjaError> {
+    if let ("isspace", [], Some(s)) = (method, args, value.as_str()) {
+        return Ok(Value::from(
+            !s.is_empty() && s.chars().all(char::is_whitespace),
+        ));
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 /// `source` with `{% generation %}` and `{% endgeneration %}` made plain blocks (`{% if true %}`,
@@ -532,6 +569,22 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         ChatTemplate::new(src, "test template", special).unwrap()
+    }
+
+    /// As Python's Jinja renders it: `False|True|3|hello...` (`''.isspace()` is false there;
+    /// pycompat said true).
+    #[test]
+    fn python_string_methods_and_filters() {
+        let t = template(
+            "{{ ''.isspace() }}|{{ ' '.isspace() }}|{{ 'a b c' | wordcount }}|\
+             {{ 'hello world' | truncate(length=8, leeway=0) }}",
+        );
+        let out = t.render(&[], false).unwrap();
+        assert_eq!(out, "False|True|3|hello...");
+        // Booleans and none print as Python prints them.
+        let t = template("{{ true }}|{{ none }}|{{ messages[0].missing }}|{{ 1.5 }}");
+        let out = t.render(&[Message::new("user", "q")], false).unwrap();
+        assert_eq!(out, "True|None||1.5");
     }
 
     #[test]

@@ -289,7 +289,14 @@ impl TaskModel {
                     .iter()
                     .any(|p| p.name.starts_with(&prefix))
             };
-            if !opts.heads_from_adapter {
+            if !opts.heads_from_adapter && opts.task == Head::CausalLm {
+                // A language model's head is never new: the checkpoint is incomplete.
+                tracing::warn!(
+                    "{m}: not in the checkpoint, and config.json does not tie it to the \
+                     embeddings (tie_word_embeddings false): initialised at random, so the \
+                     model's predictions are random; is the checkpoint complete?"
+                );
+            } else if !opts.heads_from_adapter {
                 tracing::info!(
                     "{m}: not in the checkpoint; initialised normal(0, {}) with zero bias (HF _init_weights), seed {}",
                     config.initializer_range(),
