@@ -407,9 +407,9 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     assert!(!plain.trim().is_empty());
     // generation_config.json's eos_token_id (where chat models list their end-of-turn
     // tokens) stops generation too: make the third generated token one.
-    let tokens_of = |model: &Path| -> Vec<i64> {
+    let tokens_with = |model: &Path, extra: &[&str]| -> Vec<i64> {
         let out = dir.path().join("gen.jsonl");
-        ok(&[
+        let mut g = vec![
             "generate",
             "--model",
             s(model),
@@ -418,15 +418,16 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
             "--chat",
             "--prompt",
             "tell me about the cat",
-            "--max-new-tokens",
-            "12",
             "--output",
             s(&out),
-        ]);
+        ];
+        g.extend_from_slice(extra);
+        ok(&g);
         let row: serde_json::Value =
             serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
         serde_json::from_value(row["tokens"].clone()).unwrap()
     };
+    let tokens_of = |model: &Path| tokens_with(model, &["--max-new-tokens", "12"]);
     let all = tokens_of(&llama);
     assert_eq!(all.len(), 12, "{all:?}");
     let stop = all[2];
@@ -455,26 +456,6 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     // The decoding settings of generation_config.json apply unless a flag says otherwise (as
     // in transformers' generate): a repetition penalty and max_new_tokens from the file equal
     // the same flags given.
-    let tokens_with = |model: &Path, extra: &[&str]| -> Vec<i64> {
-        let out = dir.path().join("gen-settings.jsonl");
-        let mut g = vec![
-            "generate",
-            "--model",
-            s(model),
-            "--adapter",
-            s(&full),
-            "--chat",
-            "--prompt",
-            "tell me about the cat",
-            "--output",
-            s(&out),
-        ];
-        g.extend_from_slice(extra);
-        ok(&g);
-        let row: serde_json::Value =
-            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
-        serde_json::from_value(row["tokens"].clone()).unwrap()
-    };
     std::fs::write(
         with_gc.join("generation_config.json"),
         "{\"max_new_tokens\": 6, \"repetition_penalty\": 3.0, \"do_sample\": false}",

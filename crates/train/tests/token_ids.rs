@@ -3,19 +3,31 @@
 //! instead of failing inside the embedding lookup. Real MiniLM, its tokenizer with one token
 //! added past the vocabulary.
 
+use std::path::{Path, PathBuf};
+
 use loraplus_train::{TrainConfig, Trainer};
+
+/// `dir/model`, holding links to these files of MiniLM (the others are written by the test).
+fn linked_model(dir: &Path, files: &[&str]) -> PathBuf {
+    let minilm = loraplus_data::paths::model_dir();
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in files {
+        if minilm.join(f).exists() {
+            std::os::unix::fs::symlink(minilm.join(f), model.join(f)).unwrap();
+        }
+    }
+    model
+}
 
 #[test]
 fn ids_outside_the_vocabulary_are_refused_with_the_id_and_the_size() {
     let minilm = loraplus_data::paths::model_dir();
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
-        if minilm.join(f).exists() {
-            std::os::unix::fs::symlink(minilm.join(f), model.join(f)).unwrap();
-        }
-    }
+    let model = linked_model(
+        dir.path(),
+        &["config.json", "model.safetensors", "tokenizer_config.json"],
+    );
     let mut tok: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(minilm.join("tokenizer.json")).unwrap())
             .unwrap();
@@ -80,13 +92,7 @@ fn ids_outside_the_vocabulary_are_refused_with_the_id_and_the_size() {
 fn pairs_for_a_model_with_one_token_type_are_refused() {
     let minilm = loraplus_data::paths::model_dir();
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        if minilm.join(f).exists() {
-            std::os::unix::fs::symlink(minilm.join(f), model.join(f)).unwrap();
-        }
-    }
+    let model = linked_model(dir.path(), &["tokenizer.json", "tokenizer_config.json"]);
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
             .unwrap();
