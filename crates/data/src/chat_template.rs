@@ -58,10 +58,28 @@ impl Message {
     }
 
     /// A turn from its JSON object, which must have a string `role`; the other keys are the
-    /// template's to read. The error says what is wrong (the caller adds where).
+    /// template's to read, prepared as `apply_chat_template` prepares them: keys whose value is
+    /// null are dropped (templates handle a missing key, not a `None`), and the reasoning,
+    /// under any of `reasoning_content`, `thinking` or `reasoning`, is also given as
+    /// `reasoning_content` and `thinking` (the names templates read). The error says what is
+    /// wrong (the caller adds where).
     pub fn from_object(
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> std::result::Result<Message, String> {
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            fields.into_iter().filter(|(_, v)| !v.is_null()).collect();
+        let reasoning = REASONING_FIELDS
+            .iter()
+            .find_map(|k| fields.get(*k))
+            .cloned();
+        if let Some(r) = reasoning {
+            // `{"thinking": r, **message, "reasoning_content": r}`, key order included.
+            let mut aliased = serde_json::Map::new();
+            aliased.insert("thinking".into(), r.clone());
+            aliased.extend(fields);
+            aliased.insert("reasoning_content".into(), r);
+            fields = aliased;
+        }
         let role = match fields.get("role") {
             Some(serde_json::Value::String(r)) => r.clone(),
             Some(v) => {
@@ -98,6 +116,10 @@ impl Serialize for Message {
         self.fields.serialize(s)
     }
 }
+
+/// The names a turn's reasoning comes under, the first one read first (transformers'
+/// `_REASONING_FIELDS`).
+const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
 
 /// What a conversation gives its template besides the messages, as `apply_chat_template`'s
 /// arguments: `tools` (JSON schemas of the functions the model may call; `None` renders as
@@ -198,6 +220,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(python_methods);
         env.set_formatter(python_formatter);
+        env.add_test("iterable", python_iterable);
         env.add_filter("truncate", minijinja_contrib::filters::truncate);
         env.add_filter("wordcount", minijinja_contrib::filters::wordcount);
         env.add_function("raise_exception", raise_exception);
@@ -333,11 +356,143 @@ fn python_formatter(
     value: &Value,
 ) -> Result<(), JinjaError> {
     match value.kind() {
-        ValueKind::Bool => out.write_str(if value.is_true() { "True" } else { "False" })?,
-        ValueKind::None => out.write_str("None")?,
+        ValueKind::Bool | ValueKind::None | ValueKind::Seq | ValueKind::Map => {
+            out.write_str(&python_repr(value))?
+        }
+        ValueKind::Number if value.as_i64().is_none() => match f64::try_from(value.clone()) {
+            Ok(x) => out.write_str(&python_float(x))?,
+            Err(_) => minijinja::escape_formatter(out, state, value)?,
+        },
         _ => minijinja::escape_formatter(out, state, value)?,
     }
     Ok(())
+}
+
+/// Python's `repr` of a JSON-like value: `True`, `None`, `'text'`, `[1, 'a']`, `{'k': 2.5}`.
+fn python_repr(value: &Value) -> String {
+    match value.kind() {
+        ValueKind::Undefined => String::new(),
+        ValueKind::None => "None".into(),
+        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
+        ValueKind::Number => match (value.as_i64(), f64::try_from(value.clone())) {
+            (Some(i), _) => i.to_string(),
+            (None, Ok(x)) => python_float(x),
+            _ => value.to_string(),
+        },
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default()),
+        ValueKind::Seq => match value.try_iter() {
+            Ok(items) => format!(
+                "[{}]",
+                items
+                    .map(|v| python_repr(&v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(_) => value.to_string(),
+        },
+        ValueKind::Map => match value.try_iter() {
+            Ok(keys) => format!(
+                "{{{}}}",
+                keys.map(|k| {
+                    let v = value.get_item(&k).unwrap_or_default();
+                    format!("{}: {}", python_repr(&k), python_repr(&v))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+            ),
+            Err(_) => value.to_string(),
+        },
+        _ => value.to_string(),
+    }
+}
+
+/// Python's `repr` of a string: single quotes unless it holds a single quote and no double
+/// one; backslashes, the quote and control characters escaped.
+fn python_str_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Python's `repr` of a float: the shortest digits that round-trip, in positional notation
+/// for exponents -4 to 15 (with `.0` when whole), else as `1.5e+20`.
+fn python_float(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: `-1.25e-5`.
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        let body = if point <= 0 {
+            format!("0.{}{digits}", "0".repeat((-point) as usize))
+        } else if point as usize >= digits.len() {
+            format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+        } else {
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
+        };
+        format!("{sign}{body}")
+    } else {
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    }
+}
+
+/// Jinja's `iterable` test as Python answers it: strings, lists, dicts and undefined values
+/// are, none, numbers and booleans are not (minijinja says none is).
+fn python_iterable(value: &Value) -> bool {
+    match value.kind() {
+        ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Invalid => false,
+        ValueKind::Undefined | ValueKind::String | ValueKind::Bytes => true,
+        _ => value.try_iter().is_ok(),
+    }
 }
 
 /// Python's methods on values (`minijinja-contrib`'s pycompat), with `str.isspace()` as Python
@@ -581,10 +736,18 @@ mod tests {
         );
         let out = t.render(&[], false).unwrap();
         assert_eq!(out, "False|True|3|hello...");
-        // Booleans and none print as Python prints them.
-        let t = template("{{ true }}|{{ none }}|{{ messages[0].missing }}|{{ 1.5 }}");
+        // Values print as Python prints them, containers included, and none is not iterable.
+        let t = template(
+            "{{ true }}|{{ none }}|{{ messages[0].missing }}|{{ 1.5 }}|{{ [1, true, none, 'a'] }}|\
+             {{ {'k': false, 'q': \"it's\"} }}|{{ 1e20 }}|{{ 0.0001 }}|{{ 1.25e-5 }}|{{ 3.0 }}|\
+             {{ none is iterable }}|{{ 'a' is iterable }}|{{ [] is iterable }}|{{ 1 is iterable }}",
+        );
         let out = t.render(&[Message::new("user", "q")], false).unwrap();
-        assert_eq!(out, "True|None||1.5");
+        assert_eq!(
+            out,
+            "True|None||1.5|[1, True, None, 'a']|{'k': False, 'q': \"it's\"}|1e+20|0.0001|\
+             1.25e-05|3.0|False|True|True|False"
+        );
     }
 
     #[test]

@@ -597,10 +597,10 @@ pub fn parse_conversation(
                     json_kind(m)
                 ));
             };
-            let calls_tools = o.get("tool_calls").is_some_and(|c| !c.is_null());
+            // A null or absent content is the template's to handle, as in transformers (which
+            // drops null keys): a tool-call turn has none.
             match o.get("content") {
-                Some(serde_json::Value::String(_)) => {}
-                None | Some(serde_json::Value::Null) if calls_tools => {}
+                Some(serde_json::Value::String(_)) | Some(serde_json::Value::Null) | None => {}
                 Some(serde_json::Value::Array(_)) => {
                     return Err(format!(
                         "messages[{i}].content is an array (content parts), expected a string: \
@@ -613,17 +613,21 @@ pub fn parse_conversation(
                         json_kind(v)
                     ))
                 }
-                None => {
-                    return Err(format!(
-                        "messages[{i}] has no \"content\" (only a turn with \"tool_calls\" may \
-                         go without)"
-                    ))
-                }
             }
             Message::from_object(o.clone()).map_err(|e| format!("messages[{i}] {e}"))
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
-    let tools = match obj.get("tools") {
+    // TRL also takes the schemas as a JSON string (datasets stores them so).
+    let parsed_tools;
+    let tools_value = match obj.get("tools") {
+        Some(serde_json::Value::String(text)) => {
+            parsed_tools = serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| format!("field \"tools\" is a string that is not JSON ({e})"))?;
+            Some(&parsed_tools)
+        }
+        other => other,
+    };
+    let tools = match tools_value {
         None | Some(serde_json::Value::Null) => None,
         Some(t @ serde_json::Value::Array(items)) => {
             if let Some(k) = items.iter().position(|t| !t.is_object()) {
@@ -1049,6 +1053,48 @@ mod tests {
         );
     }
 
+    /// A turn as `apply_chat_template` prepares it: null keys dropped (a tool call's null
+    /// content, a `tool_calls: null`), the reasoning under any name given as `thinking` and
+    /// `reasoning_content` too; tools given as a JSON string parsed, as TRL does.
+    #[test]
+    fn turns_are_prepared_as_transformers_prepares_them() {
+        let row = serde_json::json!({
+            "messages": [
+                {"role": "user", "content": "q", "tool_calls": null, "name": null},
+                {"role": "assistant", "content": null, "tool_calls": [{"function": {"name": "f"}}]},
+                {"role": "assistant", "reasoning": "because", "content": "a"},
+            ],
+            "tools": "[{\"type\": \"function\"}]",
+        });
+        let (messages, extras) = parse_conversation(row.as_object().unwrap()).unwrap();
+        let keys = |m: &Message| {
+            serde_json::to_value(m)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&messages[0]), ["role", "content"]);
+        assert_eq!(keys(&messages[1]), ["role", "tool_calls"]);
+        assert_eq!(
+            keys(&messages[2]),
+            [
+                "thinking",
+                "role",
+                "reasoning",
+                "content",
+                "reasoning_content"
+            ]
+        );
+        assert_eq!(messages[2].get("reasoning_content").unwrap(), "because");
+        assert_eq!(
+            extras.tools.unwrap(),
+            serde_json::json!([{"type": "function"}])
+        );
+    }
+
     fn parse_err(text: &[u8], format: Option<LmFormat>) -> String {
         format!("{:#}", parse_lm_jsonl(text, "d.jsonl", format).unwrap_err())
     }
@@ -1158,9 +1204,14 @@ mod tests {
             ),
             (b"{\"messages\": []}", None, &["line 1", "empty list"]),
             (
-                b"{\"messages\": [{\"role\": \"user\"}]}",
+                b"{\"messages\": [{\"content\": \"hi\"}]}",
                 None,
-                &["line 1", "messages[0] has no \"content\""],
+                &["line 1", "messages[0] has no \"role\""],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"tools\": \"[1\"}",
+                None,
+                &["line 1", "\"tools\" is a string that is not JSON"],
             ),
             (
                 b"{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}",
