@@ -46,7 +46,8 @@ pub struct GenerationConfig {
     /// Default 50.
     pub top_k: usize,
     /// Sampling only: keep the smallest set of highest-probability tokens whose probability
-    /// exceeds `top_p`, at least one; in (0, 1], 1.0 (default) turns it off.
+    /// exceeds `top_p`, at least one; in (0, 1], 1.0 (default) turns it off (not checked when
+    /// decoding is greedy, where it does nothing).
     pub top_p: f64,
     /// Seed of the sampler's own generators, one per prompt, each drawn from the seed and the
     /// prompt's row: the same seed gives the same tokens (on a given device), and a prompt's
@@ -127,7 +128,7 @@ impl GenerationConfig {
                 self.repetition_penalty
             );
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.do_sample && !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!(
                 "generation config: top_p must be in (0, 1], found {}",
                 self.top_p
@@ -187,6 +188,9 @@ impl SplitMix64 {
 pub struct GenerationDefaults {
     /// `max_new_tokens`.
     pub max_new_tokens: Option<usize>,
+    /// `max_length`: prompt and new tokens together (used where `max_new_tokens` is not set;
+    /// transformers counts the batch's padded prompt length).
+    pub max_length: Option<usize>,
     /// `do_sample`.
     pub do_sample: Option<bool>,
     /// `temperature`.
@@ -213,6 +217,12 @@ impl GenerationDefaults {
         };
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| crate::bad_checkpoint(format!("{}: not JSON ({e})", path.display())))?;
+        if !value.is_object() {
+            return Err(crate::bad_checkpoint(format!(
+                "{}: expected a JSON object, found {value}",
+                path.display()
+            )));
+        }
         let wrong = |key: &str, what: &str| {
             crate::bad_checkpoint(format!(
                 "{}: {key} is {}, expected {what}",
@@ -237,6 +247,7 @@ impl GenerationDefaults {
         };
         Ok(GenerationDefaults {
             max_new_tokens: count("max_new_tokens")?,
+            max_length: count("max_length")?,
             do_sample: match value.get("do_sample") {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(

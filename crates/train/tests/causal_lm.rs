@@ -477,6 +477,28 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
         all,
         "flags override the file"
     );
+    // max_length (prompt and new tokens), where the file has no max_new_tokens.
+    let tok = loraplus_data::lm::LmTokenizer::from_model_dir(&llama).unwrap();
+    let prompt = tok
+        .chat_template()
+        .unwrap()
+        .render(
+            &[loraplus_data::Message::new("user", "tell me about the cat")],
+            true,
+        )
+        .unwrap();
+    let prompt_len = tok.encode(&prompt, false).unwrap().len();
+    std::fs::write(
+        with_gc.join("generation_config.json"),
+        format!("{{\"max_length\": {}}}", prompt_len + 5),
+    )
+    .unwrap();
+    assert_eq!(
+        tokens_with(&with_gc, &[]),
+        all[..5],
+        "max_length {}",
+        prompt_len + 5
+    );
     assert_eq!(plain, gen(&["--merge"]));
     assert_eq!(plain, gen(&["--no-cache"]));
     // On an int8 base: decoding one row a step (libtorch's int8 kernel), the whole sequence

@@ -194,6 +194,19 @@ fn decoding(
         pad_token_id: Some(pad),
         use_cache: !a.no_cache,
     };
+    if !gc.do_sample {
+        // Sampling settings do nothing under greedy decoding: not worth a mention.
+        from_file.retain(|f| {
+            !["temperature ", "top_k ", "top_p "]
+                .iter()
+                .any(|k| f.starts_with(k))
+        });
+    }
+    if a.max_new_tokens.is_none() && file.max_new_tokens.is_none() {
+        if let Some(total) = file.max_length {
+            from_file.push(format!("max_length {total} (prompt and new tokens)"));
+        }
+    }
     if !from_file.is_empty() {
         eprintln!(
             "from {}: {} (flags override them)",
@@ -326,6 +339,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         }
     }
     let gc = decoding(&a, &model_dir, eos, i64::from(tok.pad_id()))?;
+    let gc_file_max_length = {
+        let file = loraplus_models::generate::GenerationDefaults::from_model_dir(&model_dir)?;
+        file.max_new_tokens
+            .is_none()
+            .then_some(file.max_length)
+            .flatten()
+    };
     gc.validate(m.config().vocab_size())
         .map_err(UsageError::wrap)?;
     let ids: Vec<Vec<i64>> = prompts
@@ -347,10 +367,27 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         m.check_prompt_length(p.len(), gc.max_new_tokens)
             .map_err(|e| UsageError::wrap(anyhow::anyhow!("{}: {e}", origin(*line))))?;
     }
+    // generation_config.json's max_length (no max_new_tokens anywhere): the new tokens are what
+    // the batch's longest prompt leaves, as transformers counts them (at least one).
+    let max_length = match (a.max_new_tokens, &gc_file_max_length) {
+        (None, Some(total)) => Some(*total),
+        _ => None,
+    };
     let mut outputs = Vec::with_capacity(ids.len());
     for (k, chunk) in ids.chunks(a.batch_size).enumerate() {
         // Seeded sampling draws the same for a prompt whatever --batch-size.
-        outputs.extend(m.generate(chunk, &gc.starting_at_row(k * a.batch_size))?);
+        let mut cfg = gc.starting_at_row(k * a.batch_size);
+        if let Some(total) = max_length {
+            let longest = chunk.iter().map(Vec::len).max().unwrap_or(0);
+            if longest >= total {
+                tracing::warn!(
+                    "a prompt of {longest} tokens reaches generation_config.json's max_length \
+                     {total}: one new token (give --max-new-tokens)"
+                );
+            }
+            cfg.max_new_tokens = total.saturating_sub(longest).max(1);
+        }
+        outputs.extend(m.generate(chunk, &cfg)?);
     }
     let mut sink: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(

@@ -62,6 +62,27 @@ impl CausalLmTask {
         };
         let (ds, stats) = lm::load_jsonl(path, &tok, &opts)?;
         tracing::info!("{}: {stats}", path.display());
+        // A loss setting for the other format does nothing here: said once per file.
+        for (setting, off, format) in [
+            (
+                "assistant_only_loss",
+                !opts.assistant_only_loss,
+                LmFormat::Messages,
+            ),
+            (
+                "completion_only_loss",
+                !opts.completion_only_loss,
+                LmFormat::PromptCompletion,
+            ),
+        ] {
+            if off && stats.format.is_some_and(|f| f != format) {
+                tracing::warn!(
+                    "{}: {setting} = false is for {format} rows; these are {}: it changes nothing",
+                    path.display(),
+                    stats.format.map_or("?", LmFormat::name)
+                );
+            }
+        }
         Ok(Arc::new(ds))
     }
 
