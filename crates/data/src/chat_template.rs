@@ -221,7 +221,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(python_methods);
         env.set_formatter(python_formatter);
         env.add_test("iterable", python_iterable);
-        env.add_filter("truncate", minijinja_contrib::filters::truncate);
+        env.add_filter("truncate", truncate);
         env.add_filter("wordcount", minijinja_contrib::filters::wordcount);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -485,6 +485,65 @@ fn python_float(x: f64) -> String {
     }
 }
 
+/// Jinja's `truncate(s, length=255, killwords=False, end='...', leeway=5)`, positional or
+/// keyword arguments: `s` when it is at most `length + leeway` characters, else cut to
+/// `length - len(end)` characters (at the last space unless `killwords`) and `end` appended.
+fn truncate(s: String, args: minijinja::value::Rest<Value>) -> Result<String, JinjaError> {
+    // Positional arguments, then keyword arguments (a trailing kwargs map).
+    let (positional, keywords) = match args.split_last() {
+        Some((last, rest)) if last.is_kwargs() => (rest, Some(Kwargs::try_from(last.clone())?)),
+        _ => (&args[..], None),
+    };
+    const NAMES: [&str; 4] = ["length", "killwords", "end", "leeway"];
+    if positional.len() > NAMES.len() {
+        return Err(JinjaError::new(
+            ErrorKind::TooManyArguments,
+            "truncate takes at most 4 arguments (length, killwords, end, leeway)",
+        ));
+    }
+    let arg = |i: usize| -> Result<Option<Value>, JinjaError> {
+        match (positional.get(i), &keywords) {
+            (Some(v), _) => Ok(Some(v.clone())),
+            (None, Some(k)) => k.get::<Option<Value>>(NAMES[i]),
+            (None, None) => Ok(None),
+        }
+    };
+    let length = arg(0)?.map(usize::try_from).transpose()?.unwrap_or(255);
+    let killwords = arg(1)?.is_some_and(|v| v.is_true());
+    let end = arg(2)?
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .unwrap_or_else(|| "...".into());
+    let leeway = arg(3)?.map(usize::try_from).transpose()?.unwrap_or(5);
+    if let Some(k) = &keywords {
+        k.assert_all_used()?;
+    }
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(JinjaError::new(
+            ErrorKind::InvalidOperation,
+            format!("truncate: expected length >= {end_len}, got {length}"),
+        ));
+    }
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= length + leeway {
+        return Ok(s);
+    }
+    let head: String = chars[..length - end_len].iter().collect();
+    let kept = if killwords {
+        head
+    } else {
+        match head.rsplit_once(' ') {
+            Some((before, _)) => before.to_string(),
+            None => head,
+        }
+    };
+    Ok(kept + &end)
+}
+
 /// Jinja's `iterable` test as Python answers it: strings, lists, dicts and undefined values
 /// are, none, numbers and booleans are not (minijinja says none is).
 fn python_iterable(value: &Value) -> bool {
@@ -736,6 +795,18 @@ mod tests {
         );
         let out = t.render(&[], false).unwrap();
         assert_eq!(out, "False|True|3|hello...");
+        // truncate with positional arguments, as Python's Jinja takes them.
+        let t = template(
+            "{{ 'the quick brown fox jumps' | truncate(18) }}|\
+             {{ 'the quick brown fox jumps' | truncate(10, True) }}|\
+             {{ 'the quick brown fox jumps' | truncate(12, False, '..') }}|\
+             {{ 'the quick brown fox jumps' | truncate(12, False, '..', 0) }}|\
+             {{ 'short' | truncate(3, leeway=5) }}",
+        );
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "the quick...|the qui...|the quick..|the quick..|short"
+        );
         // Values print as Python prints them, containers included, and none is not iterable.
         let t = template(
             "{{ true }}|{{ none }}|{{ messages[0].missing }}|{{ 1.5 }}|{{ [1, true, none, 'a'] }}|\

@@ -81,8 +81,11 @@ pub struct CommonConfig {
 pub enum Activation {
     /// `"gelu"`: exact, with erf (BERT, RoBERTa).
     Gelu,
-    /// `"gelu_new"`, `"gelu_pytorch_tanh"`: the tanh approximation (GPT-2).
+    /// `"gelu_pytorch_tanh"`: the tanh approximation, libtorch's fused kernel.
     GeluTanh,
+    /// `"gelu_new"` (GPT-2): the same approximation as transformers computes it, one operation
+    /// at a time, so that bf16 and f16 round as there.
+    GeluNew,
     Relu,
     /// `"silu"` / `"swish"` (Llama).
     Silu,
@@ -104,7 +107,8 @@ impl Activation {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "gelu_new" => Activation::GeluNew,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
             "tanh" => Activation::Tanh,
@@ -119,6 +123,12 @@ impl Activation {
         match self {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
+            Activation::GeluNew => {
+                // 0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))), in that order.
+                let cube = x.pow_tensor_scalar(3.0) * 0.044715;
+                let inner = (x + cube) * (2.0f64 / std::f64::consts::PI).sqrt();
+                (x * 0.5) * (inner.tanh() + 1.0)
+            }
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),
             Activation::Tanh => x.tanh(),

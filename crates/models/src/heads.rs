@@ -211,11 +211,9 @@ pub fn decoder_head(
                 );
                 let weight = tch::no_grad(|| embeddings.weight.detach().copy());
                 ld.untied_head = true;
-                let lm_head = if saved_head || named_target {
-                    ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?
-                } else {
-                    LoraLinear::plain("lm_head", weight, None, WeightLayout::OutIn)
-                };
+                // Through the builder either way: its own table is a base parameter (a merged
+                // export writes it, as `lm_head.weight`).
+                let lm_head = ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?;
                 return Ok(TaskHead::Lm {
                     lm_head,
                     softcap: None,

@@ -420,8 +420,23 @@ fn bad_inputs_are_refused() {
             ok.clone(),
             &["temperature", "> 0", "found 0"],
         ),
-        (with(&|c| c.top_p = 0.0), ok.clone(), &["top_p", "(0, 1]"]),
-        (with(&|c| c.top_p = 1.5), ok.clone(), &["top_p", "1.5"]),
+        // top_p is checked when sampling (greedy decoding ignores it, as transformers).
+        (
+            with(&|c| {
+                c.do_sample = true;
+                c.top_p = 0.0
+            }),
+            ok.clone(),
+            &["top_p", "(0, 1]"],
+        ),
+        (
+            with(&|c| {
+                c.do_sample = true;
+                c.top_p = 1.5
+            }),
+            ok.clone(),
+            &["top_p", "1.5"],
+        ),
         (
             with(&|c| c.max_new_tokens = 0),
             ok.clone(),

@@ -399,6 +399,20 @@ fn deberta_v2_without_relative_attention_lora_matches_peft() {
 fn qwen2_saved_table_without_tying_matches_peft() {
     plain_parity("qwen2_lm_saved_table");
     lora_parity("qwen2_lm_saved_table");
+    // The head's own table is a base parameter (a merged export writes it), and the model says
+    // it is untied (the merged config unties it).
+    let dir = case_dir("qwen2_lm_saved_table");
+    let opts = LoadOptions {
+        task: Head::CausalLm,
+        lora: Some(read_adapter_config(&dir.join("adapter")).unwrap()),
+        ..Default::default()
+    };
+    let (model, lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+    assert!(model.untied_head());
+    assert!(
+        lora.base_params().any(|(name, _)| name == "lm_head.weight"),
+        "lm_head.weight is not among the base parameters"
+    );
 }
 
 /// ... and with it, one table on both sides, trained once.
