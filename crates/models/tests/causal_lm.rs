@@ -521,6 +521,39 @@ fn bad_inputs_are_refused() {
 
 /// In bf16 (adapters f32) the decoding, scoring and packed paths run and stay finite, and
 /// greedy decoding mostly agrees with f32 (no dtype is lost on the way).
+/// In bf16 and f16 the base model's logits equal transformers' in the same dtype, bit for bit
+/// (the same operations in the same order: GPT-2's Conv1D as one addmm, its gelu_new op by op).
+fn half_precision_parity(case: &str) {
+    let dir = case_dir(case);
+    let want = common::read(&dir.join("half_logits.safetensors"));
+    for (kind, key) in [(Kind::BFloat16, "bf16"), (Kind::Half, "f16")] {
+        let opts = LoadOptions {
+            task: Head::CausalLm,
+            dtype: kind,
+            ..Default::default()
+        };
+        let (model, _) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+        let ids = &want["input_ids"];
+        let logits = tch::no_grad(|| model.forward_t(ids, &ids.ones_like(), None, false).unwrap());
+        let got = logits.get(0).to_kind(Kind::Float);
+        let d = common::max_abs_diff(&got, &want[key]);
+        assert_eq!(
+            d, 0.0,
+            "{case} {key}: logits differ from transformers' by {d:e}"
+        );
+    }
+}
+
+#[test]
+fn gpt2_half_precision_logits_equal_transformers() {
+    half_precision_parity("gpt2");
+}
+
+#[test]
+fn llama_half_precision_logits_equal_transformers() {
+    half_precision_parity("llama");
+}
+
 #[test]
 fn bf16_generation_and_scoring_run() {
     let dir = case_dir("llama");

@@ -172,6 +172,15 @@ def main(out):
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
         model.save_pretrained(os.path.join(d, "model"), safe_serialization=True)
+        # The base model's logits in bf16 and f16, one unpadded row (transformers loads the
+        # checkpoint in that dtype).
+        row = tokens(9)[None, :]
+        half = {"input_ids": row.contiguous()}
+        for dtype, key in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
+            m = type(model).from_pretrained(os.path.join(d, "model"), dtype=dtype).eval()
+            with torch.no_grad():
+                half[key] = m(input_ids=row).logits[0].float().contiguous()
+        save_file(half, os.path.join(d, "half_logits.safetensors"))
         cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, **lora)
         peft_model = get_peft_model(model, cfg)
         peft_model.save_pretrained(os.path.join(d, "adapter"))
