@@ -201,6 +201,10 @@ pub struct GenerationDefaults {
     pub top_p: Option<f64>,
     /// `repetition_penalty`.
     pub repetition_penalty: Option<f64>,
+    /// `eos_token_id` (an integer or a list), empty when absent. Chat models list their
+    /// end-of-turn tokens there only (Gemma's `<end_of_turn>`, Phi-3's `<|end|>`, Llama 3's
+    /// `<|eot_id|>`), and transformers' `generate` stops on them.
+    pub eos_token_ids: Vec<i64>,
 }
 
 impl GenerationDefaults {
@@ -259,24 +263,9 @@ impl GenerationDefaults {
             top_k: count("top_k")?,
             top_p: number("top_p")?,
             repetition_penalty: number("repetition_penalty")?,
+            eos_token_ids: ids_of(value.get("eos_token_id")),
         })
     }
-}
-
-/// The `eos_token_id` (integer or list) of `model_dir/generation_config.json`; empty when the
-/// file or the key is absent. Chat models list their end-of-turn tokens there only (Gemma's
-/// `<end_of_turn>`, Phi-3's `<|end|>`, Llama 3's `<|eot_id|>`), and transformers' `generate`
-/// stops on them.
-pub fn generation_config_eos_ids(model_dir: &std::path::Path) -> Result<Vec<i64>> {
-    let path = model_dir.join("generation_config.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| crate::bad_checkpoint(format!("{}: not JSON ({e})", path.display())))?;
-    Ok(ids_of(value.get("eos_token_id")))
 }
 
 fn ids_of(value: Option<&Value>) -> Vec<i64> {

@@ -133,16 +133,16 @@ pub fn decoder_head_specs(task: Head, hidden: i64, vocab: i64, tie: bool) -> Vec
     }]
 }
 
-/// Whether the checkpoint holds an `lm_head.weight` with other values than the embedding table
+/// The checkpoint's `lm_head.weight` when it holds other values than the embedding table
 /// although the config ties the two: transformers 5 then leaves them untied (with a warning),
-/// and so does this (the head untied, as [`Loader::untied_head`] records).
-fn stored_head_differs(ld: &mut Loader, embeddings: &LoraEmbedding) -> Result<bool> {
+/// and so does this.
+fn stored_untied_head(ld: &mut Loader, embeddings: &LoraEmbedding) -> Result<Option<Tensor>> {
     if !ld.w.contains("lm_head.weight") {
-        return Ok(false);
+        return Ok(None);
     }
     let stored = ld.w.get("lm_head.weight", &embeddings.weight.size())?;
     if stored.equal(&embeddings.weight) {
-        return Ok(false);
+        return Ok(None);
     }
     tracing::warn!(
         "config.json ties lm_head to {}, but {} holds an lm_head.weight with other values: \
@@ -150,8 +150,18 @@ fn stored_head_differs(ld: &mut Loader, embeddings: &LoraEmbedding) -> Result<bo
         embeddings.name,
         ld.w.files()
     );
+    Ok(Some(stored))
+}
+
+/// A tied `lm_head` given a table of its own (`weight`): through the builder, so that the
+/// table is a base parameter (a merged export writes it as `lm_head.weight`) and takes an
+/// adapter or trains when the config says so; the model records that it is untied.
+fn own_head(ld: &mut Loader, weight: Tensor) -> Result<TaskHead> {
     ld.untied_head = true;
-    Ok(true)
+    Ok(TaskHead::Lm {
+        lm_head: ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?,
+        softcap: None,
+    })
 }
 
 /// A decoder's head: `score` on the last token (sequence classification) or `lm_head` (causal
@@ -164,7 +174,11 @@ pub fn decoder_head(
     tie: bool,
     embeddings: &LoraEmbedding,
 ) -> Result<TaskHead> {
-    let tie = tie && !(task == Head::CausalLm && stored_head_differs(ld, embeddings)?);
+    if task == Head::CausalLm && tie {
+        if let Some(stored) = stored_untied_head(ld, embeddings)? {
+            return own_head(ld, stored);
+        }
+    }
     match task {
         Head::SequenceClassification { num_labels } => Ok(TaskHead::LastToken {
             score: ld.linear("score", hidden, num_labels, false, WeightLayout::OutIn)?,
@@ -172,19 +186,6 @@ pub fn decoder_head(
         }),
         Head::CausalLm if tie => {
             let named_target = ld.b.config().is_some_and(|c| c.is_target("lm_head"));
-            if ld.untie_adapted_head && (named_target || embeddings.adapter.is_some()) {
-                // Merging an update into one side of a shared table would change the other.
-                tracing::info!(
-                    "lm_head is tied to {} and an adapter is on one of them: the head gets its own copy of the table (lm_head.weight)",
-                    embeddings.name
-                );
-                let weight = tch::no_grad(|| embeddings.weight.detach().copy());
-                ld.untied_head = true;
-                return Ok(TaskHead::Lm {
-                    lm_head: ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?,
-                    softcap: None,
-                });
-            }
             // The tied head shares the embedding table; it goes through the builder only when
             // the LoRA config names it, so that it is not counted twice otherwise. With the
             // table in modules_to_save (under either name) and PEFT's `ensure_weight_tying`, it
@@ -198,26 +199,23 @@ pub fn decoder_head(
                         c.ties_saved_tables(),
                     )
                 });
-            if (saved_table || saved_head) && !one_table {
+            // The head gets its own copy of the table: for merging, when an adapter is on one
+            // side (merging into a shared table would change the other), or, as in PEFT, when
+            // one side is in modules_to_save without tying.
+            let why = if ld.untie_adapted_head && (named_target || embeddings.adapter.is_some()) {
+                Some("an adapter is on one of them")
+            } else if (saved_table || saved_head) && !one_table {
+                Some("one of them is in modules_to_save without ensure_weight_tying (as in PEFT)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
                 tracing::info!(
-                    "lm_head is tied to {} and {} in modules_to_save without ensure_weight_tying: \
-                     as in PEFT, it gets its own copy of the table, the other keeps the base's",
-                    embeddings.name,
-                    if saved_head {
-                        "lm_head is"
-                    } else {
-                        "the table is"
-                    }
+                    "lm_head is tied to {} and {why}: the head gets its own copy of the table",
+                    embeddings.name
                 );
                 let weight = tch::no_grad(|| embeddings.weight.detach().copy());
-                ld.untied_head = true;
-                // Through the builder either way: its own table is a base parameter (a merged
-                // export writes it, as `lm_head.weight`).
-                let lm_head = ld.b.linear("lm_head", weight, None, WeightLayout::OutIn)?;
-                return Ok(TaskHead::Lm {
-                    lm_head,
-                    softcap: None,
-                });
+                return own_head(ld, weight);
             }
             let weight = embeddings.weight.shallow_clone();
             let lm_head = if saved_table {

@@ -161,14 +161,16 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
 /// The decoding settings: the flags given, else the model's generation_config.json (as
 /// transformers' `generate` takes them), else transformers' defaults. Sampling flags under
 /// greedy decoding are refused (they would do nothing).
+/// The second value is generation_config.json's `max_length` where nothing sets the new
+/// tokens (the caller counts them per batch).
 fn decoding(
     a: &GenerateArgs,
     model_dir: &Path,
+    file: &loraplus_models::generate::GenerationDefaults,
     eos_token_ids: Vec<i64>,
     pad: i64,
-) -> Result<GenerationConfig> {
+) -> Result<(GenerationConfig, Option<usize>)> {
     use loraplus_models::generate as g;
-    let file = g::GenerationDefaults::from_model_dir(model_dir)?;
     let mut from_file = Vec::new();
     macro_rules! pick {
         ($field:ident, $default:expr) => {
@@ -202,10 +204,12 @@ fn decoding(
                 .any(|k| f.starts_with(k))
         });
     }
-    if a.max_new_tokens.is_none() && file.max_new_tokens.is_none() {
-        if let Some(total) = file.max_length {
-            from_file.push(format!("max_length {total} (prompt and new tokens)"));
-        }
+    let max_length = match (a.max_new_tokens, file.max_new_tokens) {
+        (None, None) => file.max_length,
+        _ => None,
+    };
+    if let Some(total) = max_length {
+        from_file.push(format!("max_length {total} (prompt and new tokens)"));
     }
     if !from_file.is_empty() {
         eprintln!(
@@ -215,7 +219,7 @@ fn decoding(
         );
     }
     refuse_unused_sampling_flags(a, file.do_sample)?;
-    Ok(gc)
+    Ok((gc, max_length))
 }
 
 /// Sampling flags (`--temperature`, `--top-k`, `--top-p`, `--seed`) when decoding is greedy
@@ -331,21 +335,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     // Generation stops on any of: config.json's eos_token_id, generation_config.json's (where
     // chat models list their end-of-turn tokens), the tokenizer's EOS.
+    let file = loraplus_models::generate::GenerationDefaults::from_model_dir(&model_dir)?;
     let mut eos = m.eos_token_ids();
-    let more = loraplus_models::generate::generation_config_eos_ids(&model_dir)?;
-    for id in more.into_iter().chain([i64::from(tok.eos_id())]) {
+    for &id in file.eos_token_ids.iter().chain(&[i64::from(tok.eos_id())]) {
         if !eos.contains(&id) {
             eos.push(id);
         }
     }
-    let gc = decoding(&a, &model_dir, eos, i64::from(tok.pad_id()))?;
-    let gc_file_max_length = {
-        let file = loraplus_models::generate::GenerationDefaults::from_model_dir(&model_dir)?;
-        file.max_new_tokens
-            .is_none()
-            .then_some(file.max_length)
-            .flatten()
-    };
+    let (gc, max_length) = decoding(&a, &model_dir, &file, eos, i64::from(tok.pad_id()))?;
     gc.validate(m.config().vocab_size())
         .map_err(UsageError::wrap)?;
     let ids: Vec<Vec<i64>> = prompts
@@ -369,10 +366,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     // generation_config.json's max_length (no max_new_tokens anywhere): the new tokens are what
     // the batch's longest prompt leaves, as transformers counts them (at least one).
-    let max_length = match (a.max_new_tokens, &gc_file_max_length) {
-        (None, Some(total)) => Some(*total),
-        _ => None,
-    };
     let mut outputs = Vec::with_capacity(ids.len());
     for (k, chunk) in ids.chunks(a.batch_size).enumerate() {
         // Seeded sampling draws the same for a prompt whatever --batch-size.
