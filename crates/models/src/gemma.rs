@@ -145,6 +145,7 @@ impl GemmaConfig {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: Some((self.hidden_size as f64).sqrt()),
             norm_unit_offset: true,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -243,6 +243,7 @@ impl Gemma2Config {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: Some((self.hidden_size as f64).sqrt()),
             norm_unit_offset: true,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -354,7 +355,7 @@ impl Gemma2Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), l.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, l.kv_heads, d, cache);
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), None, cache);
         let windowed;
         let mask = match self.window {
             Some(w) => {

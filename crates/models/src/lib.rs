@@ -1,4 +1,4 @@
-//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Mistral, Gemma, Gemma 2 and
+//! loraplus-models: BERT (MiniLM), RoBERTa, GPT-2, Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2 and
 //! Phi-3 loaded straight from HuggingFace safetensors checkpoints, with every layer handed to a
 //! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
 //! names users already write. One file per architecture, registered by `model_type` in the
@@ -46,6 +46,7 @@ architectures! {
     "gpt2" => gpt2,
     "llama" => llama,
     "qwen2" => qwen2,
+    "qwen3" => qwen3,
     "mistral" => mistral,
     "gemma" => gemma,
     "gemma2" => gemma2,

@@ -170,6 +170,7 @@ impl LlamaConfig {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
             norm_unit_offset: false,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -301,6 +302,9 @@ pub struct DecoderSpec {
     pub embed_scale: Option<f64>,
     /// RMSNorm scales by `1 + weight` (Gemma).
     pub norm_unit_offset: bool,
+    /// RMSNorm over each head's queries and keys before the rotary embedding
+    /// (`self_attn.q_norm`, `self_attn.k_norm`, of width `head_dim`: Qwen3).
+    pub qk_norm: bool,
 }
 
 impl DecoderSpec {
@@ -370,6 +374,9 @@ pub struct LlamaLayer {
     pub k_proj: LoraLinear,
     pub v_proj: LoraLinear,
     pub o_proj: LoraLinear,
+    /// See [`DecoderSpec::qk_norm`].
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub post_attention_layernorm: RmsNorm,
     /// `gate_proj`, `up_proj` as one product.
     pub gate_up: FusedLinears,
@@ -412,6 +419,19 @@ impl LlamaLayer {
             .try_into()
             .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
         let o_proj = lin(ld, "self_attn.o_proj", nh * d, h, cfg.o_bias)?;
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            let mut norm = |n: &str| {
+                ld.rms_norm_with(
+                    &name(&format!("self_attn.{n}")),
+                    d,
+                    cfg.rms_norm_eps,
+                    cfg.norm_unit_offset,
+                )
+            };
+            (Some(norm("q_norm")?), Some(norm("k_norm")?))
+        } else {
+            (None, None)
+        };
         let post_attention_layernorm =
             ld.rms_norm_with(
             &name("post_attention_layernorm"),
@@ -431,6 +451,8 @@ impl LlamaLayer {
             k_proj,
             v_proj,
             o_proj,
+            q_norm,
+            k_norm,
             post_attention_layernorm,
             gate_up,
             gate_proj,
@@ -455,18 +477,23 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
 /// `x * cos + rotate_half(x) * sin` on the first `cos.size(-1)` dimensions of `x` (all of
 /// them, or a prefix under partial rotary embeddings as Phi-3's); the rest pass unchanged.
 /// The decoders' step from projections to attention inputs: `kv` (`[.., 2 * kv_heads * d]`,
-/// keys then values) into heads, the rotary tables on the queries `q` (already in heads) and the
-/// keys, and the keys and values appended to `cache` when one is given (generation).
+/// keys then values) into heads, `k_norm` on each key head when given (Qwen3), the rotary
+/// tables on the queries `q` (already in heads, and normed) and the keys, and the keys and
+/// values appended to `cache` when one is given (generation).
 pub(crate) fn rotary_heads(
     ctx: &LayerCtx,
     q: Tensor,
     kv: &Tensor,
-    kv_heads: i64,
-    d: i64,
+    (kv_heads, d): (i64, i64),
+    k_norm: Option<&RmsNorm>,
     cache: Option<&mut KvCache>,
 ) -> (Tensor, Tensor, Tensor) {
     let kv = kv.split(kv_heads * d, -1);
     let k = ctx.heads(&kv[0], kv_heads, d);
+    let k = match k_norm {
+        Some(norm) => norm.forward(&k),
+        None => k,
+    };
     let v = ctx.heads(&kv[1], kv_heads, d);
     let q = match ctx.query_rope() {
         Some((cos, sin)) => apply_rope(&q, cos, sin),
@@ -534,7 +561,18 @@ impl LlamaLayer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, self.kv_heads, d, cache);
+        let q = match &self.q_norm {
+            Some(norm) => norm.forward(&q),
+            None => q,
+        };
+        let (q, k, v) = rotary_heads(
+            ctx,
+            q,
+            &kv,
+            (self.kv_heads, d),
+            self.k_norm.as_ref(),
+            cache,
+        );
         let a = sdpa(
             &q,
             &k,

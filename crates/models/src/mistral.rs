@@ -131,6 +131,7 @@ impl MistralConfig {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
             norm_unit_offset: false,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)

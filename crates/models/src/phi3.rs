@@ -206,6 +206,7 @@ impl Phi3Config {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
             norm_unit_offset: false,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -316,7 +317,7 @@ impl Phi3Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, self.kv_heads, d, cache);
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, cache);
         let a = sdpa(
             &q,
             &k,

@@ -27,6 +27,9 @@ fn qwen2_layers() -> i64 {
 fn qwen2_heads() -> i64 {
     32
 }
+fn qwen2_kv_heads() -> Option<i64> {
+    Some(32)
+}
 fn qwen2_positions() -> i64 {
     32768
 }
@@ -44,8 +47,8 @@ pub struct Qwen2Config {
     pub num_hidden_layers: i64,
     #[serde(default = "qwen2_heads")]
     pub num_attention_heads: i64,
-    /// `None` means `num_attention_heads`.
-    #[serde(default)]
+    /// Absent: 32, as transformers' default; `null`: `num_attention_heads`.
+    #[serde(default = "qwen2_kv_heads")]
     pub num_key_value_heads: Option<i64>,
     /// `None` means hidden_size / num_attention_heads.
     #[serde(default)]
@@ -137,6 +140,7 @@ impl Qwen2Config {
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
             norm_unit_offset: false,
+            qk_norm: false,
         };
         spec.validate()?;
         Ok(spec)

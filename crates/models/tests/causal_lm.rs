@@ -1,5 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
-//! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head) and Mistral (sliding
+//! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head), Qwen3 (query and key
+//! norms) and Mistral (sliding
 //! window), Gemma, Gemma 2 (soft-capping, alternating sliding window) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
@@ -114,6 +115,12 @@ fn sft_parity(case: &str) {
 #[test]
 fn llama_sft_matches_peft() {
     sft_parity("llama");
+}
+
+/// Qwen3: query and key norms before the rotary embedding, head_dim of its own, biases.
+#[test]
+fn qwen3_sft_qk_norm_matches_peft() {
+    sft_parity("qwen3");
 }
 
 #[test]
@@ -265,6 +272,11 @@ fn generation_parity(case: &str) {
 #[test]
 fn llama_greedy_generation_matches_transformers() {
     generation_parity("llama");
+}
+
+#[test]
+fn qwen3_greedy_generation_matches_transformers() {
+    generation_parity("qwen3");
 }
 
 #[test]
@@ -547,6 +559,11 @@ fn half_precision_parity(case: &str) {
 #[test]
 fn gpt2_half_precision_logits_equal_transformers() {
     half_precision_parity("gpt2");
+}
+
+#[test]
+fn qwen3_half_precision_logits_equal_transformers() {
+    half_precision_parity("qwen3");
 }
 
 #[test]

@@ -180,7 +180,7 @@ fn bad_options_are_refused() {
         },
     );
     assert!(
-        msg.contains("causal-LM head is available for gpt2, llama, qwen2, mistral")
+        msg.contains("causal-LM head is available for gpt2, llama, qwen2, qwen3, mistral")
             && msg.contains("bert is an encoder"),
         "{msg}"
     );

@@ -1,4 +1,4 @@
-//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2,
+//! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
 //! Mistral, Gemma, Gemma 2 and Phi-3 models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
@@ -33,6 +33,7 @@ fn task(case: &str) -> Head {
         "gpt2" => Head::SequenceClassification { num_labels: 1 },
         "llama" => Head::SequenceClassification { num_labels: 3 },
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
+        "qwen3" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
@@ -40,6 +41,7 @@ fn task(case: &str) -> Head {
         "gpt2_lm"
         | "llama_lm"
         | "qwen2_lm"
+        | "qwen3_lm"
         | "mistral_lm"
         | "gemma_lm"
         | "gemma2_lm"
@@ -264,6 +266,26 @@ fn qwen2_lm_tied_matches_transformers() {
 }
 
 #[test]
+fn qwen3_qk_norm_biases_left_padded_matches_transformers() {
+    plain_parity("qwen3");
+}
+
+#[test]
+fn qwen3_lm_tied_matches_transformers() {
+    plain_parity("qwen3_lm");
+}
+
+#[test]
+fn qwen3_lora_all_linears_matches_peft() {
+    lora_parity("qwen3");
+}
+
+#[test]
+fn qwen3_lm_lora_matches_peft() {
+    lora_parity("qwen3_lm");
+}
+
+#[test]
 fn mistral_sliding_window_left_padded_matches_transformers() {
     plain_parity("mistral");
 }
@@ -439,6 +461,8 @@ const CASES: &[&str] = &[
     "llama_lm",
     "qwen2",
     "qwen2_lm",
+    "qwen3",
+    "qwen3_lm",
     "mistral",
     "mistral_lm",
     "gemma",

@@ -556,6 +556,7 @@ mod tests {
             ("gpt2", "GPT2"),
             ("llama", "Llama"),
             ("qwen2", "Qwen2"),
+            ("qwen3", "Qwen3"),
             ("gemma", "Gemma"),
             ("deberta-v2", "DebertaV2"),
         ] {

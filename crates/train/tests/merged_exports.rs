@@ -62,6 +62,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("gpt2", "gpt2", "stsb", "GPT2ForSequenceClassification"),
     ("llama", "llama", "mnli", "LlamaForSequenceClassification"),
     ("qwen2", "qwen2", "mnli", "Qwen2ForSequenceClassification"),
+    ("qwen3", "qwen3", "mnli", "Qwen3ForSequenceClassification"),
     (
         "mistral",
         "mistral",

@@ -29,7 +29,8 @@ from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig
                           LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig,
                           MistralForCausalLM, MistralForSequenceClassification, Phi3Config,
                           Phi3ForCausalLM, Phi3ForSequenceClassification, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen2ForSequenceClassification, RobertaConfig,
+                          Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen3Config,
+                          Qwen3ForCausalLM, Qwen3ForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
@@ -139,6 +140,18 @@ def cases():
                    labels=ids.masked_fill(mask == 0, -100), perturb_saved=True,
                    lora=dict(target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens"],
                              ensure_weight_tying=ensure))
+    # Qwen3: RMSNorm on each head's queries and keys before RoPE, head_dim 16 (not 32 / 4);
+    # attention biases (q, k, v and o) and an untied head for classification, tied LM head.
+    qwen3_kw = dict(qwen_kw, head_dim=16)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="qwen3", model=Qwen3ForSequenceClassification(Qwen3Config(num_labels=3, attention_bias=True,
+                                                                                **qwen3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 0, 1]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="qwen3_lm", model=Qwen3ForCausalLM(Qwen3Config(tie_word_embeddings=True, **qwen3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
     # Mistral: a sliding window of 3 positions, shorter than the sequences (7).
     mistral_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
