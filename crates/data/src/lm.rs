@@ -465,6 +465,7 @@ impl LmTokenizer {
                             ),
                         })?;
                 let text = template.render_with(messages, extras, false)?;
+                check_parts_rendered(messages, &text, template.origin())?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let spans = if assistant_only_loss {
                     assistant_spans(template, messages, extras, &text)?
@@ -545,6 +546,70 @@ fn turn_end(through: &str, full: &str, eos: Option<&str>) -> Option<usize> {
     (full.starts_with(body) && full.ends_with(eos?)).then_some(body.len())
 }
 
+/// Content given as a list of parts (`[{"type": "text", "text": "..."}, ...]`, the OpenAI and
+/// multimodal form) reaches the template as it is, as `apply_chat_template` passes it; only
+/// text parts are taken (loraplus trains text models). The error names the part.
+fn check_text_parts(parts: &[serde_json::Value]) -> std::result::Result<(), String> {
+    if parts.is_empty() {
+        return Err(" is an empty list of content parts".into());
+    }
+    for (k, part) in parts.iter().enumerate() {
+        let Some(o) = part.as_object() else {
+            return Err(format!(
+                "[{k}] is {}, expected a content part ({{\"type\": \"text\", \"text\": ...}})",
+                json_kind(part)
+            ));
+        };
+        match o.get("type").and_then(serde_json::Value::as_str) {
+            Some("text") => {}
+            Some(other) => {
+                return Err(format!(
+                    "[{k}] is a {other:?} part; loraplus trains text models: only \"text\" parts are taken"
+                ))
+            }
+            None => return Err(format!("[{k}] has no string \"type\" (expected \"text\")")),
+        }
+        if !o.get("text").is_some_and(serde_json::Value::is_string) {
+            return Err(format!("[{k}] is a text part without a string \"text\""));
+        }
+    }
+    Ok(())
+}
+
+/// For turns whose content is a list of text parts: the rendering must hold each part's text
+/// (trimmed, as templates that take parts print them) and no part printed as a Python dict (a
+/// template that concatenates or prints the content as a string). A template that does not
+/// take parts otherwise renders, silently, an empty or mangled turn (transformers trains on
+/// that); here the row is refused, saying to give the content as a string.
+pub fn check_parts_rendered(messages: &[Message], rendered: &str, origin: &str) -> Result<()> {
+    for (i, m) in messages.iter().enumerate() {
+        let Some(serde_json::Value::Array(parts)) = m.get("content") else {
+            continue;
+        };
+        let texts = parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str));
+        let missing = texts.clone().find(|t| !rendered.contains(t.trim()));
+        if missing.is_some() || rendered.contains("{'type': 'text'") {
+            bail!(
+                "messages[{i}].content is a list of content parts, and the chat template of {origin} {}; give the turn's text as one string",
+                match missing {
+                    Some(t) => format!("does not print them (its text {:?} is not in the rendering)", truncate_chars(t, 40)),
+                    None => "prints them as Python dicts, not as text".to_string(),
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn truncate_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     crate::reader::json_type(v)
 }
@@ -601,11 +666,8 @@ pub fn parse_conversation(
             // drops null keys): a tool-call turn has none.
             match o.get("content") {
                 Some(serde_json::Value::String(_)) | Some(serde_json::Value::Null) | None => {}
-                Some(serde_json::Value::Array(_)) => {
-                    return Err(format!(
-                        "messages[{i}].content is an array (content parts), expected a string: \
-                         give the turn's text as one string"
-                    ))
+                Some(serde_json::Value::Array(parts)) => {
+                    check_text_parts(parts).map_err(|e| format!("messages[{i}].content{e}"))?
                 }
                 Some(v) => {
                     return Err(format!(
@@ -998,6 +1060,52 @@ mod tests {
         assert_eq!(json, "\"prompt-completion\"");
     }
 
+    /// Content parts reach the template; a template that prints them as text passes, one that
+    /// drops them (Qwen3's: `is string` else empty), prints their Python form or cannot add them
+    /// to a string is refused with a message that says to give a string.
+    #[test]
+    fn content_parts_must_be_printed_by_the_template() {
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there."}]},
+            {"role": "assistant", "content": "Hello."},
+        ]});
+        let (conv, extras) = parse_conversation(row.as_object().unwrap()).unwrap();
+        let template = |source: &str| ChatTemplate::new(source, "t", BTreeMap::new()).unwrap();
+        let takes_parts = template(
+            "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}\
+             {% for p in m.content %}{{ p.text | trim }}{% endfor %}{% endif %}|{% endfor %}",
+        );
+        let text = takes_parts.render_with(&conv, &extras, false).unwrap();
+        assert_eq!(text, "Hithere.|Hello.|");
+        check_parts_rendered(&conv, &text, "t").unwrap();
+        let drops = template(
+            "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% endif %}|{% endfor %}",
+        );
+        let text = drops.render_with(&conv, &extras, false).unwrap();
+        let err = check_parts_rendered(&conv, &text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("messages[0].content is a list of content parts")
+                && err.contains("\"Hi \" is not in the rendering")
+                && err.contains("give the turn's text as one string"),
+            "{err}"
+        );
+        let prints = template("{% for m in messages %}{{ m.content }}|{% endfor %}");
+        let text = prints.render_with(&conv, &extras, false).unwrap();
+        assert!(
+            text.starts_with("[{'type': 'text', 'text': 'Hi '}"),
+            "{text}"
+        );
+        let err = check_parts_rendered(&conv, &text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prints them as Python dicts"), "{err}");
+        let concatenates =
+            template("{% for m in messages %}{{ '<' + m.content + '>' }}{% endfor %}");
+        assert!(concatenates.render_with(&conv, &extras, false).is_err());
+    }
+
     /// A template that closes every conversation with EOS (Phi-3's) has its assistant turns
     /// found, each up to its own end (the EOS only in the last); one that renders an earlier
     /// turn otherwise than as the last (drops its reasoning, as Qwen3's) is refused, naming
@@ -1216,7 +1324,27 @@ mod tests {
             (
                 b"{\"messages\": [{\"role\": \"user\", \"content\": [1]}]}",
                 None,
-                &["messages[0].content is an array"],
+                &["messages[0].content[0] is a number, expected a content part"],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": []}]}",
+                None,
+                &["messages[0].content is an empty list"],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image\", \"url\": \"x.png\"}]}]}",
+                None,
+                &["messages[0].content[1] is a \"image\" part", "only \"text\" parts"],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\"}]}]}",
+                None,
+                &["messages[0].content[0] is a text part without a string \"text\""],
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [{\"text\": \"a\"}]}]}",
+                None,
+                &["messages[0].content[0] has no string \"type\""],
             ),
             (
                 b"{\"messages\": [\"hi\"]}",

@@ -105,10 +105,11 @@ fn chat_templates_render_like_transformers() {
                     m.role() == "tool"
                         || m.get("tool_calls").is_some()
                         || m.get("reasoning_content").is_some()
+                        || m.get("content").is_some_and(Value::is_array)
                 })
         })
         .count();
-    assert_eq!(with_tools, 4);
+    assert_eq!(with_tools, 5);
     let plain = fx.conversations.len() - with_tools;
     assert_eq!(entries.len(), (5 * plain + with_tools) * 2);
     assert!(entries.iter().any(|e| e["template"] == "tools"));

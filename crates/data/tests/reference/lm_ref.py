@@ -98,8 +98,9 @@ RENDER_ONLY = [
     ],
 ]
 
-# Rows with tools, tool calls (content null or absent), tool turns, reasoning and template
-# variables (TRL's `tools` and `chat_template_kwargs` columns), for the "tools" template.
+# Rows with tools, tool calls (content null or absent), tool turns, reasoning, template
+# variables (TRL's `tools` and `chat_template_kwargs` columns) and content parts, for the
+# "tools" template.
 TOOL_ROWS = [
     {
         "messages": [
@@ -128,6 +129,14 @@ TOOL_ROWS = [
             {"role": "assistant", "reasoning_content": "Not shown.", "content": "Five."},
         ],
         "chat_template_kwargs": {"enable_thinking": False},
+    },
+    # Content as a list of text parts (the OpenAI form), which the template prints trimmed.
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Name a colour. "},
+                                         {"type": "text", "text": "One word."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": " Blue."}]},
+        ],
     },
     {
         "messages": [

@@ -109,7 +109,7 @@ TEMPLATES = {
 {% if m.reasoning_content is defined and m.reasoning_content and (enable_thinking is not defined or enable_thinking) %}
 <think>{{ m.reasoning_content }}</think>
 {% endif %}
-{% if m.content %}{{ m.content }}{% endif %}
+{% if m.content is string %}{{ m.content }}{% elif m.content %}{% for part in m.content %}{% if part.type == 'text' %}{{ part.text | trim }}{% endif %}{% endfor %}{% endif %}
 {% if m.tool_calls is defined and m.tool_calls %}
 {% for call in m.tool_calls %}<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}
 {% endif %}

@@ -151,8 +151,10 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
             let template = tok
                 .chat_template()
                 .context("--chat: the model's tokenizer_config.json has no chat_template")?;
+            let text = template.render_with(m, extras, true)?;
+            loraplus_data::lm::check_parts_rendered(m, &text, template.origin())?;
             // The rendered template already holds its special tokens: none added again.
-            tok.encode(&template.render_with(m, extras, true)?, false)?
+            tok.encode(&text, false)?
         }
     };
     Ok(ids.into_iter().map(i64::from).collect())
