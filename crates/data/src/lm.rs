@@ -155,7 +155,8 @@ pub struct LmOptions {
     pub packing: bool,
     /// Rows with no target left after truncation. Default skip.
     pub too_long: TooLong,
-    /// `messages` rows: loss on assistant turns only. Default true (TRL's default is false);
+    /// `messages` (and conversational prompt-completion) rows: loss on assistant turns only.
+    /// Default true (TRL's default is false);
     /// false puts the loss on every token of the conversation (TRL's
     /// `assistant_only_loss=False`).
     pub assistant_only_loss: bool,
@@ -182,6 +183,9 @@ impl Default for LmOptions {
 pub struct LmStats {
     /// The format the rows were read as.
     pub format: Option<LmFormat>,
+    /// The rows are conversations the chat template renders (`messages`, or prompt-completion
+    /// given as lists of turns), where `assistant_only_loss` applies.
+    pub chat: bool,
     /// Non-blank rows read.
     pub rows_read: usize,
     /// Rows dropped: nothing left to learn after truncation.
@@ -207,10 +211,15 @@ impl fmt::Display for LmStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows read as {}, {} skipped (nothing to learn), {} truncated; \
+            "{} rows read as {}{}, {} skipped (nothing to learn), {} truncated; \
              {} examples in {} rows, {} tokens, {} targets",
             self.rows_read,
             self.format.map_or("?", LmFormat::name),
+            if self.chat && self.format == Some(LmFormat::PromptCompletion) {
+                " (turns)"
+            } else {
+                ""
+            },
             self.rows_skipped,
             self.rows_truncated,
             self.examples,
@@ -234,14 +243,42 @@ pub enum LmRecord {
         messages: Vec<Message>,
         extras: ChatExtras,
     },
+    /// TRL's conversational prompt-completion: `prompt` and `completion` as lists of turns
+    /// (the completion usually the assistant's), rendered with the chat template.
+    ChatPromptCompletion {
+        prompt: Vec<Message>,
+        completion: Vec<Message>,
+        extras: ChatExtras,
+    },
 }
 
 impl LmRecord {
     pub fn format(&self) -> LmFormat {
         match self {
             LmRecord::Text(_) => LmFormat::Text,
-            LmRecord::PromptCompletion { .. } => LmFormat::PromptCompletion,
+            LmRecord::PromptCompletion { .. } | LmRecord::ChatPromptCompletion { .. } => {
+                LmFormat::PromptCompletion
+            }
             LmRecord::Messages { .. } => LmFormat::Messages,
+        }
+    }
+
+    /// Whether the chat template renders it (`messages`, conversational prompt-completion).
+    pub fn is_chat(&self) -> bool {
+        matches!(
+            self,
+            LmRecord::Messages { .. } | LmRecord::ChatPromptCompletion { .. }
+        )
+    }
+
+    /// The turns of a conversation (prompt then completion), empty for plain text.
+    pub fn turns(&self) -> Vec<&Message> {
+        match self {
+            LmRecord::Messages { messages, .. } => messages.iter().collect(),
+            LmRecord::ChatPromptCompletion {
+                prompt, completion, ..
+            } => prompt.iter().chain(completion).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -400,6 +437,23 @@ impl LmTokenizer {
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
+    /// The chat template, which rows of `record`'s kind need.
+    fn template_for(&self, record: &LmRecord) -> Result<&ChatTemplate> {
+        let what = match record {
+            LmRecord::ChatPromptCompletion { .. } => "prompt-completion rows given as turns",
+            _ => "messages rows",
+        };
+        self.chat_template
+            .as_ref()
+            .ok_or_else(|| match &self.chat_template_error {
+                Some(e) => anyhow!("{what} need the chat template: {e}"),
+                None => anyhow!(
+                    "{what} need a chat template, and the tokenizer {} has none",
+                    self.source
+                ),
+            })
+    }
+
     /// `text` with the EOS token appended unless it already ends with it (TRL's `add_eos`).
     fn with_eos(&self, text: &str) -> String {
         if text.ends_with(&self.eos_token) {
@@ -453,17 +507,52 @@ impl LmTokenizer {
                     .collect();
                 Ok((example(ids, labels), prefix_ok))
             }
+            LmRecord::ChatPromptCompletion {
+                prompt,
+                completion,
+                extras,
+            } => {
+                // TRL: the prompt with the generation prompt, the whole without; the completion
+                // starts where their tokens diverge.
+                let template = self.template_for(record)?;
+                let prompt_text = template.render_with(prompt, extras, true)?;
+                let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+                let text = template.render_with(&all, extras, false)?;
+                check_parts_rendered(&all, &text, template.origin())?;
+                let prompt_ids = self.encode(&prompt_text, false)?;
+                let (ids, offsets) = self.encode_with_offsets(&text, false)?;
+                let prompt_len = prompt_ids
+                    .iter()
+                    .zip(&ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let prefix_ok = prompt_len == prompt_ids.len();
+                let prompt_len = if opts.completion_only_loss {
+                    prompt_len
+                } else {
+                    0
+                };
+                let spans = if assistant_only_loss {
+                    assistant_spans(template, &all, extras, &text)?
+                } else {
+                    vec![(0, text.len())]
+                };
+                let labels = ids
+                    .iter()
+                    .zip(&offsets)
+                    .enumerate()
+                    .map(|(t, (&id, &(start, _)))| {
+                        if t >= prompt_len && spans.iter().any(|&(a, b)| a <= start && start < b) {
+                            i64::from(id)
+                        } else {
+                            IGNORE_INDEX
+                        }
+                    })
+                    .collect();
+                Ok((example(ids, labels), prefix_ok))
+            }
             LmRecord::Messages { messages, extras } => {
-                let template =
-                    self.chat_template
-                        .as_ref()
-                        .ok_or_else(|| match &self.chat_template_error {
-                            Some(e) => anyhow!("messages rows need the chat template: {e}"),
-                            None => anyhow!(
-                                "messages rows need a chat template, and the tokenizer {} has none",
-                                self.source
-                            ),
-                        })?;
+                let template = self.template_for(record)?;
                 let text = template.render_with(messages, extras, false)?;
                 check_parts_rendered(messages, &text, template.origin())?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
@@ -639,26 +728,39 @@ fn string_field(
 pub fn parse_conversation(
     obj: &serde_json::Map<String, serde_json::Value>,
 ) -> std::result::Result<(Vec<Message>, ChatExtras), String> {
-    let list = match obj.get("messages") {
+    Ok((parse_turns(obj, "messages")?, parse_extras(obj)?))
+}
+
+/// The list of turns under `key` (`messages`, or a conversational `prompt` / `completion`):
+/// see [`parse_conversation`].
+pub fn parse_turns(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> std::result::Result<Vec<Message>, String> {
+    let list = match obj.get(key) {
         Some(serde_json::Value::Array(a)) => a,
         Some(v) => {
             return Err(format!(
-                "field \"messages\" is {}, expected a list",
-                json_kind(v)
+                "field {key:?} is {}, expected a list{}",
+                json_kind(v),
+                if key == "messages" {
+                    ""
+                } else {
+                    " of turns, as the other of prompt and completion"
+                }
             ))
         }
-        None => return Err("missing field \"messages\" (messages rows have \"messages\")".into()),
+        None => return Err(format!("missing field {key:?} ({key} rows have {key:?})")),
     };
     if list.is_empty() {
-        return Err("field \"messages\" is an empty list".into());
+        return Err(format!("field {key:?} is an empty list"));
     }
-    let messages = list
-        .iter()
+    list.iter()
         .enumerate()
         .map(|(i, m)| {
             let Some(o) = m.as_object() else {
                 return Err(format!(
-                    "messages[{i}] is {}, expected an object",
+                    "{key}[{i}] is {}, expected an object",
                     json_kind(m)
                 ));
             };
@@ -667,18 +769,24 @@ pub fn parse_conversation(
             match o.get("content") {
                 Some(serde_json::Value::String(_)) | Some(serde_json::Value::Null) | None => {}
                 Some(serde_json::Value::Array(parts)) => {
-                    check_text_parts(parts).map_err(|e| format!("messages[{i}].content{e}"))?
+                    check_text_parts(parts).map_err(|e| format!("{key}[{i}].content{e}"))?
                 }
                 Some(v) => {
                     return Err(format!(
-                        "messages[{i}].content is {}, expected a string",
+                        "{key}[{i}].content is {}, expected a string",
                         json_kind(v)
                     ))
                 }
             }
-            Message::from_object(o.clone()).map_err(|e| format!("messages[{i}] {e}"))
+            Message::from_object(o.clone()).map_err(|e| format!("{key}[{i}] {e}"))
         })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
+        .collect()
+}
+
+/// A row's `tools` and `chat_template_kwargs` (TRL's columns).
+pub fn parse_extras(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<ChatExtras, String> {
     // TRL also takes the schemas as a JSON string (datasets stores them so).
     let parsed_tools;
     let tools_value = match obj.get("tools") {
@@ -727,7 +835,7 @@ pub fn parse_conversation(
             ))
         }
     };
-    Ok((messages, ChatExtras { tools, kwargs }))
+    Ok(ChatExtras { tools, kwargs })
 }
 
 fn parse_row(
@@ -764,6 +872,21 @@ fn parse_row(
                 return Err("field \"text\" is empty".into());
             }
             LmRecord::Text(t)
+        }
+        LmFormat::PromptCompletion
+            if obj.get("prompt").is_some_and(serde_json::Value::is_array)
+                || obj
+                    .get("completion")
+                    .is_some_and(serde_json::Value::is_array) =>
+        {
+            let prompt = parse_turns(&obj, "prompt")?;
+            let completion = parse_turns(&obj, "completion")?;
+            let extras = parse_extras(&obj)?;
+            LmRecord::ChatPromptCompletion {
+                prompt,
+                completion,
+                extras,
+            }
         }
         LmFormat::PromptCompletion => {
             let prompt = string_field(&obj, "prompt", format)?;
@@ -803,6 +926,17 @@ pub fn parse_lm_jsonl(
             };
             anyhow!("{origin}: line {line}: {reason}{hint}")
         })?;
+        if let Some(first) = rows.first().map(|r: &LmRow| &r.record) {
+            if first.is_chat() != record.is_chat() {
+                let form = |chat| if chat { "lists of turns" } else { "strings" };
+                bail!(
+                    "{origin}: line {line}: prompt and completion are {}, but {} in the first row (line {}); give every row in one form",
+                    form(record.is_chat()),
+                    form(first.is_chat()),
+                    rows[0].line
+                );
+            }
+        }
         format = Some(f);
         rows.push(LmRow { line, record });
     }
@@ -863,6 +997,7 @@ pub fn build_dataset(
         .collect::<Result<_>>()?;
     let mut stats = LmStats {
         format: rows.first().map(|r| r.record.format()),
+        chat: rows.first().is_some_and(|r| r.record.is_chat()),
         rows_read: rows.len(),
         ..LmStats::default()
     };
@@ -915,22 +1050,16 @@ pub fn build_dataset(
         // Conversations without an assistant turn are the usual cause: say so, with the roles.
         let no_assistant: Vec<&LmRow> = rows
             .iter()
-            .filter(|r| match &r.record {
-                LmRecord::Messages { messages, .. } => {
-                    opts.assistant_only_loss && messages.iter().all(|m| m.role() != "assistant")
-                }
-                _ => false,
+            .filter(|r| {
+                r.record.is_chat()
+                    && opts.assistant_only_loss
+                    && r.record.turns().iter().all(|m| m.role() != "assistant")
             })
             .collect();
         if !no_assistant.is_empty() {
             let mut roles: Vec<&str> = no_assistant
                 .iter()
-                .flat_map(|r| match &r.record {
-                    LmRecord::Messages { messages, .. } => {
-                        messages.iter().map(Message::role).collect::<Vec<_>>()
-                    }
-                    _ => Vec::new(),
-                })
+                .flat_map(|r| r.record.turns().into_iter().map(Message::role))
                 .collect();
             roles.sort_unstable();
             roles.dedup();
@@ -1350,6 +1479,21 @@ mod tests {
                 b"{\"messages\": [\"hi\"]}",
                 None,
                 &["messages[0] is a string, expected an object"],
+            ),
+            (
+                b"{\"prompt\": \"q\", \"completion\": [{\"role\": \"assistant\", \"content\": \"a\"}]}",
+                None,
+                &["\"prompt\" is a string, expected a list of turns"],
+            ),
+            (
+                b"{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}], \"completion\": []}",
+                None,
+                &["\"completion\" is an empty list"],
+            ),
+            (
+                b"{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"a\"}]}\n{\"prompt\": \"q\", \"completion\": \"a\"}",
+                None,
+                &["line 2", "prompt and completion are strings, but lists of turns in the first row (line 1)"],
             ),
         ];
         for (text, format, needles) in cases {

@@ -302,6 +302,13 @@ fn prompt_completion_rows_match_reference() {
     check_case("pc_packed");
 }
 
+/// TRL's conversational prompt-completion, with and without assistant-only loss.
+#[test]
+fn conversational_prompt_completion_rows_match_reference() {
+    check_case("chat_pc");
+    check_case("chat_pc_all_turns");
+}
+
 #[test]
 fn messages_rows_match_reference() {
     for case in [

@@ -44,7 +44,8 @@ pub struct TrainConfig {
     /// block-diagonal causal mask built from the positions), so packing changes speed, not what
     /// each example sees; its first token is not a target.
     pub packing: bool,
-    /// `causal-lm`, `messages` rows: the loss is on the assistant turns only (default true;
+    /// `causal-lm`, `messages` rows (and prompt-completion given as turns): the loss is on the
+    /// assistant turns only (default true;
     /// TRL's default is false); false puts it on every token of the conversation, for templates
     /// whose assistant turns cannot be located (they render earlier turns otherwise than as the
     /// last, as Qwen3's drops their reasoning).

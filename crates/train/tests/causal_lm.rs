@@ -430,6 +430,31 @@ fn sft_with_chat_data_trains_resumes_loads_in_peft_merges_and_generates() {
     let tokens_of = |model: &Path| tokens_with(model, &["--max-new-tokens", "12"]);
     let all = tokens_of(&llama);
     assert_eq!(all.len(), 12, "{all:?}");
+    // A prompt given as turns (TRL's conversational prompt), with --chat, is the same prompt.
+    let turns = dir.path().join("turns.jsonl");
+    std::fs::write(
+        &turns,
+        r#"{"prompt": [{"role": "user", "content": "tell me about the cat"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("turns-out.jsonl");
+    ok(&[
+        "generate",
+        "--model",
+        s(&llama),
+        "--adapter",
+        s(&full),
+        "--chat",
+        "--input",
+        s(&turns),
+        "--max-new-tokens",
+        "12",
+        "--output",
+        s(&out),
+    ]);
+    let row: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    assert_eq!(row["tokens"], serde_json::json!(all), "{row}");
     let stop = all[2];
     let first = all.iter().position(|&t| t == stop).unwrap();
     let with_gc = dir.path().join("llama-gc");

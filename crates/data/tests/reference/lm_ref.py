@@ -16,6 +16,10 @@ assistant-turn rule of loraplus (crates/data/src/lm.rs):
 - prompt-completion: p = tokenizer(prompt), ids = tokenizer(prompt + completion + eos unless
   it ends with eos); the tokens p and ids share at the start are not targets (TRL's
   common_prefix_length: a token merged across the boundary is a target);
+- conversational prompt-completion (prompt and completion as lists of turns): p =
+  apply_chat_template(prompt, add_generation_prompt=True), ids = apply_chat_template(prompt +
+  completion); the tokens they share at the start are not targets, and with
+  assistant_only_loss only the assistant turns' tokens (the rule below) are;
 - messages: ids = apply_chat_template(messages, tokenize=True); a token is a target when its
   first character lies in an assistant turn: between render(messages[:i],
   add_generation_prompt=True) and render(messages[:i+1]) for each assistant message i;
@@ -146,6 +150,20 @@ TOOL_ROWS = [
     },
 ]
 
+# TRL's conversational prompt-completion: prompt and completion as lists of turns.
+CHAT_PROMPT_COMPLETIONS = [
+    {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+     "completion": [{"role": "assistant", "content": "Paris."}]},
+    {"prompt": [{"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Opposite of hot?"},
+                {"role": "assistant", "content": "Cold."},
+                {"role": "user", "content": "Of up?"}],
+     "completion": [{"role": "assistant", "content": "Down."}]},
+    {"prompt": [{"role": "user", "content": "Say hi."}],
+     "completion": [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "Again."},
+                    {"role": "assistant", "content": "Hi again!"}]},
+]
+
 TEMPLATES = {"llama2": "right", "zephyr": "right", "chatml": "left", "tojson": "right", "tools": "right"}
 
 # (name, model, data file, max_seq_len, packing, assistant_only_loss)
@@ -163,6 +181,8 @@ CASES = [
     ("messages_all_tokens", "zephyr", "messages.jsonl", 256, False, False),
     ("messages_tools", "tools", "tools.jsonl", 512, False, True),
     ("messages_tools_all_tokens", "tools", "tools.jsonl", 512, False, False),
+    ("chat_pc", "chatml", "chat_pc.jsonl", 256, False, True),
+    ("chat_pc_all_turns", "zephyr", "chat_pc.jsonl", 256, False, False),
 ]
 
 
@@ -199,6 +219,27 @@ def tokenize_row(tok, row, assistant_only):
         labels = [
             i if any(a <= start < b for a, b in spans) else IGNORE
             for i, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
+        return ids, labels
+    if "prompt" in row and isinstance(row["prompt"], list):
+        # TRL's SFTTrainer: the prompt rendered with the generation prompt, the whole without;
+        # the completion mask from where their tokens diverge, and (assistant_only_loss) the
+        # assistant turns' spans.
+        args = template_args(row)
+        prompt_ids = list(tok.apply_chat_template(row["prompt"], tokenize=True, return_dict=True,
+                                                  add_generation_prompt=True, **args)["input_ids"])
+        messages = row["prompt"] + row["completion"]
+        full = tok.apply_chat_template(messages, tokenize=False, **args)
+        ids = list(tok.apply_chat_template(messages, tokenize=True, return_dict=True, **args)["input_ids"])
+        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        assert list(enc["input_ids"]) == ids
+        prompt_len = 0
+        while prompt_len < min(len(prompt_ids), len(ids)) and prompt_ids[prompt_len] == ids[prompt_len]:
+            prompt_len += 1
+        spans = assistant_spans(tok, messages, full, args) if assistant_only else [(0, len(full))]
+        labels = [
+            i if t >= prompt_len and any(a <= start < b for a, b in spans) else IGNORE
+            for t, (i, (start, _)) in enumerate(zip(ids, enc["offset_mapping"]))
         ]
         return ids, labels
     if "prompt" in row:
@@ -275,6 +316,7 @@ def main():
         "pc.jsonl": [{"prompt": p, "completion": c} for p, c in PROMPT_COMPLETIONS],
         "messages.jsonl": [{"messages": m} for m in CONVERSATIONS],
         "tools.jsonl": TOOL_ROWS,
+        "chat_pc.jsonl": CHAT_PROMPT_COMPLETIONS,
     }
     for fname, rows in files.items():
         write_jsonl(os.path.join(data, fname), rows)

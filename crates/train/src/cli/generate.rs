@@ -107,7 +107,27 @@ fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(usize, serde_json::Value
         let at = || format!("{}: line {}", path.display(), i + 1);
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
-        if let Some(p) = v.get("prompt") {
+        if let Some(turns @ serde_json::Value::Array(_)) = v.get("prompt") {
+            // A conversational prompt (TRL's prompt-completion given as turns).
+            if !chat {
+                bail!(
+                    "{}: a \"prompt\" given as a list of turns needs --chat",
+                    at()
+                );
+            }
+            let obj = v
+                .as_object()
+                .with_context(|| format!("{}: expected an object", at()))?;
+            let msgs = loraplus_data::lm::parse_turns(obj, "prompt")
+                .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+            let extras = loraplus_data::lm::parse_extras(obj)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+            out.push((
+                i + 1,
+                serde_json::json!({"prompt": turns}),
+                Prompt::Chat(msgs, extras),
+            ));
+        } else if let Some(p) = v.get("prompt") {
             let p = p
                 .as_str()
                 .with_context(|| format!("{}: field \"prompt\" must be a string", at()))?;

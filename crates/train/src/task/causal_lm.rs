@@ -75,7 +75,9 @@ impl CausalLmTask {
                 LmFormat::PromptCompletion,
             ),
         ] {
-            if off && stats.format.is_some_and(|f| f != format) {
+            let applies =
+                stats.format == Some(format) || (format == LmFormat::Messages && stats.chat);
+            if off && !applies {
                 tracing::warn!(
                     "{}: {setting} = false is for {format} rows; these are {}: it changes nothing",
                     path.display(),
