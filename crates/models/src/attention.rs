@@ -22,6 +22,9 @@ pub struct LayerCtx {
     pub mask: Tensor,
     /// `(cos, sin)`, `[1, 1, T, head_dim]`, in the model dtype.
     pub rope: Option<(Tensor, Tensor)>,
+    /// The tables of the sliding-window layers where their RoPE differs (Gemma 3's local
+    /// base); `None`: `rope` serves every layer. See [`LayerCtx::with_local_rope`].
+    pub local_rope: Option<(Tensor, Tensor)>,
     pub batch: i64,
     pub seq: i64,
     /// `[N]`, the flat positions `b * T + t` computed, ascending; `None`: all `B * T`.
@@ -39,6 +42,13 @@ pub struct QueryRows {
     pub mask: Tensor,
     /// `(cos, sin)`, `[B, 1, 1, head_dim]`.
     pub rope: Option<(Tensor, Tensor)>,
+    /// The same for [`LayerCtx::local_rope`].
+    pub local_rope: Option<(Tensor, Tensor)>,
+}
+
+fn clone_pair(p: &Option<(Tensor, Tensor)>) -> Option<(Tensor, Tensor)> {
+    p.as_ref()
+        .map(|(c, s)| (c.shallow_clone(), s.shallow_clone()))
 }
 
 impl LayerCtx {
@@ -47,6 +57,7 @@ impl LayerCtx {
         LayerCtx {
             mask,
             rope,
+            local_rope: None,
             batch,
             seq,
             packed: None,
@@ -58,14 +69,34 @@ impl LayerCtx {
     pub fn with_queries(&self, queries: QueryRows) -> Self {
         LayerCtx {
             mask: self.mask.shallow_clone(),
-            rope: self
-                .rope
-                .as_ref()
-                .map(|(c, s)| (c.shallow_clone(), s.shallow_clone())),
+            rope: clone_pair(&self.rope),
+            local_rope: clone_pair(&self.local_rope),
             batch: self.batch,
             seq: self.seq,
             packed: self.packed.as_ref().map(Tensor::shallow_clone),
             queries: Some(queries),
+        }
+    }
+
+    /// This context for a layer that takes the local tables ([`LayerCtx::local_rope`]) where
+    /// there are any: the same mask, packing and rows (shallow copies).
+    pub fn with_local_rope(&self) -> Self {
+        let pick = |global: &Option<(Tensor, Tensor)>, local: &Option<(Tensor, Tensor)>| {
+            clone_pair(if local.is_some() { local } else { global })
+        };
+        LayerCtx {
+            mask: self.mask.shallow_clone(),
+            rope: pick(&self.rope, &self.local_rope),
+            local_rope: None,
+            batch: self.batch,
+            seq: self.seq,
+            packed: self.packed.as_ref().map(Tensor::shallow_clone),
+            queries: self.queries.as_ref().map(|q| QueryRows {
+                rows: q.rows.shallow_clone(),
+                mask: q.mask.shallow_clone(),
+                rope: pick(&q.rope, &q.local_rope),
+                local_rope: None,
+            }),
         }
     }
 

@@ -57,6 +57,11 @@ pub trait Backbone {
     fn rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
         None
     }
+    /// The same for the sliding-window layers where their RoPE differs (Gemma 3); `None`:
+    /// [`Backbone::rope`] serves every layer.
+    fn local_rope(&self, _position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
+        None
+    }
     /// The sequence width (padding included) at which generation drops every layer's key-value
     /// cache and runs the whole sequence again: Phi-3 with LongRoPE, whose rotary factors change
     /// past `original_max_position_embeddings` (transformers' `Phi3ForCausalLM` does the same

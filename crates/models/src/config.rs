@@ -62,8 +62,17 @@ impl ModelConfig {
             .ok_or_else(|| anyhow!("config has no \"model_type\"; supported: {}", supported()))?
             .to_string();
         let Some(parse) = lookup(&model_type) else {
+            // Multimodal checkpoints whose text model is supported: say which to use.
+            let hint = match model_type.as_str() {
+                "gemma3" => {
+                    " (the multimodal Gemma 3, Gemma3ForConditionalGeneration; its \
+                             text-only checkpoints, model_type \"gemma3_text\" as \
+                             gemma-3-1b and gemma-3-270m, are)"
+                }
+                _ => "",
+            };
             bail!(
-                "model_type {model_type:?} is not supported; supported: {}",
+                "model_type {model_type:?} is not supported{hint}; supported: {}",
                 supported()
             );
         };
@@ -220,6 +229,12 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(
             msg.contains("\"t5\"") && msg.contains("bert, roberta, gpt2, llama"),
+            "{msg}"
+        );
+        let e = ModelConfig::from_json_str(r#"{"model_type": "gemma3"}"#).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("multimodal Gemma 3") && msg.contains("\"gemma3_text\""),
             "{msg}"
         );
         let e = ModelConfig::from_json_str(r#"{"model_type": "bert", "hidden_act": "mish"}"#)

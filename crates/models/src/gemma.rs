@@ -140,6 +140,7 @@ impl GemmaConfig {
                 self.head_dim,
                 self.max_position_embeddings,
             )?,
+            local_rope: None,
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,

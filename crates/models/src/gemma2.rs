@@ -237,6 +237,7 @@ impl Gemma2Config {
                 self.head_dim,
                 self.max_position_embeddings,
             )?,
+            local_rope: None,
             // Per layer (Gemma2Layer::window), not for the whole backbone.
             sliding_window: None,
             pad_token_id: self.pad_token_id,
@@ -262,7 +263,13 @@ impl Gemma2Config {
             } else {
                 None
             };
-            Gemma2Layer::load(ld, prefix, &spec, self, window)
+            let attn = Gemma2Attention {
+                scale: self.query_pre_attn_scalar.powf(-0.5),
+                softcap: self.attn_logit_softcapping,
+                window,
+                local_rope: false,
+            };
+            Gemma2Layer::load(ld, prefix, &spec, attn)
         })?;
         // The causal-LM logits are capped (`Gemma2ForCausalLM`); the classifier's are not.
         let head = match head {
@@ -286,20 +293,32 @@ pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
 // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: "gemma2": ["q_proj", "v_proj"].
 llama_family_architecture!(Gemma2Config, "gemma2", targets: ["q_proj", "v_proj"], build: build_gemma2);
 
-/// One Gemma 2 decoder layer: Llama's projections and first two norms (same module names),
-/// the feed-forward norms, and its attention's scale, soft-cap and window.
-#[derive(Debug)]
-pub struct Gemma2Layer {
-    /// `input_layernorm`, `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm` (applied to
-    /// the attention output here), `mlp.{gate,up,down}_proj`.
-    pub base: LlamaLayer,
-    pub pre_feedforward_layernorm: RmsNorm,
-    pub post_feedforward_layernorm: RmsNorm,
+/// The attention options of one Gemma 2 (or Gemma 3) layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemma2Attention {
     /// `query_pre_attn_scalar^-0.5`.
     pub scale: f64,
+    /// `attn_logit_softcapping`.
     pub softcap: Option<f64>,
     /// `Some(sliding_window)` on a `sliding_attention` layer.
     pub window: Option<i64>,
+    /// The layer takes the local rotary tables ([`LayerCtx::with_local_rope`]: Gemma 3's
+    /// sliding layers).
+    pub local_rope: bool,
+}
+
+/// One Gemma 2 decoder layer: Llama's projections and first two norms (same module names),
+/// the feed-forward norms, and its attention's scale, soft-cap and window. Gemma 3's layers are
+/// these with query and key norms ([`DecoderSpec::qk_norm`]) and local rotary tables.
+#[derive(Debug)]
+pub struct Gemma2Layer {
+    /// `input_layernorm`, `self_attn.{q,k,v,o}_proj` (and `q_norm`, `k_norm`),
+    /// `post_attention_layernorm` (applied to the attention output here),
+    /// `mlp.{gate,up,down}_proj`.
+    pub base: LlamaLayer,
+    pub pre_feedforward_layernorm: RmsNorm,
+    pub post_feedforward_layernorm: RmsNorm,
+    pub attn: Gemma2Attention,
 }
 
 impl Gemma2Layer {
@@ -307,8 +326,7 @@ impl Gemma2Layer {
         ld: &mut Loader,
         p: &str,
         spec: &DecoderSpec,
-        cfg: &Gemma2Config,
-        window: Option<i64>,
+        attn: Gemma2Attention,
     ) -> Result<Self> {
         let base = LlamaLayer::load(ld, p, spec)?;
         let norm = |ld: &mut Loader, name: &str| {
@@ -323,9 +341,7 @@ impl Gemma2Layer {
             base,
             pre_feedforward_layernorm: norm(ld, "pre_feedforward_layernorm")?,
             post_feedforward_layernorm: norm(ld, "post_feedforward_layernorm")?,
-            scale: cfg.query_pre_attn_scalar.powf(-0.5),
-            softcap: cfg.attn_logit_softcapping,
-            window,
+            attn,
         })
     }
 
@@ -338,6 +354,13 @@ impl Gemma2Layer {
         train: bool,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
+        let local;
+        let ctx = if self.attn.local_rope {
+            local = ctx.with_local_rope();
+            &local
+        } else {
+            ctx
+        };
         let l = &self.base;
         let d = l.head_dim;
         let h = l.input_layernorm.forward(x);
@@ -355,9 +378,13 @@ impl Gemma2Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), l.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), None, cache);
+        let q = match &l.q_norm {
+            Some(norm) => norm.forward(&q),
+            None => q,
+        };
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), l.k_norm.as_ref(), cache);
         let windowed;
-        let mask = match self.window {
+        let mask = match self.attn.window {
             Some(w) => {
                 windowed = ctx.windowed_query_mask(w);
                 &windowed
@@ -365,9 +392,10 @@ impl Gemma2Layer {
             None => ctx.query_mask(),
         };
         let p = if train { l.attention_dropout } else { 0.0 };
-        let a = match self.softcap {
-            Some(c) => capped_attention(&q, &k, &v, mask, self.scale, c, p),
-            None => sdpa(&q, &k, &v, mask, p, train, Some(self.scale)),
+        let scale = self.attn.scale;
+        let a = match self.attn.softcap {
+            Some(c) => capped_attention(&q, &k, &v, mask, scale, c, p),
+            None => sdpa(&q, &k, &v, mask, p, train, Some(scale)),
         };
         let a = l.o_proj.forward_t(&ctx.merge_heads(&a), train);
         let x = ctx.query_rows(x) + l.post_attention_layernorm.forward(&a);

@@ -509,7 +509,8 @@ impl TaskModel {
         let size = ids.size();
         let (b, t) = (size[0], size[1]);
         let mut h = self.backbone.embed(ids, None, Some(positions), false);
-        let ctx = LayerCtx::dense(mask, self.backbone.rope(positions), b, t);
+        let mut ctx = LayerCtx::dense(mask, self.backbone.rope(positions), b, t);
+        ctx.local_rope = self.backbone.local_rope(positions);
         match caches {
             Some(caches) => {
                 for (i, cache) in caches.iter_mut().enumerate() {

@@ -165,6 +165,7 @@ impl LlamaConfig {
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,
+            local_rope: None,
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -293,6 +294,9 @@ pub struct DecoderSpec {
     pub attention_dropout: f64,
     /// RoPE base and scaling.
     pub rope: RopeConfig,
+    /// The RoPE of the layers that take the local tables ([`crate::attention::LayerCtx::with_local_rope`]:
+    /// Gemma 3's sliding-window layers, on their own base); `None`: `rope` for every layer.
+    pub local_rope: Option<RopeConfig>,
     /// Each query sees the keys of the last `sliding_window` positions, itself included
     /// (Mistral); `None`: every earlier key.
     pub sliding_window: Option<i64>,
@@ -607,6 +611,8 @@ pub struct LlamaBackbone<L = LlamaLayer> {
     /// The inverse frequencies (f32, `[head_dim / 2]`, on the model device) and the factor of
     /// the tables, for every batch; `None` when they depend on its length (`dynamic`).
     pub inv_freq: Option<(Tensor, f64)>,
+    /// [`DecoderSpec::local_rope`] with its inverse frequencies, as `rope` and `inv_freq`.
+    pub local_rope: Option<(RopeConfig, Option<(Tensor, f64)>)>,
     /// See [`DecoderSpec::sliding_window`].
     pub sliding_window: Option<i64>,
     /// See [`DecoderSpec::embed_scale`]: a scalar in the model dtype.
@@ -635,14 +641,18 @@ impl<L> LlamaBackbone<L> {
             .map(|i| layer(ld, &format!("model.layers.{i}"), i))
             .collect::<Result<Vec<_>>>()?;
         let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_unit_offset)?;
-        let inv_freq =
-            (!cfg.rope.depends_on_length()).then(|| cfg.rope.inv_freq(0, ld.device()));
+        let fixed = |rope: &RopeConfig| {
+            (!rope.depends_on_length()).then(|| rope.inv_freq(0, ld.device()))
+        };
+        let inv_freq = fixed(&cfg.rope);
+        let local_rope = cfg.local_rope.as_ref().map(|r| (r.clone(), fixed(r)));
         Ok(LlamaBackbone {
             embed_tokens,
             layers,
             norm,
             rope: cfg.rope.clone(),
             inv_freq,
+            local_rope,
             sliding_window: cfg.sliding_window,
             embed_scale: cfg.embed_scale.map(|s| {
                 Tensor::from(s as f32)
@@ -660,7 +670,23 @@ impl<L> LlamaBackbone<L> {
     /// one host read), as transformers computes them for a model that has not seen a longer
     /// batch before.
     fn rope_tables(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let (inv_freq, scale) = match &self.inv_freq {
+        self.tables_of(&self.rope, &self.inv_freq, positions)
+    }
+
+    /// [`Self::rope_tables`] of the local RoPE, when there is one.
+    fn local_rope_tables(&self, positions: &Tensor) -> Option<(Tensor, Tensor)> {
+        self.local_rope
+            .as_ref()
+            .map(|(rope, inv)| self.tables_of(rope, inv, positions))
+    }
+
+    fn tables_of(
+        &self,
+        rope: &RopeConfig,
+        inv_freq: &Option<(Tensor, f64)>,
+        positions: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let (inv_freq, scale) = match inv_freq {
             Some((inv, scale)) => (inv.shallow_clone(), *scale),
             None => {
                 let seq_len = if positions.numel() == 0 {
@@ -668,7 +694,7 @@ impl<L> LlamaBackbone<L> {
                 } else {
                     positions.max().double_value(&[]) as i64 + 1
                 };
-                self.rope.inv_freq(seq_len, positions.device())
+                rope.inv_freq(seq_len, positions.device())
             }
         };
         let freqs = positions.unsqueeze(-1) * &inv_freq;
@@ -695,13 +721,18 @@ impl<L: Block> Backbone for LlamaBackbone<L> {
         position_ids: Option<&Tensor>,
     ) -> LayerCtx {
         let size = attention_mask.size();
-        let rope = match position_ids {
-            Some(pos) => self.rope(pos),
+        let (rope, local_rope) = match position_ids {
+            Some(pos) => (self.rope(pos), self.local_rope(pos)),
             None => {
                 let t = input_ids.size()[1];
                 let pos = Tensor::arange(t, (Kind::Float, input_ids.device()));
-                let (cos, sin) = self.rope_tables(&pos);
-                Some((cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1])))
+                let shape = |(cos, sin): (Tensor, Tensor)| {
+                    (cos.view([1, 1, t, -1]), sin.view([1, 1, t, -1]))
+                };
+                (
+                    Some(shape(self.rope_tables(&pos))),
+                    self.local_rope_tables(&pos).map(shape),
+                )
             }
         };
         let mask = decoder_mask(attention_mask, position_ids);
@@ -709,12 +740,9 @@ impl<L: Block> Backbone for LlamaBackbone<L> {
             Some(w) => sliding_window(&mask, w),
             None => mask,
         };
-        LayerCtx::dense(
-            mask,
-            rope,
-            size[0],
-            size[1],
-        )
+        let mut ctx = LayerCtx::dense(mask, rope, size[0], size[1]);
+        ctx.local_rope = local_rope;
+        ctx
     }
 
     fn step_mask(&self, attention_mask: &Tensor, queries: i64) -> Tensor {
@@ -727,6 +755,11 @@ impl<L: Block> Backbone for LlamaBackbone<L> {
 
     fn rope(&self, position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
         let (cos, sin) = self.rope_tables(&position_ids.to_kind(Kind::Float));
+        Some((cos.unsqueeze(1), sin.unsqueeze(1)))
+    }
+
+    fn local_rope(&self, position_ids: &Tensor) -> Option<(Tensor, Tensor)> {
+        let (cos, sin) = self.local_rope_tables(&position_ids.to_kind(Kind::Float))?;
         Some((cos.unsqueeze(1), sin.unsqueeze(1)))
     }
 

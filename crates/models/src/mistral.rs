@@ -126,6 +126,7 @@ impl MistralConfig {
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,
+            local_rope: None,
             sliding_window: self.sliding_window,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,

@@ -201,6 +201,7 @@ impl Phi3Config {
             mlp_bias: false,
             attention_dropout: self.attention_dropout,
             rope: self.rope()?,
+            local_rope: None,
             sliding_window: self.sliding_window,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,

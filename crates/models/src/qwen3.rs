@@ -152,6 +152,7 @@ impl Qwen3Config {
                 self.head_dim,
                 self.max_position_embeddings,
             )?,
+            local_rope: None,
             sliding_window: None,
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,

@@ -436,7 +436,13 @@ impl TaskModel {
         };
         let pick = |x: &Tensor| x.index_select(2, &read).permute([2, 1, 0, 3]);
         let rope = ctx.rope.as_ref().map(|(c, s)| (pick(c), pick(s)));
-        let last = ctx.with_queries(QueryRows { rows, mask, rope });
+        let local_rope = ctx.local_rope.as_ref().map(|(c, s)| (pick(c), pick(s)));
+        let last = ctx.with_queries(QueryRows {
+            rows,
+            mask,
+            rope,
+            local_rope,
+        });
         Plan {
             ctx,
             last: Some(last),

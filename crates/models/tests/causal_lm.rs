@@ -1,7 +1,7 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head), Qwen3 (query and key
 //! norms) and Mistral (sliding
-//! window), Gemma, Gemma 2 (soft-capping, alternating sliding window) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
+//! window), Gemma, Gemma 2 (soft-capping, alternating sliding window), Gemma 3 (query and key norms, a RoPE per layer type) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
 //! - SFT loss, logits and every LoRA gradient with prompts masked (-100), right padding, left
@@ -148,6 +148,12 @@ fn gemma2_sft_sliding_softcap_matches_peft() {
 
 /// Rows of 9 tokens past original_max_position_embeddings (8): the long factors; the packed
 /// rows' positions stay below: the short ones.
+/// Gemma 3: query and key norms, a sliding layer on its own RoPE base, a full one scaled.
+#[test]
+fn gemma3_sft_local_rope_matches_peft() {
+    sft_parity("gemma3");
+}
+
 #[test]
 fn phi3_sft_longrope_matches_peft() {
     sft_parity("phi3");
@@ -306,6 +312,16 @@ fn gemma2_greedy_generation_matches_transformers() {
 /// Prompts of 7 positions, 8 new tokens: the sequence crosses original_max_position_embeddings
 /// (8) while decoding, where the cached keys are dropped and the sequence run again with the
 /// long factors, as transformers' Phi-3 does.
+#[test]
+fn gemma3_greedy_generation_matches_transformers() {
+    generation_parity("gemma3");
+}
+
+#[test]
+fn gemma3_half_precision_logits_equal_transformers() {
+    half_precision_parity("gemma3");
+}
+
 #[test]
 fn phi3_greedy_generation_longrope_crossing_matches_transformers() {
     generation_parity("phi3");

@@ -1,5 +1,5 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2 and Phi-3 models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
+//! Mistral, Gemma, Gemma 2, Gemma 3 and Phi-3 models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
 
@@ -37,6 +37,7 @@ fn task(case: &str) -> Head {
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
+        "gemma3" => Head::SequenceClassification { num_labels: 3 },
         "phi3" => Head::SequenceClassification { num_labels: 3 },
         "gpt2_lm"
         | "llama_lm"
@@ -45,6 +46,7 @@ fn task(case: &str) -> Head {
         | "mistral_lm"
         | "gemma_lm"
         | "gemma2_lm"
+        | "gemma3_lm"
         | "phi3_lm"
         | "qwen2_lm_saved_table"
         | "qwen2_lm_saved_table_tied"
@@ -315,6 +317,28 @@ fn mistral_lm_lora_matches_peft() {
     lora_parity("mistral_lm");
 }
 
+/// Gemma 3: query and key norms, two sliding layers on their own RoPE base and a full one
+/// with linear scaling (the older flat config keys).
+#[test]
+fn gemma3_sliding_local_rope_left_padded_matches_transformers() {
+    plain_parity("gemma3");
+}
+
+#[test]
+fn gemma3_lm_matches_transformers() {
+    plain_parity("gemma3_lm");
+}
+
+#[test]
+fn gemma3_lora_all_linears_matches_peft() {
+    lora_parity("gemma3");
+}
+
+#[test]
+fn gemma3_lm_lora_matches_peft() {
+    lora_parity("gemma3_lm");
+}
+
 #[test]
 fn gemma_head_dim_left_padded_matches_transformers() {
     plain_parity("gemma");
@@ -469,6 +493,8 @@ const CASES: &[&str] = &[
     "gemma_lm",
     "gemma2",
     "gemma2_lm",
+    "gemma3",
+    "gemma3_lm",
     "phi3",
     "phi3_lm",
     "deberta_v2",

@@ -76,6 +76,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "mnli",
         "Gemma2ForSequenceClassification",
     ),
+    (
+        "gemma3",
+        "gemma3_text",
+        "mnli",
+        "Gemma3TextForSequenceClassification",
+    ),
     ("phi3", "phi3", "mnli", "Phi3ForSequenceClassification"),
     (
         "deberta_v2",

@@ -6,7 +6,8 @@ For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1
 biases, tied; qwen3: query and key norms, head_dim of its own, attention biases; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
 embeddings, (1 + w) norms, GeGLU, head_dim of its own; gemma2: soft-capped attention scores and
 logits, four norms per layer, layer 0 of 2 with a sliding window of 4 positions, shorter than the
-sequences; phi3: fused qkv_proj and gate_up_proj,
+sequences; gemma3: gemma2's layers with query and key norms, the sliding layer on a RoPE base of its
+own, the full one with linear scaling; phi3: fused qkv_proj and gate_up_proj,
 half of each head rotated, LongRoPE with original_max_position_embeddings 8, so that the 9-token
 rows use the long factors, the packed rows the short ones, and generation crosses from short
 to long) writes under
@@ -34,7 +35,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (GemmaConfig, GemmaForCausalLM, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+                          Qwen3Config, Qwen3ForCausalLM, Gemma3TextConfig, Gemma3ForCausalLM)
 
 VOCAB = 61
 PAD = 0
@@ -67,6 +68,15 @@ def cases():
     gemma2 = Gemma2Config(head_dim=16, query_pre_attn_scalar=20, sliding_window=4, attn_logit_softcapping=2.0,
                           final_logit_softcapping=3.0, **decoder)
     yield "gemma2", Gemma2ForCausalLM(gemma2), dict(target_modules=all_linears)
+    # Gemma 3: query and key norms, layer 0 of 2 sliding (window 4) on its own RoPE base (100),
+    # layer 1 full with linear scaling (factor 2, base 10000), soft-capped logits.
+    gemma3 = Gemma3TextConfig(head_dim=16, query_pre_attn_scalar=20, sliding_window=4, final_logit_softcapping=3.0,
+                              layer_types=["sliding_attention", "full_attention"],
+                              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                  "rope_theta": 10000.0},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                              **decoder)
+    yield "gemma3", Gemma3ForCausalLM(gemma3), dict(target_modules=all_linears)
     longrope = dict(rope_type="longrope", short_factor=[1.0, 1.5], long_factor=[3.0, 9.0])
     phi3 = Phi3Config(original_max_position_embeddings=8, partial_rotary_factor=0.5, rope_parameters=longrope,
                       **decoder)

@@ -24,7 +24,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig, GemmaForCausalLM,
                           GemmaForSequenceClassification, Gemma2Config, Gemma2ForCausalLM,
-                          Gemma2ForSequenceClassification, GPT2Config,
+                          Gemma2ForSequenceClassification, Gemma3ForCausalLM, Gemma3TextConfig,
+                          Gemma3TextForSequenceClassification, GPT2Config,
                           GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig,
                           MistralForCausalLM, MistralForSequenceClassification, Phi3Config,
@@ -174,6 +175,20 @@ def cases():
                lora=dict(target_modules=all_linears, modules_to_save=["score"]))
     ids, mask = ids_and_mask(lengths, pad=0, low=3)
     yield dict(name="gemma_lm", model=GemmaForCausalLM(GemmaConfig(**gemma_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # Gemma 3: Gemma 2's layers with query and key norms; by default every sixth layer is full:
+    # here layers 0-1 slide (window 3, on RoPE base 50) and layer 2 is full (base 10000,
+    # linear scaling 4), from the older flat keys (rope_local_base_freq, rope_scaling).
+    gemma3_kw = dict(gemma_kw, num_hidden_layers=3, query_pre_attn_scalar=24, sliding_window=3,
+                     sliding_window_pattern=3, rope_theta=10000.0, rope_local_base_freq=50.0,
+                     rope_scaling={"rope_type": "linear", "factor": 4.0})
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="gemma3", model=Gemma3TextForSequenceClassification(Gemma3TextConfig(num_labels=3, **gemma3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 2, 0]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="gemma3_lm", model=Gemma3ForCausalLM(Gemma3TextConfig(**gemma3_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
     # DeBERTa-v3: relative attention only (c2p + p2c), log buckets (4 each side, up to 8), shared

@@ -98,6 +98,15 @@ impl CausalLmTask {
     }
 }
 
+/// transformers' causal-LM class of `model_type` (its `AutoModelForCausalLM` mapping).
+fn causal_lm_class(model_type: &str) -> String {
+    match model_type {
+        "gpt2" => "GPT2LMHeadModel".into(),
+        "gemma3_text" => "Gemma3ForCausalLM".into(),
+        other => format!("{}ForCausalLM", model::class_prefix(other)),
+    }
+}
+
 /// Sum of the token losses of a batch and the number of tokens that take one (labels `[B, T]`,
 /// position `t` predicting `labels[t + 1]`, `-100` ignored), in f64 on the host.
 pub fn token_loss_sum(logits: &Tensor, labels: &Tensor) -> Result<(f64, i64)> {
@@ -201,10 +210,7 @@ impl TrainTask for CausalLmTask {
     }
 
     fn merged_architecture(&self, model_type: &str) -> String {
-        match model_type {
-            "gpt2" => "GPT2LMHeadModel".into(),
-            other => format!("{}ForCausalLM", model::class_prefix(other)),
-        }
+        causal_lm_class(model_type)
     }
 
     fn merged_config(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
@@ -226,5 +232,29 @@ pub fn inputs_on<'a>(
         attention_mask: mask,
         token_type_ids: types,
         position_ids: positions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every decoder's merged class is transformers' (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES).
+    #[test]
+    fn merged_classes_are_transformers_causal_lm_classes() {
+        let want = [
+            ("gpt2", "GPT2LMHeadModel"),
+            ("llama", "LlamaForCausalLM"),
+            ("qwen2", "Qwen2ForCausalLM"),
+            ("qwen3", "Qwen3ForCausalLM"),
+            ("mistral", "MistralForCausalLM"),
+            ("gemma", "GemmaForCausalLM"),
+            ("gemma2", "Gemma2ForCausalLM"),
+            ("gemma3_text", "Gemma3ForCausalLM"),
+            ("phi3", "Phi3ForCausalLM"),
+        ];
+        let types = loraplus_models::registry::causal_lm_model_types();
+        assert_eq!(types, want.map(|w| w.0), "a decoder without its class here");
+        for (model_type, class) in want {
+            assert_eq!(super::causal_lm_class(model_type), class);
+        }
     }
 }
