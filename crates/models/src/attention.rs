@@ -179,6 +179,30 @@ impl LayerCtx {
         }
     }
 
+    /// [`Self::query_mask`] with each query kept to the keys at most `half` positions away on
+    /// either side (a bidirectional encoder's sliding window: ModernBERT's local layers,
+    /// transformers' `sliding_window_bidirectional_overlay`). Query rows are located as in
+    /// [`Self::windowed_query_mask`].
+    pub fn bidirectional_window_query_mask(&self, half: i64) -> Tensor {
+        let t = self.seq;
+        let keys = Tensor::arange(t, (Kind::Int64, self.mask.device())).view([1, t]);
+        match &self.queries {
+            None => {
+                let band = (&keys - keys.view([t, 1])).abs().le(half);
+                self.mask.logical_and(&band.view([1, 1, t, t]))
+            }
+            Some(q) => {
+                let flat = match &self.packed {
+                    Some(index) => index.index_select(0, &q.rows),
+                    None => q.rows.shallow_clone(),
+                };
+                let at = flat.remainder(t).view([-1, 1]);
+                let band = (&keys - at).abs().le(half);
+                q.mask.logical_and(&band.view([-1, 1, 1, t]))
+            }
+        }
+    }
+
     /// The rotary tables of the queries and of the keys.
     pub fn query_rope(&self) -> Option<(&Tensor, &Tensor)> {
         match &self.queries {

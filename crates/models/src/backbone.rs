@@ -232,9 +232,48 @@ impl<'a> Loader<'a> {
     }
 
     pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {
+        self.layer_norm_with(module, dim, eps, true)
+    }
+
+    /// A LayerNorm whose bias exists only with `bias` (ModernBERT's `norm_bias: false`).
+    pub fn layer_norm_with(
+        &mut self,
+        module: &str,
+        dim: i64,
+        eps: f64,
+        bias: bool,
+    ) -> Result<LayerNorm> {
         let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
-        let bias = self.tensor(&format!("{module}.bias"), &[dim])?;
-        Ok(self.b.layer_norm(module, weight, Some(bias), eps))
+        let bias = if bias {
+            Some(self.tensor(&format!("{module}.bias"), &[dim])?)
+        } else {
+            None
+        };
+        Ok(self.b.layer_norm(module, weight, bias, eps))
+    }
+
+    /// [`Self::layer_norm_with`], created as transformers initialises one (weight 1, bias 0)
+    /// when the checkpoint lacks it (a head norm new to a base checkpoint).
+    pub fn layer_norm_or_fresh(
+        &mut self,
+        module: &str,
+        dim: i64,
+        eps: f64,
+        bias: bool,
+    ) -> Result<LayerNorm> {
+        let wname = format!("{module}.weight");
+        if !self.w.contains(&wname) && !self.fresh.contains_key(&wname) {
+            let (kind, device) = (self.kind(), self.device());
+            self.fresh
+                .insert(wname, Tensor::f_ones([dim], (kind, device))?);
+            if bias {
+                self.fresh.insert(
+                    format!("{module}.bias"),
+                    Tensor::f_zeros([dim], (kind, device))?,
+                );
+            }
+        }
+        self.layer_norm_with(module, dim, eps, bias)
     }
 
     /// An RMSNorm weight `[dim]`.

@@ -25,10 +25,11 @@ pub enum Head {
 /// The label HF's cross-entropy ignores.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// The classifier of an encoder, on the hidden state of the first token (BERT's pooler and
-/// classifier, RoBERTa's `RobertaClassificationHead`).
+/// The classifier of an encoder, on one pooled hidden state per sequence: the first token's
+/// (BERT's pooler and classifier, RoBERTa's `RobertaClassificationHead`), or the tokens' mean
+/// ([`TaskHead::MeanPooled`]).
 pub trait FirstTokenHead: std::fmt::Debug + Send {
-    /// Logits `[B, num_labels]` from the first token's hidden state `[B, H]`.
+    /// Logits `[B, num_labels]` from the pooled hidden state `[B, H]`.
     fn forward_read(&self, first: &Tensor, train: bool) -> Tensor;
 }
 
@@ -37,6 +38,9 @@ pub trait FirstTokenHead: std::fmt::Debug + Send {
 pub enum TaskHead {
     /// An encoder's classifier on the first token.
     FirstToken(Box<dyn FirstTokenHead>),
+    /// An encoder's classifier on the mean of the hidden states of the tokens the attention
+    /// mask keeps (ModernBERT's `classifier_pooling: "mean"`).
+    MeanPooled(Box<dyn FirstTokenHead>),
     /// GPT-2 / Llama `score`, applied to the last non-padding token.
     LastToken {
         score: LoraLinear,
@@ -77,14 +81,14 @@ impl TaskHead {
             TaskHead::LastToken { pad_token_id, .. } => {
                 Some(last_token_index(input_ids, attention_mask, *pad_token_id))
             }
-            TaskHead::Lm { .. } => None,
+            TaskHead::Lm { .. } | TaskHead::MeanPooled(_) => None,
         }
     }
 
     /// Logits from the hidden states at [`Self::read_positions`], `[B, H]`.
     pub fn forward_read(&self, rows: &Tensor, train: bool) -> Tensor {
         match self {
-            TaskHead::FirstToken(h) => h.forward_read(rows, train),
+            TaskHead::FirstToken(h) | TaskHead::MeanPooled(h) => h.forward_read(rows, train),
             TaskHead::LastToken { score, .. } => score.forward_t(rows, train),
             TaskHead::Lm { lm_head, softcap } => lm_logits(lm_head, *softcap, rows, train),
         }
@@ -100,6 +104,13 @@ impl TaskHead {
     ) -> Tensor {
         match self {
             TaskHead::FirstToken(h) => h.forward_read(&hidden.select(1, 0), train),
+            TaskHead::MeanPooled(h) => {
+                // transformers: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).
+                let mask = attention_mask.to_kind(hidden.kind());
+                let sum = (hidden * mask.unsqueeze(-1)).sum_dim_intlist(1, false, hidden.kind());
+                let count = attention_mask.sum_dim_intlist(1, true, Kind::Int64);
+                h.forward_read(&(sum / count), train)
+            }
             TaskHead::LastToken {
                 score,
                 pad_token_id,

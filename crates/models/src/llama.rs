@@ -686,27 +686,7 @@ impl<L> LlamaBackbone<L> {
         inv_freq: &Option<(Tensor, f64)>,
         positions: &Tensor,
     ) -> (Tensor, Tensor) {
-        let (inv_freq, scale) = match inv_freq {
-            Some((inv, scale)) => (inv.shallow_clone(), *scale),
-            None => {
-                let seq_len = if positions.numel() == 0 {
-                    0
-                } else {
-                    positions.max().double_value(&[]) as i64 + 1
-                };
-                rope.inv_freq(seq_len, positions.device())
-            }
-        };
-        let freqs = positions.unsqueeze(-1) * &inv_freq;
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let kind = self.embed_tokens.weight.kind();
-        let (cos, sin) = (emb.cos(), emb.sin());
-        let (cos, sin) = if scale == 1.0 {
-            (cos, sin)
-        } else {
-            (cos * scale, sin * scale)
-        };
-        (cos.to_kind(kind), sin.to_kind(kind))
+        rope.tables(inv_freq, positions, self.embed_tokens.weight.kind())
     }
 }
 

@@ -105,6 +105,39 @@ fn number(p: &Map<String, Value>, key: &str) -> Option<f64> {
 }
 
 impl RopeConfig {
+    /// `(cos, sin)` of `positions` (float, any shape), `[.., head_dim]` in `kind`, from the
+    /// inverse frequencies and factor computed once (`inv_freq`, see [`Self::inv_freq`]), or,
+    /// when they depend on the length (`dynamic`), from those of the batch's length (its
+    /// largest position + 1, one host read), as transformers computes them for a model that
+    /// has not seen a longer batch before.
+    pub fn tables(
+        &self,
+        inv_freq: &Option<(Tensor, f64)>,
+        positions: &Tensor,
+        kind: Kind,
+    ) -> (Tensor, Tensor) {
+        let (inv_freq, scale) = match inv_freq {
+            Some((inv, scale)) => (inv.shallow_clone(), *scale),
+            None => {
+                let seq_len = if positions.numel() == 0 {
+                    0
+                } else {
+                    positions.max().double_value(&[]) as i64 + 1
+                };
+                self.inv_freq(seq_len, positions.device())
+            }
+        };
+        let freqs = positions.unsqueeze(-1) * &inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let (cos, sin) = if scale == 1.0 {
+            (cos, sin)
+        } else {
+            (cos * scale, sin * scale)
+        };
+        (cos.to_kind(kind), sin.to_kind(kind))
+    }
+
     /// From a config's fields. `rope_parameters` (transformers 5) wins over `rope_scaling`
     /// (older), whose missing keys it fills; `rope_theta` comes from either, else the top
     /// level, else [`DEFAULT_ROPE_THETA`].

@@ -1,5 +1,6 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2, Gemma 3 and Phi-3 models that `tests/reference/fixtures.py` builds (no download; the Llama sequence
+//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3 and ModernBERT models that `tests/reference/fixtures.py`
+//! builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
 
@@ -52,6 +53,8 @@ fn task(case: &str) -> Head {
         | "qwen2_lm_saved_table_tied"
         | "llama_lm_embedding_layers" => Head::CausalLm,
         "deberta_v2" => Head::SequenceClassification { num_labels: 3 },
+        "modernbert" => Head::SequenceClassification { num_labels: 3 },
+        "modernbert_mean" => Head::SequenceClassification { num_labels: 1 },
         "deberta_v2_reg" => Head::SequenceClassification { num_labels: 1 },
         "deberta_v2_norel" => Head::SequenceClassification { num_labels: 2 },
         other => panic!("unknown case {other}"),
@@ -475,6 +478,22 @@ fn llama_embedding_layers_saved_with_the_adapter_load_as_in_peft() {
     lora_parity("llama_lm_embedding_layers");
 }
 
+/// ModernBERT: fused Wqkv, two sliding layers (a window of 2 keys each side) and a full one on
+/// their own RoPE bases, cls pooling through the masked-LM-style head.
+#[test]
+fn modernbert_sliding_cls_matches_transformers_and_peft() {
+    plain_parity("modernbert");
+    lora_parity("modernbert");
+}
+
+/// ModernBERT regression: mean pooling over the unpadded tokens, every bias on, per-type
+/// rope_parameters with linear scaling on the full layer.
+#[test]
+fn modernbert_mean_pooling_biases_matches_transformers_and_peft() {
+    plain_parity("modernbert_mean");
+    lora_parity("modernbert_mean");
+}
+
 /// The cases the tests above run, each with plain and LoRA parity.
 const CASES: &[&str] = &[
     "bert",
@@ -500,6 +519,8 @@ const CASES: &[&str] = &[
     "deberta_v2",
     "deberta_v2_reg",
     "deberta_v2_norel",
+    "modernbert",
+    "modernbert_mean",
     "qwen2_lm_saved_table",
     "qwen2_lm_saved_table_tied",
     "llama_lm_embedding_layers",

@@ -218,3 +218,48 @@ fn llama_sparse_equals_dense() {
         3,
     );
 }
+
+/// ModernBERT: a sliding layer's window (2 keys each side) located for the packed positions
+/// and the read rows; the head new to the checkpoint (`head.norm` created as transformers
+/// initialises it).
+#[test]
+fn modernbert_sparse_equals_dense() {
+    let (v, h, i, layers) = (50, 16, 12, 3);
+    let config = serde_json::json!({
+        "model_type": "modernbert", "vocab_size": v, "hidden_size": h, "intermediate_size": i,
+        "num_hidden_layers": layers, "num_attention_heads": 4, "local_attention": 4,
+        "global_attn_every_n_layers": 2, "pad_token_id": 0
+    });
+    let mut tensors = vec![
+        (
+            "model.embeddings.tok_embeddings.weight".to_string(),
+            vec![v, h],
+        ),
+        ("model.embeddings.norm.weight".to_string(), vec![h]),
+        ("model.final_norm.weight".to_string(), vec![h]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("attn.Wqkv", vec![3 * h, h]),
+            ("attn.Wo", vec![h, h]),
+            ("mlp.Wi", vec![2 * i, h]),
+            ("mlp.Wo", vec![h, i]),
+        ] {
+            tensors.push((format!("{p}.{name}.weight"), shape));
+        }
+        tensors.push((format!("{p}.mlp_norm.weight"), vec![h]));
+        if l > 0 {
+            tensors.push((format!("{p}.attn_norm.weight"), vec![h]));
+        }
+    }
+    let dir = checkpoint(config, &tensors);
+    let targets = ["Wqkv", "Wo", "Wi"];
+    check(
+        "ModernBERT",
+        dir.path(),
+        all_linears(&targets, &["head", "classifier"]),
+        0,
+        3,
+    );
+}

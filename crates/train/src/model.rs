@@ -193,6 +193,7 @@ pub fn lora_config(cfg: &TrainConfig, recommended: LoraConfig) -> Result<LoraCon
 pub fn class_prefix(model_type: &str) -> String {
     match model_type {
         "gpt2" => "GPT2".into(),
+        "modernbert" => "ModernBert".into(),
         other => other
             .split(['-', '_'])
             .map(|part| {
@@ -559,6 +560,8 @@ mod tests {
             ("qwen3", "Qwen3"),
             ("gemma", "Gemma"),
             ("deberta-v2", "DebertaV2"),
+            ("modernbert", "ModernBert"),
+            ("gemma3_text", "Gemma3Text"),
         ] {
             assert_eq!(super::class_prefix(model_type), prefix);
         }

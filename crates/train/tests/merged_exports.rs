@@ -84,6 +84,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ),
     ("phi3", "phi3", "mnli", "Phi3ForSequenceClassification"),
     (
+        "modernbert",
+        "modernbert",
+        "mnli",
+        "ModernBertForSequenceClassification",
+    ),
+    (
         "deberta_v2",
         "deberta-v2",
         "mnli",

@@ -34,6 +34,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig
                           Qwen3ForCausalLM, Qwen3ForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
 B, T = 3, 7
 VOCAB = 99
@@ -191,6 +192,31 @@ def cases():
     yield dict(name="gemma3_lm", model=Gemma3ForCausalLM(Gemma3TextConfig(**gemma3_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # ModernBERT: pre-norm, fused Wqkv, GeGLU-style Wi, no biases or absolute positions; layer 0
+    # of 3 full (RoPE base 160000), layers 1-2 sliding (2 keys each side of 7, base 10000),
+    # cls pooling through head.dense / head.norm (older flat keys).
+    mb_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=24, num_hidden_layers=3,
+                 num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, pad_token_id=0,
+                 bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="modernbert", backbone="model",
+               model=ModernBertForSequenceClassification(ModernBertConfig(
+                   num_labels=3, local_attention=4, global_attn_every_n_layers=3, **mb_kw)),
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 1, 0]),
+               lora=dict(target_modules=["Wqkv", "Wo", "Wi"], modules_to_save=["head", "classifier"]))
+    # ModernBERT regression with mean pooling, biases everywhere (norms, attention, MLP, head),
+    # per-type rope_parameters (full layers scaled linearly by 2), a window of 1 key each side.
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="modernbert_mean", backbone="model",
+               model=ModernBertForSequenceClassification(ModernBertConfig(
+                   num_labels=1, local_attention=2, classifier_pooling="mean", norm_bias=True,
+                   attention_bias=True, mlp_bias=True, classifier_bias=True,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 300.0}},
+                   **mb_kw)),
+               inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([0.5, -1.0, 2.0]),
+               lora=dict(target_modules=["Wqkv", "Wo"], modules_to_save=["head", "classifier"]))
     # DeBERTa-v3: relative attention only (c2p + p2c), log buckets (4 each side, up to 8), shared
     # content/position projections (LoRA on them reaches the relative table), normed table.
     deberta_kw = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
