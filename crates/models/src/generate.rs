@@ -319,15 +319,25 @@ impl TaskModel {
         Ok(())
     }
 
-    /// A prompt of `len` tokens fits the model's positions, and so do `max_new_tokens` after it
-    /// where the position table is learned (GPT-2 `n_positions`; rotary positions go on past
-    /// Llama's `max_position_embeddings`, which bounds the prompt).
+    /// A prompt of `len` tokens and `max_new_tokens` after it fit a learned position table
+    /// (GPT-2 `n_positions`). Rotary positions go on past `max_position_embeddings`, as in
+    /// transformers, with a warning (the model was not trained that far, unless its RoPE
+    /// scaling is meant for it).
     pub fn check_prompt_length(&self, len: usize, max_new_tokens: usize) -> Result<()> {
         let Some(limit) = self.config.arch().generation_positions() else {
             bail!("{} is not a decoder", self.config.model_type());
         };
         let learned = self.config.max_positions().is_some();
         let (len, new) = (len as i64, max_new_tokens as i64);
+        if !learned {
+            if len + new > limit {
+                tracing::warn!(
+                    "a prompt of {len} tokens plus max_new_tokens ({new}) goes past the {limit} positions {} was configured for (max_position_embeddings): generating on, as transformers does; expect the quality to degrade unless its RoPE scaling is meant for it",
+                    self.config.model_type()
+                );
+            }
+            return Ok(());
+        }
         if len > limit {
             bail!(
                 "a prompt has {len} tokens, more than the {limit} positions {} supports",
@@ -350,9 +360,9 @@ impl TaskModel {
     /// LoRA adapters act as they stand (unmerged, or merged by [`loraplus_core::LoraModel::merge`]).
     ///
     /// Errors (before any computation): a head other than the causal LM, an empty prompt, ids
-    /// outside the vocabulary, a prompt longer than the model's positions (GPT-2
-    /// `n_positions`, Llama `max_position_embeddings`), GPT-2 prompt plus `max_new_tokens`
-    /// beyond `n_positions`, and a bad config ([`GenerationConfig::validate`]).
+    /// outside the vocabulary, a prompt (plus `max_new_tokens`) longer than a learned position
+    /// table (GPT-2 `n_positions`; rotary models go on past `max_position_embeddings`, with a
+    /// warning), and a bad config ([`GenerationConfig::validate`]).
     pub fn generate(&self, prompts: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
         self.require_causal_lm("generate")?;
         cfg.validate(self.config.vocab_size())?;

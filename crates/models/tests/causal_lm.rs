@@ -268,6 +268,24 @@ fn generation_parity(case: &str) {
             "{case}: repetition penalty, use_cache={use_cache}"
         );
     }
+    // Past max_position_embeddings (rotary models): transformers generates on, and so does this.
+    if let Some(past) = e.get("past_positions") {
+        let prompt: Vec<i64> = serde_json::from_value(past["prompt"].clone()).unwrap();
+        for use_cache in [true, false] {
+            let cfg = GenerationConfig {
+                use_cache,
+                ..GenerationConfig::greedy(max_new, &[])
+            };
+            let got = model.generate(std::slice::from_ref(&prompt), &cfg).unwrap();
+            assert_eq!(
+                got[0],
+                rows(&serde_json::json!([past["tokens"]]))[0],
+                "{case}: a prompt past max_position_embeddings, use_cache={use_cache}"
+            );
+        }
+    } else {
+        assert_eq!(case, "gpt2", "{case}: no long-prompt reference");
+    }
     let alone = model.generate(&prompts[1..2], &cfg).unwrap();
     assert_eq!(alone, rows(&e["unmerged_alone"]), "{case}: prompt alone");
     if case != "phi3" {

@@ -22,7 +22,8 @@ OUT_DIR/<case>/:
                           attention mask (as transformers takes packed rows).
   expected.json           prompts, eos, max_new_tokens and the new tokens of greedy
                           generate(do_sample=False) with the adapter unmerged and merged (and
-                          of the second prompt alone, unpadded); and
+                          of the second prompt alone, unpadded; and of a prompt longer than
+                          max_position_embeddings, rotary models only); and
                           continuation log-probability items with their reference sums.
 No download: configs are built here, weights drawn from torch.manual_seed.
 """
@@ -230,6 +231,12 @@ def main(out):
                             generate(peft_model, [p], [], repetition_penalty=REPETITION_PENALTY)[0] for p in prompts
                         ],
                         items=items, logprobs=[logprob(peft_model, c, k) for c, k in items])
+        if name != "gpt2":
+            # A prompt longer than max_position_embeddings (64): rotary positions go on, as in
+            # transformers (GPT-2's learned table ends).
+            long_prompt = tokens(70).tolist()
+            expected["past_positions"] = dict(
+                prompt=long_prompt, tokens=generate(peft_model, [long_prompt], [])[0])
         merged = peft_model.merge_and_unload()
         merged.eval()
         expected["merged"] = generate(merged, prompts, eos)
