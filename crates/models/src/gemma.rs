@@ -132,11 +132,13 @@ impl GemmaConfig {
             rope: RopeConfig::parse(
                 "gemma",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "gemma",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,

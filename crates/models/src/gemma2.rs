@@ -229,11 +229,13 @@ impl Gemma2Config {
             rope: RopeConfig::parse(
                 "gemma2",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "gemma2",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,

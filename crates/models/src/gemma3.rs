@@ -6,7 +6,8 @@
 //! transformers' `sliding_window_pattern` 6) and two RoPEs: the full layers' (`rope_theta` 1e6
 //! by default, with the scaling, e.g. linear 8 for the 4B+ models) and the sliding layers'
 //! own base (`rope_local_base_freq`, 1e4), read from transformers 5's per-layer-type
-//! `rope_parameters` or the older flat keys. Soft-capping is off unless the config sets it.
+//! `rope_parameters` or the older flat keys. The logits are soft-capped when the config sets
+//! `final_logit_softcapping`; `attn_logit_softcapping` is ignored, as transformers ignores it.
 //! The multimodal `gemma3` checkpoints (`Gemma3ForConditionalGeneration`) and bidirectional
 //! attention (EmbeddingGemma) are refused.
 
@@ -177,9 +178,11 @@ impl Gemma3TextConfig {
     }
 
     /// The full layers' and the sliding layers' RoPE, as transformers'
-    /// `convert_rope_params_to_dict` reads them: per layer type from `rope_parameters`, each
-    /// base defaulting to the flat `rope_theta` / `rope_local_base_freq`, else 1e6 / 1e4; the
-    /// flat `rope_scaling` applies to the full layers.
+    /// `convert_rope_params_to_dict` reads them: per layer type from `rope_parameters` (a type
+    /// it lacks is `{"rope_type": "default"}`), each base defaulting to the flat `rope_theta` /
+    /// `rope_local_base_freq`, else 1e6 / 1e4; the flat `rope_scaling` updates the full layers'
+    /// parameters, its keys winning (so a legacy `{"type": "linear"}` under the prefilled
+    /// `rope_type: "default"` scales nothing, as there).
     pub fn ropes(&self) -> Result<(RopeConfig, RopeConfig)> {
         let per_type = match &self.rope_parameters {
             None | Some(Value::Null) => serde_json::Map::new(),
@@ -200,8 +203,8 @@ impl Gemma3TextConfig {
             RopeConfig::parse(
                 &format!("gemma3_text {ty}"),
                 Some(theta),
-                &per_type.get(ty).cloned(),
-                scaling,
+                &Some(crate::rope::updated_by(per_type.get(ty), scaling)?),
+                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )
@@ -262,6 +265,12 @@ impl Gemma3TextConfig {
                 self.query_pre_attn_scalar
             );
         }
+        if let Some(c) = self.attn_logit_softcapping {
+            tracing::warn!(
+                "gemma3_text: attn_logit_softcapping ({c}) is ignored, as transformers' Gemma 3 \
+                 ignores it (its query and key norms replace Gemma 2's capping)"
+            );
+        }
         let (rope, local_rope) = self.ropes()?;
         let spec = DecoderSpec {
             model_type: "gemma3_text",
@@ -303,7 +312,8 @@ impl Gemma3TextConfig {
             let slides = sliding[i as usize];
             let attn = Gemma2Attention {
                 scale: self.query_pre_attn_scalar.powf(-0.5),
-                softcap: self.attn_logit_softcapping,
+                // transformers' Gemma 3 keeps attn_logit_softcapping but never applies it.
+                softcap: None,
                 window: if slides { self.sliding_window } else { None },
                 local_rope: slides,
             };
@@ -377,6 +387,22 @@ mod tests {
         let (global, local) = old.ropes().unwrap();
         assert_eq!((global.theta, local.theta), (5e5, 2e4));
         assert_ne!(global, local);
+    }
+
+    /// The flat `rope_scaling` updates the full layers' prefilled `{"rope_type": "default"}`:
+    /// its legacy `type` key scales nothing (transformers reads `rope_type`), its `rope_type`
+    /// wins over a per-type entry's.
+    #[test]
+    fn rope_scaling_updates_the_full_layers_as_transformers() {
+        let legacy = config(serde_json::json!({"rope_scaling": {"type": "linear", "factor": 8.0}}));
+        let (full, _) = legacy.ropes().unwrap();
+        assert_eq!(full.scaling, crate::rope::RopeScaling::Default);
+        let over = config(serde_json::json!({
+            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5}},
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}}));
+        let (full, local) = over.ropes().unwrap();
+        assert_eq!(full.scaling, crate::rope::RopeScaling::Linear { factor: 8.0 });
+        assert_eq!((full.theta, local.theta), (5e5, LOCAL_THETA));
     }
 
     #[test]

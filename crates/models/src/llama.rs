@@ -157,11 +157,13 @@ impl LlamaConfig {
             rope: RopeConfig::parse(
                 "llama",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "llama",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

@@ -118,11 +118,13 @@ impl MistralConfig {
             rope: RopeConfig::parse(
                 "mistral",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "mistral",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

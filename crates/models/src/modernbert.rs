@@ -185,7 +185,7 @@ impl ModernBertConfig {
     /// The full layers' and the sliding layers' RoPE, as transformers'
     /// `convert_rope_params_to_dict` reads them: per layer type from `rope_parameters`, each
     /// base defaulting to `global_rope_theta` / `local_rope_theta`, else 160000 / 10000; the
-    /// flat `rope_scaling` applies to both.
+    /// flat `rope_scaling` updates both types' parameters, its keys winning.
     pub fn ropes(&self) -> Result<(RopeConfig, RopeConfig)> {
         let per_type = match &self.rope_parameters {
             None | Some(Value::Null) => serde_json::Map::new(),
@@ -206,8 +206,8 @@ impl ModernBertConfig {
             RopeConfig::parse(
                 &format!("modernbert {ty}"),
                 Some(theta),
-                &per_type.get(ty).cloned(),
-                &self.rope_scaling,
+                &Some(crate::rope::updated_by(per_type.get(ty), &self.rope_scaling)?),
+                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )

@@ -121,22 +121,24 @@ impl Phi3Config {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// The RoPE parameters as transformers' `Phi3Config` standardizes them: `rope_parameters`
-    /// over `rope_scaling`, `partial_rotary_factor` from the top level unless given there,
+    /// The RoPE parameters as transformers' `Phi3Config` standardizes them: a non-empty
+    /// `rope_scaling` whole, else `rope_parameters` ([`crate::rope::standardized`]),
+    /// `partial_rotary_factor` from the top level unless given there,
     /// `su` and `yarn` read as `longrope`, whose `original_max_position_embeddings` is the
     /// top-level field; only `default` and `longrope` accepted.
     fn rope(&self) -> Result<RopeConfig> {
-        let mut p = Map::new();
-        for (field, v) in [
-            ("rope_scaling", &self.rope_scaling),
-            ("rope_parameters", &self.rope_parameters),
-        ] {
-            match v {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(m)) => p.extend(m.clone()),
-                Some(other) => bail!("phi3 {field}: expected an object or null, found {other}"),
-            }
-        }
+        let mut p = match crate::rope::standardized(
+            "phi3",
+            &self.rope_parameters,
+            &self.rope_scaling,
+            None,
+        ) {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(other) => bail!(
+                "phi3 rope_parameters / rope_scaling: expected an object or null, found {other}"
+            ),
+        };
         if let Some(f) = self.partial_rotary_factor {
             p.entry("partial_rotary_factor").or_insert(f.into());
         }

@@ -127,11 +127,13 @@ impl Qwen2Config {
             rope: RopeConfig::parse(
                 "qwen2",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "qwen2",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

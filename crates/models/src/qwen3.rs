@@ -101,25 +101,42 @@ impl Qwen3Config {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    /// The layers that slide, as transformers derives them: `layer_types` when given, else
-    /// with `use_sliding_window` those from `max_window_layers` (default 28) on.
-    fn sliding_layers(&self) -> Vec<i64> {
+    /// The layers that slide, as transformers derives them: `layer_types` when given (one
+    /// `"full_attention"` or `"sliding_attention"` per layer), else with `use_sliding_window`
+    /// those from `max_window_layers` (default 28) on.
+    fn sliding_layers(&self) -> Result<Vec<i64>> {
         match &self.layer_types {
-            Some(types) => (0..)
-                .zip(types)
-                .filter(|(_, t)| t.as_str() != "full_attention")
-                .map(|(i, _)| i)
-                .collect(),
-            None if self.use_sliding_window => {
-                (self.max_window_layers.unwrap_or(28).max(0)..self.num_hidden_layers).collect()
+            Some(types) => {
+                if types.len() as i64 != self.num_hidden_layers {
+                    bail!(
+                        "qwen3 layer_types: expected {} entries (num_hidden_layers), found {}",
+                        self.num_hidden_layers,
+                        types.len()
+                    );
+                }
+                let mut sliding = Vec::new();
+                for (i, t) in (0..).zip(types) {
+                    match t.as_str() {
+                        "full_attention" => {}
+                        "sliding_attention" => sliding.push(i),
+                        other => bail!(
+                            "qwen3 layer_types[{i}]: {other:?} is not supported; supported: \
+                             \"full_attention\""
+                        ),
+                    }
+                }
+                Ok(sliding)
             }
-            None => Vec::new(),
+            None if self.use_sliding_window => {
+                Ok((self.max_window_layers.unwrap_or(28).max(0)..self.num_hidden_layers).collect())
+            }
+            None => Ok(Vec::new()),
         }
     }
 
     /// The layers this config describes.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        let sliding = self.sliding_layers();
+        let sliding = self.sliding_layers()?;
         if let Some(first) = sliding.first() {
             bail!(
                 "qwen3: sliding-window attention (use_sliding_window, layer_types; layer {first} of {} slides) is not supported; supported: \"full_attention\" in every layer",
@@ -144,11 +161,13 @@ impl Qwen3Config {
             rope: RopeConfig::parse(
                 "qwen3",
                 self.rope_theta,
-                &crate::rope::with_top_level_original(
+                &crate::rope::standardized(
+                    "qwen3",
                     &self.rope_parameters,
+                    &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &self.rope_scaling,
+                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,
@@ -208,5 +227,13 @@ mod tests {
         // The flag alone with every layer under max_window_layers slides nowhere.
         assert!(spec(r#"{"num_hidden_layers": 4, "use_sliding_window": true}"#).is_ok());
         assert!(spec(r#"{"layer_types": ["full_attention", "full_attention"], "num_hidden_layers": 2}"#).is_ok());
+        let err = spec(r#"{"num_hidden_layers": 2, "layer_types": ["attention", "full_attention"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layer_types[0]: \"attention\" is not supported"), "{err}");
+        let err = spec(r#"{"num_hidden_layers": 3, "layer_types": ["full_attention"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected 3 entries"), "{err}");
     }
 }

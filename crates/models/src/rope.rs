@@ -80,6 +80,62 @@ fn one_minus(x: &Tensor) -> Tensor {
     x.ones_like() - x
 }
 
+/// The RoPE parameters transformers 5 reads from a config that may carry both keys:
+/// `rope_scaling or rope_parameters` (`convert_rope_params_to_dict`), so a non-empty
+/// `rope_scaling` (the older key) replaces `rope_parameters` whole, its keys not merged in (a
+/// warning names what is dropped); then the top-level `original_max_position_embeddings` put
+/// in ([`with_top_level_original`]). Give the result to [`RopeConfig::parse`] as
+/// `rope_parameters`, with no `rope_scaling`.
+pub fn standardized(
+    model_type: &str,
+    rope_parameters: &Option<Value>,
+    rope_scaling: &Option<Value>,
+    original_max_position_embeddings: Option<i64>,
+) -> Option<Value> {
+    let non_empty = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(_) => true,
+    };
+    let chosen =
+        if non_empty(rope_scaling) {
+            if non_empty(rope_parameters) && rope_parameters != rope_scaling {
+                tracing::warn!(
+                "{model_type} config.json has both rope_scaling and rope_parameters: transformers \
+                 uses rope_scaling alone ({}) and drops rope_parameters ({}), and so does \
+                 loraplus; remove the one you do not mean",
+                rope_scaling.as_ref().map_or(String::new(), |v| v.to_string()),
+                rope_parameters.as_ref().map_or(String::new(), |v| v.to_string())
+            );
+            }
+            rope_scaling
+        } else {
+            rope_parameters
+        };
+    with_top_level_original(chosen, original_max_position_embeddings)
+}
+
+/// One layer type's RoPE parameters (`{"rope_type": "default"}` when the config has none)
+/// updated by the flat `rope_scaling`, its keys winning, as the per-layer-type configs of
+/// transformers (Gemma 3, ModernBERT) apply the older key.
+pub fn updated_by(per_type: Option<&Value>, rope_scaling: &Option<Value>) -> Result<Value> {
+    let mut p = match per_type {
+        None | Some(Value::Null) => {
+            let mut m = Map::new();
+            m.insert("rope_type".into(), "default".into());
+            m
+        }
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => bail!("a layer type's rope_parameters: expected an object, found {other}"),
+    };
+    match rope_scaling {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => p.extend(m.clone()),
+        Some(other) => bail!("rope_scaling: expected an object or null, found {other}"),
+    }
+    Ok(Value::Object(p))
+}
+
 /// `rope_parameters` with a config's top-level `original_max_position_embeddings` put in, over
 /// its own: transformers' `standardize_rope_params` gives the top-level field priority (for the
 /// types that read it: llama3, yarn, longrope; the others ignore it).
@@ -138,9 +194,10 @@ impl RopeConfig {
         (cos.to_kind(kind), sin.to_kind(kind))
     }
 
-    /// From a config's fields. `rope_parameters` (transformers 5) wins over `rope_scaling`
-    /// (older), whose missing keys it fills; `rope_theta` comes from either, else the top
-    /// level, else [`DEFAULT_ROPE_THETA`].
+    /// From a config's fields: `rope_parameters` and `rope_scaling` merged (`rope_parameters`'
+    /// keys win; the architectures pass one of them, chosen by [`standardized`] as transformers
+    /// chooses, or a layer type's parameters updated by `rope_scaling`); `rope_theta` comes
+    /// from them, else the top level, else [`DEFAULT_ROPE_THETA`].
     pub fn parse(
         model_type: &str,
         rope_theta: Option<f64>,

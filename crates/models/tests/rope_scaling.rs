@@ -3,7 +3,8 @@
 //! CPU, 1e-4) and greedy generation with the KV cache, token for token (dynamic RoPE's
 //! frequencies change as the sequence grows past `max_position_embeddings`, LongRoPE's past
 //! `original_max_position_embeddings`). The same harness checks configs read as transformers reads
-//! them: a top-level `original_max_position_embeddings`, Gemma's legacy `hidden_act: "gelu"`,
+//! them: a top-level `original_max_position_embeddings`, `rope_scaling` beside
+//! `rope_parameters`, Gemma's legacy `hidden_act: "gelu"`,
 //! and a tied config whose checkpoint holds an `lm_head.weight` of its own.
 
 mod common;
@@ -96,6 +97,13 @@ fn yarn_top_level_original_max_positions_are_read() {
 
 /// A Gemma config with the official releases' `hidden_act: "gelu"` computes the tanh GELU, as
 /// transformers reads it.
+/// A config with rope_parameters and the older rope_scaling both: transformers takes
+/// rope_scaling whole (base and all), then the top-level original_max_position_embeddings.
+#[test]
+fn rope_scaling_replaces_rope_parameters_as_in_transformers() {
+    parity("scaling_over_parameters");
+}
+
 #[test]
 fn gemma_legacy_gelu_is_the_tanh_approximation() {
     parity("gemma_legacy_gelu");

@@ -16,6 +16,10 @@ Cases whose config.json is edited after saving, read as transformers reads it (t
 reference comes from the model reloaded from the edited folder):
   llama3_top_level, yarn_top_level: a top-level original_max_position_embeddings (16), which
     transformers' standardize_rope_params puts over rope_parameters' own (32) or in its place;
+  scaling_over_parameters: rope_parameters (default, base 100) and the older rope_scaling (yarn,
+    factor 4) both, and a top-level original_max_position_embeddings (16): transformers takes
+    rope_scaling whole (`rope_scaling or rope_parameters`: base 10000, not 100), then the
+    top-level field;
   gemma_legacy_gelu: a Gemma with the official releases' hidden_act "gelu", which GemmaConfig
     reads as the tanh approximation (weights scaled up so the two GELUs differ past 1e-4);
   tied_stray_lm_head: tie_word_embeddings true, but the file holds an lm_head.weight of its
@@ -45,6 +49,7 @@ CASES = {
     "llama3_top_level": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                              original_max_position_embeddings=32),
     "yarn_top_level": dict(rope_type="yarn", factor=4.0),
+    "scaling_over_parameters": dict(rope_type="default"),
     "gemma_legacy_gelu": dict(rope_type="default"),
     "tied_stray_lm_head": dict(rope_type="default"),
 }
@@ -59,6 +64,10 @@ def edit_config(name, path):
         c["rope_parameters"].pop("original_max_position_embeddings", None)
         if name == "llama3_top_level":
             c["rope_parameters"]["original_max_position_embeddings"] = 32
+    elif name == "scaling_over_parameters":
+        c["rope_parameters"]["rope_theta"] = 100.0
+        c["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+        c["original_max_position_embeddings"] = 16
     elif name == "gemma_legacy_gelu":
         c["hidden_act"] = "gelu"
     elif name == "tied_stray_lm_head":
