@@ -93,6 +93,16 @@ impl Message {
         Ok(Message { role, fields })
     }
 
+    /// This turn with another `content` (in the same place among its keys).
+    pub fn with_content(&self, content: serde_json::Value) -> Message {
+        let mut fields = self.fields.clone();
+        fields.insert("content".into(), content);
+        Message {
+            role: self.role.clone(),
+            fields,
+        }
+    }
+
     /// `system`, `user`, `assistant`, `tool`, ... (the template decides which it accepts).
     pub fn role(&self) -> &str {
         &self.role

@@ -515,10 +515,10 @@ impl LmTokenizer {
                 // TRL: the prompt with the generation prompt, the whole without; the completion
                 // starts where their tokens diverge.
                 let template = self.template_for(record)?;
-                let prompt_text = template.render_with(prompt, extras, true)?;
+                let prompt_text = render_turns(template, prompt, extras, true)?;
                 let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
-                let text = template.render_with(&all, extras, false)?;
-                check_parts_rendered(&all, &text, template.origin())?;
+                let text = render_turns(template, &all, extras, false)?;
+                check_parts_rendered(template, &all, extras, false)?;
                 let prompt_ids = self.encode(&prompt_text, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let prompt_len = prompt_ids
@@ -532,8 +532,16 @@ impl LmTokenizer {
                 } else {
                     0
                 };
+                // Under completion-only loss the prompt's turns are masked anyway: only the
+                // completion's assistant turns are located (a template that renders earlier
+                // turns otherwise, as Qwen3's, is then no obstacle).
                 let spans = if assistant_only_loss {
-                    assistant_spans(template, &all, extras, &text)?
+                    let (from, lenient) = if opts.completion_only_loss {
+                        (prompt.len(), true)
+                    } else {
+                        (0, false)
+                    };
+                    assistant_spans_from(template, &all, extras, &text, from, lenient)?
                 } else {
                     vec![(0, text.len())]
                 };
@@ -553,8 +561,8 @@ impl LmTokenizer {
             }
             LmRecord::Messages { messages, extras } => {
                 let template = self.template_for(record)?;
-                let text = template.render_with(messages, extras, false)?;
-                check_parts_rendered(messages, &text, template.origin())?;
+                let text = render_turns(template, messages, extras, false)?;
+                check_parts_rendered(template, messages, extras, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let spans = if assistant_only_loss {
                     assistant_spans(template, messages, extras, &text)?
@@ -593,13 +601,32 @@ pub fn assistant_spans(
     extras: &ChatExtras,
     full: &str,
 ) -> Result<ByteSpans> {
+    assistant_spans_from(template, messages, extras, full, 0, false)
+}
+
+/// [`assistant_spans`] of the assistant turns from message `from` on. With `lenient`, a turn
+/// whose rendering does not start with the generation prompt (DeepSeek's adds `<think>\n`,
+/// which the rendered turn lacks) starts where the conversation before it ends, header
+/// included: for a caller that masks that header anyway (conversational prompt-completion,
+/// whose completion starts where the prompt's tokens end).
+fn assistant_spans_from(
+    template: &ChatTemplate,
+    messages: &[Message],
+    extras: &ChatExtras,
+    full: &str,
+    from: usize,
+    lenient: bool,
+) -> Result<ByteSpans> {
     let mut spans = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.iter().enumerate().skip(from) {
         if m.role() != "assistant" {
             continue;
         }
-        let before = template.render_with(&messages[..i], extras, true)?;
+        let mut before = template.render_with(&messages[..i], extras, true)?;
         let through = template.render_with(&messages[..=i], extras, false)?;
+        if lenient && !through.starts_with(&before) {
+            before = template.render_with(&messages[..i], extras, false)?;
+        }
         let eos = template
             .special_tokens()
             .get("eos_token")
@@ -665,29 +692,86 @@ fn check_text_parts(parts: &[serde_json::Value]) -> std::result::Result<(), Stri
     Ok(())
 }
 
-/// For turns whose content is a list of text parts: the rendering must hold each part's text
-/// (trimmed, as templates that take parts print them) and no part printed as a Python dict (a
-/// template that concatenates or prints the content as a string). A template that does not
-/// take parts otherwise renders, silently, an empty or mangled turn (transformers trains on
-/// that); here the row is refused, saying to give the content as a string.
-pub fn check_parts_rendered(messages: &[Message], rendered: &str, origin: &str) -> Result<()> {
+/// `messages` rendered by `template`; where that fails and a turn's content is a list of
+/// parts, the error says the template cannot take them (as transformers, which fails too) and
+/// to give a string.
+pub fn render_turns(
+    template: &ChatTemplate,
+    messages: &[Message],
+    extras: &ChatExtras,
+    add_generation_prompt: bool,
+) -> Result<String> {
+    template
+        .render_with(messages, extras, add_generation_prompt)
+        .map_err(|e| match first_parts(messages) {
+            Some(i) => e.context(format!(
+                "messages[{i}].content is a list of content parts, which the chat template of {} \
+                 cannot take; give the turn's text as one string",
+                template.origin()
+            )),
+            None => e,
+        })
+}
+
+fn first_parts(messages: &[Message]) -> Option<usize> {
+    messages
+        .iter()
+        .position(|m| matches!(m.get("content"), Some(serde_json::Value::Array(_))))
+}
+
+/// For turns whose content is a list of text parts: the template must print each part's text
+/// as text. The conversation is rendered once more with each part's text replaced by a marker
+/// of its own; every marker must appear, and none as the value of a printed dict (a template
+/// that prints or concatenates the list as a string: Python's `{'type': 'text', ...}`, or
+/// `|trim`'s, `|string`'s and `~`'s own form). A template that does not take parts otherwise
+/// renders, silently, an empty or mangled turn (transformers trains on that); here the row is
+/// refused, saying to give the content as a string.
+pub fn check_parts_rendered(
+    template: &ChatTemplate,
+    messages: &[Message],
+    extras: &ChatExtras,
+    add_generation_prompt: bool,
+) -> Result<()> {
+    if first_parts(messages).is_none() {
+        return Ok(());
+    }
+    let marker = |i: usize, k: usize| format!("@@loraplus-part-{i}-{k}@@");
+    let mut marked = Vec::with_capacity(messages.len());
+    let mut markers = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(serde_json::Value::Array(parts)) = m.get("content") else {
+            marked.push(m.clone());
             continue;
         };
-        let texts = parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str));
-        let missing = texts.clone().find(|t| !rendered.contains(t.trim()));
-        if missing.is_some() || rendered.contains("{'type': 'text'") {
-            bail!(
-                "messages[{i}].content is a list of content parts, and the chat template of {origin} {}; give the turn's text as one string",
-                match missing {
-                    Some(t) => format!("does not print them (its text {:?} is not in the rendering)", truncate_chars(t, 40)),
-                    None => "prints them as Python dicts, not as text".to_string(),
-                }
-            );
+        let mut parts = parts.clone();
+        for (k, part) in parts.iter_mut().enumerate() {
+            if let Some(text) = part.get_mut("text") {
+                markers.push((i, k, text.as_str().unwrap_or_default().to_string()));
+                *text = marker(i, k).into();
+            }
         }
+        marked.push(m.with_content(serde_json::Value::Array(parts)));
+    }
+    let text = render_turns(template, &marked, extras, add_generation_prompt)?;
+    for (i, k, original) in markers {
+        let m = marker(i, k);
+        let why = if !text.contains(&m) {
+            format!(
+                "does not print them (part {k}, {:?}, is not in the rendering)",
+                truncate_chars(&original, 40)
+            )
+        } else if text.contains(&format!("'text': '{m}"))
+            || text.contains(&format!("\"text\": \"{m}"))
+        {
+            "prints the list as data (its dicts), not as text".to_string()
+        } else {
+            continue;
+        };
+        bail!(
+            "messages[{i}].content is a list of content parts, and the chat template of {} {why}; \
+             give the turn's text as one string",
+            template.origin()
+        );
     }
     Ok(())
 }
@@ -1037,7 +1121,16 @@ pub fn build_dataset(
         }
         kept.push(ex);
     }
-    if stats.prompt_prefix_mismatches > 0 {
+    if stats.prompt_prefix_mismatches > 0 && stats.chat {
+        tracing::warn!(
+            "{origin}: in {} rows the tokens of the prompt rendered with the generation prompt are \
+             not a prefix of the whole conversation's (the chat template renders the generation \
+             prompt otherwise than the start of an assistant turn, as DeepSeek's `<think>`, or a \
+             token merges across the boundary): the completion starts where they diverge, as in \
+             TRL, so the model trains on a context that differs from the one it sees when generating",
+            stats.prompt_prefix_mismatches
+        );
+    } else if stats.prompt_prefix_mismatches > 0 {
         tracing::warn!(
             "{origin}: in {} rows the prompt's tokens are not a prefix of prompt + completion's \
              (a token merges across the boundary): the completion starts where they diverge, as in \
@@ -1189,50 +1282,69 @@ mod tests {
         assert_eq!(json, "\"prompt-completion\"");
     }
 
-    /// Content parts reach the template; a template that prints them as text passes, one that
-    /// drops them (Qwen3's: `is string` else empty), prints their Python form or cannot add them
-    /// to a string is refused with a message that says to give a string.
+    /// Content parts reach the template; a template that prints them as text passes (also when
+    /// another turn holds a dict's text literally), one that drops them (Qwen3's: `is string`
+    /// else empty; also when another turn holds the same words), prints the list as data
+    /// (`{{ }}`, `|trim`, `~`) or cannot add it to a string is refused with a message that says
+    /// to give a string.
     #[test]
     fn content_parts_must_be_printed_by_the_template() {
-        let row = serde_json::json!({"messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there."}]},
-            {"role": "assistant", "content": "Hello."},
-        ]});
-        let (conv, extras) = parse_conversation(row.as_object().unwrap()).unwrap();
+        let row = |assistant: &str| {
+            let row = serde_json::json!({"messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there."}]},
+                {"role": "assistant", "content": assistant},
+            ]});
+            parse_conversation(row.as_object().unwrap()).unwrap()
+        };
+        let (conv, extras) = row("Hello.");
         let template = |source: &str| ChatTemplate::new(source, "t", BTreeMap::new()).unwrap();
+        let err = |t: &ChatTemplate, conv: &[Message]| {
+            format!(
+                "{:#}",
+                check_parts_rendered(t, conv, &extras, false).unwrap_err()
+            )
+        };
         let takes_parts = template(
             "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}\
              {% for p in m.content %}{{ p.text | trim }}{% endfor %}{% endif %}|{% endfor %}",
         );
-        let text = takes_parts.render_with(&conv, &extras, false).unwrap();
+        let text = render_turns(&takes_parts, &conv, &extras, false).unwrap();
         assert_eq!(text, "Hithere.|Hello.|");
-        check_parts_rendered(&conv, &text, "t").unwrap();
+        check_parts_rendered(&takes_parts, &conv, &extras, false).unwrap();
+        let (literal, _) = row("Use {'type': 'text', 'text': 'x'} for that.");
+        check_parts_rendered(&takes_parts, &literal, &extras, false).unwrap();
+
         let drops = template(
             "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% endif %}|{% endfor %}",
         );
-        let text = drops.render_with(&conv, &extras, false).unwrap();
-        let err = check_parts_rendered(&conv, &text, "t")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("messages[0].content is a list of content parts")
-                && err.contains("\"Hi \" is not in the rendering")
-                && err.contains("give the turn's text as one string"),
-            "{err}"
-        );
-        let prints = template("{% for m in messages %}{{ m.content }}|{% endfor %}");
-        let text = prints.render_with(&conv, &extras, false).unwrap();
-        assert!(
-            text.starts_with("[{'type': 'text', 'text': 'Hi '}"),
-            "{text}"
-        );
-        let err = check_parts_rendered(&conv, &text, "t")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("prints them as Python dicts"), "{err}");
+        for conv in [&conv, &row("Hi there.").0] {
+            let e = err(&drops, conv);
+            assert!(
+                e.contains("messages[0].content is a list of content parts")
+                    && e.contains("does not print them (part 0, \"Hi \"")
+                    && e.contains("give the turn's text as one string"),
+                "{e}"
+            );
+        }
+        for source in [
+            "{% for m in messages %}{{ m.content }}|{% endfor %}",
+            "{% for m in messages %}{{ m.content | trim }}|{% endfor %}",
+            "{% for m in messages %}{{ '<' ~ m.content ~ '>' }}{% endfor %}",
+        ] {
+            let e = err(&template(source), &conv);
+            assert!(e.contains("prints the list as data"), "{source}: {e}");
+        }
         let concatenates =
             template("{% for m in messages %}{{ '<' + m.content + '>' }}{% endfor %}");
-        assert!(concatenates.render_with(&conv, &extras, false).is_err());
+        let e = format!(
+            "{:#}",
+            render_turns(&concatenates, &conv, &extras, false).unwrap_err()
+        );
+        assert!(
+            e.contains("messages[0].content is a list of content parts, which the chat template of t cannot take")
+                && e.contains("give the turn's text as one string"),
+            "{e}"
+        );
     }
 
     /// A template that closes every conversation with EOS (Phi-3's) has its assistant turns

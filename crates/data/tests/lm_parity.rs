@@ -307,6 +307,11 @@ fn prompt_completion_rows_match_reference() {
 fn conversational_prompt_completion_rows_match_reference() {
     check_case("chat_pc");
     check_case("chat_pc_all_turns");
+    // Only the completion's assistant turns are located: a template that renders the prompt's
+    // assistant turn otherwise (drops its reasoning) and one whose generation prompt opens the
+    // reasoning train as TRL's completion mask says.
+    check_case("chat_pc_rewriting");
+    check_case("chat_pc_think_prompt");
 }
 
 #[test]

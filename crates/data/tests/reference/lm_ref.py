@@ -19,7 +19,8 @@ assistant-turn rule of loraplus (crates/data/src/lm.rs):
 - conversational prompt-completion (prompt and completion as lists of turns): p =
   apply_chat_template(prompt, add_generation_prompt=True), ids = apply_chat_template(prompt +
   completion); the tokens they share at the start are not targets, and with
-  assistant_only_loss only the assistant turns' tokens (the rule below) are;
+  assistant_only_loss only the completion's assistant turns' tokens (the rule below; a turn
+  that does not start with the generation prompt starts after the turns before it) are;
 - messages: ids = apply_chat_template(messages, tokenize=True); a token is a target when its
   first character lies in an assistant turn: between render(messages[:i],
   add_generation_prompt=True) and render(messages[:i+1]) for each assistant message i;
@@ -164,6 +165,20 @@ CHAT_PROMPT_COMPLETIONS = [
                     {"role": "assistant", "content": "Hi again!"}]},
 ]
 
+# Conversational prompt-completion whose prompt holds an assistant turn with reasoning (the
+# "rewriting" template prints it only in the last turn).
+CHAT_PROMPT_COMPLETIONS_REASONING = [
+    {"prompt": [{"role": "user", "content": "Two plus two?"},
+                {"role": "assistant", "reasoning_content": "Add them.", "content": "Four."},
+                {"role": "user", "content": "And three plus three?"}],
+     "completion": [{"role": "assistant", "reasoning_content": "Add again.", "content": "Six."}]},
+    {"prompt": [{"role": "user", "content": "Name a fruit."}],
+     "completion": [{"role": "assistant", "content": "A pear."}]},
+]
+
+# Tokenizers only the cases use (not in the rendering matrix).
+CASE_TEMPLATES = {"rewriting": "right", "think_prompt": "right"}
+
 TEMPLATES = {"llama2": "right", "zephyr": "right", "chatml": "left", "tojson": "right", "tools": "right"}
 
 # (name, model, data file, max_seq_len, packing, assistant_only_loss)
@@ -183,6 +198,8 @@ CASES = [
     ("messages_tools_all_tokens", "tools", "tools.jsonl", 512, False, False),
     ("chat_pc", "chatml", "chat_pc.jsonl", 256, False, True),
     ("chat_pc_all_turns", "zephyr", "chat_pc.jsonl", 256, False, False),
+    ("chat_pc_rewriting", "rewriting", "chat_pc_reasoning.jsonl", 256, False, True),
+    ("chat_pc_think_prompt", "think_prompt", "chat_pc_reasoning.jsonl", 256, False, True),
 ]
 
 
@@ -195,13 +212,15 @@ def with_eos(text, eos):
     return text if text.endswith(eos) else text + eos
 
 
-def assistant_spans(tok, messages, full, args):
+def assistant_spans(tok, messages, full, args, start=0, lenient=False):
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < start:
             continue
         before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **args)
         through = tok.apply_chat_template(messages[: i + 1], tokenize=False, **args)
+        if lenient and not through.startswith(before):
+            before = tok.apply_chat_template(messages[:i], tokenize=False, **args)
         assert full.startswith(through) and through.startswith(before), (before, through, full)
         spans.append((len(before), len(through)))
     return spans
@@ -236,7 +255,9 @@ def tokenize_row(tok, row, assistant_only):
         prompt_len = 0
         while prompt_len < min(len(prompt_ids), len(ids)) and prompt_ids[prompt_len] == ids[prompt_len]:
             prompt_len += 1
-        spans = assistant_spans(tok, messages, full, args) if assistant_only else [(0, len(full))]
+        # Under completion-only loss (always here) only the completion's assistant turns.
+        spans = (assistant_spans(tok, messages, full, args, start=len(row["prompt"]), lenient=True)
+                 if assistant_only else [(0, len(full))])
         labels = [
             i if t >= prompt_len and any(a <= start < b for a, b in spans) else IGNORE
             for t, (i, (start, _)) in enumerate(zip(ids, enc["offset_mapping"]))
@@ -307,7 +328,7 @@ def write_jsonl(path, rows):
 
 def main():
     root = sys.argv[1]
-    for name, side in TEMPLATES.items():
+    for name, side in {**TEMPLATES, **CASE_TEMPLATES}.items():
         write_tokenizer(os.path.join(root, name), template=name, padding_side=side)
     data = os.path.join(root, "data")
     os.makedirs(data, exist_ok=True)
@@ -317,6 +338,7 @@ def main():
         "messages.jsonl": [{"messages": m} for m in CONVERSATIONS],
         "tools.jsonl": TOOL_ROWS,
         "chat_pc.jsonl": CHAT_PROMPT_COMPLETIONS,
+        "chat_pc_reasoning.jsonl": CHAT_PROMPT_COMPLETIONS_REASONING,
     }
     for fname, rows in files.items():
         write_jsonl(os.path.join(data, fname), rows)
@@ -325,9 +347,11 @@ def main():
     with open(os.path.join(root, "conversations.json"), "w") as f:
         json.dump(conversations, f, ensure_ascii=False)
 
-    toks = {name: AutoTokenizer.from_pretrained(os.path.join(root, name)) for name in TEMPLATES}
+    toks = {name: AutoTokenizer.from_pretrained(os.path.join(root, name)) for name in {**TEMPLATES, **CASE_TEMPLATES}}
     chat = []
     for name, tok in toks.items():
+        if name in CASE_TEMPLATES:
+            continue
         for ci, conv in enumerate(conversations):
             if conv in TOOL_ROWS and name != "tools":
                 continue

@@ -89,6 +89,22 @@ TEMPLATES = {
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
+    # ChatML that prints an assistant turn's reasoning only in the last turn (as Qwen3's drops
+    # earlier turns' reasoning): a conversation up to an earlier assistant turn is not a prefix
+    # of the whole.
+    "rewriting": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if loop.last and message['reasoning_content'] is defined %}"
+        "{{ '<think>' + message['reasoning_content'] + '</think>' }}{% endif %}"
+        "{{ message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    # A generation prompt that opens the reasoning (`<think>\n`), which a rendered assistant
+    # turn lacks (as DeepSeek-R1's).
+    "think_prompt": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+    ),
     # Tools and tool calls (ChatML-like): the row's `tools` as JSON in a system block (`tools is
     # not none`), an assistant turn's `tool_calls` (content null or absent) and
     # `reasoning_content`, `tool` turns, and a template variable (`enable_thinking`) that rows

@@ -171,8 +171,8 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
             let template = tok
                 .chat_template()
                 .context("--chat: the model's tokenizer_config.json has no chat_template")?;
-            let text = template.render_with(m, extras, true)?;
-            loraplus_data::lm::check_parts_rendered(m, &text, template.origin())?;
+            let text = loraplus_data::lm::render_turns(template, m, extras, true)?;
+            loraplus_data::lm::check_parts_rendered(template, m, extras, true)?;
             // The rendered template already holds its special tokens: none added again.
             tok.encode(&text, false)?
         }
@@ -367,15 +367,16 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let (gc, max_length) = decoding(&a, &model_dir, &file, eos, i64::from(tok.pad_id()))?;
     gc.validate(m.config().vocab_size())
         .map_err(UsageError::wrap)?;
-    let ids: Vec<Vec<i64>> = prompts
-        .iter()
-        .map(|(_, _, p)| encode(&tok, p))
-        .collect::<Result<_>>()?;
-    // Each prompt fits the model, named by its line: before anything is generated.
+    // Each prompt renders, encodes and fits the model, named by its line: before anything is
+    // generated.
     let origin = |line: usize| match &a.input {
         Some(path) if a.prompt.is_none() => format!("{}: line {line}", path.display()),
         _ => "--prompt".to_string(),
     };
+    let ids: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|(line, _, p)| encode(&tok, p).with_context(|| origin(*line)))
+        .collect::<Result<_>>()?;
     for ((line, _, _), p) in prompts.iter().zip(&ids) {
         if p.is_empty() {
             return Err(UsageError::wrap(anyhow::anyhow!(
