@@ -81,23 +81,55 @@ pub struct CommonConfig {
 pub enum Activation {
     /// `"gelu"`: exact, with erf (BERT, RoBERTa).
     Gelu,
+    /// `"gelu_python"`: the same, computed op by op as transformers' Python version.
+    GeluPython,
+    /// `"gelu_10"`: `"gelu"` clipped to [-10, 10].
+    Gelu10,
     /// `"gelu_pytorch_tanh"`: the tanh approximation, libtorch's fused kernel.
     GeluTanh,
     /// `"gelu_new"` (GPT-2): the same approximation as transformers computes it, one operation
     /// at a time, so that bf16 and f16 round as there.
     GeluNew,
+    /// `"gelu_fast"`: the tanh approximation in transformers' other order of operations.
+    GeluFast,
+    /// `"gelu_accurate"`.
+    GeluAccurate,
+    /// `"quick_gelu"`: `x * sigmoid(1.702 x)` (CLIP).
+    QuickGelu,
     Relu,
+    /// `"relu2"`: `relu(x)^2`.
+    Relu2,
+    Relu6,
+    /// `"leaky_relu"`: slope 0.01 below zero (`nn.LeakyReLU()`).
+    LeakyRelu,
     /// `"silu"` / `"swish"` (Llama).
     Silu,
+    Mish,
+    Hardswish,
+    Sigmoid,
     Tanh,
+    /// `"linear"`: the identity.
+    Linear,
 }
 
-/// Names accepted by [`Activation::parse`].
+/// Names accepted by [`Activation::parse`] (transformers' `ACT2FN` names).
 pub const SUPPORTED_ACTIVATIONS: &[&str] = &[
     "gelu",
+    "gelu_10",
+    "gelu_accurate",
+    "gelu_fast",
     "gelu_new",
+    "gelu_python",
     "gelu_pytorch_tanh",
+    "hardswish",
+    "leaky_relu",
+    "linear",
+    "mish",
+    "quick_gelu",
     "relu",
+    "relu2",
+    "relu6",
+    "sigmoid",
     "silu",
     "swish",
     "tanh",
@@ -107,11 +139,23 @@ impl Activation {
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "gelu" => Activation::Gelu,
+            "gelu_python" => Activation::GeluPython,
+            "gelu_10" => Activation::Gelu10,
             "gelu_pytorch_tanh" => Activation::GeluTanh,
             "gelu_new" => Activation::GeluNew,
+            "gelu_fast" => Activation::GeluFast,
+            "gelu_accurate" => Activation::GeluAccurate,
+            "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
+            "relu2" => Activation::Relu2,
+            "relu6" => Activation::Relu6,
+            "leaky_relu" => Activation::LeakyRelu,
             "silu" | "swish" => Activation::Silu,
+            "mish" => Activation::Mish,
+            "hardswish" => Activation::Hardswish,
+            "sigmoid" => Activation::Sigmoid,
             "tanh" => Activation::Tanh,
+            "linear" => Activation::Linear,
             other => bail!(
                 "activation {other:?} is not supported; supported: {}",
                 SUPPORTED_ACTIVATIONS.join(", ")
@@ -119,19 +163,43 @@ impl Activation {
         })
     }
 
+    /// The function, with transformers' order of operations where it computes one op at a
+    /// time (so that bf16 and f16 round as there).
     pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        let sqrt_2_over_pi = (2.0f64 / std::f64::consts::PI).sqrt();
         match self {
             Activation::Gelu => x.gelu("none"),
+            // input * 0.5 * (1.0 + erf(input / sqrt(2.0)))
+            Activation::GeluPython => (x * 0.5) * ((x / 2f64.sqrt()).erf() + 1.0),
+            Activation::Gelu10 => x.gelu("none").clamp(-10.0, 10.0),
             Activation::GeluTanh => x.gelu("tanh"),
             Activation::GeluNew => {
                 // 0.5 * x * (1.0 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))), in that order.
                 let cube = x.pow_tensor_scalar(3.0) * 0.044715;
-                let inner = (x + cube) * (2.0f64 / std::f64::consts::PI).sqrt();
+                let inner = (x + cube) * sqrt_2_over_pi;
                 (x * 0.5) * (inner.tanh() + 1.0)
             }
+            Activation::GeluFast => {
+                // 0.5 * x * (1.0 + tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+                let inner = (x * 0.7978845608) * (((x * 0.044715) * x) + 1.0);
+                (x * 0.5) * (inner.tanh() + 1.0)
+            }
+            Activation::GeluAccurate => {
+                // 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
+                let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * sqrt_2_over_pi;
+                (x * 0.5) * (inner.tanh() + 1.0)
+            }
+            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
             Activation::Relu => x.relu(),
+            Activation::Relu2 => x.relu().square(),
+            Activation::Relu6 => x.relu6(),
+            Activation::LeakyRelu => x.leaky_relu(),
             Activation::Silu => x.silu(),
+            Activation::Mish => x.mish(),
+            Activation::Hardswish => x.hardswish(),
+            Activation::Sigmoid => x.sigmoid(),
             Activation::Tanh => x.tanh(),
+            Activation::Linear => x.shallow_clone(),
         }
     }
 }

@@ -237,7 +237,7 @@ mod tests {
             msg.contains("multimodal Gemma 3") && msg.contains("\"gemma3_text\""),
             "{msg}"
         );
-        let e = ModelConfig::from_json_str(r#"{"model_type": "bert", "hidden_act": "mish"}"#)
+        let e = ModelConfig::from_json_str(r#"{"model_type": "bert", "hidden_act": "laplace"}"#)
             .unwrap_err();
         assert!(format!("{e:#}").contains("supported: gelu"), "{e:#}");
         let e = ModelConfig::from_json_str(

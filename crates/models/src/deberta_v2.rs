@@ -732,7 +732,7 @@ mod tests {
         assert!(msg.contains("norm_rel_ebd \"rms\""), "{msg}");
         let msg = refused(serde_json::json!({"attention_head_size": 4}));
         assert!(msg.contains("attention_head_size 4"), "{msg}");
-        let msg = refused(serde_json::json!({"hidden_act": "mish"}));
+        let msg = refused(serde_json::json!({"hidden_act": "laplace"}));
         assert!(msg.contains("hidden_act"), "{msg}");
     }
 

@@ -123,6 +123,10 @@ pub struct ModernBertConfig {
     /// The sliding layers' whole window: each query sees `local_attention / 2` keys on each side.
     #[serde(default = "d_local_attention")]
     pub local_attention: i64,
+    /// The half window, when a config gives it: transformers' `sliding_window` setter makes
+    /// `local_attention` twice it (it wins over `local_attention`).
+    #[serde(default)]
+    pub sliding_window: Option<i64>,
     #[serde(default)]
     pub embedding_dropout: f64,
     #[serde(default)]
@@ -144,6 +148,12 @@ pub struct ModernBertConfig {
 }
 
 impl ModernBertConfig {
+    /// The keys on each side a sliding layer's query sees: `sliding_window`, else
+    /// `local_attention / 2`.
+    pub fn half_window(&self) -> i64 {
+        self.sliding_window.unwrap_or(self.local_attention / 2)
+    }
+
     pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads.max(1)
     }
@@ -236,10 +246,10 @@ impl ModernBertConfig {
                 self.num_attention_heads
             );
         }
-        if self.local_attention < 0 {
+        if self.half_window() < 0 {
             bail!(
-                "modernbert: local_attention must not be negative, found {}",
-                self.local_attention
+                "modernbert: local_attention (or sliding_window) must not be negative, found {}",
+                self.sliding_window.unwrap_or(self.local_attention)
             );
         }
         Activation::parse(&self.hidden_activation).context("modernbert hidden_activation")?;
@@ -381,7 +391,7 @@ impl ModernBertLayer {
             mlp_wo: lin(ld, "mlp.Wo", m, h, cfg.mlp_bias)?,
             heads: cfg.num_attention_heads,
             act: Activation::parse(&cfg.hidden_activation)?,
-            half_window: sliding.then_some(cfg.local_attention / 2),
+            half_window: sliding.then_some(cfg.half_window()),
             attention_dropout: cfg.attention_dropout,
             mlp_dropout: cfg.mlp_dropout,
         })
@@ -586,7 +596,9 @@ mod tests {
         assert_eq!(full, [0, 3, 6, 9, 12, 15, 18, 21]);
         let (global, local) = c.ropes().unwrap();
         assert_eq!((global.theta, local.theta), (GLOBAL_THETA, LOCAL_THETA));
-        assert_eq!((c.local_attention / 2, c.head_dim()), (64, 64));
+        assert_eq!((c.half_window(), c.head_dim()), (64, 64));
+        let c = config(serde_json::json!({"local_attention": 8, "sliding_window": 1}));
+        assert_eq!(c.half_window(), 1);
         assert!(!c.mean_pooling().unwrap());
         assert_eq!(a.recommended_lora_modules(), (vec!["Wqkv"], vec!["head", "classifier"]));
     }
@@ -611,7 +623,7 @@ mod tests {
         let e = parse_err(serde_json::json!({"model_type": "modernbert",
             "rope_parameters": {"rope_theta": 1e4}}));
         assert!(e.contains("one object per layer type"), "{e}");
-        let e = parse_err(serde_json::json!({"model_type": "modernbert", "hidden_activation": "mish"}));
+        let e = parse_err(serde_json::json!({"model_type": "modernbert", "hidden_activation": "laplace"}));
         assert!(e.contains("hidden_activation"), "{e}");
     }
 }

@@ -266,6 +266,20 @@ impl TaskModel {
         let mut ld = Loader::new(w, &mut builder);
         ld.untie_adapted_head = opts.untie_adapted_head;
         let specs = config.arch().head_specs(opts.task);
+        if let Head::SequenceClassification { num_labels } = opts.task {
+            // A classifier trained for another label count: say so (the shape error would
+            // blame config.json).
+            for spec in specs.iter().filter(|s| s.out_features == num_labels) {
+                let name = format!("{}.weight", spec.module);
+                if let Some(found) = w.shape(&name).filter(|f| f.first() != Some(&num_labels)) {
+                    return Err(crate::bad_checkpoint(format!(
+                        "{}: {name} has shape {found:?}: the checkpoint's classifier has {} outputs, but the task has {num_labels} labels; use a checkpoint without this head (the base model) or a task with its labels",
+                        w.files(),
+                        found.first().copied().unwrap_or(0)
+                    )));
+                }
+            }
+        }
         let initialised = ld.init_missing(&specs, config.initializer_range())?;
         let (backbone, head) = config.arch().build(&mut ld, opts.task)?;
         let untied_head = ld.untied_head;

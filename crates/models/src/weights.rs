@@ -203,6 +203,13 @@ impl Weights {
         })
     }
 
+    /// The shape of tensor `name` as stored, `None` when the checkpoint does not hold it.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let key = self.resolve(name)?;
+        let info = self.shards[self.index[&key]].metadata.info(&key)?;
+        Some(info.shape.iter().map(|&d| d as i64).collect())
+    }
+
     /// As [`Self::get`], `None` when the checkpoint does not hold it.
     pub fn get_opt(&self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
         let Some(key) = self.resolve(name) else {

@@ -100,6 +100,24 @@ fn wrong_shape_is_named_with_both_shapes() {
     );
 }
 
+/// A classifier checkpoint for 3 labels given a 2-label task: the message says so (it blamed
+/// config.json).
+#[test]
+fn a_classifier_for_another_label_count_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path(), |_, t| {
+        t.push(("bert.pooler.dense.weight".into(), vec![16, 16]));
+        t.push(("bert.pooler.dense.bias".into(), vec![16]));
+        t.push(("classifier.weight".into(), vec![3, 16]));
+        t.push(("classifier.bias".into(), vec![3]));
+    });
+    let msg = load_err(dir.path(), &LoadOptions::default());
+    assert!(
+        msg.contains("classifier.weight has shape [3, 16]: the checkpoint's classifier has 3 outputs, but the task has 2 labels"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn unknown_model_type_lists_supported() {
     let dir = tempfile::tempdir().unwrap();

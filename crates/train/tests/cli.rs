@@ -631,6 +631,12 @@ fn info_reports_libtorch_and_the_default_model() {
         out.contains("default model:") && out.contains("(found)"),
         "{out}"
     );
+    assert!(
+        out.contains("architectures (config.json model_type): bert, roberta")
+            && out.contains("modernbert")
+            && out.contains("causal LM: gpt2, llama"),
+        "{out}"
+    );
 }
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {

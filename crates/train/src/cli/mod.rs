@@ -1255,6 +1255,11 @@ pub fn info() -> Result<()> {
         }
     );
     println!(
+        "architectures (config.json model_type): {}; causal LM: {}",
+        loraplus_models::supported_model_types().join(", "),
+        loraplus_models::registry::causal_lm_model_types().join(", ")
+    );
+    println!(
         "Hugging Face Hub: {}",
         loraplus_models::hub::HubOptions::from_env().describe()
     );
