@@ -149,6 +149,7 @@ impl GemmaConfig {
             embed_scale: Some((self.hidden_size as f64).sqrt()),
             norm_unit_offset: true,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)

@@ -247,6 +247,7 @@ impl Gemma2Config {
             embed_scale: Some((self.hidden_size as f64).sqrt()),
             norm_unit_offset: true,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)
@@ -384,7 +385,7 @@ impl Gemma2Layer {
             Some(norm) => norm.forward(&q),
             None => q,
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), l.k_norm.as_ref(), cache);
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), l.k_norm.as_ref(), l.rope, cache);
         let windowed;
         let mask = match self.attn.window {
             Some(w) => {

@@ -296,6 +296,7 @@ impl Gemma3TextConfig {
             embed_scale: Some((self.hidden_size as f64).sqrt()),
             norm_unit_offset: true,
             qk_norm: true,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)

@@ -174,6 +174,7 @@ impl LlamaConfig {
             embed_scale: None,
             norm_unit_offset: false,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)
@@ -311,6 +312,8 @@ pub struct DecoderSpec {
     /// RMSNorm over each head's queries and keys before the rotary embedding
     /// (`self_attn.q_norm`, `self_attn.k_norm`, of width `head_dim`: Qwen3).
     pub qk_norm: bool,
+    /// The layers that apply no rotary embedding (SmolLM3's `no_rope_layers` zeros, "NoPE").
+    pub nope_layers: Vec<i64>,
 }
 
 impl DecoderSpec {
@@ -346,7 +349,11 @@ impl DecoderSpec {
 
     /// The backbone (`model.*`) and the head of `task`.
     pub fn build(&self, ld: &mut Loader, task: Head) -> Result<(Box<dyn Backbone + Send>, TaskHead)> {
-        self.build_with(ld, task, |ld, prefix, _| LlamaLayer::load(ld, prefix, self))
+        self.build_with(ld, task, |ld, prefix, i| {
+            let mut layer = LlamaLayer::load(ld, prefix, self)?;
+            layer.rope = !self.nope_layers.contains(&i);
+            Ok(layer)
+        })
     }
 
     /// [`Self::build`] with layer `i` loaded by `layer(ld, "model.layers.{i}", i)` (a relative's
@@ -394,6 +401,8 @@ pub struct LlamaLayer {
     pub head_dim: i64,
     pub act: Activation,
     pub attention_dropout: f64,
+    /// Whether the rotary embedding applies (see [`DecoderSpec::nope_layers`]).
+    pub rope: bool,
 }
 
 impl LlamaLayer {
@@ -469,6 +478,7 @@ impl LlamaLayer {
             head_dim: d,
             act: cfg.act,
             attention_dropout: cfg.attention_dropout,
+            rope: true,
         })
     }
 }
@@ -484,14 +494,15 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
 /// them, or a prefix under partial rotary embeddings as Phi-3's); the rest pass unchanged.
 /// The decoders' step from projections to attention inputs: `kv` (`[.., 2 * kv_heads * d]`,
 /// keys then values) into heads, `k_norm` on each key head when given (Qwen3), the rotary
-/// tables on the queries `q` (already in heads, and normed) and the keys, and the keys and
-/// values appended to `cache` when one is given (generation).
+/// tables on the queries `q` (already in heads, and normed) and the keys unless `rope` is false
+/// (a NoPE layer), and the keys and values appended to `cache` when one is given (generation).
 pub(crate) fn rotary_heads(
     ctx: &LayerCtx,
     q: Tensor,
     kv: &Tensor,
     (kv_heads, d): (i64, i64),
     k_norm: Option<&RmsNorm>,
+    rope: bool,
     cache: Option<&mut KvCache>,
 ) -> (Tensor, Tensor, Tensor) {
     let kv = kv.split(kv_heads * d, -1);
@@ -501,11 +512,11 @@ pub(crate) fn rotary_heads(
         None => k,
     };
     let v = ctx.heads(&kv[1], kv_heads, d);
-    let q = match ctx.query_rope() {
+    let q = match ctx.query_rope().filter(|_| rope) {
         Some((cos, sin)) => apply_rope(&q, cos, sin),
         None => q,
     };
-    let k = match &ctx.rope {
+    let k = match ctx.rope.as_ref().filter(|_| rope) {
         Some((cos, sin)) => apply_rope(&k, cos, sin),
         None => k,
     };
@@ -577,6 +588,7 @@ impl LlamaLayer {
             &kv,
             (self.kv_heads, d),
             self.k_norm.as_ref(),
+            self.rope,
             cache,
         );
         let a = sdpa(

@@ -135,6 +135,7 @@ impl MistralConfig {
             embed_scale: None,
             norm_unit_offset: false,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)

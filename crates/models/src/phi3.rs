@@ -210,6 +210,7 @@ impl Phi3Config {
             embed_scale: None,
             norm_unit_offset: false,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)
@@ -320,7 +321,7 @@ impl Phi3Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, cache);
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, true, cache);
         let a = sdpa(
             &q,
             &k,

@@ -144,6 +144,7 @@ impl Qwen2Config {
             embed_scale: None,
             norm_unit_offset: false,
             qk_norm: false,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)

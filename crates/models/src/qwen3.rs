@@ -178,6 +178,7 @@ impl Qwen3Config {
             embed_scale: None,
             norm_unit_offset: false,
             qk_norm: true,
+            nope_layers: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)

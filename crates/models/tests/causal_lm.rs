@@ -1,6 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head), Qwen3 (query and key
-//! norms) and Mistral (sliding
+//! norms), SmolLM3 (a layer without RoPE) and Mistral (sliding
 //! window), Gemma, Gemma 2 (soft-capping, alternating sliding window), Gemma 3 (query and key norms, a RoPE per layer type) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
@@ -121,6 +121,17 @@ fn llama_sft_matches_peft() {
 #[test]
 fn qwen3_sft_qk_norm_matches_peft() {
     sft_parity("qwen3");
+}
+
+/// SmolLM3: a layer without RoPE.
+#[test]
+fn smollm3_sft_nope_matches_peft() {
+    sft_parity("smollm3");
+}
+
+#[test]
+fn smollm3_greedy_generation_matches_transformers() {
+    generation_parity("smollm3");
 }
 
 #[test]

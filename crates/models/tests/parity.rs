@@ -1,5 +1,5 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3 and ModernBERT models that `tests/reference/fixtures.py`
+//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, SmolLM3 and ModernBERT models that `tests/reference/fixtures.py`
 //! builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
@@ -35,6 +35,7 @@ fn task(case: &str) -> Head {
         "llama" => Head::SequenceClassification { num_labels: 3 },
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
         "qwen3" => Head::SequenceClassification { num_labels: 3 },
+        "smollm3" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
@@ -44,6 +45,7 @@ fn task(case: &str) -> Head {
         | "llama_lm"
         | "qwen2_lm"
         | "qwen3_lm"
+        | "smollm3_lm"
         | "mistral_lm"
         | "gemma_lm"
         | "gemma2_lm"
@@ -290,6 +292,15 @@ fn qwen3_lm_lora_matches_peft() {
     lora_parity("qwen3_lm");
 }
 
+/// SmolLM3: a layer without RoPE (NoPE), left padded; tied LM head.
+#[test]
+fn smollm3_nope_layer_matches_transformers_and_peft() {
+    for case in ["smollm3", "smollm3_lm"] {
+        plain_parity(case);
+        lora_parity(case);
+    }
+}
+
 #[test]
 fn mistral_sliding_window_left_padded_matches_transformers() {
     plain_parity("mistral");
@@ -506,6 +517,8 @@ const CASES: &[&str] = &[
     "qwen2_lm",
     "qwen3",
     "qwen3_lm",
+    "smollm3",
+    "smollm3_lm",
     "mistral",
     "mistral_lm",
     "gemma",

@@ -194,6 +194,7 @@ pub fn class_prefix(model_type: &str) -> String {
     match model_type {
         "gpt2" => "GPT2".into(),
         "modernbert" => "ModernBert".into(),
+        "smollm3" => "SmolLM3".into(),
         other => other
             .split(['-', '_'])
             .map(|part| {
@@ -561,6 +562,7 @@ mod tests {
             ("gemma", "Gemma"),
             ("deberta-v2", "DebertaV2"),
             ("modernbert", "ModernBert"),
+            ("smollm3", "SmolLM3"),
             ("gemma3_text", "Gemma3Text"),
         ] {
             assert_eq!(super::class_prefix(model_type), prefix);

@@ -64,6 +64,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("qwen2", "qwen2", "mnli", "Qwen2ForSequenceClassification"),
     ("qwen3", "qwen3", "mnli", "Qwen3ForSequenceClassification"),
     (
+        "smollm3",
+        "smollm3",
+        "mnli",
+        "SmolLM3ForSequenceClassification",
+    ),
+    (
         "mistral",
         "mistral",
         "sst2",

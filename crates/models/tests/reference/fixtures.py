@@ -35,6 +35,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig
                           RobertaForSequenceClassification)
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 from transformers import ModernBertConfig, ModernBertForSequenceClassification
+from transformers import SmolLM3Config, SmolLM3ForCausalLM, SmolLM3ForSequenceClassification
 
 B, T = 3, 7
 VOCAB = 99
@@ -152,6 +153,16 @@ def cases():
                lora=dict(target_modules=all_linears, modules_to_save=["score"]))
     ids, mask = ids_and_mask(lengths, pad=0, low=3)
     yield dict(name="qwen3_lm", model=Qwen3ForCausalLM(Qwen3Config(tie_word_embeddings=True, **qwen3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # SmolLM3: Llama with layer 1 of 2 applying no RoPE (no_rope_layer_interval 2), tied LM head.
+    smol_kw = dict(qwen_kw, no_rope_layer_interval=2, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="smollm3", model=SmolLM3ForSequenceClassification(SmolLM3Config(num_labels=3, **smol_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([0, 2, 1]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="smollm3_lm", model=SmolLM3ForCausalLM(SmolLM3Config(**smol_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
     # Mistral: a sliding window of 3 positions, shorter than the sequences (7).
