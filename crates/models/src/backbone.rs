@@ -278,34 +278,41 @@ impl<'a> Loader<'a> {
 
     /// An RMSNorm weight `[dim]`.
     pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
-        self.rms_norm_with(module, dim, eps, false)
+        self.rms_norm_with(module, dim, eps, RmsStyle::Llama)
     }
 
-    /// An RMSNorm weight `[dim]`, scaling by `1 + weight` when `unit_offset` (Gemma).
+    /// An RMSNorm weight `[dim]`, applied in `style`.
     pub fn rms_norm_with(
         &mut self,
         module: &str,
         dim: i64,
         eps: f64,
-        unit_offset: bool,
+        style: RmsStyle,
     ) -> Result<RmsNorm> {
         let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
         let weight = self.b.norm_weight(module, "weight", weight);
-        Ok(RmsNorm {
-            weight,
-            eps,
-            unit_offset,
-        })
+        Ok(RmsNorm { weight, eps, style })
     }
 }
 
-/// RMSNorm, computed as HF does: Llama's in f32, cast back, then scaled by the weight;
-/// Gemma's (`unit_offset`) scaled by `1 + weight` in f32, then cast back.
+/// Where an RMSNorm's weight applies, as each architecture's HF code computes it (the
+/// normalisation itself is in f32 for all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmsStyle {
+    /// Llama's: cast back to the input dtype, then scaled by the weight.
+    Llama,
+    /// Gemma's: scaled by `1 + weight` in f32, then cast back.
+    UnitOffset,
+    /// OLMo 2's: scaled by the weight in f32, then cast back.
+    ScaledInF32,
+}
+
+/// RMSNorm, computed as HF does ([`RmsStyle`]).
 #[derive(Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
-    pub unit_offset: bool,
+    pub style: RmsStyle,
 }
 
 impl RmsNorm {
@@ -314,10 +321,10 @@ impl RmsNorm {
         let h = x.to_kind(Kind::Float);
         let var = h.square().mean_dim(-1, true, Kind::Float);
         let h = h * (var + self.eps).rsqrt();
-        if self.unit_offset {
-            (h * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
-        } else {
-            &self.weight * h.to_kind(kind)
+        match self.style {
+            RmsStyle::Llama => &self.weight * h.to_kind(kind),
+            RmsStyle::UnitOffset => (h * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind),
+            RmsStyle::ScaledInF32 => (h * self.weight.to_kind(Kind::Float)).to_kind(kind),
         }
     }
 }

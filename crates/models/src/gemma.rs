@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::backbone::RmsStyle;
 use crate::llama::{llama_family_architecture, d_rms_eps, DecoderSpec};
 use crate::rope::RopeConfig;
 
@@ -147,9 +148,10 @@ impl GemmaConfig {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: Some((self.hidden_size as f64).sqrt()),
-            norm_unit_offset: true,
+            norm_style: RmsStyle::UnitOffset,
             qk_norm: false,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 
 use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
 use crate::attention::{sdpa, KvCache, LayerCtx};
-use crate::backbone::{Backbone, Block, Loader, RmsNorm};
+use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{soft_cap, Head, TaskHead};
 use crate::llama::{d_rms_eps, rotary_heads, llama_family_architecture, DecoderSpec, LlamaLayer};
 use crate::rope::RopeConfig;
@@ -245,9 +245,10 @@ impl Gemma2Config {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: Some((self.hidden_size as f64).sqrt()),
-            norm_unit_offset: true,
+            norm_style: RmsStyle::UnitOffset,
             qk_norm: false,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -337,7 +338,7 @@ impl Gemma2Layer {
                 &format!("{p}.{name}"),
                 spec.hidden_size,
                 spec.rms_norm_eps,
-                true,
+                RmsStyle::UnitOffset,
             )
         };
         Ok(Gemma2Layer {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
-use crate::backbone::{Backbone, Loader};
+use crate::backbone::{Backbone, Loader, RmsStyle};
 use crate::gemma2::{Gemma2Attention, Gemma2Layer};
 use crate::heads::{Head, TaskHead};
 use crate::llama::{d_rms_eps, llama_family_architecture, DecoderSpec};
@@ -294,9 +294,10 @@ impl Gemma3TextConfig {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: Some((self.hidden_size as f64).sqrt()),
-            norm_unit_offset: true,
+            norm_style: RmsStyle::UnitOffset,
             qk_norm: true,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -22,7 +22,7 @@ use crate::arch::{default_initializer_range, Activation, Architecture, CommonCon
 use crate::attention::{
     causal_step_mask, decoder_mask, extend_cache, sdpa, sliding_window, KvCache, LayerCtx,
 };
-use crate::backbone::{Backbone, Block, FreshLinear, Loader, RmsNorm};
+use crate::backbone::{Backbone, Block, FreshLinear, Loader, RmsNorm, RmsStyle};
 use crate::heads::{decoder_head, decoder_head_specs, Head, TaskHead};
 use crate::rope::RopeConfig;
 
@@ -172,9 +172,10 @@ impl LlamaConfig {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
-            norm_unit_offset: false,
+            norm_style: RmsStyle::Llama,
             qk_norm: false,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)
@@ -307,13 +308,16 @@ pub struct DecoderSpec {
     pub tie_word_embeddings: bool,
     /// The embeddings are multiplied by it (Gemma: `sqrt(hidden_size)`, in the model dtype).
     pub embed_scale: Option<f64>,
-    /// RMSNorm scales by `1 + weight` (Gemma).
-    pub norm_unit_offset: bool,
+    /// How the RMSNorm weights apply (Gemma: `1 + weight`).
+    pub norm_style: RmsStyle,
     /// RMSNorm over each head's queries and keys before the rotary embedding
     /// (`self_attn.q_norm`, `self_attn.k_norm`, of width `head_dim`: Qwen3).
     pub qk_norm: bool,
     /// The layers that apply no rotary embedding (SmolLM3's `no_rope_layers` zeros, "NoPE").
     pub nope_layers: Vec<i64>,
+    /// The rotary tables stay f32, so queries and keys are rotated in f32 and cast back (OLMo
+    /// 2's); otherwise they are in the model dtype, as Llama's.
+    pub rope_in_f32: bool,
 }
 
 impl DecoderSpec {
@@ -419,7 +423,7 @@ impl LlamaLayer {
             &name("input_layernorm"),
             h,
             cfg.rms_norm_eps,
-            cfg.norm_unit_offset,
+            cfg.norm_style,
         )?;
         let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
         let (qkv, members) = ld.fused_linears(
@@ -440,7 +444,7 @@ impl LlamaLayer {
                     &name(&format!("self_attn.{n}")),
                     d,
                     cfg.rms_norm_eps,
-                    cfg.norm_unit_offset,
+                    cfg.norm_style,
                 )
             };
             (Some(norm("q_norm")?), Some(norm("k_norm")?))
@@ -452,7 +456,7 @@ impl LlamaLayer {
             &name("post_attention_layernorm"),
             h,
             cfg.rms_norm_eps,
-            cfg.norm_unit_offset,
+            cfg.norm_style,
         )?;
         let mlp = ["gate_proj", "up_proj"].map(|n| name(&format!("mlp.{n}")));
         let (gate_up, members) = ld.fused_linears(&[(&mlp[0], h, i), (&mlp[1], h, i)], mb)?;
@@ -527,16 +531,17 @@ pub(crate) fn rotary_heads(
     (q, k, v)
 }
 
+/// In the dtype of `cos` and `sin` (f32 tables rotate a bf16 `x` in f32), cast back to `x`'s.
 pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let (d, rot) = (
         x.size().last().copied().unwrap_or(0),
         cos.size().last().copied().unwrap_or(0),
     );
     if rot >= d {
-        return x * cos + rotate_half(x) * sin;
+        return (x * cos + rotate_half(x) * sin).to_kind(x.kind());
     }
     let head = x.narrow(-1, 0, rot);
-    let rotated = &head * cos + rotate_half(&head) * sin;
+    let rotated = (&head * cos + rotate_half(&head) * sin).to_kind(x.kind());
     Tensor::cat(&[rotated, x.narrow(-1, rot, d - rot)], -1)
 }
 
@@ -633,6 +638,8 @@ pub struct LlamaBackbone<L = LlamaLayer> {
     pub embed_scale: Option<Tensor>,
     /// See [`Backbone::cache_stale_at`] (set by Phi-3 with LongRoPE; `None` for Llama).
     pub cache_stale_at: Option<i64>,
+    /// See [`DecoderSpec::rope_in_f32`].
+    pub rope_in_f32: bool,
 }
 
 impl LlamaBackbone {
@@ -654,7 +661,7 @@ impl<L> LlamaBackbone<L> {
         let layers = (0..cfg.num_layers)
             .map(|i| layer(ld, &format!("model.layers.{i}"), i))
             .collect::<Result<Vec<_>>>()?;
-        let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_unit_offset)?;
+        let norm = ld.rms_norm_with("model.norm", h, cfg.rms_norm_eps, cfg.norm_style)?;
         let fixed = |rope: &RopeConfig| {
             (!rope.depends_on_length()).then(|| rope.inv_freq(0, ld.device()))
         };
@@ -674,6 +681,7 @@ impl<L> LlamaBackbone<L> {
                     .to_kind(ld.kind())
             }),
             cache_stale_at: None,
+            rope_in_f32: cfg.rope_in_f32,
         })
     }
 }
@@ -700,7 +708,12 @@ impl<L> LlamaBackbone<L> {
         inv_freq: &Option<(Tensor, f64)>,
         positions: &Tensor,
     ) -> (Tensor, Tensor) {
-        rope.tables(inv_freq, positions, self.embed_tokens.weight.kind())
+        let kind = if self.rope_in_f32 {
+            Kind::Float
+        } else {
+            self.embed_tokens.weight.kind()
+        };
+        rope.tables(inv_freq, positions, kind)
     }
 }
 

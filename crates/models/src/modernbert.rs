@@ -419,8 +419,12 @@ impl Block for ModernBertLayer {
         let qkv = ctx.unpack(&rows);
         let k = ctx.heads(&qkv.narrow(-1, width, width), self.heads, d);
         let v = ctx.heads(&qkv.narrow(-1, 2 * width, width), self.heads, d);
+        // transformers rotates in f32 (tables in the model dtype), then casts back.
+        let rotate = |x: &Tensor, cos: &Tensor, sin: &Tensor| {
+            apply_rope(&x.to_kind(Kind::Float), cos, sin).to_kind(x.kind())
+        };
         let (q, k) = match (ctx.query_rope(), &ctx.rope) {
-            (Some((qc, qs)), Some((kc, ks))) => (apply_rope(&q, qc, qs), apply_rope(&k, kc, ks)),
+            (Some((qc, qs)), Some((kc, ks))) => (rotate(&q, qc, qs), rotate(&k, kc, ks)),
             _ => (q, k),
         };
         let windowed;

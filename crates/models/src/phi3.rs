@@ -17,7 +17,7 @@ use loraplus_core::{LoraLinear, WeightLayout};
 
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
 use crate::attention::{sdpa, KvCache, LayerCtx};
-use crate::backbone::{Backbone, Block, Loader, RmsNorm};
+use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{decoder_head, Head, TaskHead};
 use crate::llama::{d_silu, rotary_heads, llama_family_architecture, DecoderSpec, LlamaBackbone};
 use crate::rope::{RopeConfig, RopeScaling};
@@ -208,9 +208,10 @@ impl Phi3Config {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
-            norm_unit_offset: false,
+            norm_style: RmsStyle::Llama,
             qk_norm: false,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

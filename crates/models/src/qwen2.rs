@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
+use crate::backbone::RmsStyle;
 use crate::llama::{llama_family_architecture, d_rms_eps, d_silu, DecoderSpec};
 use crate::rope::RopeConfig;
 
@@ -142,9 +143,10 @@ impl Qwen2Config {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
-            norm_unit_offset: false,
+            norm_style: RmsStyle::Llama,
             qk_norm: false,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

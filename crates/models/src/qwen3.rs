@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
+use crate::backbone::RmsStyle;
 use crate::llama::{d_rms_eps, d_silu, llama_family_architecture, DecoderSpec};
 use crate::rope::RopeConfig;
 
@@ -176,9 +177,10 @@ impl Qwen3Config {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
-            norm_unit_offset: false,
+            norm_style: RmsStyle::Llama,
             qk_norm: true,
             nope_layers: Vec::new(),
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::backbone::RmsStyle;
 use crate::llama::{d_rms_eps, d_silu, llama_family_architecture, DecoderSpec};
 use crate::rope::RopeConfig;
 
@@ -191,9 +192,10 @@ impl SmolLM3Config {
             pad_token_id: self.pad_token_id,
             tie_word_embeddings: self.tie_word_embeddings,
             embed_scale: None,
-            norm_unit_offset: false,
+            norm_style: RmsStyle::Llama,
             qk_norm: false,
             nope_layers: self.nope_layers()?,
+            rope_in_f32: false,
         };
         spec.validate()?;
         Ok(spec)

@@ -1,6 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head), Qwen3 (query and key
-//! norms), SmolLM3 (a layer without RoPE) and Mistral (sliding
+//! norms), SmolLM3 (a layer without RoPE), OLMo 2 (post-norms) and Mistral (sliding
 //! window), Gemma, Gemma 2 (soft-capping, alternating sliding window), Gemma 3 (query and key norms, a RoPE per layer type) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
@@ -132,6 +132,22 @@ fn smollm3_sft_nope_matches_peft() {
 #[test]
 fn smollm3_greedy_generation_matches_transformers() {
     generation_parity("smollm3");
+}
+
+/// OLMo 2: post-norms only, whole-projection query and key norms.
+#[test]
+fn olmo2_sft_matches_peft() {
+    sft_parity("olmo2");
+}
+
+#[test]
+fn olmo2_greedy_generation_matches_transformers() {
+    generation_parity("olmo2");
+}
+
+#[test]
+fn olmo2_half_precision_logits_equal_transformers() {
+    half_precision_parity("olmo2");
 }
 
 #[test]
@@ -609,6 +625,14 @@ fn gpt2_half_precision_logits_equal_transformers() {
 #[test]
 fn qwen3_half_precision_logits_equal_transformers() {
     half_precision_parity("qwen3");
+}
+
+/// The other decoders, the same check.
+#[test]
+fn every_other_decoder_half_precision_logits_equal_transformers() {
+    for case in ["qwen2", "mistral", "gemma", "gemma2", "phi3", "smollm3"] {
+        half_precision_parity(case);
+    }
 }
 
 #[test]

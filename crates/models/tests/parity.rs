@@ -1,5 +1,5 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, SmolLM3 and ModernBERT models that `tests/reference/fixtures.py`
+//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, SmolLM3, OLMo 2 and ModernBERT models that `tests/reference/fixtures.py`
 //! builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use common::{assert_close, masked_positions, read, run_reference};
 use loraplus_core::read_adapter_config;
 use loraplus_models::{supported_model_types, Head, LoadOptions, ModelConfig, TaskModel};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
@@ -36,6 +36,7 @@ fn task(case: &str) -> Head {
         "qwen2" => Head::SequenceClassification { num_labels: 3 },
         "qwen3" => Head::SequenceClassification { num_labels: 3 },
         "smollm3" => Head::SequenceClassification { num_labels: 3 },
+        "olmo2" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
@@ -46,6 +47,7 @@ fn task(case: &str) -> Head {
         | "qwen2_lm"
         | "qwen3_lm"
         | "smollm3_lm"
+        | "olmo2_lm"
         | "mistral_lm"
         | "gemma_lm"
         | "gemma2_lm"
@@ -301,6 +303,16 @@ fn smollm3_nope_layer_matches_transformers_and_peft() {
     }
 }
 
+/// OLMo 2: post-norms only, query and key norms over the whole projections (with biases for
+/// classification, left padded); untied LM head.
+#[test]
+fn olmo2_post_norms_match_transformers_and_peft() {
+    for case in ["olmo2", "olmo2_lm"] {
+        plain_parity(case);
+        lora_parity(case);
+    }
+}
+
 #[test]
 fn mistral_sliding_window_left_padded_matches_transformers() {
     plain_parity("mistral");
@@ -497,6 +509,33 @@ fn modernbert_sliding_cls_matches_transformers_and_peft() {
     lora_parity("modernbert");
 }
 
+/// ModernBERT in bf16 and f16: the logits equal transformers' bit for bit (queries and keys
+/// are rotated in f32 there, with tables in the model dtype).
+#[test]
+fn modernbert_half_precision_logits_equal_transformers() {
+    let dir = case_dir("modernbert");
+    let x = inputs(&dir);
+    let reference = read(&dir.join("half_logits.safetensors"));
+    for (kind, key) in [(Kind::BFloat16, "bf16"), (Kind::Half, "f16")] {
+        let opts = LoadOptions {
+            task: task("modernbert"),
+            dtype: kind,
+            ..Default::default()
+        };
+        let (model, _lora) = TaskModel::load(&dir.join("model"), &opts).unwrap();
+        let logits = tch::no_grad(|| {
+            model
+                .forward_t(&x.ids, &x.mask, x.token_types.as_ref(), false)
+                .unwrap()
+        });
+        let d = common::max_abs_diff(&logits.to_kind(Kind::Float), &reference[key]);
+        assert_eq!(
+            d, 0.0,
+            "modernbert {key}: logits differ from transformers' by {d:e}"
+        );
+    }
+}
+
 /// ModernBERT regression: mean pooling over the unpadded tokens, every bias on, per-type
 /// rope_parameters with linear scaling on the full layer.
 #[test]
@@ -519,6 +558,8 @@ const CASES: &[&str] = &[
     "qwen3_lm",
     "smollm3",
     "smollm3_lm",
+    "olmo2",
+    "olmo2_lm",
     "mistral",
     "mistral_lm",
     "gemma",

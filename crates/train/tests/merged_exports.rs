@@ -63,6 +63,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("llama", "llama", "mnli", "LlamaForSequenceClassification"),
     ("qwen2", "qwen2", "mnli", "Qwen2ForSequenceClassification"),
     ("qwen3", "qwen3", "mnli", "Qwen3ForSequenceClassification"),
+    ("olmo2", "olmo2", "mnli", "Olmo2ForSequenceClassification"),
     (
         "smollm3",
         "smollm3",

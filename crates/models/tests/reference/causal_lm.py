@@ -3,7 +3,7 @@
 usage: python causal_lm.py OUT_DIR
 
 For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D; qwen2: q/k/v
-biases, tied; qwen3: query and key norms, head_dim of its own, attention biases; smollm3: layer 1 of 2 without RoPE; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
+biases, tied; qwen3: query and key norms, head_dim of its own, attention biases; smollm3: layer 1 of 2 without RoPE; olmo2: post-norms only, whole-projection query and key norms; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
 embeddings, (1 + w) norms, GeGLU, head_dim of its own; gemma2: soft-capped attention scores and
 logits, four norms per layer, layer 0 of 2 with a sliding window of 4 positions, shorter than the
 sequences; gemma3: gemma2's layers with query and key norms, the sliding layer on a RoPE base of its
@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from transformers import (GemmaConfig, GemmaForCausalLM, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM, Gemma3TextConfig, Gemma3ForCausalLM, SmolLM3Config,
-                          SmolLM3ForCausalLM)
+                          SmolLM3ForCausalLM, Olmo2Config, Olmo2ForCausalLM)
 
 VOCAB = 61
 PAD = 0
@@ -66,6 +66,7 @@ def cases():
         target_modules=all_linears)
     yield "smollm3", SmolLM3ForCausalLM(SmolLM3Config(no_rope_layer_interval=2, **decoder)), dict(
         target_modules=all_linears)
+    yield "olmo2", Olmo2ForCausalLM(Olmo2Config(**decoder)), dict(target_modules=all_linears)
     yield "mistral", MistralForCausalLM(MistralConfig(sliding_window=4, **decoder)), dict(
         target_modules=all_linears)
     yield "gemma", GemmaForCausalLM(GemmaConfig(head_dim=16, **decoder)), dict(target_modules=all_linears)

@@ -36,6 +36,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GemmaConfig
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 from transformers import ModernBertConfig, ModernBertForSequenceClassification
 from transformers import SmolLM3Config, SmolLM3ForCausalLM, SmolLM3ForSequenceClassification
+from transformers import Olmo2Config, Olmo2ForCausalLM, Olmo2ForSequenceClassification
 
 B, T = 3, 7
 VOCAB = 99
@@ -165,6 +166,18 @@ def cases():
     yield dict(name="smollm3_lm", model=SmolLM3ForCausalLM(SmolLM3Config(**smol_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # OLMo 2: norms after the attention and the MLP (none before), query and key norms over the
+    # whole projections, attention biases for classification; untied LM head.
+    olmo_kw = dict(qwen_kw, tie_word_embeddings=False)
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="olmo2", model=Olmo2ForSequenceClassification(Olmo2Config(num_labels=3, attention_bias=True,
+                                                                                **olmo_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([1, 0, 2]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="olmo2_lm", model=Olmo2ForCausalLM(Olmo2Config(**olmo_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
     # Mistral: a sliding window of 3 positions, shorter than the sequences (7).
     mistral_kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -210,7 +223,7 @@ def cases():
                  num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2, pad_token_id=0,
                  bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
     ids, mask = ids_and_mask(lengths, pad=0, low=3)
-    yield dict(name="modernbert", backbone="model",
+    yield dict(name="modernbert", backbone="model", half=True,
                model=ModernBertForSequenceClassification(ModernBertConfig(
                    num_labels=3, local_attention=4, global_attn_every_n_layers=3, **mb_kw)),
                inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 1, 0]),
@@ -330,6 +343,14 @@ def main(out):
             hidden = getattr(model, case["backbone"])(**inputs).last_hidden_state
         save_file({"logits": out_plain.logits.contiguous(), "hidden": hidden.contiguous()},
                   os.path.join(d, "reference.safetensors"))
+        if case.get("half"):
+            # The checkpoint loaded in bf16 and f16 by transformers, same inputs.
+            half = {}
+            for dtype, key in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
+                m = type(model).from_pretrained(os.path.join(d, "model"), dtype=dtype).eval()
+                with torch.no_grad():
+                    half[key] = m(**inputs).logits.float().contiguous()
+            save_file(half, os.path.join(d, "half_logits.safetensors"))
 
         lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
         lora.update(case["lora"])

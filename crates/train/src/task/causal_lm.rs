@@ -250,6 +250,7 @@ mod tests {
             ("gemma2", "Gemma2ForCausalLM"),
             ("gemma3_text", "Gemma3ForCausalLM"),
             ("phi3", "Phi3ForCausalLM"),
+            ("olmo2", "Olmo2ForCausalLM"),
             ("smollm3", "SmolLM3ForCausalLM"),
         ];
         let types = loraplus_models::registry::causal_lm_model_types();
