@@ -204,6 +204,34 @@ impl Activation {
     }
 }
 
+/// `layer_types` entries: a layer attending within a window, or to every key.
+pub const SLIDING: &str = "sliding_attention";
+pub const FULL: &str = "full_attention";
+
+/// A config's `layer_types` as one flag per layer (`true`: sliding), checked against
+/// `num_layers` and the two types; `model_type` names the config in errors.
+pub fn sliding_flags(model_type: &str, types: &[String], num_layers: i64) -> Result<Vec<bool>> {
+    let n = num_layers.max(0) as usize;
+    if types.len() != n {
+        bail!(
+            "{model_type} layer_types: expected {n} entries (num_hidden_layers), found {}",
+            types.len()
+        );
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_str() {
+            SLIDING => Ok(true),
+            FULL => Ok(false),
+            other => bail!(
+                "{model_type} layer_types[{i}]: {other:?} is not supported; supported: \
+                 {SLIDING:?}, {FULL:?}"
+            ),
+        })
+        .collect()
+}
+
 /// `initializer_range` default of every transformers config used here.
 pub(crate) fn default_initializer_range() -> f64 {
     0.02

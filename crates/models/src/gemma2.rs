@@ -15,7 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::arch::{
+    default_initializer_range, default_true, sliding_flags, Activation, Architecture, CommonConfig,
+    FULL, SLIDING,
+};
 use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{soft_cap, Head, TaskHead};
@@ -66,9 +69,6 @@ fn gemma2_attn_softcap() -> Option<f64> {
     Some(50.0)
 }
 
-/// `layer_types` entries.
-const SLIDING: &str = "sliding_attention";
-const FULL: &str = "full_attention";
 
 /// Gemma 2's `config.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -150,24 +150,7 @@ impl Gemma2Config {
             // transformers: "sliding_attention" if (i + 1) % 2 else "full_attention".
             return Ok((0..n).map(|i| (i + 1) % 2 == 1).collect());
         };
-        if types.len() != n {
-            bail!(
-                "gemma2 layer_types: expected {n} entries (num_hidden_layers), found {}",
-                types.len()
-            );
-        }
-        types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t.as_str() {
-                SLIDING => Ok(true),
-                FULL => Ok(false),
-                other => bail!(
-                    "gemma2 layer_types[{i}]: {other:?} is not supported; supported: \
-                     {SLIDING:?}, {FULL:?}"
-                ),
-            })
-            .collect()
+        sliding_flags("gemma2", types, self.num_hidden_layers)
     }
 
     /// The embeddings, rotary tables, masks, final norm and heads (Gemma's, on Llama's

@@ -15,7 +15,10 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::arch::{
+    default_initializer_range, default_true, sliding_flags, Activation, Architecture, CommonConfig,
+    FULL, SLIDING,
+};
 use crate::backbone::{Backbone, Loader, RmsStyle};
 use crate::gemma2::{Gemma2Attention, Gemma2Layer};
 use crate::heads::{Head, TaskHead};
@@ -66,8 +69,6 @@ fn gemma3_pattern() -> i64 {
 const GLOBAL_THETA: f64 = 1_000_000.0;
 const LOCAL_THETA: f64 = 10_000.0;
 
-const SLIDING: &str = "sliding_attention";
-const FULL: &str = "full_attention";
 
 /// Gemma 3's text `config.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -157,24 +158,7 @@ impl Gemma3TextConfig {
             let pattern = self.sliding_window_pattern as usize;
             return Ok((0..n).map(|i| (i + 1) % pattern != 0).collect());
         };
-        if types.len() != n {
-            bail!(
-                "gemma3_text layer_types: expected {n} entries (num_hidden_layers), found {}",
-                types.len()
-            );
-        }
-        types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t.as_str() {
-                SLIDING => Ok(true),
-                FULL => Ok(false),
-                other => bail!(
-                    "gemma3_text layer_types[{i}]: {other:?} is not supported; supported: \
-                     {SLIDING:?}, {FULL:?}"
-                ),
-            })
-            .collect()
+        sliding_flags("gemma3_text", types, self.num_hidden_layers)
     }
 
     /// The full layers' and the sliding layers' RoPE, as transformers'
@@ -184,21 +168,7 @@ impl Gemma3TextConfig {
     /// parameters, its keys winning (so a legacy `{"type": "linear"}` under the prefilled
     /// `rope_type: "default"` scales nothing, as there).
     pub fn ropes(&self) -> Result<(RopeConfig, RopeConfig)> {
-        let per_type = match &self.rope_parameters {
-            None | Some(Value::Null) => serde_json::Map::new(),
-            Some(Value::Object(m)) => {
-                if let Some(k) = m.keys().find(|k| k.as_str() != FULL && k.as_str() != SLIDING) {
-                    bail!(
-                        "gemma3_text rope_parameters: expected one object per layer type \
-                         ({FULL:?}, {SLIDING:?}), found the key {k:?}"
-                    );
-                }
-                m.clone()
-            }
-            Some(other) => {
-                bail!("gemma3_text rope_parameters: expected an object or null, found {other}")
-            }
-        };
+        let per_type = crate::rope::per_layer_type("gemma3_text", &self.rope_parameters)?;
         let parse = |ty: &str, theta: f64, scaling: &Option<Value>| {
             RopeConfig::parse(
                 &format!("gemma3_text {ty}"),

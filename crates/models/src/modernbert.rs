@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 use loraplus_core::dropout::dropout;
 use loraplus_core::{LayerNorm, LoraEmbedding, LoraLinear, WeightLayout};
 
-use crate::arch::{Activation, Architecture, CommonConfig};
+use crate::arch::{sliding_flags, Activation, Architecture, CommonConfig, FULL, SLIDING};
 use crate::attention::{padding_mask, sdpa, LayerCtx};
 use crate::backbone::{Backbone, Block, FreshLinear, Loader};
 use crate::heads::{FirstTokenHead, Head, TaskHead};
@@ -72,8 +72,6 @@ fn d_cls() -> String {
 const GLOBAL_THETA: f64 = 160_000.0;
 const LOCAL_THETA: f64 = 10_000.0;
 
-const SLIDING: &str = "sliding_attention";
-const FULL: &str = "full_attention";
 
 /// ModernBERT's `config.json`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -172,24 +170,7 @@ impl ModernBertConfig {
             let every = self.global_attn_every_n_layers as usize;
             return Ok((0..n).map(|i| i % every != 0).collect());
         };
-        if types.len() != n {
-            bail!(
-                "modernbert layer_types: expected {n} entries (num_hidden_layers), found {}",
-                types.len()
-            );
-        }
-        types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t.as_str() {
-                SLIDING => Ok(true),
-                FULL => Ok(false),
-                other => bail!(
-                    "modernbert layer_types[{i}]: {other:?} is not supported; supported: \
-                     {SLIDING:?}, {FULL:?}"
-                ),
-            })
-            .collect()
+        sliding_flags("modernbert", types, self.num_hidden_layers)
     }
 
     /// The full layers' and the sliding layers' RoPE, as transformers'
@@ -197,21 +178,7 @@ impl ModernBertConfig {
     /// base defaulting to `global_rope_theta` / `local_rope_theta`, else 160000 / 10000; the
     /// flat `rope_scaling` updates both types' parameters, its keys winning.
     pub fn ropes(&self) -> Result<(RopeConfig, RopeConfig)> {
-        let per_type = match &self.rope_parameters {
-            None | Some(Value::Null) => serde_json::Map::new(),
-            Some(Value::Object(m)) => {
-                if let Some(k) = m.keys().find(|k| k.as_str() != FULL && k.as_str() != SLIDING) {
-                    bail!(
-                        "modernbert rope_parameters: expected one object per layer type \
-                         ({FULL:?}, {SLIDING:?}), found the key {k:?}"
-                    );
-                }
-                m.clone()
-            }
-            Some(other) => {
-                bail!("modernbert rope_parameters: expected an object or null, found {other}")
-            }
-        };
+        let per_type = crate::rope::per_layer_type("modernbert", &self.rope_parameters)?;
         let parse = |ty: &str, theta: f64| {
             RopeConfig::parse(
                 &format!("modernbert {ty}"),

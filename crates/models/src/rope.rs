@@ -115,6 +115,34 @@ pub fn standardized(
     with_top_level_original(chosen, original_max_position_embeddings)
 }
 
+/// A per-layer-type `rope_parameters` (transformers 5's Gemma 3 and ModernBERT:
+/// `{"full_attention": {..}, "sliding_attention": {..}}`), empty when absent; another key, or a
+/// value that is not an object, is refused naming it.
+pub fn per_layer_type(
+    model_type: &str,
+    rope_parameters: &Option<Value>,
+) -> Result<Map<String, Value>> {
+    use crate::arch::{FULL, SLIDING};
+    match rope_parameters {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => {
+            if let Some(k) = m
+                .keys()
+                .find(|k| k.as_str() != FULL && k.as_str() != SLIDING)
+            {
+                bail!(
+                    "{model_type} rope_parameters: expected one object per layer type \
+                     ({FULL:?}, {SLIDING:?}), found the key {k:?}"
+                );
+            }
+            Ok(m.clone())
+        }
+        Some(other) => {
+            bail!("{model_type} rope_parameters: expected an object or null, found {other}")
+        }
+    }
+}
+
 /// One layer type's RoPE parameters (`{"rope_type": "default"}` when the config has none)
 /// updated by the flat `rope_scaling`, its keys winning, as the per-layer-type configs of
 /// transformers (Gemma 3, ModernBERT) apply the older key.
