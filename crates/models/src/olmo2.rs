@@ -62,6 +62,9 @@ pub struct Olmo2Config {
     /// `None` means `num_attention_heads`.
     #[serde(default)]
     pub num_key_value_heads: Option<i64>,
+    /// Read by transformers' attention when the config has it; else hidden / heads.
+    #[serde(default)]
+    pub head_dim: Option<i64>,
     #[serde(default = "d_silu")]
     pub hidden_act: String,
     #[serde(default = "olmo2_positions")]
@@ -99,7 +102,8 @@ impl Olmo2Config {
     }
 
     pub fn head_dim(&self) -> i64 {
-        self.hidden_size / self.num_attention_heads.max(1)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The embeddings, rotary tables, masks, final norm and heads (Llama's); the layers are
@@ -328,5 +332,10 @@ mod tests {
         assert!(!s.tie_word_embeddings);
         assert_eq!(s.norm_style, RmsStyle::ScaledInF32);
         assert_eq!(a.recommended_lora_modules().0, ["q_proj", "v_proj"]);
+        let a = parse(serde_json::json!({"model_type": "olmo2", "hidden_size": 32,
+            "num_attention_heads": 4, "head_dim": 16}))
+        .unwrap();
+        let c = a.as_any().downcast_ref::<Olmo2Config>().unwrap();
+        assert_eq!(c.spec().unwrap().head_dim, 16);
     }
 }

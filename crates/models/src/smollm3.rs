@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::arch::{default_initializer_range, default_true, Activation, Architecture, CommonConfig};
+use crate::arch::{
+    default_initializer_range, default_true, sliding_flags, Activation, Architecture, CommonConfig,
+};
 use crate::backbone::RmsStyle;
 use crate::llama::{d_rms_eps, d_silu, llama_family_architecture, DecoderSpec};
 use crate::rope::RopeConfig;
@@ -57,6 +59,9 @@ pub struct SmolLM3Config {
     pub num_hidden_layers: i64,
     #[serde(default = "smollm3_heads")]
     pub num_attention_heads: i64,
+    /// Read by transformers' attention when the config has it; else hidden / heads.
+    #[serde(default)]
+    pub head_dim: Option<i64>,
     /// Absent: 4, as transformers' default; `null`: `num_attention_heads`.
     #[serde(default = "smollm3_kv_heads")]
     pub num_key_value_heads: Option<i64>,
@@ -110,7 +115,8 @@ impl SmolLM3Config {
     }
 
     pub fn head_dim(&self) -> i64 {
-        self.hidden_size / self.num_attention_heads.max(1)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The layers without RoPE, as transformers derives them.
@@ -141,22 +147,25 @@ impl SmolLM3Config {
         }
     }
 
-    /// The layers this config describes.
+    /// The layers this config describes. Sliding layers are refused: those `layer_types`
+    /// names (transformers' masks apply `sliding_window` to them whatever
+    /// `use_sliding_window` says), or, without `layer_types`, the layers without RoPE under
+    /// `use_sliding_window` with a window.
     pub fn spec(&self) -> Result<DecoderSpec> {
-        let sliding = self
-            .layer_types
-            .iter()
-            .flatten()
-            .position(|t| t.as_str() != "full_attention");
-        let window_on = self.use_sliding_window && self.sliding_window.is_some();
-        if let Some(i) = sliding.filter(|_| window_on) {
+        let sliding = match &self.layer_types {
+            Some(types) => sliding_flags("smollm3", types, self.num_hidden_layers)?
+                .iter()
+                .position(|&s| s),
+            None if self.use_sliding_window && self.sliding_window.is_some() => {
+                self.nope_layers()?.first().map(|&i| i as usize)
+            }
+            None => None,
+        };
+        if let Some(i) = sliding {
             bail!(
-                "smollm3: sliding-window attention (use_sliding_window, layer_types[{i}]) is not supported; supported: \"full_attention\" in every layer"
-            );
-        }
-        if window_on && self.layer_types.is_none() && !self.nope_layers()?.is_empty() {
-            bail!(
-                "smollm3: sliding-window attention (use_sliding_window with sliding_window, on the layers without RoPE) is not supported"
+                "smollm3: sliding-window attention (layer {i}: layer_types, or use_sliding_window \
+                 with sliding_window on the layers without RoPE) is not supported; supported: \
+                 \"full_attention\" in every layer"
             );
         }
         let spec = DecoderSpec {
@@ -239,5 +248,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sliding-window"), "{e}");
+        // transformers' masks slide on layer_types' sliding layers even without the flag.
+        let e = config(serde_json::json!({"num_hidden_layers": 2, "sliding_window": 8,
+            "layer_types": ["full_attention", "sliding_attention"]}))
+        .spec()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("layer 1"), "{e}");
+        let e = config(serde_json::json!({"num_hidden_layers": 2, "layer_types": ["full_attention"]}))
+            .spec()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 2 entries"), "{e}");
+        // A head_dim of the config's own, as transformers' attention reads it.
+        let c = config(serde_json::json!({"hidden_size": 32, "num_attention_heads": 4, "head_dim": 16}));
+        assert_eq!(c.spec().unwrap().head_dim, 16);
     }
 }
