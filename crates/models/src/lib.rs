@@ -1,6 +1,6 @@
 //! loraplus-models: BERT (MiniLM), RoBERTa, DeBERTa-v2, ModernBERT, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, OLMo 2 and SmolLM3 loaded straight from HuggingFace safetensors
-//! checkpoints, with every layer handed to a
+//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, OLMo 2, OLMo 3 and SmolLM3 loaded straight from
+//! HuggingFace safetensors checkpoints, with every layer handed to a
 //! [`loraplus_core::LoraBuilder`] under HuggingFace's module name, so LoRA targets are the
 //! names users already write. One file per architecture, registered by `model_type` in the
 //! `architectures!` list below ([`registry`]); RoPE scaling in [`rope`].
@@ -54,6 +54,7 @@ architectures! {
     "gemma3_text" => gemma3,
     "phi3" => phi3,
     "olmo2" => olmo2,
+    "olmo3" => olmo3,
     "smollm3" => smollm3,
     "deberta-v2" => deberta_v2,
     "modernbert" => modernbert,

@@ -195,6 +195,9 @@ pub struct Olmo2Layer {
     pub head_dim: i64,
     pub act: Activation,
     pub attention_dropout: f64,
+    /// `Some(sliding_window)` on an OLMo 3 sliding layer, which also takes the local rotary
+    /// tables ([`LayerCtx::with_local_rope`]).
+    pub window: Option<i64>,
 }
 
 impl Olmo2Layer {
@@ -248,6 +251,7 @@ impl Olmo2Layer {
             head_dim: d,
             act: cfg.act,
             attention_dropout: cfg.attention_dropout,
+            window: None,
         })
     }
 
@@ -260,6 +264,13 @@ impl Olmo2Layer {
         train: bool,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
+        let local;
+        let ctx = if self.window.is_some() {
+            local = ctx.with_local_rope();
+            &local
+        } else {
+            ctx
+        };
         let d = self.head_dim;
         let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
         let (q, kv) = if ctx.queries.is_some() {
@@ -286,15 +297,15 @@ impl Olmo2Layer {
             -1,
         );
         let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, true, cache);
-        let a = sdpa(
-            &q,
-            &k,
-            &v,
-            ctx.query_mask(),
-            self.attention_dropout,
-            train,
-            None,
-        );
+        let windowed;
+        let mask = match self.window {
+            Some(w) => {
+                windowed = ctx.windowed_query_mask(w);
+                &windowed
+            }
+            None => ctx.query_mask(),
+        };
+        let a = sdpa(&q, &k, &v, mask, self.attention_dropout, train, None);
         let a = self.o_proj.forward_t(&ctx.merge_heads(&a), train);
         let x = ctx.query_rows(x) + self.post_attention_layernorm.forward(&a);
         let gate_up = self

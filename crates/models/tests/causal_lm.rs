@@ -1,6 +1,6 @@
 //! Causal-LM fine-tuning and inference against transformers + PEFT on tiny random Llama
 //! (grouped-query attention), GPT-2, Qwen2 (q/k/v biases, tied head), Qwen3 (query and key
-//! norms), SmolLM3 (a layer without RoPE), OLMo 2 (post-norms) and Mistral (sliding
+//! norms), SmolLM3 (a layer without RoPE), OLMo 2 (post-norms), OLMo 3 (its sliding layers) and Mistral (sliding
 //! window), Gemma, Gemma 2 (soft-capping, alternating sliding window), Gemma 3 (query and key norms, a RoPE per layer type) and Phi-3 (fused projections, partial rotary, LongRoPE switching factors
 //! within the test's lengths) checkpoints that `tests/reference/causal_lm.py` builds
 //! (one Python run for this binary):
@@ -148,6 +148,17 @@ fn olmo2_greedy_generation_matches_transformers() {
 #[test]
 fn olmo2_half_precision_logits_equal_transformers() {
     half_precision_parity("olmo2");
+}
+
+/// OLMo 3: a sliding layer on its own RoPE base, a full one scaled.
+#[test]
+fn olmo3_sft_matches_peft() {
+    sft_parity("olmo3");
+}
+
+#[test]
+fn olmo3_greedy_generation_matches_transformers() {
+    generation_parity("olmo3");
 }
 
 #[test]
@@ -630,7 +641,9 @@ fn qwen3_half_precision_logits_equal_transformers() {
 /// The other decoders, the same check.
 #[test]
 fn every_other_decoder_half_precision_logits_equal_transformers() {
-    for case in ["qwen2", "mistral", "gemma", "gemma2", "phi3", "smollm3"] {
+    for case in [
+        "qwen2", "mistral", "gemma", "gemma2", "phi3", "smollm3", "olmo3",
+    ] {
         half_precision_parity(case);
     }
 }

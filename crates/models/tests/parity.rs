@@ -1,5 +1,5 @@
 //! Parity with transformers and PEFT on tiny random BERT, RoBERTa, GPT-2, Llama, Qwen2, Qwen3,
-//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, SmolLM3, OLMo 2 and ModernBERT models that `tests/reference/fixtures.py`
+//! Mistral, Gemma, Gemma 2, Gemma 3, Phi-3, SmolLM3, OLMo 2, OLMo 3 and ModernBERT models that `tests/reference/fixtures.py`
 //! builds (no download; the Llama sequence
 //! classifier is saved sharded). Every comparison is on CPU in f32 and must agree within 1e-4.
 //! Every registered architecture must have a case here.
@@ -37,6 +37,7 @@ fn task(case: &str) -> Head {
         "qwen3" => Head::SequenceClassification { num_labels: 3 },
         "smollm3" => Head::SequenceClassification { num_labels: 3 },
         "olmo2" => Head::SequenceClassification { num_labels: 3 },
+        "olmo3" => Head::SequenceClassification { num_labels: 3 },
         "mistral" => Head::SequenceClassification { num_labels: 2 },
         "gemma" => Head::SequenceClassification { num_labels: 3 },
         "gemma2" => Head::SequenceClassification { num_labels: 3 },
@@ -48,6 +49,7 @@ fn task(case: &str) -> Head {
         | "qwen3_lm"
         | "smollm3_lm"
         | "olmo2_lm"
+        | "olmo3_lm"
         | "mistral_lm"
         | "gemma_lm"
         | "gemma2_lm"
@@ -313,6 +315,16 @@ fn olmo2_post_norms_match_transformers_and_peft() {
     }
 }
 
+/// OLMo 3: OLMo 2's layers, two sliding (window 3) on their own RoPE, one full and scaled
+/// (flat keys), left padded for classification.
+#[test]
+fn olmo3_sliding_layers_match_transformers_and_peft() {
+    for case in ["olmo3", "olmo3_lm"] {
+        plain_parity(case);
+        lora_parity(case);
+    }
+}
+
 #[test]
 fn mistral_sliding_window_left_padded_matches_transformers() {
     plain_parity("mistral");
@@ -560,6 +572,8 @@ const CASES: &[&str] = &[
     "smollm3_lm",
     "olmo2",
     "olmo2_lm",
+    "olmo3",
+    "olmo3_lm",
     "mistral",
     "mistral_lm",
     "gemma",

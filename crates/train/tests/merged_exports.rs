@@ -64,6 +64,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("qwen2", "qwen2", "mnli", "Qwen2ForSequenceClassification"),
     ("qwen3", "qwen3", "mnli", "Qwen3ForSequenceClassification"),
     ("olmo2", "olmo2", "mnli", "Olmo2ForSequenceClassification"),
+    ("olmo3", "olmo3", "mnli", "Olmo3ForSequenceClassification"),
     (
         "smollm3",
         "smollm3",

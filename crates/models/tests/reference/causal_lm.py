@@ -3,7 +3,8 @@
 usage: python causal_lm.py OUT_DIR
 
 For each case (llama: grouped-query attention, untied lm_head; gpt2: tied, Conv1D; qwen2: q/k/v
-biases, tied; qwen3: query and key norms, head_dim of its own, attention biases; smollm3: layer 1 of 2 without RoPE; olmo2: post-norms only, whole-projection query and key norms; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
+biases, tied; qwen3: query and key norms, head_dim of its own, attention biases; smollm3: layer 1 of 2 without RoPE; olmo2: post-norms only, whole-projection query and key norms; olmo3: olmo2's layers, layer 0 of 2
+sliding (window 4) on its own RoPE base; mistral: a sliding window of 4 positions, shorter than the sequences; gemma: scaled
 embeddings, (1 + w) norms, GeGLU, head_dim of its own; gemma2: soft-capped attention scores and
 logits, four norms per layer, layer 0 of 2 with a sliding window of 4 positions, shorter than the
 sequences; gemma3: gemma2's layers with query and key norms, the sliding layer on a RoPE base of its
@@ -37,7 +38,7 @@ from safetensors.torch import save_file
 from transformers import (GemmaConfig, GemmaForCausalLM, Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM, Gemma3TextConfig, Gemma3ForCausalLM, SmolLM3Config,
-                          SmolLM3ForCausalLM, Olmo2Config, Olmo2ForCausalLM)
+                          SmolLM3ForCausalLM, Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM)
 
 VOCAB = 61
 PAD = 0
@@ -67,6 +68,11 @@ def cases():
     yield "smollm3", SmolLM3ForCausalLM(SmolLM3Config(no_rope_layer_interval=2, **decoder)), dict(
         target_modules=all_linears)
     yield "olmo2", Olmo2ForCausalLM(Olmo2Config(**decoder)), dict(target_modules=all_linears)
+    olmo3 = Olmo3Config(sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 300.0}},
+                        **decoder)
+    yield "olmo3", Olmo3ForCausalLM(olmo3), dict(target_modules=all_linears)
     yield "mistral", MistralForCausalLM(MistralConfig(sliding_window=4, **decoder)), dict(
         target_modules=all_linears)
     yield "gemma", GemmaForCausalLM(GemmaConfig(head_dim=16, **decoder)), dict(target_modules=all_linears)

@@ -37,6 +37,7 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 from transformers import ModernBertConfig, ModernBertForSequenceClassification
 from transformers import SmolLM3Config, SmolLM3ForCausalLM, SmolLM3ForSequenceClassification
 from transformers import Olmo2Config, Olmo2ForCausalLM, Olmo2ForSequenceClassification
+from transformers import Olmo3Config, Olmo3ForCausalLM, Olmo3ForSequenceClassification
 
 B, T = 3, 7
 VOCAB = 99
@@ -176,6 +177,19 @@ def cases():
                lora=dict(target_modules=all_linears, modules_to_save=["score"]))
     ids, mask = ids_and_mask(lengths, pad=0, low=3)
     yield dict(name="olmo2_lm", model=Olmo2ForCausalLM(Olmo2Config(**olmo_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
+               labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
+    # OLMo 3: OLMo 2's layers, layers 0-1 of 3 sliding (window 3, shorter than the sequences, on
+    # the sliding layers' RoPE), layer 2 full with linear scaling 2 on base 5000 (flat keys).
+    olmo3_kw = dict(olmo_kw, num_hidden_layers=3, sliding_window=3, rope_theta=5000.0,
+                    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                    rope_scaling={"rope_type": "linear", "factor": 2.0})
+    ids, mask = ids_and_mask(lengths, pad=0, low=3, left=True)
+    yield dict(name="olmo3", model=Olmo3ForSequenceClassification(Olmo3Config(num_labels=3, **olmo3_kw)),
+               backbone="model", inputs=dict(input_ids=ids, attention_mask=mask), labels=torch.tensor([2, 1, 0]),
+               lora=dict(target_modules=all_linears, modules_to_save=["score"]))
+    ids, mask = ids_and_mask(lengths, pad=0, low=3)
+    yield dict(name="olmo3_lm", model=Olmo3ForCausalLM(Olmo3Config(**olmo3_kw)),
                backbone="model", inputs=dict(input_ids=ids, attention_mask=mask),
                labels=ids.masked_fill(mask == 0, -100), lora=dict(target_modules=all_linears))
     # Mistral: a sliding window of 3 positions, shorter than the sequences (7).

@@ -251,6 +251,7 @@ mod tests {
             ("gemma3_text", "Gemma3ForCausalLM"),
             ("phi3", "Phi3ForCausalLM"),
             ("olmo2", "Olmo2ForCausalLM"),
+            ("olmo3", "Olmo3ForCausalLM"),
             ("smollm3", "SmolLM3ForCausalLM"),
         ];
         let types = loraplus_models::registry::causal_lm_model_types();
