@@ -481,24 +481,12 @@ impl LmTokenizer {
             LmRecord::PromptCompletion { prompt, completion } => {
                 let prompt_ids = self.encode(prompt, true)?;
                 let ids = self.encode(&self.with_eos(&format!("{prompt}{completion}")), true)?;
-                // The completion starts where the two tokenizations diverge (TRL's
-                // `common_prefix_length`): a token merged across the boundary is a target.
-                let prompt_len = prompt_ids
-                    .iter()
-                    .zip(&ids)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                let prefix_ok = prompt_len == prompt_ids.len();
-                let prompt_len = if opts.completion_only_loss {
-                    prompt_len
-                } else {
-                    0
-                };
+                let (start, prefix_ok) = completion_start(&prompt_ids, &ids, opts);
                 let labels = ids
                     .iter()
                     .enumerate()
                     .map(|(t, &i)| {
-                        if t < prompt_len {
+                        if t < start {
                             IGNORE_INDEX
                         } else {
                             i64::from(i)
@@ -518,20 +506,9 @@ impl LmTokenizer {
                 let prompt_text = render_turns(template, prompt, extras, true)?;
                 let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
                 let text = render_turns(template, &all, extras, false)?;
-                check_parts_rendered(template, &all, extras, false)?;
                 let prompt_ids = self.encode(&prompt_text, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
-                let prompt_len = prompt_ids
-                    .iter()
-                    .zip(&ids)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                let prefix_ok = prompt_len == prompt_ids.len();
-                let prompt_len = if opts.completion_only_loss {
-                    prompt_len
-                } else {
-                    0
-                };
+                let (start, prefix_ok) = completion_start(&prompt_ids, &ids, opts);
                 // Under completion-only loss the prompt's turns are masked anyway: only the
                 // completion's assistant turns are located (a template that renders earlier
                 // turns otherwise, as Qwen3's, is then no obstacle).
@@ -545,45 +522,52 @@ impl LmTokenizer {
                 } else {
                     vec![(0, text.len())]
                 };
-                let labels = ids
-                    .iter()
-                    .zip(&offsets)
-                    .enumerate()
-                    .map(|(t, (&id, &(start, _)))| {
-                        if t >= prompt_len && spans.iter().any(|&(a, b)| a <= start && start < b) {
-                            i64::from(id)
-                        } else {
-                            IGNORE_INDEX
-                        }
-                    })
-                    .collect();
+                let labels = span_labels(&ids, &offsets, &spans, start);
                 Ok((example(ids, labels), prefix_ok))
             }
             LmRecord::Messages { messages, extras } => {
                 let template = self.template_for(record)?;
                 let text = render_turns(template, messages, extras, false)?;
-                check_parts_rendered(template, messages, extras, false)?;
                 let (ids, offsets) = self.encode_with_offsets(&text, false)?;
                 let spans = if assistant_only_loss {
                     assistant_spans(template, messages, extras, &text)?
                 } else {
                     vec![(0, text.len())]
                 };
-                let labels = ids
-                    .iter()
-                    .zip(&offsets)
-                    .map(|(&id, &(start, _))| {
-                        if spans.iter().any(|&(a, b)| a <= start && start < b) {
-                            i64::from(id)
-                        } else {
-                            IGNORE_INDEX
-                        }
-                    })
-                    .collect();
+                let labels = span_labels(&ids, &offsets, &spans, 0);
                 Ok((example(ids, labels), true))
             }
         }
     }
+}
+
+/// Where a completion starts in `ids` (the prompt + completion tokens): where they diverge
+/// from `prompt_ids` (TRL's `common_prefix_length`: a token merged across the boundary is a
+/// target), or 0 without completion-only loss; and whether the prompt's tokens are a prefix.
+fn completion_start(prompt_ids: &[u32], ids: &[u32], opts: &LmOptions) -> (usize, bool) {
+    let common = prompt_ids
+        .iter()
+        .zip(ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let start = if opts.completion_only_loss { common } else { 0 };
+    (start, common == prompt_ids.len())
+}
+
+/// Labels of a rendered conversation: a token from position `start` on whose first byte lies
+/// in one of `spans` is a target.
+fn span_labels(ids: &[u32], offsets: &ByteSpans, spans: &ByteSpans, start: usize) -> Vec<i64> {
+    ids.iter()
+        .zip(offsets)
+        .enumerate()
+        .map(|(t, (&id, &(at, _)))| {
+            if t >= start && spans.iter().any(|&(a, b)| a <= at && at < b) {
+                i64::from(id)
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect()
 }
 
 fn example(input_ids: Vec<u32>, labels: Vec<i64>) -> LmExample {
@@ -692,10 +676,22 @@ fn check_text_parts(parts: &[serde_json::Value]) -> std::result::Result<(), Stri
     Ok(())
 }
 
-/// `messages` rendered by `template`; where that fails and a turn's content is a list of
-/// parts, the error says the template cannot take them (as transformers, which fails too) and
-/// to give a string.
+/// `messages` rendered by `template`, for turns whose content is a list of parts checked to
+/// print each part as text (`check_parts_rendered`). Where rendering fails and a turn's
+/// content is a list of parts, the error says the template cannot take them (as
+/// transformers, which fails too) and to give a string.
 pub fn render_turns(
+    template: &ChatTemplate,
+    messages: &[Message],
+    extras: &ChatExtras,
+    add_generation_prompt: bool,
+) -> Result<String> {
+    let text = render_raw(template, messages, extras, add_generation_prompt)?;
+    check_parts_rendered(template, messages, extras, add_generation_prompt)?;
+    Ok(text)
+}
+
+fn render_raw(
     template: &ChatTemplate,
     messages: &[Message],
     extras: &ChatExtras,
@@ -726,7 +722,7 @@ fn first_parts(messages: &[Message]) -> Option<usize> {
 /// `|trim`'s, `|string`'s and `~`'s own form). A template that does not take parts otherwise
 /// renders, silently, an empty or mangled turn (transformers trains on that); here the row is
 /// refused, saying to give the content as a string.
-pub fn check_parts_rendered(
+fn check_parts_rendered(
     template: &ChatTemplate,
     messages: &[Message],
     extras: &ChatExtras,
@@ -752,7 +748,7 @@ pub fn check_parts_rendered(
         }
         marked.push(m.with_content(serde_json::Value::Array(parts)));
     }
-    let text = render_turns(template, &marked, extras, add_generation_prompt)?;
+    let text = render_raw(template, &marked, extras, add_generation_prompt)?;
     for (i, k, original) in markers {
         let m = marker(i, k);
         let why = if !text.contains(&m) {

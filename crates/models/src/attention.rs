@@ -179,6 +179,15 @@ impl LayerCtx {
         }
     }
 
+    /// The mask of a layer with `window` ([`Self::windowed_query_mask`]), or without one
+    /// ([`Self::query_mask`]).
+    pub fn layer_mask(&self, window: Option<i64>) -> Tensor {
+        match window {
+            Some(w) => self.windowed_query_mask(w),
+            None => self.query_mask().shallow_clone(),
+        }
+    }
+
     /// [`Self::query_mask`] with each query kept to the keys at most `half` positions away on
     /// either side (a bidirectional encoder's sliding window: ModernBERT's local layers,
     /// transformers' `sliding_window_bidirectional_overlay`). Query rows are located as in

@@ -139,7 +139,6 @@ impl GemmaConfig {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,

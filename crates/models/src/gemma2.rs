@@ -22,7 +22,7 @@ use crate::arch::{
 use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{soft_cap, Head, TaskHead};
-use crate::llama::{d_rms_eps, rotary_heads, llama_family_architecture, DecoderSpec, LlamaLayer};
+use crate::llama::{d_rms_eps, llama_family_architecture, DecoderSpec, LlamaLayer};
 use crate::rope::RopeConfig;
 
 // Defaults of transformers' `Gemma2Config` (configuration_gemma2.py).
@@ -218,7 +218,6 @@ impl Gemma2Config {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,
@@ -349,51 +348,17 @@ impl Gemma2Layer {
             ctx
         };
         let l = &self.base;
-        let d = l.head_dim;
-        let h = l.input_layernorm.forward(x);
-        let (q_width, kv_width) = (l.heads * d, l.kv_heads * d);
-        let (q, kv) = if ctx.queries.is_some() {
-            // Query for the returned rows only; key and value for every row.
-            let q = l.q_proj.forward_t(&ctx.query_rows(&h), train);
-            let kv = l.qkv.forward_t(&[&l.k_proj, &l.v_proj], 1, &h, train);
-            (ctx.query_heads(&q, l.heads, d), ctx.unpack(&kv))
-        } else {
-            let qkv = l
-                .qkv
-                .forward_t(&[&l.q_proj, &l.k_proj, &l.v_proj], 0, &h, train);
-            let qkv = ctx.unpack(&qkv);
-            let q = ctx.heads(&qkv.narrow(-1, 0, q_width), l.heads, d);
-            (q, qkv.narrow(-1, q_width, 2 * kv_width))
-        };
-        let q = match &l.q_norm {
-            Some(norm) => norm.forward(&q),
-            None => q,
-        };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (l.kv_heads, d), l.k_norm.as_ref(), l.rope, cache);
-        let windowed;
-        let mask = match self.attn.window {
-            Some(w) => {
-                windowed = ctx.windowed_query_mask(w);
-                &windowed
-            }
-            None => ctx.query_mask(),
-        };
+        let (q, k, v) = l.attention_inputs(&l.input_norm(x), ctx, train, None, cache);
+        let mask = ctx.layer_mask(self.attn.window);
         let p = if train { l.attention_dropout } else { 0.0 };
         let scale = self.attn.scale;
         let a = match self.attn.softcap {
-            Some(c) => capped_attention(&q, &k, &v, mask, scale, c, p),
-            None => sdpa(&q, &k, &v, mask, p, train, Some(scale)),
+            Some(c) => capped_attention(&q, &k, &v, &mask, scale, c, p),
+            None => sdpa(&q, &k, &v, &mask, p, train, Some(scale)),
         };
         let a = l.o_proj.forward_t(&ctx.merge_heads(&a), train);
         let x = ctx.query_rows(x) + l.post_attention_layernorm.forward(&a);
-        let h = self.pre_feedforward_layernorm.forward(&x);
-        let gate_up = l
-            .gate_up
-            .forward_t(&[&l.gate_proj, &l.up_proj], 0, &h, train)
-            .split(l.down_proj.in_features(), -1);
-        let m = l
-            .down_proj
-            .forward_t(&(l.act.apply(&gate_up[0]) * &gate_up[1]), train);
+        let m = l.mlp(&self.pre_feedforward_layernorm.forward(&x), train);
         x + self.post_feedforward_layernorm.forward(&m)
     }
 }

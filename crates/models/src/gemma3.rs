@@ -174,7 +174,6 @@ impl Gemma3TextConfig {
                 &format!("gemma3_text {ty}"),
                 Some(theta),
                 &Some(crate::rope::updated_by(per_type.get(ty), scaling)?),
-                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )

@@ -163,7 +163,6 @@ impl LlamaConfig {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,
@@ -384,7 +383,8 @@ impl DecoderSpec {
 /// One decoder layer.
 #[derive(Debug)]
 pub struct LlamaLayer {
-    pub input_layernorm: RmsNorm,
+    /// `None` for a layer without one (OLMo 2's).
+    pub input_layernorm: Option<RmsNorm>,
     /// `q_proj`, `k_proj`, `v_proj` as one product.
     pub qkv: FusedLinears,
     pub q_proj: LoraLinear,
@@ -411,6 +411,12 @@ pub struct LlamaLayer {
 
 impl LlamaLayer {
     pub fn load(ld: &mut Loader, p: &str, cfg: &DecoderSpec) -> Result<Self> {
+        Self::load_parts(ld, p, cfg, true)
+    }
+
+    /// [`Self::load`], with `input_layernorm` only when `input_norm` (OLMo 2's layers have
+    /// none).
+    pub fn load_parts(ld: &mut Loader, p: &str, cfg: &DecoderSpec, input_norm: bool) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (nh, nkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
         let lin = |ld: &mut Loader, name: &str, fin, fout, bias| {
@@ -419,12 +425,16 @@ impl LlamaLayer {
         let ab = cfg.qkv_bias;
         let mb = cfg.mlp_bias;
         let name = |n: &str| format!("{p}.{n}");
-        let input_layernorm = ld.rms_norm_with(
-            &name("input_layernorm"),
-            h,
-            cfg.rms_norm_eps,
-            cfg.norm_style,
-        )?;
+        let input_layernorm = if input_norm {
+            Some(ld.rms_norm_with(
+                &name("input_layernorm"),
+                h,
+                cfg.rms_norm_eps,
+                cfg.norm_style,
+            )?)
+        } else {
+            None
+        };
         let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
         let (qkv, members) = ld.fused_linears(
             &[
@@ -505,15 +515,15 @@ pub(crate) fn rotary_heads(
     q: Tensor,
     kv: &Tensor,
     (kv_heads, d): (i64, i64),
-    k_norm: Option<&RmsNorm>,
+    k_norm: KeyNorm,
     rope: bool,
     cache: Option<&mut KvCache>,
 ) -> (Tensor, Tensor, Tensor) {
     let kv = kv.split(kv_heads * d, -1);
-    let k = ctx.heads(&kv[0], kv_heads, d);
     let k = match k_norm {
-        Some(norm) => norm.forward(&k),
-        None => k,
+        KeyNorm::Whole(norm) => ctx.heads(&norm.forward(&kv[0]), kv_heads, d),
+        KeyNorm::PerHead(norm) => norm.forward(&ctx.heads(&kv[0], kv_heads, d)),
+        KeyNorm::Off => ctx.heads(&kv[0], kv_heads, d),
     };
     let v = ctx.heads(&kv[1], kv_heads, d);
     let q = match ctx.query_rope().filter(|_| rope) {
@@ -529,6 +539,16 @@ pub(crate) fn rotary_heads(
         None => (k, v),
     };
     (q, k, v)
+}
+
+/// Where the keys are normed before they are rotated ([`rotary_heads`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyNorm<'a> {
+    Off,
+    /// Over each head (Qwen3, Gemma 3).
+    PerHead(&'a RmsNorm),
+    /// Over the whole key projection, before the heads (OLMo 2).
+    Whole(&'a RmsNorm),
 }
 
 /// In the dtype of `cos` and `sin` (f32 tables rotate a bf16 `x` in f32), cast back to `x`'s.
@@ -565,37 +585,8 @@ impl LlamaLayer {
         train: bool,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let d = self.head_dim;
-        let h = self.input_layernorm.forward(x);
-        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
-        let (q, kv) = if ctx.queries.is_some() {
-            // Query for the returned rows only; key and value for every row.
-            let q = self.q_proj.forward_t(&ctx.query_rows(&h), train);
-            let kv = self
-                .qkv
-                .forward_t(&[&self.k_proj, &self.v_proj], 1, &h, train);
-            (ctx.query_heads(&q, self.heads, d), ctx.unpack(&kv))
-        } else {
-            let qkv = self
-                .qkv
-                .forward_t(&[&self.q_proj, &self.k_proj, &self.v_proj], 0, &h, train);
-            let qkv = ctx.unpack(&qkv);
-            let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
-            (q, qkv.narrow(-1, q_width, 2 * kv_width))
-        };
-        let q = match &self.q_norm {
-            Some(norm) => norm.forward(&q),
-            None => q,
-        };
-        let (q, k, v) = rotary_heads(
-            ctx,
-            q,
-            &kv,
-            (self.kv_heads, d),
-            self.k_norm.as_ref(),
-            self.rope,
-            cache,
-        );
+        let h = self.input_norm(x);
+        let (q, k, v) = self.attention_inputs(&h, ctx, train, None, cache);
         let a = sdpa(
             &q,
             &k,
@@ -607,14 +598,72 @@ impl LlamaLayer {
         );
         let a = ctx.merge_heads(&a);
         let x = ctx.query_rows(x) + self.o_proj.forward_t(&a, train);
-        let h = self.post_attention_layernorm.forward(&x);
+        let m = self.mlp(&self.post_attention_layernorm.forward(&x), train);
+        x + m
+    }
+
+    /// `input_layernorm` on `x`, or `x` for a layer without one.
+    pub(crate) fn input_norm(&self, x: &Tensor) -> Tensor {
+        match &self.input_layernorm {
+            Some(norm) => norm.forward(x),
+            None => x.shallow_clone(),
+        }
+    }
+
+    /// The attention's inputs from `h` (the layer input, normed as the architecture does):
+    /// queries of the rows the layer returns and keys and values of every row, in heads
+    /// (`[B, heads, T, d]`); the query and key norms applied (over the whole projections when
+    /// `whole` gives them, OLMo 2's; else this layer's per-head `q_norm` / `k_norm`, Qwen3's),
+    /// rotated unless a NoPE layer, and the keys and values appended to `cache` when given.
+    pub(crate) fn attention_inputs(
+        &self,
+        h: &Tensor,
+        ctx: &LayerCtx,
+        train: bool,
+        whole: Option<(&RmsNorm, &RmsNorm)>,
+        cache: Option<&mut KvCache>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let d = self.head_dim;
+        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
+        let q_whole = |q: Tensor| match whole {
+            Some((norm, _)) => norm.forward(&q),
+            None => q,
+        };
+        let (q, kv) = if ctx.queries.is_some() {
+            // Query for the returned rows only; key and value for every row.
+            let q = q_whole(self.q_proj.forward_t(&ctx.query_rows(h), train));
+            let kv = self
+                .qkv
+                .forward_t(&[&self.k_proj, &self.v_proj], 1, h, train);
+            (ctx.query_heads(&q, self.heads, d), ctx.unpack(&kv))
+        } else {
+            let qkv = self
+                .qkv
+                .forward_t(&[&self.q_proj, &self.k_proj, &self.v_proj], 0, h, train);
+            let qkv = ctx.unpack(&qkv);
+            let q = q_whole(qkv.narrow(-1, 0, q_width));
+            (ctx.heads(&q, self.heads, d), qkv.narrow(-1, q_width, 2 * kv_width))
+        };
+        let q = match &self.q_norm {
+            Some(norm) => norm.forward(&q),
+            None => q,
+        };
+        let k_norm = match (whole, &self.k_norm) {
+            (Some((_, norm)), _) => KeyNorm::Whole(norm),
+            (None, Some(norm)) => KeyNorm::PerHead(norm),
+            (None, None) => KeyNorm::Off,
+        };
+        rotary_heads(ctx, q, &kv, (self.kv_heads, d), k_norm, self.rope, cache)
+    }
+
+    /// The gated MLP (`down_proj(act(gate_proj(h)) * up_proj(h))`) on `h`.
+    pub(crate) fn mlp(&self, h: &Tensor, train: bool) -> Tensor {
         let gate_up = self
             .gate_up
-            .forward_t(&[&self.gate_proj, &self.up_proj], 0, &h, train)
+            .forward_t(&[&self.gate_proj, &self.up_proj], 0, h, train)
             .split(self.down_proj.in_features(), -1);
-        let gate = self.act.apply(&gate_up[0]);
-        let m = self.down_proj.forward_t(&(gate * &gate_up[1]), train);
-        x + m
+        self.down_proj
+            .forward_t(&(self.act.apply(&gate_up[0]) * &gate_up[1]), train)
     }
 }
 

@@ -125,7 +125,6 @@ impl MistralConfig {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

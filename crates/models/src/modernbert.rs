@@ -184,7 +184,6 @@ impl ModernBertConfig {
                 &format!("modernbert {ty}"),
                 Some(theta),
                 &Some(crate::rope::updated_by(per_type.get(ty), &self.rope_scaling)?),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )

@@ -11,13 +11,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use tch::Tensor;
 
-use loraplus_core::{FusedLinears, LoraLinear, WeightLayout};
-
 use crate::arch::{default_initializer_range, Activation, Architecture, CommonConfig};
 use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{Head, TaskHead};
-use crate::llama::{d_silu, llama_family_architecture, rotary_heads, DecoderSpec};
+use crate::llama::{d_silu, llama_family_architecture, DecoderSpec, LlamaLayer};
 use crate::rope::RopeConfig;
 
 // Defaults of transformers' `Olmo2Config` (configuration_olmo2.py).
@@ -133,7 +131,6 @@ impl Olmo2Config {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,
@@ -171,30 +168,17 @@ pub fn parse(value: Value) -> Result<Box<dyn Architecture>> {
 // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING has no "olmo2": Llama's q/v.
 llama_family_architecture!(Olmo2Config, "olmo2", targets: ["q_proj", "v_proj"], build: build_olmo2);
 
-/// One OLMo 2 decoder layer (`model.layers.{i}`).
+/// One OLMo 2 decoder layer (`model.layers.{i}`): Llama's projections (same module names)
+/// without `input_layernorm`, its `post_attention_layernorm` applied to the attention output,
+/// the whole-projection query and key norms, and `post_feedforward_layernorm`.
 #[derive(Debug)]
 pub struct Olmo2Layer {
-    /// `q_proj`, `k_proj`, `v_proj` as one product.
-    pub qkv: FusedLinears,
-    pub q_proj: LoraLinear,
-    pub k_proj: LoraLinear,
-    pub v_proj: LoraLinear,
-    pub o_proj: LoraLinear,
+    /// `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm`, `mlp.{gate,up,down}_proj`.
+    pub base: LlamaLayer,
     /// Over the whole projections, before the heads.
     pub q_norm: RmsNorm,
     pub k_norm: RmsNorm,
-    pub post_attention_layernorm: RmsNorm,
-    /// `gate_proj`, `up_proj` as one product.
-    pub gate_up: FusedLinears,
-    pub gate_proj: LoraLinear,
-    pub up_proj: LoraLinear,
-    pub down_proj: LoraLinear,
     pub post_feedforward_layernorm: RmsNorm,
-    pub heads: i64,
-    pub kv_heads: i64,
-    pub head_dim: i64,
-    pub act: Activation,
-    pub attention_dropout: f64,
     /// `Some(sliding_window)` on an OLMo 3 sliding layer, which also takes the local rotary
     /// tables ([`LayerCtx::with_local_rope`]).
     pub window: Option<i64>,
@@ -202,55 +186,16 @@ pub struct Olmo2Layer {
 
 impl Olmo2Layer {
     pub fn load(ld: &mut Loader, p: &str, cfg: &DecoderSpec) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let base = LlamaLayer::load_parts(ld, p, cfg, false)?;
         let (nh, nkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim);
-        let name = |n: &str| format!("{p}.{n}");
-        let norm = |ld: &mut Loader, n: &str, width: i64| {
-            ld.rms_norm_with(&name(n), width, cfg.rms_norm_eps, cfg.norm_style)
+        let mut norm = |n: &str, width: i64| {
+            ld.rms_norm_with(&format!("{p}.{n}"), width, cfg.rms_norm_eps, cfg.norm_style)
         };
-        let attn = ["q_proj", "k_proj", "v_proj"].map(|n| name(&format!("self_attn.{n}")));
-        let (qkv, members) = ld.fused_linears(
-            &[
-                (&attn[0], h, nh * d),
-                (&attn[1], h, nkv * d),
-                (&attn[2], h, nkv * d),
-            ],
-            cfg.qkv_bias,
-        )?;
-        let [q_proj, k_proj, v_proj]: [LoraLinear; 3] = members
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{p}: expected 3 attention projections"))?;
-        let o_proj = ld.linear(
-            &name("self_attn.o_proj"),
-            nh * d,
-            h,
-            cfg.o_bias,
-            WeightLayout::OutIn,
-        )?;
-        let mlp = ["gate_proj", "up_proj"].map(|n| name(&format!("mlp.{n}")));
-        let (gate_up, members) = ld.fused_linears(&[(&mlp[0], h, i), (&mlp[1], h, i)], false)?;
-        let [gate_proj, up_proj]: [LoraLinear; 2] = members
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{p}: expected gate and up projections"))?;
         Ok(Olmo2Layer {
-            qkv,
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            q_norm: norm(ld, "self_attn.q_norm", nh * d)?,
-            k_norm: norm(ld, "self_attn.k_norm", nkv * d)?,
-            post_attention_layernorm: norm(ld, "post_attention_layernorm", h)?,
-            gate_up,
-            gate_proj,
-            up_proj,
-            down_proj: ld.linear(&name("mlp.down_proj"), i, h, false, WeightLayout::OutIn)?,
-            post_feedforward_layernorm: norm(ld, "post_feedforward_layernorm", h)?,
-            heads: nh,
-            kv_heads: nkv,
-            head_dim: d,
-            act: cfg.act,
-            attention_dropout: cfg.attention_dropout,
+            base,
+            q_norm: norm("self_attn.q_norm", nh * d)?,
+            k_norm: norm("self_attn.k_norm", nkv * d)?,
+            post_feedforward_layernorm: norm("post_feedforward_layernorm", cfg.hidden_size)?,
             window: None,
         })
     }
@@ -271,50 +216,14 @@ impl Olmo2Layer {
         } else {
             ctx
         };
-        let d = self.head_dim;
-        let (q_width, kv_width) = (self.heads * d, self.kv_heads * d);
-        let (q, kv) = if ctx.queries.is_some() {
-            // Query for the returned rows only; key and value for every row.
-            let q = self.q_proj.forward_t(&ctx.query_rows(x), train);
-            let kv = self
-                .qkv
-                .forward_t(&[&self.k_proj, &self.v_proj], 1, x, train);
-            (ctx.query_heads(&self.q_norm.forward(&q), self.heads, d), ctx.unpack(&kv))
-        } else {
-            let qkv = self
-                .qkv
-                .forward_t(&[&self.q_proj, &self.k_proj, &self.v_proj], 0, x, train);
-            let qkv = ctx.unpack(&qkv);
-            let q = self.q_norm.forward(&qkv.narrow(-1, 0, q_width));
-            (ctx.heads(&q, self.heads, d), qkv.narrow(-1, q_width, 2 * kv_width))
-        };
-        // The key norm spans every key head: before the split into heads.
-        let kv = Tensor::cat(
-            &[
-                self.k_norm.forward(&kv.narrow(-1, 0, kv_width)),
-                kv.narrow(-1, kv_width, kv_width),
-            ],
-            -1,
-        );
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, true, cache);
-        let windowed;
-        let mask = match self.window {
-            Some(w) => {
-                windowed = ctx.windowed_query_mask(w);
-                &windowed
-            }
-            None => ctx.query_mask(),
-        };
-        let a = sdpa(&q, &k, &v, mask, self.attention_dropout, train, None);
-        let a = self.o_proj.forward_t(&ctx.merge_heads(&a), train);
-        let x = ctx.query_rows(x) + self.post_attention_layernorm.forward(&a);
-        let gate_up = self
-            .gate_up
-            .forward_t(&[&self.gate_proj, &self.up_proj], 0, &x, train)
-            .split(self.down_proj.in_features(), -1);
-        let m = self
-            .down_proj
-            .forward_t(&(self.act.apply(&gate_up[0]) * &gate_up[1]), train);
+        let l = &self.base;
+        let whole = Some((&self.q_norm, &self.k_norm));
+        let (q, k, v) = l.attention_inputs(x, ctx, train, whole, cache);
+        let mask = ctx.layer_mask(self.window);
+        let a = sdpa(&q, &k, &v, &mask, l.attention_dropout, train, None);
+        let a = l.o_proj.forward_t(&ctx.merge_heads(&a), train);
+        let x = ctx.query_rows(x) + l.post_attention_layernorm.forward(&a);
+        let m = l.mlp(&x, train);
         x + self.post_feedforward_layernorm.forward(&m)
     }
 }

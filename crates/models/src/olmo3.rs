@@ -134,7 +134,6 @@ impl Olmo3Config {
                 &format!("olmo3 {ty}"),
                 Some(theta),
                 &Some(crate::rope::updated_by(per_type.get(ty), scaling)?),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )

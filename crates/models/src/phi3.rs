@@ -19,7 +19,9 @@ use crate::arch::{default_initializer_range, Activation, Architecture, CommonCon
 use crate::attention::{sdpa, KvCache, LayerCtx};
 use crate::backbone::{Backbone, Block, Loader, RmsNorm, RmsStyle};
 use crate::heads::{decoder_head, Head, TaskHead};
-use crate::llama::{d_silu, rotary_heads, llama_family_architecture, DecoderSpec, LlamaBackbone};
+use crate::llama::{
+    d_silu, llama_family_architecture, rotary_heads, DecoderSpec, KeyNorm, LlamaBackbone,
+};
 use crate::rope::{RopeConfig, RopeScaling};
 
 // Defaults of transformers' `Phi3Config` (configuration_phi3.py).
@@ -170,7 +172,6 @@ impl Phi3Config {
             "phi3",
             self.rope_theta,
             &Some(Value::Object(p)),
-            &None,
             self.head_dim(),
             self.max_position_embeddings,
         )
@@ -322,7 +323,7 @@ impl Phi3Layer {
             let q = ctx.heads(&qkv.narrow(-1, 0, q_width), self.heads, d);
             (q, qkv.narrow(-1, q_width, 2 * kv_width))
         };
-        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), None, true, cache);
+        let (q, k, v) = rotary_heads(ctx, q, &kv, (self.kv_heads, d), KeyNorm::Off, true, cache);
         let a = sdpa(
             &q,
             &k,

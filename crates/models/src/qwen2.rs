@@ -134,7 +134,6 @@ impl Qwen2Config {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

@@ -168,7 +168,6 @@ impl Qwen3Config {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim,
                 self.max_position_embeddings,
             )?,

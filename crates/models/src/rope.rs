@@ -84,8 +84,7 @@ fn one_minus(x: &Tensor) -> Tensor {
 /// `rope_scaling or rope_parameters` (`convert_rope_params_to_dict`), so a non-empty
 /// `rope_scaling` (the older key) replaces `rope_parameters` whole, its keys not merged in (a
 /// warning names what is dropped); then the top-level `original_max_position_embeddings` put
-/// in ([`with_top_level_original`]). Give the result to [`RopeConfig::parse`] as
-/// `rope_parameters`, with no `rope_scaling`.
+/// in ([`with_top_level_original`]). Give the result to [`RopeConfig::parse`].
 pub fn standardized(
     model_type: &str,
     rope_parameters: &Option<Value>,
@@ -167,7 +166,7 @@ pub fn updated_by(per_type: Option<&Value>, rope_scaling: &Option<Value>) -> Res
 /// `rope_parameters` with a config's top-level `original_max_position_embeddings` put in, over
 /// its own: transformers' `standardize_rope_params` gives the top-level field priority (for the
 /// types that read it: llama3, yarn, longrope; the others ignore it).
-pub fn with_top_level_original(
+fn with_top_level_original(
     rope_parameters: &Option<Value>,
     original_max_position_embeddings: Option<i64>,
 ) -> Option<Value> {
@@ -222,15 +221,13 @@ impl RopeConfig {
         (cos.to_kind(kind), sin.to_kind(kind))
     }
 
-    /// From a config's fields: `rope_parameters` and `rope_scaling` merged (`rope_parameters`'
-    /// keys win; the architectures pass one of them, chosen by [`standardized`] as transformers
-    /// chooses, or a layer type's parameters updated by `rope_scaling`); `rope_theta` comes
-    /// from them, else the top level, else [`DEFAULT_ROPE_THETA`].
+    /// From the RoPE parameters as transformers standardizes them ([`standardized`]: a
+    /// config's `rope_parameters` or `rope_scaling`; [`updated_by`] for one layer type);
+    /// `rope_theta` comes from them, else the top level, else [`DEFAULT_ROPE_THETA`].
     pub fn parse(
         model_type: &str,
         rope_theta: Option<f64>,
         rope_parameters: &Option<Value>,
-        rope_scaling: &Option<Value>,
         head_dim: i64,
         max_position_embeddings: i64,
     ) -> Result<Self> {
@@ -238,7 +235,6 @@ impl RopeConfig {
             model_type,
             rope_theta,
             rope_parameters,
-            rope_scaling,
             head_dim,
             max_position_embeddings,
             false,
@@ -253,7 +249,6 @@ impl RopeConfig {
         model_type: &str,
         rope_theta: Option<f64>,
         rope_parameters: &Option<Value>,
-        rope_scaling: &Option<Value>,
         head_dim: i64,
         max_position_embeddings: i64,
     ) -> Result<Self> {
@@ -261,7 +256,6 @@ impl RopeConfig {
             model_type,
             rope_theta,
             rope_parameters,
-            rope_scaling,
             head_dim,
             max_position_embeddings,
             true,
@@ -272,24 +266,17 @@ impl RopeConfig {
         model_type: &str,
         rope_theta: Option<f64>,
         rope_parameters: &Option<Value>,
-        rope_scaling: &Option<Value>,
         head_dim: i64,
         max_position_embeddings: i64,
         partial_rotary: bool,
     ) -> Result<Self> {
-        let mut p = Map::new();
-        for (field, v) in [
-            ("rope_scaling", rope_scaling),
-            ("rope_parameters", rope_parameters),
-        ] {
-            match v {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(m)) => p.extend(m.clone()),
-                Some(other) => {
-                    bail!("{model_type} {field}: expected an object or null, found {other}")
-                }
-            }
-        }
+        let p = match rope_parameters {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => bail!(
+                "{model_type} rope_parameters (or rope_scaling): expected an object or null, found {other}"
+            ),
+        };
         let theta = number(&p, "rope_theta")
             .or(rope_theta)
             .unwrap_or(DEFAULT_ROPE_THETA);
@@ -565,7 +552,7 @@ mod tests {
     use super::*;
 
     fn parse(params: Value) -> Result<RopeConfig> {
-        RopeConfig::parse("llama", None, &Some(params), &None, 8, 64)
+        RopeConfig::parse("llama", None, &Some(params), 8, 64)
     }
 
     #[test]
@@ -622,7 +609,6 @@ mod tests {
         let c = RopeConfig::parse(
             "llama",
             Some(500000.0),
-            &None,
             &Some(serde_json::json!({"type": "linear", "factor": 4.0})),
             8,
             64,

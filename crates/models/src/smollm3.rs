@@ -192,7 +192,6 @@ impl SmolLM3Config {
                     &self.rope_scaling,
                     self.original_max_position_embeddings,
                 ),
-                &None,
                 self.head_dim(),
                 self.max_position_embeddings,
             )?,

@@ -172,7 +172,6 @@ fn encode(tok: &LmTokenizer, p: &Prompt) -> Result<Vec<i64>> {
                 .chat_template()
                 .context("--chat: the model's tokenizer_config.json has no chat_template")?;
             let text = loraplus_data::lm::render_turns(template, m, extras, true)?;
-            loraplus_data::lm::check_parts_rendered(template, m, extras, true)?;
             // The rendered template already holds its special tokens: none added again.
             tok.encode(&text, false)?
         }
